@@ -1,0 +1,2 @@
+//! session-agent
+pub mod protocol;

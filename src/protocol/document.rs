@@ -1,0 +1,1 @@
+//! document (in progress)

@@ -1,0 +1,5 @@
+//! The Session Manager wire protocol as pure code: no sockets, files or clocks.
+pub mod document;
+pub mod frame;
+pub mod payload;
+pub mod reliability;
