@@ -1,1 +1,74 @@
-fn main() {}
+//! The `session-agent` binary: parse arguments, set up logging, run one subcommand.
+//! Exit codes: 0 success, 1 runtime failure, 64 invalid configuration (EX_USAGE).
+
+use clap::Parser;
+use session_agent::cli::{Cli, Command};
+use std::process::ExitCode;
+
+const EX_USAGE: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level).unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info")
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Gateway(args) => {
+            let listen = args.listen;
+            let config = match args.into_config() {
+                Ok(c) => c,
+                Err(e) => return usage_error(&e),
+            };
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(r) => r,
+                Err(e) => return failure(&format!("cannot start the async runtime: {e}")),
+            };
+            runtime.block_on(async move {
+                let listener = match tokio::net::TcpListener::bind(listen).await {
+                    Ok(l) => l,
+                    Err(e) => return usage_error(&format!("--listen: cannot bind {listen}: {e}")),
+                };
+                match session_agent::gateway::serve(config, listener, shutdown_signal()).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => failure(&e.to_string()),
+                }
+            })
+        }
+    }
+}
+
+#[allow(clippy::print_stderr)]
+fn usage_error(e: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("session-agent: invalid configuration: {e}");
+    ExitCode::from(EX_USAGE)
+}
+
+#[allow(clippy::print_stderr)]
+fn failure(e: &str) -> ExitCode {
+    eprintln!("session-agent: {e}");
+    ExitCode::FAILURE
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,204 @@
+//! Command-line interface: argument parsing and the turn from arguments into validated
+//! configuration. Reads the files named by flags (preferences) but starts nothing; `main`
+//! runs what this returns. Invalid configuration is a [`ConfigError`], which `main` prints
+//! as one line and turns into exit code 64 (`EX_USAGE`).
+
+use crate::gateway::{GatewayConfig, TlsFiles};
+use crate::protocol::document;
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// session-agent: a Session Manager compatible agent, client and local gateway.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// Log filter: error, warn, info, debug, trace, or a tracing directive such as
+    /// `session_agent=debug`.
+    #[arg(long, global = true, env = "SESSION_AGENT_LOG", default_value = "info")]
+    pub log_level: String,
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a local gateway that plays AWS's part (SSM API + message gateway).
+    ///
+    /// Point the AWS CLI at it with `--endpoint-url http://ADDR`, and agents at it as
+    /// their message gateway endpoint. Any credentials are accepted; the access key id
+    /// names the session owner.
+    Gateway(GatewayArgs),
+}
+
+/// `session-agent gateway` options.
+#[derive(Debug, Args)]
+pub struct GatewayArgs {
+    /// Address to listen on. Use 0.0.0.0:PORT to serve a LAN.
+    #[arg(long, env = "SESSION_AGENT_GATEWAY_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Directory for session history (kept across restarts). Without it, history is
+    /// kept in memory only.
+    #[arg(long, env = "SESSION_AGENT_GATEWAY_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Session preferences: a JSON document in the SSM-SessionManagerRunShell format
+    /// (`{"schemaVersion":"1.0","sessionType":"Standard_Stream","inputs":{...}}`) sent with
+    /// every shell session. Default: all logging off, no RunAs, 20-minute idle timeout.
+    #[arg(long, env = "SESSION_AGENT_GATEWAY_PREFERENCES")]
+    pub preferences: Option<PathBuf>,
+    /// Directory of further session documents, `<DocumentName>.json`, selectable with
+    /// StartSession's DocumentName.
+    #[arg(long)]
+    pub documents_dir: Option<PathBuf>,
+    /// PEM certificate chain; with --tls-key the gateway serves https/wss only (the
+    /// official agent dials nothing else).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Base URL written into StreamUrl, e.g. wss://gateway.example:8443. Default: the
+    /// scheme and Host header of the StartSession request.
+    #[arg(long)]
+    pub advertise_url: Option<String>,
+    /// Region used in ARNs and console links.
+    #[arg(long, default_value = "us-east-1")]
+    pub region: String,
+    /// Account id used in owner ARNs.
+    #[arg(long, default_value = "000000000000")]
+    pub account_id: String,
+    /// Interval between keepalive pings on every websocket (e.g. 30s, 500ms, 2m).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub ping_interval: Duration,
+    /// A websocket silent for this long (no frame, no pong) is closed as dead.
+    #[arg(long, default_value = "90s", value_parser = parse_duration)]
+    pub peer_timeout: Duration,
+    /// An active session whose agent data channel stays away this long is marked Failed.
+    #[arg(long, default_value = "2m", value_parser = parse_duration)]
+    pub orphan_timeout: Duration,
+    /// How long a terminating session waits for the agent's final report.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub terminate_grace: Duration,
+    /// Largest websocket message / AgentMessage frame accepted, in bytes.
+    #[arg(long, default_value_t = crate::protocol::frame::DEFAULT_MAX_FRAME_LEN)]
+    pub max_frame_bytes: usize,
+    /// Largest HTTP request body accepted, in bytes.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+}
+
+/// Invalid configuration: names the key (flag) and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {reason}")]
+pub struct ConfigError {
+    /// The offending flag or key.
+    pub key: String,
+    /// What is wrong and what to do.
+    pub reason: String,
+}
+
+fn config_error(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Parses `500ms`, `30s`, `2m`, `1h`, or a bare number of seconds.
+///
+/// # Errors
+/// Anything else, with an example of what works.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 500ms, 30s, 2m or 1h"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => return Err(format!("{s:?} has an unknown unit; use ms, s, m or h")),
+    };
+    if d.is_zero() {
+        return Err("must be greater than zero".into());
+    }
+    Ok(d)
+}
+
+impl GatewayArgs {
+    /// Validates the arguments and loads the preferences document.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the flag.
+    pub fn into_config(self) -> Result<GatewayConfig, ConfigError> {
+        let mut cfg = GatewayConfig::default();
+        if let Some(path) = &self.preferences {
+            let text = std::fs::read(path)
+                .map_err(|e| config_error("--preferences", format!("cannot read {}: {e}", path.display())))?;
+            let doc: serde_json::Value = serde_json::from_slice(&text)
+                .map_err(|e| config_error("--preferences", format!("{} is not JSON: {e}", path.display())))?;
+            document::resolve(&doc, &serde_json::Map::new())
+                .map_err(|e| config_error("--preferences", format!("{}: {e}", path.display())))?;
+            cfg.preferences = doc;
+        }
+        if let Some(dir) = &self.documents_dir {
+            if !dir.is_dir() {
+                return Err(config_error("--documents-dir", format!("{} is not a directory", dir.display())));
+            }
+        }
+        if let Some(url) = &self.advertise_url {
+            if !(url.starts_with("ws://") || url.starts_with("wss://")) {
+                return Err(config_error("--advertise-url", "must start with ws:// or wss://"));
+            }
+        }
+        if self.account_id.len() != 12 || !self.account_id.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(config_error("--account-id", "must be 12 digits"));
+        }
+        if self.peer_timeout <= self.ping_interval {
+            return Err(config_error("--peer-timeout", "must be longer than --ping-interval, or every peer looks dead"));
+        }
+        if self.max_frame_bytes < 64 * 1024 {
+            return Err(config_error("--max-frame-bytes", "must be at least 65536: control messages reach 142000 bytes"));
+        }
+        cfg.data_dir = self.data_dir;
+        cfg.documents_dir = self.documents_dir;
+        cfg.tls = self.tls_cert.zip(self.tls_key).map(|(cert, key)| TlsFiles { cert, key });
+        cfg.advertise_url = self.advertise_url;
+        cfg.region = self.region;
+        cfg.account_id = self.account_id;
+        cfg.ping_interval = self.ping_interval;
+        cfg.peer_timeout = self.peer_timeout;
+        cfg.orphan_timeout = self.orphan_timeout;
+        cfg.terminate_grace = self.terminate_grace;
+        cfg.max_frame_bytes = self.max_frame_bytes;
+        cfg.max_body_bytes = self.max_body_bytes;
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

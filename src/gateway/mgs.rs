@@ -1,0 +1,566 @@
+//! The message-gateway half (`ssmmessages`, protocol.md §1–§2): channel-creation POSTs
+//! answering **201** with an XML token, and the websockets.
+//!
+//! * `POST /v1/control-channel/{target}` → token for the agent's control channel;
+//! * `GET  /v1/control-channel/{target}?role=subscribe&stream=input` → control websocket;
+//! * `POST /v1/data-channel/{sessionId}` → token for the agent's end of a data channel;
+//! * `GET  /v1/data-channel/{sessionId}?role=publish_subscribe` → data websocket, for the
+//!   agent *and* the client (the StreamUrl): the token in the first text frame says which.
+//!
+//! Every socket's first message must be the text open frame with a valid, unexpired,
+//! unused token for that very path; anything else closes it with 1008 and a reason.
+//! A frame that does not decode closes that socket with 1007 and the decoder's reason;
+//! the session's other peer is untouched.
+
+use super::auth::Caller;
+use super::registry::{Grant, Outbound, Peer, Side};
+use super::store::SessionStatus;
+use super::{Shared, FORWARD_TIMEOUT, OUTBOUND_QUEUE};
+use crate::protocol::frame::{AgentMessage, MessageType};
+use crate::protocol::payload::{
+    from_json, task_status, AgentSessionState, AgentTaskAcknowledge, AgentTaskComplete,
+    CreateChannelRequest, OpenControlChannel, OpenDataChannel, SessionState, TokenResponse,
+    MESSAGE_SCHEMA_VERSION,
+};
+use axum::body::Body;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// A new socket must send its open frame within this time.
+pub const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Websocket close codes used.
+const CLOSE_NORMAL: u16 = 1000;
+const CLOSE_GOING_AWAY: u16 = 1001;
+const CLOSE_INVALID_DATA: u16 = 1007;
+const CLOSE_PROTOCOL: u16 = 1002;
+const CLOSE_POLICY: u16 = 1008;
+const CLOSE_TOO_BIG: u16 = 1009;
+
+fn xml_error(status: StatusCode, message: &str) -> Response {
+    let escaped = message.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+    (
+        status,
+        [("content-type", "application/xml")],
+        format!("<BadRequest xmlns=\"\"><message>{escaped}</message></BadRequest>"),
+    )
+        .into_response()
+}
+
+fn token_created(root: &str, token: String) -> Response {
+    let body = TokenResponse {
+        message_schema_version: MESSAGE_SCHEMA_VERSION.into(),
+        token_value: token,
+    }
+    .to_xml(root);
+    (StatusCode::CREATED, [("content-type", "application/xml")], body).into_response()
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+async fn read_create_request(shared: &Shared, body: Body) -> Result<CreateChannelRequest, Response> {
+    let bytes = axum::body::to_bytes(body, shared.config.max_body_bytes)
+        .await
+        .map_err(|_| xml_error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"))?;
+    let req: CreateChannelRequest = from_json(&bytes, "create channel")
+        .map_err(|e| xml_error(StatusCode::BAD_REQUEST, &e.to_string()))?;
+    if req.message_schema_version != MESSAGE_SCHEMA_VERSION {
+        return Err(xml_error(
+            StatusCode::BAD_REQUEST,
+            &format!("unsupported MessageSchemaVersion {:?}; expected \"1.0\"", req.message_schema_version),
+        ));
+    }
+    if req.request_id.len() < 16 {
+        return Err(xml_error(StatusCode::BAD_REQUEST, "RequestId must be at least 16 characters"));
+    }
+    Ok(req)
+}
+
+/// `POST /v1/control-channel/{target}`.
+pub(crate) async fn create_control_channel(
+    State(shared): State<Arc<Shared>>,
+    Path(target): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if !valid_id(&target) {
+        return xml_error(StatusCode::BAD_REQUEST, "target id must match [A-Za-z0-9._-]{1,128}");
+    }
+    if let Err(resp) = read_create_request(&shared, body).await {
+        return resp;
+    }
+    let caller = Caller::from_headers(&headers);
+    let mut reg = shared.reg();
+    reg.agents.entry(target.clone()).or_default();
+    let token = reg.issue_token(Grant::Control { target: target.clone() }, Instant::now());
+    drop(reg);
+    tracing::debug!(%target, caller = %caller.access_key_id, "Control channel token issued");
+    token_created("CreateControlChannelResponse", token)
+}
+
+/// `POST /v1/data-channel/{sessionId}`.
+pub(crate) async fn create_data_channel(
+    State(shared): State<Arc<Shared>>,
+    Path(session_id): Path<String>,
+    body: Body,
+) -> Response {
+    if let Err(resp) = read_create_request(&shared, body).await {
+        return resp;
+    }
+    let mut reg = shared.reg();
+    let active = match reg.sessions.get(&session_id) {
+        None => return xml_error(StatusCode::BAD_REQUEST, &format!("Session {session_id} not found")),
+        Some(s) => s.record.status.is_active(),
+    };
+    if !active {
+        // The official agent stops retrying on exactly this phrase (§1.6).
+        return xml_error(StatusCode::BAD_REQUEST, "Session is already terminated");
+    }
+    let token = reg.issue_token(Grant::AgentData { session_id }, Instant::now());
+    drop(reg);
+    token_created("CreateDataChannelResponse", token)
+}
+
+/// `GET /v1/control-channel/{target}` (websocket).
+pub(crate) async fn open_control_channel(
+    State(shared): State<Arc<Shared>>,
+    Path(target): Path<String>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    upgrade(shared, ws, Channel::Control(target))
+}
+
+/// `GET /v1/data-channel/{sessionId}` (websocket).
+pub(crate) async fn open_data_channel(
+    State(shared): State<Arc<Shared>>,
+    Path(session_id): Path<String>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    upgrade(shared, ws, Channel::Data(session_id))
+}
+
+#[derive(Debug)]
+enum Channel {
+    Control(String),
+    Data(String),
+}
+
+/// Who is on the other end of an attached socket.
+#[derive(Debug, Clone)]
+enum Role {
+    Control { target: String },
+    Data { session_id: String, side: Side },
+}
+
+fn upgrade(shared: Arc<Shared>, ws: WebSocketUpgrade, channel: Channel) -> Response {
+    let max = shared.config.max_frame_bytes;
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| run_socket(shared, socket, channel))
+}
+
+fn close_message(code: u16, reason: &str) -> Message {
+    // A close reason may carry at most 123 bytes.
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: reason[..end].into(),
+    }))
+}
+
+async fn run_socket(shared: Arc<Shared>, socket: WebSocket, channel: Channel) {
+    let (mut sink, mut stream) = socket.split();
+    let open = match tokio::time::timeout(OPEN_TIMEOUT, stream.next()).await {
+        Ok(Some(Ok(Message::Text(t)))) => t,
+        Ok(Some(Ok(_))) => {
+            let _ = sink.send(close_message(CLOSE_POLICY, "the first message must be the text open frame with a token")).await;
+            return;
+        }
+        Err(_) => {
+            let _ = sink.send(close_message(CLOSE_POLICY, "no open frame within 10 seconds")).await;
+            return;
+        }
+        Ok(None | Some(Err(_))) => return,
+    };
+    let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+    let attached = match &channel {
+        Channel::Control(target) => attach_control(&shared, target, open.as_bytes(), tx),
+        Channel::Data(session_id) => attach_data(&shared, session_id, open.as_bytes(), tx),
+    };
+    let (role, me) = match attached {
+        Ok(r) => r,
+        Err(reason) => {
+            tracing::info!(?channel, reason = %reason, "Websocket refused");
+            let _ = sink.send(close_message(CLOSE_POLICY, &reason)).await;
+            return;
+        }
+    };
+    let conn_id = me.conn_id;
+    let cancel = shared.cancel.child_token();
+    let base = Instant::now();
+    let last_seen = Arc::new(AtomicU64::new(0));
+    let writer = tokio::spawn(write_loop(
+        sink,
+        rx,
+        cancel.clone(),
+        shared.cancel.clone(),
+        base,
+        last_seen.clone(),
+        shared.config.ping_interval,
+        shared.config.peer_timeout,
+    ));
+    let max = shared.config.max_frame_bytes;
+    loop {
+        let next = tokio::select! {
+            n = stream.next() => n,
+            () = cancel.cancelled() => break,
+        };
+        let msg = match next {
+            None | Some(Ok(Message::Close(_))) => break,
+            Some(Err(e)) => {
+                let text = e.to_string();
+                // tungstenite reports an over-long message as a capacity error.
+                let code = if text.contains("too long") { CLOSE_TOO_BIG } else { CLOSE_PROTOCOL };
+                tracing::info!(?role, error = %text, "Websocket read failed");
+                let _ = me.tx.try_send(Outbound::Close(code, text));
+                break;
+            }
+            Some(Ok(m)) => m,
+        };
+        let elapsed = u64::try_from(base.elapsed().as_millis()).unwrap_or(u64::MAX);
+        last_seen.store(elapsed, Ordering::Relaxed);
+        let Message::Binary(raw) = msg else { continue };
+        match AgentMessage::decode(&raw, max) {
+            Ok(m) => on_frame(&shared, &role, &me, m, raw).await,
+            Err(e) => {
+                tracing::warn!(?role, error = %e, "Closing websocket after a malformed frame");
+                let _ = me.tx.try_send(Outbound::Close(CLOSE_INVALID_DATA, format!("malformed frame: {e}")));
+                break;
+            }
+        }
+    }
+    // The writer drains what is queued (a close with a reason, say) and stops.
+    drop(me);
+    cancel.cancel();
+    let _ = writer.await;
+    detach(&shared, &role, conn_id);
+}
+
+async fn write_loop(
+    mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
+    mut rx: mpsc::Receiver<Outbound>,
+    cancel: CancellationToken,
+    shutdown: CancellationToken,
+    base: Instant,
+    last_seen: Arc<AtomicU64>,
+    ping_interval: Duration,
+    peer_timeout: Duration,
+) {
+    let mut ping = tokio::time::interval_at(base + ping_interval, ping_interval);
+    loop {
+        tokio::select! {
+            out = rx.recv() => match out {
+                Some(Outbound::Frame(b)) => {
+                    if sink.send(Message::Binary(b)).await.is_err() { break }
+                }
+                Some(Outbound::Close(code, reason)) => {
+                    let _ = sink.send(close_message(code, &reason)).await;
+                    break;
+                }
+                None => break,
+            },
+            _ = ping.tick() => {
+                let seen = Duration::from_millis(last_seen.load(Ordering::Relaxed));
+                if base.elapsed().saturating_sub(seen) > peer_timeout {
+                    tracing::warn!(silent_for = ?base.elapsed().saturating_sub(seen), "Closing websocket: peer stopped answering");
+                    let _ = sink.send(close_message(CLOSE_GOING_AWAY, "peer timed out")).await;
+                    break;
+                }
+                if sink.send(Message::Ping(Bytes::from_static(b"keepalive"))).await.is_err() { break }
+            }
+            () = cancel.cancelled() => {
+                // Deliver what is already queued (a channel_closed, a close with its
+                // reason) before going; say why if nothing did.
+                let mut closed = false;
+                while let Ok(out) = rx.try_recv() {
+                    let (m, is_close) = match out {
+                        Outbound::Frame(b) => (Message::Binary(b), false),
+                        Outbound::Close(code, reason) => (close_message(code, &reason), true),
+                    };
+                    if sink.send(m).await.is_err() || is_close {
+                        closed = true;
+                        break;
+                    }
+                }
+                if !closed {
+                    let (code, reason) = if shutdown.is_cancelled() {
+                        (CLOSE_GOING_AWAY, "gateway shutting down")
+                    } else {
+                        (CLOSE_NORMAL, "")
+                    };
+                    let _ = sink.send(close_message(code, reason)).await;
+                }
+                break;
+            }
+        }
+    }
+    cancel.cancel();
+}
+
+fn attach_control(
+    shared: &Shared,
+    target: &str,
+    open: &[u8],
+    tx: mpsc::Sender<Outbound>,
+) -> Result<(Role, Peer), String> {
+    let frame: OpenControlChannel = from_json(open, "OpenControlChannel").map_err(|e| e.to_string())?;
+    let mut reg = shared.reg();
+    match reg.redeem_token(&frame.token_value, Instant::now()) {
+        Some(Grant::Control { target: t }) if t == target => {}
+        _ => return Err("invalid, expired or already used token".into()),
+    }
+    let conn_id = reg.next_conn_id();
+    let me = Peer { conn_id, tx };
+    let agent = reg.agents.entry(target.to_owned()).or_default();
+    if !frame.agent_version.is_empty() {
+        agent.agent_version = frame.agent_version;
+    }
+    if !frame.platform_type.is_empty() {
+        agent.platform_type = frame.platform_type;
+    }
+    agent.last_ping = Some(SystemTime::now());
+    if let Some(old) = agent.control.replace(me.clone()) {
+        let _ = old.tx.try_send(Outbound::Close(CLOSE_NORMAL, "replaced by a newer control channel".into()));
+    }
+    tracing::info!(%target, version = %agent.agent_version, "Agent connected");
+    Ok((Role::Control { target: target.to_owned() }, me))
+}
+
+fn publication(start: bool, session_id: &str) -> Outbound {
+    let t = if start { MessageType::StartPublication } else { MessageType::PausePublication };
+    Outbound::Frame(Shared::frame(t, &serde_json::json!({ "SessionId": session_id })))
+}
+
+fn attach_data(
+    shared: &Shared,
+    session_id: &str,
+    open: &[u8],
+    tx: mpsc::Sender<Outbound>,
+) -> Result<(Role, Peer), String> {
+    let frame: OpenDataChannel = from_json(open, "OpenDataChannel").map_err(|e| e.to_string())?;
+    let mut reg = shared.reg();
+    let side = match reg.redeem_token(&frame.token_value, Instant::now()) {
+        Some(Grant::AgentData { session_id: s }) if s == session_id => Side::Agent,
+        Some(Grant::ClientData { session_id: s }) if s == session_id => Side::Client,
+        _ => return Err("invalid, expired or already used token".into()),
+    };
+    let conn_id = reg.next_conn_id();
+    let me = Peer { conn_id, tx };
+    let Some(s) = reg.sessions.get_mut(session_id) else {
+        return Err("session not found".into());
+    };
+    if !s.record.status.is_active() {
+        return Err("Session is already terminated".into());
+    }
+    if let Some(old) = s.slot(side).replace(me.clone()) {
+        let _ = old.tx.try_send(Outbound::Close(CLOSE_NORMAL, "replaced by a newer connection".into()));
+    }
+    for f in s.pending(side).take() {
+        let _ = me.tx.try_send(Outbound::Frame(f));
+    }
+    match side {
+        Side::Agent => {
+            s.agent_changed = Instant::now();
+            if s.client.is_none() {
+                let _ = me.tx.try_send(publication(false, session_id));
+            }
+        }
+        Side::Client => {
+            Shared::try_send(s.agent.as_ref(), publication(true, session_id));
+        }
+    }
+    tracing::info!(session = %session_id, ?side, "Data channel attached");
+    Ok((Role::Data { session_id: session_id.to_owned(), side }, me))
+}
+
+fn detach(shared: &Shared, role: &Role, conn_id: u64) {
+    let mut reg = shared.reg();
+    match role {
+        Role::Control { target } => {
+            // Only the socket that is still registered may unregister itself.
+            if let Some(a) = reg.agents.get_mut(target) {
+                if a.control.as_ref().is_some_and(|p| p.conn_id == conn_id) {
+                    a.control = None;
+                    tracing::info!(%target, "Agent disconnected");
+                }
+            }
+        }
+        Role::Data { session_id, side } => {
+            let Some(s) = reg.sessions.get_mut(session_id) else { return };
+            if !s.peer(*side).is_some_and(|p| p.conn_id == conn_id) {
+                return;
+            }
+            *s.slot(*side) = None;
+            tracing::info!(session = %session_id, ?side, "Data channel detached");
+            match side {
+                Side::Agent => {
+                    s.agent_changed = Instant::now();
+                    if matches!(s.record.status, SessionStatus::Connected | SessionStatus::Connecting) {
+                        s.record.status = SessionStatus::Disconnected;
+                        let rec = s.record.clone();
+                        drop(reg);
+                        shared.persist(&rec);
+                    }
+                }
+                Side::Client => Shared::try_send(s.agent.as_ref(), publication(false, session_id)),
+            }
+        }
+    }
+}
+
+async fn on_frame(shared: &Shared, role: &Role, me: &Peer, msg: AgentMessage, raw: Bytes) {
+    match role {
+        Role::Control { target } => on_control_frame(shared, target, me, &msg),
+        Role::Data { session_id, side } => {
+            let t = &msg.message_type;
+            let relay = match side {
+                Side::Agent => matches!(t, MessageType::OutputStreamData | MessageType::Acknowledge),
+                Side::Client => matches!(t, MessageType::InputStreamData | MessageType::Acknowledge),
+            };
+            if relay {
+                let to = match side {
+                    Side::Agent => Side::Client,
+                    Side::Client => Side::Agent,
+                };
+                forward(shared, session_id, to, t.is_stream_data(), raw).await;
+            } else if *side == Side::Agent && *t == MessageType::AgentSessionState {
+                on_session_state(shared, session_id, &msg);
+            } else {
+                tracing::debug!(session = %session_id, ?side, message_type = %t, "Ignoring frame not meant for relay");
+            }
+        }
+    }
+}
+
+async fn forward(shared: &Shared, session_id: &str, to: Side, activity: bool, raw: Bytes) {
+    let tx = {
+        let mut reg = shared.reg();
+        let Some(s) = reg.sessions.get_mut(session_id) else { return };
+        if activity {
+            s.last_activity = Instant::now();
+        }
+        match s.peer(to) {
+            Some(p) => p.tx.clone(),
+            None => {
+                let dropped = s.pending(to).push(raw);
+                if dropped > 0 {
+                    tracing::debug!(session = %session_id, dropped, "Pending queue full; oldest frames dropped (the sender retransmits)");
+                }
+                return;
+            }
+        }
+    };
+    match tokio::time::timeout(FORWARD_TIMEOUT, tx.send(Outbound::Frame(raw))).await {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => tracing::debug!(session = %session_id, "Peer left while forwarding; the sender retransmits"),
+        Err(_) => tracing::debug!(session = %session_id, ?to, "Peer not draining; frame dropped (the sender retransmits)"),
+    }
+}
+
+fn on_session_state(shared: &Shared, session_id: &str, msg: &AgentMessage) {
+    let state: AgentSessionState = match from_json(&msg.payload, "agent_session_state") {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(session = %session_id, error = %e, "Ignoring unreadable agent_session_state");
+            return;
+        }
+    };
+    let mut reg = shared.reg();
+    let Some(s) = reg.sessions.get_mut(session_id) else { return };
+    let new = match state.session_state {
+        SessionState::Connected if s.terminate_requested.is_none() => SessionStatus::Connected,
+        SessionState::Connected => return,
+        SessionState::Terminating => {
+            s.terminate_requested.get_or_insert_with(Instant::now);
+            SessionStatus::Terminating
+        }
+    };
+    if s.record.status.is_active() && s.record.status != new {
+        s.record.status = new;
+        let rec = s.record.clone();
+        drop(reg);
+        shared.persist(&rec);
+    }
+}
+
+fn on_control_frame(shared: &Shared, target: &str, me: &Peer, msg: &AgentMessage) {
+    if let Some(a) = shared.reg().agents.get_mut(target) {
+        a.last_ping = Some(SystemTime::now());
+    }
+    match &msg.message_type {
+        MessageType::AgentTaskComplete => {
+            let done: AgentTaskComplete = match from_json(&msg.payload, "agent_task_complete") {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(%target, error = %e, "Ignoring unreadable agent_task_complete");
+                    return;
+                }
+            };
+            let ack = AgentTaskAcknowledge {
+                schema_version: 1,
+                message_id: msg.message_id.to_string(),
+                task_id: done.task_id.clone(),
+                topic: "agent_task_acknowledge".into(),
+            };
+            let _ = me.tx.try_send(Outbound::Frame(Shared::frame(MessageType::AgentTaskAcknowledge, &ack)));
+            complete_session(shared, target, &done);
+        }
+        other => tracing::debug!(%target, message_type = %other, "Ignoring control-channel message"),
+    }
+}
+
+fn complete_session(shared: &Shared, target: &str, done: &AgentTaskComplete) {
+    {
+        let mut reg = shared.reg();
+        let Some(s) = reg.sessions.get_mut(&done.task_id) else {
+            tracing::warn!(%target, session = %done.task_id, "agent_task_complete for an unknown session");
+            return;
+        };
+        if s.record.target != target {
+            tracing::warn!(%target, session = %done.task_id, "agent_task_complete from the wrong target ignored");
+            return;
+        }
+        if s.completed {
+            return; // a retry of a report already applied
+        }
+        s.completed = true;
+        s.record.final_task_status.clone_from(&done.final_task_status);
+        s.record.output.s3_bucket.clone_from(&done.s3_bucket);
+        s.record.output.s3_key.clone_from(&done.s3_url_suffix);
+        s.record.output.cwl_group.clone_from(&done.cwl_group);
+        s.record.output.cwl_stream.clone_from(&done.cwl_stream);
+    }
+    let failed = done.final_task_status == task_status::FAILED;
+    let (status, details) = if failed {
+        (SessionStatus::Failed, done.output.as_str())
+    } else {
+        (SessionStatus::Terminated, "")
+    };
+    shared.finish(&done.task_id, status, details, if failed { &done.output } else { "" });
+}

@@ -1,0 +1,500 @@
+//! `session-agent gateway`: a local stand-in for the two AWS services a Session Manager
+//! session crosses, on loopback or a LAN.
+//!
+//! * the **SSM API** subset (`POST /`, AWS JSON 1.1, `X-Amz-Target: AmazonSSM.<Op>`):
+//!   StartSession, TerminateSession, ResumeSession, DescribeSessions,
+//!   DescribeInstanceInformation, UpdateInstanceInformation — [`api`];
+//! * the **message gateway** (`ssmmessages`, "MGS"): channel-creation POSTs answering 201
+//!   with an XML token, the agent's control-channel websocket, and the data-channel
+//!   websocket shared by agent and client, relayed frame for frame — [`mgs`].
+//!
+//! ```text
+//!   client ──StartSession──▶ api ──interactive_shell──▶ agent control socket
+//!   client ══StreamUrl ws══▶ mgs relay ◀══data ws══ agent     (frames unchanged, acks end to end)
+//! ```
+//!
+//! State lives in one [`registry::Registry`] behind a mutex that is never held across an
+//! await; session history is persisted by [`store::Store`]. Each websocket gets a reader
+//! task (decodes and routes inbound frames) and a writer task (drains its bounded outbound
+//! queue, sends keepalive pings, detects a dead peer), so a slow peer back-pressures only
+//! its own session. Forwarding waits at most [`FORWARD_TIMEOUT`] for the other side's
+//! queue, then drops the frame: the protocol's retransmission makes that a delay, never a
+//! loss, and it rules out reader/writer deadlocks between two peers.
+
+pub mod api;
+pub mod auth;
+pub mod mgs;
+pub(crate) mod registry;
+pub mod store;
+
+use crate::protocol::frame::{AgentMessage, MessageType, PayloadType};
+use crate::protocol::payload::{to_json, ChannelClosed};
+use bytes::Bytes;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use rand::distributions::{Alphanumeric, DistString};
+use registry::{Outbound, Peer, Registry, Side};
+use serde::Serialize;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use store::{SessionRecord, SessionStatus, Store};
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// How long a reader waits for the other side's outbound queue before dropping a frame.
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
+/// Outbound queue per websocket, in frames. Deep enough to absorb a burst of 1 KiB output
+/// frames, shallow enough that a stuck peer holds at most a few MiB.
+pub const OUTBOUND_QUEUE: usize = 1024;
+/// The console's default idle timeout, applied when the document sets none.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(20 * 60);
+
+/// Everything the gateway needs; built by the CLI, plain data.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Where session history is kept; `None` keeps it in memory only.
+    pub data_dir: Option<PathBuf>,
+    /// The `SSM-SessionManagerRunShell` document sent with every shell session.
+    pub preferences: serde_json::Value,
+    /// Extra documents, `<dir>/<DocumentName>.json`, for StartSession `DocumentName`.
+    pub documents_dir: Option<PathBuf>,
+    /// PEM certificate chain and key; with them the gateway speaks https/wss only.
+    pub tls: Option<TlsFiles>,
+    /// Base URL put into StreamUrl (e.g. `wss://gw.example:8443`); default: from the
+    /// request's Host header.
+    pub advertise_url: Option<String>,
+    /// Region used in generated ARNs and console links.
+    pub region: String,
+    /// Account id used in generated ARNs.
+    pub account_id: String,
+    /// How often the gateway pings each websocket.
+    pub ping_interval: Duration,
+    /// A websocket silent (no frame, no pong) for this long is closed as dead.
+    pub peer_timeout: Duration,
+    /// An active session whose agent data channel stays away this long is marked Failed.
+    pub orphan_timeout: Duration,
+    /// How long a terminating session waits for the agent's agent_task_complete.
+    pub terminate_grace: Duration,
+    /// Largest websocket message accepted (and AgentMessage frame decoded).
+    pub max_frame_bytes: usize,
+    /// Largest HTTP request body accepted.
+    pub max_body_bytes: usize,
+}
+
+/// Paths of a PEM certificate chain and private key.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// Certificate chain (leaf first).
+    pub cert: PathBuf,
+    /// Private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: None,
+            preferences: crate::protocol::document::SessionDocument::default_shell().to_json(),
+            documents_dir: None,
+            tls: None,
+            advertise_url: None,
+            region: "us-east-1".into(),
+            account_id: "000000000000".into(),
+            // Upstream agents ping every 54 s and expect an answer within 60 s; we ping
+            // a little more often so our own detection fires before theirs.
+            ping_interval: Duration::from_secs(30),
+            peer_timeout: Duration::from_secs(90),
+            orphan_timeout: Duration::from_secs(120),
+            terminate_grace: Duration::from_secs(30),
+            max_frame_bytes: crate::protocol::frame::DEFAULT_MAX_FRAME_LEN,
+            max_body_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// Start-up failures, each naming what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// History file problems.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// TLS material could not be loaded.
+    #[error("tls: {0}")]
+    Tls(String),
+    /// Accept loop failure.
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// State shared by every handler.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    reg: Mutex<Registry>,
+    pub(crate) config: GatewayConfig,
+    store: Store,
+    pub(crate) cancel: CancellationToken,
+}
+
+impl Shared {
+    /// Locks the registry. A poisoned lock (a panic while holding it) is recovered: the
+    /// registry holds no invariants that a half-finished update could break badly enough
+    /// to justify taking the whole gateway down.
+    pub(crate) fn reg(&self) -> MutexGuard<'_, Registry> {
+        self.reg.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn persist(&self, record: &SessionRecord) {
+        self.store.save(record);
+    }
+
+    /// Builds a control frame from the gateway (sequence 0, payload type 0).
+    pub(crate) fn frame<T: Serialize>(message_type: MessageType, payload: &T) -> Bytes {
+        let msg = AgentMessage::new(
+            message_type,
+            PayloadType::Null,
+            to_json(payload),
+            now_millis(),
+            Uuid::new_v4(),
+        );
+        // JSON payloads are never empty and our type names are valid.
+        msg.encode().unwrap_or_default()
+    }
+
+    pub(crate) fn channel_closed(session_id: &str, target: &str, output: &str) -> Bytes {
+        Self::frame(
+            MessageType::ChannelClosed,
+            &ChannelClosed {
+                message_type: "channel_closed".into(),
+                message_id: Uuid::new_v4().to_string(),
+                destination_id: target.into(),
+                session_id: session_id.into(),
+                schema_version: 1,
+                created_date: rfc3339(SystemTime::now()),
+                output: output.into(),
+            },
+        )
+    }
+
+    /// Queues without waiting; used for the gateway's own rare messages.
+    pub(crate) fn try_send(peer: Option<&Peer>, out: Outbound) {
+        if let Some(p) = peer {
+            if p.tx.try_send(out).is_err() {
+                tracing::debug!(conn = p.conn_id, "Outbound queue full or closed; message dropped");
+            }
+        }
+    }
+
+    /// Ends a session from the service side: tells agent (data and control channel) and
+    /// client, marks it Terminating, and lets the agent's agent_task_complete finish it.
+    pub(crate) fn terminate(&self, session_id: &str, client_message: &str, details: &str) {
+        let mut reg = self.reg();
+        let Some(s) = reg.sessions.get(session_id) else { return };
+        if !s.record.status.is_active() || s.terminate_requested.is_some() {
+            return;
+        }
+        let target = s.record.target.clone();
+        let control = reg.agents.get(&target).and_then(|a| a.control.clone());
+        let Some(s) = reg.sessions.get_mut(session_id) else { return };
+        let to_agent = Self::channel_closed(session_id, &target, "");
+        Self::try_send(s.agent.as_ref(), Outbound::Frame(to_agent.clone()));
+        Self::try_send(control.as_ref(), Outbound::Frame(to_agent));
+        Self::try_send(
+            s.client.as_ref(),
+            Outbound::Frame(Self::channel_closed(session_id, &target, client_message)),
+        );
+        s.terminate_requested = Some(Instant::now());
+        s.record.status = SessionStatus::Terminating;
+        if !details.is_empty() {
+            s.record.details = details.into();
+        }
+        let rec = s.record.clone();
+        drop(reg);
+        self.persist(&rec);
+    }
+
+    /// Records the end of a session, tells the client (`channel_closed` with
+    /// `client_message` as its Output) and closes whatever is still connected.
+    pub(crate) fn finish(&self, session_id: &str, status: SessionStatus, details: &str, client_message: &str) {
+        let mut reg = self.reg();
+        let Some(s) = reg.sessions.get_mut(session_id) else { return };
+        if !s.record.status.is_active() {
+            return;
+        }
+        s.record.status = status;
+        s.record.end_date = Some(epoch_secs(SystemTime::now()));
+        if !details.is_empty() {
+            s.record.details = details.into();
+        }
+        let bye = Self::channel_closed(session_id, &s.record.target, client_message);
+        Self::try_send(s.client.as_ref(), Outbound::Frame(bye));
+        for side in [Side::Agent, Side::Client] {
+            if let Some(p) = s.slot(side).take() {
+                let _ = p.tx.try_send(Outbound::Close(1000, "session ended".into()));
+            }
+        }
+        let rec = s.record.clone();
+        drop(reg);
+        tracing::info!(session = session_id, status = status.as_str(), "Session ended");
+        self.persist(&rec);
+    }
+
+    /// Periodic housekeeping: tokens, timeouts, orphans.
+    fn reap(&self) {
+        let now = Instant::now();
+        let cfg = &self.config;
+        let mut to_terminate = Vec::new();
+        let mut to_finish = Vec::new();
+        {
+            let mut reg = self.reg();
+            reg.prune(now);
+            for (id, s) in &reg.sessions {
+                if !s.record.status.is_active() {
+                    continue;
+                }
+                if let Some(at) = s.terminate_requested {
+                    if now.duration_since(at) > cfg.terminate_grace {
+                        to_finish.push((
+                            id.clone(),
+                            SessionStatus::Terminated,
+                            "the agent did not confirm the end of the session",
+                        ));
+                    }
+                } else if s.agent.is_none() && now.duration_since(s.agent_changed) > cfg.orphan_timeout {
+                    to_finish.push((
+                        id.clone(),
+                        SessionStatus::Failed,
+                        "the agent's data channel did not come back",
+                    ));
+                } else if s.max_duration.is_some_and(|m| now.duration_since(s.started) > m) {
+                    to_terminate.push((id.clone(), "Your session has reached its maximum duration.", "maximum session duration reached"));
+                } else if s.idle_timeout.is_some_and(|idle| now.duration_since(s.last_activity) > idle) {
+                    to_terminate.push((id.clone(), "Your session timed out due to inactivity.", "idle session timeout"));
+                }
+            }
+        }
+        for (id, msg, details) in to_terminate {
+            tracing::info!(session = %id, reason = details, "Terminating session");
+            self.terminate(&id, msg, details);
+        }
+        for (id, status, details) in to_finish {
+            self.finish(&id, status, details, details);
+        }
+    }
+}
+
+/// Serves the gateway on `listener` until `shutdown` resolves.
+///
+/// # Errors
+/// Unreadable history or TLS files; the accept loop itself only logs per-connection errors.
+pub async fn serve(
+    config: GatewayConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), GatewayError> {
+    let tls = config.tls.as_ref().map(load_tls).transpose()?;
+    let (store, records) = match &config.data_dir {
+        Some(dir) => Store::open(dir)?,
+        None => (Store::memory(), Vec::new()),
+    };
+    let mut reg = Registry::default();
+    let now = Instant::now();
+    for rec in records {
+        if rec.status.is_active() {
+            tracing::info!(session = %rec.session_id, "Session was active before restart; waiting for its agent to reconnect");
+        }
+        reg.sessions
+            .insert(rec.session_id.clone(), registry::Session::new(rec, now));
+    }
+    let shared = Arc::new(Shared {
+        reg: Mutex::new(reg),
+        config,
+        store,
+        cancel: CancellationToken::new(),
+    });
+    let router = router(shared.clone());
+    let reaper = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => shared.reap(),
+                    () = shared.cancel.cancelled() => break,
+                }
+            }
+        })
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(addr = %listener.local_addr()?, scheme, "Gateway listening");
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "Accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(router.clone());
+        let tls = tls.clone();
+        let cancel = shared.cancel.clone();
+        tokio::spawn(async move {
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let result = match tls {
+                Some(acceptor) => match acceptor.accept(stream).await {
+                    Ok(s) => serve_conn(&builder, TokioIo::new(s), service, cancel).await,
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                },
+                None => serve_conn(&builder, TokioIo::new(stream), service, cancel).await,
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "Connection ended with an error");
+            }
+        });
+    }
+    tracing::info!("Gateway shutting down");
+    shared.cancel.cancel();
+    let _ = reaper.await;
+    shared.store.flush();
+    Ok(())
+}
+
+async fn serve_conn<I>(
+    builder: &hyper_util::server::conn::auto::Builder<TokioExecutor>,
+    io: TokioIo<I>,
+    service: TowerToHyperService<axum::Router>,
+    cancel: CancellationToken,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => r,
+        () = cancel.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    }
+}
+
+fn router(shared: Arc<Shared>) -> axum::Router {
+    use axum::routing::{get, post};
+    axum::Router::new()
+        .route("/", post(api::handle))
+        .route(
+            "/v1/control-channel/{target}",
+            post(mgs::create_control_channel).get(mgs::open_control_channel),
+        )
+        .route(
+            "/v1/data-channel/{session_id}",
+            post(mgs::create_data_channel).get(mgs::open_data_channel),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .fallback(api::not_found)
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(shared)
+}
+
+fn load_tls(files: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor, GatewayError> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let read = |p: &PathBuf| {
+        std::fs::read(p).map_err(|e| GatewayError::Tls(format!("cannot read {}: {e}", p.display())))
+    };
+    let cert_pem = read(&files.cert)?;
+    let key_pem = read(&files.key)?;
+    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_pem.as_slice())
+        .collect::<Result<_, _>>()
+        .map_err(|e| GatewayError::Tls(format!("{}: {e}", files.cert.display())))?;
+    if certs.is_empty() {
+        return Err(GatewayError::Tls(format!(
+            "{} holds no PEM certificate",
+            files.cert.display()
+        )));
+    }
+    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut key_pem.as_slice())
+        .map_err(|e| GatewayError::Tls(format!("{}: {e}", files.key.display())))?
+        .ok_or_else(|| GatewayError::Tls(format!("{} holds no PEM private key", files.key.display())))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| GatewayError::Tls(e.to_string()))?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| GatewayError::Tls(format!("certificate and key do not fit: {e}")))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// A fresh unguessable token (64 alphanumerics, ~380 bits).
+pub(crate) fn random_token() -> String {
+    Alphanumeric.sample_string(&mut rand::thread_rng(), 64)
+}
+
+pub(crate) fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(1, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+pub(crate) fn epoch_secs(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ`, UTC.
+pub(crate) fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil-from-days (Howard Hinnant's algorithm), valid for the Unix era.
+    let z = i64::try_from(days).unwrap_or(0) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+/// Where the listener ended up, for callers that bind port 0.
+pub fn local_url(addr: SocketAddr, tls: bool) -> String {
+    format!("{}://{addr}", if tls { "https" } else { "http" })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_formats_known_instants() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        assert_eq!(rfc3339(t), "2023-11-14T22:13:20.123Z");
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000Z");
+    }
+}

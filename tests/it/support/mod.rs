@@ -1,0 +1,423 @@
+//! Test harness: a gateway on a loopback port, SigV4-signed SSM API calls, and scripted
+//! agent and client peers written on the crate's protocol module, over real sockets.
+
+#![allow(dead_code)]
+
+use anyhow::{anyhow, bail, Context, Result};
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use session_agent::gateway::{serve, GatewayConfig};
+use session_agent::protocol::frame::{AgentMessage, MessageType, PayloadType, DEFAULT_MAX_FRAME_LEN};
+use session_agent::protocol::payload::{
+    to_json, Acknowledge, OpenControlChannel, OpenDataChannel, TokenResponse,
+};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use uuid::Uuid;
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// How long any single expected event may take before a test fails.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub const AKID: &str = "AKIDTESTOWNER";
+
+/// A running gateway on 127.0.0.1:<random port>.
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub tls: Option<TlsClient>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+/// Trust material for a TLS gateway.
+#[derive(Clone)]
+pub struct TlsClient {
+    pub ca_pem: String,
+    pub rustls: Arc<rustls::ClientConfig>,
+}
+
+impl Gateway {
+    pub async fn start(config: GatewayConfig) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            serve(config, listener, async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("gateway failed");
+        });
+        Self { addr, tls: None, stop: Some(stop), task: Some(task) }
+    }
+
+    /// Starts a gateway with a fresh self-signed certificate for 127.0.0.1/localhost.
+    pub async fn start_tls(mut config: GatewayConfig, dir: &std::path::Path) -> Self {
+        let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+        let cert_pem = cert.cert.pem();
+        std::fs::write(dir.join("cert.pem"), &cert_pem).unwrap();
+        std::fs::write(dir.join("key.pem"), cert.key_pair.serialize_pem()).unwrap();
+        config.tls = Some(session_agent::gateway::TlsFiles {
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+        });
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.cert.der().clone()).unwrap();
+        let rustls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let mut gw = Self::start(config).await;
+        gw.tls = Some(TlsClient { ca_pem: cert_pem, rustls: Arc::new(rustls) });
+        gw
+    }
+
+    pub fn http_url(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    pub fn ws_url(&self) -> String {
+        let scheme = if self.tls.is_some() { "wss" } else { "ws" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    pub fn http(&self) -> reqwest::Client {
+        let mut b = reqwest::Client::builder().timeout(WAIT);
+        if let Some(tls) = &self.tls {
+            b = b
+                .add_root_certificate(reqwest::Certificate::from_pem(tls.ca_pem.as_bytes()).unwrap())
+                .tls_built_in_root_certs(false);
+        }
+        b.build().unwrap()
+    }
+
+    /// Calls an SSM API operation the way the AWS CLI does: AWS JSON 1.1, SigV4-signed.
+    /// Returns (HTTP status, parsed body).
+    pub async fn api(&self, op: &str, input: Value) -> (u16, Value) {
+        let body = input.to_string();
+        let url = format!("{}/", self.http_url());
+        let headers = sign_headers("POST", &url, &body, "ssm", &[
+            ("content-type", "application/x-amz-json-1.1"),
+            ("x-amz-target", &format!("AmazonSSM.{op}")),
+        ]);
+        let mut req = self.http().post(&url).body(body);
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        let resp = req.send().await.expect("API request failed");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, v)
+    }
+
+    /// Like [`Self::api`] but expects success.
+    pub async fn api_ok(&self, op: &str, input: Value) -> Value {
+        let (status, v) = self.api(op, input).await;
+        assert_eq!(status, 200, "{op} failed: {v}");
+        v
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            tokio::time::timeout(WAIT, t).await.expect("gateway did not stop").unwrap();
+        }
+    }
+
+    pub async fn ws_connect(&self, url: &str) -> Ws {
+        let connector = self.tls.as_ref().map(|t| tokio_tungstenite::Connector::Rustls(t.rustls.clone()));
+        let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(url, None, true, connector)
+            .await
+            .unwrap_or_else(|e| panic!("websocket connect to {url} failed: {e}"));
+        ws
+    }
+
+    /// POSTs a channel-creation request; returns (status, body text).
+    pub async fn create_channel(&self, path: &str, body: &str) -> (u16, String) {
+        let url = format!("{}{path}", self.http_url());
+        let headers = sign_headers("POST", &url, body, "ssmmessages", &[("content-type", "application/json")]);
+        let mut req = self.http().post(&url).body(body.to_owned());
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        let resp = req.send().await.expect("channel request failed");
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    }
+}
+
+/// SigV4 headers for a request (any credentials are accepted by the gateway).
+pub fn sign_headers(method: &str, url: &str, body: &str, service: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
+    use aws_sigv4::sign::v4;
+    let creds = aws_credential_types::Credentials::new(AKID, "secret", None, None, "test");
+    let identity = creds.into();
+    let params = v4::SigningParams::builder()
+        .identity(&identity)
+        .region("us-east-1")
+        .name(service)
+        .time(SystemTime::now())
+        .settings(SigningSettings::default())
+        .build()
+        .unwrap()
+        .into();
+    let host = url.split('/').nth(2).unwrap().to_owned();
+    let mut headers: Vec<(String, String)> = extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    headers.push(("host".into(), host));
+    let signable = SignableRequest::new(
+        method,
+        url,
+        headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        SignableBody::Bytes(body.as_bytes()),
+    )
+    .unwrap();
+    let (instructions, _) = sign(signable, &params).unwrap().into_parts();
+    let mut req = http::Request::builder().method(method).uri(url).body(()).unwrap();
+    for (k, v) in &headers {
+        req.headers_mut().insert(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+    }
+    instructions.apply_to_request_http1x(&mut req);
+    req.headers()
+        .iter()
+        .filter(|(k, _)| *k != "host")
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_owned()))
+        .collect()
+}
+
+pub fn now_ms() -> u64 {
+    u64::try_from(SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis()).unwrap()
+}
+
+pub fn create_body(client_id: Option<&str>) -> String {
+    let mut v = json!({"MessageSchemaVersion": "1.0", "RequestId": Uuid::new_v4().to_string()});
+    if let Some(c) = client_id {
+        v["ClientId"] = json!(c);
+    }
+    v.to_string()
+}
+
+/// Builds an encoded frame.
+pub fn frame(t: MessageType, pt: PayloadType, payload: impl Into<Bytes>, seq: i64) -> Bytes {
+    AgentMessage::new(t, pt, payload, now_ms(), Uuid::new_v4())
+        .with_sequence(seq, u64::from(seq == 0))
+        .encode()
+        .unwrap()
+}
+
+pub fn json_frame(t: MessageType, payload: &impl serde::Serialize) -> Bytes {
+    frame(t, PayloadType::Null, to_json(payload), 0)
+}
+
+pub fn ack_for(m: &AgentMessage) -> Bytes {
+    let ack = Acknowledge {
+        acknowledged_message_type: m.message_type.to_string(),
+        acknowledged_message_id: m.message_id.to_string(),
+        acknowledged_message_sequence_number: m.sequence_number,
+        is_sequential_message: true,
+    };
+    AgentMessage::new(MessageType::Acknowledge, PayloadType::Null, to_json(&ack), now_ms(), Uuid::new_v4())
+        .with_sequence(0, 3)
+        .encode()
+        .unwrap()
+}
+
+/// One websocket end speaking AgentMessage frames.
+pub struct Peer {
+    pub ws: Ws,
+}
+
+/// What arrived on a socket.
+#[derive(Debug)]
+pub enum Event {
+    Frame(AgentMessage, Bytes),
+    Closed(Option<(CloseCode, String)>),
+}
+
+impl Peer {
+    pub async fn send_raw(&mut self, b: Bytes) {
+        self.ws.send(Message::Binary(b)).await.expect("send failed");
+    }
+
+    pub async fn send_text(&mut self, t: String) {
+        self.ws.send(Message::text(t)).await.expect("send failed");
+    }
+
+    /// Next frame or close, skipping pings/pongs; fails the test after [`WAIT`].
+    pub async fn next_event(&mut self) -> Event {
+        loop {
+            let m = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("timed out waiting for a websocket message");
+            match m {
+                None => return Event::Closed(None),
+                Some(Err(_)) => return Event::Closed(None),
+                Some(Ok(Message::Binary(b))) => {
+                    let msg = AgentMessage::decode(&b, DEFAULT_MAX_FRAME_LEN).expect("gateway sent a bad frame");
+                    return Event::Frame(msg, b);
+                }
+                Some(Ok(Message::Close(c))) => {
+                    return Event::Closed(c.map(|c| (c.code, c.reason.to_string())));
+                }
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+
+    pub async fn recv(&mut self) -> (AgentMessage, Bytes) {
+        match self.next_event().await {
+            Event::Frame(m, b) => (m, b),
+            Event::Closed(c) => panic!("socket closed while a frame was expected: {c:?}"),
+        }
+    }
+
+    /// Receives frames until one of type `t` arrives; returns it and the skipped types.
+    pub async fn recv_type(&mut self, t: MessageType) -> (AgentMessage, Vec<MessageType>) {
+        let mut skipped = Vec::new();
+        loop {
+            let (m, _) = self.recv().await;
+            if m.message_type == t {
+                return (m, skipped);
+            }
+            skipped.push(m.message_type);
+        }
+    }
+
+    /// Expects the socket to be closed; returns the close code and reason.
+    pub async fn expect_close(&mut self) -> Option<(CloseCode, String)> {
+        loop {
+            match self.next_event().await {
+                Event::Closed(c) => return c,
+                Event::Frame(m, _) => {
+                    if m.message_type == MessageType::ChannelClosed {
+                        continue;
+                    }
+                    panic!("expected close, got frame {:?}", m.message_type)
+                }
+            }
+        }
+    }
+}
+
+/// A scripted agent: control channel up, answers nothing by itself.
+pub struct ScriptedAgent {
+    pub target: String,
+    pub control: Peer,
+}
+
+impl ScriptedAgent {
+    pub async fn connect(gw: &Gateway, target: &str) -> Result<Self> {
+        let (status, body) = gw.create_channel(&format!("/v1/control-channel/{target}"), &create_body(None)).await;
+        if status != 201 {
+            bail!("CreateControlChannel answered {status}: {body}");
+        }
+        let token = TokenResponse::from_xml(&body)?.token_value;
+        let ws = gw
+            .ws_connect(&format!("{}/v1/control-channel/{target}?role=subscribe&stream=input", gw.ws_url()))
+            .await;
+        let mut control = Peer { ws };
+        let open = OpenControlChannel {
+            cookie: None,
+            message_schema_version: "1.0".into(),
+            request_id: Uuid::new_v4().to_string(),
+            token_value: token,
+            agent_version: "9.9.9.9".into(),
+            platform_type: "linux".into(),
+        };
+        control.send_text(String::from_utf8(to_json(&open))?).await;
+        // Wait until the gateway lists us as Online.
+        for _ in 0..200 {
+            let v = gw
+                .api_ok("DescribeInstanceInformation", json!({"Filters":[{"Key":"InstanceIds","Values":[target]}]}))
+                .await;
+            if v["InstanceInformationList"][0]["PingStatus"] == "Online" {
+                return Ok(Self { target: target.into(), control });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(anyhow!("agent {target} never showed as Online"))
+    }
+
+    /// Opens the agent's end of a session's data channel and sends `Connected`.
+    pub async fn open_data(&self, gw: &Gateway, session_id: &str) -> Result<Peer> {
+        let (status, body) = gw.create_channel(&format!("/v1/data-channel/{session_id}"), &create_body(Some(""))).await;
+        if status != 201 {
+            bail!("CreateDataChannel answered {status}: {body}");
+        }
+        let token = TokenResponse::from_xml(&body).context("token xml")?.token_value;
+        let ws = gw
+            .ws_connect(&format!("{}/v1/data-channel/{session_id}?role=publish_subscribe", gw.ws_url()))
+            .await;
+        let mut peer = Peer { ws };
+        let open = OpenDataChannel {
+            message_schema_version: "1.0".into(),
+            request_id: Uuid::new_v4().to_string(),
+            token_value: token,
+            client_instance_id: Some(self.target.clone()),
+            client_id: String::new(),
+            client_version: None,
+        };
+        peer.send_text(String::from_utf8(to_json(&open))?).await;
+        peer.send_raw(json_frame(
+            MessageType::AgentSessionState,
+            &json!({"SchemaVersion":1,"SessionState":"Connected","SessionId":session_id}),
+        ))
+        .await;
+        Ok(peer)
+    }
+}
+
+/// Connects as the official client does: StreamUrl, then the text open frame.
+pub async fn client_connect(gw: &Gateway, stream_url: &str, token: &str) -> Peer {
+    let ws = gw.ws_connect(stream_url).await;
+    let mut peer = Peer { ws };
+    let open = OpenDataChannel {
+        message_schema_version: "1.0".into(),
+        request_id: Uuid::new_v4().to_string(),
+        token_value: token.into(),
+        client_instance_id: None,
+        client_id: Uuid::new_v4().to_string(),
+        client_version: Some("1.2.677.0".into()),
+    };
+    peer.send_text(String::from_utf8(to_json(&open)).unwrap()).await;
+    peer
+}
+
+/// Polls DescribeSessions until the session shows `status` in `state`; returns its entry.
+pub async fn wait_status(gw: &Gateway, session_id: &str, state: &str, status: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let v = gw
+            .api_ok("DescribeSessions", json!({"State": state, "Filters":[{"key":"SessionId","value":session_id}]}))
+            .await;
+        if let Some(s) = v["Sessions"].as_array().and_then(|a| a.first()) {
+            if s["Status"] == status {
+                return s.clone();
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "session {session_id} never reached {state}/{status}; last: {v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// StartSession → (SessionId, TokenValue, StreamUrl).
+pub async fn start_session(gw: &Gateway, target: &str) -> (String, String, String) {
+    let v = gw.api_ok("StartSession", json!({"Target": target, "Reason": "testing"})).await;
+    (
+        v["SessionId"].as_str().unwrap().to_owned(),
+        v["TokenValue"].as_str().unwrap().to_owned(),
+        v["StreamUrl"].as_str().unwrap().to_owned(),
+    )
+}
