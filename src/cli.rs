@@ -88,6 +88,19 @@ pub struct GatewayArgs {
     /// Largest HTTP request body accepted, in bytes.
     #[arg(long, default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// RunAs user for a caller, as the `SSMSessionRunAs` tag on an IAM principal would
+    /// give it: `ACCESS_KEY_ID=USER`, or `*=USER` for every caller. Repeatable. Sent to
+    /// the agent as RunAsUser (used when the document has runAsEnabled).
+    #[arg(long = "run-as", value_name = "KEYID=USER")]
+    pub run_as: Vec<String>,
+}
+
+/// A POSIX-portable user name (`[a-z_][a-z0-9_-]{0,31}`), the rule useradd applies.
+pub fn valid_user_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    matches!(bytes.next(), Some(b'a'..=b'z' | b'_'))
+        && name.len() <= 32
+        && bytes.all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-'))
 }
 
 /// Invalid configuration: names the key (flag) and why.
@@ -166,6 +179,15 @@ impl GatewayArgs {
         if self.max_frame_bytes < 64 * 1024 {
             return Err(config_error("--max-frame-bytes", "must be at least 65536: control messages reach 142000 bytes"));
         }
+        for rule in &self.run_as {
+            let Some((who, user)) = rule.split_once('=') else {
+                return Err(config_error("--run-as", format!("{rule:?} is not KEYID=USER")));
+            };
+            if !valid_user_name(user) {
+                return Err(config_error("--run-as", format!("{user:?} is not a valid user name ([a-z_][a-z0-9_-]{{0,31}})")));
+            }
+            cfg.run_as.push((who.to_owned(), user.to_owned()));
+        }
         cfg.data_dir = self.data_dir;
         cfg.documents_dir = self.documents_dir;
         cfg.tls = self.tls_cert.zip(self.tls_key).map(|(cert, key)| TlsFiles { cert, key });
@@ -194,6 +216,16 @@ mod tests {
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn user_names_are_checked_strictly() {
+        for ok in ["ssm-user", "_svc", "a", "deploy_2"] {
+            assert!(valid_user_name(ok), "{ok}");
+        }
+        for bad in ["", "Root", "1abc", "a b", "a;rm -rf /", "$(id)", &"a".repeat(33)] {
+            assert!(!valid_user_name(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -15,6 +15,11 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal; journald and files get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // When stderr is gone (a closed pipe), tracing would report that with
+        // `eprintln!`, which panics: losing a log line must not take the daemon down.
+        .log_internal_errors(false)
         .init();
     match cli.command {
         Command::Gateway(args) => {

@@ -240,6 +240,22 @@ fn parameters(input: &Value) -> Result<Map<String, Value>, ApiError> {
     }
 }
 
+fn throttled() -> ApiError {
+    ApiError::new("ThrottlingException", "too many outstanding tokens; retry in a minute")
+}
+
+/// The RunAs user for this caller: what an `SSMSessionRunAs` tag on the IAM principal
+/// would say, from `--run-as KEYID=USER` (or `*=USER`).
+fn run_as_for(shared: &Shared, caller: &Caller) -> String {
+    let rules = &shared.config.run_as;
+    rules
+        .iter()
+        .find(|(who, _)| *who == caller.access_key_id)
+        .or_else(|| rules.iter().find(|(who, _)| who == "*"))
+        .map(|(_, user)| user.clone())
+        .unwrap_or_default()
+}
+
 fn minutes(m: Option<u32>) -> Option<Duration> {
     m.map(|m| Duration::from_secs(u64::from(m) * 60))
 }
@@ -263,7 +279,7 @@ fn start_session(shared: &Shared, caller: &Caller, host: &str, input: &Value) ->
         document_name: document_name.to_owned(),
         document_content: content,
         parameters: params,
-        run_as_user: String::new(),
+        run_as_user: run_as_for(shared, caller),
         session_owner: owner.clone(),
     };
     let frame = Shared::frame(MessageType::InteractiveShell, &task.to_mgs_payload("aws.ssm.startSession"));
@@ -280,7 +296,7 @@ fn start_session(shared: &Shared, caller: &Caller, host: &str, input: &Value) ->
             ApiError::new("TargetNotConnected", format!("{target} is not connected."))
         })?,
     };
-    if control.tx.try_send(Outbound::Frame(frame)).is_err() {
+    if control.ctl.send(Outbound::Frame(frame)).is_err() {
         return Err(ApiError::new("TargetNotConnected", format!("{target} is not connected.")));
     }
     let record = SessionRecord {
@@ -300,12 +316,16 @@ fn start_session(shared: &Shared, caller: &Caller, host: &str, input: &Value) ->
             .max_session_duration
             .map(|m| m.to_string())
             .unwrap_or_default(),
+        idle_timeout_secs: Some(
+            minutes(doc.inputs.idle_session_timeout)
+                .unwrap_or(DEFAULT_IDLE_TIMEOUT)
+                .as_secs(),
+        ),
     };
-    let mut session = Session::new(record.clone(), now);
-    session.idle_timeout = minutes(doc.inputs.idle_session_timeout).or(Some(DEFAULT_IDLE_TIMEOUT));
-    session.max_duration = minutes(doc.inputs.max_session_duration);
-    reg.sessions.insert(session_id.clone(), session);
-    let token = reg.issue_token(Grant::ClientData { session_id: session_id.clone() }, now);
+    let token = reg
+        .issue_token(Grant::ClientData { session_id: session_id.clone() }, now)
+        .ok_or_else(throttled)?;
+    reg.sessions.insert(session_id.clone(), Session::new(record.clone(), now));
     drop(reg);
     shared.persist(&record);
     tracing::info!(session = %session_id, target, owner = %record.owner, "Session started");
@@ -326,6 +346,7 @@ fn resume_session(shared: &Shared, host: &str, input: &Value) -> ApiResult {
     // An empty token tells the official client the session is gone ("timed out").
     let token = if active {
         reg.issue_token(Grant::ClientData { session_id: session_id.to_owned() }, Instant::now())
+            .ok_or_else(throttled)?
     } else {
         String::new()
     };
@@ -350,13 +371,20 @@ fn parse_date(s: &str) -> Option<f64> {
     let (date, time) = s.split_once('T').unwrap_or((s, "00:00:00Z"));
     let mut d = date.split('-').map(str::parse::<i64>);
     let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
-    if !(1..=12).contains(&m) || !(1..=31).contains(&day) {
-        return None;
-    }
     let time = time.trim_end_matches('Z');
     let mut t = time.split(':');
     let (hh, mm): (i64, i64) = (t.next()?.parse().ok()?, t.next()?.parse().ok()?);
     let ss: f64 = t.next().unwrap_or("0").parse().ok()?;
+    // Ranges first: they also keep the arithmetic below far from overflow.
+    let in_range = (1..=9999).contains(&y)
+        && (1..=12).contains(&m)
+        && (1..=31).contains(&day)
+        && (0..24).contains(&hh)
+        && (0..60).contains(&mm)
+        && (0.0..61.0).contains(&ss);
+    if !in_range {
+        return None;
+    }
     // Days from civil (inverse of super::rfc3339's conversion).
     let y = if m <= 2 { y - 1 } else { y };
     let era = y.div_euclid(400);
@@ -458,8 +486,9 @@ fn describe_sessions(shared: &Shared, input: &Value) -> ApiResult {
     matching.sort_by(|a, b| b.start_date.total_cmp(&a.start_date).then_with(|| a.session_id.cmp(&b.session_id)));
     let page: Vec<Value> = matching.iter().skip(start).take(limit).map(|r| session_json(shared, r)).collect();
     let mut out = json!({ "Sessions": page });
-    if start + limit < matching.len() {
-        out["NextToken"] = json!((start + limit).to_string());
+    let next = start.saturating_add(limit);
+    if next < matching.len() {
+        out["NextToken"] = json!(next.to_string());
     }
     Ok(out)
 }
@@ -537,8 +566,9 @@ fn describe_instance_information(shared: &Shared, input: &Value) -> ApiResult {
     let total = rows.len();
     let page: Vec<Value> = rows.into_iter().skip(start).take(limit).collect();
     let mut out = json!({ "InstanceInformationList": page });
-    if start + limit < total {
-        out["NextToken"] = json!((start + limit).to_string());
+    let next = start.saturating_add(limit);
+    if next < total {
+        out["NextToken"] = json!(next.to_string());
     }
     Ok(out)
 }
@@ -547,6 +577,12 @@ fn update_instance_information(shared: &Shared, input: &Value) -> ApiResult {
     let id = req_str(input, "InstanceId")?;
     check_id("instanceId", id)?;
     let mut reg = shared.reg();
+    if !reg.agents.contains_key(id) && reg.agents.len() >= super::registry::MAX_AGENTS {
+        return Err(ApiError::new(
+            "ThrottlingException",
+            format!("this gateway tracks at most {} managed nodes", super::registry::MAX_AGENTS),
+        ));
+    }
     let agent = reg.agents.entry(id.to_owned()).or_default();
     let set = |field: &mut String, key: &str| {
         if let Some(Value::String(s)) = input.get(key) {
@@ -574,5 +610,7 @@ mod tests {
         assert_eq!(parse_date("2000-02-29T00:00:00Z"), Some(951_782_400.0));
         assert_eq!(parse_date("2023-13-01"), None);
         assert_eq!(parse_date("yesterday"), None);
+        assert_eq!(parse_date("2024-01-01T9999999999999999:00Z"), None);
+        assert_eq!(parse_date("99999999999999-01-01"), None);
     }
 }

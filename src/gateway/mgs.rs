@@ -103,10 +103,12 @@ pub(crate) async fn create_control_channel(
         return resp;
     }
     let caller = Caller::from_headers(&headers);
-    let mut reg = shared.reg();
-    reg.agents.entry(target.clone()).or_default();
-    let token = reg.issue_token(Grant::Control { target: target.clone() }, Instant::now());
-    drop(reg);
+    // The node is remembered only once its control channel opens (attach_control), so
+    // token requests alone cannot fill the node list.
+    let token = shared.reg().issue_token(Grant::Control { target: target.clone() }, Instant::now());
+    let Some(token) = token else {
+        return xml_error(StatusCode::TOO_MANY_REQUESTS, "too many outstanding tokens; retry later");
+    };
     tracing::debug!(%target, caller = %caller.access_key_id, "Control channel token issued");
     token_created("CreateControlChannelResponse", token)
 }
@@ -131,6 +133,9 @@ pub(crate) async fn create_data_channel(
     }
     let token = reg.issue_token(Grant::AgentData { session_id }, Instant::now());
     drop(reg);
+    let Some(token) = token else {
+        return xml_error(StatusCode::TOO_MANY_REQUESTS, "too many outstanding tokens; retry later");
+    };
     token_created("CreateDataChannelResponse", token)
 }
 
@@ -199,9 +204,10 @@ async fn run_socket(shared: Arc<Shared>, socket: WebSocket, channel: Channel) {
         Ok(None | Some(Err(_))) => return,
     };
     let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+    let (ctl, ctl_rx) = mpsc::unbounded_channel();
     let attached = match &channel {
-        Channel::Control(target) => attach_control(&shared, target, open.as_bytes(), tx),
-        Channel::Data(session_id) => attach_data(&shared, session_id, open.as_bytes(), tx),
+        Channel::Control(target) => attach_control(&shared, target, open.as_bytes(), tx, ctl),
+        Channel::Data(session_id) => attach_data(&shared, session_id, open.as_bytes(), tx, ctl),
     };
     let (role, me) = match attached {
         Ok(r) => r,
@@ -218,6 +224,7 @@ async fn run_socket(shared: Arc<Shared>, socket: WebSocket, channel: Channel) {
     let writer = tokio::spawn(write_loop(
         sink,
         rx,
+        ctl_rx,
         cancel.clone(),
         shared.cancel.clone(),
         base,
@@ -238,19 +245,25 @@ async fn run_socket(shared: Arc<Shared>, socket: WebSocket, channel: Channel) {
                 // tungstenite reports an over-long message as a capacity error.
                 let code = if text.contains("too long") { CLOSE_TOO_BIG } else { CLOSE_PROTOCOL };
                 tracing::info!(?role, error = %text, "Websocket read failed");
-                let _ = me.tx.try_send(Outbound::Close(code, text));
+                me.control(Outbound::Close(code, text));
                 break;
             }
             Some(Ok(m)) => m,
         };
         let elapsed = u64::try_from(base.elapsed().as_millis()).unwrap_or(u64::MAX);
         last_seen.store(elapsed, Ordering::Relaxed);
+        if let Role::Control { target } = &role {
+            // The agent's own keepalive pings (every 54 s upstream) count as a sign of life.
+            if matches!(msg, Message::Ping(_) | Message::Pong(_)) {
+                touch_agent(&shared, target);
+            }
+        }
         let Message::Binary(raw) = msg else { continue };
         match AgentMessage::decode(&raw, max) {
             Ok(m) => on_frame(&shared, &role, &me, m, raw).await,
             Err(e) => {
                 tracing::warn!(?role, error = %e, "Closing websocket after a malformed frame");
-                let _ = me.tx.try_send(Outbound::Close(CLOSE_INVALID_DATA, format!("malformed frame: {e}")));
+                me.control(Outbound::Close(CLOSE_INVALID_DATA, format!("malformed frame: {e}")));
                 break;
             }
         }
@@ -262,9 +275,28 @@ async fn run_socket(shared: Arc<Shared>, socket: WebSocket, channel: Channel) {
     detach(&shared, &role, conn_id);
 }
 
+/// Sends one message, giving up after `limit`: a peer that stops reading must not hold
+/// the writer (and with it the dead-peer check) hostage until TCP gives up.
+async fn send_within(
+    sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+    m: Message,
+    limit: Duration,
+) -> bool {
+    matches!(tokio::time::timeout(limit, sink.send(m)).await, Ok(Ok(())))
+}
+
+fn to_message(out: Outbound) -> (Message, bool) {
+    match out {
+        Outbound::Frame(b) => (Message::Binary(b), false),
+        Outbound::Close(code, reason) => (close_message(code, &reason), true),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn write_loop(
     mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
     mut rx: mpsc::Receiver<Outbound>,
+    mut ctl_rx: mpsc::UnboundedReceiver<Outbound>,
     cancel: CancellationToken,
     shutdown: CancellationToken,
     base: Instant,
@@ -274,36 +306,30 @@ async fn write_loop(
 ) {
     let mut ping = tokio::time::interval_at(base + ping_interval, ping_interval);
     loop {
-        tokio::select! {
-            out = rx.recv() => match out {
-                Some(Outbound::Frame(b)) => {
-                    if sink.send(Message::Binary(b)).await.is_err() { break }
-                }
-                Some(Outbound::Close(code, reason)) => {
-                    let _ = sink.send(close_message(code, &reason)).await;
-                    break;
-                }
-                None => break,
-            },
+        let next = tokio::select! {
+            biased;
+            Some(out) = ctl_rx.recv() => out,
+            Some(out) = rx.recv() => out,
             _ = ping.tick() => {
                 let seen = Duration::from_millis(last_seen.load(Ordering::Relaxed));
-                if base.elapsed().saturating_sub(seen) > peer_timeout {
-                    tracing::warn!(silent_for = ?base.elapsed().saturating_sub(seen), "Closing websocket: peer stopped answering");
-                    let _ = sink.send(close_message(CLOSE_GOING_AWAY, "peer timed out")).await;
+                let silent = base.elapsed().saturating_sub(seen);
+                if silent > peer_timeout {
+                    tracing::warn!(silent_for = ?silent, "Closing websocket: peer stopped answering");
+                    let _ = send_within(&mut sink, close_message(CLOSE_GOING_AWAY, "peer timed out"), peer_timeout).await;
                     break;
                 }
-                if sink.send(Message::Ping(Bytes::from_static(b"keepalive"))).await.is_err() { break }
+                if !send_within(&mut sink, Message::Ping(Bytes::from_static(b"keepalive")), peer_timeout).await {
+                    break;
+                }
+                continue;
             }
             () = cancel.cancelled() => {
                 // Deliver what is already queued (a channel_closed, a close with its
                 // reason) before going; say why if nothing did.
                 let mut closed = false;
-                while let Ok(out) = rx.try_recv() {
-                    let (m, is_close) = match out {
-                        Outbound::Frame(b) => (Message::Binary(b), false),
-                        Outbound::Close(code, reason) => (close_message(code, &reason), true),
-                    };
-                    if sink.send(m).await.is_err() || is_close {
+                while let Some(out) = ctl_rx.try_recv().ok().or_else(|| rx.try_recv().ok()) {
+                    let (m, is_close) = to_message(out);
+                    if !send_within(&mut sink, m, peer_timeout).await || is_close {
                         closed = true;
                         break;
                     }
@@ -314,13 +340,27 @@ async fn write_loop(
                     } else {
                         (CLOSE_NORMAL, "")
                     };
-                    let _ = sink.send(close_message(code, reason)).await;
+                    let _ = send_within(&mut sink, close_message(code, reason), peer_timeout).await;
                 }
                 break;
             }
+        };
+        let (m, is_close) = to_message(next);
+        if !send_within(&mut sink, m, peer_timeout).await {
+            tracing::warn!("Closing websocket: peer is not reading");
+            break;
+        }
+        if is_close {
+            break;
         }
     }
     cancel.cancel();
+}
+
+fn touch_agent(shared: &Shared, target: &str) {
+    if let Some(a) = shared.reg().agents.get_mut(target) {
+        a.last_ping = Some(SystemTime::now());
+    }
 }
 
 fn attach_control(
@@ -328,6 +368,7 @@ fn attach_control(
     target: &str,
     open: &[u8],
     tx: mpsc::Sender<Outbound>,
+    ctl: mpsc::UnboundedSender<Outbound>,
 ) -> Result<(Role, Peer), String> {
     let frame: OpenControlChannel = from_json(open, "OpenControlChannel").map_err(|e| e.to_string())?;
     let mut reg = shared.reg();
@@ -335,8 +376,11 @@ fn attach_control(
         Some(Grant::Control { target: t }) if t == target => {}
         _ => return Err("invalid, expired or already used token".into()),
     }
+    if !reg.agents.contains_key(target) && reg.agents.len() >= super::registry::MAX_AGENTS {
+        return Err(format!("this gateway tracks at most {} managed nodes", super::registry::MAX_AGENTS));
+    }
     let conn_id = reg.next_conn_id();
-    let me = Peer { conn_id, tx };
+    let me = Peer { conn_id, tx, ctl };
     let agent = reg.agents.entry(target.to_owned()).or_default();
     if !frame.agent_version.is_empty() {
         agent.agent_version = frame.agent_version;
@@ -346,7 +390,7 @@ fn attach_control(
     }
     agent.last_ping = Some(SystemTime::now());
     if let Some(old) = agent.control.replace(me.clone()) {
-        let _ = old.tx.try_send(Outbound::Close(CLOSE_NORMAL, "replaced by a newer control channel".into()));
+        old.control(Outbound::Close(CLOSE_NORMAL, "replaced by a newer control channel".into()));
     }
     tracing::info!(%target, version = %agent.agent_version, "Agent connected");
     Ok((Role::Control { target: target.to_owned() }, me))
@@ -362,6 +406,7 @@ fn attach_data(
     session_id: &str,
     open: &[u8],
     tx: mpsc::Sender<Outbound>,
+    ctl: mpsc::UnboundedSender<Outbound>,
 ) -> Result<(Role, Peer), String> {
     let frame: OpenDataChannel = from_json(open, "OpenDataChannel").map_err(|e| e.to_string())?;
     let mut reg = shared.reg();
@@ -371,7 +416,7 @@ fn attach_data(
         _ => return Err("invalid, expired or already used token".into()),
     };
     let conn_id = reg.next_conn_id();
-    let me = Peer { conn_id, tx };
+    let me = Peer { conn_id, tx, ctl };
     let Some(s) = reg.sessions.get_mut(session_id) else {
         return Err("session not found".into());
     };
@@ -379,7 +424,7 @@ fn attach_data(
         return Err("Session is already terminated".into());
     }
     if let Some(old) = s.slot(side).replace(me.clone()) {
-        let _ = old.tx.try_send(Outbound::Close(CLOSE_NORMAL, "replaced by a newer connection".into()));
+        old.control(Outbound::Close(CLOSE_NORMAL, "replaced by a newer connection".into()));
     }
     for f in s.pending(side).take() {
         let _ = me.tx.try_send(Outbound::Frame(f));
@@ -388,11 +433,11 @@ fn attach_data(
         Side::Agent => {
             s.agent_changed = Instant::now();
             if s.client.is_none() {
-                let _ = me.tx.try_send(publication(false, session_id));
+                me.control(publication(false, session_id));
             }
         }
         Side::Client => {
-            Shared::try_send(s.agent.as_ref(), publication(true, session_id));
+            Shared::notify(s.agent.as_ref(), publication(true, session_id));
         }
     }
     tracing::info!(session = %session_id, ?side, "Data channel attached");
@@ -428,7 +473,7 @@ fn detach(shared: &Shared, role: &Role, conn_id: u64) {
                         shared.persist(&rec);
                     }
                 }
-                Side::Client => Shared::try_send(s.agent.as_ref(), publication(false, session_id)),
+                Side::Client => Shared::notify(s.agent.as_ref(), publication(false, session_id)),
             }
         }
     }
@@ -462,6 +507,9 @@ async fn forward(shared: &Shared, session_id: &str, to: Side, activity: bool, ra
     let tx = {
         let mut reg = shared.reg();
         let Some(s) = reg.sessions.get_mut(session_id) else { return };
+        if !s.record.status.is_active() {
+            return;
+        }
         if activity {
             s.last_activity = Instant::now();
         }
@@ -510,9 +558,7 @@ fn on_session_state(shared: &Shared, session_id: &str, msg: &AgentMessage) {
 }
 
 fn on_control_frame(shared: &Shared, target: &str, me: &Peer, msg: &AgentMessage) {
-    if let Some(a) = shared.reg().agents.get_mut(target) {
-        a.last_ping = Some(SystemTime::now());
-    }
+    touch_agent(shared, target);
     match &msg.message_type {
         MessageType::AgentTaskComplete => {
             let done: AgentTaskComplete = match from_json(&msg.payload, "agent_task_complete") {
@@ -528,7 +574,7 @@ fn on_control_frame(shared: &Shared, target: &str, me: &Peer, msg: &AgentMessage
                 task_id: done.task_id.clone(),
                 topic: "agent_task_acknowledge".into(),
             };
-            let _ = me.tx.try_send(Outbound::Frame(Shared::frame(MessageType::AgentTaskAcknowledge, &ack)));
+            me.control(Outbound::Frame(Shared::frame(MessageType::AgentTaskAcknowledge, &ack)));
             complete_session(shared, target, &done);
         }
         other => tracing::debug!(%target, message_type = %other, "Ignoring control-channel message"),
@@ -555,6 +601,13 @@ fn complete_session(shared: &Shared, target: &str, done: &AgentTaskComplete) {
         s.record.output.s3_key.clone_from(&done.s3_url_suffix);
         s.record.output.cwl_group.clone_from(&done.cwl_group);
         s.record.output.cwl_stream.clone_from(&done.cwl_stream);
+        if !s.record.status.is_active() {
+            // Ended already (timeout, orphan): keep the late report's locations.
+            let rec = s.record.clone();
+            drop(reg);
+            shared.persist(&rec);
+            return;
+        }
     }
     let failed = done.final_task_status == task_status::FAILED;
     let (status, details) = if failed {

@@ -84,6 +84,9 @@ pub struct GatewayConfig {
     pub max_frame_bytes: usize,
     /// Largest HTTP request body accepted.
     pub max_body_bytes: usize,
+    /// RunAs users by caller, standing in for the IAM principal's `SSMSessionRunAs` tag:
+    /// (access key id or `*`, OS user). An exact key id wins over `*`.
+    pub run_as: Vec<(String, String)>,
 }
 
 /// Paths of a PEM certificate chain and private key.
@@ -113,6 +116,7 @@ impl Default for GatewayConfig {
             terminate_grace: Duration::from_secs(30),
             max_frame_bytes: crate::protocol::frame::DEFAULT_MAX_FRAME_LEN,
             max_body_bytes: 1024 * 1024,
+            run_as: Vec::new(),
         }
     }
 }
@@ -180,12 +184,10 @@ impl Shared {
         )
     }
 
-    /// Queues without waiting; used for the gateway's own rare messages.
-    pub(crate) fn try_send(peer: Option<&Peer>, out: Outbound) {
+    /// Queues one of the gateway's own messages for `peer`, if connected.
+    pub(crate) fn notify(peer: Option<&Peer>, out: Outbound) {
         if let Some(p) = peer {
-            if p.tx.try_send(out).is_err() {
-                tracing::debug!(conn = p.conn_id, "Outbound queue full or closed; message dropped");
-            }
+            p.control(out);
         }
     }
 
@@ -201,9 +203,9 @@ impl Shared {
         let control = reg.agents.get(&target).and_then(|a| a.control.clone());
         let Some(s) = reg.sessions.get_mut(session_id) else { return };
         let to_agent = Self::channel_closed(session_id, &target, "");
-        Self::try_send(s.agent.as_ref(), Outbound::Frame(to_agent.clone()));
-        Self::try_send(control.as_ref(), Outbound::Frame(to_agent));
-        Self::try_send(
+        Self::notify(s.agent.as_ref(), Outbound::Frame(to_agent.clone()));
+        Self::notify(control.as_ref(), Outbound::Frame(to_agent));
+        Self::notify(
             s.client.as_ref(),
             Outbound::Frame(Self::channel_closed(session_id, &target, client_message)),
         );
@@ -231,11 +233,12 @@ impl Shared {
             s.record.details = details.into();
         }
         let bye = Self::channel_closed(session_id, &s.record.target, client_message);
-        Self::try_send(s.client.as_ref(), Outbound::Frame(bye));
+        Self::notify(s.client.as_ref(), Outbound::Frame(bye));
         for side in [Side::Agent, Side::Client] {
             if let Some(p) = s.slot(side).take() {
-                let _ = p.tx.try_send(Outbound::Close(1000, "session ended".into()));
+                p.control(Outbound::Close(1000, "session ended".into()));
             }
+            s.pending(side).take();
         }
         let rec = s.record.clone();
         drop(reg);

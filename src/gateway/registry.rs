@@ -22,6 +22,11 @@ pub(crate) const PENDING_MAX_FRAMES: usize = 256;
 pub(crate) const PENDING_MAX_BYTES: usize = 1024 * 1024;
 /// Finished sessions kept for DescribeSessions History, oldest forgotten first.
 pub(crate) const HISTORY_LIMIT: usize = 10_000;
+/// Outstanding (issued, unused, unexpired) tokens. Each costs ~150 bytes; past this,
+/// token requests are throttled instead of growing memory for whoever keeps asking.
+pub(crate) const MAX_TOKENS: usize = 100_000;
+/// Managed nodes remembered (connected or registered by UpdateInstanceInformation).
+pub(crate) const MAX_AGENTS: usize = 10_000;
 
 /// What a websocket should send next.
 #[derive(Debug)]
@@ -32,11 +37,22 @@ pub(crate) enum Outbound {
     Close(u16, String),
 }
 
-/// Handle to one open websocket.
+/// Handle to one open websocket. Relayed frames go through the bounded `tx` (a slow
+/// peer back-pressures its sender); the gateway's own few messages (channel_closed,
+/// pause/start publication, close) go through `ctl`, which is never full, so they are
+/// never lost to a busy relay.
 #[derive(Debug, Clone)]
 pub(crate) struct Peer {
     pub(crate) conn_id: u64,
     pub(crate) tx: mpsc::Sender<Outbound>,
+    pub(crate) ctl: mpsc::UnboundedSender<Outbound>,
+}
+
+impl Peer {
+    /// Queues a gateway message; fails only when the socket is already gone.
+    pub(crate) fn control(&self, out: Outbound) {
+        let _ = self.ctl.send(out);
+    }
 }
 
 /// What a token lets its bearer open.
@@ -129,7 +145,22 @@ impl Pending {
 }
 
 impl Session {
+    /// A live entry for `record`. Timing is derived from the record, so a session
+    /// reloaded after a restart keeps its idle timeout, maximum duration and age.
     pub(crate) fn new(record: SessionRecord, now: Instant) -> Self {
+        let age = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64() - record.start_date)
+            .ok()
+            .filter(|a| a.is_finite() && *a > 0.0)
+            .map_or(Duration::ZERO, |a| Duration::from_secs_f64(a.min(1e9)));
+        let started = now.checked_sub(age).unwrap_or(now);
+        let idle_timeout = record.idle_timeout_secs.map(Duration::from_secs);
+        let max_duration = record
+            .max_session_duration
+            .parse::<u64>()
+            .ok()
+            .map(|m| Duration::from_secs(m.saturating_mul(60)));
         Self {
             record,
             agent: None,
@@ -138,10 +169,10 @@ impl Session {
             pending_to_client: Pending::default(),
             agent_changed: now,
             last_activity: now,
-            started: now,
+            started,
             terminate_requested: None,
-            idle_timeout: None,
-            max_duration: None,
+            idle_timeout,
+            max_duration,
             completed: false,
         }
     }
@@ -174,6 +205,8 @@ pub(crate) struct Registry {
     pub(crate) agents: HashMap<String, Agent>,
     pub(crate) sessions: HashMap<String, Session>,
     pub(crate) tokens: HashMap<String, IssuedToken>,
+    /// The one outstanding control-channel token per target: a new request replaces it.
+    control_tokens: HashMap<String, String>,
     next_conn_id: u64,
 }
 
@@ -183,9 +216,20 @@ impl Registry {
         self.next_conn_id
     }
 
-    /// Issues a fresh single-use token for `grant`.
-    pub(crate) fn issue_token(&mut self, grant: Grant, now: Instant) -> String {
+    /// Issues a fresh single-use token for `grant`; `None` when too many are outstanding.
+    pub(crate) fn issue_token(&mut self, grant: Grant, now: Instant) -> Option<String> {
+        if let Grant::Control { target } = &grant {
+            if let Some(old) = self.control_tokens.remove(target) {
+                self.tokens.remove(&old);
+            }
+        }
+        if self.tokens.len() >= MAX_TOKENS {
+            return None;
+        }
         let token = super::random_token();
+        if let Grant::Control { target } = &grant {
+            self.control_tokens.insert(target.clone(), token.clone());
+        }
         self.tokens.insert(
             token.clone(),
             IssuedToken {
@@ -193,18 +237,23 @@ impl Registry {
                 expires: now + TOKEN_TTL,
             },
         );
-        token
+        Some(token)
     }
 
     /// Consumes a token: it is gone whether or not it was valid for this use.
     pub(crate) fn redeem_token(&mut self, token: &str, now: Instant) -> Option<Grant> {
         let issued = self.tokens.remove(token)?;
+        if let Grant::Control { target } = &issued.grant {
+            self.control_tokens.remove(target);
+        }
         (issued.expires > now).then_some(issued.grant)
     }
 
     /// Drops expired tokens and forgets the oldest finished sessions past the limit.
     pub(crate) fn prune(&mut self, now: Instant) {
         self.tokens.retain(|_, t| t.expires > now);
+        let tokens = &self.tokens;
+        self.control_tokens.retain(|_, tok| tokens.contains_key(tok));
         let finished = self
             .sessions
             .values()
@@ -234,11 +283,34 @@ mod tests {
         let mut r = Registry::default();
         let now = Instant::now();
         let grant = Grant::Control { target: "t".into() };
-        let tok = r.issue_token(grant.clone(), now);
+        let tok = r.issue_token(grant.clone(), now).unwrap();
         assert_eq!(r.redeem_token(&tok, now), Some(grant.clone()));
         assert_eq!(r.redeem_token(&tok, now), None);
-        let tok = r.issue_token(grant, now);
+        let tok = r.issue_token(grant, now).unwrap();
         assert_eq!(r.redeem_token(&tok, now + TOKEN_TTL), None);
+    }
+
+    #[test]
+    fn a_new_control_token_replaces_the_targets_previous_one() {
+        let mut r = Registry::default();
+        let now = Instant::now();
+        let grant = || Grant::Control { target: "t".into() };
+        let first = r.issue_token(grant(), now).unwrap();
+        for _ in 0..10 {
+            r.issue_token(grant(), now).unwrap();
+        }
+        assert_eq!(r.tokens.len(), 1, "repeated requests do not pile up tokens");
+        assert_eq!(r.redeem_token(&first, now), None);
+    }
+
+    #[test]
+    fn token_issuing_is_capped() {
+        let mut r = Registry::default();
+        let now = Instant::now();
+        for i in 0..MAX_TOKENS {
+            assert!(r.issue_token(Grant::AgentData { session_id: i.to_string() }, now).is_some());
+        }
+        assert!(r.issue_token(Grant::AgentData { session_id: "x".into() }, now).is_none());
     }
 
     #[test]

@@ -96,6 +96,9 @@ pub struct SessionRecord {
     pub output: OutputLocation,
     /// `maxSessionDuration` in minutes, as the document said.
     pub max_session_duration: String,
+    /// Idle timeout enforced by the gateway, seconds (kept so it survives a restart).
+    #[serde(default)]
+    pub idle_timeout_secs: Option<u64>,
 }
 
 /// The history file and its writer thread.
@@ -267,6 +270,7 @@ mod tests {
             final_task_status: String::new(),
             output: OutputLocation::default(),
             max_session_duration: String::new(),
+            idle_timeout_secs: None,
         }
     }
 

@@ -350,3 +350,64 @@ async fn describe_sessions_pages_and_filters() {
     assert_eq!(v["Sessions"].as_array().unwrap().len(), 0);
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn run_as_rules_stand_in_for_the_iam_tag() {
+    let cfg = GatewayConfig {
+        run_as: vec![("*".into(), "deploy".into()), (AKID.into(), "alice".into())],
+        ..GatewayConfig::default()
+    };
+    let gw = Gateway::start(cfg).await;
+    let mut agent = ScriptedAgent::connect(&gw, "host-ra").await.unwrap();
+    start_session(&gw, "host-ra").await;
+    let (shell, _) = agent.control.recv_type(MessageType::InteractiveShell).await;
+    let (_, task) = AgentTaskPayload::from_interactive_shell(&shell.payload).unwrap();
+    assert_eq!(task.run_as_user, "alice");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn the_gateway_answers_the_agents_keepalive_pings() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let gw = Gateway::start(GatewayConfig::default()).await;
+    let mut agent = ScriptedAgent::connect(&gw, "host-pp").await.unwrap();
+    let before = gw.api_ok("DescribeInstanceInformation", json!({})).await["InstanceInformationList"][0]["LastPingDateTime"]
+        .as_f64()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    agent.control.ws.send(Message::Ping(b"keepalive".to_vec().into())).await.unwrap();
+    let pong = tokio::time::timeout(WAIT, async {
+        loop {
+            match agent.control.ws.next().await {
+                Some(Ok(Message::Pong(p))) => return p,
+                Some(Ok(_)) => {}
+                other => panic!("socket ended before the pong: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("no pong");
+    assert_eq!(&pong[..], b"keepalive");
+    let after = gw.api_ok("DescribeInstanceInformation", json!({})).await["InstanceInformationList"][0]["LastPingDateTime"]
+        .as_f64()
+        .unwrap();
+    assert!(after > before, "LastPingDateTime not refreshed by the agent's ping");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn terminating_before_the_data_channel_opens_reaches_the_agent_on_its_control_channel() {
+    let gw = Gateway::start(GatewayConfig::default()).await;
+    let mut agent = ScriptedAgent::connect(&gw, "host-tc").await.unwrap();
+    let (sid, _, _) = start_session(&gw, "host-tc").await;
+    agent.control.recv_type(MessageType::InteractiveShell).await;
+    gw.api_ok("TerminateSession", json!({"SessionId": sid})).await;
+    let (m, _) = agent.control.recv_type(MessageType::ChannelClosed).await;
+    assert_eq!(from_json::<ChannelClosed>(&m.payload, "cc").unwrap().session_id, sid);
+    // A second TerminateSession is harmless, and ResumeSession now says the session is gone.
+    gw.api_ok("TerminateSession", json!({"SessionId": sid})).await;
+    let v = gw.api_ok("ResumeSession", json!({"SessionId": sid})).await;
+    assert_eq!(v["TokenValue"], "");
+    gw.stop().await;
+}

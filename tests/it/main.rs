@@ -1,6 +1,10 @@
 //! One integration-test binary (fast to link, one place for the harness).
 #![allow(unreachable_pub)]
+
+mod aws_cli;
+mod cli;
 mod gateway_bad_input;
 mod gateway_relay;
 mod protocol;
+mod reliability;
 mod support;

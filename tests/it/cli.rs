@@ -1,0 +1,102 @@
+//! The `session-agent` binary itself: help, configuration errors (exit 64), and a real
+//! gateway process that serves and stops on SIGTERM.
+
+use crate::support::*;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_session-agent");
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn help_answers_the_first_questions() {
+    let (code, out, _) = run(&["--help"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("gateway"), "{out}");
+    let (code, out, _) = run(&["gateway", "--help"]);
+    assert_eq!(code, 0);
+    for flag in ["--listen", "--data-dir", "--preferences", "--tls-cert", "--tls-key", "--advertise-url", "--ping-interval"] {
+        assert!(out.contains(flag), "gateway --help lacks {flag}");
+    }
+    let (code, out, _) = run(&["--version"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("session-agent "), "{out}");
+}
+
+#[test]
+fn invalid_configuration_exits_64_with_one_line_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefs = dir.path().join("prefs.json");
+    std::fs::write(&prefs, r#"{"schemaVersion":"1.0","sessionType":"Standard_Stream","inputs":{"cloudWatchStreamingEnabled":"true"}}"#).unwrap();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["--preferences".into(), prefs.display().to_string()], "cloudWatchStreamingEnabled"),
+        (vec!["--preferences".into(), "/nonexistent/prefs.json".into()], "--preferences"),
+        (vec!["--ping-interval".into(), "5s".into(), "--peer-timeout".into(), "2s".into()], "--peer-timeout"),
+        (vec!["--advertise-url".into(), "http://x".into()], "--advertise-url"),
+        (vec!["--account-id".into(), "12".into()], "--account-id"),
+    ];
+    for (args, key) in cases {
+        let mut all = vec!["gateway".to_owned(), "--listen".into(), "127.0.0.1:0".into()];
+        all.extend(args);
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        let (code, _, err) = run(&all);
+        assert_eq!(code, 64, "{all:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.contains(key), "{all:?}: {err}");
+    }
+    // clap's own usage errors (a malformed duration) also exit non-zero with a hint.
+    let (code, _, err) = run(&["gateway", "--ping-interval", "soon"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("duration"), "{err}");
+}
+
+#[tokio::test]
+async fn the_binary_serves_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["gateway", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let addr = tokio::time::timeout(WAIT, tokio::task::spawn_blocking(move || {
+        for line in BufReader::new(stderr).lines() {
+            let line = line.unwrap();
+            if let Some(rest) = line.split("addr=").nth(1) {
+                return rest.split_whitespace().next().unwrap().to_owned();
+            }
+        }
+        panic!("gateway never logged its address");
+    }))
+    .await
+    .expect("gateway did not log its address in time")
+    .unwrap();
+    let resp = reqwest::get(format!("http://{addr}/healthz")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = reqwest::Client::new()
+        .post(format!("http://{addr}/"))
+        .header("x-amz-target", "AmazonSSM.DescribeSessions")
+        .body(r#"{"State":"History"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let pid = i32::try_from(child.id()).unwrap();
+    let status = Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    assert!(status.success());
+    let exit = tokio::time::timeout(WAIT, tokio::task::spawn_blocking(move || child.wait().unwrap()))
+        .await
+        .expect("gateway did not exit after SIGTERM")
+        .unwrap();
+    assert_eq!(exit.code(), Some(0));
+    assert!(dir.path().join("sessions.jsonl").exists());
+}
