@@ -38,7 +38,11 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct GatewayArgs {
     /// Address to listen on. Use 0.0.0.0:PORT to serve a LAN.
-    #[arg(long, env = "SESSION_AGENT_GATEWAY_LISTEN", default_value = "127.0.0.1:8080")]
+    #[arg(
+        long,
+        env = "SESSION_AGENT_GATEWAY_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
     pub listen: SocketAddr,
     /// Directory for session history (kept across restarts). Without it, history is
     /// kept in memory only.
@@ -152,45 +156,74 @@ impl GatewayArgs {
     pub fn into_config(self) -> Result<GatewayConfig, ConfigError> {
         let mut cfg = GatewayConfig::default();
         if let Some(path) = &self.preferences {
-            let text = std::fs::read(path)
-                .map_err(|e| config_error("--preferences", format!("cannot read {}: {e}", path.display())))?;
-            let doc: serde_json::Value = serde_json::from_slice(&text)
-                .map_err(|e| config_error("--preferences", format!("{} is not JSON: {e}", path.display())))?;
+            let text = std::fs::read(path).map_err(|e| {
+                config_error(
+                    "--preferences",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            let doc: serde_json::Value = serde_json::from_slice(&text).map_err(|e| {
+                config_error(
+                    "--preferences",
+                    format!("{} is not JSON: {e}", path.display()),
+                )
+            })?;
             document::resolve(&doc, &serde_json::Map::new())
                 .map_err(|e| config_error("--preferences", format!("{}: {e}", path.display())))?;
             cfg.preferences = doc;
         }
         if let Some(dir) = &self.documents_dir {
             if !dir.is_dir() {
-                return Err(config_error("--documents-dir", format!("{} is not a directory", dir.display())));
+                return Err(config_error(
+                    "--documents-dir",
+                    format!("{} is not a directory", dir.display()),
+                ));
             }
         }
         if let Some(url) = &self.advertise_url {
             if !(url.starts_with("ws://") || url.starts_with("wss://")) {
-                return Err(config_error("--advertise-url", "must start with ws:// or wss://"));
+                return Err(config_error(
+                    "--advertise-url",
+                    "must start with ws:// or wss://",
+                ));
             }
         }
         if self.account_id.len() != 12 || !self.account_id.bytes().all(|b| b.is_ascii_digit()) {
             return Err(config_error("--account-id", "must be 12 digits"));
         }
         if self.peer_timeout <= self.ping_interval {
-            return Err(config_error("--peer-timeout", "must be longer than --ping-interval, or every peer looks dead"));
+            return Err(config_error(
+                "--peer-timeout",
+                "must be longer than --ping-interval, or every peer looks dead",
+            ));
         }
         if self.max_frame_bytes < 64 * 1024 {
-            return Err(config_error("--max-frame-bytes", "must be at least 65536: control messages reach 142000 bytes"));
+            return Err(config_error(
+                "--max-frame-bytes",
+                "must be at least 65536: control messages reach 142000 bytes",
+            ));
         }
         for rule in &self.run_as {
             let Some((who, user)) = rule.split_once('=') else {
-                return Err(config_error("--run-as", format!("{rule:?} is not KEYID=USER")));
+                return Err(config_error(
+                    "--run-as",
+                    format!("{rule:?} is not KEYID=USER"),
+                ));
             };
             if !valid_user_name(user) {
-                return Err(config_error("--run-as", format!("{user:?} is not a valid user name ([a-z_][a-z0-9_-]{{0,31}})")));
+                return Err(config_error(
+                    "--run-as",
+                    format!("{user:?} is not a valid user name ([a-z_][a-z0-9_-]{{0,31}})"),
+                ));
             }
             cfg.run_as.push((who.to_owned(), user.to_owned()));
         }
         cfg.data_dir = self.data_dir;
         cfg.documents_dir = self.documents_dir;
-        cfg.tls = self.tls_cert.zip(self.tls_key).map(|(cert, key)| TlsFiles { cert, key });
+        cfg.tls = self
+            .tls_cert
+            .zip(self.tls_key)
+            .map(|(cert, key)| TlsFiles { cert, key });
         cfg.advertise_url = self.advertise_url;
         cfg.region = self.region;
         cfg.account_id = self.account_id;
@@ -223,7 +256,15 @@ mod tests {
         for ok in ["ssm-user", "_svc", "a", "deploy_2"] {
             assert!(valid_user_name(ok), "{ok}");
         }
-        for bad in ["", "Root", "1abc", "a b", "a;rm -rf /", "$(id)", &"a".repeat(33)] {
+        for bad in [
+            "",
+            "Root",
+            "1abc",
+            "a b",
+            "a;rm -rf /",
+            "$(id)",
+            &"a".repeat(33),
+        ] {
             assert!(!valid_user_name(bad), "{bad}");
         }
     }

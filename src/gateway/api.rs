@@ -54,7 +54,10 @@ impl IntoResponse for ApiError {
         tracing::debug!(kind = self.kind, message = %self.message, "API error");
         (
             self.status,
-            [("content-type", CONTENT_TYPE), ("x-amzn-errortype", self.kind)],
+            [
+                ("content-type", CONTENT_TYPE),
+                ("x-amzn-errortype", self.kind),
+            ],
             json!({"__type": self.kind, "message": self.message}).to_string(),
         )
             .into_response()
@@ -64,7 +67,11 @@ impl IntoResponse for ApiError {
 type ApiResult = Result<Value, ApiError>;
 
 /// `POST /`.
-pub(crate) async fn handle(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Body) -> Response {
+pub(crate) async fn handle(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let target = headers
         .get("x-amz-target")
         .and_then(|v| v.to_str().ok())
@@ -72,7 +79,9 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, headers: HeaderMap
     let Some(op) = target.strip_prefix("AmazonSSM.") else {
         return ApiError::new(
             "UnknownOperationException",
-            format!("missing or foreign X-Amz-Target header {target:?}; expected AmazonSSM.<Operation>"),
+            format!(
+                "missing or foreign X-Amz-Target header {target:?}; expected AmazonSSM.<Operation>"
+            ),
         )
         .into_response();
     };
@@ -82,7 +91,10 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, headers: HeaderMap
             return ApiError {
                 status: StatusCode::PAYLOAD_TOO_LARGE,
                 kind: "SerializationException",
-                message: format!("request body exceeds {} bytes", shared.config.max_body_bytes),
+                message: format!(
+                    "request body exceeds {} bytes",
+                    shared.config.max_body_bytes
+                ),
             }
             .into_response()
         }
@@ -92,12 +104,27 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, headers: HeaderMap
     } else {
         match serde_json::from_slice(&bytes) {
             Ok(v @ Value::Object(_)) => v,
-            Ok(_) => return ApiError::new("SerializationException", "request body must be a JSON object").into_response(),
-            Err(e) => return ApiError::new("SerializationException", format!("request body is not valid JSON: {e}")).into_response(),
+            Ok(_) => {
+                return ApiError::new(
+                    "SerializationException",
+                    "request body must be a JSON object",
+                )
+                .into_response()
+            }
+            Err(e) => {
+                return ApiError::new(
+                    "SerializationException",
+                    format!("request body is not valid JSON: {e}"),
+                )
+                .into_response()
+            }
         }
     };
     let caller = Caller::from_headers(&headers);
-    let host = headers.get("host").and_then(|v| v.to_str().ok()).unwrap_or("localhost");
+    let host = headers
+        .get("host")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("localhost");
     let result = match op {
         "StartSession" => start_session(&shared, &caller, host, &input),
         "ResumeSession" => resume_session(&shared, host, &input),
@@ -135,7 +162,10 @@ fn opt_str<'a>(input: &'a Value, key: &str) -> Result<Option<&'a str>, ApiError>
     match input.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(ApiError::new("SerializationException", format!("{key} must be a string"))),
+        Some(_) => Err(ApiError::new(
+            "SerializationException",
+            format!("{key} must be a string"),
+        )),
     }
 }
 
@@ -160,7 +190,9 @@ fn check_len(key: &str, value: &str, max: usize) -> Result<(), ApiError> {
 fn check_id(key: &str, value: &str) -> Result<(), ApiError> {
     let ok = !value.is_empty()
         && value.len() <= 128
-        && value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
     if ok {
         Ok(())
     } else {
@@ -173,10 +205,19 @@ fn check_id(key: &str, value: &str) -> Result<(), ApiError> {
 fn max_results(input: &Value, min: u64, max: u64, default: u64) -> Result<usize, ApiError> {
     let n = match input.get("MaxResults") {
         None | Some(Value::Null) => default,
-        Some(Value::Number(n)) => n.as_u64().filter(|n| (min..=max).contains(n)).ok_or_else(|| {
-            ApiError::validation(format!("MaxResults must be between {min} and {max}"))
-        })?,
-        Some(_) => return Err(ApiError::new("SerializationException", "MaxResults must be a number")),
+        Some(Value::Number(n)) => {
+            n.as_u64()
+                .filter(|n| (min..=max).contains(n))
+                .ok_or_else(|| {
+                    ApiError::validation(format!("MaxResults must be between {min} and {max}"))
+                })?
+        }
+        Some(_) => {
+            return Err(ApiError::new(
+                "SerializationException",
+                "MaxResults must be a number",
+            ))
+        }
     };
     Ok(usize::try_from(n).unwrap_or(usize::MAX))
 }
@@ -184,15 +225,22 @@ fn max_results(input: &Value, min: u64, max: u64, default: u64) -> Result<usize,
 fn next_token(input: &Value) -> Result<usize, ApiError> {
     match opt_str(input, "NextToken")? {
         None | Some("") => Ok(0),
-        Some(t) => t
-            .parse()
-            .map_err(|_| ApiError::new("InvalidNextToken", "the NextToken is not one this gateway issued")),
+        Some(t) => t.parse().map_err(|_| {
+            ApiError::new(
+                "InvalidNextToken",
+                "the NextToken is not one this gateway issued",
+            )
+        }),
     }
 }
 
 fn stream_url(shared: &Shared, host: &str, session_id: &str) -> String {
     let base = shared.config.advertise_url.clone().unwrap_or_else(|| {
-        let scheme = if shared.config.tls.is_some() { "wss" } else { "ws" };
+        let scheme = if shared.config.tls.is_some() {
+            "wss"
+        } else {
+            "ws"
+        };
         format!("{scheme}://{host}")
     });
     format!(
@@ -216,8 +264,12 @@ fn load_document(shared: &Shared, name: &str) -> Result<Value, ApiError> {
         return Err(not_found());
     }
     let text = std::fs::read(dir.join(format!("{name}.json"))).map_err(|_| not_found())?;
-    serde_json::from_slice(&text)
-        .map_err(|e| ApiError::new("InvalidDocument", format!("document {name} is not valid JSON: {e}")))
+    serde_json::from_slice(&text).map_err(|e| {
+        ApiError::new(
+            "InvalidDocument",
+            format!("document {name} is not valid JSON: {e}"),
+        )
+    })
 }
 
 /// StartSession parameters arrive as `{"name": ["value", ...]}`.
@@ -236,12 +288,18 @@ fn parameters(input: &Value) -> Result<Map<String, Value>, ApiError> {
             }
             Ok(m.clone())
         }
-        Some(_) => Err(ApiError::new("SerializationException", "Parameters must be a map")),
+        Some(_) => Err(ApiError::new(
+            "SerializationException",
+            "Parameters must be a map",
+        )),
     }
 }
 
 fn throttled() -> ApiError {
-    ApiError::new("ThrottlingException", "too many outstanding tokens; retry in a minute")
+    ApiError::new(
+        "ThrottlingException",
+        "too many outstanding tokens; retry in a minute",
+    )
 }
 
 /// The RunAs user for this caller: what an `SSMSessionRunAs` tag on the IAM principal
@@ -263,14 +321,20 @@ fn minutes(m: Option<u32>) -> Option<Duration> {
 fn start_session(shared: &Shared, caller: &Caller, host: &str, input: &Value) -> ApiResult {
     let target = req_str(input, "Target")?;
     check_id("target", target)?;
-    let document_name = opt_str(input, "DocumentName")?.filter(|s| !s.is_empty()).unwrap_or(SHELL_DOCUMENT);
+    let document_name = opt_str(input, "DocumentName")?
+        .filter(|s| !s.is_empty())
+        .unwrap_or(SHELL_DOCUMENT);
     check_id("documentName", document_name)?;
     let reason = opt_str(input, "Reason")?.unwrap_or("");
     check_len("reason", reason, 256)?;
     let params = parameters(input)?;
     let content = load_document(shared, document_name)?;
-    let doc: SessionDocument = document::resolve(&content, &params)
-        .map_err(|e| ApiError::new("InvalidParameters", format!("document {document_name}: {e}")))?;
+    let doc: SessionDocument = document::resolve(&content, &params).map_err(|e| {
+        ApiError::new(
+            "InvalidParameters",
+            format!("document {document_name}: {e}"),
+        )
+    })?;
 
     let session_id = caller.new_session_id();
     let owner = caller.arn(&shared.config.account_id);
@@ -282,14 +346,19 @@ fn start_session(shared: &Shared, caller: &Caller, host: &str, input: &Value) ->
         run_as_user: run_as_for(shared, caller),
         session_owner: owner.clone(),
     };
-    let frame = Shared::frame(MessageType::InteractiveShell, &task.to_mgs_payload("aws.ssm.startSession"));
+    let frame = Shared::frame(
+        MessageType::InteractiveShell,
+        &task.to_mgs_payload("aws.ssm.startSession"),
+    );
     let now = Instant::now();
     let mut reg = shared.reg();
     let control = match reg.agents.get(target) {
         None => {
             return Err(ApiError::new(
                 "InvalidTarget",
-                format!("{target} is not a managed node known to this gateway; start its agent first"),
+                format!(
+                    "{target} is not a managed node known to this gateway; start its agent first"
+                ),
             ))
         }
         Some(a) => a.control.clone().ok_or_else(|| {
@@ -297,7 +366,10 @@ fn start_session(shared: &Shared, caller: &Caller, host: &str, input: &Value) ->
         })?,
     };
     if control.ctl.send(Outbound::Frame(frame)).is_err() {
-        return Err(ApiError::new("TargetNotConnected", format!("{target} is not connected.")));
+        return Err(ApiError::new(
+            "TargetNotConnected",
+            format!("{target} is not connected."),
+        ));
     }
     let record = SessionRecord {
         session_id: session_id.clone(),
@@ -323,9 +395,15 @@ fn start_session(shared: &Shared, caller: &Caller, host: &str, input: &Value) ->
         ),
     };
     let token = reg
-        .issue_token(Grant::ClientData { session_id: session_id.clone() }, now)
+        .issue_token(
+            Grant::ClientData {
+                session_id: session_id.clone(),
+            },
+            now,
+        )
         .ok_or_else(throttled)?;
-    reg.sessions.insert(session_id.clone(), Session::new(record.clone(), now));
+    reg.sessions
+        .insert(session_id.clone(), Session::new(record.clone(), now));
     drop(reg);
     shared.persist(&record);
     tracing::info!(session = %session_id, target, owner = %record.owner, "Session started");
@@ -340,13 +418,23 @@ fn resume_session(shared: &Shared, host: &str, input: &Value) -> ApiResult {
     let session_id = req_str(input, "SessionId")?;
     let mut reg = shared.reg();
     let active = match reg.sessions.get(session_id) {
-        None => return Err(ApiError::new("DoesNotExistException", format!("session {session_id} does not exist"))),
+        None => {
+            return Err(ApiError::new(
+                "DoesNotExistException",
+                format!("session {session_id} does not exist"),
+            ))
+        }
         Some(s) => s.record.status.is_active() && s.terminate_requested.is_none(),
     };
     // An empty token tells the official client the session is gone ("timed out").
     let token = if active {
-        reg.issue_token(Grant::ClientData { session_id: session_id.to_owned() }, Instant::now())
-            .ok_or_else(throttled)?
+        reg.issue_token(
+            Grant::ClientData {
+                session_id: session_id.to_owned(),
+            },
+            Instant::now(),
+        )
+        .ok_or_else(throttled)?
     } else {
         String::new()
     };
@@ -360,7 +448,10 @@ fn resume_session(shared: &Shared, host: &str, input: &Value) -> ApiResult {
 fn terminate_session(shared: &Shared, input: &Value) -> ApiResult {
     let session_id = req_str(input, "SessionId")?;
     if !shared.reg().sessions.contains_key(session_id) {
-        return Err(ApiError::new("DoesNotExistException", format!("session {session_id} does not exist")));
+        return Err(ApiError::new(
+            "DoesNotExistException",
+            format!("session {session_id} does not exist"),
+        ));
     }
     shared.terminate(session_id, "", "terminated by TerminateSession");
     Ok(json!({ "SessionId": session_id }))
@@ -410,7 +501,11 @@ fn session_json(shared: &Shared, r: &SessionRecord) -> Value {
     if let Some(end) = r.end_date {
         obj.insert("EndDate".into(), json!(end));
     }
-    for (key, val) in [("Reason", &r.reason), ("Details", &r.details), ("MaxSessionDuration", &r.max_session_duration)] {
+    for (key, val) in [
+        ("Reason", &r.reason),
+        ("Details", &r.details),
+        ("MaxSessionDuration", &r.max_session_duration),
+    ] {
         if !val.is_empty() {
             obj.insert(key.into(), json!(val));
         }
@@ -418,7 +513,10 @@ fn session_json(shared: &Shared, r: &SessionRecord) -> Value {
     let o = &r.output;
     let mut url = Map::new();
     if !o.s3_bucket.is_empty() {
-        url.insert("S3OutputUrl".into(), json!(format!("s3://{}/{}", o.s3_bucket, o.s3_key)));
+        url.insert(
+            "S3OutputUrl".into(),
+            json!(format!("s3://{}/{}", o.s3_bucket, o.s3_key)),
+        );
     }
     if !o.cwl_group.is_empty() {
         let region = &shared.config.region;
@@ -452,16 +550,28 @@ fn describe_sessions(shared: &Shared, input: &Value) -> ApiResult {
     let mut filters = Vec::new();
     if let Some(list) = input.get("Filters").filter(|v| !v.is_null()) {
         let Some(list) = list.as_array() else {
-            return Err(ApiError::new("SerializationException", "Filters must be a list"));
+            return Err(ApiError::new(
+                "SerializationException",
+                "Filters must be a list",
+            ));
         };
         for f in list {
             let key = req_str(f, "key")?;
             let value = req_str(f, "value")?;
-            if !matches!(key, "InvokedAfter" | "InvokedBefore" | "Target" | "Owner" | "Status" | "SessionId") {
-                return Err(ApiError::new("InvalidFilterKey", format!("filter key {key} is not supported")));
+            if !matches!(
+                key,
+                "InvokedAfter" | "InvokedBefore" | "Target" | "Owner" | "Status" | "SessionId"
+            ) {
+                return Err(ApiError::new(
+                    "InvalidFilterKey",
+                    format!("filter key {key} is not supported"),
+                ));
             }
             if key.starts_with("Invoked") && parse_date(value).is_none() {
-                return Err(ApiError::new("InvalidFilterValue", format!("{key} value {value:?} is not a date like 2024-01-31T00:00:00Z")));
+                return Err(ApiError::new(
+                    "InvalidFilterValue",
+                    format!("{key} value {value:?} is not a date like 2024-01-31T00:00:00Z"),
+                ));
             }
             filters.push((key, value));
         }
@@ -483,8 +593,17 @@ fn describe_sessions(shared: &Shared, input: &Value) -> ApiResult {
             })
         })
         .collect();
-    matching.sort_by(|a, b| b.start_date.total_cmp(&a.start_date).then_with(|| a.session_id.cmp(&b.session_id)));
-    let page: Vec<Value> = matching.iter().skip(start).take(limit).map(|r| session_json(shared, r)).collect();
+    matching.sort_by(|a, b| {
+        b.start_date
+            .total_cmp(&a.start_date)
+            .then_with(|| a.session_id.cmp(&b.session_id))
+    });
+    let page: Vec<Value> = matching
+        .iter()
+        .skip(start)
+        .take(limit)
+        .map(|r| session_json(shared, r))
+        .collect();
     let mut out = json!({ "Sessions": page });
     let next = start.saturating_add(limit);
     if next < matching.len() {
@@ -509,19 +628,35 @@ fn describe_instance_information(shared: &Shared, input: &Value) -> ApiResult {
         ("InstanceInformationFilterList", "key", "valueSet"),
         ("Filters", "Key", "Values"),
     ] {
-        let Some(list) = input.get(list_key).filter(|v| !v.is_null()) else { continue };
+        let Some(list) = input.get(list_key).filter(|v| !v.is_null()) else {
+            continue;
+        };
         let Some(list) = list.as_array() else {
-            return Err(ApiError::new("SerializationException", format!("{list_key} must be a list")));
+            return Err(ApiError::new(
+                "SerializationException",
+                format!("{list_key} must be a list"),
+            ));
         };
         for f in list {
             let key = req_str(f, key_field)?;
-            if !matches!(key, "InstanceIds" | "PingStatus" | "PlatformTypes" | "AgentVersion" | "ResourceType") {
-                return Err(ApiError::new("InvalidInstanceInformationFilterValue", format!("filter key {key} is not supported")));
+            if !matches!(
+                key,
+                "InstanceIds" | "PingStatus" | "PlatformTypes" | "AgentVersion" | "ResourceType"
+            ) {
+                return Err(ApiError::new(
+                    "InvalidInstanceInformationFilterValue",
+                    format!("filter key {key} is not supported"),
+                ));
             }
             let values = f
                 .get(values_field)
                 .and_then(Value::as_array)
-                .map(|v| v.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+                .map(|v| {
+                    v.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_owned)
+                        .collect()
+                })
                 .unwrap_or_default();
             filters.push((key.to_owned(), values));
         }
@@ -533,9 +668,17 @@ fn describe_instance_information(shared: &Shared, input: &Value) -> ApiResult {
         .into_iter()
         .filter_map(|id| {
             let a = &reg.agents[id];
-            let ping = if a.control.is_some() { "Online" } else { "ConnectionLost" };
+            let ping = if a.control.is_some() {
+                "Online"
+            } else {
+                "ConnectionLost"
+            };
             let platform = platform_type(&a.platform_type);
-            let resource = if id.starts_with("i-") { "EC2Instance" } else { "ManagedInstance" };
+            let resource = if id.starts_with("i-") {
+                "EC2Instance"
+            } else {
+                "ManagedInstance"
+            };
             let pass = filters.iter().all(|(k, vals)| {
                 let have = match k.as_str() {
                     "InstanceIds" => id.as_str(),
@@ -580,7 +723,10 @@ fn update_instance_information(shared: &Shared, input: &Value) -> ApiResult {
     if !reg.agents.contains_key(id) && reg.agents.len() >= super::registry::MAX_AGENTS {
         return Err(ApiError::new(
             "ThrottlingException",
-            format!("this gateway tracks at most {} managed nodes", super::registry::MAX_AGENTS),
+            format!(
+                "this gateway tracks at most {} managed nodes",
+                super::registry::MAX_AGENTS
+            ),
         ));
     }
     let agent = reg.agents.entry(id.to_owned()).or_default();

@@ -37,7 +37,11 @@ impl Caller {
             .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
             .take(64)
             .collect();
-        let prefix = if prefix.is_empty() { "session".into() } else { prefix };
+        let prefix = if prefix.is_empty() {
+            "session".into()
+        } else {
+            prefix
+        };
         let n: u128 = rand::random();
         format!("{prefix}-{:017x}", n & ((1u128 << 68) - 1))
     }
@@ -48,11 +52,15 @@ impl Caller {
 /// in ARNs, session ids and file names.
 fn access_key_id(header: &str) -> Option<&str> {
     let rest = header.strip_prefix("AWS4-HMAC-SHA256")?;
-    let cred = rest.split(',').find_map(|p| p.trim().strip_prefix("Credential="))?;
+    let cred = rest
+        .split(',')
+        .find_map(|p| p.trim().strip_prefix("Credential="))?;
     let id = cred.split('/').next()?;
     let ok = !id.is_empty()
         && id.len() <= 128
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
     ok.then_some(id)
 }
 
@@ -70,7 +78,9 @@ mod tests {
 
     #[test]
     fn session_ids_have_the_aws_shape() {
-        let c = Caller { access_key_id: "AKID".into() };
+        let c = Caller {
+            access_key_id: "AKID".into(),
+        };
         let id = c.new_session_id();
         let (prefix, hex) = id.rsplit_once('-').unwrap();
         assert_eq!(prefix, "AKID");

@@ -47,7 +47,10 @@ const CLOSE_POLICY: u16 = 1008;
 const CLOSE_TOO_BIG: u16 = 1009;
 
 fn xml_error(status: StatusCode, message: &str) -> Response {
-    let escaped = message.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+    let escaped = message
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;");
     (
         status,
         [("content-type", "application/xml")],
@@ -62,16 +65,26 @@ fn token_created(root: &str, token: String) -> Response {
         token_value: token,
     }
     .to_xml(root);
-    (StatusCode::CREATED, [("content-type", "application/xml")], body).into_response()
+    (
+        StatusCode::CREATED,
+        [("content-type", "application/xml")],
+        body,
+    )
+        .into_response()
 }
 
 fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 128
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-async fn read_create_request(shared: &Shared, body: Body) -> Result<CreateChannelRequest, Response> {
+async fn read_create_request(
+    shared: &Shared,
+    body: Body,
+) -> Result<CreateChannelRequest, Response> {
     let bytes = axum::body::to_bytes(body, shared.config.max_body_bytes)
         .await
         .map_err(|_| xml_error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"))?;
@@ -80,11 +93,17 @@ async fn read_create_request(shared: &Shared, body: Body) -> Result<CreateChanne
     if req.message_schema_version != MESSAGE_SCHEMA_VERSION {
         return Err(xml_error(
             StatusCode::BAD_REQUEST,
-            &format!("unsupported MessageSchemaVersion {:?}; expected \"1.0\"", req.message_schema_version),
+            &format!(
+                "unsupported MessageSchemaVersion {:?}; expected \"1.0\"",
+                req.message_schema_version
+            ),
         ));
     }
     if req.request_id.len() < 16 {
-        return Err(xml_error(StatusCode::BAD_REQUEST, "RequestId must be at least 16 characters"));
+        return Err(xml_error(
+            StatusCode::BAD_REQUEST,
+            "RequestId must be at least 16 characters",
+        ));
     }
     Ok(req)
 }
@@ -97,7 +116,10 @@ pub(crate) async fn create_control_channel(
     body: Body,
 ) -> Response {
     if !valid_id(&target) {
-        return xml_error(StatusCode::BAD_REQUEST, "target id must match [A-Za-z0-9._-]{1,128}");
+        return xml_error(
+            StatusCode::BAD_REQUEST,
+            "target id must match [A-Za-z0-9._-]{1,128}",
+        );
     }
     if let Err(resp) = read_create_request(&shared, body).await {
         return resp;
@@ -105,9 +127,17 @@ pub(crate) async fn create_control_channel(
     let caller = Caller::from_headers(&headers);
     // The node is remembered only once its control channel opens (attach_control), so
     // token requests alone cannot fill the node list.
-    let token = shared.reg().issue_token(Grant::Control { target: target.clone() }, Instant::now());
+    let token = shared.reg().issue_token(
+        Grant::Control {
+            target: target.clone(),
+        },
+        Instant::now(),
+    );
     let Some(token) = token else {
-        return xml_error(StatusCode::TOO_MANY_REQUESTS, "too many outstanding tokens; retry later");
+        return xml_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many outstanding tokens; retry later",
+        );
     };
     tracing::debug!(%target, caller = %caller.access_key_id, "Control channel token issued");
     token_created("CreateControlChannelResponse", token)
@@ -124,7 +154,12 @@ pub(crate) async fn create_data_channel(
     }
     let mut reg = shared.reg();
     let active = match reg.sessions.get(&session_id) {
-        None => return xml_error(StatusCode::BAD_REQUEST, &format!("Session {session_id} not found")),
+        None => {
+            return xml_error(
+                StatusCode::BAD_REQUEST,
+                &format!("Session {session_id} not found"),
+            )
+        }
         Some(s) => s.record.status.is_active(),
     };
     if !active {
@@ -134,7 +169,10 @@ pub(crate) async fn create_data_channel(
     let token = reg.issue_token(Grant::AgentData { session_id }, Instant::now());
     drop(reg);
     let Some(token) = token else {
-        return xml_error(StatusCode::TOO_MANY_REQUESTS, "too many outstanding tokens; retry later");
+        return xml_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many outstanding tokens; retry later",
+        );
     };
     token_created("CreateDataChannelResponse", token)
 }
@@ -194,11 +232,21 @@ async fn run_socket(shared: Arc<Shared>, socket: WebSocket, channel: Channel) {
     let open = match tokio::time::timeout(OPEN_TIMEOUT, stream.next()).await {
         Ok(Some(Ok(Message::Text(t)))) => t,
         Ok(Some(Ok(_))) => {
-            let _ = sink.send(close_message(CLOSE_POLICY, "the first message must be the text open frame with a token")).await;
+            let _ = sink
+                .send(close_message(
+                    CLOSE_POLICY,
+                    "the first message must be the text open frame with a token",
+                ))
+                .await;
             return;
         }
         Err(_) => {
-            let _ = sink.send(close_message(CLOSE_POLICY, "no open frame within 10 seconds")).await;
+            let _ = sink
+                .send(close_message(
+                    CLOSE_POLICY,
+                    "no open frame within 10 seconds",
+                ))
+                .await;
             return;
         }
         Ok(None | Some(Err(_))) => return,
@@ -243,7 +291,11 @@ async fn run_socket(shared: Arc<Shared>, socket: WebSocket, channel: Channel) {
             Some(Err(e)) => {
                 let text = e.to_string();
                 // tungstenite reports an over-long message as a capacity error.
-                let code = if text.contains("too long") { CLOSE_TOO_BIG } else { CLOSE_PROTOCOL };
+                let code = if text.contains("too long") {
+                    CLOSE_TOO_BIG
+                } else {
+                    CLOSE_PROTOCOL
+                };
                 tracing::info!(?role, error = %text, "Websocket read failed");
                 me.control(Outbound::Close(code, text));
                 break;
@@ -263,7 +315,10 @@ async fn run_socket(shared: Arc<Shared>, socket: WebSocket, channel: Channel) {
             Ok(m) => on_frame(&shared, &role, &me, m, raw).await,
             Err(e) => {
                 tracing::warn!(?role, error = %e, "Closing websocket after a malformed frame");
-                me.control(Outbound::Close(CLOSE_INVALID_DATA, format!("malformed frame: {e}")));
+                me.control(Outbound::Close(
+                    CLOSE_INVALID_DATA,
+                    format!("malformed frame: {e}"),
+                ));
                 break;
             }
         }
@@ -282,7 +337,14 @@ async fn send_within(
     m: Message,
     limit: Duration,
 ) -> bool {
-    matches!(tokio::time::timeout(limit, sink.send(m)).await, Ok(Ok(())))
+    match tokio::time::timeout(limit, sink.send(m)).await {
+        Ok(Ok(())) => true,
+        Ok(Err(_)) => false, // the connection is already gone; the reader reports why
+        Err(_) => {
+            tracing::warn!(waited = ?limit, "Closing websocket: peer is not reading");
+            false
+        }
+    }
 }
 
 fn to_message(out: Outbound) -> (Message, bool) {
@@ -347,7 +409,6 @@ async fn write_loop(
         };
         let (m, is_close) = to_message(next);
         if !send_within(&mut sink, m, peer_timeout).await {
-            tracing::warn!("Closing websocket: peer is not reading");
             break;
         }
         if is_close {
@@ -370,14 +431,18 @@ fn attach_control(
     tx: mpsc::Sender<Outbound>,
     ctl: mpsc::UnboundedSender<Outbound>,
 ) -> Result<(Role, Peer), String> {
-    let frame: OpenControlChannel = from_json(open, "OpenControlChannel").map_err(|e| e.to_string())?;
+    let frame: OpenControlChannel =
+        from_json(open, "OpenControlChannel").map_err(|e| e.to_string())?;
     let mut reg = shared.reg();
     match reg.redeem_token(&frame.token_value, Instant::now()) {
         Some(Grant::Control { target: t }) if t == target => {}
         _ => return Err("invalid, expired or already used token".into()),
     }
     if !reg.agents.contains_key(target) && reg.agents.len() >= super::registry::MAX_AGENTS {
-        return Err(format!("this gateway tracks at most {} managed nodes", super::registry::MAX_AGENTS));
+        return Err(format!(
+            "this gateway tracks at most {} managed nodes",
+            super::registry::MAX_AGENTS
+        ));
     }
     let conn_id = reg.next_conn_id();
     let me = Peer { conn_id, tx, ctl };
@@ -390,15 +455,30 @@ fn attach_control(
     }
     agent.last_ping = Some(SystemTime::now());
     if let Some(old) = agent.control.replace(me.clone()) {
-        old.control(Outbound::Close(CLOSE_NORMAL, "replaced by a newer control channel".into()));
+        old.control(Outbound::Close(
+            CLOSE_NORMAL,
+            "replaced by a newer control channel".into(),
+        ));
     }
     tracing::info!(%target, version = %agent.agent_version, "Agent connected");
-    Ok((Role::Control { target: target.to_owned() }, me))
+    Ok((
+        Role::Control {
+            target: target.to_owned(),
+        },
+        me,
+    ))
 }
 
 fn publication(start: bool, session_id: &str) -> Outbound {
-    let t = if start { MessageType::StartPublication } else { MessageType::PausePublication };
-    Outbound::Frame(Shared::frame(t, &serde_json::json!({ "SessionId": session_id })))
+    let t = if start {
+        MessageType::StartPublication
+    } else {
+        MessageType::PausePublication
+    };
+    Outbound::Frame(Shared::frame(
+        t,
+        &serde_json::json!({ "SessionId": session_id }),
+    ))
 }
 
 fn attach_data(
@@ -424,7 +504,10 @@ fn attach_data(
         return Err("Session is already terminated".into());
     }
     if let Some(old) = s.slot(side).replace(me.clone()) {
-        old.control(Outbound::Close(CLOSE_NORMAL, "replaced by a newer connection".into()));
+        old.control(Outbound::Close(
+            CLOSE_NORMAL,
+            "replaced by a newer connection".into(),
+        ));
     }
     for f in s.pending(side).take() {
         let _ = me.tx.try_send(Outbound::Frame(f));
@@ -441,7 +524,13 @@ fn attach_data(
         }
     }
     tracing::info!(session = %session_id, ?side, "Data channel attached");
-    Ok((Role::Data { session_id: session_id.to_owned(), side }, me))
+    Ok((
+        Role::Data {
+            session_id: session_id.to_owned(),
+            side,
+        },
+        me,
+    ))
 }
 
 fn detach(shared: &Shared, role: &Role, conn_id: u64) {
@@ -457,8 +546,10 @@ fn detach(shared: &Shared, role: &Role, conn_id: u64) {
             }
         }
         Role::Data { session_id, side } => {
-            let Some(s) = reg.sessions.get_mut(session_id) else { return };
-            if !s.peer(*side).is_some_and(|p| p.conn_id == conn_id) {
+            let Some(s) = reg.sessions.get_mut(session_id) else {
+                return;
+            };
+            if s.peer(*side).is_none_or(|p| p.conn_id != conn_id) {
                 return;
             }
             *s.slot(*side) = None;
@@ -466,7 +557,10 @@ fn detach(shared: &Shared, role: &Role, conn_id: u64) {
             match side {
                 Side::Agent => {
                     s.agent_changed = Instant::now();
-                    if matches!(s.record.status, SessionStatus::Connected | SessionStatus::Connecting) {
+                    if matches!(
+                        s.record.status,
+                        SessionStatus::Connected | SessionStatus::Connecting
+                    ) {
                         s.record.status = SessionStatus::Disconnected;
                         let rec = s.record.clone();
                         drop(reg);
@@ -485,8 +579,12 @@ async fn on_frame(shared: &Shared, role: &Role, me: &Peer, msg: AgentMessage, ra
         Role::Data { session_id, side } => {
             let t = &msg.message_type;
             let relay = match side {
-                Side::Agent => matches!(t, MessageType::OutputStreamData | MessageType::Acknowledge),
-                Side::Client => matches!(t, MessageType::InputStreamData | MessageType::Acknowledge),
+                Side::Agent => {
+                    matches!(t, MessageType::OutputStreamData | MessageType::Acknowledge)
+                }
+                Side::Client => {
+                    matches!(t, MessageType::InputStreamData | MessageType::Acknowledge)
+                }
             };
             if relay {
                 let to = match side {
@@ -506,7 +604,9 @@ async fn on_frame(shared: &Shared, role: &Role, me: &Peer, msg: AgentMessage, ra
 async fn forward(shared: &Shared, session_id: &str, to: Side, activity: bool, raw: Bytes) {
     let tx = {
         let mut reg = shared.reg();
-        let Some(s) = reg.sessions.get_mut(session_id) else { return };
+        let Some(s) = reg.sessions.get_mut(session_id) else {
+            return;
+        };
         if !s.record.status.is_active() {
             return;
         }
@@ -526,8 +626,12 @@ async fn forward(shared: &Shared, session_id: &str, to: Side, activity: bool, ra
     };
     match tokio::time::timeout(FORWARD_TIMEOUT, tx.send(Outbound::Frame(raw))).await {
         Ok(Ok(())) => {}
-        Ok(Err(_)) => tracing::debug!(session = %session_id, "Peer left while forwarding; the sender retransmits"),
-        Err(_) => tracing::debug!(session = %session_id, ?to, "Peer not draining; frame dropped (the sender retransmits)"),
+        Ok(Err(_)) => {
+            tracing::debug!(session = %session_id, "Peer left while forwarding; the sender retransmits")
+        }
+        Err(_) => {
+            tracing::debug!(session = %session_id, ?to, "Peer not draining; frame dropped (the sender retransmits)")
+        }
     }
 }
 
@@ -540,7 +644,9 @@ fn on_session_state(shared: &Shared, session_id: &str, msg: &AgentMessage) {
         }
     };
     let mut reg = shared.reg();
-    let Some(s) = reg.sessions.get_mut(session_id) else { return };
+    let Some(s) = reg.sessions.get_mut(session_id) else {
+        return;
+    };
     let new = match state.session_state {
         SessionState::Connected if s.terminate_requested.is_none() => SessionStatus::Connected,
         SessionState::Connected => return,
@@ -574,10 +680,15 @@ fn on_control_frame(shared: &Shared, target: &str, me: &Peer, msg: &AgentMessage
                 task_id: done.task_id.clone(),
                 topic: "agent_task_acknowledge".into(),
             };
-            me.control(Outbound::Frame(Shared::frame(MessageType::AgentTaskAcknowledge, &ack)));
+            me.control(Outbound::Frame(Shared::frame(
+                MessageType::AgentTaskAcknowledge,
+                &ack,
+            )));
             complete_session(shared, target, &done);
         }
-        other => tracing::debug!(%target, message_type = %other, "Ignoring control-channel message"),
+        other => {
+            tracing::debug!(%target, message_type = %other, "Ignoring control-channel message")
+        }
     }
 }
 
@@ -596,7 +707,9 @@ fn complete_session(shared: &Shared, target: &str, done: &AgentTaskComplete) {
             return; // a retry of a report already applied
         }
         s.completed = true;
-        s.record.final_task_status.clone_from(&done.final_task_status);
+        s.record
+            .final_task_status
+            .clone_from(&done.final_task_status);
         s.record.output.s3_bucket.clone_from(&done.s3_bucket);
         s.record.output.s3_key.clone_from(&done.s3_url_suffix);
         s.record.output.cwl_group.clone_from(&done.cwl_group);
@@ -615,5 +728,10 @@ fn complete_session(shared: &Shared, target: &str, done: &AgentTaskComplete) {
     } else {
         (SessionStatus::Terminated, "")
     };
-    shared.finish(&done.task_id, status, details, if failed { &done.output } else { "" });
+    shared.finish(
+        &done.task_id,
+        status,
+        details,
+        if failed { &done.output } else { "" },
+    );
 }

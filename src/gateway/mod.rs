@@ -149,7 +149,9 @@ impl Shared {
     /// registry holds no invariants that a half-finished update could break badly enough
     /// to justify taking the whole gateway down.
     pub(crate) fn reg(&self) -> MutexGuard<'_, Registry> {
-        self.reg.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.reg
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub(crate) fn persist(&self, record: &SessionRecord) {
@@ -195,13 +197,17 @@ impl Shared {
     /// client, marks it Terminating, and lets the agent's agent_task_complete finish it.
     pub(crate) fn terminate(&self, session_id: &str, client_message: &str, details: &str) {
         let mut reg = self.reg();
-        let Some(s) = reg.sessions.get(session_id) else { return };
+        let Some(s) = reg.sessions.get(session_id) else {
+            return;
+        };
         if !s.record.status.is_active() || s.terminate_requested.is_some() {
             return;
         }
         let target = s.record.target.clone();
         let control = reg.agents.get(&target).and_then(|a| a.control.clone());
-        let Some(s) = reg.sessions.get_mut(session_id) else { return };
+        let Some(s) = reg.sessions.get_mut(session_id) else {
+            return;
+        };
         let to_agent = Self::channel_closed(session_id, &target, "");
         Self::notify(s.agent.as_ref(), Outbound::Frame(to_agent.clone()));
         Self::notify(control.as_ref(), Outbound::Frame(to_agent));
@@ -221,9 +227,17 @@ impl Shared {
 
     /// Records the end of a session, tells the client (`channel_closed` with
     /// `client_message` as its Output) and closes whatever is still connected.
-    pub(crate) fn finish(&self, session_id: &str, status: SessionStatus, details: &str, client_message: &str) {
+    pub(crate) fn finish(
+        &self,
+        session_id: &str,
+        status: SessionStatus,
+        details: &str,
+        client_message: &str,
+    ) {
         let mut reg = self.reg();
-        let Some(s) = reg.sessions.get_mut(session_id) else { return };
+        let Some(s) = reg.sessions.get_mut(session_id) else {
+            return;
+        };
         if !s.record.status.is_active() {
             return;
         }
@@ -242,7 +256,11 @@ impl Shared {
         }
         let rec = s.record.clone();
         drop(reg);
-        tracing::info!(session = session_id, status = status.as_str(), "Session ended");
+        tracing::info!(
+            session = session_id,
+            status = status.as_str(),
+            "Session ended"
+        );
         self.persist(&rec);
     }
 
@@ -267,16 +285,32 @@ impl Shared {
                             "the agent did not confirm the end of the session",
                         ));
                     }
-                } else if s.agent.is_none() && now.duration_since(s.agent_changed) > cfg.orphan_timeout {
+                } else if s.agent.is_none()
+                    && now.duration_since(s.agent_changed) > cfg.orphan_timeout
+                {
                     to_finish.push((
                         id.clone(),
                         SessionStatus::Failed,
                         "the agent's data channel did not come back",
                     ));
-                } else if s.max_duration.is_some_and(|m| now.duration_since(s.started) > m) {
-                    to_terminate.push((id.clone(), "Your session has reached its maximum duration.", "maximum session duration reached"));
-                } else if s.idle_timeout.is_some_and(|idle| now.duration_since(s.last_activity) > idle) {
-                    to_terminate.push((id.clone(), "Your session timed out due to inactivity.", "idle session timeout"));
+                } else if s
+                    .max_duration
+                    .is_some_and(|m| now.duration_since(s.started) > m)
+                {
+                    to_terminate.push((
+                        id.clone(),
+                        "Your session has reached its maximum duration.",
+                        "maximum session duration reached",
+                    ));
+                } else if s
+                    .idle_timeout
+                    .is_some_and(|idle| now.duration_since(s.last_activity) > idle)
+                {
+                    to_terminate.push((
+                        id.clone(),
+                        "Your session timed out due to inactivity.",
+                        "idle session timeout",
+                    ));
                 }
             }
         }
@@ -432,7 +466,9 @@ fn load_tls(files: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor, GatewayError>
     }
     let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut key_pem.as_slice())
         .map_err(|e| GatewayError::Tls(format!("{}: {e}", files.key.display())))?
-        .ok_or_else(|| GatewayError::Tls(format!("{} holds no PEM private key", files.key.display())))?;
+        .ok_or_else(|| {
+            GatewayError::Tls(format!("{} holds no PEM private key", files.key.display()))
+        })?;
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -456,7 +492,8 @@ pub(crate) fn now_millis() -> u64 {
 }
 
 pub(crate) fn epoch_secs(t: SystemTime) -> f64 {
-    t.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ`, UTC.

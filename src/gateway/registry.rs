@@ -253,7 +253,8 @@ impl Registry {
     pub(crate) fn prune(&mut self, now: Instant) {
         self.tokens.retain(|_, t| t.expires > now);
         let tokens = &self.tokens;
-        self.control_tokens.retain(|_, tok| tokens.contains_key(tok));
+        self.control_tokens
+            .retain(|_, tok| tokens.contains_key(tok));
         let finished = self
             .sessions
             .values()
@@ -264,7 +265,12 @@ impl Registry {
                 .sessions
                 .values()
                 .filter(|s| !s.record.status.is_active())
-                .map(|s| (s.record.end_date.unwrap_or(0.0), s.record.session_id.clone()))
+                .map(|s| {
+                    (
+                        s.record.end_date.unwrap_or(0.0),
+                        s.record.session_id.clone(),
+                    )
+                })
                 .collect();
             ends.sort_by(|a, b| a.0.total_cmp(&b.0));
             for (_, id) in ends.into_iter().take(finished - HISTORY_LIMIT) {
@@ -308,9 +314,23 @@ mod tests {
         let mut r = Registry::default();
         let now = Instant::now();
         for i in 0..MAX_TOKENS {
-            assert!(r.issue_token(Grant::AgentData { session_id: i.to_string() }, now).is_some());
+            assert!(r
+                .issue_token(
+                    Grant::AgentData {
+                        session_id: i.to_string()
+                    },
+                    now
+                )
+                .is_some());
         }
-        assert!(r.issue_token(Grant::AgentData { session_id: "x".into() }, now).is_none());
+        assert!(r
+            .issue_token(
+                Grant::AgentData {
+                    session_id: "x".into()
+                },
+                now
+            )
+            .is_none());
     }
 
     #[test]

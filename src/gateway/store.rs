@@ -292,11 +292,17 @@ mod tests {
         f.write_all(b"{\"session_id\":\"c\",\"targ").unwrap();
         drop(f);
         let (_store, recs) = Store::open(dir.path()).unwrap();
-        let mut got: Vec<_> = recs.iter().map(|r| (r.session_id.as_str(), r.status)).collect();
+        let mut got: Vec<_> = recs
+            .iter()
+            .map(|r| (r.session_id.as_str(), r.status))
+            .collect();
         got.sort_by_key(|g| g.0);
         assert_eq!(
             got,
-            vec![("a", SessionStatus::Terminated), ("b", SessionStatus::Failed)]
+            vec![
+                ("a", SessionStatus::Terminated),
+                ("b", SessionStatus::Failed)
+            ]
         );
         let text = fs::read_to_string(dir.path().join(FILE_NAME)).unwrap();
         assert_eq!(text.lines().count(), 2, "compacted on open");

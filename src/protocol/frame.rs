@@ -381,7 +381,10 @@ fn parse_type_field(field: &[u8]) -> Result<MessageType, DecodeError> {
         .iter()
         .position(|b| !matches!(b, 0 | b' '))
         .map_or(&[][..], |start| {
-            let end = field.iter().rposition(|b| !matches!(b, 0 | b' ')).unwrap_or(start);
+            let end = field
+                .iter()
+                .rposition(|b| !matches!(b, 0 | b' '))
+                .unwrap_or(start);
             &field[start..=end]
         });
     let name = std::str::from_utf8(trimmed)
@@ -432,7 +435,10 @@ mod tests {
             assert_eq!(t.as_str(), name);
             assert_eq!(MessageType::parse(name), t);
         }
-        assert_eq!(MessageType::parse("weird"), MessageType::Other("weird".into()));
+        assert_eq!(
+            MessageType::parse("weird"),
+            MessageType::Other("weird".into())
+        );
     }
 
     #[test]
@@ -482,20 +488,32 @@ mod tests {
         );
         assert!(matches!(
             AgentMessage::decode(&good[..125], max),
-            Err(DecodeError::PayloadLength { declared: 7, actual: 5 })
+            Err(DecodeError::PayloadLength {
+                declared: 7,
+                actual: 5
+            })
         ));
         let mut f = good.clone();
         f[3] = 117;
-        assert_eq!(AgentMessage::decode(&f, max), Err(DecodeError::HeaderLength(117)));
+        assert_eq!(
+            AgentMessage::decode(&f, max),
+            Err(DecodeError::HeaderLength(117))
+        );
         let mut f = good.clone();
         f[126] ^= 1;
         assert_eq!(AgentMessage::decode(&f, max), Err(DecodeError::Digest));
         let mut f = good.clone();
         f[4..36].fill(b' ');
-        assert!(matches!(AgentMessage::decode(&f, max), Err(DecodeError::MessageType(_))));
+        assert!(matches!(
+            AgentMessage::decode(&f, max),
+            Err(DecodeError::MessageType(_))
+        ));
         let mut f = good.clone();
         f[5] = 0xff;
-        assert!(matches!(AgentMessage::decode(&f, max), Err(DecodeError::MessageType(_))));
+        assert!(matches!(
+            AgentMessage::decode(&f, max),
+            Err(DecodeError::MessageType(_))
+        ));
         let mut f = good;
         f[40..48].fill(0);
         assert_eq!(AgentMessage::decode(&f, max), Err(DecodeError::CreatedDate));

@@ -44,7 +44,10 @@ pub fn from_json<T: DeserializeOwned>(bytes: &[u8], what: &'static str) -> Resul
 ///
 /// # Errors
 /// A shape that does not fit `T`.
-pub fn from_value<T: DeserializeOwned>(value: Value, what: &'static str) -> Result<T, PayloadError> {
+pub fn from_value<T: DeserializeOwned>(
+    value: Value,
+    what: &'static str,
+) -> Result<T, PayloadError> {
     T::deserialize(CaseInsensitive(value)).map_err(|source| PayloadError::Json { what, source })
 }
 
@@ -539,7 +542,8 @@ mod tests {
     fn interactive_shell_keys_match_case_insensitively() {
         let inner = r#"{"sessionId":"s-1","documentContent":{"schemaVersion":"1.0"},"runAsUser":"bob","SESSIONOWNER":"arn:x","DataChannelId":"ignored"}"#;
         let outer = serde_json::json!({"content": inner, "taskid": "s-1", "SchemaVersion": 1});
-        let (o, i) = AgentTaskPayload::from_interactive_shell(outer.to_string().as_bytes()).unwrap();
+        let (o, i) =
+            AgentTaskPayload::from_interactive_shell(outer.to_string().as_bytes()).unwrap();
         assert_eq!(o.task_id, "s-1");
         assert_eq!(i.session_id, "s-1");
         assert_eq!(i.run_as_user, "bob");
@@ -573,7 +577,9 @@ mod tests {
     #[test]
     fn wrong_shapes_are_errors_not_panics() {
         assert!(from_json::<Acknowledge>(b"[1,2]", "acknowledge").is_err());
-        assert!(from_json::<Acknowledge>(b"{\"AcknowledgedMessageType\":5}", "acknowledge").is_err());
+        assert!(
+            from_json::<Acknowledge>(b"{\"AcknowledgedMessageType\":5}", "acknowledge").is_err()
+        );
         assert!(from_json::<Size>(b"{\"cols\":-1,\"rows\":2}", "size").is_err());
         assert!(from_json::<Size>(b"\xff", "size").is_err());
         let deep = "[".repeat(10_000);
@@ -602,7 +608,9 @@ mod tests {
             agent_version: "3.3.987.0".into(),
             platform_type: "linux".into(),
         };
-        assert!(String::from_utf8(to_json(&ctl)).unwrap().starts_with(r#"{"Cookie":null,"#));
+        assert!(String::from_utf8(to_json(&ctl))
+            .unwrap()
+            .starts_with(r#"{"Cookie":null,"#));
     }
 
     #[test]

@@ -40,11 +40,16 @@ fn json(s: &str) -> Value {
 #[tokio::test]
 async fn aws_cli_lists_instances_and_sessions() {
     let gw = Gateway::start(GatewayConfig::default()).await;
-    let _agent = ScriptedAgent::connect(&gw, "i-0aaaaaaaaaaaaaaaa").await.unwrap();
+    let _agent = ScriptedAgent::connect(&gw, "i-0aaaaaaaaaaaaaaaa")
+        .await
+        .unwrap();
     let (code, out, err) = aws(&gw, None, &["describe-instance-information"]).await;
     assert_eq!(code, 0, "{err}");
     let v = json(&out);
-    assert_eq!(v["InstanceInformationList"][0]["InstanceId"], "i-0aaaaaaaaaaaaaaaa");
+    assert_eq!(
+        v["InstanceInformationList"][0]["InstanceId"],
+        "i-0aaaaaaaaaaaaaaaa"
+    );
     assert_eq!(v["InstanceInformationList"][0]["PingStatus"], "Online");
     let (code, out, err) = aws(&gw, None, &["describe-sessions", "--state", "History"]).await;
     assert_eq!(code, 0, "{err}");
@@ -59,7 +64,9 @@ async fn aws_cli_lists_instances_and_sessions() {
 #[tokio::test]
 async fn aws_cli_start_session_hands_the_plugin_what_it_needs() {
     let gw = Gateway::start(GatewayConfig::default()).await;
-    let mut agent = ScriptedAgent::connect(&gw, "i-0bbbbbbbbbbbbbbbb").await.unwrap();
+    let mut agent = ScriptedAgent::connect(&gw, "i-0bbbbbbbbbbbbbbbb")
+        .await
+        .unwrap();
     // A stand-in plugin that records how the CLI calls it.
     let dir = tempfile::tempdir().unwrap();
     let record = dir.path().join("args.json");
@@ -73,16 +80,34 @@ async fn aws_cli_start_session_hands_the_plugin_what_it_needs() {
         ),
     )
     .unwrap();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut std::fs::metadata(&plugin).unwrap().permissions(), 0o755);
+    std::os::unix::fs::PermissionsExt::set_mode(
+        &mut std::fs::metadata(&plugin).unwrap().permissions(),
+        0o755,
+    );
     std::fs::set_permissions(&plugin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
 
-    let (code, _, err) = aws(&gw, Some(dir.path()), &["start-session", "--target", "i-0bbbbbbbbbbbbbbbb", "--reason", "cli test"]).await;
+    let (code, _, err) = aws(
+        &gw,
+        Some(dir.path()),
+        &[
+            "start-session",
+            "--target",
+            "i-0bbbbbbbbbbbbbbbb",
+            "--reason",
+            "cli test",
+        ],
+    )
+    .await;
     assert_eq!(code, 0, "{err}");
-    let args: Vec<String> = serde_json::from_str(&std::fs::read_to_string(&record).unwrap()).unwrap();
+    let args: Vec<String> =
+        serde_json::from_str(&std::fs::read_to_string(&record).unwrap()).unwrap();
     let response = json(&args[0]);
     let session_id = response["SessionId"].as_str().unwrap();
     assert!(session_id.starts_with("AKIDAWSCLI-"), "{session_id}");
-    assert!(response["StreamUrl"].as_str().unwrap().starts_with(&format!("ws://{}/v1/data-channel/{session_id}", gw.addr)));
+    assert!(response["StreamUrl"]
+        .as_str()
+        .unwrap()
+        .starts_with(&format!("ws://{}/v1/data-channel/{session_id}", gw.addr)));
     assert!(!response["TokenValue"].as_str().unwrap().is_empty());
     assert_eq!(args[1], "us-east-1");
     assert_eq!(args[2], "StartSession");
@@ -94,8 +119,18 @@ async fn aws_cli_start_session_hands_the_plugin_what_it_needs() {
     assert_eq!(s["Owner"], "arn:aws:iam::000000000000:user/AKIDAWSCLI");
 
     // The plugin's token opens the StreamUrl exactly once.
-    let mut client = client_connect(&gw, response["StreamUrl"].as_str().unwrap(), response["TokenValue"].as_str().unwrap()).await;
-    let (code, _, err) = aws(&gw, None, &["terminate-session", "--session-id", session_id]).await;
+    let mut client = client_connect(
+        &gw,
+        response["StreamUrl"].as_str().unwrap(),
+        response["TokenValue"].as_str().unwrap(),
+    )
+    .await;
+    let (code, _, err) = aws(
+        &gw,
+        None,
+        &["terminate-session", "--session-id", session_id],
+    )
+    .await;
     assert_eq!(code, 0, "{err}");
     client.recv_type(MessageType::ChannelClosed).await;
     gw.stop().await;
@@ -104,10 +139,17 @@ async fn aws_cli_start_session_hands_the_plugin_what_it_needs() {
 #[tokio::test]
 async fn aws_cli_without_the_plugin_terminates_the_session_it_started() {
     let gw = Gateway::start(GatewayConfig::default()).await;
-    let mut agent = ScriptedAgent::connect(&gw, "i-0cccccccccccccccc").await.unwrap();
+    let mut agent = ScriptedAgent::connect(&gw, "i-0cccccccccccccccc")
+        .await
+        .unwrap();
     let empty = tempfile::tempdir().unwrap();
     // PATH still needs python for the `aws` script itself, so only make sure no plugin is found.
-    let (code, _, err) = aws(&gw, Some(empty.path()), &["start-session", "--target", "i-0cccccccccccccccc"]).await;
+    let (code, _, err) = aws(
+        &gw,
+        Some(empty.path()),
+        &["start-session", "--target", "i-0cccccccccccccccc"],
+    )
+    .await;
     if which_plugin().is_none() {
         assert_ne!(code, 0);
         assert!(err.contains("SessionManagerPlugin is not found"), "{err}");
@@ -121,6 +163,8 @@ async fn aws_cli_without_the_plugin_terminates_the_session_it_started() {
 
 fn which_plugin() -> Option<std::path::PathBuf> {
     std::env::var_os("PATH").and_then(|p| {
-        std::env::split_paths(&p).map(|d| d.join("session-manager-plugin")).find(|f| f.exists())
+        std::env::split_paths(&p)
+            .map(|d| d.join("session-manager-plugin"))
+            .find(|f| f.exists())
     })
 }

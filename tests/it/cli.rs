@@ -23,7 +23,15 @@ fn help_answers_the_first_questions() {
     assert!(out.contains("gateway"), "{out}");
     let (code, out, _) = run(&["gateway", "--help"]);
     assert_eq!(code, 0);
-    for flag in ["--listen", "--data-dir", "--preferences", "--tls-cert", "--tls-key", "--advertise-url", "--ping-interval"] {
+    for flag in [
+        "--listen",
+        "--data-dir",
+        "--preferences",
+        "--tls-cert",
+        "--tls-key",
+        "--advertise-url",
+        "--ping-interval",
+    ] {
         assert!(out.contains(flag), "gateway --help lacks {flag}");
     }
     let (code, out, _) = run(&["--version"]);
@@ -37,14 +45,35 @@ fn invalid_configuration_exits_64_with_one_line_naming_the_key() {
     let prefs = dir.path().join("prefs.json");
     std::fs::write(&prefs, r#"{"schemaVersion":"1.0","sessionType":"Standard_Stream","inputs":{"cloudWatchStreamingEnabled":"true"}}"#).unwrap();
     let cases: Vec<(Vec<String>, &str)> = vec![
-        (vec!["--preferences".into(), prefs.display().to_string()], "cloudWatchStreamingEnabled"),
-        (vec!["--preferences".into(), "/nonexistent/prefs.json".into()], "--preferences"),
-        (vec!["--ping-interval".into(), "5s".into(), "--peer-timeout".into(), "2s".into()], "--peer-timeout"),
-        (vec!["--advertise-url".into(), "http://x".into()], "--advertise-url"),
+        (
+            vec!["--preferences".into(), prefs.display().to_string()],
+            "cloudWatchStreamingEnabled",
+        ),
+        (
+            vec!["--preferences".into(), "/nonexistent/prefs.json".into()],
+            "--preferences",
+        ),
+        (
+            vec![
+                "--ping-interval".into(),
+                "5s".into(),
+                "--peer-timeout".into(),
+                "2s".into(),
+            ],
+            "--peer-timeout",
+        ),
+        (
+            vec!["--advertise-url".into(), "http://x".into()],
+            "--advertise-url",
+        ),
         (vec!["--account-id".into(), "12".into()], "--account-id"),
     ];
     for (args, key) in cases {
-        let mut all = vec!["gateway".to_owned(), "--listen".into(), "127.0.0.1:0".into()];
+        let mut all = vec![
+            "gateway".to_owned(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+        ];
         all.extend(args);
         let all: Vec<&str> = all.iter().map(String::as_str).collect();
         let (code, _, err) = run(&all);
@@ -68,19 +97,24 @@ async fn the_binary_serves_and_stops_on_sigterm() {
         .spawn()
         .unwrap();
     let stderr = child.stderr.take().unwrap();
-    let addr = tokio::time::timeout(WAIT, tokio::task::spawn_blocking(move || {
-        for line in BufReader::new(stderr).lines() {
-            let line = line.unwrap();
-            if let Some(rest) = line.split("addr=").nth(1) {
-                return rest.split_whitespace().next().unwrap().to_owned();
+    let addr = tokio::time::timeout(
+        WAIT,
+        tokio::task::spawn_blocking(move || {
+            for line in BufReader::new(stderr).lines() {
+                let line = line.unwrap();
+                if let Some(rest) = line.split("addr=").nth(1) {
+                    return rest.split_whitespace().next().unwrap().to_owned();
+                }
             }
-        }
-        panic!("gateway never logged its address");
-    }))
+            panic!("gateway never logged its address");
+        }),
+    )
     .await
     .expect("gateway did not log its address in time")
     .unwrap();
-    let resp = reqwest::get(format!("http://{addr}/healthz")).await.unwrap();
+    let resp = reqwest::get(format!("http://{addr}/healthz"))
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let resp = reqwest::Client::new()
         .post(format!("http://{addr}/"))
@@ -91,12 +125,49 @@ async fn the_binary_serves_and_stops_on_sigterm() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     let pid = i32::try_from(child.id()).unwrap();
-    let status = Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
-    assert!(status.success());
-    let exit = tokio::time::timeout(WAIT, tokio::task::spawn_blocking(move || child.wait().unwrap()))
-        .await
-        .expect("gateway did not exit after SIGTERM")
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
         .unwrap();
+    assert!(status.success());
+    let exit = tokio::time::timeout(
+        WAIT,
+        tokio::task::spawn_blocking(move || child.wait().unwrap()),
+    )
+    .await
+    .expect("gateway did not exit after SIGTERM")
+    .unwrap();
     assert_eq!(exit.code(), Some(0));
     assert!(dir.path().join("sessions.jsonl").exists());
+}
+
+/// The shipped example preferences must stay valid for `--preferences`.
+#[test]
+fn the_example_preferences_file_is_accepted() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/session-preferences.example.json"
+    );
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let resolved =
+        session_agent::protocol::document::resolve(&doc, &serde_json::Map::new()).unwrap();
+    assert_eq!(resolved.inputs.idle_session_timeout, Some(20));
+    assert!(resolved.inputs.s3_encryption_enabled);
+    // And the binary accepts it: preferences are checked before the timeouts, so with a
+    // good file the complaint is about the (deliberately invalid) --peer-timeout.
+    let (code, _, err) = run(&[
+        "gateway",
+        "--preferences",
+        path,
+        "--ping-interval",
+        "5s",
+        "--peer-timeout",
+        "2s",
+    ]);
+    assert_eq!(code, 64);
+    assert!(
+        err.contains("--peer-timeout") && !err.contains("--preferences"),
+        "{err}"
+    );
 }

@@ -6,22 +6,37 @@ use bytes::Bytes;
 use serde_json::json;
 use session_agent::gateway::GatewayConfig;
 use session_agent::protocol::frame::{MessageType, PayloadType};
-use session_agent::protocol::payload::{to_json, OpenControlChannel, OpenDataChannel, TokenResponse};
+use session_agent::protocol::payload::{
+    to_json, OpenControlChannel, OpenDataChannel, TokenResponse,
+};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use uuid::Uuid;
 
-async fn raw_api(gw: &Gateway, target: Option<&str>, body: impl Into<reqwest::Body>) -> (u16, serde_json::Value) {
-    let mut req = gw.http().post(format!("{}/", gw.http_url())).header("content-type", "application/x-amz-json-1.1");
+async fn raw_api(
+    gw: &Gateway,
+    target: Option<&str>,
+    body: impl Into<reqwest::Body>,
+) -> (u16, serde_json::Value) {
+    let mut req = gw
+        .http()
+        .post(format!("{}/", gw.http_url()))
+        .header("content-type", "application/x-amz-json-1.1");
     if let Some(t) = target {
         req = req.header("x-amz-target", t);
     }
     let resp = req.body(body).send().await.unwrap();
     let status = resp.status().as_u16();
-    (status, serde_json::from_str(&resp.text().await.unwrap()).expect("error body is JSON"))
+    (
+        status,
+        serde_json::from_str(&resp.text().await.unwrap()).expect("error body is JSON"),
+    )
 }
 
 fn error_type(v: &serde_json::Value) -> &str {
-    assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "error without message: {v}");
+    assert!(
+        v["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "error without message: {v}"
+    );
     v["__type"].as_str().unwrap()
 }
 
@@ -36,45 +51,126 @@ async fn api_errors_have_the_aws_shape() {
     assert_eq!((s, error_type(&v)), (400, "UnknownOperationException"));
     let (s, v) = raw_api(&gw, None, "{}").await;
     assert_eq!((s, error_type(&v)), (400, "UnknownOperationException"));
-    let (s, v) = raw_api(&gw, Some("AmazonSSM.StartSession"), vec![b' '; 2 * 1024 * 1024]).await;
+    let (s, v) = raw_api(
+        &gw,
+        Some("AmazonSSM.StartSession"),
+        vec![b' '; 2 * 1024 * 1024],
+    )
+    .await;
     assert_eq!((s, error_type(&v)), (413, "SerializationException"));
 
     let cases = [
         ("StartSession", json!({}), "ValidationException"),
-        ("StartSession", json!({"Target": 5}), "SerializationException"),
-        ("StartSession", json!({"Target": "../../etc/passwd"}), "ValidationException"),
-        ("StartSession", json!({"Target": "nobody-home"}), "InvalidTarget"),
-        ("StartSession", json!({"Target": "x", "Reason": "r".repeat(257)}), "ValidationException"),
-        ("StartSession", json!({"Target": "x", "Parameters": {"a": "not-a-list"}}), "SerializationException"),
-        ("TerminateSession", json!({"SessionId": "nope-0"}), "DoesNotExistException"),
-        ("ResumeSession", json!({"SessionId": "nope-0"}), "DoesNotExistException"),
+        (
+            "StartSession",
+            json!({"Target": 5}),
+            "SerializationException",
+        ),
+        (
+            "StartSession",
+            json!({"Target": "../../etc/passwd"}),
+            "ValidationException",
+        ),
+        (
+            "StartSession",
+            json!({"Target": "nobody-home"}),
+            "InvalidTarget",
+        ),
+        (
+            "StartSession",
+            json!({"Target": "x", "Reason": "r".repeat(257)}),
+            "ValidationException",
+        ),
+        (
+            "StartSession",
+            json!({"Target": "x", "Parameters": {"a": "not-a-list"}}),
+            "SerializationException",
+        ),
+        (
+            "TerminateSession",
+            json!({"SessionId": "nope-0"}),
+            "DoesNotExistException",
+        ),
+        (
+            "ResumeSession",
+            json!({"SessionId": "nope-0"}),
+            "DoesNotExistException",
+        ),
         ("DescribeSessions", json!({}), "ValidationException"),
-        ("DescribeSessions", json!({"State": "Sideways"}), "ValidationException"),
-        ("DescribeSessions", json!({"State": "Active", "MaxResults": 0}), "ValidationException"),
-        ("DescribeSessions", json!({"State": "Active", "NextToken": "zzz"}), "InvalidNextToken"),
-        ("DescribeSessions", json!({"State": "Active", "Filters": [{"key": "Colour", "value": "x"}]}), "InvalidFilterKey"),
-        ("DescribeSessions", json!({"State": "Active", "Filters": [{"key": "InvokedAfter", "value": "soon"}]}), "InvalidFilterValue"),
-        ("DescribeInstanceInformation", json!({"MaxResults": 1000}), "ValidationException"),
-        ("UpdateInstanceInformation", json!({}), "ValidationException"),
+        (
+            "DescribeSessions",
+            json!({"State": "Sideways"}),
+            "ValidationException",
+        ),
+        (
+            "DescribeSessions",
+            json!({"State": "Active", "MaxResults": 0}),
+            "ValidationException",
+        ),
+        (
+            "DescribeSessions",
+            json!({"State": "Active", "NextToken": "zzz"}),
+            "InvalidNextToken",
+        ),
+        (
+            "DescribeSessions",
+            json!({"State": "Active", "Filters": [{"key": "Colour", "value": "x"}]}),
+            "InvalidFilterKey",
+        ),
+        (
+            "DescribeSessions",
+            json!({"State": "Active", "Filters": [{"key": "InvokedAfter", "value": "soon"}]}),
+            "InvalidFilterValue",
+        ),
+        (
+            "DescribeInstanceInformation",
+            json!({"MaxResults": 1000}),
+            "ValidationException",
+        ),
+        (
+            "UpdateInstanceInformation",
+            json!({}),
+            "ValidationException",
+        ),
     ];
     for (op, input, want) in cases {
         let (s, v) = gw.api(op, input.clone()).await;
         assert_eq!((s, error_type(&v)), (400, want), "{op} {input}");
     }
 
-    let (s, v) = raw_api(&gw, Some("AmazonSSM.UpdateInstanceInformation"), r#"{"InstanceId":"mi-1","AgentVersion":"3.3.0.0"}"#).await;
+    let (s, v) = raw_api(
+        &gw,
+        Some("AmazonSSM.UpdateInstanceInformation"),
+        r#"{"InstanceId":"mi-1","AgentVersion":"3.3.0.0"}"#,
+    )
+    .await;
     assert_eq!(s, 200, "{v}");
     let (s, v) = gw.api("StartSession", json!({"Target": "mi-1"})).await;
     assert_eq!((s, error_type(&v)), (400, "TargetNotConnected"));
 
     let _agent = ScriptedAgent::connect(&gw, "host-doc").await.unwrap();
-    let (s, v) = gw.api("StartSession", json!({"Target": "host-doc", "DocumentName": "AWS-NoSuchDocument"})).await;
+    let (s, v) = gw
+        .api(
+            "StartSession",
+            json!({"Target": "host-doc", "DocumentName": "AWS-NoSuchDocument"}),
+        )
+        .await;
     assert_eq!((s, error_type(&v)), (400, "InvalidDocument"));
-    let (s, v) = gw.api("StartSession", json!({"Target": "host-doc", "Parameters": {"undeclared": ["x"]}})).await;
+    let (s, v) = gw
+        .api(
+            "StartSession",
+            json!({"Target": "host-doc", "Parameters": {"undeclared": ["x"]}}),
+        )
+        .await;
     assert_eq!((s, error_type(&v)), (400, "InvalidParameters"));
     assert!(v["message"].as_str().unwrap().contains("undeclared"), "{v}");
 
-    let resp = gw.http().get(format!("{}/nowhere", gw.http_url())).send().await.unwrap();
+    let resp = gw
+        .http()
+        .get(format!("{}/nowhere", gw.http_url()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status().as_u16(), 404);
     gw.stop().await;
 }
@@ -82,16 +178,32 @@ async fn api_errors_have_the_aws_shape() {
 #[tokio::test]
 async fn channel_creation_rejects_bad_requests_with_xml_errors() {
     let gw = Gateway::start(GatewayConfig::default()).await;
-    let (s, body) = gw.create_channel("/v1/control-channel/host-x", "{oops").await;
+    let (s, body) = gw
+        .create_channel("/v1/control-channel/host-x", "{oops")
+        .await;
     assert_eq!(s, 400);
     assert!(body.starts_with("<BadRequest"), "{body}");
-    let (s, _) = gw.create_channel("/v1/control-channel/host-x", r#"{"MessageSchemaVersion":"2.0","RequestId":"0123456789abcdef0"}"#).await;
+    let (s, _) = gw
+        .create_channel(
+            "/v1/control-channel/host-x",
+            r#"{"MessageSchemaVersion":"2.0","RequestId":"0123456789abcdef0"}"#,
+        )
+        .await;
     assert_eq!(s, 400);
-    let (s, _) = gw.create_channel("/v1/control-channel/host-x", r#"{"MessageSchemaVersion":"1.0","RequestId":"short"}"#).await;
+    let (s, _) = gw
+        .create_channel(
+            "/v1/control-channel/host-x",
+            r#"{"MessageSchemaVersion":"1.0","RequestId":"short"}"#,
+        )
+        .await;
     assert_eq!(s, 400);
-    let (s, _) = gw.create_channel("/v1/control-channel/bad%20target", &create_body(None)).await;
+    let (s, _) = gw
+        .create_channel("/v1/control-channel/bad%20target", &create_body(None))
+        .await;
     assert_eq!(s, 400);
-    let (s, body) = gw.create_channel("/v1/data-channel/nobody-123", &create_body(Some(""))).await;
+    let (s, body) = gw
+        .create_channel("/v1/data-channel/nobody-123", &create_body(Some("")))
+        .await;
     assert_eq!(s, 400);
     assert!(body.contains("not found"), "{body}");
 
@@ -103,16 +215,26 @@ async fn channel_creation_rejects_bad_requests_with_xml_errors() {
         final_task_status: "Success".into(),
         ..Default::default()
     };
-    agent.control.send_raw(json_frame(MessageType::AgentTaskComplete, &done)).await;
+    agent
+        .control
+        .send_raw(json_frame(MessageType::AgentTaskComplete, &done))
+        .await;
     wait_status(&gw, &sid, "History", "Terminated").await;
-    let (s, body) = gw.create_channel(&format!("/v1/data-channel/{sid}"), &create_body(Some(""))).await;
+    let (s, body) = gw
+        .create_channel(&format!("/v1/data-channel/{sid}"), &create_body(Some("")))
+        .await;
     assert_eq!(s, 400);
     assert!(body.contains("Session is already terminated"), "{body}");
     gw.stop().await;
 }
 
 async fn open_control_with(gw: &Gateway, target: &str, token: &str) -> Peer {
-    let ws = gw.ws_connect(&format!("{}/v1/control-channel/{target}?role=subscribe&stream=input", gw.ws_url())).await;
+    let ws = gw
+        .ws_connect(&format!(
+            "{}/v1/control-channel/{target}?role=subscribe&stream=input",
+            gw.ws_url()
+        ))
+        .await;
     let mut p = Peer { ws };
     let open = OpenControlChannel {
         cookie: None,
@@ -122,7 +244,8 @@ async fn open_control_with(gw: &Gateway, target: &str, token: &str) -> Peer {
         agent_version: "1".into(),
         platform_type: "linux".into(),
     };
-    p.send_text(String::from_utf8(to_json(&open)).unwrap()).await;
+    p.send_text(String::from_utf8(to_json(&open)).unwrap())
+        .await;
     p
 }
 
@@ -134,7 +257,9 @@ async fn bad_or_reused_tokens_close_the_socket_with_a_reason() {
     assert_eq!(code, CloseCode::Policy);
     assert!(reason.contains("token"), "{reason}");
 
-    let (_, body) = gw.create_channel("/v1/control-channel/host-z", &create_body(None)).await;
+    let (_, body) = gw
+        .create_channel("/v1/control-channel/host-z", &create_body(None))
+        .await;
     let token = TokenResponse::from_xml(&body).unwrap().token_value;
     // A token is bound to its target.
     let mut p = open_control_with(&gw, "host-other", &token).await;
@@ -144,15 +269,25 @@ async fn bad_or_reused_tokens_close_the_socket_with_a_reason() {
     assert_eq!(p.expect_close().await.unwrap().0, CloseCode::Policy);
 
     // First message binary instead of the text open frame.
-    let ws = gw.ws_connect(&format!("{}/v1/control-channel/host-z", gw.ws_url())).await;
+    let ws = gw
+        .ws_connect(&format!("{}/v1/control-channel/host-z", gw.ws_url()))
+        .await;
     let mut p = Peer { ws };
-    p.send_raw(frame(MessageType::OutputStreamData, PayloadType::Output, &b"x"[..], 0)).await;
+    p.send_raw(frame(
+        MessageType::OutputStreamData,
+        PayloadType::Output,
+        &b"x"[..],
+        0,
+    ))
+    .await;
     let (code, reason) = p.expect_close().await.unwrap();
     assert_eq!(code, CloseCode::Policy);
     assert!(reason.contains("open frame"), "{reason}");
 
     // Open frame that is not JSON.
-    let ws = gw.ws_connect(&format!("{}/v1/control-channel/host-z", gw.ws_url())).await;
+    let ws = gw
+        .ws_connect(&format!("{}/v1/control-channel/host-z", gw.ws_url()))
+        .await;
     let mut p = Peer { ws };
     p.send_text("{{{".into()).await;
     assert_eq!(p.expect_close().await.unwrap().0, CloseCode::Policy);
@@ -173,8 +308,11 @@ async fn bad_or_reused_tokens_close_the_socket_with_a_reason() {
         client_id: "c".into(),
         client_version: Some("1".into()),
     };
-    let mut q = Peer { ws: gw.ws_connect(&url).await };
-    q.send_text(String::from_utf8(to_json(&open)).unwrap()).await;
+    let mut q = Peer {
+        ws: gw.ws_connect(&url).await,
+    };
+    q.send_text(String::from_utf8(to_json(&open)).unwrap())
+        .await;
     assert_eq!(q.expect_close().await.unwrap().0, CloseCode::Policy);
     assert!(url.contains(&sid));
     gw.stop().await;
@@ -192,7 +330,13 @@ async fn a_malformed_frame_closes_only_that_socket() {
     let mut data_b = agent.open_data(&gw, &sid_b).await.unwrap();
 
     // Client A sends a frame whose digest is wrong.
-    let mut bad = frame(MessageType::InputStreamData, PayloadType::Output, &b"hi"[..], 0).to_vec();
+    let mut bad = frame(
+        MessageType::InputStreamData,
+        PayloadType::Output,
+        &b"hi"[..],
+        0,
+    )
+    .to_vec();
     let last = bad.len() - 1;
     bad[last] ^= 0xff;
     client_a.send_raw(Bytes::from(bad)).await;
@@ -201,23 +345,56 @@ async fn a_malformed_frame_closes_only_that_socket() {
     assert!(reason.contains("digest"), "{reason}");
 
     // Garbage and a truncated frame from agent B's neighbour do not matter to session B.
-    let out = frame(MessageType::OutputStreamData, PayloadType::Output, &b"still here"[..], 0);
+    let out = frame(
+        MessageType::OutputStreamData,
+        PayloadType::Output,
+        &b"still here"[..],
+        0,
+    );
     data_b.send_raw(out.clone()).await;
-    assert_eq!(client_b.recv_type(MessageType::OutputStreamData).await.0.payload, &b"still here"[..]);
-    let keys = frame(MessageType::InputStreamData, PayloadType::Output, &b"k"[..], 0);
+    assert_eq!(
+        client_b
+            .recv_type(MessageType::OutputStreamData)
+            .await
+            .0
+            .payload,
+        &b"still here"[..]
+    );
+    let keys = frame(
+        MessageType::InputStreamData,
+        PayloadType::Output,
+        &b"k"[..],
+        0,
+    );
     client_b.send_raw(keys.clone()).await;
     let (m, _) = data_b.recv_type(MessageType::InputStreamData).await;
     assert_eq!(m.payload, &b"k"[..]);
 
     // Session A itself is intact: its agent side is still attached and a resumed client works.
-    let v = gw.api_ok("ResumeSession", json!({"SessionId": sid_a})).await;
+    let v = gw
+        .api_ok("ResumeSession", json!({"SessionId": sid_a}))
+        .await;
     let mut client_a = client_connect(&gw, &url_a, v["TokenValue"].as_str().unwrap()).await;
-    let out = frame(MessageType::OutputStreamData, PayloadType::Output, &b"a again"[..], 0);
+    let out = frame(
+        MessageType::OutputStreamData,
+        PayloadType::Output,
+        &b"a again"[..],
+        0,
+    );
     data_a.send_raw(out).await;
-    assert_eq!(client_a.recv_type(MessageType::OutputStreamData).await.0.payload, &b"a again"[..]);
+    assert_eq!(
+        client_a
+            .recv_type(MessageType::OutputStreamData)
+            .await
+            .0
+            .payload,
+        &b"a again"[..]
+    );
 
     // A truncated frame from the agent closes the agent's socket with a reason.
-    data_b.send_raw(Bytes::from_static(&[0, 0, 0, 116, b'x'])).await;
+    data_b
+        .send_raw(Bytes::from_static(&[0, 0, 0, 116, b'x']))
+        .await;
     let (code, reason) = data_b.expect_close().await.unwrap();
     assert_eq!(code, CloseCode::Invalid);
     assert!(reason.contains("truncated"), "{reason}");
@@ -226,15 +403,27 @@ async fn a_malformed_frame_closes_only_that_socket() {
 
 #[tokio::test]
 async fn oversized_websocket_messages_are_refused() {
-    let cfg = GatewayConfig { max_frame_bytes: 64 * 1024, ..GatewayConfig::default() };
+    let cfg = GatewayConfig {
+        max_frame_bytes: 64 * 1024,
+        ..GatewayConfig::default()
+    };
     let gw = Gateway::start(cfg).await;
     let agent = ScriptedAgent::connect(&gw, "host-big").await.unwrap();
     let (sid, tok, url) = start_session(&gw, "host-big").await;
     let mut client = client_connect(&gw, &url, &tok).await;
     let _data = agent.open_data(&gw, &sid).await.unwrap();
-    let huge = frame(MessageType::InputStreamData, PayloadType::Output, vec![b'a'; 128 * 1024], 0);
+    let huge = frame(
+        MessageType::InputStreamData,
+        PayloadType::Output,
+        vec![b'a'; 128 * 1024],
+        0,
+    );
     // The send may itself fail once the server closes; either way the socket ends.
-    let _ = futures_util::SinkExt::send(&mut client.ws, tokio_tungstenite::tungstenite::Message::Binary(huge)).await;
+    let _ = futures_util::SinkExt::send(
+        &mut client.ws,
+        tokio_tungstenite::tungstenite::Message::Binary(huge),
+    )
+    .await;
     match client.next_event().await {
         Event::Closed(c) => {
             if let Some((code, _)) = c {
@@ -243,7 +432,10 @@ async fn oversized_websocket_messages_are_refused() {
         }
         Event::Frame(m, _) => {
             // Publication notices may precede the close; anything else is a failure.
-            assert!(matches!(m.message_type, MessageType::StartPublication | MessageType::PausePublication));
+            assert!(matches!(
+                m.message_type,
+                MessageType::StartPublication | MessageType::PausePublication
+            ));
             assert!(matches!(client.next_event().await, Event::Closed(_)));
         }
     }

@@ -43,7 +43,13 @@ async fn full_session_relays_frames_unchanged_and_records_history() {
 
     let (session_id, token, stream_url) = start_session(&gw, target).await;
     assert!(session_id.starts_with(&format!("{AKID}-")), "{session_id}");
-    assert_eq!(stream_url, format!("ws://{}/v1/data-channel/{session_id}?role=publish_subscribe", gw.addr));
+    assert_eq!(
+        stream_url,
+        format!(
+            "ws://{}/v1/data-channel/{session_id}?role=publish_subscribe",
+            gw.addr
+        )
+    );
 
     // The agent is told on its control channel, with the document and the owner.
     let (shell, _) = agent.control.recv_type(MessageType::InteractiveShell).await;
@@ -53,7 +59,10 @@ async fn full_session_relays_frames_unchanged_and_records_history() {
     assert_eq!(task.document_name, "SSM-SessionManagerRunShell");
     assert_eq!(task.document_content["schemaVersion"], "1.0");
     assert_eq!(task.document_content["sessionType"], "Standard_Stream");
-    assert_eq!(task.session_owner, format!("arn:aws:iam::000000000000:user/{AKID}"));
+    assert_eq!(
+        task.session_owner,
+        format!("arn:aws:iam::000000000000:user/{AKID}")
+    );
 
     let mut client = client_connect(&gw, &stream_url, &token).await;
     let mut data = agent.open_data(&gw, &session_id).await.unwrap();
@@ -63,7 +72,12 @@ async fn full_session_relays_frames_unchanged_and_records_history() {
     assert_eq!(s["Owner"], format!("arn:aws:iam::000000000000:user/{AKID}"));
 
     // Output: agent → client, bytes unchanged.
-    let out = frame(MessageType::OutputStreamData, PayloadType::Output, &b"$ "[..], 0);
+    let out = frame(
+        MessageType::OutputStreamData,
+        PayloadType::Output,
+        &b"$ "[..],
+        0,
+    );
     data.send_raw(out.clone()).await;
     let (got, _) = client.recv_type(MessageType::OutputStreamData).await;
     assert_eq!(got.encode().unwrap(), out);
@@ -73,12 +87,24 @@ async fn full_session_relays_frames_unchanged_and_records_history() {
     let ack = ack_for(&got);
     client.send_raw(ack.clone()).await;
     let (agent_ack, skipped) = data.recv_type(MessageType::Acknowledge).await;
-    assert!(skipped.iter().all(|t| *t == MessageType::StartPublication || *t == MessageType::PausePublication));
+    assert!(skipped
+        .iter()
+        .all(|t| *t == MessageType::StartPublication || *t == MessageType::PausePublication));
     assert_eq!(agent_ack.encode().unwrap(), ack);
 
     // Keystrokes and a Size message: client → agent.
-    let keys = frame(MessageType::InputStreamData, PayloadType::Output, &b"ls\r"[..], 0);
-    let size = frame(MessageType::InputStreamData, PayloadType::Size, &br#"{"cols":120,"rows":40}"#[..], 1);
+    let keys = frame(
+        MessageType::InputStreamData,
+        PayloadType::Output,
+        &b"ls\r"[..],
+        0,
+    );
+    let size = frame(
+        MessageType::InputStreamData,
+        PayloadType::Size,
+        &br#"{"cols":120,"rows":40}"#[..],
+        1,
+    );
     client.send_raw(keys.clone()).await;
     client.send_raw(size.clone()).await;
     let (_, raw1) = data.recv().await;
@@ -86,33 +112,53 @@ async fn full_session_relays_frames_unchanged_and_records_history() {
     assert_eq!((raw1, raw2), (keys, size));
 
     // TerminateSession: channel_closed to both sides.
-    let v = gw.api_ok("TerminateSession", json!({"SessionId": session_id})).await;
+    let v = gw
+        .api_ok("TerminateSession", json!({"SessionId": session_id}))
+        .await;
     assert_eq!(v["SessionId"], session_id);
     let (closed, _) = client.recv_type(MessageType::ChannelClosed).await;
     let closed: ChannelClosed = from_json(&closed.payload, "channel_closed").unwrap();
     assert_eq!(closed.session_id, session_id);
     assert_eq!(closed.output, "");
     let (closed, _) = data.recv_type(MessageType::ChannelClosed).await;
-    assert_eq!(from_json::<ChannelClosed>(&closed.payload, "cc").unwrap().session_id, session_id);
+    assert_eq!(
+        from_json::<ChannelClosed>(&closed.payload, "cc")
+            .unwrap()
+            .session_id,
+        session_id
+    );
     wait_status(&gw, &session_id, "Active", "Terminating").await;
 
     // The agent reports completion; the gateway acknowledges every retry, applies it once.
     let done = task_complete(&session_id, "Success", "");
     let done_frame = json_frame(MessageType::AgentTaskComplete, &done);
-    let done_id = session_agent::protocol::frame::AgentMessage::decode(&done_frame, usize::MAX).unwrap().message_id;
+    let done_id = session_agent::protocol::frame::AgentMessage::decode(&done_frame, usize::MAX)
+        .unwrap()
+        .message_id;
     for _ in 0..2 {
         agent.control.send_raw(done_frame.clone()).await;
-        let (ack, _) = agent.control.recv_type(MessageType::AgentTaskAcknowledge).await;
+        let (ack, _) = agent
+            .control
+            .recv_type(MessageType::AgentTaskAcknowledge)
+            .await;
         let ack: AgentTaskAcknowledge = from_json(&ack.payload, "ack").unwrap();
         assert_eq!(ack.message_id, done_id.to_string());
         assert_eq!(ack.task_id, session_id);
     }
     let s = wait_status(&gw, &session_id, "History", "Terminated").await;
-    assert_eq!(s["OutputUrl"]["S3OutputUrl"], format!("s3://logs/sessions/{session_id}.log"));
+    assert_eq!(
+        s["OutputUrl"]["S3OutputUrl"],
+        format!("s3://logs/sessions/{session_id}.log")
+    );
     let cw = s["OutputUrl"]["CloudWatchOutputUrl"].as_str().unwrap();
-    assert!(cw.contains("group=/ssm/sessions") && cw.contains(&format!("stream={session_id}")), "{cw}");
+    assert!(
+        cw.contains("group=/ssm/sessions") && cw.contains(&format!("stream={session_id}")),
+        "{cw}"
+    );
     assert!(s["EndDate"].as_f64().unwrap() >= s["StartDate"].as_f64().unwrap());
-    let active = gw.api_ok("DescribeSessions", json!({"State": "Active"})).await;
+    let active = gw
+        .api_ok("DescribeSessions", json!({"State": "Active"}))
+        .await;
     assert_eq!(active["Sessions"].as_array().unwrap().len(), 0);
     gw.stop().await;
 }
@@ -120,7 +166,9 @@ async fn full_session_relays_frames_unchanged_and_records_history() {
 #[tokio::test]
 async fn shell_exit_closes_the_client_with_the_normal_message() {
     let gw = Gateway::start(GatewayConfig::default()).await;
-    let mut agent = ScriptedAgent::connect(&gw, "mi-00000000000000001").await.unwrap();
+    let mut agent = ScriptedAgent::connect(&gw, "mi-00000000000000001")
+        .await
+        .unwrap();
     let (sid, token, url) = start_session(&gw, &agent.target).await;
     let mut client = client_connect(&gw, &url, &token).await;
     let mut data = agent.open_data(&gw, &sid).await.unwrap();
@@ -131,14 +179,28 @@ async fn shell_exit_closes_the_client_with_the_normal_message() {
     ))
     .await;
     wait_status(&gw, &sid, "Active", "Terminating").await;
-    agent.control.send_raw(json_frame(MessageType::AgentTaskComplete, &task_complete(&sid, "Success", ""))).await;
+    agent
+        .control
+        .send_raw(json_frame(
+            MessageType::AgentTaskComplete,
+            &task_complete(&sid, "Success", ""),
+        ))
+        .await;
     let (closed, _) = client.recv_type(MessageType::ChannelClosed).await;
-    assert_eq!(from_json::<ChannelClosed>(&closed.payload, "cc").unwrap().output, "");
+    assert_eq!(
+        from_json::<ChannelClosed>(&closed.payload, "cc")
+            .unwrap()
+            .output,
+        ""
+    );
     client.expect_close().await;
     let s = wait_status(&gw, &sid, "History", "Terminated").await;
     assert_eq!(s["Target"], "mi-00000000000000001");
     let info = gw.api_ok("DescribeInstanceInformation", json!({})).await;
-    assert_eq!(info["InstanceInformationList"][0]["ResourceType"], "ManagedInstance");
+    assert_eq!(
+        info["InstanceInformationList"][0]["ResourceType"],
+        "ManagedInstance"
+    );
     gw.stop().await;
 }
 
@@ -149,9 +211,20 @@ async fn a_failed_session_shows_the_agents_reason_to_the_client_and_in_history()
     let (sid, token, url) = start_session(&gw, &agent.target).await;
     let mut client = client_connect(&gw, &url, &token).await;
     let reason = "We couldn't start the session because encryption is not set up on the selected Amazon S3 bucket.";
-    agent.control.send_raw(json_frame(MessageType::AgentTaskComplete, &task_complete(&sid, "Failed", reason))).await;
+    agent
+        .control
+        .send_raw(json_frame(
+            MessageType::AgentTaskComplete,
+            &task_complete(&sid, "Failed", reason),
+        ))
+        .await;
     let (closed, _) = client.recv_type(MessageType::ChannelClosed).await;
-    assert_eq!(from_json::<ChannelClosed>(&closed.payload, "cc").unwrap().output, reason);
+    assert_eq!(
+        from_json::<ChannelClosed>(&closed.payload, "cc")
+            .unwrap()
+            .output,
+        reason
+    );
     let s = wait_status(&gw, &sid, "History", "Failed").await;
     assert_eq!(s["Details"], reason);
     gw.stop().await;
@@ -166,7 +239,12 @@ async fn output_sent_before_the_client_arrives_is_delivered_and_publication_foll
     // No client yet: the agent is asked to pause.
     let (m, _) = data.recv().await;
     assert_eq!(m.message_type, MessageType::PausePublication);
-    let early = frame(MessageType::OutputStreamData, PayloadType::Output, &b"motd\r\n"[..], 0);
+    let early = frame(
+        MessageType::OutputStreamData,
+        PayloadType::Output,
+        &b"motd\r\n"[..],
+        0,
+    );
     data.send_raw(early.clone()).await;
     wait_status(&gw, &sid, "Active", "Connected").await;
 
@@ -187,7 +265,12 @@ async fn output_sent_before_the_client_arrives_is_delivered_and_publication_foll
     let mut client = client_connect(&gw, &url, token2).await;
     let (m, _) = data.recv().await;
     assert_eq!(m.message_type, MessageType::StartPublication);
-    let out = frame(MessageType::OutputStreamData, PayloadType::Output, &b"back"[..], 1);
+    let out = frame(
+        MessageType::OutputStreamData,
+        PayloadType::Output,
+        &b"back"[..],
+        1,
+    );
     data.send_raw(out.clone()).await;
     assert_eq!(client.recv().await.1, out);
     gw.stop().await;
@@ -204,7 +287,12 @@ async fn a_dropped_agent_data_channel_reconnects_to_the_same_session() {
     drop(data);
     wait_status(&gw, &sid, "Active", "Disconnected").await;
     // Input typed meanwhile waits at the gateway (the client would also retransmit).
-    let keys = frame(MessageType::InputStreamData, PayloadType::Output, &b"x"[..], 0);
+    let keys = frame(
+        MessageType::InputStreamData,
+        PayloadType::Output,
+        &b"x"[..],
+        0,
+    );
     client.send_raw(keys.clone()).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut data = agent.open_data(&gw, &sid).await.unwrap();
@@ -217,37 +305,60 @@ async fn a_dropped_agent_data_channel_reconnects_to_the_same_session() {
 #[tokio::test]
 async fn history_survives_a_gateway_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = GatewayConfig { data_dir: Some(dir.path().to_owned()), ..GatewayConfig::default() };
+    let cfg = GatewayConfig {
+        data_dir: Some(dir.path().to_owned()),
+        ..GatewayConfig::default()
+    };
     let gw = Gateway::start(cfg.clone()).await;
     let mut agent = ScriptedAgent::connect(&gw, "host-d").await.unwrap();
     let (sid, _, _) = start_session(&gw, &agent.target).await;
-    agent.control.send_raw(json_frame(MessageType::AgentTaskComplete, &task_complete(&sid, "Success", ""))).await;
+    agent
+        .control
+        .send_raw(json_frame(
+            MessageType::AgentTaskComplete,
+            &task_complete(&sid, "Success", ""),
+        ))
+        .await;
     wait_status(&gw, &sid, "History", "Terminated").await;
     let (sid2, _, _) = start_session(&gw, &agent.target).await;
     gw.stop().await;
 
     let gw = Gateway::start(cfg).await;
     let s = wait_status(&gw, &sid, "History", "Terminated").await;
-    assert_eq!(s["OutputUrl"]["S3OutputUrl"], format!("s3://logs/sessions/{sid}.log"));
+    assert_eq!(
+        s["OutputUrl"]["S3OutputUrl"],
+        format!("s3://logs/sessions/{sid}.log")
+    );
     assert_eq!(s["Reason"], "testing");
     // The session that was still active stays resumable for its agent.
     wait_status(&gw, &sid2, "Active", "Connecting").await;
-    let (status, _) = gw.create_channel(&format!("/v1/data-channel/{sid2}"), &create_body(Some(""))).await;
+    let (status, _) = gw
+        .create_channel(&format!("/v1/data-channel/{sid2}"), &create_body(Some("")))
+        .await;
     assert_eq!(status, 201);
     gw.stop().await;
 }
 
 #[tokio::test]
 async fn an_agent_that_never_opens_its_data_channel_fails_the_session() {
-    let cfg = GatewayConfig { orphan_timeout: Duration::from_millis(300), ..GatewayConfig::default() };
+    let cfg = GatewayConfig {
+        orphan_timeout: Duration::from_millis(300),
+        ..GatewayConfig::default()
+    };
     let gw = Gateway::start(cfg).await;
     let agent = ScriptedAgent::connect(&gw, "host-e").await.unwrap();
     let (sid, token, url) = start_session(&gw, &agent.target).await;
     let mut client = client_connect(&gw, &url, &token).await;
     let s = wait_status(&gw, &sid, "History", "Failed").await;
-    assert!(s["Details"].as_str().unwrap().contains("data channel"), "{s}");
+    assert!(
+        s["Details"].as_str().unwrap().contains("data channel"),
+        "{s}"
+    );
     let (closed, _) = client.recv_type(MessageType::ChannelClosed).await;
-    assert!(from_json::<ChannelClosed>(&closed.payload, "cc").unwrap().output.contains("data channel"));
+    assert!(from_json::<ChannelClosed>(&closed.payload, "cc")
+        .unwrap()
+        .output
+        .contains("data channel"));
     gw.stop().await;
 }
 
@@ -267,11 +378,17 @@ async fn a_silent_agent_is_detected_as_dead() {
         if v["InstanceInformationList"][0]["PingStatus"] == "ConnectionLost" {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "agent never marked ConnectionLost: {v}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "agent never marked ConnectionLost: {v}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let (status, v) = gw.api("StartSession", json!({"Target": "host-f"})).await;
-    assert_eq!((status, v["__type"].as_str()), (400, Some("TargetNotConnected")));
+    assert_eq!(
+        (status, v["__type"].as_str()),
+        (400, Some("TargetNotConnected"))
+    );
     gw.stop().await;
 }
 
@@ -291,7 +408,10 @@ async fn an_answering_agent_stays_online_across_many_pings() {
     });
     let _agent = reader.await.unwrap();
     let v = gw.api_ok("DescribeInstanceInformation", json!({})).await;
-    assert_eq!(v["InstanceInformationList"][0]["PingStatus"], "Online", "{v}");
+    assert_eq!(
+        v["InstanceInformationList"][0]["PingStatus"], "Online",
+        "{v}"
+    );
     gw.stop().await;
 }
 
@@ -305,11 +425,26 @@ async fn tls_gateway_serves_https_api_and_wss_channels() {
     agent.control.recv_type(MessageType::InteractiveShell).await;
     let mut client = client_connect(&gw, &url, &token).await;
     let mut data = agent.open_data(&gw, &sid).await.unwrap();
-    let out = frame(MessageType::OutputStreamData, PayloadType::Output, &b"secure"[..], 0);
+    let out = frame(
+        MessageType::OutputStreamData,
+        PayloadType::Output,
+        &b"secure"[..],
+        0,
+    );
     data.send_raw(out.clone()).await;
-    assert_eq!(client.recv_type(MessageType::OutputStreamData).await.0.payload, &b"secure"[..]);
+    assert_eq!(
+        client
+            .recv_type(MessageType::OutputStreamData)
+            .await
+            .0
+            .payload,
+        &b"secure"[..]
+    );
     // Plain http to the TLS port fails.
-    let plain = reqwest::Client::new().post(format!("http://{}/", gw.addr)).send().await;
+    let plain = reqwest::Client::new()
+        .post(format!("http://{}/", gw.addr))
+        .send()
+        .await;
     assert!(plain.is_err() || plain.unwrap().status().as_u16() >= 400);
     gw.stop().await;
 }
@@ -372,11 +507,17 @@ async fn the_gateway_answers_the_agents_keepalive_pings() {
     use tokio_tungstenite::tungstenite::Message;
     let gw = Gateway::start(GatewayConfig::default()).await;
     let mut agent = ScriptedAgent::connect(&gw, "host-pp").await.unwrap();
-    let before = gw.api_ok("DescribeInstanceInformation", json!({})).await["InstanceInformationList"][0]["LastPingDateTime"]
+    let before = gw.api_ok("DescribeInstanceInformation", json!({})).await
+        ["InstanceInformationList"][0]["LastPingDateTime"]
         .as_f64()
         .unwrap();
     tokio::time::sleep(Duration::from_millis(20)).await;
-    agent.control.ws.send(Message::Ping(b"keepalive".to_vec().into())).await.unwrap();
+    agent
+        .control
+        .ws
+        .send(Message::Ping(b"keepalive".to_vec().into()))
+        .await
+        .unwrap();
     let pong = tokio::time::timeout(WAIT, async {
         loop {
             match agent.control.ws.next().await {
@@ -389,10 +530,14 @@ async fn the_gateway_answers_the_agents_keepalive_pings() {
     .await
     .expect("no pong");
     assert_eq!(&pong[..], b"keepalive");
-    let after = gw.api_ok("DescribeInstanceInformation", json!({})).await["InstanceInformationList"][0]["LastPingDateTime"]
+    let after = gw.api_ok("DescribeInstanceInformation", json!({})).await
+        ["InstanceInformationList"][0]["LastPingDateTime"]
         .as_f64()
         .unwrap();
-    assert!(after > before, "LastPingDateTime not refreshed by the agent's ping");
+    assert!(
+        after > before,
+        "LastPingDateTime not refreshed by the agent's ping"
+    );
     gw.stop().await;
 }
 
@@ -402,11 +547,18 @@ async fn terminating_before_the_data_channel_opens_reaches_the_agent_on_its_cont
     let mut agent = ScriptedAgent::connect(&gw, "host-tc").await.unwrap();
     let (sid, _, _) = start_session(&gw, "host-tc").await;
     agent.control.recv_type(MessageType::InteractiveShell).await;
-    gw.api_ok("TerminateSession", json!({"SessionId": sid})).await;
+    gw.api_ok("TerminateSession", json!({"SessionId": sid}))
+        .await;
     let (m, _) = agent.control.recv_type(MessageType::ChannelClosed).await;
-    assert_eq!(from_json::<ChannelClosed>(&m.payload, "cc").unwrap().session_id, sid);
+    assert_eq!(
+        from_json::<ChannelClosed>(&m.payload, "cc")
+            .unwrap()
+            .session_id,
+        sid
+    );
     // A second TerminateSession is harmless, and ResumeSession now says the session is gone.
-    gw.api_ok("TerminateSession", json!({"SessionId": sid})).await;
+    gw.api_ok("TerminateSession", json!({"SessionId": sid}))
+        .await;
     let v = gw.api_ok("ResumeSession", json!({"SessionId": sid})).await;
     assert_eq!(v["TokenValue"], "");
     gw.stop().await;

@@ -2,7 +2,9 @@
 //! that must hold for any input.
 
 use proptest::prelude::*;
-use session_agent::protocol::frame::{AgentMessage, MessageType, PayloadType, DEFAULT_MAX_FRAME_LEN, FLAG_SYN};
+use session_agent::protocol::frame::{
+    AgentMessage, MessageType, PayloadType, DEFAULT_MAX_FRAME_LEN, FLAG_SYN,
+};
 use session_agent::protocol::payload::{self, to_json, Acknowledge};
 use uuid::Uuid;
 
@@ -53,7 +55,10 @@ fn test_vector_1_encodes_and_decodes_byte_for_byte() {
     assert_eq!(expected.len(), 127);
     let encoded = tv1_message().encode().unwrap();
     assert_eq!(&encoded[..], &expected[..]);
-    assert_eq!(AgentMessage::decode(&expected, DEFAULT_MAX_FRAME_LEN).unwrap(), tv1_message());
+    assert_eq!(
+        AgentMessage::decode(&expected, DEFAULT_MAX_FRAME_LEN).unwrap(),
+        tv1_message()
+    );
 }
 
 #[test]

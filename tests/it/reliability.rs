@@ -7,7 +7,9 @@ use bytes::Bytes;
 use session_agent::gateway::GatewayConfig;
 use session_agent::protocol::frame::{AgentMessage, MessageType, PayloadType, FLAG_SYN};
 use session_agent::protocol::payload::{from_json, Acknowledge};
-use session_agent::protocol::reliability::{ReceiveOutcome, Receiver, ReceiverConfig, Sender, SenderConfig};
+use session_agent::protocol::reliability::{
+    ReceiveOutcome, Receiver, ReceiverConfig, Sender, SenderConfig,
+};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
@@ -47,36 +49,45 @@ async fn retransmission_and_reordering_deliver_every_chunk_once_in_order() {
 
     let deadline = Instant::now() + Duration::from_secs(20);
     while delivered.len() < usize::try_from(N).unwrap() || !sender.is_empty() {
-        assert!(Instant::now() < deadline, "stalled: delivered {} unacked {}", delivered.len(), sender.len());
+        assert!(
+            Instant::now() < deadline,
+            "stalled: delivered {} unacked {}",
+            delivered.len(),
+            sender.len()
+        );
         // Client side: receive output, ack what the receiver accepts.
-        if let Ok(ev) = tokio::time::timeout(Duration::from_millis(20), client.next_event()).await {
-            if let Event::Frame(m, _) = ev {
-                if m.message_type == MessageType::OutputStreamData {
-                    match receiver.on_frame(m.sequence_number, m.payload.clone()) {
-                        ReceiveOutcome::Deliver { items } => {
-                            delivered.extend(items);
-                            client.send_raw(ack_for(&m)).await;
-                        }
-                        ReceiveOutcome::Buffered | ReceiveOutcome::Duplicate => client.send_raw(ack_for(&m)).await,
-                        ReceiveOutcome::Full => {}
+        if let Ok(Event::Frame(m, _)) =
+            tokio::time::timeout(Duration::from_millis(20), client.next_event()).await
+        {
+            if m.message_type == MessageType::OutputStreamData {
+                match receiver.on_frame(m.sequence_number, m.payload.clone()) {
+                    ReceiveOutcome::Deliver { items } => {
+                        delivered.extend(items);
+                        client.send_raw(ack_for(&m)).await;
                     }
+                    ReceiveOutcome::Buffered | ReceiveOutcome::Duplicate => {
+                        client.send_raw(ack_for(&m)).await
+                    }
+                    ReceiveOutcome::Full => {}
                 }
             }
         }
         // Agent side: apply acks that arrived, retransmit what is due.
-        while let Ok(ev) = tokio::time::timeout(Duration::from_millis(1), data.next_event()).await {
-            if let Event::Frame(m, _) = ev {
-                if m.message_type == MessageType::Acknowledge {
-                    let ack: Acknowledge = from_json(&m.payload, "acknowledge").unwrap();
-                    sender.on_ack(ack.acknowledged_message_sequence_number, Instant::now());
-                }
+        while let Ok(Event::Frame(m, _)) =
+            tokio::time::timeout(Duration::from_millis(1), data.next_event()).await
+        {
+            if m.message_type == MessageType::Acknowledge {
+                let ack: Acknowledge = from_json(&m.payload, "acknowledge").unwrap();
+                sender.on_ack(ack.acknowledged_message_sequence_number, Instant::now());
             }
         }
         if let Some(frame) = sender.poll_retransmit(Instant::now()) {
             data.send_raw(frame).await;
         }
     }
-    let expected: Vec<Bytes> = (0..N).map(|i| Bytes::from(format!("chunk {i:04}\n"))).collect();
+    let expected: Vec<Bytes> = (0..N)
+        .map(|i| Bytes::from(format!("chunk {i:04}\n")))
+        .collect();
     assert_eq!(delivered, expected);
     assert!(sender.is_empty());
     gw.stop().await;

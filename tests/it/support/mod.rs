@@ -8,7 +8,9 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use session_agent::gateway::{serve, GatewayConfig};
-use session_agent::protocol::frame::{AgentMessage, MessageType, PayloadType, DEFAULT_MAX_FRAME_LEN};
+use session_agent::protocol::frame::{
+    AgentMessage, MessageType, PayloadType, DEFAULT_MAX_FRAME_LEN,
+};
 use session_agent::protocol::payload::{
     to_json, Acknowledge, OpenControlChannel, OpenDataChannel, TokenResponse,
 };
@@ -57,12 +59,18 @@ impl Gateway {
             .await
             .expect("gateway failed");
         });
-        Self { addr, tls: None, stop: Some(stop), task: Some(task) }
+        Self {
+            addr,
+            tls: None,
+            stop: Some(stop),
+            task: Some(task),
+        }
     }
 
     /// Starts a gateway with a fresh self-signed certificate for 127.0.0.1/localhost.
     pub async fn start_tls(mut config: GatewayConfig, dir: &std::path::Path) -> Self {
-        let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+        let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
+            .unwrap();
         let cert_pem = cert.cert.pem();
         std::fs::write(dir.join("cert.pem"), &cert_pem).unwrap();
         std::fs::write(dir.join("key.pem"), cert.key_pair.serialize_pem()).unwrap();
@@ -72,13 +80,18 @@ impl Gateway {
         });
         let mut roots = rustls::RootCertStore::empty();
         roots.add(cert.cert.der().clone()).unwrap();
-        let rustls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let rustls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
         let mut gw = Self::start(config).await;
-        gw.tls = Some(TlsClient { ca_pem: cert_pem, rustls: Arc::new(rustls) });
+        gw.tls = Some(TlsClient {
+            ca_pem: cert_pem,
+            rustls: Arc::new(rustls),
+        });
         gw
     }
 
@@ -96,7 +109,9 @@ impl Gateway {
         let mut b = reqwest::Client::builder().timeout(WAIT);
         if let Some(tls) = &self.tls {
             b = b
-                .add_root_certificate(reqwest::Certificate::from_pem(tls.ca_pem.as_bytes()).unwrap())
+                .add_root_certificate(
+                    reqwest::Certificate::from_pem(tls.ca_pem.as_bytes()).unwrap(),
+                )
                 .tls_built_in_root_certs(false);
         }
         b.build().unwrap()
@@ -107,10 +122,16 @@ impl Gateway {
     pub async fn api(&self, op: &str, input: Value) -> (u16, Value) {
         let body = input.to_string();
         let url = format!("{}/", self.http_url());
-        let headers = sign_headers("POST", &url, &body, "ssm", &[
-            ("content-type", "application/x-amz-json-1.1"),
-            ("x-amz-target", &format!("AmazonSSM.{op}")),
-        ]);
+        let headers = sign_headers(
+            "POST",
+            &url,
+            &body,
+            "ssm",
+            &[
+                ("content-type", "application/x-amz-json-1.1"),
+                ("x-amz-target", &format!("AmazonSSM.{op}")),
+            ],
+        );
         let mut req = self.http().post(&url).body(body);
         for (k, v) in headers {
             req = req.header(k, v);
@@ -134,12 +155,18 @@ impl Gateway {
             let _ = s.send(());
         }
         if let Some(t) = self.task.take() {
-            tokio::time::timeout(WAIT, t).await.expect("gateway did not stop").unwrap();
+            tokio::time::timeout(WAIT, t)
+                .await
+                .expect("gateway did not stop")
+                .unwrap();
         }
     }
 
     pub async fn ws_connect(&self, url: &str) -> Ws {
-        let connector = self.tls.as_ref().map(|t| tokio_tungstenite::Connector::Rustls(t.rustls.clone()));
+        let connector = self
+            .tls
+            .as_ref()
+            .map(|t| tokio_tungstenite::Connector::Rustls(t.rustls.clone()));
         let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(url, None, true, connector)
             .await
             .unwrap_or_else(|e| panic!("websocket connect to {url} failed: {e}"));
@@ -149,7 +176,13 @@ impl Gateway {
     /// POSTs a channel-creation request; returns (status, body text).
     pub async fn create_channel(&self, path: &str, body: &str) -> (u16, String) {
         let url = format!("{}{path}", self.http_url());
-        let headers = sign_headers("POST", &url, body, "ssmmessages", &[("content-type", "application/json")]);
+        let headers = sign_headers(
+            "POST",
+            &url,
+            body,
+            "ssmmessages",
+            &[("content-type", "application/json")],
+        );
         let mut req = self.http().post(&url).body(body.to_owned());
         for (k, v) in headers {
             req = req.header(k, v);
@@ -160,7 +193,13 @@ impl Gateway {
 }
 
 /// SigV4 headers for a request (any credentials are accepted by the gateway).
-pub fn sign_headers(method: &str, url: &str, body: &str, service: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+pub fn sign_headers(
+    method: &str,
+    url: &str,
+    body: &str,
+    service: &str,
+    extra: &[(&str, &str)],
+) -> Vec<(String, String)> {
     use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
     use aws_sigv4::sign::v4;
     let creds = aws_credential_types::Credentials::new(AKID, "secret", None, None, "test");
@@ -175,7 +214,10 @@ pub fn sign_headers(method: &str, url: &str, body: &str, service: &str, extra: &
         .unwrap()
         .into();
     let host = url.split('/').nth(2).unwrap().to_owned();
-    let mut headers: Vec<(String, String)> = extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    let mut headers: Vec<(String, String)> = extra
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
     headers.push(("host".into(), host));
     let signable = SignableRequest::new(
         method,
@@ -185,9 +227,16 @@ pub fn sign_headers(method: &str, url: &str, body: &str, service: &str, extra: &
     )
     .unwrap();
     let (instructions, _) = sign(signable, &params).unwrap().into_parts();
-    let mut req = http::Request::builder().method(method).uri(url).body(()).unwrap();
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(url)
+        .body(())
+        .unwrap();
     for (k, v) in &headers {
-        req.headers_mut().insert(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+        req.headers_mut().insert(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
     }
     instructions.apply_to_request_http1x(&mut req);
     req.headers()
@@ -198,7 +247,13 @@ pub fn sign_headers(method: &str, url: &str, body: &str, service: &str, extra: &
 }
 
 pub fn now_ms() -> u64 {
-    u64::try_from(SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis()).unwrap()
+    u64::try_from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
 }
 
 pub fn create_body(client_id: Option<&str>) -> String {
@@ -228,10 +283,16 @@ pub fn ack_for(m: &AgentMessage) -> Bytes {
         acknowledged_message_sequence_number: m.sequence_number,
         is_sequential_message: true,
     };
-    AgentMessage::new(MessageType::Acknowledge, PayloadType::Null, to_json(&ack), now_ms(), Uuid::new_v4())
-        .with_sequence(0, 3)
-        .encode()
-        .unwrap()
+    AgentMessage::new(
+        MessageType::Acknowledge,
+        PayloadType::Null,
+        to_json(&ack),
+        now_ms(),
+        Uuid::new_v4(),
+    )
+    .with_sequence(0, 3)
+    .encode()
+    .unwrap()
 }
 
 /// One websocket end speaking AgentMessage frames.
@@ -265,7 +326,8 @@ impl Peer {
                 None => return Event::Closed(None),
                 Some(Err(_)) => return Event::Closed(None),
                 Some(Ok(Message::Binary(b))) => {
-                    let msg = AgentMessage::decode(&b, DEFAULT_MAX_FRAME_LEN).expect("gateway sent a bad frame");
+                    let msg = AgentMessage::decode(&b, DEFAULT_MAX_FRAME_LEN)
+                        .expect("gateway sent a bad frame");
                     return Event::Frame(msg, b);
                 }
                 Some(Ok(Message::Close(c))) => {
@@ -319,13 +381,18 @@ pub struct ScriptedAgent {
 
 impl ScriptedAgent {
     pub async fn connect(gw: &Gateway, target: &str) -> Result<Self> {
-        let (status, body) = gw.create_channel(&format!("/v1/control-channel/{target}"), &create_body(None)).await;
+        let (status, body) = gw
+            .create_channel(&format!("/v1/control-channel/{target}"), &create_body(None))
+            .await;
         if status != 201 {
             bail!("CreateControlChannel answered {status}: {body}");
         }
         let token = TokenResponse::from_xml(&body)?.token_value;
         let ws = gw
-            .ws_connect(&format!("{}/v1/control-channel/{target}?role=subscribe&stream=input", gw.ws_url()))
+            .ws_connect(&format!(
+                "{}/v1/control-channel/{target}?role=subscribe&stream=input",
+                gw.ws_url()
+            ))
             .await;
         let mut control = Peer { ws };
         let open = OpenControlChannel {
@@ -340,10 +407,16 @@ impl ScriptedAgent {
         // Wait until the gateway lists us as Online.
         for _ in 0..200 {
             let v = gw
-                .api_ok("DescribeInstanceInformation", json!({"Filters":[{"Key":"InstanceIds","Values":[target]}]}))
+                .api_ok(
+                    "DescribeInstanceInformation",
+                    json!({"Filters":[{"Key":"InstanceIds","Values":[target]}]}),
+                )
                 .await;
             if v["InstanceInformationList"][0]["PingStatus"] == "Online" {
-                return Ok(Self { target: target.into(), control });
+                return Ok(Self {
+                    target: target.into(),
+                    control,
+                });
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -352,13 +425,23 @@ impl ScriptedAgent {
 
     /// Opens the agent's end of a session's data channel and sends `Connected`.
     pub async fn open_data(&self, gw: &Gateway, session_id: &str) -> Result<Peer> {
-        let (status, body) = gw.create_channel(&format!("/v1/data-channel/{session_id}"), &create_body(Some(""))).await;
+        let (status, body) = gw
+            .create_channel(
+                &format!("/v1/data-channel/{session_id}"),
+                &create_body(Some("")),
+            )
+            .await;
         if status != 201 {
             bail!("CreateDataChannel answered {status}: {body}");
         }
-        let token = TokenResponse::from_xml(&body).context("token xml")?.token_value;
+        let token = TokenResponse::from_xml(&body)
+            .context("token xml")?
+            .token_value;
         let ws = gw
-            .ws_connect(&format!("{}/v1/data-channel/{session_id}?role=publish_subscribe", gw.ws_url()))
+            .ws_connect(&format!(
+                "{}/v1/data-channel/{session_id}?role=publish_subscribe",
+                gw.ws_url()
+            ))
             .await;
         let mut peer = Peer { ws };
         let open = OpenDataChannel {
@@ -391,7 +474,8 @@ pub async fn client_connect(gw: &Gateway, stream_url: &str, token: &str) -> Peer
         client_id: Uuid::new_v4().to_string(),
         client_version: Some("1.2.677.0".into()),
     };
-    peer.send_text(String::from_utf8(to_json(&open)).unwrap()).await;
+    peer.send_text(String::from_utf8(to_json(&open)).unwrap())
+        .await;
     peer
 }
 
@@ -400,21 +484,32 @@ pub async fn wait_status(gw: &Gateway, session_id: &str, state: &str, status: &s
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let v = gw
-            .api_ok("DescribeSessions", json!({"State": state, "Filters":[{"key":"SessionId","value":session_id}]}))
+            .api_ok(
+                "DescribeSessions",
+                json!({"State": state, "Filters":[{"key":"SessionId","value":session_id}]}),
+            )
             .await;
         if let Some(s) = v["Sessions"].as_array().and_then(|a| a.first()) {
             if s["Status"] == status {
                 return s.clone();
             }
         }
-        assert!(tokio::time::Instant::now() < deadline, "session {session_id} never reached {state}/{status}; last: {v}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "session {session_id} never reached {state}/{status}; last: {v}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 /// StartSession → (SessionId, TokenValue, StreamUrl).
 pub async fn start_session(gw: &Gateway, target: &str) -> (String, String, String) {
-    let v = gw.api_ok("StartSession", json!({"Target": target, "Reason": "testing"})).await;
+    let v = gw
+        .api_ok(
+            "StartSession",
+            json!({"Target": target, "Reason": "testing"}),
+        )
+        .await;
     (
         v["SessionId"].as_str().unwrap().to_owned(),
         v["TokenValue"].as_str().unwrap().to_owned(),
