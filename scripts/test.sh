@@ -29,6 +29,6 @@ echo "==> clippy"
 cargo clippy --locked --all-targets -- -D warnings
 
 echo "==> tests"
-cargo test --locked --all-targets
-# Doc tests are not part of --all-targets.
+# Doc tests are not part of --all-targets; run them first so the suite's summary is last.
 cargo test --locked --doc
+cargo test --locked --all-targets
