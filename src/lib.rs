@@ -35,3 +35,4 @@
 pub mod cli;
 pub mod gateway;
 pub mod protocol;
+pub mod session;

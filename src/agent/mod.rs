@@ -1,0 +1,1 @@
+//! The agent daemon (`session-agent run`): control channel, data channels, sessions.
