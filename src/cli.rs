@@ -24,6 +24,8 @@ pub struct Cli {
 }
 
 /// Subcommands.
+// Parsed once at start-up, so the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a local gateway that plays AWS's part (SSM API + message gateway).
@@ -32,6 +34,18 @@ pub enum Command {
     /// their message gateway endpoint. Any credentials are accepted; the access key id
     /// names the session owner.
     Gateway(GatewayArgs),
+    /// Run the agent daemon: keep a control channel to the gateway and serve sessions,
+    /// each a shell on a PTY as ssm-user (or the RunAs user; as this user when not root).
+    Run(crate::agent::config::RunArgs),
+    /// Internal: the privilege-dropping shim a shell for another user starts through
+    /// (`__exec-as --uid U --gid G --user NAME -- PROGRAM ARGS...`); see
+    /// `session::pty::exec_as_main`.
+    #[command(hide = true, name = "__exec-as")]
+    ExecAs {
+        /// Everything after the subcommand, passed on verbatim.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 /// `session-agent gateway` options.
@@ -99,13 +113,7 @@ pub struct GatewayArgs {
     pub run_as: Vec<String>,
 }
 
-/// A POSIX-portable user name (`[a-z_][a-z0-9_-]{0,31}`), the rule useradd applies.
-pub fn valid_user_name(name: &str) -> bool {
-    let mut bytes = name.bytes();
-    matches!(bytes.next(), Some(b'a'..=b'z' | b'_'))
-        && name.len() <= 32
-        && bytes.all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-'))
-}
+pub use crate::session::user::valid_user_name;
 
 /// Invalid configuration: names the key (flag) and why.
 #[derive(Debug, thiserror::Error)]

@@ -32,6 +32,7 @@
 //! Later issues add the agent daemon (`run`), a client (`connect`), the recorder and
 //! sinks, following the layering in `docs/` and these rules.
 
+pub mod agent;
 pub mod cli;
 pub mod gateway;
 pub mod protocol;

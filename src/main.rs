@@ -9,6 +9,10 @@ const EX_USAGE: u8 = 64;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The privilege-dropping shim runs on the user's terminal, before any logging setup.
+    if let Command::ExecAs { args } = &cli.command {
+        return session_agent::session::pty::exec_as_main(args);
+    }
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
@@ -42,6 +46,21 @@ fn main() -> ExitCode {
                 }
             })
         }
+        Command::Run(args) => {
+            let config = match args.into_config() {
+                Ok(c) => c,
+                Err(e) => return usage_error(&e),
+            };
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(r) => r,
+                Err(e) => return failure(&format!("cannot start the async runtime: {e}")),
+            };
+            match runtime.block_on(session_agent::agent::run(config, shutdown_signal())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => failure(&e.to_string()),
+            }
+        }
+        Command::ExecAs { .. } => unreachable!("dispatched before logging is set up"),
     }
 }
 

@@ -723,11 +723,14 @@ fn complete_session(shared: &Shared, target: &str, done: &AgentTaskComplete) {
         }
     }
     let failed = done.final_task_status == task_status::FAILED;
-    let (status, details) = if failed {
-        (SessionStatus::Failed, done.output.as_str())
+    // The agent's Output becomes Details either way (a failure reason, or e.g. the
+    // shell's exit status); only a failure is shown to the client.
+    let status = if failed {
+        SessionStatus::Failed
     } else {
-        (SessionStatus::Terminated, "")
+        SessionStatus::Terminated
     };
+    let details = done.output.as_str();
     shared.finish(
         &done.task_id,
         status,

@@ -1,1 +1,1155 @@
-//! pty (in progress)
+//! The shell on a pseudo-terminal: spawn it, move bytes, resize, signal, reap.
+//!
+//! # What this module owns
+//!
+//! One process tree per session: a PTY pair from `portable-pty`, the shell started on its
+//! slave side as a session leader with the PTY as its controlling terminal, and the
+//! master side, which the caller reads and writes through [`Shell::take_reader`] and
+//! [`Shell::take_writer`]. All I/O here is blocking `std::io`; the agent bridges it to
+//! async on dedicated threads or `spawn_blocking`. This module knows nothing of the
+//! protocol, sockets, sequence numbers, users' policy or recordings: it receives a
+//! complete [`ShellSpec`] (program, argv, the whole environment, working directory,
+//! credentials, size) and reports bytes and an [`ExitStatus`].
+//!
+//! # Dropping privileges through a shim
+//!
+//! `portable-pty` builds the child with `std::process::Command` but offers no `pre_exec`
+//! hook, and writing one ourselves would need `unsafe` (which the crate denies). So when
+//! [`ShellSpec::run_as`] names other credentials than the agent's own, the PTY child is
+//! not the shell but the agent binary itself, run as
+//! `session-agent __exec-as --uid U --gid G --user NAME -- PROGRAM ARGS...`.
+//! [`exec_as_main`] is that hidden subcommand: still root, it gives the terminal to the
+//! user, then calls `initgroups`, `setgid`, `setuid`, checks that real and effective ids
+//! are the requested ones and that `setuid(0)` now fails, and only then replaces itself
+//! with the program (argv verbatim, no shell in between). Any failure prints one line
+//! on the PTY, which the user sees, and exits 126 (127 when the program does not exist);
+//! the shell never starts with the agent's privileges. The shim keeps the process id,
+//! so the shell is still the session leader `portable-pty` created.
+//!
+//! # Processes, groups and ending a session
+//!
+//! The shell calls `setsid` before exec, so its process-group id and session id equal
+//! its pid (a session leader cannot change its group). [`Shell::signal_group`] signals
+//! `-pid` and so reaches everything in the shell's group — all children of a shell
+//! without job control. A job-control shell puts each job in its own group: those do not
+//! get the group signal. What the kernel does on its own is narrower than often assumed:
+//! when the shell (the controlling process) exits, SIGHUP goes to the terminal's
+//! *foreground* group (and SIGHUP + SIGCONT to orphaned groups with stopped members);
+//! when the master side closes, the terminal is hung up — SIGHUP to the session leader
+//! only, and reads and writes on the terminal fail from then on. A background job that
+//! ignores SIGHUP or never touches the terminal survives all of that. So ending a
+//! session ([`Shell::terminate`], and `Drop`) SIGKILLs every process still in the
+//! shell's *session* (found through `/proc`), not only its group. Only a process that
+//! called `setsid` itself leaves the session and escapes; containing those needs a
+//! cgroup, which is the service manager's job. Killed children of the shell are
+//! reparented to init (or a subreaper), which reaps them.
+//!
+//! The shell's pid is only a safe name while the shell is unreaped (a zombie pins its pid,
+//! group id and session id). So [`Shell::try_wait`] and [`Shell::wait`] observe the exit
+//! *without* reaping (`waitid(WNOWAIT)`), and reaping happens in one place, after the
+//! leftovers are killed: [`Shell::terminate`] (or `Drop`, which does the same with no
+//! grace period). Call `terminate` to end every session, also one whose shell already
+//! exited: nothing is left behind and no zombie remains. Nothing else in the process may
+//! reap with `waitpid(-1)` (tokio's process support waits for its own children only).
+//!
+//! From async code: give a [`ShellProcess`] (cloneable, `Send + Sync`) to a blocking
+//! task that calls [`ShellProcess::wait`], pump the reader and writer on blocking
+//! threads, and keep the [`Shell`] itself (which is `Send`) for `resize` and the final
+//! `terminate`; a waiter still blocked then returns the recorded status.
+
+use nix::errno::Errno;
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::sys::termios::LocalFlags;
+use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+use nix::unistd::{Gid, Pid, Uid};
+use portable_pty::{native_pty_system, Child, CommandBuilder, MasterPty, PtySize};
+use std::ffi::CString;
+use std::fmt;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+/// The hidden subcommand of the agent binary that runs [`exec_as_main`].
+pub const EXEC_AS_SUBCOMMAND: &str = "__exec-as";
+
+/// Terminal size when the spec gives none: the VT100 default most programs assume.
+const DEFAULT_SIZE: (u16, u16) = (80, 24);
+
+/// How often [`Shell::terminate`] checks whether the shell has gone during its grace
+/// period: short enough that ending a session costs no visible delay, long enough that
+/// polling costs nothing measurable.
+const POLL_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Sweeps of the session when killing leftovers: a process may fork between the scan and
+/// the signal, so sweep again until a scan finds nothing alive (bounded, because a process
+/// stuck in uninterruptible sleep cannot be hurried).
+const KILL_SWEEPS: usize = 5;
+
+/// Exit codes of the shim, as shells use them: the program could not be run (126) or
+/// does not exist (127).
+const EXIT_CANNOT_EXECUTE: u8 = 126;
+const EXIT_NOT_FOUND: u8 = 127;
+
+/// Credentials to run the shell under: the uid, primary gid and the name whose
+/// supplementary groups are applied (`initgroups`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// User id.
+    pub uid: u32,
+    /// Primary group id.
+    pub gid: u32,
+    /// User name, for the supplementary groups and for messages.
+    pub user: String,
+}
+
+/// Everything needed to start a shell; nothing is taken from the agent's own process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShellSpec {
+    /// The program: an absolute path, or a name looked up in the `PATH` of [`Self::env`].
+    pub program: PathBuf,
+    /// Arguments after argv\[0\] (argv\[0\] is the program as given).
+    pub args: Vec<String>,
+    /// The complete environment: the shell inherits nothing from the agent. One exception
+    /// comes from `portable-pty`, which always sets `SHELL`: without a `SHELL` entry here
+    /// the shell sees the agent user's login shell, so always give one. With a user
+    /// switch this environment also reaches the shim while it is still root, so it must
+    /// be built by the agent, never copied from a request.
+    pub env: Vec<(String, String)>,
+    /// Working directory; must exist (checked before spawning, as the agent's user).
+    pub cwd: PathBuf,
+    /// Credentials to switch to; `None`, or the agent's own, means no switch.
+    pub run_as: Option<Credentials>,
+    /// Initial size as (columns, rows); 80x24 when `None`.
+    pub size: Option<(u16, u16)>,
+}
+
+/// How the shell ended: its exit code, or the signal that killed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExitStatus {
+    /// The exit code when the shell exited by itself.
+    pub code: Option<i32>,
+    /// The signal name (`SIGHUP`, `SIGKILL`, ...) when a signal killed it.
+    pub signal: Option<String>,
+}
+
+impl ExitStatus {
+    /// True for exit code 0.
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    fn from_wait(status: WaitStatus) -> Option<Self> {
+        match status {
+            WaitStatus::Exited(_, code) => Some(Self {
+                code: Some(code),
+                signal: None,
+            }),
+            WaitStatus::Signaled(_, signal, _) => Some(Self {
+                code: None,
+                signal: Some(signal.as_str().to_owned()),
+            }),
+            _ => None,
+        }
+    }
+
+    fn from_portable(status: &portable_pty::ExitStatus) -> Self {
+        match status.signal() {
+            Some(signal) => Self {
+                code: None,
+                signal: Some(signal.to_owned()),
+            },
+            None => Self {
+                code: i32::try_from(status.exit_code()).ok(),
+                signal: None,
+            },
+        }
+    }
+}
+
+impl fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.signal, self.code) {
+            (Some(signal), _) => write!(f, "killed by {signal}"),
+            (None, Some(code)) => write!(f, "exit code {code}"),
+            (None, None) => f.write_str("unknown exit status"),
+        }
+    }
+}
+
+/// Failures of the PTY edge; each message names the program (and user where relevant).
+#[derive(Debug, thiserror::Error)]
+pub enum PtyError {
+    /// No PTY could be allocated.
+    #[error("cannot open a pty for {program}: {reason}")]
+    Open {
+        /// The program that was to run.
+        program: String,
+        /// The operating system's reason.
+        reason: String,
+    },
+    /// The working directory is missing (`portable-pty` would silently use `$HOME`).
+    #[error("cannot start {program}: working directory {} is not a directory", cwd.display())]
+    Cwd {
+        /// The program that was to run.
+        program: String,
+        /// The directory asked for.
+        cwd: PathBuf,
+    },
+    /// Another user was asked for, but this process cannot switch users.
+    #[error(
+        "cannot run {program} as {user}: switching users needs root privileges, \
+         and this agent runs as uid {euid}"
+    )]
+    NotPrivileged {
+        /// The program that was to run.
+        program: String,
+        /// The user asked for.
+        user: String,
+        /// The agent's effective uid.
+        euid: u32,
+    },
+    /// A user switch to uid 0 was asked for: the shim only ever drops privileges.
+    #[error("refusing to run {program} as {user}: uid 0 is not a user to drop privileges to")]
+    RunAsRoot {
+        /// The program that was to run.
+        program: String,
+        /// The user asked for.
+        user: String,
+    },
+    /// The process could not be started.
+    #[error("cannot start {program}: {reason}")]
+    Spawn {
+        /// The program that was to run.
+        program: String,
+        /// Why.
+        reason: String,
+    },
+    /// The window size could not be set.
+    #[error("cannot resize the terminal of {program}: {reason}")]
+    Resize {
+        /// The program running on the PTY.
+        program: String,
+        /// Why.
+        reason: String,
+    },
+    /// A signal could not be delivered.
+    #[error("cannot send {signal} to the process group of {program} (pid {pid}): {source}")]
+    Signal {
+        /// The program running on the PTY.
+        program: String,
+        /// Its pid (and process-group id).
+        pid: u32,
+        /// The signal.
+        signal: Signal,
+        /// The operating system's reason.
+        source: Errno,
+    },
+    /// Waiting for the shell failed.
+    #[error("cannot wait for {program} (pid {pid}): {source}")]
+    Wait {
+        /// The program running on the PTY.
+        program: String,
+        /// Its pid.
+        pid: u32,
+        /// The operating system's reason.
+        source: Errno,
+    },
+}
+
+/// One line of text from an error chain (`portable-pty` reports over several lines).
+fn one_line(e: impl fmt::Display) -> String {
+    format!("{e:#}")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A cloneable, thread-safe handle on the shell process: observe its exit and signal its
+/// group from any thread while the [`Shell`] stays with its owner (who resizes and, in
+/// the end, terminates it). It never reaps, and once the shell has been reaped it signals
+/// nothing, because the pid may then name an unrelated process.
+#[derive(Debug, Clone)]
+pub struct ShellProcess {
+    inner: Arc<ProcessInner>,
+}
+
+#[derive(Debug)]
+struct ProcessInner {
+    pid: Pid,
+    program: String,
+    /// `Some` once the shell has been reaped. Held while signalling and while reaping,
+    /// so a signal never races the release of the pid.
+    reaped: Mutex<Option<ExitStatus>>,
+}
+
+impl ShellProcess {
+    fn reaped(&self) -> MutexGuard<'_, Option<ExitStatus>> {
+        self.inner
+            .reaped
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn pid_u32(&self) -> u32 {
+        u32::try_from(self.inner.pid.as_raw()).unwrap_or_default()
+    }
+
+    /// The shell's pid (also its process-group and session id) while it is unreaped;
+    /// `None` once reaped, when the number may already belong to another process.
+    pub fn pid(&self) -> Option<u32> {
+        self.reaped().is_none().then(|| self.pid_u32())
+    }
+
+    /// Sends `signal` to the shell's process group (`kill(-pid, signal)`). After the
+    /// shell has been reaped this does nothing and succeeds.
+    ///
+    /// # Errors
+    /// [`PtyError::Signal`] when the kernel refuses (an empty group is not an error).
+    pub fn signal_group(&self, signal: Signal) -> Result<(), PtyError> {
+        let reaped = self.reaped();
+        if reaped.is_some() {
+            return Ok(());
+        }
+        match killpg(self.inner.pid, signal) {
+            Ok(()) | Err(Errno::ESRCH) => Ok(()),
+            Err(source) => Err(PtyError::Signal {
+                program: self.inner.program.clone(),
+                pid: self.pid_u32(),
+                signal,
+                source,
+            }),
+        }
+    }
+
+    /// The exit status if the shell has exited, without reaping it.
+    ///
+    /// # Errors
+    /// [`PtyError::Wait`] when the kernel no longer knows the child.
+    pub fn try_wait(&self) -> Result<Option<ExitStatus>, PtyError> {
+        // Holding the lock keeps the reaper out, so ECHILD cannot come from our own reap.
+        let reaped = self.reaped();
+        if let Some(status) = &*reaped {
+            return Ok(Some(status.clone()));
+        }
+        self.peek(WaitPidFlag::WNOHANG)
+    }
+
+    /// Blocks until the shell exits and returns its status, without reaping it.
+    ///
+    /// # Errors
+    /// [`PtyError::Wait`] when the kernel no longer knows the child.
+    pub fn wait(&self) -> Result<ExitStatus, PtyError> {
+        if let Some(status) = &*self.reaped() {
+            return Ok(status.clone());
+        }
+        // Not under the lock: this may block for the whole session.
+        loop {
+            match self.peek(WaitPidFlag::empty()) {
+                Ok(Some(status)) => return Ok(status),
+                Ok(None) => {} // a blocking waitid reports an exit; never seen
+                // Reaped by `Shell::terminate` or `Drop` meanwhile: they recorded it.
+                Err(e) => return self.reaped().clone().ok_or(e),
+            }
+        }
+    }
+
+    /// `waitid(WEXITED | WNOWAIT | extra)` on the shell: observes, never reaps.
+    fn peek(&self, extra: WaitPidFlag) -> Result<Option<ExitStatus>, PtyError> {
+        let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT | extra;
+        loop {
+            match waitid(Id::Pid(self.inner.pid), flags) {
+                Ok(WaitStatus::StillAlive) => return Ok(None),
+                Ok(status) => {
+                    if let Some(status) = ExitStatus::from_wait(status) {
+                        return Ok(Some(status));
+                    }
+                }
+                Err(Errno::EINTR) => {}
+                Err(source) => {
+                    return Err(PtyError::Wait {
+                        program: self.inner.program.clone(),
+                        pid: self.pid_u32(),
+                        source,
+                    })
+                }
+            }
+        }
+    }
+}
+
+/// A shell running on a PTY. Dropping it kills whatever is left of the session and reaps
+/// the shell (see the module docs); prefer [`Shell::terminate`], which gives a grace
+/// period first.
+pub struct Shell {
+    process: ShellProcess,
+    child: Box<dyn Child + Send + Sync>,
+    master: Box<dyn MasterPty + Send>,
+    reader: Option<Box<dyn Read + Send>>,
+    writer: Option<Box<dyn Write + Send>>,
+}
+
+impl fmt::Debug for Shell {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shell")
+            .field("program", &self.process.inner.program)
+            .field("pid", &self.process.inner.pid)
+            .field("reaped", &*self.process.reaped())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shell {
+    /// Opens a PTY and starts `spec.program` on it; through `exec_shim` (the agent binary,
+    /// see [`exec_as_main`]) when `spec.run_as` names other credentials than the agent's.
+    ///
+    /// # Errors
+    /// [`PtyError::Cwd`], [`PtyError::NotPrivileged`] (a user switch without root),
+    /// [`PtyError::RunAsRoot`], [`PtyError::Open`], [`PtyError::Spawn`].
+    pub fn spawn(spec: &ShellSpec, exec_shim: &Path) -> Result<Self, PtyError> {
+        let program = spec.program.display().to_string();
+        if !spec.cwd.is_dir() {
+            return Err(PtyError::Cwd {
+                program,
+                cwd: spec.cwd.clone(),
+            });
+        }
+        let command = command_for(spec, exec_shim, &program)?;
+        let (cols, rows) = spec.size.unwrap_or(DEFAULT_SIZE);
+        let pair = native_pty_system()
+            .openpty(PtySize {
+                rows,
+                cols,
+                pixel_width: 0,
+                pixel_height: 0,
+            })
+            .map_err(|e| PtyError::Open {
+                program: program.clone(),
+                reason: one_line(e),
+            })?;
+        let spawned = pair.slave.spawn_command(command);
+        // Close our copy of the slave at once: the master reports EOF (EIO) only when
+        // no slave descriptor is left open, i.e. when the shell and its children are gone.
+        drop(pair.slave);
+        let mut child = spawned.map_err(|e| PtyError::Spawn {
+            program: program.clone(),
+            reason: one_line(e),
+        })?;
+        let Some(pid) = child.process_id().and_then(|p| i32::try_from(p).ok()) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(PtyError::Spawn {
+                program,
+                reason: "the child has no process id".into(),
+            });
+        };
+        // From here on `Drop` cleans up if anything below fails.
+        let mut shell = Self {
+            process: ShellProcess {
+                inner: Arc::new(ProcessInner {
+                    pid: Pid::from_raw(pid),
+                    program: program.clone(),
+                    reaped: Mutex::new(None),
+                }),
+            },
+            child,
+            master: pair.master,
+            reader: None,
+            writer: None,
+        };
+        let pty_error = |e| PtyError::Open {
+            program: program.clone(),
+            reason: one_line(e),
+        };
+        shell.reader = Some(shell.master.try_clone_reader().map_err(pty_error)?);
+        shell.writer = Some(shell.master.take_writer().map_err(pty_error)?);
+        tracing::debug!(%program, pid, "shell started on a pty");
+        Ok(shell)
+    }
+
+    /// The master's output: everything the shell and its children write to the terminal.
+    /// `read` returns 0 (EOF) once no process holds the terminal any more. `None` after
+    /// the first call.
+    pub fn take_reader(&mut self) -> Option<Box<dyn Read + Send>> {
+        self.reader.take()
+    }
+
+    /// The master's input: bytes written here are typed into the terminal. `None` after
+    /// the first call. Dropping it types a newline and the EOF character (`portable-pty`
+    /// does that), so keep it until the session ends.
+    pub fn take_writer(&mut self) -> Option<Box<dyn Write + Send>> {
+        self.writer.take()
+    }
+
+    /// Sets the window size; the kernel sends SIGWINCH to the foreground process group.
+    ///
+    /// # Errors
+    /// [`PtyError::Resize`] when the ioctl fails.
+    pub fn resize(&self, cols: u16, rows: u16) -> Result<(), PtyError> {
+        self.master
+            .resize(PtySize {
+                rows,
+                cols,
+                pixel_width: 0,
+                pixel_height: 0,
+            })
+            .map_err(|e| PtyError::Resize {
+                program: self.process.inner.program.clone(),
+                reason: one_line(e),
+            })
+    }
+
+    /// The shell's pid (= its process-group and session id) until it is reaped.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
+    }
+
+    /// A handle for other threads: wait for the exit and signal the group.
+    pub fn process(&self) -> ShellProcess {
+        self.process.clone()
+    }
+
+    /// Sends `signal` to the shell's process group (see [`ShellProcess::signal_group`]).
+    ///
+    /// # Errors
+    /// [`PtyError::Signal`].
+    pub fn signal_group(&self, signal: Signal) -> Result<(), PtyError> {
+        self.process.signal_group(signal)
+    }
+
+    /// The exit status if the shell has exited; observes without reaping.
+    ///
+    /// # Errors
+    /// [`PtyError::Wait`].
+    pub fn try_wait(&self) -> Result<Option<ExitStatus>, PtyError> {
+        self.process.try_wait()
+    }
+
+    /// Blocks until the shell exits; observes without reaping.
+    ///
+    /// # Errors
+    /// [`PtyError::Wait`].
+    pub fn wait(&self) -> Result<ExitStatus, PtyError> {
+        self.process.wait()
+    }
+
+    /// Ends the session: SIGHUP (and SIGCONT, so a stopped shell can act on it) to the
+    /// shell's group, up to `grace` for the shell to exit, then SIGKILL to its group and
+    /// to everything left in its session, then reaps it. Returns at once with the known
+    /// status if the shell was already reaped. Safe to call after the shell has exited by
+    /// itself: that is how its leftovers are cleaned up.
+    pub fn terminate(&mut self, grace: Duration) -> ExitStatus {
+        if let Some(status) = &*self.process.reaped() {
+            return status.clone();
+        }
+        if matches!(self.try_wait(), Ok(None)) {
+            for signal in [Signal::SIGHUP, Signal::SIGCONT] {
+                if let Err(e) = self.signal_group(signal) {
+                    tracing::warn!(error = %e, "cannot hang up the shell");
+                }
+            }
+            let deadline = Instant::now() + grace;
+            loop {
+                let now = Instant::now();
+                if now >= deadline || !matches!(self.try_wait(), Ok(None)) {
+                    break;
+                }
+                std::thread::sleep(POLL_INTERVAL.min(deadline - now));
+            }
+        }
+        self.reap()
+    }
+
+    /// True when the terminal has ECHO off and ICANON on: a program is reading a line it
+    /// does not want shown, such as a password (the rule `pam_tty_audit` uses).
+    /// `None` when the terminal's settings cannot be read.
+    pub fn echo_off_canonical(&self) -> Option<bool> {
+        let termios = self.master.get_termios()?;
+        let flags = termios.local_flags;
+        Some(!flags.contains(LocalFlags::ECHO) && flags.contains(LocalFlags::ICANON))
+    }
+
+    /// SIGKILLs the group and the rest of the session, then reaps the shell. The lock is
+    /// held throughout, so no [`ShellProcess`] signals a pid that is being released.
+    fn reap(&mut self) -> ExitStatus {
+        let mut reaped = self.process.reaped();
+        if let Some(status) = &*reaped {
+            return status.clone();
+        }
+        let pid = self.process.inner.pid;
+        kill_session(pid);
+        // The shell is dead or dying: observe its status (with the signal's real name),
+        // then release it.
+        let observed = self.process.peek(WaitPidFlag::empty());
+        let status = match (self.child.wait(), observed) {
+            (_, Ok(Some(status))) => status,
+            (Ok(status), _) => ExitStatus::from_portable(&status),
+            (Err(e), _) => {
+                tracing::warn!(%pid, error = %e, "cannot reap the shell");
+                ExitStatus {
+                    code: None,
+                    signal: None,
+                }
+            }
+        };
+        tracing::debug!(%pid, %status, "shell reaped");
+        *reaped = Some(status.clone());
+        status
+    }
+}
+
+impl Drop for Shell {
+    fn drop(&mut self) {
+        if self.process.reaped().is_none() {
+            self.reap();
+        }
+    }
+}
+
+/// SIGKILL to the process group `sid` and to every live process whose session is `sid`.
+/// Only called while the leader is unreaped, so `sid` cannot name anything else.
+fn kill_session(sid: Pid) {
+    let _ = kill(sid, Signal::SIGKILL);
+    let _ = killpg(sid, Signal::SIGKILL);
+    for sweep in 0..KILL_SWEEPS {
+        let members = live_session_members(sid);
+        if members.is_empty() {
+            return;
+        }
+        if sweep > 0 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        for pid in members {
+            let _ = kill(pid, Signal::SIGKILL);
+        }
+    }
+}
+
+/// Processes other than `sid` itself, not yet zombies, whose session id is `sid`.
+fn live_session_members(sid: Pid) -> Vec<Pid> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| pid != sid.as_raw())
+        .filter(|&pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            // `pid (comm) state ppid pgrp session ...`; comm may contain spaces and ')'.
+            let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+                return false;
+            };
+            let mut fields = rest.split_whitespace();
+            let state = fields.next();
+            let session = fields.nth(2).and_then(|s| s.parse::<i32>().ok());
+            state != Some("Z") && session == Some(sid.as_raw())
+        })
+        .map(Pid::from_raw)
+        .collect()
+}
+
+/// The command `portable-pty` runs: the program itself, or the shim in front of it.
+fn command_for(
+    spec: &ShellSpec,
+    exec_shim: &Path,
+    program: &str,
+) -> Result<CommandBuilder, PtyError> {
+    let euid = nix::unistd::geteuid();
+    let egid = nix::unistd::getegid();
+    let switch = spec
+        .run_as
+        .as_ref()
+        .filter(|c| c.uid != euid.as_raw() || c.gid != egid.as_raw());
+    let mut command = match switch {
+        None => {
+            let mut command = CommandBuilder::new(&spec.program);
+            command.args(&spec.args);
+            command
+        }
+        Some(creds) => {
+            if !euid.is_root() {
+                return Err(PtyError::NotPrivileged {
+                    program: program.into(),
+                    user: creds.user.clone(),
+                    euid: euid.as_raw(),
+                });
+            }
+            if creds.uid == 0 {
+                return Err(PtyError::RunAsRoot {
+                    program: program.into(),
+                    user: creds.user.clone(),
+                });
+            }
+            let Some(target) = spec.program.to_str() else {
+                return Err(PtyError::Spawn {
+                    program: program.into(),
+                    reason: "a program run as another user needs a UTF-8 path".into(),
+                });
+            };
+            let mut command = CommandBuilder::new(exec_shim);
+            command.args([
+                EXEC_AS_SUBCOMMAND,
+                "--uid",
+                &creds.uid.to_string(),
+                "--gid",
+                &creds.gid.to_string(),
+                "--user",
+                &creds.user,
+                "--",
+                target,
+            ]);
+            command.args(&spec.args);
+            command
+        }
+    };
+    command.env_clear();
+    for (key, value) in &spec.env {
+        command.env(key, value);
+    }
+    command.cwd(&spec.cwd);
+    Ok(command)
+}
+
+/// What the shim was asked to do.
+#[derive(Debug)]
+struct ExecAs {
+    uid: Uid,
+    gid: Gid,
+    user: String,
+    program: String,
+    args: Vec<String>,
+}
+
+impl ExecAs {
+    /// Parses `--uid U --gid G --user NAME [--] PROGRAM [ARGS...]` (the options in any
+    /// order, each exactly once; everything from PROGRAM on is passed verbatim).
+    fn parse(args: &[String]) -> Result<Self, String> {
+        let (mut uid, mut gid, mut user) = (None, None, None);
+        let mut rest = args;
+        while let [flag, value, tail @ ..] = rest {
+            let slot = match flag.as_str() {
+                "--uid" => &mut uid,
+                "--gid" => &mut gid,
+                "--user" => &mut user,
+                _ => break,
+            };
+            if slot.replace(value.clone()).is_some() {
+                return Err(format!("{flag} given twice"));
+            }
+            rest = tail;
+        }
+        if let [dashes, tail @ ..] = rest {
+            if dashes == "--" {
+                rest = tail;
+            }
+        }
+        let id = |flag: &str, value: Option<String>| -> Result<Option<u32>, String> {
+            value
+                .map(|v| v.parse().map_err(|_| format!("bad {flag} {v:?}")))
+                .transpose()
+        };
+        let (uid, gid) = (id("--uid", uid)?, id("--gid", gid)?);
+        let usage = "usage: __exec-as --uid U --gid G --user NAME -- PROGRAM [ARGS...]";
+        match (uid, gid, user, rest) {
+            (Some(uid), Some(gid), Some(user), [program, args @ ..]) => Ok(Self {
+                uid: Uid::from_raw(uid),
+                gid: Gid::from_raw(gid),
+                user,
+                program: program.clone(),
+                args: args.to_vec(),
+            }),
+            _ => Err(usage.into()),
+        }
+    }
+}
+
+/// The `__exec-as` shim: drop from root to the given user and exec the program. Run
+/// by the agent binary as the PTY child when a shell must run as another user (see the
+/// module docs). Never returns on success. On failure it prints one line to stderr —
+/// the PTY, so the user reads it — and returns 126 (cannot run) or 127 (no such program).
+pub fn exec_as_main(args: &[String]) -> ExitCode {
+    let request = match ExecAs::parse(args) {
+        Ok(r) => r,
+        Err(usage) => return shim_failure(&usage, EXIT_CANNOT_EXECUTE),
+    };
+    let what = format!("cannot run {} as {}", request.program, request.user);
+    if let Err(reason) = drop_privileges(&request) {
+        return shim_failure(&format!("{what}: {reason}"), EXIT_CANNOT_EXECUTE);
+    }
+    // std's exec is execvp plus a clean signal state: the Rust runtime ignores SIGPIPE,
+    // and an ignored signal survives exec, which would break `yes | head` in the shell.
+    let error = std::os::unix::process::CommandExt::exec(
+        std::process::Command::new(&request.program).args(&request.args),
+    );
+    let code = if error.kind() == std::io::ErrorKind::NotFound {
+        EXIT_NOT_FOUND
+    } else {
+        EXIT_CANNOT_EXECUTE
+    };
+    shim_failure(&format!("{what}: {error}"), code)
+}
+
+/// Gives up root for `request`'s user; an error is the reason, for one line.
+fn drop_privileges(request: &ExecAs) -> Result<(), String> {
+    use nix::unistd::{getegid, geteuid, getgid, getuid, initgroups, setgid, setuid};
+    let ExecAs { uid, gid, user, .. } = request;
+    if uid.is_root() {
+        return Err("uid 0 is not a user to drop privileges to".into());
+    }
+    let name = CString::new(user.as_str()).map_err(|_| "the user name contains NUL")?;
+    // Give the user their terminal, as login does (programs such as screen insist),
+    // while we still may. Best effort: the shell works without it.
+    let stdin = std::io::stdin();
+    if std::io::IsTerminal::is_terminal(&stdin) {
+        let _ = std::os::unix::fs::fchown(&stdin, Some(uid.as_raw()), None);
+    }
+    initgroups(&name, *gid).map_err(|e| format!("initgroups: {e}"))?;
+    setgid(*gid).map_err(|e| format!("setgid({gid}): {e}"))?;
+    setuid(*uid).map_err(|e| format!("setuid({uid}): {e}"))?;
+    if getuid() != *uid || geteuid() != *uid || getgid() != *gid || getegid() != *gid {
+        return Err("the process ids did not change as asked".into());
+    }
+    if setuid(Uid::from_raw(0)).is_ok() {
+        return Err("privileges were not dropped: setuid(0) still succeeds".into());
+    }
+    if gid.as_raw() != 0 && setgid(Gid::from_raw(0)).is_ok() {
+        return Err("privileges were not dropped: setgid(0) still succeeds".into());
+    }
+    Ok(())
+}
+
+#[allow(clippy::print_stderr)]
+fn shim_failure(message: &str, code: u8) -> ExitCode {
+    eprintln!("session-agent: {message}");
+    ExitCode::from(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::sync::mpsc;
+
+    const NO_SHIM: &str = "/nonexistent/session-agent";
+    const TIMEOUT: Duration = Duration::from_secs(10);
+
+    fn spec(script: &str) -> ShellSpec {
+        ShellSpec {
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), script.into()],
+            env: vec![
+                ("PATH".into(), "/usr/bin:/bin".into()),
+                ("SHELL".into(), "/bin/sh".into()),
+            ],
+            cwd: "/".into(),
+            run_as: None,
+            size: None,
+        }
+    }
+
+    /// Collects the reader's output on a thread; `finish` returns it after EOF.
+    fn collect(shell: &mut Shell) -> mpsc::Receiver<String> {
+        let mut reader = shell.take_reader().expect("reader");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut out = Vec::new();
+            let _ = reader.read_to_end(&mut out);
+            let _ = tx.send(String::from_utf8_lossy(&out).into_owned());
+        });
+        rx
+    }
+
+    fn run(spec: &ShellSpec) -> (String, ExitStatus) {
+        let mut shell = Shell::spawn(spec, Path::new(NO_SHIM)).expect("spawn");
+        let output = collect(&mut shell);
+        let out = output.recv_timeout(TIMEOUT).expect("output ends");
+        let status = shell.wait().expect("wait");
+        assert_eq!(shell.terminate(Duration::ZERO), status);
+        assert_eq!(shell.pid(), None, "reaped");
+        (out, status)
+    }
+
+    #[test]
+    fn runs_with_the_given_size_and_reports_the_exit_code() {
+        let mut s = spec("echo hi; stty size");
+        s.size = Some((100, 30));
+        let (out, status) = run(&s);
+        assert!(out.contains("hi"), "{out:?}");
+        assert!(out.contains("30 100"), "{out:?}");
+        assert_eq!(status.code, Some(0));
+        assert!(status.success());
+
+        let (out, status) = run(&spec("stty size; exit 3"));
+        assert!(out.contains("24 80"), "default size: {out:?}");
+        assert_eq!(
+            status,
+            ExitStatus {
+                code: Some(3),
+                signal: None
+            }
+        );
+        assert_eq!(status.to_string(), "exit code 3");
+    }
+
+    #[test]
+    fn resize_reaches_the_running_program() {
+        let mut shell = Shell::spawn(&spec("read x; stty size"), Path::new(NO_SHIM)).unwrap();
+        let output = collect(&mut shell);
+        let mut writer = shell.take_writer().expect("writer");
+        assert!(shell.take_writer().is_none(), "taken once");
+        shell.resize(120, 40).unwrap();
+        writer.write_all(b"\n").unwrap();
+        let out = output.recv_timeout(TIMEOUT).unwrap();
+        assert!(out.contains("40 120"), "{out:?}");
+        assert_eq!(shell.wait().unwrap().code, Some(0));
+    }
+
+    fn session_processes(sid: u32) -> Vec<Pid> {
+        live_session_members(Pid::from_raw(i32::try_from(sid).unwrap()))
+    }
+
+    /// `pgrep -g` lists zombies too: killed children of the shell were reparented to
+    /// init, which reaps them shortly after, so give it a moment.
+    fn pgrep_finds_nothing(pgid: u32) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let st = std::process::Command::new("pgrep")
+                .args(["-g", &pgid.to_string()])
+                .stdout(std::process::Stdio::null())
+                .status()
+                .unwrap();
+            if st.code() == Some(1) || Instant::now() >= deadline {
+                return st.code() == Some(1);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn terminate_hangs_up_the_group_and_leaves_nothing() {
+        let mut shell =
+            Shell::spawn(&spec("sleep 100 & sleep 100; wait"), Path::new(NO_SHIM)).unwrap();
+        let pid = shell.pid().unwrap();
+        let deadline = Instant::now() + TIMEOUT;
+        while session_processes(pid).len() < 2 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(session_processes(pid).len(), 2, "two sleeps started");
+        let started = Instant::now();
+        let status = shell.terminate(Duration::from_secs(2));
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "SIGHUP was enough"
+        );
+        assert_eq!(status.signal.as_deref(), Some("SIGHUP"), "{status}");
+        assert!(pgrep_finds_nothing(pid));
+        assert!(session_processes(pid).is_empty());
+        assert_eq!(shell.terminate(Duration::ZERO), status, "idempotent");
+        shell.signal_group(Signal::SIGTERM).unwrap(); // a no-op once reaped
+    }
+
+    #[test]
+    fn terminate_escalates_to_sigkill_and_sweeps_other_groups() {
+        // Everything ignores SIGHUP; one sleep runs in a process group of its own (job
+        // control), where the group signal cannot reach it.
+        let script = "trap '' HUP; set -m; sleep 100 & set +m; sleep 100";
+        let mut shell = Shell::spawn(&spec(script), Path::new(NO_SHIM)).unwrap();
+        let pid = shell.pid().unwrap();
+        let deadline = Instant::now() + TIMEOUT;
+        while session_processes(pid).len() < 2 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(session_processes(pid).len(), 2, "two sleeps started");
+        let pgrp_of = |p: Pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap();
+            let rest = &stat[stat.rfind(')').unwrap() + 1..];
+            rest.split_whitespace()
+                .nth(2)
+                .unwrap()
+                .parse::<u32>()
+                .unwrap()
+        };
+        let groups: Vec<u32> = session_processes(pid).into_iter().map(pgrp_of).collect();
+        assert!(groups.contains(&pid), "{groups:?}");
+        assert!(
+            groups.iter().any(|&g| g != pid),
+            "one job in its own group: {groups:?}"
+        );
+        let started = Instant::now();
+        let status = shell.terminate(Duration::from_millis(300));
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(300), "{took:?}");
+        assert!(took < Duration::from_secs(2), "{took:?}");
+        assert_eq!(status.signal.as_deref(), Some("SIGKILL"), "{status}");
+        assert!(session_processes(pid).is_empty());
+    }
+
+    #[test]
+    fn exit_is_observed_without_reaping_and_leftovers_are_killed() {
+        let mut shell =
+            Shell::spawn(&spec("trap '' HUP; sleep 100 & exit 5"), Path::new(NO_SHIM)).unwrap();
+        let pid = shell.pid().unwrap();
+        let process = shell.process();
+        let waiter = std::thread::spawn(move || process.wait());
+        let status = waiter.join().unwrap().unwrap();
+        assert_eq!(status.code, Some(5));
+        assert_eq!(shell.try_wait().unwrap(), Some(status.clone()));
+        assert_eq!(shell.pid(), Some(pid), "still unreaped, its pid still ours");
+        assert_eq!(
+            session_processes(pid).len(),
+            1,
+            "the sleep survived the exit"
+        );
+        assert_eq!(shell.terminate(Duration::from_secs(5)), status);
+        assert!(session_processes(pid).is_empty());
+    }
+
+    #[test]
+    fn a_waiting_thread_is_released_when_the_owner_terminates() {
+        fn assert_send<T: Send>() {}
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send::<Shell>();
+        assert_send_sync::<ShellProcess>();
+
+        let mut shell = Shell::spawn(&spec("sleep 100"), Path::new(NO_SHIM)).unwrap();
+        let process = shell.process();
+        let waiter = std::thread::spawn(move || process.wait());
+        std::thread::sleep(Duration::from_millis(50));
+        let status = shell.terminate(Duration::from_secs(2));
+        assert_eq!(status.signal.as_deref(), Some("SIGHUP"), "{status}");
+        assert_eq!(waiter.join().unwrap().unwrap(), status);
+        assert_eq!(shell.process().try_wait().unwrap(), Some(status));
+        assert_eq!(shell.process().pid(), None);
+    }
+
+    #[test]
+    fn dropping_a_running_shell_kills_and_reaps_it() {
+        let shell = Shell::spawn(&spec("sleep 100"), Path::new(NO_SHIM)).unwrap();
+        let pid = shell.pid().unwrap();
+        drop(shell);
+        let pid = Pid::from_raw(i32::try_from(pid).unwrap());
+        // Reaped: no zombie is left (the pid is gone, or reused by someone else).
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        assert!(!stat.contains(") Z "), "{stat}");
+    }
+
+    #[test]
+    fn echo_off_canonical_follows_the_terminal() {
+        let mut shell = Shell::spawn(&spec("stty -echo; sleep 1"), Path::new(NO_SHIM)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while shell.echo_off_canonical() != Some(true) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(shell.echo_off_canonical(), Some(true));
+        shell.terminate(Duration::ZERO);
+
+        let mut shell = Shell::spawn(&spec("sleep 1"), Path::new(NO_SHIM)).unwrap();
+        assert_eq!(shell.echo_off_canonical(), Some(false));
+        shell.terminate(Duration::ZERO);
+    }
+
+    fn env_of(out: &str) -> BTreeMap<String, String> {
+        out.lines()
+            .filter_map(|l| l.trim_end_matches('\r').split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn the_environment_is_exactly_the_given_one() {
+        let mut s = spec("env");
+        s.env.push(("HOME".into(), "/tmp".into()));
+        s.env.push(("FOO".into(), "bar baz=qux".into()));
+        let (out, _) = run(&s);
+        let env = env_of(&out);
+        assert_eq!(env["FOO"], "bar baz=qux");
+        assert_eq!(env["SHELL"], "/bin/sh");
+        let extra: Vec<_> = env
+            .keys()
+            .filter(|k| !s.env.iter().any(|(given, _)| given == *k))
+            .collect();
+        assert!(
+            extra
+                .iter()
+                .all(|k| ["PWD", "OLDPWD", "SHLVL", "_"].contains(&k.as_str())),
+            "only what sh adds: {extra:?}"
+        );
+
+        // portable-pty's one addition, documented on `ShellSpec::env`.
+        let mut s = spec("env");
+        s.env.retain(|(k, _)| k != "SHELL");
+        let (out, _) = run(&s);
+        assert!(env_of(&out).contains_key("SHELL"));
+    }
+
+    #[test]
+    fn the_working_directory_is_used_or_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = spec("pwd");
+        s.cwd = dir.path().to_owned();
+        let (out, _) = run(&s);
+        assert!(out.contains(&dir.path().display().to_string()), "{out:?}");
+
+        s.cwd = dir.path().join("missing");
+        let err = Shell::spawn(&s, Path::new(NO_SHIM)).unwrap_err();
+        assert!(matches!(err, PtyError::Cwd { .. }), "{err}");
+        assert!(err.to_string().contains("missing"), "{err}");
+    }
+
+    #[test]
+    fn run_as_self_needs_no_shim_and_root_is_refused() {
+        let mut s = spec("id -u");
+        let me = nix::unistd::geteuid().as_raw();
+        s.run_as = Some(Credentials {
+            uid: me,
+            gid: nix::unistd::getegid().as_raw(),
+            user: "me".into(),
+        });
+        let (out, status) = run(&s);
+        assert!(out.contains(&me.to_string()), "{out:?}");
+        assert!(status.success());
+
+        if nix::unistd::geteuid().is_root() {
+            s.run_as = Some(Credentials {
+                uid: 0,
+                gid: 12345,
+                user: "root".into(),
+            });
+            let err = Shell::spawn(&s, Path::new(NO_SHIM)).unwrap_err();
+            assert!(matches!(err, PtyError::RunAsRoot { .. }), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_missing_program_is_a_spawn_error() {
+        let mut s = spec("");
+        s.program = "/nonexistent/shell".into();
+        let err = Shell::spawn(&s, Path::new(NO_SHIM)).unwrap_err();
+        assert!(matches!(err, PtyError::Spawn { .. }), "{err}");
+        assert!(err.to_string().contains("/nonexistent/shell"), "{err}");
+        assert!(!err.to_string().contains('\n'), "{err}");
+    }
+
+    #[test]
+    fn shim_arguments_parse_strictly() {
+        let args = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
+        let ok = ExecAs::parse(&args("--uid 7 --gid 8 --user bob -- /bin/sh -c --uid")).unwrap();
+        assert_eq!((ok.uid.as_raw(), ok.gid.as_raw()), (7, 8));
+        assert_eq!(ok.user, "bob");
+        assert_eq!(ok.program, "/bin/sh");
+        assert_eq!(ok.args, ["-c", "--uid"]);
+        let ok = ExecAs::parse(&args("--user bob --gid 8 --uid 7 sh")).unwrap();
+        assert_eq!(ok.program, "sh");
+        for bad in [
+            "--uid 7 --gid 8 -- sh",
+            "--uid x --gid 8 --user bob -- sh",
+            "--uid 7 --gid 8 --user bob --",
+            "--uid 7 --uid 7 --gid 8 --user bob -- sh",
+        ] {
+            assert!(ExecAs::parse(&args(bad)).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,10 +1,12 @@
 //! One integration-test binary (fast to link, one place for the harness).
 #![allow(unreachable_pub)]
 
+mod agent;
 mod aws_cli;
 mod cli;
 mod gateway_bad_input;
 mod gateway_relay;
 mod protocol;
+mod pty_shim;
 mod reliability;
 mod support;

@@ -516,3 +516,125 @@ pub async fn start_session(gw: &Gateway, target: &str) -> (String, String, Strin
         v["StreamUrl"].as_str().unwrap().to_owned(),
     )
 }
+
+/// A client that behaves like the official one: acknowledges output, reorders it by
+/// sequence number, and collects what it would print.
+pub struct InteractiveClient {
+    pub peer: Peer,
+    receiver: session_agent::protocol::reliability::Receiver<Bytes>,
+    next_seq: i64,
+    pub screen: Vec<u8>,
+    pub closed: Option<session_agent::protocol::payload::ChannelClosed>,
+}
+
+impl InteractiveClient {
+    pub fn new(peer: Peer) -> Self {
+        Self {
+            peer,
+            receiver: session_agent::protocol::reliability::Receiver::new(Default::default()),
+            next_seq: 0,
+            screen: Vec::new(),
+            closed: None,
+        }
+    }
+
+    /// Sends keystrokes (PayloadType 1) or a Size (PayloadType 3) as input_stream_data.
+    pub async fn send_input(&mut self, pt: PayloadType, bytes: &[u8]) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let f = AgentMessage::new(
+            MessageType::InputStreamData,
+            pt,
+            bytes.to_vec(),
+            now_ms(),
+            Uuid::new_v4(),
+        )
+        .with_sequence(seq, 0)
+        .encode()
+        .unwrap();
+        self.peer.send_raw(f).await;
+    }
+
+    pub async fn type_text(&mut self, text: &str) {
+        self.send_input(PayloadType::Output, text.as_bytes()).await;
+    }
+
+    pub async fn resize(&mut self, cols: u32, rows: u32) {
+        self.send_input(
+            PayloadType::Size,
+            format!(r#"{{"cols":{cols},"rows":{rows}}}"#).as_bytes(),
+        )
+        .await;
+    }
+
+    /// Processes one event; returns false once the session is closed.
+    pub async fn step(&mut self) -> bool {
+        use session_agent::protocol::reliability::ReceiveOutcome;
+        match self.peer.next_event().await {
+            Event::Closed(_) => false,
+            Event::Frame(m, _) => {
+                match m.message_type {
+                    MessageType::OutputStreamData => {
+                        let ack = ack_for(&m);
+                        match self.receiver.on_frame(m.sequence_number, m.payload.clone()) {
+                            ReceiveOutcome::Deliver { items } => {
+                                for i in items {
+                                    self.screen.extend_from_slice(&i);
+                                }
+                                self.peer.send_raw(ack).await;
+                            }
+                            ReceiveOutcome::Buffered => self.peer.send_raw(ack).await,
+                            _ => {}
+                        }
+                    }
+                    MessageType::ChannelClosed => {
+                        self.closed = session_agent::protocol::payload::from_json(
+                            &m.payload,
+                            "channel_closed",
+                        )
+                        .ok();
+                        return false;
+                    }
+                    _ => {}
+                }
+                true
+            }
+        }
+    }
+
+    /// Reads until the screen contains `needle` (after the current length); panics after WAIT.
+    pub async fn expect(&mut self, needle: &str) -> String {
+        let start = self.screen.len();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let text = String::from_utf8_lossy(&self.screen[start..]).into_owned();
+            if text.contains(needle) {
+                return text;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never saw {needle:?}; screen so far: {text:?}"
+            );
+            if !tokio::time::timeout_at(deadline, self.step())
+                .await
+                .unwrap_or(true)
+            {
+                let text = String::from_utf8_lossy(&self.screen[start..]).into_owned();
+                assert!(
+                    text.contains(needle),
+                    "session closed before {needle:?}; screen: {text:?}"
+                );
+                return text;
+            }
+        }
+    }
+
+    /// Reads until channel_closed or the socket closes.
+    pub async fn until_closed(&mut self) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while tokio::time::timeout_at(deadline, self.step())
+            .await
+            .expect("session did not close")
+        {}
+    }
+}

@@ -1,0 +1,276 @@
+//! `session-agent run` configuration: a TOML file (`--config`), overridden by flags and
+//! environment variables, validated into [`AgentConfig`]. Invalid configuration is a
+//! [`ConfigError`] naming the key; `main` prints it as one line and exits 64.
+//!
+//! Precedence: flag or environment variable > file > built-in default.
+
+use super::{AgentConfig, ShellChoice};
+use crate::cli::ConfigError;
+use crate::session::user::SudoPolicy;
+use clap::Args;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// Default gateway: the local one on its default port.
+pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:8080";
+
+/// `session-agent run` options. Each may also come from the config file (same name with
+/// `_` instead of `-`) or the environment variable shown.
+#[derive(Debug, Args, Default)]
+pub struct RunArgs {
+    /// TOML configuration file; see config/session-agent.example.toml.
+    #[arg(long, env = "SESSION_AGENT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Gateway URL (http(s)://host:port) [default: http://127.0.0.1:8080].
+    #[arg(long, env = "SESSION_AGENT_ENDPOINT")]
+    pub endpoint: Option<String>,
+    /// This node's id as the gateway knows it [default: the host name].
+    #[arg(long, env = "SESSION_AGENT_TARGET_ID")]
+    pub target_id: Option<String>,
+    /// State directory [default: /var/lib/session-agent as root, else
+    /// $XDG_STATE_HOME/session-agent].
+    #[arg(long, env = "SESSION_AGENT_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Maximum concurrent sessions [default: 1000].
+    #[arg(long, env = "SESSION_AGENT_MAX_SESSIONS")]
+    pub max_sessions: Option<usize>,
+    /// Sudo rule given to a newly created ssm-user: `nopasswd` (as upstream) or `none`
+    /// [default: nopasswd].
+    #[arg(long, env = "SESSION_AGENT_SUDO_POLICY")]
+    pub sudo_policy: Option<String>,
+    /// What sessions run: `login` (the user's login shell from passwd) or `sh` (as
+    /// upstream) [default: login].
+    #[arg(long, env = "SESSION_AGENT_SHELL")]
+    pub shell: Option<String>,
+    /// Extra CA certificate (PEM) trusted for the gateway's TLS.
+    #[arg(long, env = "SESSION_AGENT_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+}
+
+/// The file form: every key optional, unknown keys rejected (typos must not pass silently).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    endpoint: Option<String>,
+    target_id: Option<String>,
+    state_dir: Option<PathBuf>,
+    max_sessions: Option<usize>,
+    sudo_policy: Option<String>,
+    shell: Option<String>,
+    ca_file: Option<PathBuf>,
+}
+
+fn err(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Parses a config file's text (no I/O), for `run` and for tests of the example.
+///
+/// # Errors
+/// Invalid TOML or an unknown key, named.
+pub fn parse_file(text: &str, path: &Path) -> Result<RunArgs, ConfigError> {
+    let f: FileConfig = toml::from_str(text)
+        .map_err(|e| err("--config", format!("{}: {}", path.display(), e.message())))?;
+    Ok(RunArgs {
+        config: None,
+        endpoint: f.endpoint,
+        target_id: f.target_id,
+        state_dir: f.state_dir,
+        max_sessions: f.max_sessions,
+        sudo_policy: f.sudo_policy,
+        shell: f.shell,
+        ca_file: f.ca_file,
+    })
+}
+
+fn default_target_id() -> String {
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_default();
+    let clean: String = host
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        .take(128)
+        .collect();
+    if clean.is_empty() {
+        "localhost".into()
+    } else {
+        clean
+    }
+}
+
+fn default_state_dir() -> PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/var/lib/session-agent");
+    }
+    std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("session-agent")
+}
+
+impl RunArgs {
+    /// Merges flags over the file, applies defaults, validates.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the key.
+    pub fn into_config(self) -> Result<AgentConfig, ConfigError> {
+        let file = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| err("--config", format!("cannot read {}: {e}", path.display())))?;
+                parse_file(&text, path)?
+            }
+            None => RunArgs::default(),
+        };
+        let endpoint = self
+            .endpoint
+            .or(file.endpoint)
+            .unwrap_or_else(|| DEFAULT_ENDPOINT.into());
+        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+            return Err(err(
+                "endpoint",
+                format!("{endpoint:?} must start with http:// or https://"),
+            ));
+        }
+        let target_id = self
+            .target_id
+            .or(file.target_id)
+            .unwrap_or_else(default_target_id);
+        let id_ok = !target_id.is_empty()
+            && target_id.len() <= 128
+            && target_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !id_ok {
+            return Err(err(
+                "target_id",
+                format!("{target_id:?} must match [A-Za-z0-9._-]{{1,128}}"),
+            ));
+        }
+        let max_sessions = self.max_sessions.or(file.max_sessions).unwrap_or(1000);
+        if !(1..=10_000).contains(&max_sessions) {
+            return Err(err("max_sessions", "must be between 1 and 10000"));
+        }
+        let sudo_policy: SudoPolicy = self
+            .sudo_policy
+            .or(file.sudo_policy)
+            .unwrap_or_else(|| "nopasswd".into())
+            .parse()
+            .map_err(|e: crate::session::user::UserError| err("sudo_policy", e.to_string()))?;
+        let shell = match self.shell.or(file.shell).as_deref().unwrap_or("login") {
+            "login" => ShellChoice::Login,
+            "sh" => ShellChoice::Sh,
+            other => return Err(err("shell", format!("{other:?} is not `login` or `sh`"))),
+        };
+        let ca_file = self.ca_file.or(file.ca_file);
+        if let Some(ca) = &ca_file {
+            if !ca.is_file() {
+                return Err(err("ca_file", format!("{} does not exist", ca.display())));
+            }
+        }
+        let exec_shim = std::env::current_exe().map_err(|e| {
+            err(
+                "executable",
+                format!("cannot find this program's own path: {e}"),
+            )
+        })?;
+        Ok(AgentConfig {
+            endpoint,
+            target_id,
+            state_dir: self
+                .state_dir
+                .or(file.state_dir)
+                .unwrap_or_else(default_state_dir),
+            max_sessions,
+            sudo_policy,
+            shell,
+            ca_file,
+            exec_shim,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_and_defaults_fill_the_rest() {
+        let file = parse_file(
+            "endpoint = \"https://gw:8443\"\nmax_sessions = 5\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert_eq!(file.endpoint.as_deref(), Some("https://gw:8443"));
+        let args = RunArgs {
+            target_id: Some("node-1".into()),
+            max_sessions: Some(7),
+            ..RunArgs::default()
+        };
+        let cfg = args.into_config().unwrap();
+        assert_eq!(cfg.target_id, "node-1");
+        assert_eq!(cfg.max_sessions, 7);
+        assert_eq!(cfg.endpoint, DEFAULT_ENDPOINT);
+        assert_eq!(cfg.shell, ShellChoice::Login);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            (
+                RunArgs {
+                    endpoint: Some("ftp://x".into()),
+                    ..RunArgs::default()
+                },
+                "endpoint",
+            ),
+            (
+                RunArgs {
+                    target_id: Some("a b".into()),
+                    ..RunArgs::default()
+                },
+                "target_id",
+            ),
+            (
+                RunArgs {
+                    max_sessions: Some(0),
+                    ..RunArgs::default()
+                },
+                "max_sessions",
+            ),
+            (
+                RunArgs {
+                    sudo_policy: Some("all".into()),
+                    ..RunArgs::default()
+                },
+                "sudo_policy",
+            ),
+            (
+                RunArgs {
+                    shell: Some("zsh".into()),
+                    ..RunArgs::default()
+                },
+                "shell",
+            ),
+            (
+                RunArgs {
+                    ca_file: Some("/nonexistent.pem".into()),
+                    ..RunArgs::default()
+                },
+                "ca_file",
+            ),
+        ];
+        for (args, key) in cases {
+            let e = args.into_config().unwrap_err();
+            assert_eq!(e.key, key);
+        }
+        let e = parse_file("endpont = \"x\"", Path::new("c.toml")).unwrap_err();
+        assert!(e.reason.contains("endpont"), "{e}");
+    }
+}

@@ -1,0 +1,345 @@
+//! The control channel (protocol.md §1): connect, dispatch, report, reconnect.
+//!
+//! Backoff: the first retry comes after about a quarter second, then doubles to a one-minute
+//! cap, each with up to 50 % random jitter so a fleet does not reconnect in lockstep.
+//! (Upstream waits 5–10 s before the first retry and caps at 40 minutes; a session agent
+//! that is unreachable for 40 minutes after a gateway blip is not what operators want.)
+//! Every attempt asks for a fresh token. Keepalive pings go out every 30 s (upstream: 54 s),
+//! and a channel silent for 90 s is considered dead and replaced.
+
+use super::{run_session, Ctx, Outcome, AGENT_VERSION};
+use crate::protocol::frame::{AgentMessage, MessageType, PayloadType, DEFAULT_MAX_FRAME_LEN};
+use crate::protocol::payload::{
+    from_json, task_status, to_json, AgentTaskAcknowledge, AgentTaskComplete, AgentTaskPayload,
+    ChannelClosed, OpenControlChannel, MESSAGE_SCHEMA_VERSION,
+};
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+const FIRST_RETRY: Duration = Duration::from_millis(250);
+const MAX_RETRY: Duration = Duration::from_secs(60);
+const PING_EVERY: Duration = Duration::from_secs(30);
+const DEAD_AFTER: Duration = Duration::from_secs(90);
+/// agent_task_complete is resent this often until acknowledged (upstream: 3 tries, 1 s apart).
+const REPLY_RETRY: Duration = Duration::from_secs(2);
+/// After this many sends an unacknowledged report is given up (and logged).
+const REPLY_MAX_SENDS: u32 = 30;
+/// On shutdown, sessions get this long to end before the daemon exits.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Exponential backoff with jitter.
+#[derive(Debug)]
+pub(crate) struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    pub(crate) fn new() -> Self {
+        Self { next: FIRST_RETRY }
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.next = FIRST_RETRY;
+    }
+
+    /// The next delay, jittered by up to +50 %.
+    pub(crate) fn next_delay(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(MAX_RETRY);
+        let jitter = base.mul_f64(rand::random::<f64>() * 0.5);
+        base + jitter
+    }
+}
+
+struct PendingReply {
+    message_id: Uuid,
+    report: AgentTaskComplete,
+    sends: u32,
+    next_send: Instant,
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis(),
+    )
+    .unwrap_or(u64::MAX)
+}
+
+fn report_frame(reply: &mut PendingReply) -> Bytes {
+    reply.sends += 1;
+    reply.report.retry_number = i64::from(reply.sends);
+    AgentMessage::new(
+        MessageType::AgentTaskComplete,
+        PayloadType::Null,
+        to_json(&reply.report),
+        now_ms(),
+        reply.message_id,
+    )
+    .encode()
+    .unwrap_or_default()
+}
+
+/// Runs the control loop until `shutdown` resolves, then ends every session.
+pub(crate) async fn run(ctx: Arc<Ctx>, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Outcome>();
+    let mut sessions: HashMap<String, CancellationToken> = HashMap::new();
+    let mut pending: Vec<PendingReply> = Vec::new();
+    let tracker = TaskTracker::new();
+    let mut backoff = Backoff::new();
+    'reconnect: loop {
+        let ws = tokio::select! {
+            r = connect(&ctx) => r,
+            () = &mut shutdown => break 'reconnect,
+        };
+        let ws = match ws {
+            Ok(ws) => {
+                backoff.reset();
+                tracing::info!(target_id = %ctx.config.target_id, endpoint = %ctx.config.endpoint, "Control channel open");
+                ws
+            }
+            Err(e) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in = ?delay, "Control channel unavailable");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => continue 'reconnect,
+                    () = &mut shutdown => break 'reconnect,
+                }
+            }
+        };
+        let (mut sink, mut stream) = ws.split();
+        for reply in &mut pending {
+            reply.next_send = Instant::now();
+        }
+        let mut ping = tokio::time::interval(PING_EVERY);
+        let mut retry = tokio::time::interval(Duration::from_millis(500));
+        let mut last_seen = Instant::now();
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break 'reconnect,
+                msg = stream.next() => {
+                    let raw = match msg {
+                        Some(Ok(Message::Binary(raw))) => raw,
+                        Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
+                            tracing::warn!("Control channel closed; reconnecting");
+                            continue 'reconnect;
+                        }
+                        Some(Ok(_)) => { last_seen = Instant::now(); continue }
+                    };
+                    last_seen = Instant::now();
+                    match AgentMessage::decode(&raw, DEFAULT_MAX_FRAME_LEN) {
+                        Ok(m) => dispatch(&ctx, m, &mut sessions, &mut pending, &tracker, &done_tx),
+                        Err(e) => tracing::warn!(error = %e, "Dropping a malformed control message"),
+                    }
+                }
+                Some(outcome) = done_rx.recv() => {
+                    sessions.remove(&outcome.session_id);
+                    pending.push(PendingReply {
+                        message_id: Uuid::new_v4(),
+                        report: AgentTaskComplete {
+                            schema_version: 1,
+                            task_id: outcome.session_id,
+                            topic: "agent_task_complete".into(),
+                            final_task_status: outcome.status.into(),
+                            instance_id: ctx.config.target_id.clone(),
+                            output: outcome.output,
+                            ..AgentTaskComplete::default()
+                        },
+                        sends: 0,
+                        next_send: Instant::now(),
+                    });
+                    if send_due(&mut sink, &mut pending).await.is_err() {
+                        continue 'reconnect;
+                    }
+                }
+                _ = retry.tick() => {
+                    if send_due(&mut sink, &mut pending).await.is_err() {
+                        continue 'reconnect;
+                    }
+                }
+                _ = ping.tick() => {
+                    if last_seen.elapsed() > DEAD_AFTER {
+                        tracing::warn!("Control channel silent for too long; reconnecting");
+                        continue 'reconnect;
+                    }
+                    if sink.send(Message::Ping(Bytes::from_static(b"keepalive"))).await.is_err() {
+                        continue 'reconnect;
+                    }
+                }
+            }
+        }
+    }
+    tracing::info!(sessions = sessions.len(), "Shutting down: ending sessions");
+    for token in sessions.values() {
+        token.cancel();
+    }
+    tracker.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("Some sessions did not end within the shutdown grace period");
+    }
+}
+
+async fn send_due<S>(sink: &mut S, pending: &mut Vec<PendingReply>) -> Result<(), ()>
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    let now = Instant::now();
+    let mut i = 0;
+    while i < pending.len() {
+        if pending[i].sends >= REPLY_MAX_SENDS {
+            let gone = pending.remove(i);
+            tracing::error!(session = %gone.report.task_id, "agent_task_complete never acknowledged; giving up");
+            continue;
+        }
+        if pending[i].next_send <= now {
+            let frame = report_frame(&mut pending[i]);
+            pending[i].next_send = now + REPLY_RETRY;
+            sink.send(Message::Binary(frame)).await.map_err(|_| ())?;
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
+/// `PlatformType` as upstream spells it (§1.4): every unix build but macOS says linux.
+fn platform_type() -> &'static str {
+    match std::env::consts::OS {
+        "windows" => "windows",
+        "macos" => "macos",
+        _ => "linux",
+    }
+}
+
+async fn connect(ctx: &Ctx) -> Result<super::mgs::Socket, super::mgs::MgsError> {
+    let target = &ctx.config.target_id;
+    let token = ctx
+        .mgs
+        .create_channel("control-channel", target, None)
+        .await?;
+    let open = OpenControlChannel {
+        cookie: None,
+        message_schema_version: MESSAGE_SCHEMA_VERSION.into(),
+        request_id: Uuid::new_v4().to_string(),
+        token_value: token,
+        agent_version: AGENT_VERSION.into(),
+        platform_type: platform_type().into(),
+    };
+    ctx.mgs
+        .dial(
+            "control-channel",
+            target,
+            "role=subscribe&stream=input",
+            &open,
+        )
+        .await
+}
+
+fn dispatch(
+    ctx: &Arc<Ctx>,
+    m: AgentMessage,
+    sessions: &mut HashMap<String, CancellationToken>,
+    pending: &mut Vec<PendingReply>,
+    tracker: &TaskTracker,
+    done_tx: &mpsc::UnboundedSender<Outcome>,
+) {
+    match m.message_type {
+        MessageType::InteractiveShell => {
+            let task = match AgentTaskPayload::from_interactive_shell(&m.payload) {
+                Ok((_, task)) => task,
+                Err(e) => {
+                    tracing::warn!(error = %e, "Ignoring an unreadable interactive_shell");
+                    return;
+                }
+            };
+            if sessions.contains_key(&task.session_id) {
+                return; // a redelivery of a session already running
+            }
+            let id = task.session_id.clone();
+            if sessions.len() >= ctx.config.max_sessions {
+                tracing::warn!(session = %id, max = ctx.config.max_sessions, "Refusing session: limit reached");
+                let _ = done_tx.send(Outcome {
+                    session_id: id,
+                    status: task_status::FAILED,
+                    output: format!(
+                        "the agent is already running its maximum of {} sessions",
+                        ctx.config.max_sessions
+                    ),
+                });
+                return;
+            }
+            tracing::info!(session = %id, owner = %task.session_owner, "Session requested");
+            let token = CancellationToken::new();
+            sessions.insert(id.clone(), token.clone());
+            let ctx = ctx.clone();
+            let done = done_tx.clone();
+            tracker.spawn(async move {
+                // The session runs in its own task so that a panic stays inside it.
+                let outcome = match tokio::spawn(run_session(ctx, task, token)).await {
+                    Ok(o) => o,
+                    Err(e) => {
+                        tracing::error!(session = %id, error = %e, "Session task failed");
+                        Outcome {
+                            session_id: id,
+                            status: task_status::FAILED,
+                            output: "internal error in the agent".into(),
+                        }
+                    }
+                };
+                let _ = done.send(outcome);
+            });
+        }
+        MessageType::ChannelClosed => {
+            if let Ok(c) = from_json::<ChannelClosed>(&m.payload, "channel_closed") {
+                if let Some(token) = sessions.get(&c.session_id) {
+                    tracing::info!(session = %c.session_id, "Terminate requested");
+                    token.cancel();
+                }
+            }
+        }
+        MessageType::AgentTaskAcknowledge => {
+            if let Ok(ack) = from_json::<AgentTaskAcknowledge>(&m.payload, "agent_task_acknowledge")
+            {
+                pending.retain(|p| p.message_id.to_string() != ack.message_id);
+            }
+        }
+        other => tracing::debug!(message_type = %other, "Ignoring control message"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_cap_with_bounded_jitter() {
+        let mut b = Backoff::new();
+        let first = b.next_delay();
+        assert!(first >= FIRST_RETRY && first <= FIRST_RETRY.mul_f64(1.5));
+        let mut last = Duration::ZERO;
+        for _ in 0..20 {
+            last = b.next_delay();
+        }
+        assert!(
+            last >= MAX_RETRY && last <= MAX_RETRY.mul_f64(1.5),
+            "{last:?}"
+        );
+        b.reset();
+        assert!(b.next_delay() <= FIRST_RETRY.mul_f64(1.5));
+    }
+}

@@ -1,0 +1,508 @@
+//! One session: its data channel and its shell (protocol.md §2.2, §4, §6).
+//!
+//! ```text
+//!  PTY reader thread ──bounded mpsc──▶ pump task ──output_stream_data──▶ data websocket
+//!  PTY writer thread ◀──mpsc────────── pump task ◀──input_stream_data──── data websocket
+//! ```
+//!
+//! The pump owns the reliability state ([`Sender`] for output, [`Receiver`] for input).
+//! It takes a PTY chunk only while the sender has room and is not paused, so a peer that
+//! does not acknowledge (or a gateway that paused us) stops the reader thread, which stops
+//! reading the PTY, which blocks the shell: back-pressure all the way, memory bounded by the
+//! sender's budget. No fixed sleeps: output leaves as soon as it is read; retransmission
+//! wakes exactly at the sender's next deadline.
+//!
+//! A dropped data channel is reopened (fresh token) with upstream's schedule, and every
+//! unacknowledged frame is sent again; the client's receiver discards duplicates, so no
+//! byte is lost or doubled.
+
+use super::mgs::{Mgs, MgsError, Socket};
+use crate::protocol::frame::{
+    AgentMessage, MessageType, PayloadType, DEFAULT_MAX_FRAME_LEN, FLAG_SYN,
+};
+use crate::protocol::payload::{
+    from_json, to_json, Acknowledge, AgentSessionState, OpenDataChannel, SessionState, Size,
+    MESSAGE_SCHEMA_VERSION,
+};
+use crate::protocol::reliability::{
+    PushOutcome, ReceiveOutcome, Receiver, ReceiverConfig, Sender, SenderConfig,
+};
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use std::io::{Read, Write};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Bytes per PTY read and per output frame. Upstream uses 1 KiB with a 1 ms sleep per
+/// read (about 1 MB/s at best); the official client accepts larger payloads (§13), and
+/// 16 KiB keeps per-frame overhead (120-byte header, SHA-256, websocket framing, one ack
+/// each) small while staying far below any frame limit.
+pub const CHUNK: usize = 16 * 1024;
+/// PTY chunks read ahead of the pump. Small on purpose: back-pressure must reach the
+/// shell quickly.
+const READ_AHEAD: usize = 4;
+/// How long to wait for the client's first Size before starting the shell, so the prompt
+/// is drawn at the right width when the client sends it early.
+pub const FIRST_SIZE_WAIT: Duration = Duration::from_millis(300);
+/// After the shell exits, how long unacknowledged output may take to drain (§6.6).
+pub const DRAIN: Duration = Duration::from_secs(2);
+/// Data-channel reopen schedule (§1.6): 6 attempts, random 100–200 ms ×2 each, capped.
+const REOPEN_ATTEMPTS: u32 = 6;
+/// After the shell exits, output keeps flowing until the PTY reports end of file; a
+/// background job still holding the terminal must not keep the session open, so this is
+/// how long we wait for that end of file.
+const EOF_AFTER_EXIT: Duration = Duration::from_millis(500);
+/// Keepalive ping on the data channel.
+const PING_EVERY: Duration = Duration::from_secs(30);
+
+/// How the session ended, for agent_task_complete and the logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    /// The shell exited by itself.
+    ShellExited,
+    /// channel_closed or daemon shutdown.
+    Terminated,
+    /// The data channel could not be kept open.
+    ChannelLost(String),
+}
+
+/// I/O handles of a running shell, as the pump needs them.
+pub struct ShellIo {
+    /// PTY output.
+    pub reader: Box<dyn Read + Send>,
+    /// PTY input.
+    pub writer: Box<dyn Write + Send>,
+    /// Applies a window size (cols, rows).
+    pub resize: Box<dyn FnMut(u16, u16) + Send>,
+    /// Fires when the shell process exits.
+    pub exited: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl std::fmt::Debug for ShellIo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ShellIo")
+    }
+}
+
+/// A data channel for one session.
+#[derive(Debug)]
+pub struct DataChannel {
+    mgs: Mgs,
+    session_id: String,
+    target_id: String,
+    ws: Socket,
+    sender: Sender,
+    receiver: Receiver<Inbound>,
+}
+
+/// An inbound stream frame kept in the reorder buffer.
+#[derive(Debug)]
+struct Inbound(AgentMessage);
+
+impl AsRef<[u8]> for Inbound {
+    fn as_ref(&self) -> &[u8] {
+        &self.0.payload
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(1, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn control_frame(t: MessageType, payload: &impl serde::Serialize) -> Bytes {
+    AgentMessage::new(
+        t,
+        PayloadType::Null,
+        to_json(payload),
+        now_ms(),
+        Uuid::new_v4(),
+    )
+    .with_sequence(0, 3)
+    .encode()
+    .unwrap_or_default()
+}
+
+impl DataChannel {
+    /// CreateDataChannel, dial, OpenDataChannel, `agent_session_state` Connected (§2.2).
+    ///
+    /// # Errors
+    /// The gateway refused or could not be reached.
+    pub async fn open(mgs: &Mgs, session_id: &str, target_id: &str) -> Result<Self, MgsError> {
+        let ws = Self::dial(mgs, session_id, target_id).await?;
+        Ok(Self {
+            mgs: mgs.clone(),
+            session_id: session_id.to_owned(),
+            target_id: target_id.to_owned(),
+            ws,
+            sender: Sender::new(SenderConfig::default()),
+            receiver: Receiver::new(ReceiverConfig::default()),
+        })
+    }
+
+    async fn dial(mgs: &Mgs, session_id: &str, target_id: &str) -> Result<Socket, MgsError> {
+        let token = mgs
+            .create_channel("data-channel", session_id, Some(""))
+            .await?;
+        let open = OpenDataChannel {
+            message_schema_version: MESSAGE_SCHEMA_VERSION.into(),
+            request_id: Uuid::new_v4().to_string(),
+            token_value: token,
+            client_instance_id: Some(target_id.to_owned()),
+            client_id: String::new(),
+            client_version: None,
+        };
+        let mut ws = mgs
+            .dial("data-channel", session_id, "role=publish_subscribe", &open)
+            .await?;
+        let state = AgentSessionState {
+            schema_version: 1,
+            session_state: SessionState::Connected,
+            session_id: session_id.to_owned(),
+        };
+        let frame = control_frame(MessageType::AgentSessionState, &state);
+        ws.send(Message::Binary(frame))
+            .await
+            .map_err(|e| MgsError::Websocket {
+                what: "sending Connected".into(),
+                source: Box::new(e),
+            })?;
+        Ok(ws)
+    }
+
+    /// Reopens after a drop, then resends everything unacknowledged.
+    async fn reopen(&mut self) -> Result<(), String> {
+        let mut delay = Duration::from_millis(100 + rand::random::<u64>() % 100);
+        let mut last = String::new();
+        for attempt in 0..REOPEN_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            match Self::dial(&self.mgs, &self.session_id, &self.target_id).await {
+                Ok(ws) => {
+                    self.ws = ws;
+                    let frames = self.sender.retransmit_all(Instant::now());
+                    tracing::info!(session = %self.session_id, resent = frames.len(), "Data channel reopened");
+                    for f in frames {
+                        self.ws
+                            .send(Message::Binary(f))
+                            .await
+                            .map_err(|e| e.to_string())?;
+                    }
+                    return Ok(());
+                }
+                Err(e) if e.session_terminated() => return Err(e.to_string()),
+                Err(e) => {
+                    tracing::warn!(session = %self.session_id, attempt, error = %e, "Reopening the data channel failed");
+                    last = e.to_string();
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// Waits up to `wait` for the client's first Size message, handling anything else
+    /// that arrives meanwhile (keystrokes are kept for the shell).
+    pub async fn first_size(
+        &mut self,
+        wait: Duration,
+        early_input: &mut Vec<u8>,
+    ) -> Option<(u16, u16)> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()??;
+            let Ok(Message::Binary(raw)) = msg else {
+                continue;
+            };
+            let Ok(m) = AgentMessage::decode(&raw, DEFAULT_MAX_FRAME_LEN) else {
+                continue;
+            };
+            if m.message_type != MessageType::InputStreamData {
+                continue; // start/pause publication before the shell exists: nothing to do
+            }
+            let mut size = None;
+            if let Some(items) = self.accept(m).await {
+                for Inbound(item) in items {
+                    match item.payload_type {
+                        PayloadType::Size => size = parse_size(&item.payload),
+                        PayloadType::Output => early_input.extend_from_slice(&item.payload),
+                        _ => {}
+                    }
+                }
+            }
+            if size.is_some() {
+                return size;
+            }
+        }
+    }
+
+    /// Runs the session until the shell exits, `cancel` fires, or the channel is lost.
+    pub async fn pump(
+        &mut self,
+        shell: ShellIo,
+        early_input: Vec<u8>,
+        cancel: &CancellationToken,
+    ) -> Ending {
+        let ShellIo {
+            mut reader,
+            mut writer,
+            mut resize,
+            mut exited,
+        } = shell;
+        let mut exit_seen = false;
+        let mut eof_deadline: Option<tokio::time::Instant> = None;
+        let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(READ_AHEAD);
+        std::thread::Builder::new()
+            .name("pty-reader".into())
+            .spawn(move || {
+                let mut buf = vec![0u8; CHUNK];
+                loop {
+                    match reader.read(&mut buf) {
+                        Ok(0) | Err(_) => break, // EOF / EIO: the shell side closed
+                        Ok(n) => {
+                            if out_tx.blocking_send(buf[..n].to_vec()).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            })
+            .ok();
+        let (in_tx, mut in_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        std::thread::Builder::new()
+            .name("pty-writer".into())
+            .spawn(move || {
+                while let Some(bytes) = in_rx.blocking_recv() {
+                    if writer
+                        .write_all(&bytes)
+                        .and_then(|()| writer.flush())
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            })
+            .ok();
+        if !early_input.is_empty() {
+            let _ = in_tx.send(early_input);
+        }
+        let mut ping = tokio::time::interval(PING_EVERY);
+        ping.tick().await;
+        let mut shell_done = false;
+        let mut drain_deadline: Option<tokio::time::Instant> = None;
+        loop {
+            if shell_done && self.sender.is_empty() {
+                return Ending::ShellExited;
+            }
+            let can_read = !shell_done && !self.sender.is_paused() && self.sender.has_capacity();
+            let retransmit_at = self
+                .sender
+                .next_deadline()
+                .map(tokio::time::Instant::from_std);
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => return Ending::Terminated,
+                () = sleep_opt(drain_deadline) => return Ending::ShellExited,
+                _ = &mut exited, if !exit_seen => {
+                    exit_seen = true;
+                    eof_deadline = Some(tokio::time::Instant::now() + EOF_AFTER_EXIT);
+                }
+                () = sleep_opt(eof_deadline), if !shell_done => {
+                    shell_done = true;
+                    drain_deadline = Some(tokio::time::Instant::now() + DRAIN);
+                }
+                msg = self.ws.next() => {
+                    let raw = match msg {
+                        Some(Ok(Message::Binary(raw))) => raw,
+                        Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
+                            if let Err(e) = self.reopen().await {
+                                return Ending::ChannelLost(e);
+                            }
+                            continue;
+                        }
+                        Some(Ok(_)) => continue,
+                    };
+                    let m = match AgentMessage::decode(&raw, DEFAULT_MAX_FRAME_LEN) {
+                        Ok(m) => m,
+                        Err(e) => {
+                            tracing::warn!(session = %self.session_id, error = %e, "Dropping a malformed frame");
+                            continue;
+                        }
+                    };
+                    if self.on_inbound(m, &in_tx, &mut resize).await {
+                        return Ending::Terminated;
+                    }
+                }
+                chunk = out_rx.recv(), if can_read => match chunk {
+                    Some(bytes) => {
+                        if let Err(e) = self.send_output(bytes).await {
+                            tracing::debug!(session = %self.session_id, error = %e, "Output send failed; will retransmit after reopening");
+                        }
+                    }
+                    None => {
+                        shell_done = true;
+                        drain_deadline = Some(tokio::time::Instant::now() + DRAIN);
+                    }
+                },
+                () = sleep_opt(retransmit_at) => {
+                    if let Some(frame) = self.sender.poll_retransmit(Instant::now()) {
+                        let _ = self.ws.send(Message::Binary(frame)).await;
+                    }
+                }
+                _ = ping.tick() => {
+                    let _ = self.ws.send(Message::Ping(Bytes::from_static(b"keepalive"))).await;
+                }
+            }
+        }
+    }
+
+    async fn send_output(&mut self, bytes: Vec<u8>) -> Result<(), String> {
+        let seq = self.sender.next_sequence();
+        let msg = AgentMessage::new(
+            MessageType::OutputStreamData,
+            PayloadType::Output,
+            bytes,
+            now_ms(),
+            Uuid::new_v4(),
+        )
+        .with_sequence(seq, if seq == 0 { FLAG_SYN } else { 0 });
+        let frame = msg.encode().map_err(|e| e.to_string())?;
+        match self
+            .sender
+            .push(seq, msg.message_id, frame.clone(), Instant::now())
+        {
+            PushOutcome::Transmit => self
+                .ws
+                .send(Message::Binary(frame))
+                .await
+                .map_err(|e| e.to_string()),
+            // Paused: kept, sent on resume. Full cannot happen (we read only with room).
+            _ => Ok(()),
+        }
+    }
+
+    /// Feeds one input frame to the reorder buffer and acknowledges it when accepted.
+    async fn accept(&mut self, m: AgentMessage) -> Option<Vec<Inbound>> {
+        let ack = Acknowledge {
+            acknowledged_message_type: m.message_type.to_string(),
+            acknowledged_message_id: m.message_id.to_string(),
+            acknowledged_message_sequence_number: m.sequence_number,
+            is_sequential_message: true,
+        };
+        let outcome = self.receiver.on_frame(m.sequence_number, Inbound(m));
+        if !matches!(outcome, ReceiveOutcome::Full) {
+            let _ = self
+                .ws
+                .send(Message::Binary(control_frame(
+                    MessageType::Acknowledge,
+                    &ack,
+                )))
+                .await;
+        }
+        match outcome {
+            ReceiveOutcome::Deliver { items } => Some(items),
+            _ => None,
+        }
+    }
+
+    /// Handles one inbound frame; returns true when the session must end.
+    async fn on_inbound(
+        &mut self,
+        m: AgentMessage,
+        input: &mpsc::UnboundedSender<Vec<u8>>,
+        resize: &mut Box<dyn FnMut(u16, u16) + Send>,
+    ) -> bool {
+        match m.message_type {
+            MessageType::InputStreamData => {
+                // Any input also lifts a pause (§4.8).
+                self.resume().await;
+                if let Some(items) = self.accept(m).await {
+                    for Inbound(item) in items {
+                        match item.payload_type {
+                            PayloadType::Output => {
+                                let _ = input.send(item.payload.to_vec());
+                            }
+                            PayloadType::Size => {
+                                if let Some((cols, rows)) = parse_size(&item.payload) {
+                                    resize(cols, rows);
+                                }
+                            }
+                            other => {
+                                tracing::debug!(session = %self.session_id, ?other, "Ignoring input payload type")
+                            }
+                        }
+                    }
+                }
+            }
+            MessageType::Acknowledge => {
+                if let Ok(ack) = from_json::<Acknowledge>(&m.payload, "acknowledge") {
+                    self.sender
+                        .on_ack(ack.acknowledged_message_sequence_number, Instant::now());
+                }
+                self.resume().await;
+            }
+            MessageType::PausePublication => self.sender.pause(),
+            MessageType::StartPublication => self.resume().await,
+            MessageType::ChannelClosed => return true,
+            other => {
+                tracing::debug!(session = %self.session_id, message_type = %other, "Ignoring data-channel message")
+            }
+        }
+        false
+    }
+
+    async fn resume(&mut self) {
+        for f in self.sender.resume(Instant::now()) {
+            let _ = self.ws.send(Message::Binary(f)).await;
+        }
+    }
+
+    /// Sends `agent_session_state` Terminating and closes the socket (§6.6).
+    pub async fn finish(mut self, shell_exited: bool) {
+        if shell_exited {
+            let state = AgentSessionState {
+                schema_version: 1,
+                session_state: SessionState::Terminating,
+                session_id: self.session_id.clone(),
+            };
+            let _ = self
+                .ws
+                .send(Message::Binary(control_frame(
+                    MessageType::AgentSessionState,
+                    &state,
+                )))
+                .await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.ws.close(None)).await;
+    }
+
+    /// Writes a line into the session as output (notices such as timeout warnings).
+    ///
+    /// # Errors
+    /// The frame could not be sent.
+    pub async fn notice(&mut self, text: &str) -> Result<(), String> {
+        self.send_output(format!("\r\n{text}\r\n").into_bytes())
+            .await
+    }
+}
+
+fn parse_size(payload: &[u8]) -> Option<(u16, u16)> {
+    let s: Size = from_json(payload, "size").ok()?;
+    // TIOCSWINSZ takes u16; upstream truncates, we clamp.
+    let clamp = |v: u32| u16::try_from(v).unwrap_or(u16::MAX).max(1);
+    Some((clamp(s.cols), clamp(s.rows)))
+}
+
+async fn sleep_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
