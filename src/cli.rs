@@ -37,6 +37,17 @@ pub enum Command {
     /// Run the agent daemon: keep a control channel to the gateway and serve sessions,
     /// each a shell on a PTY as ssm-user (or the RunAs user; as this user when not root).
     Run(crate::agent::config::RunArgs),
+    /// Try it all on this machine: a gateway and an agent on loopback, and this terminal
+    /// connected to a new session (no AWS account needed). Logs go to <state>/dev.log.
+    Dev(crate::dev::DevArgs),
+    /// Open an interactive shell on a managed node, like session-manager-plugin:
+    /// StartSession, then the terminal in raw mode until the session ends.
+    ///
+    /// Also accepts session-manager-plugin's own arguments (the StartSession response
+    /// JSON first), and runs as `connect` when invoked under the name
+    /// `session-manager-plugin`, so the AWS CLI can use it as its plugin.
+    #[command(after_help = crate::client::EXIT_CODES_HELP)]
+    Connect(crate::client::ConnectArgs),
     /// Internal: the privilege-dropping shim a shell for another user starts through
     /// (`__exec-as --uid U --gid G --user NAME -- PROGRAM ARGS...`); see
     /// `session::pty::exec_as_main`.
@@ -157,6 +168,19 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 impl GatewayArgs {
+    /// The gateway `dev` runs: defaults, plus its address, history and preferences.
+    pub fn for_dev(listen: SocketAddr, data_dir: PathBuf, preferences: Option<PathBuf>) -> Self {
+        use clap::Parser;
+        let mut args = match Cli::try_parse_from(["session-agent", "gateway"]).map(|c| c.command) {
+            Ok(Command::Gateway(g)) => g,
+            _ => unreachable!("the gateway subcommand parses without arguments"),
+        };
+        args.listen = listen;
+        args.data_dir = Some(data_dir);
+        args.preferences = preferences;
+        args
+    }
+
     /// Validates the arguments and loads the preferences document.
     ///
     /// # Errors

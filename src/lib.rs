@@ -17,6 +17,9 @@
 //! * [`gateway`] — `session-agent gateway`: the SSM API subset (AWS JSON 1.1) and the
 //!   message gateway (channel tokens, control and data websockets, relay), with session
 //!   history on disk. Uses `protocol`; nothing uses it but `cli`/`main`.
+//! * [`client`] — `session-agent connect`: StartSession, then an interactive terminal on
+//!   the data channel like session-manager-plugin (and in its place, for the AWS CLI).
+//!   Uses `protocol`; its data-channel logic is a pure state machine, I/O at the edges.
 //! * [`cli`] — clap definitions and the turn from flags into validated configuration
 //!   (exit code 64 on invalid configuration).
 //!
@@ -34,6 +37,8 @@
 
 pub mod agent;
 pub mod cli;
+pub mod client;
+pub mod dev;
 pub mod gateway;
 pub mod protocol;
 pub mod session;

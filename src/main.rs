@@ -1,5 +1,6 @@
 //! The `session-agent` binary: parse arguments, set up logging, run one subcommand.
-//! Exit codes: 0 success, 1 runtime failure, 64 invalid configuration (EX_USAGE).
+//! Exit codes: 0 success, 1 runtime failure, 64 invalid configuration (EX_USAGE);
+//! `connect` has its own (see `session_agent::client::EXIT_CODES_HELP`).
 
 use clap::Parser;
 use session_agent::cli::{Cli, Command};
@@ -8,22 +9,51 @@ use std::process::ExitCode;
 const EX_USAGE: u8 = 64;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Invoked as `session-manager-plugin` (by the AWS CLI), run `connect`.
+    let cli = Cli::parse_from(session_agent::client::plugin_argv(std::env::args_os()));
     // The privilege-dropping shim runs on the user's terminal, before any logging setup.
     if let Command::ExecAs { args } = &cli.command {
         return session_agent::session::pty::exec_as_main(args);
     }
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    // `dev` owns the terminal for the session: its logs go to a file instead.
+    let log_file = match &cli.command {
+        Command::Dev(args) => {
+            let dir = args.state_dir();
+            let _ = std::fs::create_dir_all(&dir);
+            match std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join("dev.log"))
+            {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    return failure(&format!(
+                        "cannot open {}: {e}",
+                        dir.join("dev.log").display()
+                    ))
+                }
+            }
+        }
+        _ => None,
+    };
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colour only for a person at a terminal; journald and files get plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         // When stderr is gone (a closed pipe), tracing would report that with
         // `eprintln!`, which panics: losing a log line must not take the daemon down.
-        .log_internal_errors(false)
-        .init();
+        .log_internal_errors(false);
+    match log_file {
+        Some(f) => builder
+            .with_writer(std::sync::Mutex::new(f))
+            .with_ansi(false)
+            .init(),
+        // Colour only for a person at a terminal; journald and files get plain text.
+        None => builder
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
     match cli.command {
         Command::Gateway(args) => {
             let listen = args.listen;
@@ -60,6 +90,31 @@ fn main() -> ExitCode {
                 Err(e) => failure(&e.to_string()),
             }
         }
+        Command::Connect(args) => {
+            let config = match args.into_config() {
+                Ok(c) => c,
+                Err(e) => return connect_usage_error(&e),
+            };
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(r) => r,
+                Err(e) => return failure(&format!("cannot start the async runtime: {e}")),
+            };
+            ExitCode::from(
+                runtime
+                    .block_on(session_agent::client::connect(config))
+                    .exit_code(),
+            )
+        }
+        Command::Dev(args) => {
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(r) => r,
+                Err(e) => return failure(&format!("cannot start the async runtime: {e}")),
+            };
+            match runtime.block_on(session_agent::dev::run(args)) {
+                Ok(code) => ExitCode::from(code),
+                Err(e) => usage_error(&e),
+            }
+        }
         Command::ExecAs { .. } => unreachable!("dispatched before logging is set up"),
     }
 }
@@ -68,6 +123,12 @@ fn main() -> ExitCode {
 fn usage_error(e: &dyn std::fmt::Display) -> ExitCode {
     eprintln!("session-agent: invalid configuration: {e}");
     ExitCode::from(EX_USAGE)
+}
+
+#[allow(clippy::print_stderr)]
+fn connect_usage_error(e: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("session-agent connect: {e}");
+    ExitCode::from(session_agent::client::EXIT_USAGE)
 }
 
 #[allow(clippy::print_stderr)]

@@ -30,6 +30,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Agent version reported in OpenControlChannel.
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+/// Idle timeout when the document sets none (the console's default).
+pub const DEFAULT_IDLE: Duration = Duration::from_secs(20 * 60);
 /// Grace between SIGHUP and SIGKILL when a session is terminated.
 pub const KILL_GRACE: Duration = Duration::from_secs(3);
 
@@ -166,7 +168,13 @@ pub(crate) async fn run_session(
         resize,
         exited,
     };
-    let ending = channel.pump(io, early_input, &cancel).await;
+    let minutes = |m: Option<u32>| m.map(|m| Duration::from_secs(u64::from(m) * 60));
+    let limits = session::Limits {
+        // The console's default idle timeout applies when the document sets none.
+        idle: minutes(doc.inputs.idle_session_timeout).or(Some(DEFAULT_IDLE)),
+        max: minutes(doc.inputs.max_session_duration),
+    };
+    let ending = channel.pump(io, early_input, limits, &cancel).await;
     let exit = tokio::task::spawn_blocking(move || {
         let mut s = shell
             .lock()
@@ -179,7 +187,12 @@ pub(crate) async fn run_session(
     tracing::info!(session = %session_id, ?ending, ?exit, "Session ended");
     match ending {
         Ending::ChannelLost(e) => fail(format!("the data channel was lost: {e}")),
-        _ => Outcome {
+        Ending::TimedOut(limit) => Outcome {
+            session_id: session_id.clone(),
+            status: task_status::TIMED_OUT,
+            output: limit.ended(),
+        },
+        Ending::ShellExited | Ending::Terminated => Outcome {
             session_id: session_id.clone(),
             status: task_status::SUCCESS,
             output: match exit.and_then(|e| e.code) {

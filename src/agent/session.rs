@@ -67,6 +67,118 @@ pub enum Ending {
     Terminated,
     /// The data channel could not be kept open.
     ChannelLost(String),
+    /// idleSessionTimeout or maxSessionDuration was reached.
+    TimedOut(Limit),
+}
+
+/// Which time limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// No input and no output for this long.
+    Idle(Duration),
+    /// The session lasted this long.
+    MaxDuration(Duration),
+}
+
+impl Limit {
+    fn minutes(d: Duration) -> u64 {
+        d.as_secs().div_ceil(60)
+    }
+
+    /// The line shown in the session shortly before the end.
+    pub fn warning(self, remaining: Duration) -> String {
+        let secs = remaining.as_secs().max(1);
+        match self {
+            Limit::Idle(d) => format!(
+                "[session-agent] No input or output for {} minute(s): this session ends in {secs} seconds unless there is activity.",
+                Limit::minutes(d).saturating_sub(secs.div_ceil(60))
+            ),
+            Limit::MaxDuration(d) => format!(
+                "[session-agent] This session reaches its maximum duration of {} minute(s) in {secs} seconds.",
+                Limit::minutes(d)
+            ),
+        }
+    }
+
+    /// The line shown at the end, and the outcome text.
+    pub fn ended(self) -> String {
+        match self {
+            Limit::Idle(d) => format!(
+                "session ended after {} minute(s) without input or output",
+                Limit::minutes(d)
+            ),
+            Limit::MaxDuration(d) => format!(
+                "session reached its maximum duration of {} minute(s)",
+                Limit::minutes(d)
+            ),
+        }
+    }
+}
+
+/// The document's time limits, checked by the agent as well as the service (§6.8: upstream
+/// leaves them to the service alone). Pure: times are parameters.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Limits {
+    /// idleSessionTimeout.
+    pub idle: Option<Duration>,
+    /// maxSessionDuration.
+    pub max: Option<Duration>,
+}
+
+/// What [`Limits::check`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitCheck {
+    /// Nothing to do before `next` (if any).
+    Quiet { next: Option<Instant> },
+    /// Show a warning for `limit`, which ends the session at `at`.
+    Warn { limit: Limit, at: Instant },
+    /// End the session now.
+    End(Limit),
+}
+
+impl Limits {
+    /// How long before the end the warning comes: a minute, or half the limit if shorter.
+    pub fn warn_before(limit: Duration) -> Duration {
+        (limit / 2).min(Duration::from_secs(60))
+    }
+
+    /// Decides, given the session's start, its last activity, and the deadline already
+    /// warned about (so each deadline is warned once; new activity moves the idle
+    /// deadline and re-arms its warning).
+    pub fn check(
+        &self,
+        now: Instant,
+        started: Instant,
+        last_activity: Instant,
+        warned_for: Option<Instant>,
+    ) -> LimitCheck {
+        let mut candidates = Vec::new();
+        if let Some(idle) = self.idle {
+            candidates.push((Limit::Idle(idle), last_activity + idle));
+        }
+        if let Some(max) = self.max {
+            candidates.push((Limit::MaxDuration(max), started + max));
+        }
+        let Some(&(limit, end)) = candidates.iter().min_by_key(|(_, end)| *end) else {
+            return LimitCheck::Quiet { next: None };
+        };
+        if now >= end {
+            return LimitCheck::End(limit);
+        }
+        let span = match limit {
+            Limit::Idle(d) | Limit::MaxDuration(d) => d,
+        };
+        let warn_at = end - Self::warn_before(span);
+        if now >= warn_at && warned_for != Some(end) {
+            return LimitCheck::Warn { limit, at: end };
+        }
+        let next = if warned_for == Some(end) || now >= warn_at {
+            end
+        } else {
+            warn_at
+        };
+        LimitCheck::Quiet { next: Some(next) }
+    }
 }
 
 /// I/O handles of a running shell, as the pump needs them.
@@ -248,8 +360,12 @@ impl DataChannel {
         &mut self,
         shell: ShellIo,
         early_input: Vec<u8>,
+        limits: Limits,
         cancel: &CancellationToken,
     ) -> Ending {
+        let started = Instant::now();
+        let mut last_activity = started;
+        let mut warned_for: Option<Instant> = None;
         let ShellIo {
             mut reader,
             mut writer,
@@ -306,6 +422,22 @@ impl DataChannel {
                 .sender
                 .next_deadline()
                 .map(tokio::time::Instant::from_std);
+            let limit_at = match limits.check(Instant::now(), started, last_activity, warned_for) {
+                LimitCheck::End(limit) => {
+                    let _ = self
+                        .notice(&format!("[session-agent] {}.", limit.ended()))
+                        .await;
+                    return Ending::TimedOut(limit);
+                }
+                LimitCheck::Warn { limit, at } => {
+                    warned_for = Some(at);
+                    let _ = self
+                        .notice(&limit.warning(at.saturating_duration_since(Instant::now())))
+                        .await;
+                    continue;
+                }
+                LimitCheck::Quiet { next } => next.map(tokio::time::Instant::from_std),
+            };
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => return Ending::Terminated,
@@ -336,12 +468,16 @@ impl DataChannel {
                             continue;
                         }
                     };
+                    if m.message_type == MessageType::InputStreamData {
+                        last_activity = Instant::now();
+                    }
                     if self.on_inbound(m, &in_tx, &mut resize).await {
                         return Ending::Terminated;
                     }
                 }
                 chunk = out_rx.recv(), if can_read => match chunk {
                     Some(bytes) => {
+                        last_activity = Instant::now();
                         if let Err(e) = self.send_output(bytes).await {
                             tracing::debug!(session = %self.session_id, error = %e, "Output send failed; will retransmit after reopening");
                         }
@@ -351,6 +487,7 @@ impl DataChannel {
                         drain_deadline = Some(tokio::time::Instant::now() + DRAIN);
                     }
                 },
+                () = sleep_opt(limit_at) => {}
                 () = sleep_opt(retransmit_at) => {
                     if let Some(frame) = self.sender.poll_retransmit(Instant::now()) {
                         let _ = self.ws.send(Message::Binary(frame)).await;
@@ -504,5 +641,92 @@ async fn sleep_opt(at: Option<tokio::time::Instant>) {
     match at {
         Some(t) => tokio::time::sleep_until(t).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_limit_warns_once_then_ends_and_activity_rearms_it() {
+        let t0 = Instant::now();
+        let l = Limits {
+            idle: Some(Duration::from_secs(600)),
+            max: None,
+        };
+        let idle = Limit::Idle(Duration::from_secs(600));
+        assert_eq!(
+            l.check(t0, t0, t0, None),
+            LimitCheck::Quiet {
+                next: Some(t0 + Duration::from_secs(540))
+            }
+        );
+        let end = t0 + Duration::from_secs(600);
+        assert_eq!(
+            l.check(t0 + Duration::from_secs(545), t0, t0, None),
+            LimitCheck::Warn {
+                limit: idle,
+                at: end
+            }
+        );
+        assert_eq!(
+            l.check(t0 + Duration::from_secs(546), t0, t0, Some(end)),
+            LimitCheck::Quiet { next: Some(end) }
+        );
+        assert_eq!(l.check(end, t0, t0, Some(end)), LimitCheck::End(idle));
+        // Typing after the warning moves the deadline; a new warning comes for it.
+        let typed = t0 + Duration::from_secs(590);
+        let new_end = typed + Duration::from_secs(600);
+        assert_eq!(
+            l.check(t0 + Duration::from_secs(595), t0, typed, Some(end)),
+            LimitCheck::Quiet {
+                next: Some(new_end - Duration::from_secs(60))
+            }
+        );
+    }
+
+    #[test]
+    fn the_earlier_limit_wins_and_short_limits_warn_at_half() {
+        let t0 = Instant::now();
+        let l = Limits {
+            idle: Some(Duration::from_secs(60)),
+            max: Some(Duration::from_secs(3600)),
+        };
+        assert_eq!(
+            l.check(t0, t0, t0, None),
+            LimitCheck::Quiet {
+                next: Some(t0 + Duration::from_secs(30))
+            }
+        );
+        let l = Limits {
+            idle: Some(Duration::from_secs(3600)),
+            max: Some(Duration::from_secs(120)),
+        };
+        let max = Limit::MaxDuration(Duration::from_secs(120));
+        assert_eq!(
+            l.check(
+                t0 + Duration::from_secs(61),
+                t0,
+                t0 + Duration::from_secs(61),
+                None
+            ),
+            LimitCheck::Warn {
+                limit: max,
+                at: t0 + Duration::from_secs(120)
+            }
+        );
+        assert_eq!(
+            Limits::default().check(t0, t0, t0, None),
+            LimitCheck::Quiet { next: None }
+        );
+    }
+
+    #[test]
+    fn limit_texts_say_what_happens() {
+        let w = Limit::Idle(Duration::from_secs(600)).warning(Duration::from_secs(60));
+        assert!(w.contains("ends in 60 seconds"), "{w}");
+        let e = Limit::MaxDuration(Duration::from_secs(3600)).ended();
+        assert!(e.contains("60 minute"), "{e}");
     }
 }

@@ -501,7 +501,29 @@ fn attach_data(
         return Err("session not found".into());
     };
     if !s.record.status.is_active() {
-        return Err("Session is already terminated".into());
+        if side == Side::Agent {
+            return Err("Session is already terminated".into());
+        }
+        // A client that arrives after the session already ended (say, the agent refused
+        // it at once) still learns why, as it would have had it been connected.
+        let reason = if s.record.status == SessionStatus::Failed {
+            s.record.details.clone()
+        } else {
+            String::new()
+        };
+        me.control(Outbound::Frame(Shared::channel_closed(
+            session_id,
+            &s.record.target,
+            &reason,
+        )));
+        me.control(Outbound::Close(CLOSE_NORMAL, "session ended".into()));
+        return Ok((
+            Role::Data {
+                session_id: session_id.to_owned(),
+                side,
+            },
+            me,
+        ));
     }
     if let Some(old) = s.slot(side).replace(me.clone()) {
         old.control(Outbound::Close(

@@ -53,6 +53,9 @@ pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
 pub const OUTBOUND_QUEUE: usize = 1024;
 /// The console's default idle timeout, applied when the document sets none.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(20 * 60);
+/// The agent enforces the idle timeout itself and warns the user first; the gateway's
+/// own check trails it by this much, as a backstop for agents that do not.
+pub const IDLE_BACKSTOP: Duration = Duration::from_secs(30);
 
 /// Everything the gateway needs; built by the CLI, plain data.
 #[derive(Debug, Clone)]
@@ -304,7 +307,7 @@ impl Shared {
                     ));
                 } else if s
                     .idle_timeout
-                    .is_some_and(|idle| now.duration_since(s.last_activity) > idle)
+                    .is_some_and(|idle| now.duration_since(s.last_activity) > idle + IDLE_BACKSTOP)
                 {
                     to_terminate.push((
                         id.clone(),

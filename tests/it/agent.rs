@@ -5,7 +5,6 @@ use crate::support::*;
 use serde_json::json;
 use session_agent::agent::{AgentConfig, ShellChoice};
 use session_agent::gateway::GatewayConfig;
-use session_agent::protocol::frame::PayloadType;
 use std::time::Duration;
 use tokio::sync::oneshot;
 
@@ -17,9 +16,14 @@ pub struct RunningAgent {
 
 impl RunningAgent {
     pub async fn start(gw: &Gateway, target: &str) -> Self {
+        Self::start_via(gw, target, gw.http_url()).await
+    }
+
+    /// Starts an agent that reaches the gateway through `endpoint` (e.g. a proxy).
+    pub async fn start_via(gw: &Gateway, target: &str, endpoint: String) -> Self {
         let state = tempfile::tempdir().unwrap();
         let config = AgentConfig {
-            endpoint: gw.http_url(),
+            endpoint,
             target_id: target.into(),
             state_dir: state.path().to_owned(),
             max_sessions: 100,
@@ -150,9 +154,7 @@ async fn many_sessions_at_once_each_see_their_own_output() {
     let gw = Gateway::start(GatewayConfig::default()).await;
     let agent = RunningAgent::start(&gw, "node-c").await;
     let mut tasks = Vec::new();
-    for i in 0..20 {
-        let gw_url = (gw.addr, gw.tls.clone());
-        let _ = gw_url;
+    for i in 0..100 {
         let (sid, token, url) = start_session(&gw, "node-c").await;
         let peer = client_connect(&gw, &url, &token).await;
         tasks.push(tokio::spawn(async move {
@@ -199,7 +201,253 @@ async fn output_arrives_intact_in_bulk() {
     let expected: Vec<u64> = (1..=300_000).collect();
     assert_eq!(numbers.len(), expected.len(), "lines lost or duplicated");
     assert_eq!(numbers, expected);
-    let _ = PayloadType::Output;
     agent.stop().await;
+    gw.stop().await;
+}
+
+fn preferences(inputs: serde_json::Value) -> serde_json::Value {
+    json!({"schemaVersion": "1.0", "sessionType": "Standard_Stream", "inputs": inputs})
+}
+
+#[tokio::test]
+async fn shell_profile_lines_run_at_start() {
+    let cfg = GatewayConfig {
+        preferences: preferences(
+            json!({"shellProfile": {"linux": "PROFILE_MARK=from-profile; export PROFILE_MARK", "windows": ""}}),
+        ),
+        ..GatewayConfig::default()
+    };
+    let gw = Gateway::start(cfg).await;
+    let agent = RunningAgent::start(&gw, "node-p").await;
+    let (_sid, mut client) = open_shell(&gw, "node-p").await;
+    client.type_text("echo mark=$PROFILE_MARK\r").await;
+    client.expect("mark=from-profile").await;
+    agent.stop().await;
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn the_idle_timeout_warns_then_ends_the_session() {
+    let cfg = GatewayConfig {
+        preferences: preferences(json!({"idleSessionTimeout": "1"})),
+        ..GatewayConfig::default()
+    };
+    let gw = Gateway::start(cfg).await;
+    let agent = RunningAgent::start(&gw, "node-i").await;
+    let (sid, mut client) = open_shell(&gw, "node-i").await;
+    let started = std::time::Instant::now();
+    // Idle: the warning comes half way through a one-minute limit...
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(45);
+    while !String::from_utf8_lossy(&client.screen).contains("ends in") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no warning; screen: {:?}",
+            String::from_utf8_lossy(&client.screen)
+        );
+        let _ = tokio::time::timeout(Duration::from_secs(1), client.step()).await;
+    }
+    assert!(
+        started.elapsed() >= Duration::from_secs(25),
+        "warned too early: {:?}",
+        started.elapsed()
+    );
+    // ...and the end at one minute, with its reason on screen and in the history.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(45);
+    while client.closed.is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "session never ended"
+        );
+        let _ = tokio::time::timeout(Duration::from_secs(1), client.step()).await;
+    }
+    assert!(
+        started.elapsed() >= Duration::from_secs(55),
+        "ended too early: {:?}",
+        started.elapsed()
+    );
+    let screen = String::from_utf8_lossy(&client.screen).into_owned();
+    assert!(screen.contains("without input or output"), "{screen:?}");
+    let s = wait_status(&gw, &sid, "History", "Terminated").await;
+    assert!(
+        s["Details"]
+            .as_str()
+            .unwrap()
+            .contains("without input or output"),
+        "{s}"
+    );
+    agent.stop().await;
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_dropped_connection_mid_output_loses_and_duplicates_nothing() {
+    let gw = Gateway::start(GatewayConfig::default()).await;
+    let proxy = CutProxy::start(gw.addr).await;
+    let agent = RunningAgent::start_via(&gw, "node-x", format!("http://{}", proxy.addr)).await;
+    let (_sid, mut client) = open_shell(&gw, "node-x").await;
+    // About 20 MB of numbered lines.
+    client
+        .type_text("seq 1 2600000; echo finished-$((6*7))\r")
+        .await;
+    let mut cuts = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while !String::from_utf8_lossy(&client.screen[client.screen.len().saturating_sub(64)..])
+        .contains("finished-42")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "output stalled after {cuts} cuts at {} bytes",
+            client.screen.len()
+        );
+        let _ = tokio::time::timeout(Duration::from_secs(1), client.step()).await;
+        // Cut the agent's connections twice, a few MB apart.
+        if (cuts == 0 && client.screen.len() > 3_000_000)
+            || (cuts == 1 && client.screen.len() > 9_000_000)
+        {
+            proxy.cut_all();
+            cuts += 1;
+        }
+    }
+    assert_eq!(cuts, 2);
+    let text = String::from_utf8_lossy(&client.screen).into_owned();
+    let numbers: Vec<u64> = text
+        .lines()
+        .filter_map(|l| l.trim_end_matches('\r').parse().ok())
+        .collect();
+    assert_eq!(numbers.len(), 2_600_000, "lines lost or duplicated");
+    assert!(
+        numbers.iter().enumerate().all(|(i, n)| *n == i as u64 + 1),
+        "lines out of order"
+    );
+    // The control channel came back through the proxy too: a new session works.
+    let (_sid2, mut c2) = open_shell(&gw, "node-x").await;
+    c2.type_text("echo again-$((3*3))\r").await;
+    c2.expect("again-9").await;
+    agent.stop().await;
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn the_control_channel_comes_back_after_the_gateway_restarts() {
+    let gw = Gateway::start(GatewayConfig::default()).await;
+    let addr = gw.addr;
+    let agent = RunningAgent::start(&gw, "node-r").await;
+    gw.stop().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let gw = Gateway::start_at(GatewayConfig::default(), addr).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = gw.api_ok("DescribeInstanceInformation", json!({})).await;
+        if v["InstanceInformationList"][0]["PingStatus"] == "Online" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "agent did not reconnect: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_sid, mut client) = open_shell(&gw, "node-r").await;
+    client.type_text("echo back-$((5+5))\r").await;
+    client.expect("back-10").await;
+    agent.stop().await;
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn run_as_users_are_checked_and_used() {
+    if !nix::unistd::geteuid().is_root() {
+        return; // switching users needs root; the non-root path is covered elsewhere
+    }
+    for (user, expect_ok) in [
+        ("nobody", true),
+        ("root", false),
+        ("no-such-user-x", false),
+        ("a;id", false),
+    ] {
+        let cfg = GatewayConfig {
+            preferences: preferences(json!({"runAsEnabled": true, "runAsDefaultUser": user})),
+            ..GatewayConfig::default()
+        };
+        let gw = Gateway::start(cfg).await;
+        let agent = RunningAgent::start(&gw, "node-ra").await;
+        let (sid, token, url) = start_session(&gw, "node-ra").await;
+        let mut client = InteractiveClient::new(client_connect(&gw, &url, &token).await);
+        client.resize(80, 24).await;
+        if expect_ok {
+            client.expect("$ ").await;
+            client.type_text("id -un; exit\r").await;
+            let out = client.expect("nobody").await;
+            assert!(out.contains("nobody"), "{out}");
+            client.until_closed().await;
+        } else {
+            client.until_closed().await;
+            let reason = client
+                .closed
+                .as_ref()
+                .map(|c| c.output.clone())
+                .unwrap_or_default();
+            assert!(!reason.is_empty(), "{user}: no reason given");
+            let s = wait_status(&gw, &sid, "History", "Failed").await;
+            assert!(!s["Details"].as_str().unwrap().is_empty(), "{s}");
+        }
+        agent.stop().await;
+        gw.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_non_root_daemon_runs_shells_as_its_own_user() {
+    if !nix::unistd::geteuid().is_root() {
+        return; // then every other test here already runs the agent as non-root
+    }
+    let gw = Gateway::start(GatewayConfig::default()).await;
+    let state = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        state.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    // setpriv execs the agent itself (runuser would fork, and its child would outlive a
+    // kill and hold the test's output pipe open).
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let mut child = tokio::process::Command::new("setpriv")
+        .args([
+            &format!("--reuid={}", nobody.uid),
+            &format!("--regid={}", nobody.gid),
+            "--clear-groups",
+            "--",
+            env!("CARGO_BIN_EXE_session-agent"),
+            "run",
+            "--endpoint",
+            &gw.http_url(),
+            "--target-id",
+            "node-nr",
+            "--shell",
+            "sh",
+            "--state-dir",
+        ])
+        .arg(state.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("setpriv");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let v = gw.api_ok("DescribeInstanceInformation", json!({})).await;
+        if v["InstanceInformationList"][0]["PingStatus"] == "Online" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "non-root agent never came online"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_sid, mut client) = open_shell(&gw, "node-nr").await;
+    client.type_text("echo user=$(id -un)\r").await;
+    client.expect("user=nobody").await;
+    let _ = child.kill().await;
     gw.stop().await;
 }

@@ -4,6 +4,7 @@
 mod agent;
 mod aws_cli;
 mod cli;
+mod client;
 mod gateway_bad_input;
 mod gateway_relay;
 mod protocol;

@@ -49,7 +49,12 @@ pub struct TlsClient {
 
 impl Gateway {
     pub async fn start(config: GatewayConfig) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_at(config, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// Starts on a given address (to restart a gateway where its agents expect it).
+    pub async fn start_at(config: GatewayConfig, addr: SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -636,5 +641,49 @@ impl InteractiveClient {
             .await
             .expect("session did not close")
         {}
+    }
+}
+
+/// A TCP relay on loopback that can cut every connection through it on demand, to
+/// simulate a network drop between agent and gateway.
+pub struct CutProxy {
+    pub addr: SocketAddr,
+    cut: tokio::sync::watch::Sender<u64>,
+    _task: JoinHandle<()>,
+}
+
+impl CutProxy {
+    pub async fn start(upstream: SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (cut, _) = tokio::sync::watch::channel(0u64);
+        let cut_tx = cut.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut cut_rx = cut_tx.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut_rx.changed() => {}
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            cut,
+            _task: task,
+        }
+    }
+
+    /// Drops every connection currently open through the proxy.
+    pub fn cut_all(&self) {
+        self.cut.send_modify(|n| *n += 1);
     }
 }

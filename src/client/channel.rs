@@ -1,0 +1,566 @@
+//! The client's end of one data channel as a state machine driven by method calls: no
+//! sockets, no terminal, time passed in. The pump (`client::pump`) feeds it websocket
+//! frames, keystrokes and window sizes, and carries out the [`Effect`]s it returns.
+//!
+//! ```text
+//!  keystrokes / Size ─queue─▶ Channel ─flush─▶ input_stream_data (Sender: seq 0,1,2…, Flags 0)
+//!  output_stream_data ─on_frame─▶ Channel ─▶ Effect::Send(ack), Effect::Stdout(bytes)
+//!  acknowledge ─on_frame─▶ Sender::on_ack          channel_closed ─▶ Effect::Closed
+//! ```
+//!
+//! Differences from session-manager-plugin, on purpose: duplicates of output already
+//! delivered are acknowledged again (harmless, and it stops a retransmitting agent at
+//! once); the head-of-line retransmission keeps its own timer (the plugin resends an
+//! overdue frame every 100 ms and gives up after 3000 tries); input waits in a queue
+//! instead of evicting the oldest unacknowledged frame when the buffer is full.
+
+use crate::protocol::frame::{AgentMessage, MessageType, PayloadType, DEFAULT_MAX_FRAME_LEN};
+use crate::protocol::payload::{
+    from_json, to_json, Acknowledge, ChannelClosed, HandshakeComplete, HandshakeRequest,
+    HandshakeResponse, ProcessedClientAction, Size, ACTION_STATUS_SUCCESS,
+};
+use crate::protocol::reliability::{
+    PushOutcome, ReceiveOutcome, Receiver, ReceiverConfig, Sender, SenderConfig,
+};
+use bytes::Bytes;
+use std::collections::VecDeque;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use uuid::Uuid;
+
+/// Largest keystroke payload: one stdin read. Upstream reads 1 KiB at a time; a paste
+/// goes out in fewer, larger frames here (the agent writes any size to the PTY).
+pub const MAX_INPUT_CHUNK: usize = 16 * 1024;
+/// `ActionStatus` 3: the client does not support the requested action (§5.3).
+pub const ACTION_STATUS_UNSUPPORTED: i64 = 3;
+/// The error text sent back for a KMSEncryption action.
+pub const KMS_UNSUPPORTED: &str = "KMS encryption is not supported by this client yet";
+
+/// What the pump must do, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Put this encoded frame on the websocket.
+    Send(Bytes),
+    /// Write these bytes to standard output (PayloadType 1).
+    Stdout(Bytes),
+    /// Write these bytes to standard error (PayloadType 11).
+    Stderr(Bytes),
+    /// Show the user this message on a line of its own.
+    Notice(String),
+    /// `channel_closed`: the session is over.
+    Closed(ChannelClosed),
+}
+
+/// An output frame held in the reorder buffer.
+#[derive(Debug)]
+struct Inbound {
+    payload_type: PayloadType,
+    payload: Bytes,
+}
+
+impl AsRef<[u8]> for Inbound {
+    fn as_ref(&self) -> &[u8] {
+        &self.payload
+    }
+}
+
+/// The client side of one session's data channel. See the [module docs](self).
+#[derive(Debug)]
+pub struct Channel {
+    client_version: String,
+    sender: Sender,
+    receiver: Receiver<Inbound>,
+    /// Input not yet given a sequence number (waits while the sender is full).
+    queue: VecDeque<(PayloadType, Bytes)>,
+    /// The last size queued, to send only changes and to repeat it after a handshake.
+    size: Option<Size>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(1, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Channel {
+    /// A fresh channel: input sequence numbers start at 0, output expected from 0.
+    /// `client_version` goes into HandshakeResponse.
+    pub fn new(client_version: &str) -> Self {
+        Self {
+            client_version: client_version.to_owned(),
+            sender: Sender::new(SenderConfig::default()),
+            receiver: Receiver::new(ReceiverConfig::default()),
+            queue: VecDeque::new(),
+            size: None,
+        }
+    }
+
+    /// Queues keystrokes (PayloadType 1), split into [`MAX_INPUT_CHUNK`] pieces.
+    pub fn queue_input(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(MAX_INPUT_CHUNK) {
+            self.queue
+                .push_back((PayloadType::Output, Bytes::copy_from_slice(chunk)));
+        }
+    }
+
+    /// Queues a Size message (PayloadType 3) if `size` differs from the last one queued
+    /// (a still-queued older size is replaced). Returns true if something was queued.
+    pub fn queue_size(&mut self, size: Size) -> bool {
+        if self.size == Some(size) {
+            return false;
+        }
+        self.force_size(size);
+        true
+    }
+
+    fn force_size(&mut self, size: Size) {
+        self.size = Some(size);
+        self.queue.retain(|(pt, _)| *pt != PayloadType::Size);
+        self.queue
+            .push_back((PayloadType::Size, Bytes::from(to_json(&size))));
+    }
+
+    /// True when the pump may read more keystrokes: nothing waits in the queue and the
+    /// sender has room (back-pressure towards stdin otherwise).
+    pub fn wants_input(&self) -> bool {
+        self.queue.is_empty() && self.sender.has_capacity()
+    }
+
+    /// True when every queued input has been sent and acknowledged.
+    pub fn input_settled(&self) -> bool {
+        self.queue.is_empty() && self.sender.is_empty()
+    }
+
+    /// Gives queued input sequence numbers while the sender has room; returns the frames
+    /// to transmit now.
+    pub fn flush(&mut self, now: Instant) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        while self.sender.has_capacity() {
+            let Some((payload_type, payload)) = self.queue.pop_front() else {
+                break;
+            };
+            let seq = self.sender.next_sequence();
+            let msg = AgentMessage::new(
+                MessageType::InputStreamData,
+                payload_type,
+                payload,
+                now_ms(),
+                Uuid::new_v4(),
+            )
+            // The client never sets flags on stream data (§3.6).
+            .with_sequence(seq, 0);
+            let Ok(frame) = msg.encode() else {
+                // Only empty payloads fail, and none are queued; never skip a number.
+                continue;
+            };
+            match self.sender.push(seq, msg.message_id, frame.clone(), now) {
+                PushOutcome::Transmit => out.push(frame),
+                // Not paused (the client ignores pause_publication) and checked for room.
+                PushOutcome::Held | PushOutcome::Full | PushOutcome::DuplicateSequence => {}
+            }
+        }
+        out
+    }
+
+    /// When the oldest unacknowledged input is due for retransmission.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.sender.next_deadline()
+    }
+
+    /// The frame to retransmit now, if the head of line is overdue.
+    pub fn poll_retransmit(&mut self, now: Instant) -> Option<Bytes> {
+        self.sender.poll_retransmit(now)
+    }
+
+    /// After a reconnect: every unacknowledged frame again, then anything queued.
+    pub fn reconnected(&mut self, now: Instant) -> Vec<Bytes> {
+        let mut frames = self.sender.retransmit_all(now);
+        frames.extend(self.flush(now));
+        frames
+    }
+
+    /// Handles one binary websocket message.
+    pub fn on_frame(&mut self, raw: &[u8], now: Instant) -> Vec<Effect> {
+        let msg = match AgentMessage::decode(raw, DEFAULT_MAX_FRAME_LEN) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!(error = %e, "Dropping a malformed frame");
+                return Vec::new();
+            }
+        };
+        match msg.message_type {
+            MessageType::OutputStreamData => self.on_output(msg, now),
+            MessageType::Acknowledge => {
+                match from_json::<Acknowledge>(&msg.payload, "acknowledge") {
+                    Ok(ack) => {
+                        self.sender
+                            .on_ack(ack.acknowledged_message_sequence_number, now);
+                    }
+                    Err(e) => tracing::debug!(error = %e, "Ignoring an unreadable acknowledge"),
+                }
+                // An ack may have made room for queued input.
+                self.flush(now).into_iter().map(Effect::Send).collect()
+            }
+            MessageType::ChannelClosed => {
+                let closed =
+                    from_json::<ChannelClosed>(&msg.payload, "channel_closed").unwrap_or_default();
+                vec![Effect::Closed(closed)]
+            }
+            // The official client ignores publication control; so do we (§4.8).
+            other => {
+                tracing::debug!(message_type = %other, "Ignoring data-channel message");
+                Vec::new()
+            }
+        }
+    }
+
+    fn on_output(&mut self, msg: AgentMessage, now: Instant) -> Vec<Effect> {
+        let ack = ack_frame(&msg);
+        let outcome = self.receiver.on_frame(
+            msg.sequence_number,
+            Inbound {
+                payload_type: msg.payload_type,
+                payload: msg.payload,
+            },
+        );
+        let mut effects = Vec::new();
+        match outcome {
+            ReceiveOutcome::Deliver { items } => {
+                effects.extend(ack.map(Effect::Send));
+                for item in items {
+                    self.deliver(item, &mut effects);
+                }
+            }
+            // Stored ahead of a gap, or already delivered: ack either way.
+            ReceiveOutcome::Buffered | ReceiveOutcome::Duplicate => {
+                effects.extend(ack.map(Effect::Send));
+            }
+            // No room: no ack, the agent retransmits.
+            ReceiveOutcome::Full => {}
+        }
+        // A handshake answer may have been queued.
+        effects.extend(self.flush(now).into_iter().map(Effect::Send));
+        effects
+    }
+
+    fn deliver(&mut self, item: Inbound, effects: &mut Vec<Effect>) {
+        match item.payload_type {
+            PayloadType::Output => effects.push(Effect::Stdout(item.payload)),
+            PayloadType::StdErr => effects.push(Effect::Stderr(item.payload)),
+            PayloadType::HandshakeRequest => self.on_handshake_request(&item.payload, effects),
+            PayloadType::HandshakeComplete => {
+                match from_json::<HandshakeComplete>(&item.payload, "HandshakeComplete") {
+                    Ok(done) if !done.customer_message.is_empty() => {
+                        effects.push(Effect::Notice(done.customer_message));
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(error = %e, "Ignoring an unreadable HandshakeComplete")
+                    }
+                }
+                // An agent discards non-handshake input until the handshake is over, so
+                // the size sent at start may be lost: send it again.
+                if let Some(size) = self.size {
+                    self.force_size(size);
+                }
+            }
+            other => tracing::debug!(payload_type = ?other, "Ignoring output payload type"),
+        }
+    }
+
+    /// Answers a HandshakeRequest: SessionType accepted, KMSEncryption (and anything
+    /// else) unsupported.
+    fn on_handshake_request(&mut self, payload: &[u8], effects: &mut Vec<Effect>) {
+        let request: HandshakeRequest = match from_json(payload, "HandshakeRequest") {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(error = %e, "Ignoring an unreadable HandshakeRequest");
+                return;
+            }
+        };
+        let mut actions = Vec::new();
+        for action in request.requested_client_actions {
+            let (status, error) = match action.action_type.as_str() {
+                "SessionType" => (ACTION_STATUS_SUCCESS, String::new()),
+                "KMSEncryption" => {
+                    effects.push(Effect::Notice(KMS_UNSUPPORTED.into()));
+                    (ACTION_STATUS_UNSUPPORTED, KMS_UNSUPPORTED.to_owned())
+                }
+                other => (
+                    ACTION_STATUS_UNSUPPORTED,
+                    format!("{other} is not supported by this client"),
+                ),
+            };
+            actions.push(ProcessedClientAction {
+                action_type: action.action_type,
+                action_status: status,
+                action_result: serde_json::Value::Null,
+                error,
+            });
+        }
+        let response = HandshakeResponse {
+            client_version: self.client_version.clone(),
+            processed_client_actions: actions,
+            errors: None,
+        };
+        // Ahead of any queued keystrokes: the agent discards those until it has this.
+        self.queue.push_front((
+            PayloadType::HandshakeResponse,
+            Bytes::from(to_json(&response)),
+        ));
+    }
+}
+
+/// The `acknowledge` frame for a received stream frame (§4.3).
+fn ack_frame(m: &AgentMessage) -> Option<Bytes> {
+    let ack = Acknowledge {
+        acknowledged_message_type: m.message_type.to_string(),
+        acknowledged_message_id: m.message_id.to_string(),
+        acknowledged_message_sequence_number: m.sequence_number,
+        is_sequential_message: true,
+    };
+    AgentMessage::new(
+        MessageType::Acknowledge,
+        PayloadType::Null,
+        to_json(&ack),
+        now_ms(),
+        Uuid::new_v4(),
+    )
+    .with_sequence(0, 3)
+    .encode()
+    .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn output(seq: i64, pt: PayloadType, payload: &[u8]) -> Bytes {
+        AgentMessage::new(
+            MessageType::OutputStreamData,
+            pt,
+            payload.to_vec(),
+            1,
+            Uuid::new_v4(),
+        )
+        .with_sequence(seq, u64::from(seq == 0))
+        .encode()
+        .unwrap()
+    }
+
+    fn decode(b: &Bytes) -> AgentMessage {
+        AgentMessage::decode(b, DEFAULT_MAX_FRAME_LEN).unwrap()
+    }
+
+    fn sends(effects: &[Effect]) -> Vec<AgentMessage> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Send(b) => Some(decode(b)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn stdout(effects: &[Effect]) -> Vec<u8> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Stdout(b) => Some(b.to_vec()),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    }
+
+    fn ack_seq(m: &AgentMessage) -> i64 {
+        assert_eq!(m.message_type, MessageType::Acknowledge);
+        assert_eq!((m.flags, m.sequence_number), (3, 0));
+        from_json::<Acknowledge>(&m.payload, "ack")
+            .unwrap()
+            .acknowledged_message_sequence_number
+    }
+
+    #[test]
+    fn output_is_reordered_acked_and_duplicates_are_acked_again() {
+        let mut c = Channel::new("t/1");
+        let now = Instant::now();
+        let e = c.on_frame(&output(1, PayloadType::Output, b"world"), now);
+        assert_eq!(sends(&e).iter().map(ack_seq).collect::<Vec<_>>(), [1]);
+        assert!(stdout(&e).is_empty());
+        let e = c.on_frame(&output(0, PayloadType::Output, b"hello "), now);
+        assert_eq!(sends(&e).iter().map(ack_seq).collect::<Vec<_>>(), [0]);
+        assert_eq!(stdout(&e), b"hello world");
+        let e = c.on_frame(&output(0, PayloadType::Output, b"hello "), now);
+        assert_eq!(sends(&e).iter().map(ack_seq).collect::<Vec<_>>(), [0]);
+        assert!(stdout(&e).is_empty());
+        let e = c.on_frame(&output(2, PayloadType::StdErr, b"oops"), now);
+        assert!(e.contains(&Effect::Stderr(Bytes::from_static(b"oops"))));
+    }
+
+    #[test]
+    fn input_is_sequenced_from_zero_with_no_flags_and_retransmitted_until_acked() {
+        let mut c = Channel::new("t/1");
+        let t0 = Instant::now();
+        assert!(c.queue_size(Size { cols: 80, rows: 24 }));
+        assert!(!c.queue_size(Size { cols: 80, rows: 24 }));
+        c.queue_input(b"ls\r");
+        let frames: Vec<_> = c.flush(t0).iter().map(decode).collect();
+        assert_eq!(frames.len(), 2);
+        assert_eq!(frames[0].payload_type, PayloadType::Size);
+        assert_eq!(&frames[0].payload[..], br#"{"cols":80,"rows":24}"#);
+        assert_eq!(frames[1].payload_type, PayloadType::Output);
+        for (i, f) in frames.iter().enumerate() {
+            assert_eq!(f.message_type, MessageType::InputStreamData);
+            assert_eq!((f.sequence_number, f.flags), (i64::try_from(i).unwrap(), 0));
+        }
+        assert!(!c.input_settled());
+        let due = c.next_deadline().unwrap();
+        assert!(c.poll_retransmit(t0).is_none());
+        let again = decode(&c.poll_retransmit(due).unwrap());
+        assert_eq!(again.message_id, frames[0].message_id);
+        for f in &frames {
+            let ack = Acknowledge {
+                acknowledged_message_type: "input_stream_data".into(),
+                acknowledged_message_id: f.message_id.to_string(),
+                acknowledged_message_sequence_number: f.sequence_number,
+                is_sequential_message: true,
+            };
+            let raw = AgentMessage::new(
+                MessageType::Acknowledge,
+                PayloadType::Null,
+                to_json(&ack),
+                1,
+                Uuid::new_v4(),
+            )
+            .encode()
+            .unwrap();
+            c.on_frame(&raw, due);
+        }
+        assert!(c.input_settled());
+        assert!(c.next_deadline().is_none());
+    }
+
+    #[test]
+    fn reconnect_resends_everything_unacked() {
+        let mut c = Channel::new("t/1");
+        let t0 = Instant::now();
+        c.queue_input(b"a");
+        c.queue_input(b"b");
+        assert_eq!(c.flush(t0).len(), 2);
+        let again: Vec<_> = c
+            .reconnected(t0)
+            .iter()
+            .map(|f| decode(f).sequence_number)
+            .collect();
+        assert_eq!(again, [0, 1]);
+    }
+
+    #[test]
+    fn channel_closed_carries_the_output() {
+        let mut c = Channel::new("t/1");
+        let raw = AgentMessage::new(
+            MessageType::ChannelClosed,
+            PayloadType::Null,
+            to_json(&json!({"SessionId":"s-1","Output":"boom"})),
+            1,
+            Uuid::new_v4(),
+        )
+        .encode()
+        .unwrap();
+        match c.on_frame(&raw, Instant::now()).as_slice() {
+            [Effect::Closed(cc)] => assert_eq!(
+                (cc.session_id.as_str(), cc.output.as_str()),
+                ("s-1", "boom")
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn handshake_accepts_the_session_type_and_refuses_kms() {
+        let mut c = Channel::new("session-agent/9");
+        c.queue_size(Size {
+            cols: 100,
+            rows: 30,
+        });
+        let t0 = Instant::now();
+        let sent = c.flush(t0);
+        assert_eq!(sent.len(), 1);
+        let request = json!({
+            "AgentVersion": "3.3.0.0",
+            "RequestedClientActions": [
+                {"ActionType":"SessionType","ActionParameters":{"SessionType":"Standard_Stream","Properties":null}},
+                {"ActionType":"KMSEncryption","ActionParameters":{"KMSKeyId":"k","Challenge":"Yw=="}}
+            ]
+        });
+        let e = c.on_frame(
+            &output(0, PayloadType::HandshakeRequest, &to_json(&request)),
+            t0,
+        );
+        assert!(e.contains(&Effect::Notice(KMS_UNSUPPORTED.into())));
+        let frames = sends(&e);
+        assert_eq!(ack_seq(&frames[0]), 0);
+        let resp = &frames[1];
+        assert_eq!(resp.payload_type, PayloadType::HandshakeResponse);
+        assert_eq!(resp.sequence_number, 1);
+        let v: serde_json::Value = serde_json::from_slice(&resp.payload).unwrap();
+        assert_eq!(v["ClientVersion"], "session-agent/9");
+        assert_eq!(v["ProcessedClientActions"][0]["ActionStatus"], 1);
+        assert_eq!(v["ProcessedClientActions"][0]["Error"], "");
+        assert_eq!(v["ProcessedClientActions"][1]["ActionStatus"], 3);
+        assert_eq!(v["ProcessedClientActions"][1]["Error"], KMS_UNSUPPORTED);
+        assert!(v["Errors"].is_null());
+        // HandshakeComplete: its message is shown and the size is sent again.
+        let done = json!({"HandshakeTimeToComplete": 5, "CustomerMessage": "hello there"});
+        let e = c.on_frame(
+            &output(1, PayloadType::HandshakeComplete, &to_json(&done)),
+            t0,
+        );
+        assert!(e.contains(&Effect::Notice("hello there".into())));
+        let size = sends(&e)
+            .into_iter()
+            .find(|m| m.message_type == MessageType::InputStreamData)
+            .unwrap();
+        assert_eq!(
+            (size.payload_type, size.sequence_number),
+            (PayloadType::Size, 2)
+        );
+    }
+
+    #[test]
+    fn a_full_sender_holds_input_back() {
+        let mut c = Channel::new("t/1");
+        c.sender = Sender::new(SenderConfig {
+            max_entries: 1,
+            max_bytes: 1 << 20,
+        });
+        let t0 = Instant::now();
+        c.queue_input(b"a");
+        assert_eq!(c.flush(t0).len(), 1);
+        assert!(!c.wants_input());
+        c.queue_input(b"b");
+        assert!(c.flush(t0).is_empty(), "no room until the first is acked");
+        let ack = Acknowledge {
+            acknowledged_message_type: "input_stream_data".into(),
+            acknowledged_message_id: Uuid::nil().to_string(),
+            acknowledged_message_sequence_number: 0,
+            is_sequential_message: true,
+        };
+        let raw = AgentMessage::new(
+            MessageType::Acknowledge,
+            PayloadType::Null,
+            to_json(&ack),
+            1,
+            Uuid::new_v4(),
+        )
+        .encode()
+        .unwrap();
+        let sent = sends(&c.on_frame(&raw, t0));
+        assert_eq!(sent.len(), 1);
+        assert_eq!(
+            (sent[0].sequence_number, &sent[0].payload[..]),
+            (1, &b"b"[..])
+        );
+    }
+}

@@ -1,0 +1,415 @@
+//! The I/O edge of a client session: the data-channel websocket, standard input on a
+//! blocking thread, standard output, window-size changes and signals, all funnelled
+//! into one [`Channel`] by one task.
+//!
+//! ```text
+//!  stdin thread ──bounded mpsc──▶ ┐
+//!  SIGWINCH / 500 ms poll ───────▶ │ pump ──frames──▶ websocket (StreamUrl)
+//!  SIGINT/SIGQUIT/SIGTSTP ───────▶ │  ▲  ◀─frames─── websocket
+//!  retransmit deadline ──────────▶ ┘  └──▶ stdout / stderr
+//! ```
+//!
+//! A dropped websocket is replaced with upstream's schedule (ResumeSession for a fresh
+//! token, same StreamUrl, random 100–200 ms doubling to at most 5 s, 5 attempts), and
+//! every unacknowledged keystroke is sent again.
+
+use super::api::{ApiError, SsmApi, HTTP_TIMEOUT};
+use super::channel::{Channel, Effect, MAX_INPUT_CHUNK};
+use super::terminal::{self, DEFAULT_SIZE};
+use crate::protocol::payload::{to_json, ChannelClosed, OpenDataChannel, MESSAGE_SCHEMA_VERSION};
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use nix::sys::signal::Signal;
+use rand::Rng;
+use std::io::Read;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use uuid::Uuid;
+
+/// The data-channel websocket.
+pub(crate) type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Reconnect attempts after a drop (upstream: 5).
+const RECONNECT_ATTEMPTS: u32 = 5;
+/// Cap of the doubling reconnect delay (upstream: 5 s).
+const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(5);
+/// Window-size poll, the fallback for a missed SIGWINCH (upstream polls only).
+const SIZE_POLL: Duration = Duration::from_millis(500);
+/// Keepalive ping; also surfaces a dead connection as a write error.
+const PING_EVERY: Duration = Duration::from_secs(30);
+/// After end of input, how long typed-ahead input may take to be acknowledged before
+/// the session is terminated anyway.
+const SETTLE: Duration = Duration::from_secs(2);
+/// After TerminateSession, how long to wait for `channel_closed` (and the last output).
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+/// stdin reads buffered ahead of the pump; small, so a stalled agent stops the reads.
+const READ_AHEAD: usize = 4;
+
+/// How a session ended.
+#[derive(Debug)]
+pub(crate) enum Ending {
+    /// `channel_closed` arrived.
+    Closed(ChannelClosed),
+    /// Standard input ended (or standard output went away); the session was terminated.
+    InputEnded {
+        /// Why TerminateSession failed, if it did.
+        terminate_error: Option<String>,
+    },
+    /// ResumeSession returned no token: the session is gone.
+    TimedOut,
+    /// Reconnecting failed.
+    Lost(String),
+    /// SIGTERM or SIGHUP; the session was terminated.
+    Signalled {
+        /// Which signal.
+        signal: Signal,
+        /// Why TerminateSession failed, if it did.
+        terminate_error: Option<String>,
+    },
+}
+
+/// Identity of this client on the data channel.
+#[derive(Debug, Clone)]
+pub(crate) struct ClientIdentity {
+    /// Fresh UUID per run.
+    pub(crate) client_id: String,
+    /// `session-agent/<version>`.
+    pub(crate) client_version: String,
+}
+
+/// Dials `url` and sends the client's open frame (§2.3).
+pub(crate) async fn dial(
+    url: &str,
+    token: &str,
+    who: &ClientIdentity,
+    tls: &Arc<rustls::ClientConfig>,
+) -> Result<Socket, String> {
+    let connector = tokio_tungstenite::Connector::Rustls(tls.clone());
+    let dial = tokio_tungstenite::connect_async_tls_with_config(url, None, true, Some(connector));
+    let (mut ws, _) = tokio::time::timeout(HTTP_TIMEOUT, dial)
+        .await
+        .map_err(|_| format!("connecting to {url} timed out"))?
+        .map_err(|e| format!("connecting to {url}: {e}"))?;
+    let open = OpenDataChannel {
+        message_schema_version: MESSAGE_SCHEMA_VERSION.into(),
+        request_id: Uuid::new_v4().to_string(),
+        token_value: token.to_owned(),
+        client_instance_id: None,
+        client_id: who.client_id.clone(),
+        client_version: Some(who.client_version.clone()),
+    };
+    let text = String::from_utf8(to_json(&open)).unwrap_or_default();
+    ws.send(Message::text(text))
+        .await
+        .map_err(|e| format!("sending the open frame to {url}: {e}"))?;
+    Ok(ws)
+}
+
+/// One running session.
+#[derive(Debug)]
+pub(crate) struct Pump<'a> {
+    pub(crate) api: &'a SsmApi,
+    pub(crate) tls: Arc<rustls::ClientConfig>,
+    pub(crate) who: ClientIdentity,
+    pub(crate) session_id: String,
+    pub(crate) stream_url: String,
+    pub(crate) ws: Socket,
+    pub(crate) channel: Channel,
+    /// The terminal is in raw mode: line ends need `\r\n`.
+    pub(crate) raw: bool,
+}
+
+/// What applying effects asks of the loop.
+enum Flow {
+    Continue,
+    End(Ending),
+    OutputGone,
+}
+
+impl Pump<'_> {
+    /// Runs the session to its end.
+    pub(crate) async fn run(mut self) -> Ending {
+        let mut stdin = spawn_stdin_reader();
+        let mut stdin_open = true;
+        let mut winch = listen(SignalKind::window_change());
+        let mut sigint = listen(SignalKind::interrupt());
+        let mut sigquit = listen(SignalKind::quit());
+        let mut sigtstp = listen(SignalKind::from_raw(Signal::SIGTSTP as i32));
+        let mut sigterm = listen(SignalKind::terminate());
+        let mut sighup = listen(SignalKind::hangup());
+        let mut size_poll = tokio::time::interval(SIZE_POLL);
+        size_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ping = tokio::time::interval(PING_EVERY);
+        ping.tick().await;
+        let mut settle_at: Option<tokio::time::Instant> = None;
+        let mut terminated: Option<Option<String>> = None;
+        let mut close_at: Option<tokio::time::Instant> = None;
+
+        // The Size goes first: the agent waits briefly for it before starting the shell,
+        // so the prompt is drawn at the right width.
+        self.send_size().await;
+        loop {
+            if terminated.is_none() && !stdin_open {
+                let due = settle_at.is_some_and(|t| tokio::time::Instant::now() >= t);
+                if due || self.channel.input_settled() {
+                    let error = self.terminate().await;
+                    terminated = Some(error);
+                    close_at = Some(tokio::time::Instant::now() + CLOSE_WAIT);
+                }
+            }
+            let retransmit_at = self
+                .channel
+                .next_deadline()
+                .map(tokio::time::Instant::from_std);
+            let flow = tokio::select! {
+                msg = self.ws.next() => match msg {
+                    Some(Ok(Message::Binary(raw))) => {
+                        let effects = self.channel.on_frame(&raw, Instant::now());
+                        self.apply(effects).await
+                    }
+                    Some(Ok(Message::Close(_)) | Err(_)) | None => {
+                        if let Some(terminate_error) = terminated.take() {
+                            return Ending::InputEnded { terminate_error };
+                        }
+                        match self.reconnect().await {
+                            Ok(()) => Flow::Continue,
+                            Err(end) => Flow::End(end),
+                        }
+                    }
+                    Some(Ok(_)) => Flow::Continue,
+                },
+                chunk = stdin.recv(), if stdin_open && self.channel.wants_input() => {
+                    match chunk {
+                        Some(bytes) => {
+                            self.channel.queue_input(&bytes);
+                            self.flush().await;
+                        }
+                        None => {
+                            tracing::debug!("Standard input ended");
+                            stdin_open = false;
+                            settle_at = Some(tokio::time::Instant::now() + SETTLE);
+                        }
+                    }
+                    Flow::Continue
+                }
+                Some(()) = recv(&mut winch) => { self.send_size().await; Flow::Continue }
+                _ = size_poll.tick() => { self.send_size().await; Flow::Continue }
+                // Upstream turns these into the terminal's control characters (§6.5); in
+                // raw mode the keys arrive as bytes anyway.
+                Some(()) = recv(&mut sigint) => { self.keystroke(0x03).await; Flow::Continue }
+                Some(()) = recv(&mut sigquit) => { self.keystroke(0x1c).await; Flow::Continue }
+                Some(()) = recv(&mut sigtstp) => { self.keystroke(0x1a).await; Flow::Continue }
+                Some(()) = recv(&mut sigterm) => Flow::End(self.signalled(Signal::SIGTERM).await),
+                Some(()) = recv(&mut sighup) => Flow::End(self.signalled(Signal::SIGHUP).await),
+                () = sleep_opt(retransmit_at) => {
+                    if let Some(frame) = self.channel.poll_retransmit(Instant::now()) {
+                        self.send(frame).await;
+                    }
+                    Flow::Continue
+                }
+                () = sleep_opt(settle_at), if terminated.is_none() => Flow::Continue,
+                () = sleep_opt(close_at) => {
+                    return Ending::InputEnded { terminate_error: terminated.take().flatten() };
+                }
+                _ = ping.tick() => {
+                    let _ = self.ws.send(Message::Ping(Bytes::from_static(b"keepalive"))).await;
+                    Flow::Continue
+                }
+            };
+            match flow {
+                Flow::Continue => {}
+                Flow::End(end) => return end,
+                Flow::OutputGone => {
+                    // Nobody sees the session any more: end it as at end of input.
+                    if stdin_open {
+                        stdin_open = false;
+                        settle_at = Some(tokio::time::Instant::now());
+                    }
+                }
+            }
+        }
+    }
+
+    async fn apply(&mut self, effects: Vec<Effect>) -> Flow {
+        let mut flow = Flow::Continue;
+        for effect in effects {
+            match effect {
+                Effect::Send(frame) => self.send(frame).await,
+                Effect::Stdout(bytes) => {
+                    if write_out(&mut tokio::io::stdout(), &bytes).await.is_err() {
+                        flow = Flow::OutputGone;
+                    }
+                }
+                Effect::Stderr(bytes) => {
+                    let _ = write_out(&mut tokio::io::stderr(), &bytes).await;
+                }
+                Effect::Notice(text) => self.notice(&text).await,
+                Effect::Closed(closed) => return Flow::End(Ending::Closed(closed)),
+            }
+        }
+        flow
+    }
+
+    async fn send(&mut self, frame: Bytes) {
+        // A failed send shows up as a failed read next, which reconnects; the frame is
+        // still in the sender's buffer if it needs to be retransmitted.
+        if let Err(e) = self.ws.send(Message::Binary(frame)).await {
+            tracing::debug!(error = %e, "Send failed");
+        }
+    }
+
+    async fn flush(&mut self) {
+        for frame in self.channel.flush(Instant::now()) {
+            self.send(frame).await;
+        }
+    }
+
+    async fn keystroke(&mut self, byte: u8) {
+        self.channel.queue_input(&[byte]);
+        self.flush().await;
+    }
+
+    /// Sends the window size if it changed (80x24 without a terminal).
+    async fn send_size(&mut self) {
+        let size = terminal::window_size().unwrap_or(DEFAULT_SIZE);
+        if self.channel.queue_size(size) {
+            tracing::debug!(cols = size.cols, rows = size.rows, "Window size");
+            self.flush().await;
+        }
+    }
+
+    /// A line for the user on stderr, on a line of its own.
+    async fn notice(&mut self, text: &str) {
+        let nl = if self.raw { "\r\n" } else { "\n" };
+        let text = if self.raw {
+            text.replace("\r\n", "\n").replace('\n', "\r\n")
+        } else {
+            text.to_owned()
+        };
+        let _ = write_out(
+            &mut tokio::io::stderr(),
+            format!("{nl}{text}{nl}").as_bytes(),
+        )
+        .await;
+    }
+
+    /// TerminateSession; returns the error text if it failed.
+    async fn terminate(&mut self) -> Option<String> {
+        tracing::debug!(session = %self.session_id, "Terminating the session");
+        self.api
+            .terminate_session(&self.session_id)
+            .await
+            .err()
+            .map(|e| e.to_string())
+    }
+
+    async fn signalled(&mut self, signal: Signal) -> Ending {
+        let terminate_error = self.terminate().await;
+        Ending::Signalled {
+            signal,
+            terminate_error,
+        }
+    }
+
+    /// ResumeSession + dial, upstream's schedule; then everything unacknowledged again.
+    async fn reconnect(&mut self) -> Result<(), Ending> {
+        tracing::debug!(session = %self.session_id, "Data channel dropped; reconnecting");
+        let mut delay = Duration::from_millis(rand::thread_rng().gen_range(100..200));
+        let mut last = String::from("the connection closed");
+        for attempt in 1..=RECONNECT_ATTEMPTS {
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(RECONNECT_MAX_DELAY);
+            let grant = match self.api.resume_session(&self.session_id).await {
+                Ok(g) => g,
+                Err(ApiError::Service { kind, .. }) if kind == "DoesNotExistException" => {
+                    return Err(Ending::TimedOut)
+                }
+                Err(e) => {
+                    tracing::debug!(attempt, error = %e, "ResumeSession failed");
+                    last = format!("ResumeSession: {e}");
+                    continue;
+                }
+            };
+            if grant.token_value.is_empty() {
+                return Err(Ending::TimedOut);
+            }
+            match dial(&self.stream_url, &grant.token_value, &self.who, &self.tls).await {
+                Ok(ws) => {
+                    self.ws = ws;
+                    let frames = self.channel.reconnected(Instant::now());
+                    tracing::debug!(attempt, resent = frames.len(), "Data channel reopened");
+                    for frame in frames {
+                        self.send(frame).await;
+                    }
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::debug!(attempt, error = %e, "Reconnecting failed");
+                    last = e;
+                }
+            }
+        }
+        Err(Ending::Lost(last))
+    }
+}
+
+async fn write_out(w: &mut (impl AsyncWriteExt + Unpin), bytes: &[u8]) -> std::io::Result<()> {
+    w.write_all(bytes).await?;
+    w.flush().await
+}
+
+/// Reads standard input on a thread of its own (reads cannot be cancelled; the thread
+/// simply ends with the process). The channel closes at end of input.
+fn spawn_stdin_reader() -> mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = mpsc::channel(READ_AHEAD);
+    let spawned = std::thread::Builder::new()
+        .name("stdin".into())
+        .spawn(move || {
+            let mut stdin = std::io::stdin();
+            let mut buf = vec![0u8; MAX_INPUT_CHUNK];
+            loop {
+                match stdin.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        if tx.blocking_send(buf[..n].to_vec()).is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        tracing::debug!(error = %e, "Reading standard input failed");
+                        break;
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "Cannot start the input thread; input is ignored");
+    }
+    rx
+}
+
+fn listen(kind: SignalKind) -> Option<tokio::signal::unix::Signal> {
+    signal(kind).ok()
+}
+
+/// Next delivery of a signal; never resolves for a signal we could not listen to.
+async fn recv(s: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match s {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,154 @@
+//! `session-agent dev`: the whole system in one process, no AWS account needed.
+//!
+//! A gateway on a loopback port, an agent connected to it, and this terminal connected to a
+//! new session through the same client as `connect` — a real Session Manager session end to
+//! end (websockets, frames, acks, PTY), on one machine. Logs go to `<state>/dev.log` so they
+//! do not garble the terminal; session history stays in `<state>/gateway/`.
+//!
+//! This is a composition root like `main`: it wires the gateway, agent and client modules
+//! and owns their shutdown.
+
+use crate::agent::{AgentConfig, ShellChoice};
+use crate::client::{ConnectConfig, Outcome, Start};
+use crate::gateway::GatewayConfig;
+use clap::Args;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// `session-agent dev` options.
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Where history, agent state and dev.log go [default: $XDG_STATE_HOME/session-agent/dev,
+    /// or /var/lib/session-agent/dev as root].
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Gateway address; another terminal can then use `session-agent connect --endpoint
+    /// http://ADDR --target dev` or the AWS CLI with `--endpoint-url`.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+    /// Session preferences document (see config/session-preferences.example.json).
+    #[arg(long)]
+    pub preferences: Option<PathBuf>,
+    /// What the session runs: `login` (your login shell) or `sh`.
+    #[arg(long, default_value = "login")]
+    pub shell: String,
+    /// Node name the agent registers as.
+    #[arg(long, default_value = "dev")]
+    pub target_id: String,
+}
+
+impl DevArgs {
+    /// The state directory `dev` will use (also where `main` sends the log).
+    pub fn state_dir(&self) -> PathBuf {
+        self.state_dir.clone().unwrap_or_else(|| {
+            if nix::unistd::geteuid().is_root() {
+                PathBuf::from("/var/lib/session-agent/dev")
+            } else {
+                std::env::var_os("XDG_STATE_HOME")
+                    .map(PathBuf::from)
+                    .or_else(|| {
+                        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state"))
+                    })
+                    .unwrap_or_else(std::env::temp_dir)
+                    .join("session-agent/dev")
+            }
+        })
+    }
+}
+
+/// Runs gateway, agent and client; returns the client's exit status.
+///
+/// # Errors
+/// Configuration or start-up failures, as one line for the user.
+pub async fn run(args: DevArgs) -> Result<u8, String> {
+    let state = args.state_dir();
+    std::fs::create_dir_all(&state)
+        .map_err(|e| format!("cannot create {}: {e}", state.display()))?;
+    let gateway_args = crate::cli::GatewayArgs::for_dev(
+        args.listen,
+        state.join("gateway"),
+        args.preferences.clone(),
+    );
+    let gateway_config: GatewayConfig = gateway_args.into_config().map_err(|e| e.to_string())?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("--listen: cannot bind {}: {e}", args.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let endpoint = format!("http://{addr}");
+    let stop = CancellationToken::new();
+
+    let gateway = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            crate::gateway::serve(gateway_config, listener, stop.cancelled_owned()).await
+        })
+    };
+    let shell = match args.shell.as_str() {
+        "login" => ShellChoice::Login,
+        "sh" => ShellChoice::Sh,
+        other => return Err(format!("--shell: {other:?} is not `login` or `sh`")),
+    };
+    let agent_config = AgentConfig {
+        endpoint: endpoint.clone(),
+        target_id: args.target_id.clone(),
+        state_dir: state.join("agent"),
+        max_sessions: 100,
+        sudo_policy: crate::session::user::SudoPolicy::NoPasswd,
+        shell,
+        ca_file: None,
+        exec_shim: std::env::current_exe()
+            .map_err(|e| format!("cannot find this program's path: {e}"))?,
+    };
+    let agent = {
+        let stop = stop.clone();
+        tokio::spawn(async move { crate::agent::run(agent_config, stop.cancelled_owned()).await })
+    };
+    wait_for_agent(&endpoint, &args.target_id).await?;
+    tracing::info!(%endpoint, "dev: gateway and agent up; connecting this terminal");
+    let outcome = crate::client::connect(ConnectConfig {
+        endpoint,
+        region: "us-east-1".into(),
+        ca_file: None,
+        start: Start::Call(
+            serde_json::json!({"Target": args.target_id, "Reason": "session-agent dev"}),
+        ),
+    })
+    .await;
+    stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(15), agent).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), gateway).await;
+    Ok(match outcome {
+        Outcome::Ended => 0,
+        other => other.exit_code(),
+    })
+}
+
+async fn wait_for_agent(endpoint: &str, target: &str) -> Result<(), String> {
+    let http = reqwest::Client::new();
+    let body =
+        serde_json::json!({"Filters": [{"Key": "InstanceIds", "Values": [target]}]}).to_string();
+    for _ in 0..200 {
+        let resp = http
+            .post(format!("{endpoint}/"))
+            .header("x-amz-target", "AmazonSSM.DescribeInstanceInformation")
+            .header("content-type", "application/x-amz-json-1.1")
+            .body(body.clone())
+            .send()
+            .await;
+        if let Ok(r) = resp {
+            let v: serde_json::Value = r
+                .bytes()
+                .await
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or_default();
+            if v["InstanceInformationList"][0]["PingStatus"] == "Online" {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err("the agent did not connect to the gateway within 10 seconds; see dev.log".into())
+}
