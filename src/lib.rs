@@ -7,8 +7,10 @@
 //! ## Layout
 //!
 //! ```text
-//!  main.rs ─▶ cli ─▶ gateway ─▶ protocol
-//!  (bin)      (L3)   (L1/L2)    (L0, pure)
+//!  main.rs ─▶ cli ─┬─▶ gateway ──────────────┐
+//!   (bin)          ├─▶ agent ─▶ session ─────┼─▶ protocol
+//!                  ├─▶ client ───────────────┘   (L0, pure)
+//!                  └─▶ dev (gateway + agent + client in one process)
 //! ```
 //!
 //! * [`protocol`] — **pure** (no sockets, files or clocks): the AgentMessage frame codec,
@@ -16,24 +18,28 @@
 //!   (sequence numbers, acks, retransmission) shared by agent, gateway and client.
 //! * [`gateway`] — `session-agent gateway`: the SSM API subset (AWS JSON 1.1) and the
 //!   message gateway (channel tokens, control and data websockets, relay), with session
-//!   history on disk. Uses `protocol`; nothing uses it but `cli`/`main`.
-//! * [`client`] — `session-agent connect`: StartSession, then an interactive terminal on
-//!   the data channel like session-manager-plugin (and in its place, for the AWS CLI).
-//!   Uses `protocol`; its data-channel logic is a pure state machine, I/O at the edges.
+//!   history on disk.
+//! * [`agent`] — `session-agent run`: the daemon. `agent::control` keeps the control
+//!   channel; `agent::session` pumps one data channel between the network and a shell;
+//!   `agent::mgs` is its client side of the message gateway; `agent::config` its settings.
+//! * [`session`] — the host side of a session, with no knowledge of the protocol:
+//!   `session::pty` (a shell on a PTY, the privilege-dropping `__exec-as` shim, process
+//!   group termination) and `session::user` (ssm-user provisioning, RunAs resolution).
+//! * [`client`] — `session-agent connect`: an interactive terminal client that can stand in
+//!   for session-manager-plugin.
+//! * [`dev`] — `session-agent dev`: composition root wiring all three on loopback.
 //! * [`cli`] — clap definitions and the turn from flags into validated configuration
 //!   (exit code 64 on invalid configuration).
 //!
 //! ## Dependency rules
 //!
 //! 1. `protocol` imports nothing else from this crate and does no I/O; time and
-//!    randomness are parameters. It is what the fuzz target and property tests exercise.
-//! 2. I/O edges (sockets, files) live in the service modules (`gateway`, later `agent`),
-//!    each of which depends only on `protocol` and its own submodules.
-//! 3. Only `main.rs` chooses the runtime, installs the log subscriber and maps errors to
+//!    randomness are parameters. It is what the fuzz targets and property tests exercise.
+//! 2. `session` knows nothing of `protocol`, sockets or delivery: the agent drives it.
+//! 3. `gateway`, `agent` and `client` each depend on `protocol` (and `agent` on `session`),
+//!    never on each other; only `dev` and `main.rs` wire several together.
+//! 4. Only `main.rs` chooses the runtime, installs the log subscriber and maps errors to
 //!    exit codes.
-//!
-//! Later issues add the agent daemon (`run`), a client (`connect`), the recorder and
-//! sinks, following the layering in `docs/` and these rules.
 
 pub mod agent;
 pub mod cli;

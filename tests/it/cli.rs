@@ -171,3 +171,28 @@ fn the_example_preferences_file_is_accepted() {
         "{err}"
     );
 }
+
+/// The shipped example agent configuration parses and validates, so it cannot rot.
+#[test]
+fn the_example_agent_config_is_accepted() {
+    let path = std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/session-agent.example.toml"
+    ));
+    let text = std::fs::read_to_string(path).unwrap();
+    let args = session_agent::agent::config::parse_file(&text, path).unwrap();
+    assert_eq!(args.endpoint.as_deref(), Some("http://127.0.0.1:8080"));
+    assert_eq!(args.max_sessions, Some(1000));
+    let cfg = args.into_config().unwrap();
+    assert_eq!(cfg.target_id, "my-host");
+    // And `run` rejects a config with a typo in a key, exit 64 naming it.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "endpiont = \"http://x\"\n").unwrap();
+    let (code, _, err) = run(&["run", "--config", bad.to_str().unwrap()]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("endpiont"), "{err}");
+    let (code, _, err) = run(&["run", "--endpoint", "ftp://nowhere"]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("endpoint"), "{err}");
+}
