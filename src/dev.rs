@@ -71,7 +71,17 @@ pub async fn run(args: DevArgs) -> Result<u8, String> {
         state.join("gateway"),
         args.preferences.clone(),
     );
-    let gateway_config: GatewayConfig = gateway_args.into_config().map_err(|e| e.to_string())?;
+    let mut gateway_config: GatewayConfig =
+        gateway_args.into_config().map_err(|e| e.to_string())?;
+    // Only this process may open sessions on its gateway: a random access key per run.
+    let key = format!(
+        "DEV{}",
+        crate::gateway::random_token()
+            .get(..24)
+            .unwrap_or_default()
+            .to_ascii_uppercase()
+    );
+    gateway_config.required_access_key = Some(key.clone());
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("--listen: cannot bind {}: {e}", args.listen))?;
@@ -93,9 +103,16 @@ pub async fn run(args: DevArgs) -> Result<u8, String> {
     let agent_config = AgentConfig {
         endpoint: endpoint.clone(),
         target_id: args.target_id.clone(),
-        state_dir: state.join("agent"),
+        // As root, the same state directory as `run`: its record of having created ssm-user
+        // keeps dev from re-creating an ssm-user an administrator deleted.
+        state_dir: if nix::unistd::geteuid().is_root() {
+            PathBuf::from("/var/lib/session-agent")
+        } else {
+            state.join("agent")
+        },
         max_sessions: 100,
-        sudo_policy: crate::session::user::SudoPolicy::NoPasswd,
+        // dev never grants sudo to an ssm-user it creates.
+        sudo_policy: crate::session::user::SudoPolicy::None,
         shell,
         ca_file: None,
         exec_shim: std::env::current_exe()
@@ -114,6 +131,7 @@ pub async fn run(args: DevArgs) -> Result<u8, String> {
         start: Start::Call(
             serde_json::json!({"Target": args.target_id, "Reason": "session-agent dev"}),
         ),
+        credentials: Some((key, "dev".into())),
     })
     .await;
     stop.cancel();

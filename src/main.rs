@@ -15,8 +15,22 @@ fn main() -> ExitCode {
     if let Command::ExecAs { args } = &cli.command {
         return session_agent::session::pty::exec_as_main(args);
     }
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // A bare word that is not a level would silently become a target filter and hide
+    // every other log line: refuse it.
+    let level_ok = cli
+        .log_level
+        .parse::<tracing_subscriber::filter::LevelFilter>()
+        .is_ok()
+        || cli.log_level.contains('=');
+    let filter = match tracing_subscriber::EnvFilter::try_new(&cli.log_level) {
+        Ok(f) if level_ok => f,
+        _ => {
+            return usage_error(&format!(
+                "--log-level: {:?} is not a level (error, warn, info, debug, trace, off) or a directive such as session_agent=debug",
+                cli.log_level
+            ))
+        }
+    };
     // `dev` owns the terminal for the session: its logs go to a file instead.
     let log_file = match &cli.command {
         Command::Dev(args) => {

@@ -32,8 +32,12 @@ const PING_EVERY: Duration = Duration::from_secs(30);
 const DEAD_AFTER: Duration = Duration::from_secs(90);
 /// agent_task_complete is resent this often until acknowledged (upstream: 3 tries, 1 s apart).
 const REPLY_RETRY: Duration = Duration::from_secs(2);
-/// After this many sends an unacknowledged report is given up (and logged).
-const REPLY_MAX_SENDS: u32 = 30;
+/// Unacknowledged reports kept (oldest dropped past this, with an error log): reports are
+/// retried until acknowledged, but memory stays bounded if a gateway never answers.
+const REPLY_MAX_PENDING: usize = 10_000;
+/// A control channel must stay up this long before the reconnect backoff starts over, so
+/// two agents fighting over one target id (cloned machines) do not reconnect in a tight loop.
+const STABLE_AFTER: Duration = Duration::from_secs(30);
 /// On shutdown, sessions get this long to end before the daemon exits.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -94,20 +98,26 @@ fn report_frame(reply: &mut PendingReply) -> Bytes {
 
 /// Runs the control loop until `shutdown` resolves, then ends every session.
 pub(crate) async fn run(ctx: Arc<Ctx>, shutdown: impl Future<Output = ()>) {
+    // Fused: polled again after it fired (say, during a reconnect while stopping), it just
+    // stays pending instead of panicking.
+    let shutdown = futures_util::FutureExt::fuse(shutdown);
     tokio::pin!(shutdown);
+    let mut shutdown_at: Option<Instant> = None;
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Outcome>();
     let mut sessions: HashMap<String, CancellationToken> = HashMap::new();
     let mut pending: Vec<PendingReply> = Vec::new();
     let tracker = TaskTracker::new();
     let mut backoff = Backoff::new();
     'reconnect: loop {
+        if shutdown_at.is_some() {
+            break 'reconnect;
+        }
         let ws = tokio::select! {
             r = connect(&ctx) => r,
             () = &mut shutdown => break 'reconnect,
         };
         let ws = match ws {
             Ok(ws) => {
-                backoff.reset();
                 tracing::info!(target_id = %ctx.config.target_id, endpoint = %ctx.config.endpoint, "Control channel open");
                 ws
             }
@@ -127,15 +137,37 @@ pub(crate) async fn run(ctx: Arc<Ctx>, shutdown: impl Future<Output = ()>) {
         let mut ping = tokio::time::interval(PING_EVERY);
         let mut retry = tokio::time::interval(Duration::from_millis(500));
         let mut last_seen = Instant::now();
+        let opened = Instant::now();
         loop {
+            if opened.elapsed() > STABLE_AFTER {
+                backoff.reset();
+            }
+            if shutdown_at.is_some() && sessions.is_empty() && pending.is_empty() {
+                break 'reconnect;
+            }
             tokio::select! {
-                () = &mut shutdown => break 'reconnect,
+                () = &mut shutdown, if shutdown_at.is_none() => {
+                    // Stop sessions, but stay connected to deliver their final reports.
+                    tracing::info!(sessions = sessions.len(), "Shutting down: ending sessions");
+                    for token in sessions.values() {
+                        token.cancel();
+                    }
+                    shutdown_at = Some(Instant::now() + SHUTDOWN_GRACE);
+                }
+                () = sleep_until_opt(shutdown_at) => break 'reconnect,
                 msg = stream.next() => {
                     let raw = match msg {
                         Some(Ok(Message::Binary(raw))) => raw,
                         Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
-                            tracing::warn!("Control channel closed; reconnecting");
-                            continue 'reconnect;
+                            if shutdown_at.is_some() {
+                                break 'reconnect;
+                            }
+                            let delay = backoff.next_delay();
+                            tracing::warn!(retry_in = ?delay, "Control channel closed; reconnecting");
+                            tokio::select! {
+                                () = tokio::time::sleep(delay) => continue 'reconnect,
+                                () = &mut shutdown => break 'reconnect,
+                            }
                         }
                         Some(Ok(_)) => { last_seen = Instant::now(); continue }
                     };
@@ -147,6 +179,10 @@ pub(crate) async fn run(ctx: Arc<Ctx>, shutdown: impl Future<Output = ()>) {
                 }
                 Some(outcome) = done_rx.recv() => {
                     sessions.remove(&outcome.session_id);
+                    if pending.len() >= REPLY_MAX_PENDING {
+                        let gone = pending.remove(0);
+                        tracing::error!(session = %gone.report.task_id, "Too many unacknowledged reports; dropping the oldest");
+                    }
                     pending.push(PendingReply {
                         message_id: Uuid::new_v4(),
                         report: AgentTaskComplete {
@@ -182,7 +218,6 @@ pub(crate) async fn run(ctx: Arc<Ctx>, shutdown: impl Future<Output = ()>) {
             }
         }
     }
-    tracing::info!(sessions = sessions.len(), "Shutting down: ending sessions");
     for token in sessions.values() {
         token.cancel();
     }
@@ -195,24 +230,19 @@ pub(crate) async fn run(ctx: Arc<Ctx>, shutdown: impl Future<Output = ()>) {
     }
 }
 
-async fn send_due<S>(sink: &mut S, pending: &mut Vec<PendingReply>) -> Result<(), ()>
+async fn send_due<S>(sink: &mut S, pending: &mut [PendingReply]) -> Result<(), ()>
 where
     S: futures_util::Sink<Message> + Unpin,
 {
     let now = Instant::now();
-    let mut i = 0;
-    while i < pending.len() {
-        if pending[i].sends >= REPLY_MAX_SENDS {
-            let gone = pending.remove(i);
-            tracing::error!(session = %gone.report.task_id, "agent_task_complete never acknowledged; giving up");
-            continue;
+    for reply in pending.iter_mut().filter(|r| r.next_send <= now) {
+        let frame = report_frame(reply);
+        reply.next_send = now + REPLY_RETRY;
+        // A send that hangs (peer not reading) is a dead channel: reconnect.
+        match tokio::time::timeout(REPLY_RETRY * 5, sink.send(Message::Binary(frame))).await {
+            Ok(Ok(())) => {}
+            _ => return Err(()),
         }
-        if pending[i].next_send <= now {
-            let frame = report_frame(&mut pending[i]);
-            pending[i].next_send = now + REPLY_RETRY;
-            sink.send(Message::Binary(frame)).await.map_err(|_| ())?;
-        }
-        i += 1;
     }
     Ok(())
 }
@@ -223,6 +253,13 @@ fn platform_type() -> &'static str {
         "windows" => "windows",
         "macos" => "macos",
         _ => "linux",
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -22,7 +22,7 @@ use crate::protocol::document;
 use crate::protocol::payload::{task_status, AgentTaskPayload};
 use crate::session::pty::{Shell, ShellSpec};
 use crate::session::user::{self, SessionUser, UserInfo};
-use session::{DataChannel, Ending, ShellIo};
+use session::{DataChannel, Ending, ShellIo, SESSION_THREAD_STACK};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -119,6 +119,14 @@ pub(crate) async fn run_session(
     let size = channel
         .first_size(session::FIRST_SIZE_WAIT, &mut early_input)
         .await;
+    if channel.closed_early {
+        channel.finish(false).await;
+        return Outcome {
+            session_id: session_id.clone(),
+            status: task_status::SUCCESS,
+            output: "terminated before the shell started".into(),
+        };
+    }
     let spec = shell_spec(&ctx, &who, size);
     let shim = ctx.config.exec_shim.clone();
     let spawned = tokio::task::spawn_blocking(move || Shell::spawn(&spec, &shim)).await;
@@ -146,13 +154,20 @@ pub(crate) async fn run_session(
     // The shell's exit, observed without reaping it (terminate() reaps after cleaning up).
     let (exit_tx, exited) = tokio::sync::oneshot::channel();
     let process = shell.process();
-    std::thread::Builder::new()
+    let watcher = std::thread::Builder::new()
+        .stack_size(SESSION_THREAD_STACK)
         .name("shell-wait".into())
         .spawn(move || {
             let _ = process.wait();
             let _ = exit_tx.send(());
-        })
-        .ok();
+        });
+    if let Err(e) = watcher {
+        let _ = tokio::task::spawn_blocking(move || shell.terminate(KILL_GRACE)).await;
+        channel.finish(false).await;
+        return fail(format!(
+            "Unable to start command: cannot start a thread: {e}"
+        ));
+    }
     let shell = Arc::new(std::sync::Mutex::new(shell));
     let resizer = shell.clone();
     let resize = Box::new(move |cols: u16, rows: u16| {
@@ -174,8 +189,10 @@ pub(crate) async fn run_session(
         idle: minutes(doc.inputs.idle_session_timeout).or(Some(DEFAULT_IDLE)),
         max: minutes(doc.inputs.max_session_duration),
     };
-    let ending = channel.pump(io, early_input, limits, &cancel).await;
+    let (ending, writer) = channel.pump(io, early_input, limits, &cancel).await;
     let exit = tokio::task::spawn_blocking(move || {
+        // The writer lives until the shell is gone (its drop would type into the terminal).
+        let _writer = writer;
         let mut s = shell
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -187,6 +204,7 @@ pub(crate) async fn run_session(
     tracing::info!(session = %session_id, ?ending, ?exit, "Session ended");
     match ending {
         Ending::ChannelLost(e) => fail(format!("the data channel was lost: {e}")),
+        Ending::Internal(e) => fail(e),
         Ending::TimedOut(limit) => Outcome {
             session_id: session_id.clone(),
             status: task_status::TIMED_OUT,

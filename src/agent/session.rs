@@ -50,6 +50,10 @@ pub const CHUNK: usize = 16 * 1024;
 pub const OUTPUT_IN_FLIGHT: usize = 4 * 1024 * 1024;
 /// Out-of-order input kept while waiting for a gap to fill (keystrokes are small).
 pub const INPUT_REORDER: usize = 1024 * 1024;
+/// Stack for the per-session blocking threads (PTY reader, PTY writer, exit watcher): they
+/// only copy buffers, so 256 KiB is plenty, and 1000 sessions do not reserve 6 GiB of
+/// address space at the default 2 MiB.
+pub const SESSION_THREAD_STACK: usize = 256 * 1024;
 /// PTY chunks read ahead of the pump. Small on purpose: back-pressure must reach the
 /// shell quickly.
 const READ_AHEAD: usize = 4;
@@ -64,6 +68,17 @@ const REOPEN_ATTEMPTS: u32 = 6;
 /// background job still holding the terminal must not keep the session open, so this is
 /// how long we wait for that end of file.
 const EOF_AFTER_EXIT: Duration = Duration::from_millis(500);
+/// Longest a send may take before the channel is treated as stuck.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// A data channel silent this long (no frame, no pong) is reopened (§1.5: 60 s pong wait).
+const DEAD_AFTER: Duration = Duration::from_secs(90);
+/// Upper bound on waiting for output to be acknowledged after the shell exited, however
+/// steadily acks keep coming.
+const MAX_DRAIN: Duration = Duration::from_secs(30);
+/// Keystroke chunks queued for the PTY writer.
+const INPUT_QUEUE: usize = 64;
+/// Keystrokes kept from before the shell started.
+const EARLY_INPUT_MAX: usize = 64 * 1024;
 /// Keepalive ping on the data channel.
 const PING_EVERY: Duration = Duration::from_secs(30);
 
@@ -78,6 +93,8 @@ pub enum Ending {
     ChannelLost(String),
     /// idleSessionTimeout or maxSessionDuration was reached.
     TimedOut(Limit),
+    /// The agent itself could not carry on (a thread could not start).
+    Internal(String),
 }
 
 /// Which time limit.
@@ -217,6 +234,9 @@ pub struct DataChannel {
     ws: Socket,
     sender: Sender,
     receiver: Receiver<Inbound>,
+    last_rx: Instant,
+    /// channel_closed arrived before the shell started.
+    pub closed_early: bool,
 }
 
 /// An inbound stream frame kept in the reorder buffer.
@@ -268,6 +288,8 @@ impl DataChannel {
                 max_entries: 10_000,
                 max_bytes: INPUT_REORDER,
             }),
+            last_rx: Instant::now(),
+            closed_early: false,
         })
     }
 
@@ -315,13 +337,18 @@ impl DataChannel {
                     self.ws = ws;
                     let frames = self.sender.retransmit_all(Instant::now());
                     tracing::info!(session = %self.session_id, resent = frames.len(), "Data channel reopened");
+                    let mut resent = Ok(());
                     for f in frames {
-                        self.ws
-                            .send(Message::Binary(f))
-                            .await
-                            .map_err(|e| e.to_string())?;
+                        resent = self.send_ws(Message::Binary(f)).await;
+                        if resent.is_err() {
+                            break;
+                        }
                     }
-                    return Ok(());
+                    match resent {
+                        Ok(()) => return Ok(()),
+                        // The new socket failed at once: try the next attempt.
+                        Err(e) => last = e,
+                    }
                 }
                 Err(e) if e.session_terminated() => return Err(e.to_string()),
                 Err(e) => {
@@ -351,8 +378,24 @@ impl DataChannel {
             let Ok(m) = AgentMessage::decode(&raw, DEFAULT_MAX_FRAME_LEN) else {
                 continue;
             };
-            if m.message_type != MessageType::InputStreamData {
-                continue; // start/pause publication before the shell exists: nothing to do
+            match m.message_type {
+                MessageType::InputStreamData => {}
+                MessageType::PausePublication => {
+                    self.sender.pause();
+                    continue;
+                }
+                MessageType::StartPublication => {
+                    let _ = self.sender.resume(Instant::now());
+                    continue;
+                }
+                MessageType::ChannelClosed => {
+                    self.closed_early = true;
+                    return None;
+                }
+                _ => continue,
+            }
+            if early_input.len() >= EARLY_INPUT_MAX {
+                continue; // not accepted, not acknowledged: the client sends it again later
             }
             let mut size = None;
             if let Some(items) = self.accept(m).await {
@@ -371,26 +414,25 @@ impl DataChannel {
     }
 
     /// Runs the session until the shell exits, `cancel` fires, or the channel is lost.
+    /// Returns how it ended and the PTY writer, which the caller must keep until the shell
+    /// is terminated: dropping a portable-pty writer types a newline and end-of-file into
+    /// the terminal, which could run a half-typed command.
     pub async fn pump(
         &mut self,
         shell: ShellIo,
         early_input: Vec<u8>,
         limits: Limits,
         cancel: &CancellationToken,
-    ) -> Ending {
-        let started = Instant::now();
-        let mut last_activity = started;
-        let mut warned_for: Option<Instant> = None;
+    ) -> (Ending, Option<Box<dyn Write + Send>>) {
         let ShellIo {
             mut reader,
             mut writer,
             mut resize,
             mut exited,
         } = shell;
-        let mut exit_seen = false;
-        let mut eof_deadline: Option<tokio::time::Instant> = None;
         let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(READ_AHEAD);
-        std::thread::Builder::new()
+        let reader_thread = std::thread::Builder::new()
+            .stack_size(SESSION_THREAD_STACK)
             .name("pty-reader".into())
             .spawn(move || {
                 let mut buf = vec![0u8; CHUNK];
@@ -404,10 +446,11 @@ impl DataChannel {
                         }
                     }
                 }
-            })
-            .ok();
-        let (in_tx, mut in_rx) = mpsc::unbounded_channel::<Vec<u8>>();
-        std::thread::Builder::new()
+            });
+        let (in_tx, mut in_rx) = mpsc::channel::<Vec<u8>>(INPUT_QUEUE);
+        let (writer_back, writer_returned) = tokio::sync::oneshot::channel();
+        let writer_thread = std::thread::Builder::new()
+            .stack_size(SESSION_THREAD_STACK)
             .name("pty-writer".into())
             .spawn(move || {
                 while let Some(bytes) = in_rx.blocking_recv() {
@@ -419,15 +462,55 @@ impl DataChannel {
                         break;
                     }
                 }
-            })
-            .ok();
-        if !early_input.is_empty() {
-            let _ = in_tx.send(early_input);
+                let _ = writer_back.send(writer);
+            });
+        if let Err(e) = reader_thread.and(writer_thread) {
+            return (
+                Ending::Internal(format!("cannot start a session thread: {e}")),
+                None,
+            );
         }
+        if !early_input.is_empty() {
+            let _ = in_tx.try_send(early_input);
+        }
+        let ending = self
+            .run_loop(
+                &in_tx,
+                &mut out_rx,
+                &mut resize,
+                &mut exited,
+                limits,
+                cancel,
+            )
+            .await;
+        drop(in_tx);
+        let writer = tokio::time::timeout(Duration::from_secs(2), writer_returned)
+            .await
+            .ok()
+            .and_then(Result::ok);
+        (ending, writer)
+    }
+
+    #[allow(clippy::too_many_lines)]
+    async fn run_loop(
+        &mut self,
+        in_tx: &mpsc::Sender<Vec<u8>>,
+        out_rx: &mut mpsc::Receiver<Vec<u8>>,
+        resize: &mut Box<dyn FnMut(u16, u16) + Send>,
+        exited: &mut tokio::sync::oneshot::Receiver<()>,
+        limits: Limits,
+        cancel: &CancellationToken,
+    ) -> Ending {
+        let started = Instant::now();
+        let mut last_activity = started;
+        let mut warned_for: Option<Instant> = None;
+        let mut exit_seen = false;
+        let mut eof_deadline: Option<tokio::time::Instant> = None;
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.tick().await;
         let mut shell_done = false;
         let mut drain_deadline: Option<tokio::time::Instant> = None;
+        let mut drain_limit: Option<tokio::time::Instant> = None;
         loop {
             if shell_done && self.sender.is_empty() {
                 return Ending::ShellExited;
@@ -453,24 +536,42 @@ impl DataChannel {
                 }
                 LimitCheck::Quiet { next } => next.map(tokio::time::Instant::from_std),
             };
+            let unacked_before = self.sender.len();
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => return Ending::Terminated,
                 () = sleep_opt(drain_deadline) => return Ending::ShellExited,
-                _ = &mut exited, if !exit_seen => {
+                _ = &mut *exited, if !exit_seen => {
                     exit_seen = true;
                     eof_deadline = Some(tokio::time::Instant::now() + EOF_AFTER_EXIT);
                 }
                 () = sleep_opt(eof_deadline), if !shell_done => {
-                    shell_done = true;
-                    drain_deadline = Some(tokio::time::Instant::now() + DRAIN);
+                    if out_rx.is_empty() {
+                        // The shell is gone and nothing more is coming (a background job
+                        // may still hold the terminal; it is killed on terminate).
+                        shell_done = true;
+                        let now = tokio::time::Instant::now();
+                        drain_deadline = Some(now + DRAIN);
+                        drain_limit = Some(now + MAX_DRAIN);
+                    } else {
+                        // Output still queued (we are paused or full): wait for it.
+                        eof_deadline = Some(tokio::time::Instant::now() + EOF_AFTER_EXIT);
+                    }
                 }
                 msg = self.ws.next() => {
+                    self.last_rx = Instant::now();
                     let raw = match msg {
                         Some(Ok(Message::Binary(raw))) => raw,
-                        Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
-                            if let Err(e) = self.reopen().await {
+                        Some(Ok(Message::Close(_)) | Err(_)) | None => {
+                            let reopened = tokio::select! {
+                                r = self.reopen() => r,
+                                () = cancel.cancelled() => return Ending::Terminated,
+                            };
+                            if let Err(e) = reopened {
                                 return Ending::ChannelLost(e);
+                            }
+                            if shell_done {
+                                drain_deadline = Some(tokio::time::Instant::now() + DRAIN);
                             }
                             continue;
                         }
@@ -486,8 +587,13 @@ impl DataChannel {
                     if m.message_type == MessageType::InputStreamData {
                         last_activity = Instant::now();
                     }
-                    if self.on_inbound(m, &in_tx, &mut resize).await {
+                    if self.on_inbound(m, in_tx, resize).await {
                         return Ending::Terminated;
+                    }
+                    // While draining, every acknowledged frame buys more time (up to a cap).
+                    if shell_done && self.sender.len() < unacked_before {
+                        let extended = tokio::time::Instant::now() + DRAIN;
+                        drain_deadline = Some(drain_limit.map_or(extended, |cap| extended.min(cap)));
                     }
                 }
                 chunk = out_rx.recv(), if can_read => match chunk {
@@ -499,19 +605,41 @@ impl DataChannel {
                     }
                     None => {
                         shell_done = true;
-                        drain_deadline = Some(tokio::time::Instant::now() + DRAIN);
+                        let now = tokio::time::Instant::now();
+                        drain_deadline = Some(now + DRAIN);
+                        drain_limit = Some(now + MAX_DRAIN);
                     }
                 },
                 () = sleep_opt(limit_at) => {}
                 () = sleep_opt(retransmit_at) => {
                     if let Some(frame) = self.sender.poll_retransmit(Instant::now()) {
-                        let _ = self.ws.send(Message::Binary(frame)).await;
+                        let _ = self.send_ws(Message::Binary(frame)).await;
                     }
                 }
                 _ = ping.tick() => {
-                    let _ = self.ws.send(Message::Ping(Bytes::from_static(b"keepalive"))).await;
+                    if self.last_rx.elapsed() > DEAD_AFTER {
+                        tracing::warn!(session = %self.session_id, "Data channel silent; reopening");
+                        let reopened = tokio::select! {
+                            r = self.reopen() => r,
+                            () = cancel.cancelled() => return Ending::Terminated,
+                        };
+                        if let Err(e) = reopened {
+                            return Ending::ChannelLost(e);
+                        }
+                        continue;
+                    }
+                    let _ = self.send_ws(Message::Ping(Bytes::from_static(b"keepalive"))).await;
                 }
             }
+        }
+    }
+
+    /// Sends on the websocket, giving up after [`SEND_TIMEOUT`]: a peer that stops reading
+    /// must not freeze the session (cancel, limits, acks); the liveness check reopens.
+    async fn send_ws(&mut self, m: Message) -> Result<(), String> {
+        match tokio::time::timeout(SEND_TIMEOUT, self.ws.send(m)).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err("send timed out".into()),
         }
     }
 
@@ -530,11 +658,7 @@ impl DataChannel {
             .sender
             .push(seq, msg.message_id, frame.clone(), Instant::now())
         {
-            PushOutcome::Transmit => self
-                .ws
-                .send(Message::Binary(frame))
-                .await
-                .map_err(|e| e.to_string()),
+            PushOutcome::Transmit => self.send_ws(Message::Binary(frame)).await,
             // Paused: kept, sent on resume. Full cannot happen (we read only with room).
             _ => Ok(()),
         }
@@ -551,8 +675,7 @@ impl DataChannel {
         let outcome = self.receiver.on_frame(m.sequence_number, Inbound(m));
         if !matches!(outcome, ReceiveOutcome::Full) {
             let _ = self
-                .ws
-                .send(Message::Binary(control_frame(
+                .send_ws(Message::Binary(control_frame(
                     MessageType::Acknowledge,
                     &ack,
                 )))
@@ -568,18 +691,26 @@ impl DataChannel {
     async fn on_inbound(
         &mut self,
         m: AgentMessage,
-        input: &mpsc::UnboundedSender<Vec<u8>>,
+        input: &mpsc::Sender<Vec<u8>>,
         resize: &mut Box<dyn FnMut(u16, u16) + Send>,
     ) -> bool {
         match m.message_type {
             MessageType::InputStreamData => {
                 // Any input also lifts a pause (§4.8).
                 self.resume().await;
+                // The shell is not reading (say, a paste into `sleep`): do not accept or
+                // acknowledge more than the queue holds; the client retransmits later
+                // (the "not ready" rule, §4.2). Room for everything a delivery can release.
+                if input.capacity() <= self.receiver.buffered_len() {
+                    return false;
+                }
                 if let Some(items) = self.accept(m).await {
                     for Inbound(item) in items {
                         match item.payload_type {
                             PayloadType::Output => {
-                                let _ = input.send(item.payload.to_vec());
+                                if input.try_send(item.payload.to_vec()).is_err() {
+                                    tracing::warn!(session = %self.session_id, "Input queue full; keystrokes dropped");
+                                }
                             }
                             PayloadType::Size => {
                                 if let Some((cols, rows)) = parse_size(&item.payload) {
@@ -612,7 +743,7 @@ impl DataChannel {
 
     async fn resume(&mut self) {
         for f in self.sender.resume(Instant::now()) {
-            let _ = self.ws.send(Message::Binary(f)).await;
+            let _ = self.send_ws(Message::Binary(f)).await;
         }
     }
 
@@ -625,8 +756,7 @@ impl DataChannel {
                 session_id: self.session_id.clone(),
             };
             let _ = self
-                .ws
-                .send(Message::Binary(control_frame(
+                .send_ws(Message::Binary(control_frame(
                     MessageType::AgentSessionState,
                     &state,
                 )))
@@ -640,6 +770,10 @@ impl DataChannel {
     /// # Errors
     /// The frame could not be sent.
     pub async fn notice(&mut self, text: &str) -> Result<(), String> {
+        if !self.sender.has_capacity() {
+            // A sequence number taken without room would be lost and stall the client.
+            return Err("no room for a notice while output is backed up".into());
+        }
         self.send_output(format!("\r\n{text}\r\n").into_bytes())
             .await
     }

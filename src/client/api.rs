@@ -116,11 +116,17 @@ pub struct SsmApi {
 
 impl SsmApi {
     /// `endpoint` is `http(s)://host[:port]`; `ca_file` adds PEM CAs to the web roots.
-    /// Credentials are read from the environment now; without them calls are unsigned.
+    /// Credentials: `credentials` (access key id, secret) when given, else the
+    /// environment; without any, calls are unsigned.
     ///
     /// # Errors
     /// [`ApiError::Setup`] for a bad URL or CA file.
-    pub fn new(endpoint: &str, region: &str, ca_file: Option<&Path>) -> Result<Self, ApiError> {
+    pub fn new(
+        endpoint: &str,
+        region: &str,
+        ca_file: Option<&Path>,
+        credentials: Option<(String, String)>,
+    ) -> Result<Self, ApiError> {
         let url = reqwest::Url::parse(endpoint)
             .map_err(|e| ApiError::Setup(format!("endpoint {endpoint:?}: {e}")))?;
         if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
@@ -145,7 +151,13 @@ impl SsmApi {
             url,
             region: region.to_owned(),
             http,
-            credentials: EnvCredentials::from_env(),
+            credentials: credentials
+                .map(|(access_key_id, secret_access_key)| EnvCredentials {
+                    access_key_id,
+                    secret_access_key,
+                    session_token: None,
+                })
+                .or_else(EnvCredentials::from_env),
         })
     }
 

@@ -146,6 +146,8 @@ pub struct ConnectConfig {
     pub ca_file: Option<PathBuf>,
     /// StartSession to call, or its response.
     pub start: Start,
+    /// Access key id and secret to sign with; `None` reads the environment.
+    pub credentials: Option<(String, String)>,
 }
 
 fn config_error(key: &str, reason: impl Into<String>) -> ConfigError {
@@ -222,6 +224,7 @@ impl ConnectArgs {
                 region,
                 ca_file,
                 start: Start::Call(request),
+                credentials: None,
             });
         }
 
@@ -277,6 +280,7 @@ impl ConnectArgs {
             region,
             ca_file,
             start: Start::Given(grant),
+            credentials: None,
         })
     }
 }
@@ -390,7 +394,12 @@ fn error_line(text: &str) {
 /// Runs `connect`: StartSession (unless given), the data channel, the terminal, and the
 /// final message. Never panics on I/O; every failure is a message and an [`Outcome`].
 pub async fn connect(config: ConnectConfig) -> Outcome {
-    let api = match SsmApi::new(&config.endpoint, &config.region, config.ca_file.as_deref()) {
+    let api = match SsmApi::new(
+        &config.endpoint,
+        &config.region,
+        config.ca_file.as_deref(),
+        config.credentials.clone(),
+    ) {
         Ok(a) => a,
         Err(e) => {
             error_line(&e.to_string());

@@ -125,6 +125,24 @@ pub(crate) async fn handle(
         .get("host")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("localhost");
+    let session_op = matches!(op, "StartSession" | "ResumeSession" | "TerminateSession");
+    if let Some(key) = shared
+        .config
+        .required_access_key
+        .as_deref()
+        .filter(|_| session_op)
+    {
+        if caller.access_key_id != key {
+            return ApiError::new(
+                "AccessDeniedException",
+                format!(
+                    "{} is not allowed to call {op} on this gateway",
+                    caller.access_key_id
+                ),
+            )
+            .into_response();
+        }
+    }
     let result = match op {
         "StartSession" => start_session(&shared, &caller, host, &input),
         "ResumeSession" => resume_session(&shared, host, &input),

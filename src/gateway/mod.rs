@@ -90,6 +90,10 @@ pub struct GatewayConfig {
     /// RunAs users by caller, standing in for the IAM principal's `SSMSessionRunAs` tag:
     /// (access key id or `*`, OS user). An exact key id wins over `*`.
     pub run_as: Vec<(String, String)>,
+    /// When set, StartSession, ResumeSession and TerminateSession are refused unless the
+    /// caller's access key id is this one (`dev` uses a random key per run so other local
+    /// users cannot open sessions on its gateway). The signature itself is not verified yet.
+    pub required_access_key: Option<String>,
 }
 
 /// Paths of a PEM certificate chain and private key.
@@ -120,6 +124,7 @@ impl Default for GatewayConfig {
             max_frame_bytes: crate::protocol::frame::DEFAULT_MAX_FRAME_LEN,
             max_body_bytes: 1024 * 1024,
             run_as: Vec::new(),
+            required_access_key: None,
         }
     }
 }
@@ -484,7 +489,7 @@ fn load_tls(files: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor, GatewayError>
 }
 
 /// A fresh unguessable token (64 alphanumerics, ~380 bits).
-pub(crate) fn random_token() -> String {
+pub fn random_token() -> String {
     Alphanumeric.sample_string(&mut rand::thread_rng(), 64)
 }
 

@@ -451,3 +451,25 @@ async fn a_non_root_daemon_runs_shells_as_its_own_user() {
     let _ = child.kill().await;
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn terminating_never_runs_a_half_typed_command() {
+    let gw = Gateway::start(GatewayConfig::default()).await;
+    let agent = RunningAgent::start(&gw, "node-h").await;
+    let (sid, mut client) = open_shell(&gw, "node-h").await;
+    let marker = std::env::temp_dir().join(format!("sa-half-typed-{}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    // Typed but never entered.
+    client
+        .type_text(&format!("touch {}", marker.display()))
+        .await;
+    client.expect("touch").await;
+    gw.api_ok("TerminateSession", json!({"SessionId": sid}))
+        .await;
+    client.until_closed().await;
+    wait_status(&gw, &sid, "History", "Terminated").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!marker.exists(), "the half-typed command ran on terminate");
+    agent.stop().await;
+    gw.stop().await;
+}

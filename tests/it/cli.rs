@@ -81,6 +81,16 @@ fn invalid_configuration_exits_64_with_one_line_naming_the_key() {
         assert_eq!(err.trim().lines().count(), 1, "{err}");
         assert!(err.contains(key), "{all:?}: {err}");
     }
+    // A log level that is not one would silently hide all logs: refused.
+    let (code, _, err) = run(&[
+        "--log-level",
+        "verbose",
+        "gateway",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("--log-level"), "{err}");
     // clap's own usage errors (a malformed duration) also exit non-zero with a hint.
     let (code, _, err) = run(&["gateway", "--ping-interval", "soon"]);
     assert_ne!(code, 0);
