@@ -290,13 +290,19 @@ async fn run_socket(shared: Arc<Shared>, socket: WebSocket, channel: Channel) {
             None | Some(Ok(Message::Close(_))) => break,
             Some(Err(e)) => {
                 let text = e.to_string();
+                // Upstream agents and clients just drop the connection (§1.5): no close
+                // frame, often no TLS close_notify. That is a normal goodbye.
+                if text.contains("without closing handshake") || text.contains("close_notify") {
+                    tracing::debug!(?role, "Peer left without a close frame");
+                    break;
+                }
                 // tungstenite reports an over-long message as a capacity error.
                 let code = if text.contains("too long") {
                     CLOSE_TOO_BIG
                 } else {
                     CLOSE_PROTOCOL
                 };
-                tracing::info!(?role, error = %text, "Websocket read failed");
+                tracing::info!(?role, error = %text, "Closing websocket after a read error");
                 me.control(Outbound::Close(code, text));
                 break;
             }
