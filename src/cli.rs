@@ -15,9 +15,9 @@ use std::time::Duration;
 #[command(version, about, long_about = None, propagate_version = true)]
 pub struct Cli {
     /// Log filter: error, warn, info, debug, trace, or a tracing directive such as
-    /// `session_agent=debug`.
-    #[arg(long, global = true, env = "SESSION_AGENT_LOG", default_value = "info")]
-    pub log_level: String,
+    /// `session_agent=debug` [default: info, or `log_level` in `run --config FILE`].
+    #[arg(long, global = true, env = "SESSION_AGENT_LOG")]
+    pub log_level: Option<String>,
     /// What to run.
     #[command(subcommand)]
     pub command: Command,

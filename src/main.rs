@@ -15,19 +15,26 @@ fn main() -> ExitCode {
     if let Command::ExecAs { args } = &cli.command {
         return session_agent::session::pty::exec_as_main(args);
     }
+    // Flag or environment first, then `log_level` in the agent's config file.
+    let (log_level, log_key) = match (&cli.log_level, &cli.command) {
+        (Some(l), _) => (l.clone(), "--log-level"),
+        (None, Command::Run(args)) => match session_agent::agent::config::file_log_level(args) {
+            Some(l) => (l, "log_level"),
+            None => ("info".to_owned(), "--log-level"),
+        },
+        (None, _) => ("info".to_owned(), "--log-level"),
+    };
     // A bare word that is not a level would silently become a target filter and hide
     // every other log line: refuse it.
-    let level_ok = cli
-        .log_level
+    let level_ok = log_level
         .parse::<tracing_subscriber::filter::LevelFilter>()
         .is_ok()
-        || cli.log_level.contains('=');
-    let filter = match tracing_subscriber::EnvFilter::try_new(&cli.log_level) {
+        || log_level.contains('=');
+    let filter = match tracing_subscriber::EnvFilter::try_new(&log_level) {
         Ok(f) if level_ok => f,
         _ => {
             return usage_error(&format!(
-                "--log-level: {:?} is not a level (error, warn, info, debug, trace, off) or a directive such as session_agent=debug",
-                cli.log_level
+                "{log_key}: {log_level:?} is not a level (error, warn, info, debug, trace, off) or a directive such as session_agent=debug"
             ))
         }
     };

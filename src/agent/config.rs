@@ -58,6 +58,8 @@ struct FileConfig {
     sudo_policy: Option<String>,
     shell: Option<String>,
     ca_file: Option<PathBuf>,
+    /// Read by `main` before logging starts (see [`file_log_level`]).
+    log_level: Option<String>,
 }
 
 fn err(key: &str, reason: impl Into<String>) -> ConfigError {
@@ -84,6 +86,13 @@ pub fn parse_file(text: &str, path: &Path) -> Result<RunArgs, ConfigError> {
         shell: f.shell,
         ca_file: f.ca_file,
     })
+}
+
+/// `log_level` from the `--config` file, if any (logging starts before the rest of the
+/// configuration is validated; a broken file is reported then).
+pub fn file_log_level(args: &RunArgs) -> Option<String> {
+    let text = std::fs::read_to_string(args.config.as_ref()?).ok()?;
+    toml::from_str::<FileConfig>(&text).ok()?.log_level
 }
 
 fn default_target_id() -> String {

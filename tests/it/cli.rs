@@ -205,4 +205,10 @@ fn the_example_agent_config_is_accepted() {
     let (code, _, err) = run(&["run", "--endpoint", "ftp://nowhere"]);
     assert_eq!(code, 64, "{err}");
     assert!(err.contains("endpoint"), "{err}");
+    // log_level in the file is used, and checked like the flag.
+    let loud = dir.path().join("loud.toml");
+    std::fs::write(&loud, "log_level = \"chatty\"\n").unwrap();
+    let (code, _, err) = run(&["run", "--config", loud.to_str().unwrap()]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("log_level") && err.contains("chatty"), "{err}");
 }
