@@ -25,6 +25,10 @@
 //! * [`session`] — the host side of a session, with no knowledge of the protocol:
 //!   `session::pty` (a shell on a PTY, the privilege-dropping `__exec-as` shim, process
 //!   group termination) and `session::user` (ssm-user provisioning, RunAs resolution).
+//! * [`recorder`] — **pure** session recording (issue 4, first step): one timed event
+//!   stream (output, input with echo-off redaction, resizes, start/end), a clean
+//!   transcript rendered through a terminal emulator, and asciicast v2. Not wired into the
+//!   agent yet; storage and delivery come next.
 //! * [`client`] — `session-agent connect`: an interactive terminal client that can stand in
 //!   for session-manager-plugin.
 //! * [`dev`] — `session-agent dev`: composition root wiring all three on loopback.
@@ -47,4 +51,5 @@ pub mod client;
 pub mod dev;
 pub mod gateway;
 pub mod protocol;
+pub mod recorder;
 pub mod session;

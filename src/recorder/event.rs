@@ -1,0 +1,306 @@
+//! The recorder's one timed event stream and its JSON-lines form.
+//!
+//! Every [`Event`] carries a sequence number (contiguous from 0 within a session) and a
+//! millisecond offset from the session start. On disk (the raw stream in the state dir)
+//! each event is one JSON object per line:
+//!
+//! ```text
+//! {"seq":0,"at_ms":0,"type":"start","session_id":"s-1","user":"alice",...}
+//! {"seq":1,"at_ms":12,"type":"output","data":"aGVsbG8NCg=="}
+//! {"seq":2,"at_ms":40,"type":"input_redacted","bytes":7}
+//! {"seq":3,"at_ms":55,"type":"resize","cols":120,"rows":40}
+//! {"seq":4,"at_ms":900,"type":"end","exit_code":0,"how":"exited"}
+//! ```
+//!
+//! Binary payloads (`output`, `input`) are **standard base64 with padding** (RFC 4648
+//! section 4), encoded by the small local codec in this file: terminal output is
+//! arbitrary bytes, base64 keeps it lossless and a third of the size of a JSON array.
+
+use serde::{Deserialize, Serialize};
+
+/// What the session is and who runs it; the payload of [`EventKind::Start`] and the
+/// source of the asciicast header.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartInfo {
+    /// The Session Manager session id.
+    pub session_id: String,
+    /// The identity that started the session (e.g. an IAM ARN or a local name).
+    pub user: String,
+    /// The OS account the shell runs as.
+    pub run_as_user: String,
+    /// The owner of the session as the service reports it.
+    pub owner: String,
+    /// The target (instance id) the session runs on.
+    pub target: String,
+    /// The reason given when the session was started, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Initial terminal width in columns.
+    pub cols: u16,
+    /// Initial terminal height in rows.
+    pub rows: u16,
+    /// Wall-clock start of the session, Unix milliseconds; `at_ms` values count from here.
+    pub started_unix_ms: u64,
+    /// `TERM` of the shell, for the asciicast header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<String>,
+    /// The shell program, for the asciicast header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shell: Option<String>,
+}
+
+/// One recorded event: its place in the stream, its time and what happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Sequence number, contiguous from 0 (the start event) within a session.
+    pub seq: u64,
+    /// Milliseconds since the session start (never decreasing within a stream).
+    pub at_ms: u64,
+    /// What happened.
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+/// The kinds of recorded event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventKind {
+    /// The session started.
+    Start(StartInfo),
+    /// Bytes the shell wrote to the terminal.
+    Output {
+        /// The raw bytes (base64 in JSON).
+        #[serde(with = "b64")]
+        data: Vec<u8>,
+    },
+    /// Bytes the user typed, recorded while echo was on.
+    Input {
+        /// The raw bytes (base64 in JSON).
+        #[serde(with = "b64")]
+        data: Vec<u8>,
+    },
+    /// Redaction marker: this many bytes were typed while the PTY had ECHO off and ICANON
+    /// on (password entry). The bytes themselves are never kept.
+    InputRedacted {
+        /// How many bytes were typed.
+        bytes: usize,
+    },
+    /// The terminal was resized.
+    Resize {
+        /// New width in columns.
+        cols: u16,
+        /// New height in rows.
+        rows: u16,
+    },
+    /// The session ended.
+    End {
+        /// The shell's exit status, when it exited normally.
+        #[serde(default)]
+        exit_code: Option<i32>,
+        /// How the session ended (e.g. `exited`, `terminated`, `signal 9`).
+        how: String,
+    },
+}
+
+impl Event {
+    /// The event as one line of JSON (no trailing newline).
+    pub fn to_json_line(&self) -> String {
+        // Serializing these plain structs cannot fail (no maps with non-string keys, no
+        // failing `Serialize` impls); the fallback keeps this function total anyway.
+        serde_json::to_string(self).unwrap_or_else(|e| {
+            serde_json::json!({"seq": self.seq, "at_ms": self.at_ms, "error": e.to_string()})
+                .to_string()
+        })
+    }
+
+    /// Parses one line written by [`Event::to_json_line`].
+    pub fn from_json_line(line: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(line)
+    }
+}
+
+/// Serde adapter: `Vec<u8>` as a base64 string.
+mod b64 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(data: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::base64_encode(data))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        super::base64_decode(&text)
+            .ok_or_else(|| serde::de::Error::custom("invalid base64 payload"))
+    }
+}
+
+const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Standard base64 (RFC 4648 section 4) with `=` padding.
+pub fn base64_encode(data: &[u8]) -> String {
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b0 = chunk.first().copied().unwrap_or(0);
+        let b1 = chunk.get(1).copied().unwrap_or(0);
+        let b2 = chunk.get(2).copied().unwrap_or(0);
+        let n = (u32::from(b0) << 16) | (u32::from(b1) << 8) | u32::from(b2);
+        let sextet = |shift: u32| char::from(ALPHABET[((n >> shift) & 0x3f) as usize]);
+        out.push(sextet(18));
+        out.push(sextet(12));
+        out.push(if chunk.len() > 1 { sextet(6) } else { '=' });
+        out.push(if chunk.len() > 2 { sextet(0) } else { '=' });
+    }
+    out
+}
+
+/// Decodes what [`base64_encode`] writes; `None` on any malformed input.
+pub fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    fn value(c: u8) -> Option<u32> {
+        match c {
+            b'A'..=b'Z' => Some(u32::from(c - b'A')),
+            b'a'..=b'z' => Some(u32::from(c - b'a') + 26),
+            b'0'..=b'9' => Some(u32::from(c - b'0') + 52),
+            b'+' => Some(62),
+            b'/' => Some(63),
+            _ => None,
+        }
+    }
+    let bytes = text.as_bytes();
+    if bytes.len() % 4 != 0 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(bytes.len() / 4 * 3);
+    let quads = bytes.len() / 4;
+    for (i, quad) in bytes.chunks(4).enumerate() {
+        let last = i + 1 == quads;
+        let pad = quad.iter().rev().take_while(|&&c| c == b'=').count();
+        if pad > 2 || (pad > 0 && !last) {
+            return None;
+        }
+        let mut n = 0u32;
+        for &c in &quad[..4 - pad] {
+            n = (n << 6) | value(c)?;
+        }
+        n <<= 6 * u32::try_from(pad).ok()?;
+        let [_, b0, b1, b2] = n.to_be_bytes();
+        out.push(b0);
+        if pad < 2 {
+            out.push(b1);
+        }
+        if pad < 1 {
+            out.push(b2);
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn base64_known_vectors() {
+        for (plain, enc) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64_encode(plain.as_bytes()), enc);
+            assert_eq!(base64_decode(enc).as_deref(), Some(plain.as_bytes()));
+        }
+        assert_eq!(base64_decode("Zg="), None);
+        assert_eq!(base64_decode("Z===",), None);
+        assert_eq!(base64_decode("Zg==Zg=="), None);
+        assert_eq!(base64_decode("Zm9*"), None);
+    }
+
+    proptest! {
+        #[test]
+        fn base64_round_trips(data in proptest::collection::vec(any::<u8>(), 0..200)) {
+            prop_assert_eq!(base64_decode(&base64_encode(&data)), Some(data));
+        }
+
+        #[test]
+        fn base64_decode_never_panics(text in ".{0,40}") {
+            let _ = base64_decode(&text);
+        }
+    }
+
+    #[test]
+    fn events_round_trip_through_json_lines() {
+        let start = StartInfo {
+            session_id: "s-1".into(),
+            user: "arn:aws:iam::1:user/alice".into(),
+            run_as_user: "ssm-user".into(),
+            owner: "alice".into(),
+            target: "i-0123".into(),
+            reason: Some("debug".into()),
+            cols: 80,
+            rows: 24,
+            started_unix_ms: 1_700_000_000_123,
+            term: Some("xterm-256color".into()),
+            shell: None,
+        };
+        let events = [
+            Event {
+                seq: 0,
+                at_ms: 0,
+                kind: EventKind::Start(start),
+            },
+            Event {
+                seq: 1,
+                at_ms: 3,
+                kind: EventKind::Output {
+                    data: b"hi\r\n\xff".to_vec(),
+                },
+            },
+            Event {
+                seq: 2,
+                at_ms: 4,
+                kind: EventKind::Input {
+                    data: b"ls\r".to_vec(),
+                },
+            },
+            Event {
+                seq: 3,
+                at_ms: 5,
+                kind: EventKind::InputRedacted { bytes: 9 },
+            },
+            Event {
+                seq: 4,
+                at_ms: 6,
+                kind: EventKind::Resize {
+                    cols: 100,
+                    rows: 30,
+                },
+            },
+            Event {
+                seq: 5,
+                at_ms: 7,
+                kind: EventKind::End {
+                    exit_code: Some(0),
+                    how: "exited".into(),
+                },
+            },
+        ];
+        for event in events {
+            let line = event.to_json_line();
+            assert!(!line.contains('\n'));
+            assert_eq!(Event::from_json_line(&line).unwrap(), event, "{line}");
+        }
+        let line = Event {
+            seq: 1,
+            at_ms: 3,
+            kind: EventKind::Output {
+                data: b"hi".to_vec(),
+            },
+        }
+        .to_json_line();
+        assert_eq!(line, r#"{"seq":1,"at_ms":3,"type":"output","data":"aGk="}"#);
+    }
+}

@@ -1,0 +1,411 @@
+//! # recorder — the flight recorder of one session (pure)
+//!
+//! Owns the recording of a shell session: one timed [`Event`] stream (start, output,
+//! input, redaction markers, resizes, end), and the artefacts derived from it: a clean
+//! text transcript of what the user saw ([`transcript`]), an asciicast v2 file for replay
+//! ([`asciicast`]), and the raw stream itself as JSON lines ([`event`]).
+//!
+//! **Pure:** no files, sockets or clocks. Times are parameters (`at_ms`, milliseconds
+//! since the session start, whose wall-clock time is [`StartInfo::started_unix_ms`]);
+//! every method hands back what it produced (the [`Event`] to persist or stream, lines to
+//! ship) and the caller does the I/O. `at_ms` values that go backwards are raised to the
+//! previous one, so every derived stream is in chronological order. Every function is
+//! total on arbitrary bytes (property-tested).
+//!
+//! ## Redaction rule (pam_tty_audit's)
+//!
+//! Input typed while the PTY has ECHO **off** and ICANON **on** — password entry, e.g.
+//! `stty -echo; read passwd` or `sudo`'s prompt — is not recorded. The caller samples the
+//! PTY's termios when input arrives and passes `echo_off_canonical`; when it is true the
+//! recorder emits [`EventKind::InputRedacted`] with the byte count only and keeps the bytes
+//! nowhere (not in the event, the transcript, the asciicast, nor any buffer). Other input
+//! is recorded as [`EventKind::Input`]. The transcript is rendered from output only, and
+//! a terminal with echo off does not display what is typed.
+//!
+//! ## Transcript approach and limits
+//!
+//! Output is rendered by the `vt100` terminal emulator at the session's size; lines are
+//! committed as they scroll off the top, when [`Recorder::take_lines`] is called (rows
+//! above the cursor), before the screen is erased, and at the end; full-screen programs
+//! (alternate screen) appear as `--- screen ---` blocks when they exit and at the end. See
+//! [`transcript`] for the details and the limits (rows rewritten after they were
+//! committed keep their committed text; the alternate screen is captured as frames only).
+//!
+//! ## Memory
+//!
+//! The recorder keeps the committed transcript lines (for [`Recorder::transcript_text`])
+//! and the asciicast lines not yet taken; events are returned, not kept.
+
+pub mod asciicast;
+pub mod event;
+pub mod transcript;
+
+pub use asciicast::{asciicast_header, asciicast_line, AsciicastEncoder};
+pub use event::{Event, EventKind, StartInfo};
+pub use transcript::Transcript;
+
+/// Records one session: numbers and times events, redacts password input, and feeds the
+/// transcript and asciicast renderers.
+#[derive(Debug)]
+pub struct Recorder {
+    start_event: Event,
+    next_seq: u64,
+    last_at_ms: u64,
+    transcript: Transcript,
+    cast: AsciicastEncoder,
+    cast_lines: Vec<String>,
+}
+
+impl Recorder {
+    /// Starts a recording; the start event (seq 0, `at_ms` 0) is [`Recorder::start_event`].
+    pub fn new(start: StartInfo) -> Self {
+        let transcript = Transcript::new(start.cols, start.rows);
+        let cast_lines = vec![asciicast_header(&start)];
+        Self {
+            start_event: Event {
+                seq: 0,
+                at_ms: 0,
+                kind: EventKind::Start(start),
+            },
+            next_seq: 1,
+            last_at_ms: 0,
+            transcript,
+            cast: AsciicastEncoder::new(),
+            cast_lines,
+        }
+    }
+
+    /// The start event, first in the stream.
+    pub fn start_event(&self) -> &Event {
+        &self.start_event
+    }
+
+    /// The session's start information.
+    pub fn start_info(&self) -> Option<&StartInfo> {
+        match &self.start_event.kind {
+            EventKind::Start(info) => Some(info),
+            _ => None,
+        }
+    }
+
+    /// The sequence number the next event will get.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Records output the shell wrote to the terminal.
+    pub fn output(&mut self, at_ms: u64, data: &[u8]) -> Event {
+        self.transcript.process(data);
+        self.record(
+            at_ms,
+            EventKind::Output {
+                data: data.to_vec(),
+            },
+        )
+    }
+
+    /// Records input typed by the user. With `echo_off_canonical` (the PTY has ECHO off and
+    /// ICANON on) only a redaction marker is recorded and the bytes are dropped.
+    pub fn input(&mut self, at_ms: u64, data: &[u8], echo_off_canonical: bool) -> Event {
+        let kind = if echo_off_canonical {
+            EventKind::InputRedacted { bytes: data.len() }
+        } else {
+            EventKind::Input {
+                data: data.to_vec(),
+            }
+        };
+        self.record(at_ms, kind)
+    }
+
+    /// Records a terminal resize.
+    pub fn resize(&mut self, at_ms: u64, cols: u16, rows: u16) -> Event {
+        self.transcript.resize(cols, rows);
+        self.record(at_ms, EventKind::Resize { cols, rows })
+    }
+
+    /// Records the end of the session and commits the rest of the transcript.
+    pub fn end(&mut self, at_ms: u64, exit_code: Option<i32>, how: impl Into<String>) -> Event {
+        self.transcript.finish();
+        self.record(
+            at_ms,
+            EventKind::End {
+                exit_code,
+                how: how.into(),
+            },
+        )
+    }
+
+    /// Transcript lines completed since the last call (for streaming).
+    pub fn take_lines(&mut self) -> Vec<String> {
+        self.transcript.take_lines()
+    }
+
+    /// The clean transcript so far (complete after [`Recorder::end`]).
+    pub fn transcript_text(&self) -> String {
+        self.transcript.transcript_text()
+    }
+
+    /// asciicast v2 lines (the header first) produced since the last call, without
+    /// trailing newlines.
+    pub fn take_asciicast_lines(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.cast_lines)
+    }
+
+    fn record(&mut self, at_ms: u64, kind: EventKind) -> Event {
+        let at_ms = at_ms.max(self.last_at_ms);
+        self.last_at_ms = at_ms;
+        let event = Event {
+            seq: self.next_seq,
+            at_ms,
+            kind,
+        };
+        self.next_seq += 1;
+        self.cast_lines.extend(self.cast.lines(&event));
+        event
+    }
+}
+
+/// Re-renders the clean transcript from a recorded event stream (e.g. the raw stream in
+/// the state dir); the size comes from its start event (80x24 without one).
+pub fn render_transcript(events: &[Event]) -> String {
+    let (cols, rows) = events
+        .iter()
+        .find_map(|e| match &e.kind {
+            EventKind::Start(info) => Some((info.cols, info.rows)),
+            _ => None,
+        })
+        .unwrap_or((80, 24));
+    let mut transcript = Transcript::new(cols, rows);
+    for event in events {
+        match &event.kind {
+            EventKind::Output { data } => transcript.process(data),
+            EventKind::Resize { cols, rows } => transcript.resize(*cols, *rows),
+            EventKind::End { .. } => transcript.finish(),
+            _ => {}
+        }
+    }
+    transcript.finish();
+    transcript.transcript_text()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn info(cols: u16, rows: u16) -> StartInfo {
+        StartInfo {
+            session_id: "s-0abc".into(),
+            user: "arn:aws:iam::123456789012:user/alice".into(),
+            run_as_user: "ssm-user".into(),
+            owner: "arn:aws:iam::123456789012:user/alice".into(),
+            target: "i-0123456789abcdef0".into(),
+            reason: Some("testing".into()),
+            cols,
+            rows,
+            started_unix_ms: 1_763_000_000_000,
+            term: Some("xterm-256color".into()),
+            shell: Some("/bin/bash".into()),
+        }
+    }
+
+    #[test]
+    fn a_session_end_to_end() {
+        let mut rec = Recorder::new(info(80, 24));
+        let mut events = vec![rec.start_event().clone()];
+        events.push(rec.output(5, b"$ "));
+        events.push(rec.input(1000, b"ls\r", false));
+        events.push(rec.output(1001, b"ls\r\n\x1b[01;34mdir\x1b[0m  file\r\n$ "));
+        events.push(rec.resize(1500, 100, 30));
+        events.push(rec.output(1400, b"exit\r\n")); // clock went backwards: clamped
+        events.push(rec.end(2000, Some(0), "exited"));
+        let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [0, 1, 2, 3, 4, 5, 6]);
+        assert!(events.windows(2).all(|w| w[0].at_ms <= w[1].at_ms));
+        assert_eq!(events[5].at_ms, 1500);
+        assert_eq!(rec.transcript_text(), "$ ls\ndir  file\n$ exit\n");
+        assert_eq!(render_transcript(&events), rec.transcript_text());
+        let cast = rec.take_asciicast_lines();
+        assert!(cast[0].starts_with(r#"{"version":2,"width":80,"height":24,"#));
+        assert_eq!(cast[1], r#"[0.005, "o", "$ "]"#);
+        assert_eq!(cast[2], r#"[1.000, "i", "ls\r"]"#);
+        assert!(cast.contains(&r#"[1.500, "r", "100x30"]"#.to_owned()));
+        assert_eq!(
+            cast.join("\n") + "\n",
+            asciicast::asciicast_from_events(&events).unwrap()
+        );
+        assert!(rec.take_asciicast_lines().is_empty());
+    }
+
+    #[test]
+    fn password_typed_with_echo_off_is_in_no_artefact() {
+        const SECRET: &str = "hunter2-S3cret";
+        let mut rec = Recorder::new(info(40, 5));
+        let mut events = vec![rec.start_event().clone()];
+        let mut streamed = Vec::new();
+        let mut cast = Vec::new();
+        events.push(rec.output(1, b"$ "));
+        for (i, b) in b"stty -echo; read passwd\r".iter().enumerate() {
+            let at = 10 + u64::try_from(i).unwrap();
+            events.push(rec.input(at, &[*b], false));
+            events.push(rec.output(
+                at,
+                if *b == b'\r' {
+                    b"\r\n"
+                } else {
+                    std::slice::from_ref(b)
+                },
+            ));
+        }
+        streamed.extend(rec.take_lines());
+        // Echo is off: the terminal shows nothing while the password is typed, byte by
+        // byte and then as a paste.
+        for (i, b) in SECRET.bytes().enumerate() {
+            events.push(rec.input(100 + u64::try_from(i).unwrap(), &[b], true));
+        }
+        events.push(rec.input(200, format!("{SECRET}\r").as_bytes(), true));
+        events.push(rec.output(201, b"\r\n$ "));
+        cast.extend(rec.take_asciicast_lines());
+        streamed.extend(rec.take_lines());
+        events.push(rec.input(300, b"stty echo\r", false));
+        events.push(rec.output(301, b"stty echo\r\n$ "));
+        events.push(rec.end(400, Some(0), "exited"));
+        streamed.extend(rec.take_lines());
+        cast.extend(rec.take_asciicast_lines());
+
+        let redacted: usize = events
+            .iter()
+            .filter_map(|e| match e.kind {
+                EventKind::InputRedacted { bytes } => Some(bytes),
+                _ => None,
+            })
+            .sum();
+        assert_eq!(redacted, SECRET.len() * 2 + 1);
+
+        let mut artefacts = vec![
+            rec.transcript_text(),
+            render_transcript(&events),
+            streamed.join("\n"),
+            cast.join("\n"),
+            asciicast::asciicast_from_events(&events).unwrap(),
+            format!("{rec:?}"),
+        ];
+        artefacts.extend(events.iter().map(Event::to_json_line));
+        artefacts.extend(events.iter().filter_map(asciicast_line));
+        // Raw payloads, decoded, and every byte concatenated in stream order.
+        let mut all_bytes = Vec::new();
+        for e in &events {
+            if let EventKind::Input { data } | EventKind::Output { data } = &e.kind {
+                all_bytes.extend_from_slice(data);
+            }
+        }
+        artefacts.push(String::from_utf8_lossy(&all_bytes).into_owned());
+        for (i, artefact) in artefacts.iter().enumerate() {
+            for needle in [
+                SECRET,
+                "hunter2",
+                "S3cret",
+                &event::base64_encode(SECRET.as_bytes()),
+            ] {
+                assert!(
+                    !artefact.contains(needle),
+                    "artefact {i} leaks {needle:?}: {artefact}"
+                );
+            }
+        }
+        assert!(cast
+            .iter()
+            .any(|l| l.ends_with(r#", "m", "input redacted"]"#)));
+        assert_eq!(
+            rec.transcript_text(),
+            "$ stty -echo; read passwd\n\n$ stty echo\n$\n"
+        );
+    }
+
+    fn chunk() -> impl Strategy<Value = Vec<u8>> {
+        let fragment = prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..24),
+            Just(b"\x1b[".to_vec()),
+            Just(b"\x1b[?1049h".to_vec()),
+            Just(b"\x1b[?1049l".to_vec()),
+            Just(b"\x1b[?47h".to_vec()),
+            Just(b"\x1b[2J".to_vec()),
+            Just(b"\x1b[H".to_vec()),
+            Just(b"\x1b[J".to_vec()),
+            Just(b"\x1bc".to_vec()),
+            Just(b"\x1b[3;4r".to_vec()),
+            Just(b"\x1b[5;70H".to_vec()),
+            Just(b"\r\n".to_vec()),
+            Just(b"\x08".to_vec()),
+            Just("€世".as_bytes().to_vec()),
+            "[ -~]{0,30}".prop_map(String::into_bytes),
+        ];
+        proptest::collection::vec(fragment, 0..6).prop_map(|v| v.concat())
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Output(u64, Vec<u8>),
+        Input(u64, Vec<u8>, bool),
+        Resize(u64, u16, u16),
+        Take,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0u64..5000, chunk()).prop_map(|(t, d)| Op::Output(t, d)),
+            2 => (0u64..5000, proptest::collection::vec(any::<u8>(), 0..16), any::<bool>())
+                .prop_map(|(t, d, r)| Op::Input(t, d, r)),
+            1 => (0u64..5000, 0u16..200, 0u16..80).prop_map(|(t, c, r)| Op::Resize(t, c, r)),
+            1 => Just(Op::Take),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_sessions_never_panic_and_number_contiguously(
+            cols in 0u16..200,
+            rows in 0u16..80,
+            ops in proptest::collection::vec(op(), 0..30),
+            end in any::<bool>(),
+        ) {
+            let mut rec = Recorder::new(info(cols, rows));
+            let mut events = vec![rec.start_event().clone()];
+            let mut streamed: Vec<String> = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Output(t, d) => events.push(rec.output(t, &d)),
+                    Op::Input(t, d, r) => events.push(rec.input(t, &d, r)),
+                    Op::Resize(t, c, r) => events.push(rec.resize(t, c, r)),
+                    Op::Take => streamed.extend(rec.take_lines()),
+                }
+            }
+            if end {
+                events.push(rec.end(9999, None, "terminated"));
+            }
+            streamed.extend(rec.take_lines());
+            for (i, e) in events.iter().enumerate() {
+                prop_assert_eq!(e.seq, u64::try_from(i).unwrap());
+                let line = e.to_json_line();
+                prop_assert_eq!(&Event::from_json_line(&line).unwrap(), e);
+                let _ = asciicast_line(e);
+            }
+            prop_assert!(events.windows(2).all(|w| w[0].at_ms <= w[1].at_ms));
+            prop_assert_eq!(rec.next_seq(), u64::try_from(events.len()).unwrap());
+            let text = rec.transcript_text();
+            prop_assert!(!text.contains('\x1b'));
+            if end {
+                // Streaming and the final transcript agree once the session has ended.
+                let joined: String = streamed.iter().map(|l| format!("{l}\n")).collect();
+                prop_assert_eq!(joined, text);
+            }
+            for line in rec.take_asciicast_lines().iter().skip(1) {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                prop_assert!(v.is_array());
+            }
+            let _ = render_transcript(&events);
+        }
+    }
+}

@@ -1,0 +1,681 @@
+//! Clean text transcript: what the user saw, rendered through a terminal emulator.
+//!
+//! Output bytes go through a [`vt100::Parser`] sized like the session's terminal. Text
+//! reaches the transcript as whole lines ("committed") at these points:
+//!
+//! * **Scrolling:** a row that scrolls off the top of the normal screen is committed in
+//!   order (the parser's `on_scroll` callback with a scrollback capacity of 0, so every
+//!   departing row is reported once). Rows that wrapped are joined into one logical line.
+//! * **[`Transcript::take_lines`], resize, entering the alternate screen:** the rows above
+//!   the cursor are committed (they are finished lines); a watermark remembers how many
+//!   rows at the top of the screen are already committed, so they are not repeated when
+//!   they later scroll off.
+//! * **Erasing the screen** (`ESC[2J`, `ESC[J` at the home position, `ESC c`) on the
+//!   normal screen: everything visible is committed first, so `clear` loses nothing.
+//! * **Full-screen programs** (alternate screen: `top`, `vim`, `less`): the screen is
+//!   emitted as a block between [`SCREEN_BEGIN`] and [`SCREEN_END`] when the program
+//!   leaves the alternate screen, before a resize, on `ESC c`, and at the end.
+//! * **The end** ([`Transcript::finish`]): the rest of the visible screen.
+//!
+//! Lines are trimmed of trailing blanks; escape sequences never reach the text (the
+//! emulator applies them), carriage returns and backspaces are applied.
+//!
+//! Limits (documented, not bugs): rows above the cursor are final once committed, so a
+//! program that later moves the cursor up and rewrites them (multi-line progress bars)
+//! shows the state at the commit point; rows scrolled out of a scroll region that does not
+//! start at the top row, rows removed by "delete line" at the top, and rows that scroll
+//! inside the alternate screen are not captured (the alternate screen is captured as
+//! frames only). The emulator's size is clamped to [`MAX_COLS`] x [`MAX_ROWS`].
+
+use std::num::NonZeroU16;
+
+use vt100::capture::{basic_formatted_to_plain, BasicFormattedCaptureState, RowContents};
+
+/// First line of a full-screen frame block.
+pub const SCREEN_BEGIN: &str = "--- screen ---";
+/// Last line of a full-screen frame block.
+pub const SCREEN_END: &str = "--- end of screen ---";
+/// Largest emulated width; wider terminals are rendered at this width.
+pub const MAX_COLS: u16 = 1000;
+/// Largest emulated height; taller terminals are rendered at this height.
+pub const MAX_ROWS: u16 = 500;
+
+/// A row that left the top of the screen, as reported by the emulator.
+#[derive(Debug)]
+struct ScrolledRow {
+    text: String,
+    wrapped: bool,
+}
+
+/// Collects rows scrolled off the normal screen.
+#[derive(Debug, Default)]
+struct ScrollCollector {
+    rows: Vec<ScrolledRow>,
+}
+
+impl vt100::Callbacks for ScrollCollector {
+    fn on_scroll(&mut self, contents: RowContents<'_>, alternate_screen: bool) {
+        if alternate_screen {
+            // Scrolling inside a full-screen program: captured as frames instead.
+            return;
+        }
+        // The row's "wrapped" flag is not public; writing the row twice with one capture
+        // state reveals it: the second write starts with '\n' iff the row did not wrap.
+        let mut state = BasicFormattedCaptureState::new();
+        let mut first = String::new();
+        let mut second = String::new();
+        let _ = contents.write_formatted_basic(&mut first, &mut state);
+        let _ = contents.write_formatted_basic(&mut second, &mut state);
+        let wrapped = !second.starts_with('\n');
+        let text = basic_formatted_to_plain(&first).collect();
+        self.rows.push(ScrolledRow { text, wrapped });
+    }
+}
+
+/// Points in the output stream where the transcript must act before the emulator does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mark {
+    AltEnter,
+    AltLeave,
+    EraseDisplay(u16),
+    Reset,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum TokState {
+    #[default]
+    Ground,
+    Esc,
+    Csi,
+}
+
+/// A small escape-sequence scanner that finds [`Mark`]s, across chunk boundaries. It only
+/// decides *when* the transcript snapshots; the emulator alone decides what is displayed,
+/// so a disagreement between the two can cost a snapshot, never a panic or garbage.
+#[derive(Debug, Default)]
+struct Tokenizer {
+    state: TokState,
+    private: bool,
+    ignore: bool,
+    params: Vec<u16>,
+    current: Option<u16>,
+}
+
+impl Tokenizer {
+    const MAX_PARAMS: usize = 16;
+
+    fn advance(&mut self, b: u8) -> Option<Mark> {
+        match self.state {
+            TokState::Ground => {
+                if b == 0x1b {
+                    self.state = TokState::Esc;
+                }
+                None
+            }
+            TokState::Esc => {
+                match b {
+                    b'[' => {
+                        self.state = TokState::Csi;
+                        self.private = false;
+                        self.ignore = false;
+                        self.params.clear();
+                        self.current = None;
+                    }
+                    b'c' => {
+                        self.state = TokState::Ground;
+                        return Some(Mark::Reset);
+                    }
+                    0x1b => {}
+                    _ => self.state = TokState::Ground,
+                }
+                None
+            }
+            TokState::Csi => match b {
+                b'0'..=b'9' => {
+                    let digit = u16::from(b - b'0');
+                    let value = self.current.unwrap_or(0);
+                    self.current = Some(value.saturating_mul(10).saturating_add(digit));
+                    None
+                }
+                b';' | b':' => {
+                    self.push_param();
+                    None
+                }
+                b'?' if !self.private && self.params.is_empty() && self.current.is_none() => {
+                    self.private = true;
+                    None
+                }
+                // Other private markers and intermediates: not a sequence we watch.
+                0x3c..=0x3f | 0x20..=0x2f => {
+                    self.ignore = true;
+                    None
+                }
+                0x40..=0x7e => {
+                    self.push_param();
+                    self.state = TokState::Ground;
+                    self.evaluate(b)
+                }
+                0x1b => {
+                    self.state = TokState::Esc;
+                    None
+                }
+                0x18 | 0x1a => {
+                    self.state = TokState::Ground;
+                    None
+                }
+                _ => None,
+            },
+        }
+    }
+
+    fn push_param(&mut self) {
+        if self.params.len() < Self::MAX_PARAMS {
+            self.params.push(self.current.unwrap_or(0));
+        }
+        self.current = None;
+    }
+
+    fn evaluate(&self, final_byte: u8) -> Option<Mark> {
+        if self.ignore {
+            return None;
+        }
+        let alt = self.params.iter().any(|&p| p == 47 || p == 1049);
+        match (self.private, final_byte) {
+            (true, b'h') if alt => Some(Mark::AltEnter),
+            (true, b'l') if alt => Some(Mark::AltLeave),
+            (false, b'J') => Some(Mark::EraseDisplay(
+                self.params.first().copied().unwrap_or(0),
+            )),
+            _ => None,
+        }
+    }
+}
+
+fn clamp_size(cols: u16, rows: u16) -> (NonZeroU16, NonZeroU16) {
+    let rows = NonZeroU16::new(rows.clamp(1, MAX_ROWS)).unwrap_or(NonZeroU16::MIN);
+    let cols = NonZeroU16::new(cols.clamp(1, MAX_COLS)).unwrap_or(NonZeroU16::MIN);
+    (rows, cols)
+}
+
+/// Appends one screen row to the logical line being assembled; a row that did not wrap
+/// completes the line.
+fn push_row(lines: &mut Vec<String>, partial: &mut String, text: &str, wrapped: bool) {
+    partial.push_str(text);
+    if !wrapped {
+        let line = std::mem::take(partial);
+        lines.push(line.trim_end().to_owned());
+    }
+}
+
+/// The transcript renderer. See the module docs for what it commits when.
+pub struct Transcript {
+    parser: vt100::Parser<ScrollCollector>,
+    tok: Tokenizer,
+    /// Rows at the top of the normal screen whose text is already committed.
+    emitted_top: usize,
+    /// Mirror of the emulator's count of rows scrolled off the normal screen since its
+    /// scrollback was last cleared (it re-inserts that many blank rows at the top when
+    /// the screen grows).
+    scrolled_unbounded: usize,
+    /// The start of a logical line whose rows wrapped.
+    partial: String,
+    /// Every committed line.
+    lines: Vec<String>,
+    /// How many of `lines` [`Transcript::take_lines`] has handed out.
+    taken: usize,
+    finished: bool,
+}
+
+impl std::fmt::Debug for Transcript {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (rows, cols) = self.parser.screen().size();
+        f.debug_struct("Transcript")
+            .field("cols", &cols)
+            .field("rows", &rows)
+            .field("alternate_screen", &self.parser.screen().alternate_screen())
+            .field("emitted_top", &self.emitted_top)
+            .field("lines", &self.lines.len())
+            .field("taken", &self.taken)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Transcript {
+    /// A renderer for a terminal of this size (clamped to 1..=[`MAX_COLS`] x 1..=[`MAX_ROWS`]).
+    pub fn new(cols: u16, rows: u16) -> Self {
+        let (rows, cols) = clamp_size(cols, rows);
+        Self {
+            parser: vt100::Parser::new_with_callbacks(rows, cols, 0, ScrollCollector::default()),
+            tok: Tokenizer::default(),
+            emitted_top: 0,
+            scrolled_unbounded: 0,
+            partial: String::new(),
+            lines: Vec::new(),
+            taken: 0,
+            finished: false,
+        }
+    }
+
+    /// Feeds terminal output.
+    pub fn process(&mut self, bytes: &[u8]) {
+        self.finished = false;
+        let mut start = 0;
+        for (i, &b) in bytes.iter().enumerate() {
+            if let Some(mark) = self.tok.advance(b) {
+                self.feed(bytes.get(start..i).unwrap_or_default());
+                let reset_watermark = self.before(mark);
+                self.feed(bytes.get(i..=i).unwrap_or_default());
+                if reset_watermark {
+                    self.emitted_top = 0;
+                }
+                if mark == Mark::Reset {
+                    self.scrolled_unbounded = 0;
+                }
+                start = i + 1;
+            }
+        }
+        self.feed(bytes.get(start..).unwrap_or_default());
+    }
+
+    /// Follows a terminal resize.
+    pub fn resize(&mut self, cols: u16, rows: u16) {
+        self.finished = false;
+        let (new_rows, new_cols) = clamp_size(cols, rows);
+        if self.parser.screen().alternate_screen() {
+            self.frame();
+        } else {
+            self.commit_above_cursor();
+            // Rows that scrolled off are already committed: let a taller screen grow at
+            // the bottom instead of re-inserting them (as blanks) at the top.
+            self.parser.screen_mut().clear_scrollback();
+            self.scrolled_unbounded = 0;
+        }
+        let old_rows = self.parser.screen().size().0;
+        self.parser.set_size(new_rows, new_cols);
+        self.drain_scrolled();
+        if new_rows > old_rows {
+            // The emulator re-inserted rows that had scrolled off at the top of the
+            // normal screen (only possible while the alternate screen is shown): they
+            // stand for committed rows.
+            let grown = usize::from(new_rows.get() - old_rows.get());
+            let pulled = self.scrolled_unbounded.min(grown);
+            self.scrolled_unbounded -= pulled;
+            self.emitted_top += pulled;
+        }
+        self.emitted_top = self.emitted_top.min(usize::from(new_rows.get()));
+    }
+
+    /// Completed lines since the last call (for streaming). Rows above the cursor count as
+    /// completed and are committed by this call.
+    pub fn take_lines(&mut self) -> Vec<String> {
+        self.commit_above_cursor();
+        let new = self.lines.get(self.taken..).unwrap_or_default().to_vec();
+        self.taken = self.lines.len();
+        new
+    }
+
+    /// Commits everything still on screen (a frame if a full-screen program is showing).
+    /// Call at the end of the session; [`Transcript::take_lines`] then returns the rest.
+    pub fn finish(&mut self) {
+        if self.finished {
+            return;
+        }
+        if self.parser.screen().alternate_screen() {
+            self.frame();
+        } else {
+            self.commit_visible();
+        }
+        if !self.partial.is_empty() {
+            let mut partial = std::mem::take(&mut self.partial);
+            push_row(&mut self.lines, &mut partial, "", false);
+        }
+        self.finished = true;
+    }
+
+    /// The whole transcript so far: committed lines plus what is still on screen, one
+    /// `\n`-terminated line each.
+    pub fn transcript_text(&self) -> String {
+        let mut tail = Vec::new();
+        if !self.finished {
+            let mut partial = self.partial.clone();
+            if self.parser.screen().alternate_screen() {
+                tail.extend(self.frame_lines());
+            } else {
+                let rows = self.screen_rows();
+                let end = Self::last_nonblank(&rows).map_or(0, |last| last + 1);
+                for (text, wrapped) in rows.get(self.emitted_top..end).unwrap_or_default() {
+                    push_row(&mut tail, &mut partial, text, *wrapped);
+                }
+            }
+            if !partial.is_empty() {
+                push_row(&mut tail, &mut partial, "", false);
+            }
+        }
+        let mut out = String::new();
+        for line in self.lines.iter().chain(tail.iter()) {
+            out.push_str(line);
+            out.push('\n');
+        }
+        out
+    }
+
+    fn feed(&mut self, bytes: &[u8]) {
+        if !bytes.is_empty() {
+            self.parser.process(bytes);
+            self.drain_scrolled();
+        }
+    }
+
+    /// Acts before the byte that completes `mark` reaches the emulator. Returns whether
+    /// the watermark must be reset once it has (the screen was erased).
+    fn before(&mut self, mark: Mark) -> bool {
+        let screen = self.parser.screen();
+        let alt = screen.alternate_screen();
+        match mark {
+            Mark::AltEnter if !alt => {
+                self.commit_above_cursor();
+                false
+            }
+            Mark::AltLeave if alt => {
+                self.frame();
+                false
+            }
+            Mark::EraseDisplay(mode)
+                if !alt && (mode == 2 || (mode == 0 && screen.cursor_position() == (0, 0))) =>
+            {
+                self.commit_visible();
+                true
+            }
+            Mark::Reset => {
+                if alt {
+                    self.frame();
+                } else {
+                    self.commit_visible();
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn drain_scrolled(&mut self) {
+        let rows = std::mem::take(&mut self.parser.callbacks_mut().rows);
+        for row in rows {
+            self.scrolled_unbounded = self.scrolled_unbounded.saturating_add(1);
+            if self.emitted_top > 0 {
+                self.emitted_top -= 1;
+            } else {
+                push_row(&mut self.lines, &mut self.partial, &row.text, row.wrapped);
+            }
+        }
+    }
+
+    /// The active screen's rows: text and whether the row wraps into the next.
+    fn screen_rows(&self) -> Vec<(String, bool)> {
+        let screen = self.parser.screen();
+        let (_, cols) = screen.size();
+        screen
+            .rows(0, cols.get())
+            .enumerate()
+            .map(|(i, text)| {
+                let wrapped = u16::try_from(i).is_ok_and(|i| screen.row_wrapped(i));
+                (text, wrapped)
+            })
+            .collect()
+    }
+
+    fn last_nonblank(rows: &[(String, bool)]) -> Option<usize> {
+        rows.iter()
+            .rposition(|(text, wrapped)| *wrapped || !text.trim_end().is_empty())
+    }
+
+    /// Commits the normal screen's rows above the cursor.
+    fn commit_above_cursor(&mut self) {
+        if self.parser.screen().alternate_screen() {
+            return;
+        }
+        let cursor_row = usize::from(self.parser.screen().cursor_position().0);
+        if cursor_row <= self.emitted_top {
+            return;
+        }
+        let rows = self.screen_rows();
+        for (text, wrapped) in rows.get(self.emitted_top..cursor_row).unwrap_or_default() {
+            push_row(&mut self.lines, &mut self.partial, text, *wrapped);
+        }
+        self.emitted_top = cursor_row;
+    }
+
+    /// Commits every non-blank row of the normal screen not yet committed.
+    fn commit_visible(&mut self) {
+        if self.parser.screen().alternate_screen() {
+            return;
+        }
+        let rows = self.screen_rows();
+        let Some(last) = Self::last_nonblank(&rows) else {
+            return;
+        };
+        if last < self.emitted_top {
+            return;
+        }
+        for (text, wrapped) in rows.get(self.emitted_top..=last).unwrap_or_default() {
+            push_row(&mut self.lines, &mut self.partial, text, *wrapped);
+        }
+        self.emitted_top = last + 1;
+    }
+
+    /// The alternate screen as a frame block (empty when the screen is blank).
+    fn frame_lines(&self) -> Vec<String> {
+        let rows = self.screen_rows();
+        let Some(last) = Self::last_nonblank(&rows) else {
+            return Vec::new();
+        };
+        let mut out = Vec::with_capacity(last + 3);
+        out.push(SCREEN_BEGIN.to_owned());
+        out.extend(
+            rows.iter()
+                .take(last + 1)
+                .map(|(text, _)| text.trim_end().to_owned()),
+        );
+        out.push(SCREEN_END.to_owned());
+        out
+    }
+
+    fn frame(&mut self) {
+        let frame = self.frame_lines();
+        self.lines.extend(frame);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn render(cols: u16, rows: u16, chunks: &[&[u8]]) -> String {
+        let mut t = Transcript::new(cols, rows);
+        for chunk in chunks {
+            t.process(chunk);
+        }
+        t.finish();
+        t.transcript_text()
+    }
+
+    #[test]
+    fn backspace_is_applied() {
+        assert_eq!(render(80, 24, &[b"ab\x08c\r\n"]), "ac\n");
+    }
+
+    #[test]
+    fn colours_are_stripped() {
+        let text = render(
+            80,
+            24,
+            &[b"\x1b[1;31mred\x1b[0m and \x1b[38;5;42mgreen\x1b[m\r\n"],
+        );
+        assert_eq!(text, "red and green\n");
+        assert!(!text.contains('\x1b'));
+    }
+
+    #[test]
+    fn carriage_return_overwrites() {
+        assert_eq!(
+            render(80, 24, &[b"progress 10%\rprogress 100%\r\n$ "]),
+            "progress 100%\n$\n"
+        );
+    }
+
+    #[test]
+    fn cursor_addressed_screen() {
+        let text = render(
+            80,
+            24,
+            &[b"\x1b[2J\x1b[H\x1b[3;5Hthird\x1b[1;1Hfirst\x1b[2;10Hsecond\x1b[5;1H"],
+        );
+        assert_eq!(text, "first\n         second\n    third\n");
+    }
+
+    #[test]
+    fn scrolling_output_keeps_every_line_in_order() {
+        let mut out = Vec::new();
+        for i in 0..100 {
+            out.extend_from_slice(format!("line {i}\r\n").as_bytes());
+        }
+        out.extend_from_slice(b"$ ");
+        // Split in awkward places to exercise chunking.
+        let chunks: Vec<&[u8]> = out.chunks(7).collect();
+        let text = render(80, 24, &chunks);
+        let expected: String = (0..100)
+            .map(|i| format!("line {i}\n"))
+            .chain(["$\n".to_owned()])
+            .collect();
+        assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn wrapped_lines_are_joined() {
+        let long = "x".repeat(25);
+        let mut out = Vec::new();
+        for _ in 0..12 {
+            out.extend_from_slice(long.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        let text = render(10, 5, &[&out]);
+        assert_eq!(text, format!("{long}\n").repeat(12));
+    }
+
+    #[test]
+    fn alternate_screen_becomes_a_frame_between_normal_text() {
+        let text = render(
+            40,
+            10,
+            &[
+                b"$ top\r\n",
+                b"\x1b[?1049h\x1b[H\x1b[2Jtop - 10:00 up 1 day\x1b[3;1HPID USER\x1b[4;1H  1 root",
+                b"\x1b[H\x1b[2Jtop - 10:01 up 1 day\x1b[3;1HPID USER\x1b[4;1H  2 root",
+                b"\x1b[?1049l",
+                b"$ echo done\r\ndone\r\n$ ",
+            ],
+        );
+        assert_eq!(
+            text,
+            "$ top\n--- screen ---\ntop - 10:01 up 1 day\n\nPID USER\n  2 root\n--- end of screen ---\n$ echo done\ndone\n$\n"
+        );
+    }
+
+    #[test]
+    fn alternate_screen_leave_split_across_chunks_and_still_shown_at_end() {
+        let text = render(
+            40,
+            10,
+            &[b"$ vi\r\n\x1b[?104", b"9h~ hello\x1b[?10", b"49l$ "],
+        );
+        assert_eq!(
+            text,
+            "$ vi\n--- screen ---\n~ hello\n--- end of screen ---\n$\n"
+        );
+        let text = render(40, 10, &[b"$ vi\r\n\x1b[?1049h~ still open"]);
+        assert_eq!(
+            text,
+            "$ vi\n--- screen ---\n~ still open\n--- end of screen ---\n"
+        );
+    }
+
+    #[test]
+    fn clear_loses_nothing() {
+        let text = render(
+            40,
+            10,
+            &[b"$ ls\r\na b c\r\n$ clear\r\n\x1b[H\x1b[2J\x1b[3J$ pwd\r\n/root\r\n"],
+        );
+        assert_eq!(text, "$ ls\na b c\n$ clear\n$ pwd\n/root\n");
+    }
+
+    #[test]
+    fn take_lines_streams_without_repeats_and_matches_the_transcript() {
+        let mut t = Transcript::new(20, 4);
+        t.process(b"one\r\ntwo\r\nthr");
+        assert_eq!(t.take_lines(), ["one", "two"]);
+        assert_eq!(t.take_lines(), Vec::<String>::new());
+        t.process(b"ee\r\nfour\r\nfive\r\nsix\r\nseven\r\n$ ");
+        assert_eq!(t.take_lines(), ["three", "four", "five", "six", "seven"]);
+        t.finish();
+        assert_eq!(t.take_lines(), ["$"]);
+        assert_eq!(
+            t.transcript_text(),
+            "one\ntwo\nthree\nfour\nfive\nsix\nseven\n$\n"
+        );
+    }
+
+    #[test]
+    fn resize_keeps_lines_once() {
+        let mut t = Transcript::new(20, 5);
+        t.process(b"a\r\nb\r\nc\r\nd\r\n");
+        t.resize(20, 3);
+        t.process(b"e\r\n");
+        t.resize(30, 8);
+        t.process(b"f\r\ng\r\nh\r\ni\r\nj\r\nk\r\nl\r\nm\r\n");
+        t.finish();
+        assert_eq!(
+            t.transcript_text(),
+            "a\nb\nc\nd\ne\nf\ng\nh\ni\nj\nk\nl\nm\n"
+        );
+    }
+
+    #[test]
+    fn resize_during_full_screen_program() {
+        let mut t = Transcript::new(20, 4);
+        t.process(b"1\r\n2\r\n3\r\n4\r\n5\r\n$ vi\r\n\x1b[?1049h\x1b[Hedit");
+        t.resize(20, 8);
+        t.process(b"\x1b[H\x1b[2Jedit big\x1b[?1049l\r\n6\r\n7\r\n8\r\n9\r\n10\r\n11\r\n12\r\n");
+        t.finish();
+        assert_eq!(
+            t.transcript_text(),
+            "1\n2\n3\n4\n5\n$ vi\n--- screen ---\nedit\n--- end of screen ---\n--- screen ---\nedit big\n--- end of screen ---\n\n6\n7\n8\n9\n10\n11\n12\n"
+        );
+    }
+
+    #[test]
+    fn reset_sequence_commits_first() {
+        assert_eq!(
+            render(20, 5, &[b"before\r\n\x1bcafter\r\n"]),
+            "before\nafter\n"
+        );
+    }
+
+    #[test]
+    fn utf8_and_wide_characters() {
+        assert_eq!(
+            render(20, 5, &["héllo 世界\r\n".as_bytes()]),
+            "héllo 世界\n"
+        );
+    }
+
+    #[test]
+    fn extreme_sizes_are_clamped() {
+        let mut t = Transcript::new(0, 0);
+        t.process(b"abc\r\n");
+        t.resize(u16::MAX, u16::MAX);
+        t.process(b"def\r\n");
+        t.finish();
+        assert!(t.transcript_text().contains("def"));
+    }
+}
