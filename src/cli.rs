@@ -38,7 +38,7 @@ pub enum Command {
     /// each a shell on a PTY as ssm-user (or the RunAs user; as this user when not root).
     Run(crate::agent::config::RunArgs),
     /// Try it all on this machine: a gateway and an agent on loopback, and this terminal
-    /// connected to a new session (no AWS account needed). Logs go to <state>/dev.log.
+    /// connected to a new session (no AWS account needed). Logs go to `<state>/dev.log`.
     Dev(crate::dev::DevArgs),
     /// Open an interactive shell on a managed node, like session-manager-plugin:
     /// StartSession, then the terminal in raw mode until the session ends.

@@ -13,7 +13,7 @@
 //!   client ══StreamUrl ws══▶ mgs relay ◀══data ws══ agent     (frames unchanged, acks end to end)
 //! ```
 //!
-//! State lives in one [`registry::Registry`] behind a mutex that is never held across an
+//! State lives in one `registry::Registry` behind a mutex that is never held across an
 //! await; session history is persisted by [`store::Store`]. Each websocket gets a reader
 //! task (decodes and routes inbound frames) and a writer task (drains its bounded outbound
 //! queue, sends keepalive pings, detects a dead peer), so a slow peer back-pressures only
