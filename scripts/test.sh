@@ -28,6 +28,9 @@ cargo fmt --all -- --check
 echo "==> clippy"
 cargo clippy --locked --all-targets -- -D warnings
 
+echo "==> rustdoc"
+RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps --quiet
+
 echo "==> tests"
 # Doc tests are not part of --all-targets; run them first so the suite's summary is last.
 cargo test --locked --doc
