@@ -77,6 +77,27 @@ impl RunningAgent {
     }
 }
 
+/// Waits until `target` shows as Online (e.g. after its control channel reconnected).
+async fn wait_online(gw: &Gateway, target: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = gw
+            .api_ok(
+                "DescribeInstanceInformation",
+                json!({"Filters":[{"Key":"InstanceIds","Values":[target]}]}),
+            )
+            .await;
+        if v["InstanceInformationList"][0]["PingStatus"] == "Online" {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{target} never came back online: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn open_shell(gw: &Gateway, target: &str) -> (String, InteractiveClient) {
     let (sid, token, url) = start_session(gw, target).await;
     let mut client = InteractiveClient::new(client_connect(gw, &url, &token).await);
@@ -319,7 +340,9 @@ async fn a_dropped_connection_mid_output_loses_and_duplicates_nothing() {
         numbers.iter().enumerate().all(|(i, n)| *n == i as u64 + 1),
         "lines out of order"
     );
-    // The control channel came back through the proxy too: a new session works.
+    // The control channel came back through the proxy too (after its reconnect backoff):
+    // a new session works.
+    wait_online(&gw, "node-x").await;
     let (_sid2, mut c2) = open_shell(&gw, "node-x").await;
     c2.type_text("echo again-$((3*3))\r").await;
     c2.expect("again-9").await;
