@@ -395,15 +395,15 @@ async fn a_silent_agent_is_detected_as_dead() {
 #[tokio::test]
 async fn an_answering_agent_stays_online_across_many_pings() {
     let cfg = GatewayConfig {
-        ping_interval: Duration::from_millis(50),
-        peer_timeout: Duration::from_millis(200),
+        ping_interval: Duration::from_millis(100),
+        peer_timeout: Duration::from_millis(1000),
         ..GatewayConfig::default()
     };
     let gw = Gateway::start(cfg).await;
     let mut agent = ScriptedAgent::connect(&gw, "host-g").await.unwrap();
     // Reading lets tungstenite answer pings; 10 ping intervals pass.
     let reader = tokio::spawn(async move {
-        let _ = tokio::time::timeout(Duration::from_millis(600), agent.control.next_event()).await;
+        let _ = tokio::time::timeout(Duration::from_millis(1500), agent.control.next_event()).await;
         agent
     });
     let _agent = reader.await.unwrap();
