@@ -82,9 +82,9 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return usage_error(&e),
             };
-            let runtime = match tokio::runtime::Runtime::new() {
+            let runtime = match runtime() {
                 Ok(r) => r,
-                Err(e) => return failure(&format!("cannot start the async runtime: {e}")),
+                Err(code) => return code,
             };
             runtime.block_on(async move {
                 let listener = match tokio::net::TcpListener::bind(listen).await {
@@ -102,9 +102,9 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return usage_error(&e),
             };
-            let runtime = match tokio::runtime::Runtime::new() {
+            let runtime = match runtime() {
                 Ok(r) => r,
-                Err(e) => return failure(&format!("cannot start the async runtime: {e}")),
+                Err(code) => return code,
             };
             match runtime.block_on(session_agent::agent::run(config, shutdown_signal())) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -116,9 +116,9 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return connect_usage_error(&e),
             };
-            let runtime = match tokio::runtime::Runtime::new() {
+            let runtime = match runtime() {
                 Ok(r) => r,
-                Err(e) => return failure(&format!("cannot start the async runtime: {e}")),
+                Err(code) => return code,
             };
             ExitCode::from(
                 runtime
@@ -127,9 +127,9 @@ fn main() -> ExitCode {
             )
         }
         Command::Dev(args) => {
-            let runtime = match tokio::runtime::Runtime::new() {
+            let runtime = match runtime() {
                 Ok(r) => r,
-                Err(e) => return failure(&format!("cannot start the async runtime: {e}")),
+                Err(code) => return code,
             };
             match runtime.block_on(session_agent::dev::run(args)) {
                 Ok(code) => ExitCode::from(code),
@@ -138,6 +138,13 @@ fn main() -> ExitCode {
         }
         Command::ExecAs { .. } => unreachable!("dispatched before logging is set up"),
     }
+}
+
+/// The multi-threaded runtime every long-running subcommand uses, built only after the
+/// configuration was validated.
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Runtime::new()
+        .map_err(|e| failure(&format!("cannot start the async runtime: {e}")))
 }
 
 #[allow(clippy::print_stderr)]

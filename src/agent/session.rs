@@ -666,20 +666,10 @@ impl DataChannel {
 
     /// Feeds one input frame to the reorder buffer and acknowledges it when accepted.
     async fn accept(&mut self, m: AgentMessage) -> Option<Vec<Inbound>> {
-        let ack = Acknowledge {
-            acknowledged_message_type: m.message_type.to_string(),
-            acknowledged_message_id: m.message_id.to_string(),
-            acknowledged_message_sequence_number: m.sequence_number,
-            is_sequential_message: true,
-        };
+        let ack = Acknowledge::frame_for(&m, now_ms(), Uuid::new_v4()).encode();
         let outcome = self.receiver.on_frame(m.sequence_number, Inbound(m));
-        if !matches!(outcome, ReceiveOutcome::Full) {
-            let _ = self
-                .send_ws(Message::Binary(control_frame(
-                    MessageType::Acknowledge,
-                    &ack,
-                )))
-                .await;
+        if let (false, Ok(ack)) = (matches!(outcome, ReceiveOutcome::Full), ack) {
+            let _ = self.send_ws(Message::Binary(ack)).await;
         }
         match outcome {
             ReceiveOutcome::Deliver { items } => Some(items),

@@ -312,22 +312,9 @@ impl Channel {
 
 /// The `acknowledge` frame for a received stream frame (§4.3).
 fn ack_frame(m: &AgentMessage) -> Option<Bytes> {
-    let ack = Acknowledge {
-        acknowledged_message_type: m.message_type.to_string(),
-        acknowledged_message_id: m.message_id.to_string(),
-        acknowledged_message_sequence_number: m.sequence_number,
-        is_sequential_message: true,
-    };
-    AgentMessage::new(
-        MessageType::Acknowledge,
-        PayloadType::Null,
-        to_json(&ack),
-        now_ms(),
-        Uuid::new_v4(),
-    )
-    .with_sequence(0, 3)
-    .encode()
-    .ok()
+    Acknowledge::frame_for(m, now_ms(), Uuid::new_v4())
+        .encode()
+        .ok()
 }
 
 #[cfg(test)]

@@ -245,6 +245,36 @@ pub struct Acknowledge {
     pub is_sequential_message: bool,
 }
 
+impl Acknowledge {
+    /// The acknowledgement of a received stream frame (§4.3).
+    pub fn of(m: &crate::protocol::frame::AgentMessage) -> Self {
+        Self {
+            acknowledged_message_type: m.message_type.to_string(),
+            acknowledged_message_id: m.message_id.to_string(),
+            acknowledged_message_sequence_number: m.sequence_number,
+            is_sequential_message: true,
+        }
+    }
+
+    /// The `acknowledge` frame for `m`: sequence 0, Flags 3, payload type 0 (§3.6).
+    /// Time and id are parameters, as everywhere in this module.
+    pub fn frame_for(
+        m: &crate::protocol::frame::AgentMessage,
+        created_date: u64,
+        message_id: uuid::Uuid,
+    ) -> crate::protocol::frame::AgentMessage {
+        use crate::protocol::frame::{AgentMessage, MessageType, PayloadType};
+        AgentMessage::new(
+            MessageType::Acknowledge,
+            PayloadType::Null,
+            to_json(&Self::of(m)),
+            created_date,
+            message_id,
+        )
+        .with_sequence(0, 3)
+    }
+}
+
 fn yes() -> bool {
     true
 }
