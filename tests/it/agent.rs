@@ -40,23 +40,7 @@ impl RunningAgent {
             .await
             .expect("agent failed to start");
         });
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let v = gw
-                .api_ok(
-                    "DescribeInstanceInformation",
-                    json!({"Filters":[{"Key":"InstanceIds","Values":[target]}]}),
-                )
-                .await;
-            if v["InstanceInformationList"][0]["PingStatus"] == "Online" {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "agent never came online"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_online(gw, target, WAIT).await;
         Self {
             stop: Some(stop),
             task: Some(task),
@@ -74,27 +58,6 @@ impl RunningAgent {
                 .expect("agent did not stop")
                 .unwrap();
         }
-    }
-}
-
-/// Waits until `target` shows as Online (e.g. after its control channel reconnected).
-async fn wait_online(gw: &Gateway, target: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let v = gw
-            .api_ok(
-                "DescribeInstanceInformation",
-                json!({"Filters":[{"Key":"InstanceIds","Values":[target]}]}),
-            )
-            .await;
-        if v["InstanceInformationList"][0]["PingStatus"] == "Online" {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{target} never came back online: {v}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -342,7 +305,7 @@ async fn a_dropped_connection_mid_output_loses_and_duplicates_nothing() {
     );
     // The control channel came back through the proxy too (after its reconnect backoff):
     // a new session works.
-    wait_online(&gw, "node-x").await;
+    wait_online(&gw, "node-x", Duration::from_secs(30)).await;
     let (_sid2, mut c2) = open_shell(&gw, "node-x").await;
     c2.type_text("echo again-$((3*3))\r").await;
     c2.expect("again-9").await;
@@ -358,18 +321,7 @@ async fn the_control_channel_comes_back_after_the_gateway_restarts() {
     gw.stop().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let gw = Gateway::start_at(GatewayConfig::default(), addr).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let v = gw.api_ok("DescribeInstanceInformation", json!({})).await;
-        if v["InstanceInformationList"][0]["PingStatus"] == "Online" {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "agent did not reconnect: {v}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_online(&gw, "node-r", Duration::from_secs(30)).await;
     let (_sid, mut client) = open_shell(&gw, "node-r").await;
     client.type_text("echo back-$((5+5))\r").await;
     client.expect("back-10").await;
@@ -456,18 +408,7 @@ async fn a_non_root_daemon_runs_shells_as_its_own_user() {
         .kill_on_drop(true)
         .spawn()
         .expect("setpriv");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let v = gw.api_ok("DescribeInstanceInformation", json!({})).await;
-        if v["InstanceInformationList"][0]["PingStatus"] == "Online" {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "non-root agent never came online"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_online(&gw, "node-nr", WAIT).await;
     let (_sid, mut client) = open_shell(&gw, "node-nr").await;
     client.type_text("echo user=$(id -un)\r").await;
     client.expect("user=nobody").await;

@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
@@ -282,22 +282,9 @@ pub fn json_frame(t: MessageType, payload: &impl serde::Serialize) -> Bytes {
 }
 
 pub fn ack_for(m: &AgentMessage) -> Bytes {
-    let ack = Acknowledge {
-        acknowledged_message_type: m.message_type.to_string(),
-        acknowledged_message_id: m.message_id.to_string(),
-        acknowledged_message_sequence_number: m.sequence_number,
-        is_sequential_message: true,
-    };
-    AgentMessage::new(
-        MessageType::Acknowledge,
-        PayloadType::Null,
-        to_json(&ack),
-        now_ms(),
-        Uuid::new_v4(),
-    )
-    .with_sequence(0, 3)
-    .encode()
-    .unwrap()
+    Acknowledge::frame_for(m, now_ms(), Uuid::new_v4())
+        .encode()
+        .unwrap()
 }
 
 /// One websocket end speaking AgentMessage frames.
@@ -409,23 +396,12 @@ impl ScriptedAgent {
             platform_type: "linux".into(),
         };
         control.send_text(String::from_utf8(to_json(&open))?).await;
-        // Wait until the gateway lists us as Online.
-        for _ in 0..200 {
-            let v = gw
-                .api_ok(
-                    "DescribeInstanceInformation",
-                    json!({"Filters":[{"Key":"InstanceIds","Values":[target]}]}),
-                )
-                .await;
-            if v["InstanceInformationList"][0]["PingStatus"] == "Online" {
-                return Ok(Self {
-                    target: target.into(),
-                    control,
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Err(anyhow!("agent {target} never showed as Online"))
+        // 200 polls 20 ms apart, as before.
+        wait_online(gw, target, Duration::from_secs(4)).await;
+        Ok(Self {
+            target: target.into(),
+            control,
+        })
     }
 
     /// Opens the agent's end of a session's data channel and sends `Connected`.
@@ -464,6 +440,28 @@ impl ScriptedAgent {
         ))
         .await;
         Ok(peer)
+    }
+}
+
+/// Waits until `target` shows as Online (agents connect asynchronously, and reconnect
+/// with backoff); fails the test after `within`.
+pub async fn wait_online(gw: &Gateway, target: &str, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let v = gw
+            .api_ok(
+                "DescribeInstanceInformation",
+                json!({"Filters":[{"Key":"InstanceIds","Values":[target]}]}),
+            )
+            .await;
+        if v["InstanceInformationList"][0]["PingStatus"] == "Online" {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{target} never came online: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
