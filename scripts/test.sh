@@ -2,8 +2,9 @@
 # Runs every test on a fresh machine: installs what the tests need, then formatting,
 # lints and the whole test suite. `.ci/run` calls this same script.
 #
-# Needs: the Rust toolchain (cargo, rustfmt, clippy) and python3 (for the AWS CLI,
-# which the tests use as an independent client of the gateway).
+# Needs: the Rust toolchain (cargo, rustfmt, clippy), python3 3.11 (for the AWS CLI,
+# which the tests use as an independent client of the gateway, and for LocalStack, which
+# plays S3 and CloudWatch Logs for the recording tests) and curl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +22,18 @@ if ! command -v aws >/dev/null 2>&1; then
   export PATH="$venv/bin:$PATH"
 fi
 echo "==> $(aws --version 2>&1)"
+
+# LocalStack on 127.0.0.1:4566 (host mode, pinned in scripts/localstack/), reused when one
+# is already running; stopped at exit when this script started it.
+echo "==> LocalStack"
+ls_state=$(scripts/localstack/start "$cache/localstack-venv")
+if [[ $ls_state == running* ]]; then
+  ls_pid=${ls_state#running }
+  trap 'kill "$ls_pid" 2>/dev/null || true; wait "$ls_pid" 2>/dev/null || true' EXIT
+  echo "    started (pid $ls_pid)"
+else
+  echo "    already running; reused"
+fi
 
 echo "==> rustfmt"
 cargo fmt --all -- --check

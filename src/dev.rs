@@ -117,6 +117,7 @@ pub async fn run(args: DevArgs) -> Result<u8, String> {
         ca_file: None,
         exec_shim: std::env::current_exe()
             .map_err(|e| format!("cannot find this program's path: {e}"))?,
+        retention: crate::agent::retention::Policy::default(),
     };
     let agent = {
         let stop = stop.clone();

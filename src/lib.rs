@@ -48,6 +48,7 @@
 pub mod agent;
 pub mod cli;
 pub mod client;
+pub mod delivery;
 pub mod dev;
 pub mod gateway;
 pub mod protocol;

@@ -45,6 +45,14 @@ pub struct RunArgs {
     /// Extra CA certificate (PEM) trusted for the gateway's TLS.
     #[arg(long, env = "SESSION_AGENT_CA_FILE")]
     pub ca_file: Option<PathBuf>,
+    /// Days a delivered recording stays in <state_dir>/recordings [default: 14].
+    /// Recordings not yet delivered are never deleted.
+    #[arg(long, env = "SESSION_AGENT_RECORDING_RETENTION_DAYS")]
+    pub recording_retention_days: Option<u64>,
+    /// Size (MiB) above which the oldest delivered recordings are deleted early
+    /// [default: 2048].
+    #[arg(long, env = "SESSION_AGENT_RECORDING_QUOTA_MB")]
+    pub recording_quota_mb: Option<u64>,
 }
 
 /// The file form: every key optional, unknown keys rejected (typos must not pass silently).
@@ -58,6 +66,8 @@ struct FileConfig {
     sudo_policy: Option<String>,
     shell: Option<String>,
     ca_file: Option<PathBuf>,
+    recording_retention_days: Option<u64>,
+    recording_quota_mb: Option<u64>,
     /// Read by `main` before logging starts (see [`file_log_level`]).
     log_level: Option<String>,
 }
@@ -85,6 +95,8 @@ pub fn parse_file(text: &str, path: &Path) -> Result<RunArgs, ConfigError> {
         sudo_policy: f.sudo_policy,
         shell: f.shell,
         ca_file: f.ca_file,
+        recording_retention_days: f.recording_retention_days,
+        recording_quota_mb: f.recording_quota_mb,
     })
 }
 
@@ -183,6 +195,26 @@ impl RunArgs {
                 return Err(err("ca_file", format!("{} does not exist", ca.display())));
             }
         }
+        let retention_days = self
+            .recording_retention_days
+            .or(file.recording_retention_days)
+            .unwrap_or(14);
+        if !(1..=3650).contains(&retention_days) {
+            return Err(err(
+                "recording_retention_days",
+                "must be between 1 and 3650",
+            ));
+        }
+        let quota_mb = self
+            .recording_quota_mb
+            .or(file.recording_quota_mb)
+            .unwrap_or(2048);
+        if !(1..=16 * 1024 * 1024).contains(&quota_mb) {
+            return Err(err(
+                "recording_quota_mb",
+                "must be between 1 and 16777216 (16 TiB)",
+            ));
+        }
         let exec_shim = std::env::current_exe().map_err(|e| {
             err(
                 "executable",
@@ -201,6 +233,10 @@ impl RunArgs {
             shell,
             ca_file,
             exec_shim,
+            retention: super::retention::Policy {
+                retention: std::time::Duration::from_secs(retention_days * 24 * 3600),
+                quota_bytes: quota_mb * 1024 * 1024,
+            },
         })
     }
 }

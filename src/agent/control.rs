@@ -10,8 +10,8 @@
 use super::{run_session, Ctx, Outcome, AGENT_VERSION};
 use crate::protocol::frame::{AgentMessage, MessageType, PayloadType, DEFAULT_MAX_FRAME_LEN};
 use crate::protocol::payload::{
-    from_json, task_status, to_json, AgentTaskAcknowledge, AgentTaskComplete, AgentTaskPayload,
-    ChannelClosed, OpenControlChannel, MESSAGE_SCHEMA_VERSION,
+    from_json, to_json, AgentTaskAcknowledge, AgentTaskComplete, AgentTaskPayload, ChannelClosed,
+    OpenControlChannel, MESSAGE_SCHEMA_VERSION,
 };
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -192,6 +192,10 @@ pub(crate) async fn run(ctx: Arc<Ctx>, shutdown: impl Future<Output = ()>) {
                             final_task_status: outcome.status.into(),
                             instance_id: ctx.config.target_id.clone(),
                             output: outcome.output,
+                            s3_bucket: outcome.locations.s3_bucket,
+                            s3_url_suffix: outcome.locations.s3_key,
+                            cwl_group: outcome.locations.cwl_group,
+                            cwl_stream: outcome.locations.cwl_stream,
                             ..AgentTaskComplete::default()
                         },
                         sends: 0,
@@ -310,14 +314,13 @@ fn dispatch(
             let id = task.session_id.clone();
             if sessions.len() >= ctx.config.max_sessions {
                 tracing::warn!(session = %id, max = ctx.config.max_sessions, "Refusing session: limit reached");
-                let _ = done_tx.send(Outcome {
-                    session_id: id,
-                    status: task_status::FAILED,
-                    output: format!(
+                let _ = done_tx.send(Outcome::failed(
+                    &id,
+                    format!(
                         "the agent is already running its maximum of {} sessions",
                         ctx.config.max_sessions
                     ),
-                });
+                ));
                 return;
             }
             tracing::info!(session = %id, owner = %task.session_owner, "Session requested");
@@ -327,18 +330,27 @@ fn dispatch(
             let done = done_tx.clone();
             tracker.spawn(async move {
                 // The session runs in its own task so that a panic stays inside it.
-                let outcome = match tokio::spawn(run_session(ctx, task, token)).await {
+                let recordings = ctx.config.recordings_dir();
+                let policy = ctx.config.retention;
+                let (outcome, delivery) = match tokio::spawn(run_session(ctx, task, token)).await {
                     Ok(o) => o,
                     Err(e) => {
                         tracing::error!(session = %id, error = %e, "Session task failed");
-                        Outcome {
-                            session_id: id,
-                            status: task_status::FAILED,
-                            output: "internal error in the agent".into(),
-                        }
+                        (
+                            Outcome::failed(&id, "internal error in the agent".into()),
+                            None,
+                        )
                     }
                 };
                 let _ = done.send(outcome);
+                // Delivery at close runs after the report: the user is not kept waiting.
+                if let Some(delivery) = delivery {
+                    let _ = tokio::spawn(delivery.run()).await;
+                }
+                let _ = tokio::task::spawn_blocking(move || {
+                    super::retention::sweep(&recordings, policy)
+                })
+                .await;
             });
         }
         MessageType::ChannelClosed => {

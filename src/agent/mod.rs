@@ -16,12 +16,19 @@
 pub mod config;
 pub mod control;
 pub mod mgs;
+pub mod recording;
+pub mod retention;
 pub mod session;
 
+use crate::delivery::aws::{BucketEncryption, Logs, S3};
+use crate::delivery::cwl::SessionFields;
+use crate::delivery::{self, Destinations, GroupVerdict};
 use crate::protocol::document;
 use crate::protocol::payload::{task_status, AgentTaskPayload};
+use crate::recorder::StartInfo;
 use crate::session::pty::{Shell, ShellSpec};
 use crate::session::user::{self, SessionUser, UserInfo};
+use recording::{Delivery, Recording};
 use session::{DataChannel, Ending, ShellIo, SESSION_THREAD_STACK};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -63,6 +70,15 @@ pub struct AgentConfig {
     pub ca_file: Option<PathBuf>,
     /// Our own executable, used as the privilege-dropping shim.
     pub exec_shim: PathBuf,
+    /// Retention and quota of local recordings.
+    pub retention: retention::Policy,
+}
+
+impl AgentConfig {
+    /// Where recordings are kept.
+    pub fn recordings_dir(&self) -> PathBuf {
+        self.state_dir.join("recordings")
+    }
 }
 
 /// Facts fixed at start-up that every session needs.
@@ -72,6 +88,28 @@ pub(crate) struct Ctx {
     pub(crate) mgs: mgs::Mgs,
     pub(crate) daemon_user: UserInfo,
     pub(crate) daemon_is_root: bool,
+    /// AWS configuration, loaded on first need (most local sessions never need it).
+    pub(crate) aws: tokio::sync::OnceCell<aws_config::SdkConfig>,
+}
+
+impl Ctx {
+    async fn aws(&self) -> &aws_config::SdkConfig {
+        self.aws.get_or_init(delivery::aws::load_config).await
+    }
+}
+
+/// Output locations reported in `agent_task_complete` (§8: set when configured, whatever
+/// the delivery's fate).
+#[derive(Debug, Clone, Default)]
+pub struct OutputLocations {
+    /// Bucket.
+    pub s3_bucket: String,
+    /// Key of the transcript.
+    pub s3_key: String,
+    /// Log group.
+    pub cwl_group: String,
+    /// Log stream.
+    pub cwl_stream: String,
 }
 
 /// What a session reports to the control channel when it ends.
@@ -83,20 +121,89 @@ pub struct Outcome {
     pub status: &'static str,
     /// Shown to the user on failure; a summary otherwise.
     pub output: String,
+    /// Where the recording goes.
+    pub locations: OutputLocations,
 }
 
-/// Runs one session from its `interactive_shell` task to its outcome.
+impl Outcome {
+    /// A failure with this text for the user.
+    pub fn failed(session_id: &str, output: String) -> Self {
+        Self {
+            session_id: session_id.to_owned(),
+            status: task_status::FAILED,
+            output,
+            locations: OutputLocations::default(),
+        }
+    }
+}
+
+/// The remote destinations that passed their checks.
+struct Checked {
+    s3: Option<(S3, delivery::S3Destination, BucketEncryption)>,
+    cwl: Option<(Logs, delivery::CwlDestination)>,
+    region: String,
+    skipped: Vec<String>,
+}
+
+/// Checks the document's destinations before the shell starts (§8.5).
+///
+/// # Errors
+/// The refusal text for the user.
+async fn check_destinations(ctx: &Ctx, dest: &Destinations) -> Result<Checked, String> {
+    let mut checked = Checked {
+        s3: None,
+        cwl: None,
+        region: String::new(),
+        skipped: Vec::new(),
+    };
+    if !dest.any() {
+        return Ok(checked);
+    }
+    let config = ctx.aws().await;
+    checked.region = config.region().map(ToString::to_string).unwrap_or_default();
+    if checked.region.is_empty() {
+        let why = "no AWS region is configured for the agent (set AWS_REGION, or region in the AWS config file)".to_owned();
+        let required = dest.s3.as_ref().is_some_and(|d| d.require_encryption)
+            || dest.cwl.as_ref().is_some_and(|d| d.require_encryption);
+        if required {
+            return Err(format!(
+                "We couldn't start the session because the agent cannot check encryption of its log destinations: {why}."
+            ));
+        }
+        checked.skipped.push(format!(
+            "session logs not delivered: {why}; the session is recorded locally"
+        ));
+        return Ok(checked);
+    }
+    if let Some(s3_dest) = &dest.s3 {
+        let s3 = S3::new(config);
+        let found = s3.bucket_encryption(&s3_dest.bucket).await;
+        if let Err(e) = &found {
+            tracing::warn!(bucket = %s3_dest.bucket, error = %e, "Cannot read the bucket's default encryption");
+        }
+        let encryption = delivery::check_s3(s3_dest, found)?;
+        checked.s3 = Some((s3, s3_dest.clone(), encryption));
+    }
+    if let Some(cwl_dest) = &dest.cwl {
+        let logs = Logs::new(config);
+        let found = logs.log_group(&cwl_dest.group).await;
+        match delivery::check_log_group(cwl_dest, found)? {
+            GroupVerdict::Deliver => checked.cwl = Some((logs, cwl_dest.clone())),
+            GroupVerdict::Skip(why) => checked.skipped.push(why),
+        }
+    }
+    Ok(checked)
+}
+
+/// Runs one session from its `interactive_shell` task to its outcome, and hands back what
+/// is left to deliver of its recording (run after the outcome is reported).
 pub(crate) async fn run_session(
     ctx: Arc<Ctx>,
     task: AgentTaskPayload,
     cancel: CancellationToken,
-) -> Outcome {
+) -> (Outcome, Option<Delivery>) {
     let session_id = task.session_id.clone();
-    let fail = |output: String| Outcome {
-        session_id: session_id.clone(),
-        status: task_status::FAILED,
-        output,
-    };
+    let fail = |output: String| (Outcome::failed(&session_id, output), None);
     let doc = match document::resolve(&task.document_content, &task.parameters) {
         Ok(d) => d,
         Err(e) => return fail(format!("invalid session document: {e}")),
@@ -121,13 +228,40 @@ pub(crate) async fn run_session(
         .await;
     if channel.closed_early {
         channel.finish(false).await;
-        return Outcome {
-            session_id: session_id.clone(),
-            status: task_status::SUCCESS,
-            output: "terminated before the shell started".into(),
-        };
+        return (
+            Outcome {
+                session_id: session_id.clone(),
+                status: task_status::SUCCESS,
+                output: "terminated before the shell started".into(),
+                locations: OutputLocations::default(),
+            },
+            None,
+        );
+    }
+    let destinations = Destinations::from_inputs(&doc.inputs);
+    let checked = match check_destinations(&ctx, &destinations).await {
+        Ok(c) => c,
+        Err(refusal) => {
+            tracing::warn!(session = %session_id, reason = %refusal, "Session refused");
+            channel.finish(false).await;
+            return fail(refusal);
+        }
+    };
+    for why in &checked.skipped {
+        tracing::error!(session = %session_id, "{why}");
+        let _ = channel.notice(&format!("[session-agent] {why}")).await;
+    }
+    let mut locations = OutputLocations::default();
+    if let Some((_, d, _)) = &checked.s3 {
+        locations.s3_bucket.clone_from(&d.bucket);
+        locations.s3_key = delivery::s3_key(&d.prefix, &session_id, "log");
+    }
+    if let Some((_, d)) = &checked.cwl {
+        locations.cwl_group.clone_from(&d.group);
+        locations.cwl_stream.clone_from(&session_id);
     }
     let spec = shell_spec(&ctx, &who, size);
+    let spec_program = spec.program.display().to_string();
     let shim = ctx.config.exec_shim.clone();
     let spawned = tokio::task::spawn_blocking(move || Shell::spawn(&spec, &shim)).await;
     let mut shell = match spawned {
@@ -168,7 +302,54 @@ pub(crate) async fn run_session(
             "Unable to start command: cannot start a thread: {e}"
         ));
     }
+    let (cols, rows) = size.unwrap_or((80, 24));
+    let streaming_to = checked.cwl.as_ref().filter(|(_, d)| d.streaming);
+    let start = StartInfo {
+        session_id: session_id.clone(),
+        user: task.session_owner.clone(),
+        run_as_user: who.info.name.clone(),
+        owner: task.session_owner.clone(),
+        target: ctx.config.target_id.clone(),
+        reason: None,
+        cols,
+        rows,
+        started_unix_ms: recording::unix_ms(),
+        term: Some("xterm-256color".into()),
+        shell: Some(spec_program.clone()),
+    };
+    let (tap, recording) = match Recording::start(
+        &ctx.config.recordings_dir(),
+        start,
+        streaming_to.is_some(),
+    ) {
+        Ok((tap, rec)) => (Some(tap), Some(rec)),
+        Err(e) => {
+            // Fail-open (issue 5 adds a fail-closed policy): the session goes on.
+            tracing::error!(session = %session_id, error = %e, dir = %ctx.config.recordings_dir().display(), "Cannot create the recording; this session is NOT recorded");
+            (None, None)
+        }
+    };
+    let streamer = match (streaming_to, &recording) {
+        (Some((logs, d)), Some(rec)) => rec.stream_progress.clone().map(|progress| {
+            tokio::spawn(recording::stream_to_cloudwatch(
+                logs.clone(),
+                d.group.clone(),
+                SessionFields {
+                    region: checked.region.clone(),
+                    target_id: ctx.config.target_id.clone(),
+                    owner_arn: task.session_owner.clone(),
+                    run_as_user: who.info.name.clone(),
+                    session_id: session_id.clone(),
+                },
+                rec.paths.stream.clone(),
+                progress,
+            ))
+        }),
+        _ => None,
+    };
     let shell = Arc::new(std::sync::Mutex::new(shell));
+    let prober = shell.clone();
+    let echo_probe = Box::new(move || prober.lock().ok().and_then(|s| s.echo_off_canonical()));
     let resizer = shell.clone();
     let resize = Box::new(move |cols: u16, rows: u16| {
         if let Ok(s) = resizer.lock() {
@@ -182,6 +363,7 @@ pub(crate) async fn run_session(
         writer,
         resize,
         exited,
+        echo_probe,
     };
     let minutes = |m: Option<u32>| m.map(|m| Duration::from_secs(u64::from(m) * 60));
     let limits = session::Limits {
@@ -189,7 +371,9 @@ pub(crate) async fn run_session(
         idle: minutes(doc.inputs.idle_session_timeout).or(Some(DEFAULT_IDLE)),
         max: minutes(doc.inputs.max_session_duration),
     };
-    let (ending, writer) = channel.pump(io, early_input, limits, &cancel).await;
+    let (ending, writer) = channel
+        .pump(io, early_input, limits, &cancel, tap.clone())
+        .await;
     let exit = tokio::task::spawn_blocking(move || {
         // The writer lives until the shell is gone (its drop would type into the terminal).
         let _writer = writer;
@@ -202,23 +386,60 @@ pub(crate) async fn run_session(
     .ok();
     channel.finish(ending == Ending::ShellExited).await;
     tracing::info!(session = %session_id, ?ending, ?exit, "Session ended");
-    match ending {
-        Ending::ChannelLost(e) => fail(format!("the data channel was lost: {e}")),
-        Ending::Internal(e) => fail(e),
+    let code = exit.as_ref().and_then(|e| e.code);
+    let how = match &ending {
+        Ending::ShellExited => "exited".to_owned(),
+        Ending::Terminated => "terminated".to_owned(),
+        Ending::TimedOut(limit) => limit.ended(),
+        Ending::ChannelLost(e) => format!("data channel lost: {e}"),
+        Ending::Internal(e) => format!("agent error: {e}"),
+    };
+    if let Some(tap) = tap {
+        tap.end(code, &how).await;
+    }
+    let delivery = match recording {
+        Some(rec) => {
+            let (paths, summary) = rec.finish().await;
+            Some(Delivery {
+                session_id: session_id.clone(),
+                paths,
+                summary,
+                s3: checked.s3,
+                cwl_upload: checked.cwl.filter(|(_, d)| !d.streaming),
+                streamer,
+                skipped: checked.skipped,
+            })
+        }
+        None => None,
+    };
+    let outcome = match ending {
+        Ending::ChannelLost(e) => {
+            Outcome::failed(&session_id, format!("the data channel was lost: {e}"))
+        }
+        Ending::Internal(e) => Outcome::failed(&session_id, e),
         Ending::TimedOut(limit) => Outcome {
             session_id: session_id.clone(),
             status: task_status::TIMED_OUT,
             output: limit.ended(),
+            locations: OutputLocations::default(),
         },
         Ending::ShellExited | Ending::Terminated => Outcome {
             session_id: session_id.clone(),
             status: task_status::SUCCESS,
-            output: match exit.and_then(|e| e.code) {
+            output: match code {
                 Some(code) => format!("shell exited with status {code}"),
                 None => String::new(),
             },
+            locations: OutputLocations::default(),
         },
-    }
+    };
+    (
+        Outcome {
+            locations,
+            ..outcome
+        },
+        delivery,
+    )
 }
 
 fn shell_spec(ctx: &Ctx, who: &SessionUser, size: Option<(u16, u16)>) -> ShellSpec {
@@ -299,11 +520,17 @@ pub async fn run(
         tracing::info!(user = %daemon_user.name, "Not running as root: sessions run as this user");
     }
     let mgs = mgs::Mgs::new(&config.endpoint, config.ca_file.as_deref())?;
+    let recordings = config.recordings_dir();
+    if let Err(e) = recording::private_dir(&recordings) {
+        tracing::error!(dir = %recordings.display(), error = %e, "Cannot create the recordings directory; sessions will not be recorded");
+    }
+    retention::sweep(&recordings, config.retention);
     let ctx = Arc::new(Ctx {
         config,
         mgs,
         daemon_user,
         daemon_is_root,
+        aws: tokio::sync::OnceCell::new(),
     });
     control::run(ctx, shutdown).await;
     Ok(())

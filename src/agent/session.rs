@@ -17,6 +17,7 @@
 //! byte is lost or doubled.
 
 use super::mgs::{Mgs, MgsError, Socket};
+use super::recording::Tap;
 use crate::protocol::frame::{
     AgentMessage, MessageType, PayloadType, DEFAULT_MAX_FRAME_LEN, FLAG_SYN,
 };
@@ -217,6 +218,9 @@ pub struct ShellIo {
     pub resize: Box<dyn FnMut(u16, u16) + Send>,
     /// Fires when the shell process exits.
     pub exited: tokio::sync::oneshot::Receiver<()>,
+    /// Reads the terminal's ECHO-off-and-ICANON-on state (`None`: unreadable), sampled
+    /// for every input chunk as it is written, for the recorder's redaction rule.
+    pub echo_probe: Box<dyn Fn() -> Option<bool> + Send>,
 }
 
 impl std::fmt::Debug for ShellIo {
@@ -423,13 +427,16 @@ impl DataChannel {
         early_input: Vec<u8>,
         limits: Limits,
         cancel: &CancellationToken,
+        tap: Option<Tap>,
     ) -> (Ending, Option<Box<dyn Write + Send>>) {
         let ShellIo {
             mut reader,
             mut writer,
             mut resize,
             mut exited,
+            echo_probe,
         } = shell;
+        let input_tap = tap.clone();
         let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(READ_AHEAD);
         let reader_thread = std::thread::Builder::new()
             .stack_size(SESSION_THREAD_STACK)
@@ -454,6 +461,10 @@ impl DataChannel {
             .name("pty-writer".into())
             .spawn(move || {
                 while let Some(bytes) = in_rx.blocking_recv() {
+                    if let Some(tap) = &input_tap {
+                        // The terminal's state as these bytes reach it decides redaction.
+                        tap.input_blocking(&bytes, echo_probe());
+                    }
                     if writer
                         .write_all(&bytes)
                         .and_then(|()| writer.flush())
@@ -481,6 +492,7 @@ impl DataChannel {
                 &mut exited,
                 limits,
                 cancel,
+                tap.as_ref(),
             )
             .await;
         drop(in_tx);
@@ -491,7 +503,8 @@ impl DataChannel {
         (ending, writer)
     }
 
-    #[allow(clippy::too_many_lines)]
+    // One select loop over every source of the session; its inputs are the pump's parts.
+    #[allow(clippy::too_many_lines, clippy::too_many_arguments)]
     async fn run_loop(
         &mut self,
         in_tx: &mpsc::Sender<Vec<u8>>,
@@ -500,6 +513,7 @@ impl DataChannel {
         exited: &mut tokio::sync::oneshot::Receiver<()>,
         limits: Limits,
         cancel: &CancellationToken,
+        tap: Option<&Tap>,
     ) -> Ending {
         let started = Instant::now();
         let mut last_activity = started;
@@ -587,7 +601,7 @@ impl DataChannel {
                     if m.message_type == MessageType::InputStreamData {
                         last_activity = Instant::now();
                     }
-                    if self.on_inbound(m, in_tx, resize).await {
+                    if self.on_inbound(m, in_tx, resize, tap).await {
                         return Ending::Terminated;
                     }
                     // While draining, every acknowledged frame buys more time (up to a cap).
@@ -599,6 +613,9 @@ impl DataChannel {
                 chunk = out_rx.recv(), if can_read => match chunk {
                     Some(bytes) => {
                         last_activity = Instant::now();
+                        if let Some(tap) = tap {
+                            tap.output(&bytes).await;
+                        }
                         if let Err(e) = self.send_output(bytes).await {
                             tracing::debug!(session = %self.session_id, error = %e, "Output send failed; will retransmit after reopening");
                         }
@@ -683,6 +700,7 @@ impl DataChannel {
         m: AgentMessage,
         input: &mpsc::Sender<Vec<u8>>,
         resize: &mut Box<dyn FnMut(u16, u16) + Send>,
+        tap: Option<&Tap>,
     ) -> bool {
         match m.message_type {
             MessageType::InputStreamData => {
@@ -705,6 +723,9 @@ impl DataChannel {
                             PayloadType::Size => {
                                 if let Some((cols, rows)) = parse_size(&item.payload) {
                                     resize(cols, rows);
+                                    if let Some(tap) = tap {
+                                        tap.resize(cols, rows).await;
+                                    }
                                 }
                             }
                             other => {

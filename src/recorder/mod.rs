@@ -33,8 +33,9 @@
 //!
 //! ## Memory
 //!
-//! The recorder keeps the committed transcript lines (for [`Recorder::transcript_text`])
-//! and the asciicast lines not yet taken; events are returned, not kept.
+//! The recorder keeps the committed transcript lines (for [`Recorder::transcript_text`];
+//! with [`Recorder::forget_taken_lines`] only those not yet taken) and the asciicast lines
+//! not yet taken; events are returned, not kept.
 
 pub mod asciicast;
 pub mod event;
@@ -73,6 +74,15 @@ impl Recorder {
             cast: AsciicastEncoder::new(),
             cast_lines,
         }
+    }
+
+    /// Streaming mode: transcript lines are dropped once [`Recorder::take_lines`] has
+    /// handed them out (the caller writes them out), so memory does not grow with the
+    /// length of the session.
+    #[must_use]
+    pub fn forget_taken_lines(mut self) -> Self {
+        self.transcript.forget_taken_lines();
+        self
     }
 
     /// The start event, first in the stream.

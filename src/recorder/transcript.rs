@@ -223,6 +223,9 @@ pub struct Transcript {
     lines: Vec<String>,
     /// How many of `lines` [`Transcript::take_lines`] has handed out.
     taken: usize,
+    /// Keep lines once taken (for [`Transcript::transcript_text`]); off for streaming,
+    /// where the caller stores them and memory must not grow with the session.
+    keep_taken: bool,
     finished: bool,
 }
 
@@ -252,8 +255,18 @@ impl Transcript {
             partial: String::new(),
             lines: Vec::new(),
             taken: 0,
+            keep_taken: true,
             finished: false,
         }
+    }
+
+    /// Drops lines once [`Transcript::take_lines`] has handed them out, so memory stays
+    /// bounded by the screen; [`Transcript::transcript_text`] then covers only what was
+    /// not taken yet.
+    pub fn forget_taken_lines(&mut self) {
+        self.keep_taken = false;
+        self.lines.drain(..self.taken.min(self.lines.len()));
+        self.taken = 0;
     }
 
     /// Feeds terminal output.
@@ -309,6 +322,10 @@ impl Transcript {
     /// completed and are committed by this call.
     pub fn take_lines(&mut self) -> Vec<String> {
         self.commit_above_cursor();
+        if !self.keep_taken {
+            self.taken = 0;
+            return std::mem::take(&mut self.lines);
+        }
         let new = self.lines.get(self.taken..).unwrap_or_default().to_vec();
         self.taken = self.lines.len();
         new

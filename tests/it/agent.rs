@@ -31,6 +31,7 @@ impl RunningAgent {
             shell: ShellChoice::Sh,
             ca_file: None,
             exec_shim: env!("CARGO_BIN_EXE_session-agent").into(),
+            retention: session_agent::agent::retention::Policy::default(),
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {

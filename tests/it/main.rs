@@ -9,5 +9,6 @@ mod gateway_bad_input;
 mod gateway_relay;
 mod protocol;
 mod pty_shim;
+mod recording;
 mod reliability;
 mod support;

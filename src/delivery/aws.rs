@@ -1,0 +1,459 @@
+//! The AWS edge: S3 and CloudWatch Logs clients from `aws-config`, wrapped in the few calls
+//! delivery needs, with errors sorted into what the caller can act on ([`AwsError`]).
+//!
+//! Configuration is the SDK's standard chain: region from `AWS_REGION` / profile /
+//! instance metadata, credentials from the environment / profile / `credential_process`
+//! / instance role, endpoints from `AWS_ENDPOINT_URL` and the per-service variables
+//! (`AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL_CLOUDWATCH_LOGS`), so LocalStack needs no code
+//! path of its own. (An IP-address endpoint makes S3 use path-style addressing.) The
+//! HTTPS client is the SDK's own on rustls with the *ring* provider, the crypto the rest
+//! of the tree already uses. SSO profiles are not supported (the `sso` feature is off to
+//! keep the build small).
+//!
+//! The SDK retries throttling and transient errors itself (standard mode, here with
+//! [`SDK_ATTEMPTS`] attempts); callers add their own longer backoff on top where a
+//! delivery must survive an outage.
+
+use aws_sdk_cloudwatchlogs::types::InputLogEvent;
+use aws_sdk_s3::error::ProvideErrorMetadata;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{
+    CompletedMultipartUpload, CompletedPart, ObjectCannedAcl, ServerSideEncryption,
+};
+use std::path::Path;
+use tokio::io::AsyncReadExt;
+
+use super::cwl::LogEvent;
+
+/// Attempts per call, including the first, before an error reaches our code.
+pub const SDK_ATTEMPTS: u32 = 4;
+/// Objects larger than this are uploaded in parts of this size.
+pub const MULTIPART_PART: usize = 8 * 1024 * 1024;
+
+/// An AWS call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AwsError {
+    /// The named resource does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The credentials are missing, invalid, or not allowed to do this.
+    #[error("{0}")]
+    Denied(String),
+    /// Throttling, a 5xx, a timeout or a connection failure: worth retrying later.
+    #[error("{0}")]
+    Transient(String),
+    /// Anything else (a bad parameter, a malformed response).
+    #[error("{0}")]
+    Other(String),
+}
+
+impl AwsError {
+    /// Whether a later retry may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Transient(_))
+    }
+
+    fn classify<E>(
+        err: &aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+    ) -> Self
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        use aws_sdk_s3::error::SdkError;
+        let text = aws_sdk_s3::error::DisplayErrorContext(err).to_string();
+        match err {
+            SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => {
+                return Self::Transient(text)
+            }
+            SdkError::ResponseError(_) => return Self::Transient(text),
+            _ => {}
+        }
+        let code = err.code().unwrap_or_default();
+        let described = match err.message() {
+            Some(m) if !code.is_empty() => format!("{code}: {m}"),
+            _ if !code.is_empty() => code.to_owned(),
+            _ => text.clone(),
+        };
+        match code {
+            "ResourceNotFoundException" | "NoSuchBucket" | "NotFound" => Self::NotFound(described),
+            "AccessDenied"
+            | "AccessDeniedException"
+            | "UnrecognizedClientException"
+            | "InvalidClientTokenId"
+            | "InvalidAccessKeyId"
+            | "SignatureDoesNotMatch"
+            | "ExpiredToken"
+            | "ExpiredTokenException"
+            | "AllAccessDisabled" => Self::Denied(described),
+            "ThrottlingException"
+            | "Throttling"
+            | "SlowDown"
+            | "ServiceUnavailable"
+            | "ServiceUnavailableException"
+            | "InternalError"
+            | "InternalFailure"
+            | "RequestTimeout"
+            | "RequestTimeoutException" => Self::Transient(described),
+            "" => match err.raw_response().map(|r| r.status().as_u16()) {
+                Some(s) if s >= 500 || s == 429 => Self::Transient(text),
+                Some(403) => Self::Denied(text),
+                Some(404) => Self::NotFound(text),
+                _ => Self::Other(text),
+            },
+            _ => Self::Other(described),
+        }
+    }
+}
+
+/// The SDK's HTTPS client on rustls with the *ring* provider.
+pub fn https_client() -> aws_sdk_s3::config::SharedHttpClient {
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+            aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https()
+}
+
+/// Loads the SDK configuration from the standard chain (once per daemon).
+pub async fn load_config() -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(https_client())
+        .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(SDK_ATTEMPTS))
+        .load()
+        .await
+}
+
+/// A log group as `DescribeLogGroups` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogGroup {
+    /// Its KMS key, if it is encrypted with one.
+    pub kms_key_id: Option<String>,
+}
+
+/// What `PutLogEvents` refused (the rest was stored).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rejected {
+    /// Index below which events were too old.
+    pub too_old_end: Option<i32>,
+    /// Index from which events were too new.
+    pub too_new_start: Option<i32>,
+    /// Index below which events were past the group's retention.
+    pub expired_end: Option<i32>,
+}
+
+/// CloudWatch Logs, as delivery uses it.
+#[derive(Debug, Clone)]
+pub struct Logs {
+    client: aws_sdk_cloudwatchlogs::Client,
+}
+
+impl Logs {
+    /// A client from the loaded configuration.
+    pub fn new(config: &aws_config::SdkConfig) -> Self {
+        Self {
+            client: aws_sdk_cloudwatchlogs::Client::new(config),
+        }
+    }
+
+    /// The group with exactly this name, if it exists (`DescribeLogGroups` by prefix,
+    /// all pages).
+    ///
+    /// # Errors
+    /// The call failed.
+    pub async fn log_group(&self, name: &str) -> Result<Option<LogGroup>, AwsError> {
+        let mut pages = self
+            .client
+            .describe_log_groups()
+            .log_group_name_prefix(name)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| AwsError::classify(&e))?;
+            if let Some(g) = page
+                .log_groups()
+                .iter()
+                .find(|g| g.log_group_name() == Some(name))
+            {
+                return Ok(Some(LogGroup {
+                    kms_key_id: g.kms_key_id().filter(|k| !k.is_empty()).map(str::to_owned),
+                }));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Creates the stream; one that exists already is fine.
+    ///
+    /// # Errors
+    /// The call failed (a missing group is [`AwsError::NotFound`]).
+    pub async fn ensure_stream(&self, group: &str, stream: &str) -> Result<(), AwsError> {
+        match self
+            .client
+            .create_log_stream()
+            .log_group_name(group)
+            .log_stream_name(stream)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("ResourceAlreadyExistsException") => Ok(()),
+            Err(e) => Err(AwsError::classify(&e)),
+        }
+    }
+
+    /// Puts one batch (chronological, within the limits).
+    ///
+    /// # Errors
+    /// The call failed (a missing group or stream is [`AwsError::NotFound`]).
+    pub async fn put(
+        &self,
+        group: &str,
+        stream: &str,
+        events: &[LogEvent],
+    ) -> Result<Rejected, AwsError> {
+        let events = events
+            .iter()
+            .map(|e| {
+                InputLogEvent::builder()
+                    .timestamp(e.timestamp_ms)
+                    .message(e.message.clone())
+                    .build()
+                    .map_err(|e| AwsError::Other(e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let out = self
+            .client
+            .put_log_events()
+            .log_group_name(group)
+            .log_stream_name(stream)
+            .set_log_events(Some(events))
+            .send()
+            .await
+            .map_err(|e| AwsError::classify(&e))?;
+        Ok(out
+            .rejected_log_events_info()
+            .map(|r| Rejected {
+                too_old_end: r.too_old_log_event_end_index(),
+                too_new_start: r.too_new_log_event_start_index(),
+                expired_end: r.expired_log_event_end_index(),
+            })
+            .unwrap_or_default())
+    }
+}
+
+/// A bucket's default encryption, as `GetBucketEncryption` reports its first rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BucketEncryption {
+    /// No default encryption rule.
+    None,
+    /// SSE-S3.
+    Aes256,
+    /// SSE-KMS (or DSSE-KMS), with the key if the rule names one.
+    Kms {
+        /// The algorithm as S3 names it (`aws:kms` or `aws:kms:dsse`).
+        algorithm: String,
+        /// The key id or ARN.
+        key_id: Option<String>,
+    },
+}
+
+/// S3, as delivery uses it.
+#[derive(Debug, Clone)]
+pub struct S3 {
+    client: aws_sdk_s3::Client,
+}
+
+/// One upload's settings.
+#[derive(Debug, Clone)]
+pub struct Upload<'a> {
+    /// Bucket.
+    pub bucket: &'a str,
+    /// Object key.
+    pub key: &'a str,
+    /// `Content-Type`.
+    pub content_type: &'a str,
+    /// Server-side encryption to ask for (the bucket's default rule).
+    pub encryption: &'a BucketEncryption,
+}
+
+impl S3 {
+    /// A client from the loaded configuration.
+    pub fn new(config: &aws_config::SdkConfig) -> Self {
+        Self {
+            client: aws_sdk_s3::Client::new(config),
+        }
+    }
+
+    /// The bucket's default encryption rule (the first rule counts, as upstream).
+    ///
+    /// # Errors
+    /// The call failed (a missing bucket is [`AwsError::NotFound`], no permission
+    /// [`AwsError::Denied`]).
+    pub async fn bucket_encryption(&self, bucket: &str) -> Result<BucketEncryption, AwsError> {
+        let out = match self
+            .client
+            .get_bucket_encryption()
+            .bucket(bucket)
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) if e.code() == Some("ServerSideEncryptionConfigurationNotFoundError") => {
+                return Ok(BucketEncryption::None)
+            }
+            Err(e) => return Err(AwsError::classify(&e)),
+        };
+        let rule = out
+            .server_side_encryption_configuration()
+            .and_then(|c| c.rules().first())
+            .and_then(|r| r.apply_server_side_encryption_by_default());
+        Ok(match rule {
+            None => BucketEncryption::None,
+            Some(r) => match r.sse_algorithm() {
+                ServerSideEncryption::Aes256 => BucketEncryption::Aes256,
+                other => {
+                    let algorithm = other.as_str().to_owned();
+                    if algorithm.starts_with("aws:kms") {
+                        BucketEncryption::Kms {
+                            algorithm,
+                            key_id: r.kms_master_key_id().map(str::to_owned),
+                        }
+                    } else {
+                        BucketEncryption::None
+                    }
+                }
+            },
+        })
+    }
+
+    /// Uploads a file: one `PutObject` up to [`MULTIPART_PART`], a multipart upload above
+    /// (aborted on failure). ACL `bucket-owner-full-control`, SSE as the bucket's rule.
+    ///
+    /// # Errors
+    /// The file could not be read or a call failed.
+    pub async fn upload_file(&self, up: &Upload<'_>, path: &Path) -> Result<(), AwsError> {
+        let io = |e: std::io::Error| AwsError::Other(format!("{}: {e}", path.display()));
+        let len = tokio::fs::metadata(path).await.map_err(io)?.len();
+        let (sse, kms_key) = match up.encryption {
+            BucketEncryption::None => (None, None),
+            BucketEncryption::Aes256 => (Some(ServerSideEncryption::Aes256), None),
+            BucketEncryption::Kms { algorithm, key_id } => (
+                Some(ServerSideEncryption::from(algorithm.as_str())),
+                key_id.clone(),
+            ),
+        };
+        if len <= MULTIPART_PART as u64 {
+            let body = tokio::fs::read(path).await.map_err(io)?;
+            self.client
+                .put_object()
+                .bucket(up.bucket)
+                .key(up.key)
+                .content_type(up.content_type)
+                .acl(ObjectCannedAcl::BucketOwnerFullControl)
+                .set_server_side_encryption(sse)
+                .set_ssekms_key_id(kms_key)
+                .body(ByteStream::from(body))
+                .send()
+                .await
+                .map_err(|e| AwsError::classify(&e))?;
+            return Ok(());
+        }
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(up.bucket)
+            .key(up.key)
+            .content_type(up.content_type)
+            .acl(ObjectCannedAcl::BucketOwnerFullControl)
+            .set_server_side_encryption(sse)
+            .set_ssekms_key_id(kms_key)
+            .send()
+            .await
+            .map_err(|e| AwsError::classify(&e))?;
+        let upload_id = created
+            .upload_id()
+            .ok_or_else(|| AwsError::Other("CreateMultipartUpload returned no upload id".into()))?
+            .to_owned();
+        let result = self.upload_parts(up, &upload_id, path).await;
+        match result {
+            Ok(parts) => {
+                let done = self
+                    .client
+                    .complete_multipart_upload()
+                    .bucket(up.bucket)
+                    .key(up.key)
+                    .upload_id(&upload_id)
+                    .multipart_upload(
+                        CompletedMultipartUpload::builder()
+                            .set_parts(Some(parts))
+                            .build(),
+                    )
+                    .send()
+                    .await;
+                if let Err(e) = done {
+                    self.abort(up, &upload_id).await;
+                    return Err(AwsError::classify(&e));
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.abort(up, &upload_id).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn upload_parts(
+        &self,
+        up: &Upload<'_>,
+        upload_id: &str,
+        path: &Path,
+    ) -> Result<Vec<CompletedPart>, AwsError> {
+        let io = |e: std::io::Error| AwsError::Other(format!("{}: {e}", path.display()));
+        let mut file = tokio::fs::File::open(path).await.map_err(io)?;
+        let mut parts = Vec::new();
+        for number in 1..=10_000 {
+            let mut buf = Vec::with_capacity(MULTIPART_PART);
+            (&mut file)
+                .take(MULTIPART_PART as u64)
+                .read_to_end(&mut buf)
+                .await
+                .map_err(io)?;
+            if buf.is_empty() {
+                break;
+            }
+            let out = self
+                .client
+                .upload_part()
+                .bucket(up.bucket)
+                .key(up.key)
+                .upload_id(upload_id)
+                .part_number(number)
+                .body(ByteStream::from(buf))
+                .send()
+                .await
+                .map_err(|e| AwsError::classify(&e))?;
+            parts.push(
+                CompletedPart::builder()
+                    .part_number(number)
+                    .set_e_tag(out.e_tag().map(str::to_owned))
+                    .build(),
+            );
+        }
+        Ok(parts)
+    }
+
+    async fn abort(&self, up: &Upload<'_>, upload_id: &str) {
+        if let Err(e) = self
+            .client
+            .abort_multipart_upload()
+            .bucket(up.bucket)
+            .key(up.key)
+            .upload_id(upload_id)
+            .send()
+            .await
+        {
+            tracing::warn!(bucket = up.bucket, key = up.key, error = %AwsError::classify(&e), "Could not abort a failed multipart upload (a lifecycle rule for incomplete uploads cleans it up)");
+        }
+    }
+}

@@ -1,0 +1,495 @@
+//! CloudWatch Logs event shaping and batching (pure).
+//!
+//! * [`StreamRecord`]: what the recorder hands to the streamer — clean transcript lines
+//!   (direction `output`) or typed input rendered as text (direction `input`), numbered.
+//! * [`stream_messages`]: one record as upstream-schema JSON messages (§8.3:
+//!   `eventVersion`, `eventTime`, `awsRegion`, `target.id`, `userIdentity.arn`,
+//!   `runAsUser`, `sessionId`, `sessionData`), plus our own `sequence` (per log stream,
+//!   contiguous from 0, so duplicates after a retry are identifiable) and `direction`.
+//!   A record too large for one event is split across several, each under
+//!   [`MAX_MESSAGE_BYTES`].
+//! * [`Batcher`]: groups timestamped messages into `PutLogEvents` calls within the service
+//!   limits: at most [`MAX_BATCH_EVENTS`] events, [`MAX_BATCH_BYTES`] bytes counting
+//!   [`EVENT_OVERHEAD`] per event, chronological, spanning at most 24 hours.
+//! * [`transcript_events`]: the clean transcript split into plain-text events for the
+//!   upload at close (§8.4), at line boundaries where possible.
+//!
+//! Upstream differences on purpose: upstream batches lines into 33,000-byte events, four
+//! per call, every second, and stamps events with the upload time; we send each record as
+//! soon as it exists (the streamer coalesces for a moment), as many per call as the limits
+//! allow, stamped with the time the output happened, and we stream input too.
+
+use serde::{Deserialize, Serialize};
+
+/// Bytes the service adds to each event's message size when it sums a batch.
+pub const EVENT_OVERHEAD: usize = 26;
+/// Largest batch, in bytes (messages plus [`EVENT_OVERHEAD`] each).
+pub const MAX_BATCH_BYTES: usize = 1_048_576;
+/// Most events in one call.
+pub const MAX_BATCH_EVENTS: usize = 10_000;
+/// Largest message we put in one event: the service limit is 256 KiB including the
+/// overhead.
+pub const MAX_MESSAGE_BYTES: usize = 262_144 - EVENT_OVERHEAD;
+/// A batch may not span more than this (milliseconds).
+pub const MAX_BATCH_SPAN_MS: i64 = 24 * 3600 * 1000;
+/// Plain-text events of the upload at close are cut near this size (upstream: 200,000).
+pub const UPLOAD_EVENT_BYTES: usize = 200_000;
+
+/// Which way the recorded bytes went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// What the terminal showed (clean transcript lines).
+    Output,
+    /// What the user typed (rendered with [`render_input`]; redacted input as a marker).
+    Input,
+}
+
+/// One unit of streamed text, as the recorder writes it for the streamer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamRecord {
+    /// Position in the session's stream of records, from 0.
+    pub seq: u64,
+    /// Wall-clock time of the output or input, Unix milliseconds.
+    pub unix_ms: u64,
+    /// Output or input.
+    pub direction: Direction,
+    /// The text, one element per line, without line terminators.
+    pub lines: Vec<String>,
+}
+
+/// The fixed fields of every streamed message of one session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionFields {
+    /// AWS region of the log group.
+    pub region: String,
+    /// The instance (target) id.
+    pub target_id: String,
+    /// The session owner's identity (an IAM ARN on AWS).
+    pub owner_arn: String,
+    /// The OS account the shell runs as.
+    pub run_as_user: String,
+    /// The session id.
+    pub session_id: String,
+}
+
+#[derive(Serialize)]
+struct Target<'a> {
+    id: &'a str,
+}
+
+#[derive(Serialize)]
+struct UserIdentity<'a> {
+    arn: &'a str,
+}
+
+/// The upstream message schema, field order as upstream marshals it, then ours.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Message<'a> {
+    event_version: &'static str,
+    event_time: String,
+    aws_region: &'a str,
+    target: Target<'a>,
+    user_identity: UserIdentity<'a>,
+    run_as_user: &'a str,
+    session_id: &'a str,
+    session_data: &'a [String],
+    sequence: u64,
+    direction: Direction,
+}
+
+/// One event ready for `PutLogEvents`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEvent {
+    /// Unix milliseconds.
+    pub timestamp_ms: i64,
+    /// The message text.
+    pub message: String,
+}
+
+impl LogEvent {
+    /// Size as the service counts it.
+    pub fn cost(&self) -> usize {
+        self.message.len() + EVENT_OVERHEAD
+    }
+}
+
+/// The JSON messages for one record: usually one; more when the record's lines do not
+/// fit one event (each part keeps the record's sequence number and time, parts in order).
+/// An empty record yields nothing.
+pub fn stream_messages(fields: &SessionFields, record: &StreamRecord) -> Vec<LogEvent> {
+    if record.lines.is_empty() {
+        return Vec::new();
+    }
+    let timestamp_ms = i64::try_from(record.unix_ms).unwrap_or(i64::MAX);
+    let event_time = rfc3339_seconds(record.unix_ms / 1000);
+    let mut out = Vec::new();
+    let mut pending: Vec<Vec<String>> = vec![record.lines.clone()];
+    // Depth-first: a part that is too large is halved (by lines, or a single line by
+    // characters) until every part fits.
+    while let Some(part) = pending.pop() {
+        let message = serde_json::to_string(&Message {
+            event_version: "1.0",
+            event_time: event_time.clone(),
+            aws_region: &fields.region,
+            target: Target {
+                id: &fields.target_id,
+            },
+            user_identity: UserIdentity {
+                arn: &fields.owner_arn,
+            },
+            run_as_user: &fields.run_as_user,
+            session_id: &fields.session_id,
+            session_data: &part,
+            sequence: record.seq,
+            direction: record.direction,
+        })
+        .unwrap_or_default();
+        if message.len() <= MAX_MESSAGE_BYTES {
+            out.push(LogEvent {
+                timestamp_ms,
+                message,
+            });
+            continue;
+        }
+        let (first, second) = if part.len() > 1 {
+            let mut first = part;
+            let second = first.split_off(first.len() / 2);
+            (first, second)
+        } else {
+            let line = part.into_iter().next().unwrap_or_default();
+            let (a, b) = split_at_char(&line, line.len() / 2);
+            (vec![a.to_owned()], vec![b.to_owned()])
+        };
+        pending.push(second);
+        pending.push(first);
+    }
+    out
+}
+
+/// Splits `s` near byte `at`, on a character boundary, never producing an empty first
+/// half for a non-empty string.
+fn split_at_char(s: &str, at: usize) -> (&str, &str) {
+    let mut i = at.min(s.len());
+    while i > 0 && !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    if i == 0 {
+        i = s.chars().next().map_or(0, char::len_utf8);
+    }
+    s.split_at(i)
+}
+
+/// Typed input as readable text: one line per Enter (CR or LF), other control bytes in
+/// caret notation (`^C`, `^[` for ESC, `^?` for DEL), invalid UTF-8 as U+FFFD. A trailing
+/// line without Enter is kept.
+pub fn render_input(bytes: &[u8]) -> Vec<String> {
+    let text = String::from_utf8_lossy(bytes);
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\r' | '\n' => {
+                lines.push(std::mem::take(&mut line));
+                if c == '\r' && chars.peek() == Some(&'\n') {
+                    chars.next();
+                }
+            }
+            '\u{7f}' => line.push_str("^?"),
+            c if u32::from(c) < 0x20 => {
+                line.push('^');
+                line.push(char::from(b'@' + u8::try_from(u32::from(c)).unwrap_or(0)));
+            }
+            c => line.push(c),
+        }
+    }
+    if !line.is_empty() {
+        lines.push(line);
+    }
+    lines
+}
+
+/// The marker streamed in place of input typed with echo off.
+pub fn redacted_marker(bytes: usize) -> String {
+    format!("[input redacted: {bytes} bytes typed with echo off]")
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` for Unix seconds (UTC, proleptic Gregorian).
+pub fn rfc3339_seconds(unix_secs: u64) -> String {
+    let days = i64::try_from(unix_secs / 86_400).unwrap_or(0);
+    let rem = unix_secs % 86_400;
+    // Howard Hinnant's days-to-civil.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Groups events into `PutLogEvents` calls within the limits.
+#[derive(Debug, Default)]
+pub struct Batcher {
+    batches: Vec<Vec<LogEvent>>,
+    bytes: usize,
+}
+
+impl Batcher {
+    /// An empty batcher.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds an event (in chronological order; an earlier timestamp is raised to the
+    /// previous one so a batch stays sorted). Events must be at most
+    /// [`MAX_MESSAGE_BYTES`] (as [`stream_messages`] and [`transcript_events`] make them).
+    pub fn push(&mut self, mut event: LogEvent) {
+        let cost = event.cost();
+        let start_new = match self.batches.last() {
+            None => true,
+            Some(batch) => {
+                let first = batch.first().map_or(event.timestamp_ms, |e| e.timestamp_ms);
+                let last = batch.last().map_or(event.timestamp_ms, |e| e.timestamp_ms);
+                event.timestamp_ms = event.timestamp_ms.max(last);
+                batch.len() >= MAX_BATCH_EVENTS
+                    || self.bytes + cost > MAX_BATCH_BYTES
+                    || event.timestamp_ms - first > MAX_BATCH_SPAN_MS
+            }
+        };
+        if start_new {
+            self.batches.push(Vec::new());
+            self.bytes = 0;
+        }
+        self.bytes += cost;
+        if let Some(batch) = self.batches.last_mut() {
+            batch.push(event);
+        }
+    }
+
+    /// Whether nothing is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.batches.is_empty()
+    }
+
+    /// The batches, in order.
+    pub fn into_batches(self) -> Vec<Vec<LogEvent>> {
+        self.batches
+    }
+}
+
+/// The clean transcript as plain-text events for the upload at close: cut at line ends
+/// near [`UPLOAD_EVENT_BYTES`], a longer line cut at a character boundary; the final
+/// trailing newline trimmed (as upstream). Empty text yields nothing.
+pub fn transcript_events(text: &str, timestamp_ms: i64) -> Vec<LogEvent> {
+    let text = text.strip_suffix('\n').unwrap_or(text);
+    let mut out = Vec::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        let cut = if rest.len() <= UPLOAD_EVENT_BYTES {
+            rest.len()
+        } else {
+            let window = split_at_char(rest, UPLOAD_EVENT_BYTES).0;
+            match window.rfind('\n') {
+                Some(nl) if nl > 0 => nl + 1,
+                _ => window.len(),
+            }
+        };
+        let (piece, tail) = rest.split_at(cut);
+        let piece = piece.strip_suffix('\n').unwrap_or(piece);
+        if !piece.is_empty() {
+            out.push(LogEvent {
+                timestamp_ms,
+                message: piece.to_owned(),
+            });
+        }
+        rest = tail;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn fields() -> SessionFields {
+        SessionFields {
+            region: "us-east-1".into(),
+            target_id: "i-0123456789abcdef0".into(),
+            owner_arn: "arn:aws:iam::123456789012:user/alice".into(),
+            run_as_user: "ssm-user".into(),
+            session_id: "alice-0a1b2c3d".into(),
+        }
+    }
+
+    #[test]
+    fn message_has_the_upstream_schema_in_order_plus_ours() {
+        let record = StreamRecord {
+            seq: 7,
+            unix_ms: 1_729_534_091_500,
+            direction: Direction::Output,
+            lines: vec!["$ ls".into(), "a  b".into()],
+        };
+        let events = stream_messages(&fields(), &record);
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].timestamp_ms, 1_729_534_091_500);
+        assert_eq!(
+            events[0].message,
+            r#"{"eventVersion":"1.0","eventTime":"2024-10-21T18:08:11Z","awsRegion":"us-east-1","target":{"id":"i-0123456789abcdef0"},"userIdentity":{"arn":"arn:aws:iam::123456789012:user/alice"},"runAsUser":"ssm-user","sessionId":"alice-0a1b2c3d","sessionData":["$ ls","a  b"],"sequence":7,"direction":"output"}"#
+        );
+    }
+
+    #[test]
+    fn rfc3339_known_dates() {
+        assert_eq!(rfc3339_seconds(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339_seconds(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339_seconds(1_729_534_091), "2024-10-21T18:08:11Z");
+        assert_eq!(rfc3339_seconds(4_102_444_799), "2099-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn oversized_records_split_in_order_within_the_limit() {
+        let line = "x".repeat(100_000);
+        let record = StreamRecord {
+            seq: 1,
+            unix_ms: 5,
+            direction: Direction::Output,
+            lines: vec![
+                line.clone(),
+                line.clone(),
+                line.clone(),
+                "é".repeat(400_000),
+            ],
+        };
+        let events = stream_messages(&fields(), &record);
+        assert!(events.len() > 2);
+        let mut rebuilt = Vec::new();
+        for e in &events {
+            assert!(e.message.len() <= MAX_MESSAGE_BYTES, "{}", e.message.len());
+            let v: serde_json::Value = serde_json::from_str(&e.message).unwrap();
+            assert_eq!(v["sequence"], 1);
+            for l in v["sessionData"].as_array().unwrap() {
+                rebuilt.push(l.as_str().unwrap().to_owned());
+            }
+        }
+        // Whole lines stay whole; the one huge line comes back in pieces, in order.
+        assert_eq!(&rebuilt[..3], &[line.clone(), line.clone(), line]);
+        assert_eq!(rebuilt[3..].concat(), "é".repeat(400_000));
+    }
+
+    #[test]
+    fn input_renders_enter_as_lines_and_controls_in_caret_notation() {
+        assert_eq!(render_input(b"ls -la\r"), ["ls -la"]);
+        assert_eq!(render_input(b"a\r\nb\nc"), ["a", "b", "c"]);
+        assert_eq!(render_input(b"vi x\x1b[A\x03\x7f"), ["vi x^[[A^C^?"]);
+        assert_eq!(render_input(b"\xff"), ["\u{fffd}"]);
+        assert!(render_input(b"").is_empty());
+    }
+
+    #[test]
+    fn batches_respect_count_and_size_and_span() {
+        let mut b = Batcher::new();
+        for i in 0..25_000 {
+            b.push(LogEvent {
+                timestamp_ms: i,
+                message: "m".into(),
+            });
+        }
+        let batches = b.into_batches();
+        assert_eq!(
+            batches.iter().map(Vec::len).collect::<Vec<_>>(),
+            [10_000, 10_000, 5_000]
+        );
+
+        let mut b = Batcher::new();
+        for i in 0..8 {
+            b.push(LogEvent {
+                timestamp_ms: i,
+                message: "y".repeat(MAX_MESSAGE_BYTES),
+            });
+        }
+        for batch in b.into_batches() {
+            assert!(batch.iter().map(LogEvent::cost).sum::<usize>() <= MAX_BATCH_BYTES);
+            assert_eq!(batch.len(), 4);
+        }
+
+        let mut b = Batcher::new();
+        b.push(LogEvent {
+            timestamp_ms: 0,
+            message: "a".into(),
+        });
+        b.push(LogEvent {
+            timestamp_ms: MAX_BATCH_SPAN_MS + 1,
+            message: "b".into(),
+        });
+        b.push(LogEvent {
+            timestamp_ms: 5, // out of order: raised
+            message: "c".into(),
+        });
+        let batches = b.into_batches();
+        assert_eq!(batches.len(), 2);
+        assert_eq!(batches[1][1].timestamp_ms, MAX_BATCH_SPAN_MS + 1);
+    }
+
+    #[test]
+    fn transcript_events_cut_at_line_ends() {
+        assert!(transcript_events("", 1).is_empty());
+        assert_eq!(transcript_events("a\nb\n", 1)[0].message, "a\nb");
+        let line = format!("{}\n", "z".repeat(150_000));
+        let text = line.repeat(3);
+        let events = transcript_events(&text, 1);
+        assert_eq!(events.len(), 3);
+        assert!(events.iter().all(|e| e.message == line.trim_end()));
+        let long = "q".repeat(450_000);
+        let events = transcript_events(&long, 1);
+        assert_eq!(events.len(), 3);
+        assert_eq!(
+            events
+                .iter()
+                .map(|e| e.message.as_str())
+                .collect::<String>(),
+            long
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn transcript_events_lose_nothing(text in "[a-z\n\u{e9}]{0,2000}") {
+            let events = transcript_events(&text, 0);
+            let joined = events.iter().map(|e| e.message.as_str()).collect::<Vec<_>>();
+            for e in &events {
+                prop_assert!(e.message.len() <= MAX_MESSAGE_BYTES);
+            }
+            // Every non-newline character survives, in order.
+            let strip = |s: &str| s.chars().filter(|c| *c != '\n').collect::<String>();
+            prop_assert_eq!(strip(&joined.concat()), strip(&text));
+        }
+
+        #[test]
+        fn batcher_never_breaks_limits(sizes in proptest::collection::vec(0usize..300_000, 0..40)) {
+            let mut b = Batcher::new();
+            for (i, n) in sizes.iter().enumerate() {
+                b.push(LogEvent { timestamp_ms: i64::try_from(i).unwrap(), message: "v".repeat((*n).min(MAX_MESSAGE_BYTES)) });
+            }
+            let batches = b.into_batches();
+            prop_assert_eq!(batches.iter().map(Vec::len).sum::<usize>(), sizes.len());
+            for batch in batches {
+                prop_assert!(!batch.is_empty());
+                prop_assert!(batch.len() <= MAX_BATCH_EVENTS);
+                prop_assert!(batch.iter().map(LogEvent::cost).sum::<usize>() <= MAX_BATCH_BYTES);
+                prop_assert!(batch.windows(2).all(|w| w[0].timestamp_ms <= w[1].timestamp_ms));
+            }
+        }
+    }
+}

@@ -1,0 +1,709 @@
+//! Session recording and delivery end to end, against LocalStack (S3 and CloudWatch Logs
+//! on 127.0.0.1:4566, started by scripts/test.sh): the agent binary runs as a real daemon
+//! process configured only through the standard AWS environment variables, the gateway
+//! hands it the session preferences, a client types into a real shell, and the results
+//! are read back from LocalStack with the AWS SDK.
+
+use crate::support::*;
+use aws_sdk_cloudwatchlogs::Client as LogsClient;
+use aws_sdk_s3::Client as S3Client;
+use serde_json::{json, Value};
+use session_agent::gateway::GatewayConfig;
+use session_agent::protocol::document::SessionDocument;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const LOCALSTACK: &str = "http://127.0.0.1:4566";
+const REGION: &str = "us-east-1";
+
+/// Clients for LocalStack; panics with what to do when it is not running.
+struct LocalStack {
+    s3: S3Client,
+    logs: LogsClient,
+}
+
+impl LocalStack {
+    async fn get() -> Self {
+        let health = reqwest::get(format!("{LOCALSTACK}/_localstack/health")).await;
+        assert!(
+            health.is_ok_and(|r| r.status().is_success()),
+            "LocalStack is not running on {LOCALSTACK}: run the tests with scripts/test.sh, which starts it (or start it with scripts/localstack/start DIR)"
+        );
+        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(LOCALSTACK)
+            .region(aws_config::Region::new(REGION))
+            .credentials_provider(aws_credential_types::Credentials::new(
+                "test", "test", None, None, "test",
+            ))
+            .http_client(session_agent::delivery::aws::https_client())
+            .load()
+            .await;
+        Self {
+            s3: S3Client::new(&config),
+            logs: LogsClient::new(&config),
+        }
+    }
+
+    async fn bucket(&self, encrypted: bool) -> String {
+        let name = unique("rec");
+        self.s3.create_bucket().bucket(&name).send().await.unwrap();
+        if !encrypted {
+            self.s3
+                .delete_bucket_encryption()
+                .bucket(&name)
+                .send()
+                .await
+                .unwrap();
+        }
+        name
+    }
+
+    async fn log_group(&self, kms: bool) -> String {
+        let name = unique("/sessions/");
+        let mut req = self.logs.create_log_group().log_group_name(&name);
+        if kms {
+            req = req.kms_key_id("arn:aws:kms:us-east-1:000000000000:key/test-key");
+        }
+        req.send().await.unwrap();
+        name
+    }
+
+    async fn object(&self, bucket: &str, key: &str, within: Duration) -> Vec<u8> {
+        let deadline = Instant::now() + within;
+        loop {
+            match self.s3.get_object().bucket(bucket).key(key).send().await {
+                Ok(o) => return o.body.collect().await.unwrap().into_bytes().to_vec(),
+                Err(e) => assert!(
+                    Instant::now() < deadline,
+                    "s3://{bucket}/{key} never appeared: {e:?}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Every event of a stream, in the order the service returns them.
+    async fn events(&self, group: &str, stream: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let resp = match self
+                .logs
+                .get_log_events()
+                .log_group_name(group)
+                .log_stream_name(stream)
+                .start_from_head(true)
+                .set_next_token(token.clone())
+                .send()
+                .await
+            {
+                Ok(r) => r,
+                Err(_) => return out, // no stream yet
+            };
+            let n = resp.events().len();
+            out.extend(
+                resp.events()
+                    .iter()
+                    .filter_map(|e| e.message().map(str::to_owned)),
+            );
+            let next = resp.next_forward_token().map(str::to_owned);
+            if n == 0 || next == token {
+                return out;
+            }
+            token = next;
+        }
+    }
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}{}", uuid::Uuid::new_v4().simple())
+}
+
+/// The agent binary as a daemon process, with the standard AWS variables pointing at
+/// LocalStack. Killed on drop; its log is kept for assertions.
+struct AgentProcess {
+    child: Child,
+    state: tempfile::TempDir,
+}
+
+impl AgentProcess {
+    async fn start(gw: &Gateway, target: &str) -> Self {
+        let state = tempfile::tempdir().unwrap();
+        let log = std::fs::File::create(state.path().join("agent.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_session-agent"))
+            .args(["run", "--endpoint", &gw.http_url(), "--target-id", target])
+            .arg("--state-dir")
+            .arg(state.path())
+            .args(["--shell", "sh"])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", state.path())
+            .env("AWS_ENDPOINT_URL", LOCALSTACK)
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", REGION)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("SESSION_AGENT_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        wait_online(gw, target, WAIT).await;
+        Self { child, state }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.state.path().join("agent.log")).unwrap_or_default()
+    }
+
+    fn recording_dir(&self, session_id: &str) -> PathBuf {
+        self.state.path().join("recordings").join(session_id)
+    }
+
+    /// Waits for the recording's delivery report.
+    async fn delivery(&self, session_id: &str, within: Duration) -> Value {
+        let path = self.recording_dir(session_id).join("delivery.json");
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&path) {
+                if let Ok(v) = serde_json::from_str(&text) {
+                    return v;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no delivery report for {session_id}; agent log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap());
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn preferences(inputs: Value) -> Value {
+    let mut doc = SessionDocument::default_shell().to_json();
+    for (k, v) in inputs.as_object().unwrap() {
+        doc["inputs"][k] = v.clone();
+    }
+    doc
+}
+
+async fn gateway(inputs: Value) -> Gateway {
+    Gateway::start(GatewayConfig {
+        preferences: preferences(inputs),
+        ..GatewayConfig::default()
+    })
+    .await
+}
+
+async fn open_shell(gw: &Gateway, target: &str) -> (String, InteractiveClient) {
+    let (sid, token, url) = start_session(gw, target).await;
+    let mut client = InteractiveClient::new(client_connect(gw, &url, &token).await);
+    client.resize(100, 30).await;
+    client.expect("$ ").await;
+    (sid, client)
+}
+
+fn all_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            all_files(&p, out);
+        } else {
+            out.push(p);
+        }
+    }
+}
+
+#[tokio::test]
+async fn streamed_events_arrive_within_two_seconds_in_the_upstream_schema() {
+    let ls = LocalStack::get().await;
+    let group = ls.log_group(false).await;
+    let gw = gateway(json!({
+        "cloudWatchLogGroupName": group,
+        "cloudWatchStreamingEnabled": true,
+    }))
+    .await;
+    let agent = AgentProcess::start(&gw, "rec-stream").await;
+    let (sid, mut client) = open_shell(&gw, "rec-stream").await;
+    client.type_text("echo marker-$((6*7))\r").await;
+    client.expect("marker-42\r\n$ ").await;
+    let seen = Instant::now();
+    let (event, elapsed) = loop {
+        let events = ls.events(&group, &sid).await;
+        if let Some(e) = events.iter().find(|e| e.contains("\"marker-42\"")) {
+            break (e.clone(), seen.elapsed());
+        }
+        assert!(
+            seen.elapsed() < Duration::from_secs(10),
+            "no event with the output; events: {events:?}; agent log:\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        elapsed < Duration::from_secs(2),
+        "the event took {elapsed:?} to appear"
+    );
+    let v: Value = serde_json::from_str(&event).unwrap();
+    let owner = gw
+        .api_ok("DescribeSessions", json!({"State": "Active"}))
+        .await["Sessions"][0]["Owner"]
+        .clone();
+    assert_eq!(v["eventVersion"], "1.0");
+    let time = v["eventTime"].as_str().unwrap();
+    assert_eq!(time.len(), 20, "{time}");
+    assert!(time.ends_with('Z') && time.as_bytes()[10] == b'T', "{time}");
+    assert_eq!(v["awsRegion"], REGION);
+    assert_eq!(v["target"]["id"], "rec-stream");
+    assert_eq!(v["userIdentity"]["arn"], owner);
+    assert!(v["runAsUser"].as_str().is_some_and(|u| !u.is_empty()));
+    assert_eq!(v["sessionId"], sid.as_str());
+    assert_eq!(v["direction"], "output");
+    assert!(v["sequence"].is_u64());
+    let data: Vec<&str> = v["sessionData"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
+    assert!(data.contains(&"marker-42"), "{data:?}");
+    assert!(!event.contains("\\u001b"), "escape codes in {event}");
+    // What was typed is streamed too, as input.
+    client.type_text("exit\r").await;
+    client.until_closed().await;
+    let report = agent.delivery(&sid, Duration::from_secs(30)).await;
+    assert_eq!(report["complete"], true, "{report}");
+    let events = ls.events(&group, &sid).await;
+    let parsed: Vec<Value> = events
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    assert!(
+        parsed
+            .iter()
+            .any(|v| v["direction"] == "input" && v["sessionData"][0] == "echo marker-$((6*7))"),
+        "{events:?}"
+    );
+    let mut seqs: Vec<u64> = parsed
+        .iter()
+        .map(|v| v["sequence"].as_u64().unwrap())
+        .collect();
+    seqs.dedup();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    // The gateway shows where the logs went.
+    let s = wait_status(&gw, &sid, "History", "Terminated").await;
+    let url = s["OutputUrl"]["CloudWatchOutputUrl"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(url.contains(&group) && url.contains(&sid), "{s}");
+    drop(agent);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn s3_and_cloudwatch_uploads_at_close_hold_the_clean_transcript() {
+    let ls = LocalStack::get().await;
+    let bucket = ls.bucket(true).await;
+    let group = ls.log_group(true).await;
+    let gw = gateway(json!({
+        "s3BucketName": bucket,
+        "s3KeyPrefix": "team/a",
+        "s3EncryptionEnabled": true,
+        "cloudWatchLogGroupName": group,
+        "cloudWatchEncryptionEnabled": true,
+        "cloudWatchStreamingEnabled": false,
+    }))
+    .await;
+    let agent = AgentProcess::start(&gw, "rec-close").await;
+    let (sid, mut client) = open_shell(&gw, "rec-close").await;
+    client
+        .type_text("printf '\\033[1;31mred alert\\033[0m\\n'; printf 'abc\\bX\\rZ\\n'\r")
+        .await;
+    client.expect("red alert").await;
+    client.type_text("exit\r").await;
+    client.until_closed().await;
+    let report = agent.delivery(&sid, Duration::from_secs(30)).await;
+    assert_eq!(report["complete"], true, "{report}");
+    let key = format!("team/a/{sid}.log");
+    let log = String::from_utf8(ls.object(&bucket, &key, WAIT).await).unwrap();
+    assert!(log.contains("\nred alert\n"), "{log:?}");
+    // Backspace and carriage return applied: "abc", BS, "X" → "abX"; CR, "Z" → "ZbX".
+    assert!(log.contains("\nZbX\n"), "{log:?}");
+    assert!(!log.contains('\x1b') && !log.contains('\r') && !log.contains('\x08'));
+    let head = ls
+        .s3
+        .head_object()
+        .bucket(&bucket)
+        .key(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        head.server_side_encryption().map(|s| s.as_str()),
+        Some("AES256")
+    );
+    assert!(head
+        .content_type()
+        .unwrap_or_default()
+        .starts_with("text/plain"));
+    let cast = String::from_utf8(
+        ls.object(&bucket, &format!("team/a/{sid}.cast"), WAIT)
+            .await,
+    )
+    .unwrap();
+    let header: Value = serde_json::from_str(cast.lines().next().unwrap()).unwrap();
+    assert_eq!(header["version"], 2);
+    assert!(
+        cast.contains("\\u001b[1;31mred alert"),
+        "the cast keeps the raw output"
+    );
+    let events = ls.events(&group, &sid).await;
+    let text = events.join("\n");
+    assert!(
+        text.contains("red alert") && text.contains("ZbX"),
+        "{events:?}"
+    );
+    assert!(!text.contains('\x1b'));
+    assert!(
+        !text.starts_with('{'),
+        "the upload at close is plain text, not JSON: {text}"
+    );
+    let s = wait_status(&gw, &sid, "History", "Terminated").await;
+    assert_eq!(
+        s["OutputUrl"]["S3OutputUrl"],
+        format!("s3://{bucket}/{key}"),
+        "{s}"
+    );
+    drop(agent);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn full_screen_programs_render_as_readable_screens() {
+    let ls = LocalStack::get().await;
+    let bucket = ls.bucket(true).await;
+    let gw = gateway(json!({"s3BucketName": bucket})).await;
+    let agent = AgentProcess::start(&gw, "rec-tui").await;
+    let (sid, mut client) = open_shell(&gw, "rec-tui").await;
+    client.type_text("top -d 0.5\r").await;
+    client.expect("load average").await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    client.type_text("q").await;
+    client.type_text("echo top-done\r").await;
+    client.expect("top-done").await;
+    client.type_text("vi /tmp/rec-tui-$$.txt\r").await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    client.type_text("ihello from vi\x1b").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    client.type_text(":q!\r").await;
+    // Type on only once vi has left the alternate screen (it would swallow type-ahead).
+    client.expect("\x1b[?1049l").await;
+    client.type_text("echo vi-done\r").await;
+    client.expect("vi-done").await;
+    client.type_text("exit\r").await;
+    client.until_closed().await;
+    agent.delivery(&sid, Duration::from_secs(30)).await;
+    let log = String::from_utf8(ls.object(&bucket, &format!("{sid}.log"), WAIT).await).unwrap();
+    assert!(!log.contains('\x1b'), "escape codes in {log:?}");
+    assert!(log.contains("--- screen ---"), "{log}");
+    let top_header = log
+        .lines()
+        .find(|l| l.contains("load average"))
+        .unwrap_or_else(|| panic!("no top header in {log}"));
+    assert!(top_header.starts_with("top - "), "{top_header:?}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("PID") && l.contains("COMMAND")),
+        "{log}"
+    );
+    assert!(
+        log.lines().any(|l| l.trim_end() == "hello from vi"),
+        "{log}"
+    );
+    assert!(log.contains("top-done") && log.contains("vi-done"));
+    drop(agent);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_password_typed_with_echo_off_reaches_no_sink_and_no_file() {
+    const SECRET: &str = "Tr0ub4dor-x7Q";
+    let ls = LocalStack::get().await;
+    let bucket = ls.bucket(true).await;
+    let group = ls.log_group(false).await;
+    let gw = gateway(json!({
+        "s3BucketName": bucket,
+        "cloudWatchLogGroupName": group,
+        "cloudWatchStreamingEnabled": true,
+    }))
+    .await;
+    let agent = AgentProcess::start(&gw, "rec-pw").await;
+    let (sid, mut client) = open_shell(&gw, "rec-pw").await;
+    client
+        .type_text("stty -echo; printf 'Pass''word: '; read pw; stty echo; echo; echo got-${#pw}\r")
+        .await;
+    // The prompt, not the echo of the command line (which reads Pass''word).
+    client.expect("Password: ").await;
+    // Typed one key at a time, as a person would.
+    for c in SECRET.chars() {
+        client.type_text(&c.to_string()).await;
+    }
+    client.type_text("\r").await;
+    client.expect(&format!("got-{}", SECRET.len())).await;
+    client.type_text("exit\r").await;
+    client.until_closed().await;
+    let report = agent.delivery(&sid, Duration::from_secs(30)).await;
+    assert_eq!(report["complete"], true, "{report}");
+    let mut sinks: Vec<(String, String)> = Vec::new();
+    for ext in ["log", "cast"] {
+        let body = ls.object(&bucket, &format!("{sid}.{ext}"), WAIT).await;
+        sinks.push((
+            format!("s3 {ext}"),
+            String::from_utf8_lossy(&body).into_owned(),
+        ));
+    }
+    let events = ls.events(&group, &sid).await;
+    assert!(
+        events.iter().any(|e| e.contains("[input redacted: ")),
+        "no redaction marker in {events:?}"
+    );
+    sinks.push(("cloudwatch".into(), events.join("\n")));
+    let mut files = Vec::new();
+    all_files(agent.state.path(), &mut files);
+    assert!(files.len() > 4, "{files:?}");
+    for f in files {
+        let bytes = std::fs::read(&f).unwrap_or_default();
+        sinks.push((
+            f.display().to_string(),
+            String::from_utf8_lossy(&bytes).into_owned(),
+        ));
+    }
+    let b64 = session_agent::recorder::event::base64_encode(SECRET.as_bytes());
+    for (name, text) in &sinks {
+        assert!(!text.contains(SECRET), "{name} leaks the password");
+        assert!(!text.contains(&b64), "{name} leaks the password (base64)");
+        assert!(!text.contains("Tr0ub"), "{name} leaks part of the password");
+    }
+    drop(agent);
+    gw.stop().await;
+}
+
+async fn refused_with(gw: &Gateway, target: &str) -> String {
+    let (sid, token, url) = start_session(gw, target).await;
+    let mut client = InteractiveClient::new(client_connect(gw, &url, &token).await);
+    client.resize(100, 30).await;
+    client.until_closed().await;
+    let output = client
+        .closed
+        .as_ref()
+        .map(|c| c.output.clone())
+        .unwrap_or_default();
+    let s = wait_status(gw, &sid, "History", "Failed").await;
+    assert_eq!(s["Details"], output.as_str(), "{s}");
+    output
+}
+
+#[tokio::test]
+async fn encryption_required_but_missing_refuses_the_session_and_says_which_resource() {
+    let ls = LocalStack::get().await;
+    let bucket = ls.bucket(false).await;
+    let gw = gateway(json!({"s3BucketName": bucket, "s3EncryptionEnabled": true})).await;
+    let agent = AgentProcess::start(&gw, "rec-enc-s3").await;
+    let out = refused_with(&gw, "rec-enc-s3").await;
+    assert!(
+        out.contains(session_agent::delivery::S3_NOT_ENCRYPTED) && out.contains(&bucket),
+        "{out:?}"
+    );
+    assert!(
+        !agent
+            .state
+            .path()
+            .join("recordings")
+            .read_dir()
+            .unwrap()
+            .any(|_| true),
+        "a refused session must not start a shell"
+    );
+    drop(agent);
+    gw.stop().await;
+
+    let group = ls.log_group(false).await;
+    let gw = gateway(json!({
+        "cloudWatchLogGroupName": group,
+        "cloudWatchEncryptionEnabled": true,
+        "cloudWatchStreamingEnabled": true,
+    }))
+    .await;
+    let agent = AgentProcess::start(&gw, "rec-enc-cw").await;
+    let out = refused_with(&gw, "rec-enc-cw").await;
+    assert!(
+        out.contains(session_agent::delivery::CWL_NOT_ENCRYPTED) && out.contains(&group),
+        "{out:?}"
+    );
+    drop(agent);
+    gw.stop().await;
+
+    // A bucket that does not exist is not "not encrypted": the message says what it is.
+    let missing = unique("missing");
+    let gw = gateway(json!({"s3BucketName": missing, "s3EncryptionEnabled": true})).await;
+    let agent = AgentProcess::start(&gw, "rec-enc-none").await;
+    let out = refused_with(&gw, "rec-enc-none").await;
+    assert!(
+        out.contains("does not exist") && out.contains(&missing),
+        "{out:?}"
+    );
+    assert!(
+        !out.contains(session_agent::delivery::S3_NOT_ENCRYPTED),
+        "{out:?}"
+    );
+    drop(agent);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_missing_log_group_is_reported_and_the_session_still_works() {
+    let _ls = LocalStack::get().await;
+    let group = unique("/missing/");
+    let gw = gateway(json!({
+        "cloudWatchLogGroupName": group,
+        "cloudWatchStreamingEnabled": true,
+    }))
+    .await;
+    let agent = AgentProcess::start(&gw, "rec-nogroup").await;
+    let (sid, token, url) = start_session(&gw, "rec-nogroup").await;
+    let mut client = InteractiveClient::new(client_connect(&gw, &url, &token).await);
+    client.resize(100, 30).await;
+    let notice = client.expect("does not exist").await;
+    assert!(notice.contains(&group), "{notice:?}");
+    client.expect("$ ").await;
+    client.type_text("echo still-$((1+1))\r").await;
+    client.expect("still-2").await;
+    client.type_text("exit\r").await;
+    client.until_closed().await;
+    let report = agent.delivery(&sid, Duration::from_secs(30)).await;
+    assert_eq!(report["complete"], false, "{report}");
+    assert!(
+        report["errors"][0].as_str().unwrap().contains(&group),
+        "{report}"
+    );
+    let log = agent.log();
+    assert!(
+        log.contains("does not exist") && log.contains(&group),
+        "{log}"
+    );
+    // The local recording is complete.
+    let transcript =
+        std::fs::read_to_string(agent.recording_dir(&sid).join(format!("{sid}.log"))).unwrap();
+    assert!(transcript.contains("still-2"), "{transcript}");
+    drop(agent);
+    gw.stop().await;
+}
+
+/// Lines of `seq -f '%0100g' 1 N`, hashed in order.
+fn expected_digest(n: u64) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for i in 1..=n {
+        h.update(format!("{i:0100}\n").as_bytes());
+    }
+    h.finalize().into()
+}
+
+fn digest_of_digit_lines<'a>(lines: impl Iterator<Item = &'a str>) -> ([u8; 32], u64) {
+    let mut h = Sha256::new();
+    let mut n = 0;
+    for l in lines.filter(|l| l.len() == 100 && l.bytes().all(|b| b.is_ascii_digit())) {
+        h.update(l.as_bytes());
+        h.update(b"\n");
+        n += 1;
+    }
+    (h.finalize().into(), n)
+}
+
+#[tokio::test]
+async fn fifty_megabytes_of_output_arrive_complete_in_s3_and_cloudwatch() {
+    const LINES: u64 = 500_000; // 101 bytes each: 50.5 MB
+    let ls = LocalStack::get().await;
+    let bucket = ls.bucket(true).await;
+    let group = ls.log_group(false).await;
+    let gw = gateway(json!({
+        "s3BucketName": bucket,
+        "cloudWatchLogGroupName": group,
+        "cloudWatchStreamingEnabled": true,
+        "idleSessionTimeout": "60",
+    }))
+    .await;
+    let agent = AgentProcess::start(&gw, "rec-big").await;
+    let (sid, mut client) = open_shell(&gw, "rec-big").await;
+    client.resize(200, 30).await;
+    client
+        .type_text(&format!(
+            "seq -f '%0100g' 1 {LINES}; echo big-$((1+1))-done\r"
+        ))
+        .await;
+    // Read to the end marker without rescanning the whole screen each step.
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let tail_from = client.screen.len().saturating_sub(64);
+        if !client.step().await {
+            panic!("session closed early");
+        }
+        if String::from_utf8_lossy(&client.screen[tail_from..]).contains("big-2-done") {
+            break;
+        }
+        if client.screen.len() > 8 << 20 {
+            client.screen.drain(..client.screen.len() - 4096);
+        }
+        assert!(Instant::now() < deadline, "output did not finish");
+    }
+    client.type_text("exit\r").await;
+    client.until_closed().await;
+    let report = agent.delivery(&sid, Duration::from_secs(600)).await;
+    assert_eq!(report["complete"], true, "{report}");
+    let want = expected_digest(LINES);
+
+    let log = ls.object(&bucket, &format!("{sid}.log"), WAIT).await;
+    assert!(log.len() > 50_000_000, "{} bytes", log.len());
+    let log = String::from_utf8(log).unwrap();
+    let (got, n) = digest_of_digit_lines(log.lines());
+    assert_eq!(n, LINES);
+    assert_eq!(got, want, "S3 transcript differs");
+
+    let events = ls.events(&group, &sid).await;
+    let mut parsed: Vec<Value> = events
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .filter(|v: &Value| v["direction"] == "output")
+        .collect();
+    // Parts of one record share its sequence number and stay in order (stable sort).
+    parsed.sort_by_key(|v| v["sequence"].as_u64().unwrap());
+    let lines: Vec<&str> = parsed
+        .iter()
+        .flat_map(|v| v["sessionData"].as_array().unwrap().iter())
+        .map(|l| l.as_str().unwrap())
+        .collect();
+    let (got, n) = digest_of_digit_lines(lines.into_iter());
+    assert_eq!(n, LINES);
+    assert_eq!(got, want, "CloudWatch events differ");
+    drop(agent);
+    gw.stop().await;
+}
