@@ -48,6 +48,17 @@ pub enum Command {
     /// `session-manager-plugin`, so the AWS CLI can use it as its plugin.
     #[command(after_help = crate::client::EXIT_CODES_HELP)]
     Connect(crate::client::ConnectArgs),
+    /// Play a session recording in this terminal with its original timing.
+    ///
+    /// FILE is a recording's raw stream (<state>/recordings/<id>/events.jsonl) or its
+    /// asciicast (<id>.cast, also what S3 holds). The recorded output is written to the
+    /// terminal as it was (escape sequences included): replay only recordings you trust.
+    Replay(crate::replay::ReplayArgs),
+    /// Print the clean text of a session recording (what the user saw: no escape codes,
+    /// full-screen programs as `--- screen ---` blocks).
+    ///
+    /// FILE is events.jsonl or a .cast, as for `replay`.
+    Transcript(crate::replay::TranscriptArgs),
     /// Internal: the privilege-dropping shim a shell for another user starts through
     /// (`__exec-as --uid U --gid G --user NAME -- PROGRAM ARGS...`); see
     /// `session::pty::exec_as_main`.

@@ -53,4 +53,5 @@ pub mod dev;
 pub mod gateway;
 pub mod protocol;
 pub mod recorder;
+pub mod replay;
 pub mod session;

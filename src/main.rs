@@ -136,6 +136,18 @@ fn main() -> ExitCode {
                 Err(e) => usage_error(&e),
             }
         }
+        Command::Replay(args) => {
+            match session_agent::replay::replay(&args, &mut std::io::stdout().lock()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => failure(&e),
+            }
+        }
+        Command::Transcript(args) => {
+            match session_agent::replay::transcript(&args, &mut std::io::stdout().lock()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => failure(&e),
+            }
+        }
         Command::ExecAs { .. } => unreachable!("dispatched before logging is set up"),
     }
 }

@@ -243,6 +243,8 @@ impl Recording {
             files,
             started_unix_ms,
             stream_seq: 0,
+            pending_output: Vec::new(),
+            pending_output_at: 0,
             pending_input: Vec::new(),
             open_input: String::new(),
             pending_since: None,
@@ -294,6 +296,9 @@ struct Worker {
     files: Files,
     started_unix_ms: u64,
     stream_seq: u64,
+    /// Output lines gathered for the next stream record, and the time of the latest.
+    pending_output: Vec<String>,
+    pending_output_at: u64,
     /// Complete typed lines not yet streamed.
     pending_input: Vec<String>,
     /// The line being typed (no Enter yet).
@@ -340,11 +345,16 @@ impl Worker {
         let event = match msg {
             Rec::Output(at, data) => {
                 self.summary.output_bytes += data.len() as u64;
-                self.rec.output(at, &data)
+                let event = self.rec.output(at, &data);
+                // Lines are taken after every output event: the commit points (and so
+                // the transcript) are then a function of the event stream alone, and
+                // `session-agent transcript` re-renders the raw stream identically.
+                self.take_output_lines(at);
+                event
             }
             Rec::Input(at, data, echo_off) => {
                 // Output shown before this keystroke goes to the stream first (order).
-                self.push_output_lines(at);
+                self.flush_output_record();
                 let event = self.rec.input(at, &data, echo_off);
                 match &event.kind {
                     EventKind::InputRedacted { bytes } => {
@@ -378,7 +388,8 @@ impl Worker {
             Rec::Resize(at, cols, rows) => self.rec.resize(at, cols, rows),
             Rec::End(at, code, how) => {
                 let event = self.rec.end(at, code, how);
-                self.push_output_lines(at);
+                self.take_output_lines(at);
+                self.flush_output_record();
                 self.flush_input(at, true);
                 event
             }
@@ -402,9 +413,9 @@ impl Worker {
         }
     }
 
-    /// Commits transcript lines completed so far: to the transcript file and, when
-    /// streaming, as an output record.
-    fn push_output_lines(&mut self, at: u64) {
+    /// Commits transcript lines completed so far: to the transcript file at once and,
+    /// when streaming, to the output record being gathered.
+    fn take_output_lines(&mut self, at: u64) {
         let lines = self.rec.take_lines();
         if lines.is_empty() {
             return;
@@ -416,7 +427,19 @@ impl Worker {
         }
         let r = self.files.transcript.write_all(text.as_bytes());
         self.note(r, "transcript");
-        self.stream(at, Direction::Output, lines);
+        if self.files.stream.is_some() {
+            self.pending_output_at = at;
+            self.pending_output.extend(lines);
+        }
+    }
+
+    /// Streams the gathered output lines as one record.
+    fn flush_output_record(&mut self) {
+        if self.pending_output.is_empty() {
+            return;
+        }
+        let lines = std::mem::take(&mut self.pending_output);
+        self.stream(self.pending_output_at, Direction::Output, lines);
     }
 
     /// Streams the typed lines held back; with `partial`, the line still being typed too.
@@ -455,7 +478,7 @@ impl Worker {
     /// End of a batch: hand completed lines on, flush every file, wake the streamer.
     fn flush_lines(&mut self, ended: bool) {
         let at = unix_ms().saturating_sub(self.started_unix_ms);
-        self.push_output_lines(at);
+        self.flush_output_record();
         if self
             .pending_since
             .is_some_and(|since| at.saturating_sub(since) >= INPUT_HOLD_MS)

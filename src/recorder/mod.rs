@@ -39,6 +39,7 @@
 
 pub mod asciicast;
 pub mod event;
+pub mod playback;
 pub mod transcript;
 
 pub use asciicast::{asciicast_header, asciicast_line, AsciicastEncoder};

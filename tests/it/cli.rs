@@ -212,3 +212,46 @@ fn the_example_agent_config_is_accepted() {
     assert_eq!(code, 64, "{err}");
     assert!(err.contains("log_level") && err.contains("chatty"), "{err}");
 }
+
+#[test]
+fn transcript_and_replay_refuse_files_that_are_not_recordings() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("notes.txt");
+    std::fs::write(&bad, "hello\n").unwrap();
+    for cmd in ["transcript", "replay"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_session-agent"))
+            .arg(cmd)
+            .arg(&bad)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{cmd}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("not a recording") && err.contains("notes.txt"),
+            "{err}"
+        );
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_session-agent"))
+        .arg("replay")
+        .arg(dir.path().join("missing.cast"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot open"));
+    // A broken line is named.
+    let cast = dir.path().join("x.cast");
+    std::fs::write(
+        &cast,
+        "{\"version\":2,\"width\":80,\"height\":24}\n[0.1, \"o\", \"hi\"]\n[oops\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_session-agent"))
+        .arg("transcript")
+        .arg(&cast)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("line 3"),
+        "{out:?}"
+    );
+}

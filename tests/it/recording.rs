@@ -409,6 +409,8 @@ async fn full_screen_programs_render_as_readable_screens() {
     client.expect("load average").await;
     tokio::time::sleep(Duration::from_millis(600)).await;
     client.type_text("q").await;
+    // Type on only at the prompt again (top would swallow type-ahead).
+    client.expect("$ ").await;
     client.type_text("echo top-done\r").await;
     client.expect("top-done").await;
     client.type_text("vi /tmp/rec-tui-$$.txt\r").await;
@@ -441,6 +443,46 @@ async fn full_screen_programs_render_as_readable_screens() {
         "{log}"
     );
     assert!(log.contains("top-done") && log.contains("vi-done"));
+
+    // `transcript` renders the local raw stream and the S3 asciicast to the same text,
+    // and `replay` plays back exactly the recorded output.
+    let events = agent.recording_dir(&sid).join("events.jsonl");
+    let cast = agent.state.path().join("downloaded.cast");
+    std::fs::write(
+        &cast,
+        ls.object(&bucket, &format!("{sid}.cast"), WAIT).await,
+    )
+    .unwrap();
+    let run = |args: &[&str], file: &Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_session-agent"))
+            .args(args)
+            .arg(file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    assert_eq!(
+        String::from_utf8(run(&["transcript"], &events)).unwrap(),
+        log
+    );
+    assert_eq!(String::from_utf8(run(&["transcript"], &cast)).unwrap(), log);
+    let mut recorded = Vec::new();
+    for line in std::fs::read_to_string(&events).unwrap().lines() {
+        let e = session_agent::recorder::Event::from_json_line(line).unwrap();
+        if let session_agent::recorder::EventKind::Output { data } = e.kind {
+            recorded.extend(data);
+        }
+    }
+    let replayed = run(
+        &["replay", "--speed", "1000", "--idle-limit", "0.01"],
+        &events,
+    );
+    assert_eq!(replayed, recorded);
     drop(agent);
     gw.stop().await;
 }
