@@ -50,8 +50,8 @@ pub enum Command {
     Connect(crate::client::ConnectArgs),
     /// Play a session recording in this terminal with its original timing.
     ///
-    /// FILE is a recording's raw stream (<state>/recordings/<id>/events.jsonl) or its
-    /// asciicast (<id>.cast, also what S3 holds). The recorded output is written to the
+    /// FILE is a recording's raw stream (STATE_DIR/recordings/ID/events.jsonl) or its
+    /// asciicast (ID.cast, also what S3 holds). The recorded output is written to the
     /// terminal as it was (escape sequences included): replay only recordings you trust.
     Replay(crate::replay::ReplayArgs),
     /// Print the clean text of a session recording (what the user saw: no escape codes,

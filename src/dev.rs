@@ -119,6 +119,7 @@ pub async fn run(args: DevArgs) -> Result<u8, String> {
             .map_err(|e| format!("cannot find this program's path: {e}"))?,
         retention: crate::agent::retention::Policy::default(),
     };
+    let recordings = agent_config.recordings_dir();
     let agent = {
         let stop = stop.clone();
         tokio::spawn(async move { crate::agent::run(agent_config, stop.cancelled_owned()).await })
@@ -138,10 +139,20 @@ pub async fn run(args: DevArgs) -> Result<u8, String> {
     stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(15), agent).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), gateway).await;
+    tell_where_recordings_are(&recordings);
     Ok(match outcome {
         Outcome::Ended => 0,
         other => other.exit_code(),
     })
+}
+
+#[allow(clippy::print_stderr)] // the one line dev prints after the session, on purpose
+fn tell_where_recordings_are(dir: &std::path::Path) {
+    eprintln!(
+        "session-agent dev: sessions are recorded in {}; print one with `session-agent transcript {}/SESSION_ID/events.jsonl`",
+        dir.display(),
+        dir.display()
+    );
 }
 
 async fn wait_for_agent(endpoint: &str, target: &str) -> Result<(), String> {

@@ -7,9 +7,11 @@
 //! ## Layout
 //!
 //! ```text
-//!  main.rs ─▶ cli ─┬─▶ gateway ──────────────┐
-//!   (bin)          ├─▶ agent ─▶ session ─────┼─▶ protocol
-//!                  ├─▶ client ───────────────┘   (L0, pure)
+//!  main.rs ─▶ cli ─┬─▶ gateway ─────────────────────────┐
+//!   (bin)          ├─▶ agent ─┬─▶ session               ├─▶ protocol
+//!                  │          ├─▶ recorder (pure) ◀─────┼── replay     (L0, pure)
+//!                  │          └─▶ delivery
+//!                  ├─▶ client ──────────────────────────┘
 //!                  └─▶ dev (gateway + agent + client in one process)
 //! ```
 //!
@@ -25,10 +27,15 @@
 //! * [`session`] — the host side of a session, with no knowledge of the protocol:
 //!   `session::pty` (a shell on a PTY, the privilege-dropping `__exec-as` shim, process
 //!   group termination) and `session::user` (ssm-user provisioning, RunAs resolution).
-//! * [`recorder`] — **pure** session recording (issue 4, first step): one timed event
-//!   stream (output, input with echo-off redaction, resizes, start/end), a clean
-//!   transcript rendered through a terminal emulator, and asciicast v2. Not wired into the
-//!   agent yet; storage and delivery come next.
+//! * [`recorder`] — **pure** session recording: one timed event stream (output, input
+//!   with echo-off redaction, resizes, start/end), a clean transcript rendered through a
+//!   terminal emulator, asciicast v2, and reading recordings back. `agent::recording`
+//!   runs it per session and writes the files.
+//! * [`delivery`] — where recordings go: pure CloudWatch event shaping and batching,
+//!   destinations and encryption verdicts; `delivery::aws` is the S3 / CloudWatch Logs
+//!   edge (aws-config, standard credential and endpoint chain).
+//! * [`replay`] — `session-agent replay` and `transcript` (file and terminal I/O over
+//!   `recorder::playback`).
 //! * [`client`] — `session-agent connect`: an interactive terminal client that can stand in
 //!   for session-manager-plugin.
 //! * [`dev`] — `session-agent dev`: composition root wiring all three on loopback.
@@ -40,6 +47,8 @@
 //! 1. `protocol` imports nothing else from this crate and does no I/O; time and
 //!    randomness are parameters. It is what the fuzz targets and property tests exercise.
 //! 2. `session` knows nothing of `protocol`, sockets or delivery: the agent drives it.
+//!    `recorder` and the pure parts of `delivery` (`cwl`, the verdicts) do no I/O either;
+//!    `delivery::aws` is the only code that talks to AWS.
 //! 3. `gateway`, `agent` and `client` each depend on `protocol` (and `agent` on `session`),
 //!    never on each other; only `dev` and `main.rs` wire several together.
 //! 4. Only `main.rs` chooses the runtime, installs the log subscriber and maps errors to

@@ -14,7 +14,7 @@ use std::time::Duration;
 /// `session-agent replay` options.
 #[derive(Debug, Args)]
 pub struct ReplayArgs {
-    /// A recording: <state>/recordings/<id>/events.jsonl, or <id>.cast (local or
+    /// A recording: STATE_DIR/recordings/ID/events.jsonl, or ID.cast (local or
     /// downloaded from S3).
     pub file: PathBuf,
     /// Playback speed factor (2 = twice as fast).
@@ -28,7 +28,7 @@ pub struct ReplayArgs {
 /// `session-agent transcript` options.
 #[derive(Debug, Args)]
 pub struct TranscriptArgs {
-    /// A recording: <state>/recordings/<id>/events.jsonl, or <id>.cast.
+    /// A recording: STATE_DIR/recordings/ID/events.jsonl, or ID.cast.
     pub file: PathBuf,
 }
 

@@ -45,7 +45,7 @@ pub struct RunArgs {
     /// Extra CA certificate (PEM) trusted for the gateway's TLS.
     #[arg(long, env = "SESSION_AGENT_CA_FILE")]
     pub ca_file: Option<PathBuf>,
-    /// Days a delivered recording stays in <state_dir>/recordings [default: 14].
+    /// Days a delivered recording stays in STATE_DIR/recordings [default: 14].
     /// Recordings not yet delivered are never deleted.
     #[arg(long, env = "SESSION_AGENT_RECORDING_RETENTION_DAYS")]
     pub recording_retention_days: Option<u64>,

@@ -333,6 +333,28 @@ mod tests {
         );
     }
 
+    #[test]
+    fn forgetting_taken_lines_streams_the_same_and_keeps_nothing() {
+        let mut keep = Recorder::new(info(20, 4));
+        let mut forget = Recorder::new(info(20, 4)).forget_taken_lines();
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for i in 0..200 {
+            let chunk = format!("line {i}\r\n");
+            keep.output(i, chunk.as_bytes());
+            forget.output(i, chunk.as_bytes());
+            a.extend(keep.take_lines());
+            b.extend(forget.take_lines());
+        }
+        keep.end(300, Some(0), "exited");
+        forget.end(300, Some(0), "exited");
+        a.extend(keep.take_lines());
+        b.extend(forget.take_lines());
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 200);
+        // Nothing taken is kept.
+        assert_eq!(forget.transcript_text(), "");
+    }
+
     fn chunk() -> impl Strategy<Value = Vec<u8>> {
         let fragment = prop_oneof![
             proptest::collection::vec(any::<u8>(), 0..24),

@@ -661,3 +661,43 @@ async fn sigterm_terminates_the_session_and_restores_the_terminal() {
     agent.stop().await;
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn dev_runs_a_recorded_session_in_this_terminal() {
+    let state = tempfile::tempdir().unwrap();
+    let mut term = Term::sh(
+        &format!(
+            "{} dev --shell sh --state-dir {}; echo client-exit=$?; stty -a",
+            quote(BIN),
+            quote(&state.path().display().to_string())
+        ),
+        &[],
+    );
+    term.expect("$ ").await;
+    term.type_text("echo dev-$((2+3))\r");
+    term.expect("dev-5").await;
+    term.type_text("exit\r");
+    let said = term.expect("events.jsonl`").await;
+    let (code, stty) = term.client_exit().await;
+    assert_eq!(code, 0, "{said}");
+    assert_cooked(&stty);
+    let dir = said
+        .split("sessions are recorded in ")
+        .nth(1)
+        .and_then(|rest| rest.split(';').next())
+        .unwrap_or_else(|| panic!("no recordings dir in {said:?}"));
+    // The newest recording holds the session, and `transcript` prints it.
+    let newest = std::fs::read_dir(dir.trim())
+        .unwrap()
+        .flatten()
+        .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
+        .unwrap()
+        .path();
+    let out = std::process::Command::new(BIN)
+        .arg("transcript")
+        .arg(newest.join("events.jsonl"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("$ echo dev-$((2+3))\ndev-5\n"), "{text:?}");
+}
