@@ -44,7 +44,7 @@
 //!
 //! ## Dependency rules
 //!
-//! 1. `protocol` imports nothing else from this crate and does no I/O; time and
+//! 1. `protocol` (and the tiny `timefmt`) import nothing else from this crate and do no I/O; time and
 //!    randomness are parameters. It is what the fuzz targets and property tests exercise.
 //! 2. `session` knows nothing of `protocol`, sockets or delivery: the agent drives it.
 //!    `recorder` and the pure parts of `delivery` (`cwl`, the verdicts) do no I/O either;
@@ -64,3 +64,4 @@ pub mod protocol;
 pub mod recorder;
 pub mod replay;
 pub mod session;
+pub mod timefmt;

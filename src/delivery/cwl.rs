@@ -123,7 +123,7 @@ pub fn stream_messages(fields: &SessionFields, record: &StreamRecord) -> Vec<Log
         return Vec::new();
     }
     let timestamp_ms = i64::try_from(record.unix_ms).unwrap_or(i64::MAX);
-    let event_time = rfc3339_seconds(record.unix_ms / 1000);
+    let event_time = crate::timefmt::rfc3339(record.unix_ms, false);
     let mut out = Vec::new();
     let mut pending: Vec<Vec<String>> = vec![record.lines.clone()];
     // Depth-first: a part that is too large is halved (by lines, or a single line by
@@ -214,28 +214,6 @@ pub fn render_input(bytes: &[u8]) -> Vec<String> {
 /// The marker streamed in place of input typed with echo off.
 pub fn redacted_marker(bytes: usize) -> String {
     format!("[input redacted: {bytes} bytes typed with echo off]")
-}
-
-/// `YYYY-MM-DDTHH:MM:SSZ` for Unix seconds (UTC, proleptic Gregorian).
-pub fn rfc3339_seconds(unix_secs: u64) -> String {
-    let days = i64::try_from(unix_secs / 86_400).unwrap_or(0);
-    let rem = unix_secs % 86_400;
-    // Howard Hinnant's days-to-civil.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
 }
 
 /// Groups events into `PutLogEvents` calls within the limits.
@@ -348,14 +326,6 @@ mod tests {
             events[0].message,
             r#"{"eventVersion":"1.0","eventTime":"2024-10-21T18:08:11Z","awsRegion":"us-east-1","target":{"id":"i-0123456789abcdef0"},"userIdentity":{"arn":"arn:aws:iam::123456789012:user/alice"},"runAsUser":"ssm-user","sessionId":"alice-0a1b2c3d","sessionData":["$ ls","a  b"],"sequence":7,"direction":"output"}"#
         );
-    }
-
-    #[test]
-    fn rfc3339_known_dates() {
-        assert_eq!(rfc3339_seconds(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339_seconds(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339_seconds(1_729_534_091), "2024-10-21T18:08:11Z");
-        assert_eq!(rfc3339_seconds(4_102_444_799), "2099-12-31T23:59:59Z");
     }
 
     #[test]

@@ -494,7 +494,7 @@ fn parse_date(s: &str) -> Option<f64> {
     if !in_range {
         return None;
     }
-    // Days from civil (inverse of super::rfc3339's conversion).
+    // Days from civil (inverse of crate::timefmt::rfc3339's conversion).
     let y = if m <= 2 { y - 1 } else { y };
     let era = y.div_euclid(400);
     let yoe = y.rem_euclid(400);

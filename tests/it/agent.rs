@@ -62,15 +62,6 @@ impl RunningAgent {
     }
 }
 
-async fn open_shell(gw: &Gateway, target: &str) -> (String, InteractiveClient) {
-    let (sid, token, url) = start_session(gw, target).await;
-    let mut client = InteractiveClient::new(client_connect(gw, &url, &token).await);
-    // Like our own client, send the size first so the prompt is drawn at the right width.
-    client.resize(100, 30).await;
-    client.expect("$ ").await;
-    (sid, client)
-}
-
 fn expected_user() -> String {
     if nix::unistd::geteuid().is_root() {
         "ssm-user".into()

@@ -13,6 +13,8 @@ use session_agent::protocol::document::SessionDocument;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const LOCALSTACK: &str = "http://127.0.0.1:4566";
@@ -130,6 +132,10 @@ struct AgentProcess {
 
 impl AgentProcess {
     async fn start(gw: &Gateway, target: &str) -> Self {
+        Self::start_with(gw, target, &[]).await
+    }
+
+    async fn start_with(gw: &Gateway, target: &str, extra_env: &[(&str, &str)]) -> Self {
         let state = tempfile::tempdir().unwrap();
         let log = std::fs::File::create(state.path().join("agent.log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_session-agent"))
@@ -146,6 +152,7 @@ impl AgentProcess {
             .env("AWS_REGION", REGION)
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .env("SESSION_AGENT_LOG", "info")
+            .envs(extra_env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -213,14 +220,6 @@ async fn gateway(inputs: Value) -> Gateway {
         ..GatewayConfig::default()
     })
     .await
-}
-
-async fn open_shell(gw: &Gateway, target: &str) -> (String, InteractiveClient) {
-    let (sid, token, url) = start_session(gw, target).await;
-    let mut client = InteractiveClient::new(client_connect(gw, &url, &token).await);
-    client.resize(100, 30).await;
-    client.expect("$ ").await;
-    (sid, client)
 }
 
 fn all_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -746,6 +745,124 @@ async fn fifty_megabytes_of_output_arrive_complete_in_s3_and_cloudwatch() {
     let (got, n) = digest_of_digit_lines(lines.into_iter());
     assert_eq!(n, LINES);
     assert_eq!(got, want, "CloudWatch events differ");
+    drop(agent);
+    gw.stop().await;
+}
+
+/// An HTTP relay in front of LocalStack's CloudWatch Logs that answers the first
+/// `throttle` PutLogEvents calls with a ThrottlingException, as the service does under
+/// load, and forwards everything else unchanged.
+struct ThrottlingLogs {
+    addr: std::net::SocketAddr,
+    throttled: Arc<AtomicUsize>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl ThrottlingLogs {
+    async fn start(throttle: usize) -> Self {
+        use axum::body::Bytes;
+        use axum::http::{HeaderMap, Method, StatusCode, Uri};
+        let throttled = Arc::new(AtomicUsize::new(0));
+        let count = throttled.clone();
+        let http = reqwest::Client::new();
+        let app = axum::Router::new().fallback(
+            move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+                let (count, http) = (count.clone(), http.clone());
+                async move {
+                    let target = headers
+                        .get("x-amz-target")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default();
+                    let reply = |status: StatusCode, ct: &str, body: Bytes| {
+                        axum::response::Response::builder()
+                            .status(status)
+                            .header("content-type", ct)
+                            .body(axum::body::Body::from(body))
+                            .unwrap()
+                    };
+                    if target.ends_with(".PutLogEvents")
+                        && count.fetch_add(1, Ordering::SeqCst) < throttle
+                    {
+                        return reply(
+                            StatusCode::BAD_REQUEST,
+                            "application/x-amz-json-1.1",
+                            Bytes::from_static(
+                                br#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#,
+                            ),
+                        );
+                    }
+                    let mut req = http.request(method, format!("{LOCALSTACK}{uri}"));
+                    for (k, v) in &headers {
+                        if k != "host" && k != "content-length" {
+                            req = req.header(k, v);
+                        }
+                    }
+                    let resp = req.body(body).send().await.unwrap();
+                    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap();
+                    let ct = resp
+                        .headers()
+                        .get("content-type")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("application/x-amz-json-1.1")
+                        .to_owned();
+                    let bytes = resp.bytes().await.unwrap();
+                    reply(status, &ct, bytes)
+                }
+            },
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self {
+            addr,
+            throttled,
+            _task: task,
+        }
+    }
+}
+
+#[tokio::test]
+async fn throttled_puts_are_retried_until_everything_is_stored() {
+    let ls = LocalStack::get().await;
+    let group = ls.log_group(false).await;
+    // More throttles in a row than the SDK's own attempts: our backoff has to carry on.
+    let relay =
+        ThrottlingLogs::start(2 * session_agent::delivery::aws::SDK_ATTEMPTS as usize).await;
+    let gw = gateway(json!({
+        "cloudWatchLogGroupName": group,
+        "cloudWatchStreamingEnabled": true,
+    }))
+    .await;
+    // The per-service endpoint variable sends only CloudWatch Logs through the relay.
+    let agent = AgentProcess::start_with(
+        &gw,
+        "rec-throttle",
+        &[(
+            "AWS_ENDPOINT_URL_CLOUDWATCH_LOGS",
+            &format!("http://{}", relay.addr),
+        )],
+    )
+    .await;
+    let (sid, mut client) = open_shell(&gw, "rec-throttle").await;
+    client.type_text("seq 1 300 | sed 's/^/row-/'\r").await;
+    client.expect("row-300").await;
+    client.type_text("exit\r").await;
+    client.until_closed().await;
+    let report = agent.delivery(&sid, Duration::from_secs(90)).await;
+    assert_eq!(report["complete"], true, "{report}");
+    assert!(
+        relay.throttled.load(Ordering::SeqCst)
+            > 2 * session_agent::delivery::aws::SDK_ATTEMPTS as usize,
+        "the relay was not used"
+    );
+    let events = ls.events(&group, &sid).await;
+    let text = events.join("\n");
+    for i in 1..=300 {
+        assert!(text.contains(&format!("\"row-{i}\"")), "row-{i} missing");
+    }
+    assert!(agent.log().contains("retrying"), "{}", agent.log());
     drop(agent);
     gw.stop().await;
 }

@@ -520,6 +520,16 @@ pub async fn start_session(gw: &Gateway, target: &str) -> (String, String, Strin
     )
 }
 
+/// StartSession and attach a client that sends its size first (as our own client does, so
+/// the prompt is drawn at the right width), then waits for the `sh` prompt.
+pub async fn open_shell(gw: &Gateway, target: &str) -> (String, InteractiveClient) {
+    let (sid, token, url) = start_session(gw, target).await;
+    let mut client = InteractiveClient::new(client_connect(gw, &url, &token).await);
+    client.resize(100, 30).await;
+    client.expect("$ ").await;
+    (sid, client)
+}
+
 /// A client that behaves like the official one: acknowledges output, reorders it by
 /// sequence number, and collects what it would print.
 pub struct InteractiveClient {
