@@ -50,15 +50,21 @@ pub enum Command {
     Connect(crate::client::ConnectArgs),
     /// Play a session recording in this terminal with its original timing.
     ///
-    /// FILE is a recording's raw stream (STATE_DIR/recordings/ID/events.jsonl) or its
+    /// FILE is a recording's raw stream (STATE_DIR/recordings/ID/events.spool) or its
     /// asciicast (ID.cast, also what S3 holds). The recorded output is written to the
     /// terminal as it was (escape sequences included): replay only recordings you trust.
     Replay(crate::replay::ReplayArgs),
     /// Print the clean text of a session recording (what the user saw: no escape codes,
     /// full-screen programs as `--- screen ---` blocks).
     ///
-    /// FILE is events.jsonl or a .cast, as for `replay`.
+    /// FILE is events.spool or a .cast, as for `replay`.
     Transcript(crate::replay::TranscriptArgs),
+    /// Check a recording's spool: every record's checksum, the hash chain (each record's
+    /// digest covers the one before), and the event sequence (no gaps).
+    ///
+    /// Prints the chain head, to compare with a copy kept elsewhere. Exit status: 0
+    /// intact, 1 altered / corrupt / gap (the first one is named), 2 unreadable.
+    Verify(crate::replay::VerifyArgs),
     /// Internal: the privilege-dropping shim a shell for another user starts through
     /// (`__exec-as --uid U --gid G --user NAME -- PROGRAM ARGS...`); see
     /// `session::pty::exec_as_main`.

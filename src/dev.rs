@@ -149,7 +149,7 @@ pub async fn run(args: DevArgs) -> Result<u8, String> {
 #[allow(clippy::print_stderr)] // the one line dev prints after the session, on purpose
 fn tell_where_recordings_are(dir: &std::path::Path) {
     eprintln!(
-        "session-agent dev: sessions are recorded in {}; print one with `session-agent transcript {}/SESSION_ID/events.jsonl`",
+        "session-agent dev: sessions are recorded in {}; print one with `session-agent transcript {}/SESSION_ID/events.spool`",
         dir.display(),
         dir.display()
     );

@@ -148,6 +148,16 @@ fn main() -> ExitCode {
                 Err(e) => failure(&e),
             }
         }
+        Command::Verify(args) => {
+            let runtime = match runtime() {
+                Ok(r) => r,
+                Err(code) => return code,
+            };
+            ExitCode::from(runtime.block_on(session_agent::replay::verify(
+                &args,
+                &mut std::io::stdout().lock(),
+            )))
+        }
         Command::ExecAs { .. } => unreachable!("dispatched before logging is set up"),
     }
 }

@@ -1,7 +1,7 @@
 //! A session's recording: the I/O around the pure [`crate::recorder`].
 //!
 //! ```text
-//!  pump (output, resize) ─┐                      ┌─▶ events.jsonl   raw timed stream
+//!  pump (output, resize) ─┐                      ┌─▶ events.spool   raw timed stream (WAL)
 //!  PTY writer (input +    ├─▶ Tap ─bounded─▶ recorder thread ─┼─▶ <id>.log       clean transcript
 //!    echo state sampled) ─┘                      ├─▶ <id>.cast      asciicast v2
 //!                                                └─▶ stream.jsonl ─▶ streamer task ─▶ CloudWatch
@@ -17,8 +17,17 @@
 //! held in memory. The streamer tails `stream.jsonl` by offset (no rescans) and retries
 //! with backoff; what it could not deliver stays on disk.
 //!
-//! Durability here is "written to the page cache per batch"; a crash-safe spool with
-//! redelivery after restart is issue 5's write-ahead spool.
+//! ## The spool and its durability window
+//!
+//! `events.spool` is written first, before anything is derived or handed to a sink: each
+//! event becomes a length-prefixed, CRC-checked, hash-chained record
+//! ([`crate::recorder::spool`]). The spool is flushed to the kernel at the end of every
+//! batch (at most `BATCH` events) and `fdatasync`ed at most every [`SYNC_EVERY`] and at
+//! the end of the session. So a killed agent (`kill -9`, a panic, the OOM killer) loses
+//! only what had not reached the recorder yet — the events queued in the tap (at most
+//! `TAP_QUEUE` chunks) and the batch being handled — while a power loss can also cost the
+//! events written in the last [`SYNC_EVERY`]. A record cut short by a crash is detected by
+//! its length and CRC and ends the readable spool there.
 
 use crate::delivery::aws::{AwsError, BucketEncryption, Logs, Upload, S3};
 use crate::delivery::cwl::{
@@ -47,7 +56,10 @@ const STREAM_READ: usize = 4 * 1024 * 1024;
 /// After the session ends, delivery keeps retrying transient failures this long.
 pub const DELIVERY_PATIENCE: Duration = Duration::from_secs(120);
 /// Name of the raw timed stream in a recording directory.
-pub const EVENTS_FILE: &str = "events.jsonl";
+pub const EVENTS_FILE: &str = "events.spool";
+/// The spool is `fdatasync`ed at most this often while a session runs (group commit: a
+/// flood of output must not wait for the disk after every 16 KiB).
+pub const SYNC_EVERY: Duration = Duration::from_millis(200);
 /// Name of the streamer's queue in a recording directory.
 pub const STREAM_FILE: &str = "stream.jsonl";
 /// Name of the delivery report written when delivery finishes.
@@ -224,7 +236,15 @@ impl Recording {
         let paths = Paths::new(recordings_root, &start.session_id);
         private_dir(&paths.dir)?;
         let files = Files {
-            events: BufWriter::new(private_file(&paths.events)?),
+            events: {
+                let mut f = BufWriter::new(private_file(&paths.events)?);
+                if f.get_ref().metadata()?.len() == 0 {
+                    f.write_all(crate::recorder::spool::MAGIC)?;
+                }
+                f
+            },
+            chain: crate::recorder::spool::CHAIN_START,
+            last_sync: Instant::now(),
             transcript: BufWriter::new(private_file(&paths.transcript)?),
             cast: BufWriter::new(private_file(&paths.cast)?),
             stream: if streaming {
@@ -285,6 +305,9 @@ impl Recording {
 
 struct Files {
     events: BufWriter<File>,
+    /// The hash chain's value after the last record written.
+    chain: crate::recorder::spool::Chain,
+    last_sync: Instant,
     transcript: BufWriter<File>,
     cast: BufWriter<File>,
     stream: Option<BufWriter<File>>,
@@ -400,8 +423,14 @@ impl Worker {
     }
 
     fn write_event_line(&mut self, line: &str) {
-        let r = writeln!(self.files.events, "{line}");
-        self.note(r, "events.jsonl");
+        use crate::recorder::spool;
+        let chain = spool::chain_next(&self.files.chain, line.as_bytes());
+        self.files.chain = chain;
+        let r = self
+            .files
+            .events
+            .write_all(&spool::encode_record(&chain, line.as_bytes()));
+        self.note(r, EVENTS_FILE);
     }
 
     fn note(&mut self, r: std::io::Result<()>, what: &str) {
@@ -499,6 +528,11 @@ impl Worker {
             .and_then(|()| self.files.transcript.flush())
             .and_then(|()| self.files.cast.flush());
         self.note(r, "recording");
+        if ended || self.files.last_sync.elapsed() >= SYNC_EVERY {
+            let r = self.files.events.get_ref().sync_data();
+            self.note(r, EVENTS_FILE);
+            self.files.last_sync = Instant::now();
+        }
         if let Some(s) = self.files.stream.as_mut() {
             let r = s.flush();
             self.note(r, "stream.jsonl");
@@ -741,6 +775,8 @@ pub async fn upload_to_s3(
     for (path, ext, content_type) in [
         (&paths.transcript, "log", "text/plain; charset=utf-8"),
         (&paths.cast, "cast", "application/x-asciicast"),
+        // The spool itself: `session-agent verify s3://…` checks its hash chain.
+        (&paths.events, "spool", "application/octet-stream"),
     ] {
         let key = s3_key(&dest.prefix, session_id, ext);
         let up = Upload {
@@ -985,7 +1021,7 @@ mod tests {
         for f in [&paths.events, &paths.transcript, &paths.cast, &paths.stream] {
             let meta = std::fs::metadata(f).unwrap();
             assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{}", f.display());
-            let text = std::fs::read_to_string(f).unwrap();
+            let text = String::from_utf8_lossy(&std::fs::read(f).unwrap()).into_owned();
             assert!(!text.contains("hunter2"), "{}: {text}", f.display());
             assert!(!text.contains(&crate::recorder::event::base64_encode(b"hunter2")));
         }
@@ -1010,7 +1046,22 @@ mod tests {
             *progress.borrow(),
             std::fs::metadata(&paths.stream).unwrap().len()
         );
-        let events = std::fs::read_to_string(&paths.events).unwrap();
-        assert!(events.lines().last().unwrap().contains(r#""type":"end""#));
+        let f = std::fs::File::open(&paths.events).unwrap();
+        let records: Vec<_> = crate::replay::SpoolReader::new(f)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert!(
+            String::from_utf8_lossy(&records.last().unwrap().payload).contains(r#""type":"end""#)
+        );
+        let f = std::fs::File::open(&paths.events).unwrap();
+        assert!(matches!(
+            crate::replay::verify_spool(f).unwrap(),
+            crate::replay::Verdict::Intact {
+                records: 7,
+                torn_tail: false,
+                ..
+            }
+        ));
     }
 }

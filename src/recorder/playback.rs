@@ -1,4 +1,4 @@
-//! Reading recordings back (pure): the raw stream (`events.jsonl`) or an asciicast v2 file
+//! Reading recordings back (pure): the raw stream (events as JSON lines, from the spool or an `events.jsonl`) or an asciicast v2 file
 //! (`<id>.cast`), one line at a time, as [`Frame`]s; and the replay timing
 //! ([`Pacer`]: speed factor, idle pauses capped). `session-agent replay` and
 //! `session-agent transcript` do the I/O.
@@ -69,7 +69,7 @@ pub fn detect(first_line: &str) -> Result<Format, ReadError> {
         return Ok(Format::Events);
     }
     Err(bad(
-        "not a recording: expected an events.jsonl start event or an asciicast v2 header".into(),
+        "not a recording: expected a spool (SASPOOL1), an events.jsonl start event or an asciicast v2 header".into(),
     ))
 }
 

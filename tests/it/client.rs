@@ -677,7 +677,7 @@ async fn dev_runs_a_recorded_session_in_this_terminal() {
     term.type_text("echo dev-$((2+3))\r");
     term.expect("dev-5").await;
     term.type_text("exit\r");
-    let said = term.expect("events.jsonl`").await;
+    let said = term.expect("events.spool`").await;
     let (code, stty) = term.client_exit().await;
     assert_eq!(code, 0, "{said}");
     assert_cooked(&stty);
@@ -695,7 +695,7 @@ async fn dev_runs_a_recorded_session_in_this_terminal() {
         .path();
     let out = std::process::Command::new(BIN)
         .arg("transcript")
-        .arg(newest.join("events.jsonl"))
+        .arg(newest.join("events.spool"))
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);

@@ -387,6 +387,49 @@ async fn s3_and_cloudwatch_uploads_at_close_hold_the_clean_transcript() {
         !text.starts_with('{'),
         "the upload at close is plain text, not JSON: {text}"
     );
+    // The spool went to S3 too; `verify` finds both copies intact with the same chain
+    // head, and an edited copy broken at the edited record.
+    let verify = |source: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_session-agent"))
+            .args(["verify", source])
+            .env("AWS_ENDPOINT_URL", LOCALSTACK)
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", REGION)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let local = agent.recording_dir(&sid).join("events.spool");
+    let (code, local_said) = verify(local.to_str().unwrap());
+    assert_eq!(code, Some(0), "{local_said}");
+    assert!(local_said.starts_with("intact: "), "{local_said}");
+    let (code, s3_said) = verify(&format!("s3://{bucket}/team/a/{sid}.spool"));
+    assert_eq!(code, Some(0), "{s3_said}");
+    assert_eq!(s3_said, local_said);
+    let mut records: Vec<session_agent::recorder::spool::Record> =
+        session_agent::replay::SpoolReader::new(std::fs::File::open(&local).unwrap())
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+    let text = String::from_utf8(records[2].payload.clone()).unwrap();
+    records[2].payload = text.replacen("\"at_ms\":", "\"at_ms\":1", 1).into_bytes();
+    let mut edited = session_agent::recorder::spool::MAGIC.to_vec();
+    for r in &records {
+        edited.extend(session_agent::recorder::spool::encode_record(
+            &r.chain, &r.payload,
+        ));
+    }
+    let copy = agent.state.path().join("edited.spool");
+    std::fs::write(&copy, edited).unwrap();
+    let (code, said) = verify(copy.to_str().unwrap());
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.starts_with("BROKEN: record 2:"), "{said}");
+
     let s = wait_status(&gw, &sid, "History", "Terminated").await;
     assert_eq!(
         s["OutputUrl"]["S3OutputUrl"],
@@ -445,7 +488,7 @@ async fn full_screen_programs_render_as_readable_screens() {
 
     // `transcript` renders the local raw stream and the S3 asciicast to the same text,
     // and `replay` plays back exactly the recorded output.
-    let events = agent.recording_dir(&sid).join("events.jsonl");
+    let events = agent.recording_dir(&sid).join("events.spool");
     let cast = agent.state.path().join("downloaded.cast");
     std::fs::write(
         &cast,
@@ -471,8 +514,10 @@ async fn full_screen_programs_render_as_readable_screens() {
     );
     assert_eq!(String::from_utf8(run(&["transcript"], &cast)).unwrap(), log);
     let mut recorded = Vec::new();
-    for line in std::fs::read_to_string(&events).unwrap().lines() {
-        let e = session_agent::recorder::Event::from_json_line(line).unwrap();
+    let spool = std::fs::File::open(&events).unwrap();
+    for record in session_agent::replay::SpoolReader::new(spool).unwrap() {
+        let line = String::from_utf8(record.unwrap().payload).unwrap();
+        let e = session_agent::recorder::Event::from_json_line(&line).unwrap();
         if let session_agent::recorder::EventKind::Output { data } = e.kind {
             recorded.extend(data);
         }
@@ -516,7 +561,7 @@ async fn a_password_typed_with_echo_off_reaches_no_sink_and_no_file() {
     let report = agent.delivery(&sid, Duration::from_secs(30)).await;
     assert_eq!(report["complete"], true, "{report}");
     let mut sinks: Vec<(String, String)> = Vec::new();
-    for ext in ["log", "cast"] {
+    for ext in ["log", "cast", "spool"] {
         let body = ls.object(&bucket, &format!("{sid}.{ext}"), WAIT).await;
         sinks.push((
             format!("s3 {ext}"),
