@@ -34,8 +34,8 @@
 //! * [`delivery`] — where recordings go: pure CloudWatch event shaping and batching,
 //!   destinations and encryption verdicts; `delivery::aws` is the S3 / CloudWatch Logs
 //!   edge (aws-config, standard credential and endpoint chain).
-//! * [`replay`] — `session-agent replay` and `transcript` (file and terminal I/O over
-//!   `recorder::playback`).
+//! * [`replay`] — `session-agent replay`, `transcript` and `verify` (file, S3 and
+//!   terminal I/O over `recorder::playback` and `recorder::spool`).
 //! * [`client`] — `session-agent connect`: an interactive terminal client that can stand in
 //!   for session-manager-plugin.
 //! * [`dev`] — `session-agent dev`: composition root wiring all three on loopback.
