@@ -1,0 +1,29 @@
+//! Feeds arbitrary bytes to what reads recordings back: the spool reader and `verify`
+//! (length prefixes, checksums, chain), and the line parsers of `transcript`/`replay`
+//! for both text formats. None may panic, hang or allocate without bound.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use session_agent::recorder::playback::{detect, parse_line, Format};
+use session_agent::replay::{verify_spool, SpoolReader};
+
+fuzz_target!(|data: &[u8]| {
+    let _ = verify_spool(data);
+    if let Ok(reader) = SpoolReader::new(data) {
+        for record in reader.take(10_000) {
+            if record.is_err() {
+                break;
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(data);
+    let mut lines = text.lines();
+    if let Some(first) = lines.next() {
+        let _ = detect(first);
+        for (i, line) in lines.enumerate() {
+            for format in [Format::Events, Format::Asciicast] {
+                let _ = parse_line(format, i + 2, line);
+            }
+        }
+    }
+});
