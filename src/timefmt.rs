@@ -1,5 +1,14 @@
-//! RFC 3339 timestamps in UTC (pure, no dependencies): the one civil-date conversion the
+//! Time conversions (pure, no dependencies; callers pass the clock reading): Unix
+//! milliseconds, and RFC 3339 timestamps in UTC — the one civil-date conversion the
 //! gateway (API dates) and delivery (CloudWatch `eventTime`) share. L0 like `protocol`.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Milliseconds since the Unix epoch; 0 for times before it, `u64::MAX` far after.
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
 
 /// `YYYY-MM-DDTHH:MM:SSZ`, or with `.mmm` before the `Z` when `millis` is set, for a Unix
 /// time in milliseconds (proleptic Gregorian calendar, Howard Hinnant's days-to-civil).
@@ -30,7 +39,18 @@ pub fn rfc3339(unix_ms: u64, millis: bool) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::rfc3339;
+    use super::{rfc3339, unix_ms};
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn unix_milliseconds() {
+        assert_eq!(unix_ms(UNIX_EPOCH), 0);
+        assert_eq!(
+            unix_ms(UNIX_EPOCH + Duration::from_millis(1_700_000_000_123)),
+            1_700_000_000_123
+        );
+        assert_eq!(unix_ms(UNIX_EPOCH - Duration::from_secs(1)), 0);
+    }
 
     #[test]
     fn known_instants() {

@@ -73,13 +73,7 @@ struct PendingReply {
 }
 
 fn now_ms() -> u64 {
-    u64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis(),
-    )
-    .unwrap_or(u64::MAX)
+    crate::timefmt::unix_ms(std::time::SystemTime::now())
 }
 
 fn report_frame(reply: &mut PendingReply) -> Bytes {

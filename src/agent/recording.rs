@@ -39,7 +39,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// Messages queued between the pump and the recorder thread.
@@ -67,9 +67,7 @@ pub const STATUS_FILE: &str = "delivery.json";
 
 /// Unix milliseconds now.
 pub fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    crate::timefmt::unix_ms(SystemTime::now())
 }
 
 /// A file or directory name for a session id: `[A-Za-z0-9._-]` kept, anything else

@@ -31,7 +31,7 @@ use crate::protocol::reliability::{
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use std::io::{Read, Write};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
@@ -253,10 +253,9 @@ impl AsRef<[u8]> for Inbound {
     }
 }
 
+/// Message time; never 0 (a zero CreatedDate is refused by decoders).
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(1, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    crate::timefmt::unix_ms(SystemTime::now()).max(1)
 }
 
 fn control_frame(t: MessageType, payload: &impl serde::Serialize) -> Bytes {

@@ -24,7 +24,7 @@ use crate::protocol::reliability::{
 };
 use bytes::Bytes;
 use std::collections::VecDeque;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime};
 use uuid::Uuid;
 
 /// Largest keystroke payload: one stdin read. Upstream reads 1 KiB at a time; a paste
@@ -75,10 +75,9 @@ pub struct Channel {
     size: Option<Size>,
 }
 
+/// Message time; never 0 (a zero CreatedDate is refused by decoders).
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(1, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    crate::timefmt::unix_ms(SystemTime::now()).max(1)
 }
 
 impl Channel {

@@ -494,9 +494,7 @@ pub fn random_token() -> String {
 }
 
 pub(crate) fn now_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(1, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    crate::timefmt::unix_ms(SystemTime::now()).max(1)
 }
 
 pub(crate) fn epoch_secs(t: SystemTime) -> f64 {
@@ -506,10 +504,7 @@ pub(crate) fn epoch_secs(t: SystemTime) -> f64 {
 
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ`, UTC.
 pub(crate) fn rfc3339(t: SystemTime) -> String {
-    let ms = t
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    crate::timefmt::rfc3339(ms, true)
+    crate::timefmt::rfc3339(crate::timefmt::unix_ms(t), true)
 }
 
 /// Where the listener ended up, for callers that bind port 0.
