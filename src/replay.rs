@@ -119,28 +119,24 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> usize {
     n
 }
 
-fn is_spool(file: &PathBuf) -> Result<bool, String> {
-    let mut f =
-        std::fs::File::open(file).map_err(|e| format!("cannot open {}: {e}", file.display()))?;
-    let mut magic = [0u8; 8];
-    Ok(read_full(&mut f, &mut magic) == 8 && &magic == spool::MAGIC)
-}
-
 fn open(file: &PathBuf) -> Result<(Format, Lines), String> {
-    if is_spool(file)? {
-        let f = std::fs::File::open(file)
-            .map_err(|e| format!("cannot open {}: {e}", file.display()))?;
+    let f =
+        std::fs::File::open(file).map_err(|e| format!("cannot open {}: {e}", file.display()))?;
+    let mut reader = BufReader::new(f);
+    // One open: the buffer's first fill shows whether this is a spool.
+    let head = reader
+        .fill_buf()
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    if head.starts_with(spool::MAGIC) {
         let name = file.display().to_string();
-        let records = SpoolReader::new(BufReader::new(f)).map_err(|e| format!("{name}: {e}"))?;
+        let records = SpoolReader::new(reader).map_err(|e| format!("{name}: {e}"))?;
         let lines = records.enumerate().map(move |(i, r)| match r {
             Ok(r) => Ok((i + 1, String::from_utf8_lossy(&r.payload).into_owned())),
             Err(e) => Err(format!("{name}: {e}")),
         });
         return Ok((Format::Events, Box::new(lines)));
     }
-    let f =
-        std::fs::File::open(file).map_err(|e| format!("cannot open {}: {e}", file.display()))?;
-    let mut lines = BufReader::new(f)
+    let mut lines = reader
         .lines()
         .enumerate()
         .map(|(i, l)| {
