@@ -671,6 +671,7 @@ pub async fn stream_to_cloudwatch(
             }
             for batch in batcher.into_batches() {
                 let mut retry = Retry::new();
+                let mut recreated = false;
                 loop {
                     if !created {
                         match logs.ensure_stream(&group, &stream).await {
@@ -693,8 +694,10 @@ pub async fn stream_to_cloudwatch(
                             stored += batch.len() as u64;
                             break;
                         }
-                        Err(AwsError::NotFound(e)) if !e.contains("group") => {
-                            // The stream vanished (deleted?): create it again.
+                        Err(AwsError::NotFound(_)) if !recreated => {
+                            // The stream (or its group) vanished: create the stream again,
+                            // once; a missing group then fails there and ends streaming.
+                            recreated = true;
                             created = false;
                         }
                         Err(e) => {
