@@ -34,6 +34,9 @@ if [[ $ls_state == running* ]]; then
 else
   echo "    already running; reused"
 fi
+# The outage test starts, stops and restarts a LocalStack of its own (port 4576) from
+# the same virtualenv.
+export SESSION_AGENT_LOCALSTACK_VENV="$cache/localstack-venv"
 
 echo "==> rustfmt"
 cargo fmt --all -- --check

@@ -17,6 +17,7 @@ pub mod config;
 pub mod control;
 pub mod mgs;
 pub mod recording;
+pub mod recovery;
 pub mod retention;
 pub mod session;
 
@@ -317,11 +318,21 @@ pub(crate) async fn run_session(
         term: Some("xterm-256color".into()),
         shell: Some(spec_program.clone()),
     };
-    let (tap, recording) = match Recording::start(
-        &ctx.config.recordings_dir(),
-        start,
-        streaming_to.is_some(),
-    ) {
+    let fields = SessionFields {
+        region: checked.region.clone(),
+        target_id: ctx.config.target_id.clone(),
+        owner_arn: task.session_owner.clone(),
+        run_as_user: who.info.name.clone(),
+        session_id: session_id.clone(),
+    };
+    let meta = recording::Meta {
+        session_id: session_id.clone(),
+        s3: checked.s3.as_ref().map(|(_, d, _)| d.clone()),
+        cwl: checked.cwl.as_ref().map(|(_, d)| d.clone()),
+        fields: Some(fields.clone()),
+        skipped: checked.skipped.clone(),
+    };
+    let (tap, recording) = match Recording::start(&ctx.config.recordings_dir(), start, &meta) {
         Ok((tap, rec)) => (Some(tap), Some(rec)),
         Err(e) => {
             // Fail-open (issue 5 adds a fail-closed policy): the session goes on.
@@ -334,14 +345,8 @@ pub(crate) async fn run_session(
             tokio::spawn(recording::stream_to_cloudwatch(
                 logs.clone(),
                 d.group.clone(),
-                SessionFields {
-                    region: checked.region.clone(),
-                    target_id: ctx.config.target_id.clone(),
-                    owner_arn: task.session_owner.clone(),
-                    run_as_user: who.info.name.clone(),
-                    session_id: session_id.clone(),
-                },
-                rec.paths.stream.clone(),
+                fields,
+                rec.paths.clone(),
                 progress,
             ))
         }),
@@ -508,6 +513,15 @@ pub async fn run(
         .flatten()
         .ok_or(AgentError::NoSelf(euid.as_raw()))?;
     let daemon_is_root = euid.is_root();
+    match crate::session::pty::set_oom_score_adj(crate::session::pty::DAEMON_OOM_SCORE_ADJ) {
+        Ok(()) => tracing::debug!(
+            oom_score_adj = crate::session::pty::DAEMON_OOM_SCORE_ADJ,
+            "OOM score lowered (sessions get the default)"
+        ),
+        Err(e) => {
+            tracing::info!(error = %e, "Cannot lower the daemon's OOM score (needs root or CAP_SYS_RESOURCE); it stays at the default")
+        }
+    }
     if daemon_is_root {
         let provisioner = user::Provisioner::new(config.state_dir.clone(), config.sudo_policy);
         match provisioner.ensure_ssm_user() {
@@ -532,6 +546,9 @@ pub async fn run(
         daemon_is_root,
         aws: tokio::sync::OnceCell::new(),
     });
+    // Recordings an earlier run left undelivered (crash, kill, reboot, outage): rebuilt
+    // and delivered in the background while sessions are served.
+    tokio::spawn(recovery::recover_all(ctx.clone()));
     control::run(ctx, shutdown).await;
     Ok(())
 }

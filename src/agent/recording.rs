@@ -53,7 +53,8 @@ const INPUT_HOLD_MS: u64 = 1000;
 const COALESCE: Duration = Duration::from_millis(150);
 /// Most bytes of `stream.jsonl` the streamer reads per round (bounds its memory).
 const STREAM_READ: usize = 4 * 1024 * 1024;
-/// After the session ends, delivery keeps retrying transient failures this long.
+/// A destination that is not found (deleted, or not re-created yet) is retried this long
+/// before delivery gives up; transient failures are retried while the daemon runs.
 pub const DELIVERY_PATIENCE: Duration = Duration::from_secs(120);
 /// Name of the raw timed stream in a recording directory.
 pub const EVENTS_FILE: &str = "events.spool";
@@ -64,6 +65,14 @@ pub const SYNC_EVERY: Duration = Duration::from_millis(200);
 pub const STREAM_FILE: &str = "stream.jsonl";
 /// Name of the delivery report written when delivery finishes.
 pub const STATUS_FILE: &str = "delivery.json";
+/// Name of the recording's delivery instructions ([`Meta`]).
+pub const META_FILE: &str = "session.json";
+/// The streamer's acknowledged position: the last stream record stored in CloudWatch.
+pub const STREAM_ACK: &str = "stream.ack";
+/// Events of the upload at close already stored in CloudWatch.
+pub const UPLOAD_ACK: &str = "upload.ack";
+/// S3 keys already uploaded.
+pub const S3_ACK: &str = "s3.ack";
 
 /// Unix milliseconds now.
 pub fn unix_ms() -> u64 {
@@ -107,6 +116,63 @@ fn private_file(path: &Path) -> std::io::Result<File> {
         .append(true)
         .mode(0o600)
         .open(path)
+}
+
+/// What a recording needs to be delivered, kept beside it (`session.json`) so that a
+/// recording left behind by a crash can be delivered by the next start.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Meta {
+    /// The session.
+    pub session_id: String,
+    /// S3 upload at close.
+    #[serde(default)]
+    pub s3: Option<S3Destination>,
+    /// CloudWatch Logs (streamed or uploaded at close).
+    #[serde(default)]
+    pub cwl: Option<CwlDestination>,
+    /// The fixed fields of streamed messages.
+    #[serde(default)]
+    pub fields: Option<SessionFields>,
+    /// Destinations skipped before the session started, reported in `delivery.json`.
+    #[serde(default)]
+    pub skipped: Vec<String>,
+}
+
+impl Meta {
+    /// Whether the recording is streamed to CloudWatch Logs.
+    pub fn streaming(&self) -> bool {
+        self.cwl.as_ref().is_some_and(|d| d.streaming)
+    }
+
+    fn write(&self, paths: &Paths) -> std::io::Result<()> {
+        let json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        write_atomic(&paths.dir.join(META_FILE), &json)
+    }
+
+    /// Reads a recording's `session.json`.
+    ///
+    /// # Errors
+    /// Missing or not a [`Meta`], described.
+    pub fn read(dir: &Path) -> Result<Self, String> {
+        let path = dir.join(META_FILE);
+        let bytes = std::fs::read(&path).map_err(|e| format!("cannot read {META_FILE}: {e}"))?;
+        serde_json::from_slice(&bytes).map_err(|e| format!("{META_FILE} is not valid: {e}"))
+    }
+}
+
+/// Replaces `path` with `bytes` (owner-only), atomically: a reader sees the old or the new
+/// content, never a mix, even across a crash.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_data()?;
+    std::fs::rename(&tmp, path)
 }
 
 /// The paths of one recording.
@@ -229,46 +295,22 @@ impl Recording {
     pub fn start(
         recordings_root: &Path,
         start: StartInfo,
-        streaming: bool,
+        meta: &Meta,
     ) -> std::io::Result<(Tap, Self)> {
         let paths = Paths::new(recordings_root, &start.session_id);
         private_dir(&paths.dir)?;
-        let files = Files {
-            events: {
-                let mut f = BufWriter::new(private_file(&paths.events)?);
-                if f.get_ref().metadata()?.len() == 0 {
-                    f.write_all(crate::recorder::spool::MAGIC)?;
-                }
-                f
-            },
-            chain: crate::recorder::spool::CHAIN_START,
-            last_sync: Instant::now(),
-            transcript: BufWriter::new(private_file(&paths.transcript)?),
-            cast: BufWriter::new(private_file(&paths.cast)?),
-            stream: if streaming {
-                Some(BufWriter::new(private_file(&paths.stream)?))
-            } else {
-                None
-            },
-            stream_bytes: 0,
-        };
+        meta.write(&paths)?;
+        let streaming = meta.streaming();
+        let files = Files::open(&paths, streaming, false)?;
         let (tx, rx) = mpsc::channel(TAP_QUEUE);
         let (done_tx, done) = oneshot::channel();
         let (progress_tx, progress_rx) = watch::channel(0u64);
         let started_unix_ms = start.started_unix_ms;
-        let worker = Worker {
-            rec: Recorder::new(start).forget_taken_lines(),
+        let worker = Worker::new(
+            Recorder::new(start).forget_taken_lines(),
             files,
-            started_unix_ms,
-            stream_seq: 0,
-            pending_output: Vec::new(),
-            pending_output_at: 0,
-            pending_input: Vec::new(),
-            open_input: String::new(),
-            pending_since: None,
-            summary: Summary::default(),
-            progress: progress_tx,
-        };
+            progress_tx,
+        );
         std::thread::Builder::new()
             .name("recorder".into())
             .stack_size(super::session::SESSION_THREAD_STACK)
@@ -312,35 +354,94 @@ struct Files {
     stream_bytes: u64,
 }
 
+impl Files {
+    /// Opens a recording's files: the spool for appending (the header written when it is
+    /// new); the derived files appended to, or with `fresh` emptied first (a rebuild
+    /// derives them again from the spool).
+    fn open(paths: &Paths, streaming: bool, fresh: bool) -> std::io::Result<Self> {
+        let derived = |path: &Path| -> std::io::Result<BufWriter<File>> {
+            let f = private_file(path)?;
+            if fresh {
+                f.set_len(0)?;
+            }
+            Ok(BufWriter::new(f))
+        };
+        let mut events = BufWriter::new(private_file(&paths.events)?);
+        if events.get_ref().metadata()?.len() == 0 {
+            events.write_all(crate::recorder::spool::MAGIC)?;
+        }
+        Ok(Self {
+            events,
+            chain: crate::recorder::spool::CHAIN_START,
+            last_sync: Instant::now(),
+            transcript: derived(&paths.transcript)?,
+            cast: derived(&paths.cast)?,
+            stream: if streaming {
+                Some(derived(&paths.stream)?)
+            } else {
+                None
+            },
+            stream_bytes: 0,
+        })
+    }
+}
+
+/// The recorder thread's state. Everything it derives (transcript, asciicast, stream
+/// records) is a function of the event stream alone — no wall clock, no batch
+/// boundaries — so [`rebuild`] re-derives the same files, the same stream record numbers
+/// and so the same CloudWatch chain from the spool after a crash.
 struct Worker {
     rec: Recorder,
     files: Files,
     started_unix_ms: u64,
     stream_seq: u64,
-    /// Output lines gathered for the next stream record, and the time of the latest.
-    pending_output: Vec<String>,
-    pending_output_at: u64,
     /// Complete typed lines not yet streamed.
     pending_input: Vec<String>,
     /// The line being typed (no Enter yet).
     open_input: String,
-    /// When `open_input` started.
+    /// When (event time) `open_input` started.
     pending_since: Option<u64>,
+    /// Events with a smaller seq are already in the spool (a rebuild).
+    spool_from: u64,
     summary: Summary,
     progress: watch::Sender<u64>,
 }
 
 impl Worker {
-    fn run(mut self, mut rx: mpsc::Receiver<Rec>) -> Summary {
-        let start = self.rec.start_event().to_json_line();
-        self.write_event_line(&start);
+    fn new(rec: Recorder, files: Files, progress: watch::Sender<u64>) -> Self {
+        let started_unix_ms = rec.start_info().map_or(0, |s| s.started_unix_ms);
+        Self {
+            rec,
+            files,
+            started_unix_ms,
+            stream_seq: 0,
+            pending_input: Vec::new(),
+            open_input: String::new(),
+            pending_since: None,
+            spool_from: 0,
+            summary: Summary::default(),
+            progress,
+        }
+    }
+
+    /// The start event (seq 0).
+    fn begin(&mut self) {
+        if self.spool_from == 0 {
+            let start = self.rec.start_event().to_json_line();
+            self.write_event_line(&start);
+        }
         self.summary.events = 1;
+    }
+
+    fn run(mut self, mut rx: mpsc::Receiver<Rec>) -> Summary {
+        self.begin();
         let mut ended = false;
         while !ended {
             let Some(first) = rx.blocking_recv() else {
                 // Every tap dropped without an end: the session task failed.
-                let at = self.last_at();
+                let at = unix_ms().saturating_sub(self.started_unix_ms);
                 self.apply(Rec::End(at, None, "recording closed without an end".into()));
+                self.flush_lines(true);
                 break;
             };
             let mut next = Some(first);
@@ -358,66 +459,67 @@ impl Worker {
         self.summary.clone()
     }
 
-    fn last_at(&self) -> u64 {
-        unix_ms().saturating_sub(self.started_unix_ms)
-    }
-
     fn apply(&mut self, msg: Rec) {
         let event = match msg {
             Rec::Output(at, data) => {
                 self.summary.output_bytes += data.len() as u64;
-                let event = self.rec.output(at, &data);
-                // Lines are taken after every output event: the commit points (and so
-                // the transcript) are then a function of the event stream alone, and
-                // `session-agent transcript` re-renders the raw stream identically.
-                self.take_output_lines(at);
-                event
+                self.rec.output(at, &data)
             }
-            Rec::Input(at, data, echo_off) => {
-                // Output shown before this keystroke goes to the stream first (order).
-                self.flush_output_record();
-                let event = self.rec.input(at, &data, echo_off);
-                match &event.kind {
-                    EventKind::InputRedacted { bytes } => {
-                        self.summary.redacted_bytes += *bytes as u64;
-                        let open = std::mem::take(&mut self.open_input);
-                        if !open.is_empty() {
-                            self.pending_input.push(open);
-                        }
-                        self.pending_input.push(redacted_marker(*bytes));
-                        self.flush_input(at, true);
-                    }
-                    EventKind::Input { data } => {
-                        let mut lines = render_input(data);
-                        let complete = data.ends_with(b"\r") || data.ends_with(b"\n");
-                        if let Some(first) = lines.first_mut() {
-                            first.insert_str(0, &std::mem::take(&mut self.open_input));
-                        }
-                        if !complete {
-                            self.open_input = lines.pop().unwrap_or_default();
-                            self.pending_since.get_or_insert(at);
-                        }
-                        if !lines.is_empty() {
-                            self.pending_input.extend(lines);
-                            self.flush_input(at, false);
-                        }
-                    }
-                    _ => {}
-                }
-                event
-            }
+            Rec::Input(at, data, echo_off) => self.rec.input(at, &data, echo_off),
             Rec::Resize(at, cols, rows) => self.rec.resize(at, cols, rows),
-            Rec::End(at, code, how) => {
-                let event = self.rec.end(at, code, how);
-                self.take_output_lines(at);
-                self.flush_output_record();
-                self.flush_input(at, true);
-                event
-            }
+            Rec::End(at, code, how) => self.rec.end(at, code, how),
         };
         self.summary.events += 1;
-        let line = event.to_json_line();
-        self.write_event_line(&line);
+        if event.seq >= self.spool_from {
+            self.write_event_line(&event.to_json_line());
+        }
+        self.derive(&event);
+    }
+
+    /// Transcript lines and stream records for one event (times are event times).
+    fn derive(&mut self, event: &crate::recorder::Event) {
+        let at = event.at_ms;
+        if self
+            .pending_since
+            .is_some_and(|since| at.saturating_sub(since) >= INPUT_HOLD_MS)
+        {
+            self.flush_input(at, true);
+        }
+        match &event.kind {
+            // Lines are taken after every output event: the commit points (and so the
+            // transcript) are then a function of the event stream alone, and `session-agent
+            // transcript` re-renders the raw stream identically.
+            EventKind::Output { .. } => self.take_output_lines(at),
+            EventKind::InputRedacted { bytes } => {
+                self.summary.redacted_bytes += *bytes as u64;
+                let open = std::mem::take(&mut self.open_input);
+                if !open.is_empty() {
+                    self.pending_input.push(open);
+                }
+                self.pending_input.push(redacted_marker(*bytes));
+                self.flush_input(at, true);
+            }
+            EventKind::Input { data } => {
+                let mut lines = render_input(data);
+                let complete = data.ends_with(b"\r") || data.ends_with(b"\n");
+                if let Some(first) = lines.first_mut() {
+                    first.insert_str(0, &std::mem::take(&mut self.open_input));
+                }
+                if !complete {
+                    self.open_input = lines.pop().unwrap_or_default();
+                    self.pending_since.get_or_insert(at);
+                }
+                if !lines.is_empty() {
+                    self.pending_input.extend(lines);
+                    self.flush_input(at, false);
+                }
+            }
+            EventKind::End { .. } => {
+                self.take_output_lines(at);
+                self.flush_input(at, true);
+            }
+            EventKind::Resize { .. } | EventKind::Start(_) => {}
+        }
     }
 
     fn write_event_line(&mut self, line: &str) {
@@ -440,8 +542,8 @@ impl Worker {
         }
     }
 
-    /// Commits transcript lines completed so far: to the transcript file at once and,
-    /// when streaming, to the output record being gathered.
+    /// Commits transcript lines completed so far: to the transcript file and, when
+    /// streaming, as one output record.
     fn take_output_lines(&mut self, at: u64) {
         let lines = self.rec.take_lines();
         if lines.is_empty() {
@@ -454,19 +556,7 @@ impl Worker {
         }
         let r = self.files.transcript.write_all(text.as_bytes());
         self.note(r, "transcript");
-        if self.files.stream.is_some() {
-            self.pending_output_at = at;
-            self.pending_output.extend(lines);
-        }
-    }
-
-    /// Streams the gathered output lines as one record.
-    fn flush_output_record(&mut self) {
-        if self.pending_output.is_empty() {
-            return;
-        }
-        let lines = std::mem::take(&mut self.pending_output);
-        self.stream(self.pending_output_at, Direction::Output, lines);
+        self.stream(at, Direction::Output, lines);
     }
 
     /// Streams the typed lines held back; with `partial`, the line still being typed too.
@@ -502,17 +592,9 @@ impl Worker {
         self.note(r, "stream.jsonl");
     }
 
-    /// End of a batch: hand completed lines on, flush every file, wake the streamer.
+    /// End of a batch: flush every file (the spool first), sync the spool when due, wake
+    /// the streamer.
     fn flush_lines(&mut self, ended: bool) {
-        let at = unix_ms().saturating_sub(self.started_unix_ms);
-        self.flush_output_record();
-        if self
-            .pending_since
-            .is_some_and(|since| at.saturating_sub(since) >= INPUT_HOLD_MS)
-            || ended
-        {
-            self.flush_input(at, true);
-        }
         let cast = self.rec.take_asciicast_lines();
         let mut r = Ok(());
         for line in cast {
@@ -537,6 +619,116 @@ impl Worker {
             let _ = self.progress.send(self.files.stream_bytes);
         }
     }
+}
+
+/// What [`rebuild`] found in a spool.
+#[derive(Debug, Clone)]
+pub struct Rebuilt {
+    /// What the re-derivation produced (events counts the spool's records, plus the
+    /// interruption marker when one was added).
+    pub summary: Summary,
+    /// The spool had no end event: the session was cut short by a crash, and an `end`
+    /// event saying so was appended.
+    pub interrupted: bool,
+    /// Bytes of a torn last record cut off.
+    pub torn_bytes: u64,
+}
+
+/// The `how` of the end event appended to a recording whose session was cut short.
+pub const INTERRUPTED: &str =
+    "interrupted: the agent stopped before the session ended (recovered at the next start)";
+
+/// Re-derives a recording's transcript, asciicast and stream queue from its spool after a
+/// crash; cuts off a torn last record; when the session never ended, appends an `end`
+/// event saying it was interrupted (continuing the hash chain). Blocking.
+///
+/// # Errors
+/// The spool is unreadable, corrupt in its middle or altered (the text says where): the
+/// recording must be quarantined, not delivered.
+pub fn rebuild(paths: &Paths, streaming: bool) -> Result<Rebuilt, String> {
+    use crate::recorder::spool::{ChainChecker, SpoolError};
+    use crate::recorder::Event;
+    let file = File::open(&paths.events).map_err(|e| format!("cannot open the spool: {e}"))?;
+    let file_len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut reader = crate::replay::SpoolReader::new(BufReader::new(file))?;
+    let mut checker = ChainChecker::new();
+    let mut next_event =
+        |reader: &mut crate::replay::SpoolReader<_>| -> Result<Option<Event>, String> {
+            match reader.next() {
+                None | Some(Err(SpoolError::Truncated { .. })) => Ok(None),
+                Some(Err(e)) => Err(format!("record {}: {e}", checker.count())),
+                Some(Ok(record)) => {
+                    checker.check(&record).map_err(|e| e.to_string())?;
+                    let text = String::from_utf8_lossy(&record.payload);
+                    Event::from_json_line(&text)
+                        .map(Some)
+                        .map_err(|e| format!("record {}: not an event: {e}", checker.count() - 1))
+                }
+            }
+        };
+    let start = match next_event(&mut reader)? {
+        Some(Event {
+            kind: EventKind::Start(info),
+            ..
+        }) => info,
+        Some(_) => return Err("the first record is not the session's start".into()),
+        None => return Err("the spool holds no events".into()),
+    };
+    let files = Files::open(paths, streaming, true)
+        .map_err(|e| format!("cannot rewrite the derived files: {e}"))?;
+    let (progress, _) = watch::channel(0);
+    let mut worker = Worker::new(Recorder::new(start).forget_taken_lines(), files, progress);
+    worker.spool_from = u64::MAX;
+    worker.begin();
+    let mut last_at = 0;
+    let mut ended = false;
+    let mut handled = 0usize;
+    while let Some(event) = next_event(&mut reader)? {
+        if ended {
+            return Err(format!("event {} follows the end event", event.seq));
+        }
+        let at = event.at_ms;
+        last_at = at;
+        let msg = match event.kind {
+            EventKind::Output { data } => Rec::Output(at, data),
+            EventKind::Input { data } => Rec::Input(at, data, false),
+            EventKind::InputRedacted { bytes } => Rec::Input(at, vec![0; bytes], true),
+            EventKind::Resize { cols, rows } => Rec::Resize(at, cols, rows),
+            EventKind::End { exit_code, how } => {
+                ended = true;
+                Rec::End(at, exit_code, how)
+            }
+            EventKind::Start(_) => return Err(format!("event {} is a second start", event.seq)),
+        };
+        worker.apply(msg);
+        handled += 1;
+        if handled % BATCH == 0 {
+            worker.flush_lines(false);
+        }
+    }
+    let good = reader.offset();
+    let torn_bytes = file_len.saturating_sub(good);
+    if torn_bytes > 0 {
+        OpenOptions::new()
+            .write(true)
+            .open(&paths.events)
+            .and_then(|f| f.set_len(good))
+            .map_err(|e| format!("cannot cut the torn last record: {e}"))?;
+    }
+    worker.files.chain = checker.head();
+    worker.spool_from = checker.count();
+    if !ended {
+        worker.apply(Rec::End(last_at, None, INTERRUPTED.into()));
+    }
+    worker.flush_lines(true);
+    if let Some(e) = worker.summary.error.take() {
+        return Err(e);
+    }
+    Ok(Rebuilt {
+        summary: worker.summary,
+        interrupted: !ended,
+        torn_bytes,
+    })
 }
 
 /// Reads complete lines of `path` from `offset`, at most about `limit` bytes; returns
@@ -594,35 +786,83 @@ impl Retry {
 /// How a stream to CloudWatch ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamReport {
-    /// Events stored.
+    /// Events stored (by this run of the streamer).
     pub events: u64,
     /// Why streaming stopped early, if it did (the rest is in the state dir).
     pub error: Option<String>,
 }
 
+/// The retry policy of every delivery call: transient failures (network, throttling,
+/// 5xx) are retried for as long as the daemon runs — an outage of any length costs
+/// nothing but delay; a destination that is not found is retried for
+/// [`DELIVERY_PATIENCE`] (it may be re-created, e.g. after a LocalStack restart or a
+/// re-deployed stack), then given up; anything else (denied, bad request) is given up at
+/// once. Giving up leaves the recording in the state dir.
+#[derive(Debug)]
+struct Patience {
+    retry: Retry,
+    missing_since: Option<Instant>,
+}
+
+impl Patience {
+    fn new() -> Self {
+        Self {
+            retry: Retry::new(),
+            missing_since: None,
+        }
+    }
+
+    /// A success: the next failure starts the backoff again.
+    fn reset(&mut self) {
+        *self = Self::new();
+    }
+
+    /// After a failure: the delay before the next try, or `None` to give up.
+    fn next_delay(&mut self, e: &AwsError) -> Option<Duration> {
+        match e {
+            AwsError::Transient(_) => Some(self.retry.delay()),
+            AwsError::NotFound(_) => {
+                let since = *self.missing_since.get_or_insert_with(Instant::now);
+                (since.elapsed() < DELIVERY_PATIENCE).then(|| self.retry.delay())
+            }
+            AwsError::Denied(_) | AwsError::Other(_) => None,
+        }
+    }
+}
+
+/// The last stream record stored, from a previous run (`None`: nothing yet).
+fn read_stream_ack(path: &Path) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
 /// Streams a recording's `stream.jsonl` to CloudWatch Logs (stream named by the session
 /// id, created when missing) until the recording is complete and everything is sent.
-/// Transient errors are retried with backoff (while the session runs, and for
-/// [`DELIVERY_PATIENCE`] after it ended); a missing group, denied access or a bad request
-/// stop streaming with a clear error.
+///
+/// After each stored batch the last complete record's number is written to `stream.ack`;
+/// a streamer started again for the same recording (after a crash) re-derives the same
+/// messages and chain, skips what the ack covers and sends the rest — a batch stored
+/// just before a crash, before its ack, is sent again with the same sequence numbers and
+/// chain values (identifiable duplicates). Failures follow [`Patience`].
 pub async fn stream_to_cloudwatch(
     logs: Logs,
     group: String,
     fields: SessionFields,
-    path: PathBuf,
+    paths: Paths,
     mut progress: watch::Receiver<u64>,
 ) -> StreamReport {
     let stream = fields.session_id.clone();
+    let ack_path = paths.dir.join(STREAM_ACK);
+    let mut acked = read_stream_ack(&ack_path);
+    let mut chain = crate::recorder::spool::CHAIN_START;
     let mut offset = 0u64;
     let mut stored = 0u64;
     let mut created = false;
     let mut complete = false;
-    let mut ended_at: Option<Instant> = None;
+    let mut patience = Patience::new();
     loop {
         if !complete {
             if progress.changed().await.is_err() {
                 complete = true;
-                ended_at = Some(Instant::now());
             } else {
                 tokio::time::sleep(COALESCE).await;
             }
@@ -632,7 +872,7 @@ pub async fn stream_to_cloudwatch(
             if offset >= available && !complete {
                 break;
             }
-            let p = path.clone();
+            let p = paths.stream.clone();
             let read =
                 tokio::task::spawn_blocking(move || read_lines_from(&p, offset, STREAM_READ))
                     .await
@@ -643,7 +883,7 @@ pub async fn stream_to_cloudwatch(
                 Err(e) => {
                     return StreamReport {
                         events: stored,
-                        error: Some(format!("cannot read {}: {e}", path.display())),
+                        error: Some(format!("cannot read {}: {e}", paths.stream.display())),
                     }
                 }
             };
@@ -657,56 +897,70 @@ pub async fn stream_to_cloudwatch(
                 break;
             }
             let mut batcher = Batcher::new();
+            // (messages so far, record seq) at the end of each record, to acknowledge
+            // whole records only.
+            let mut ends: Vec<(usize, u64)> = Vec::new();
+            let mut count = 0usize;
             for line in &lines {
                 match serde_json::from_str::<StreamRecord>(line) {
                     Ok(record) => {
-                        for e in cwl::stream_messages(&fields, &record) {
+                        let messages = cwl::stream_messages(&fields, &record, &mut chain);
+                        if acked.is_some_and(|a| record.seq <= a) {
+                            continue; // stored by an earlier run (the chain still advances)
+                        }
+                        count += messages.len();
+                        for e in messages {
                             batcher.push(e);
                         }
+                        ends.push((count, record.seq));
                     }
                     Err(e) => {
                         tracing::warn!(session = %stream, error = %e, "Skipping an unreadable stream record")
                     }
                 }
             }
+            let mut sent = 0usize;
             for batch in batcher.into_batches() {
-                let mut retry = Retry::new();
-                let mut recreated = false;
                 loop {
-                    if !created {
+                    let result = if created {
+                        logs.put(&group, &stream, &batch).await
+                    } else {
                         match logs.ensure_stream(&group, &stream).await {
-                            Ok(()) => created = true,
-                            Err(e) => {
-                                if let Some(report) = give_up(&e, &group, stored, ended_at) {
-                                    return report;
-                                }
-                                tracing::warn!(session = %stream, group = %group, error = %e, "CloudWatch Logs unavailable; retrying");
-                                tokio::time::sleep(retry.delay()).await;
+                            Ok(()) => {
+                                created = true;
                                 continue;
                             }
+                            Err(e) => Err(e),
                         }
-                    }
-                    match logs.put(&group, &stream, &batch).await {
+                    };
+                    match result {
                         Ok(rejected) => {
                             if rejected != crate::delivery::aws::Rejected::default() {
                                 tracing::warn!(session = %stream, ?rejected, "CloudWatch Logs rejected some events (too old/new or expired)");
                             }
-                            stored += batch.len() as u64;
+                            patience.reset();
                             break;
                         }
-                        Err(AwsError::NotFound(_)) if !recreated => {
-                            // The stream (or its group) vanished: create the stream again,
-                            // once; a missing group then fails there and ends streaming.
-                            recreated = true;
-                            created = false;
-                        }
                         Err(e) => {
-                            if let Some(report) = give_up(&e, &group, stored, ended_at) {
-                                return report;
+                            if matches!(e, AwsError::NotFound(_)) {
+                                // The stream (or its group) vanished: create it again.
+                                created = false;
                             }
-                            tracing::warn!(session = %stream, group = %group, error = %e, "PutLogEvents failed; retrying");
-                            tokio::time::sleep(retry.delay()).await;
+                            let Some(delay) = patience.next_delay(&e) else {
+                                return give_up(&e, &group, stored);
+                            };
+                            tracing::warn!(session = %stream, group = %group, error = %e, retry_in = ?delay, "CloudWatch Logs delivery failed; retrying");
+                            tokio::time::sleep(delay).await;
                         }
+                    }
+                }
+                sent += batch.len();
+                stored += batch.len() as u64;
+                let whole = ends.partition_point(|(c, _)| *c <= sent);
+                if let Some(&(_, seq)) = whole.checked_sub(1).and_then(|i| ends.get(i)) {
+                    acked = Some(seq);
+                    if let Err(e) = write_atomic(&ack_path, seq.to_string().as_bytes()) {
+                        tracing::warn!(path = %ack_path.display(), error = %e, "Cannot write the streaming position; a restart may send some events twice");
                     }
                 }
             }
@@ -715,16 +969,7 @@ pub async fn stream_to_cloudwatch(
     }
 }
 
-fn give_up(
-    e: &AwsError,
-    group: &str,
-    stored: u64,
-    ended_at: Option<Instant>,
-) -> Option<StreamReport> {
-    let out_of_time = ended_at.is_some_and(|t| t.elapsed() > DELIVERY_PATIENCE);
-    if e.is_transient() && !out_of_time {
-        return None;
-    }
+fn give_up(e: &AwsError, group: &str, stored: u64) -> StreamReport {
     let error = match e {
         AwsError::NotFound(_) => format!(
             "CloudWatch Logs log group \"{group}\" does not exist (the agent never creates log groups): {e}"
@@ -735,33 +980,36 @@ fn give_up(
         _ => format!("CloudWatch Logs log group \"{group}\": {e}"),
     };
     tracing::error!(group, %error, "Streaming to CloudWatch Logs stopped; the recording stays in the state dir");
-    Some(StreamReport {
+    StreamReport {
         events: stored,
         error: Some(error),
-    })
+    }
 }
 
-/// Retries an upload step on transient errors for [`DELIVERY_PATIENCE`].
-async fn with_retries<F, Fut, T>(what: &str, mut f: F) -> Result<T, AwsError>
+/// Runs one delivery call under [`Patience`].
+pub(crate) async fn with_retries<F, Fut, T>(what: &str, mut f: F) -> Result<T, AwsError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, AwsError>>,
 {
-    let started = Instant::now();
-    let mut retry = Retry::new();
+    let mut patience = Patience::new();
     loop {
         match f().await {
             Ok(v) => return Ok(v),
-            Err(e) if e.is_transient() && started.elapsed() < DELIVERY_PATIENCE => {
-                tracing::warn!(what, error = %e, "Upload failed; retrying");
-                tokio::time::sleep(retry.delay()).await;
-            }
-            Err(e) => return Err(e),
+            Err(e) => match patience.next_delay(&e) {
+                Some(delay) => {
+                    tracing::warn!(what, error = %e, retry_in = ?delay, "Upload failed; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                None => return Err(e),
+            },
         }
     }
 }
 
-/// Uploads the transcript and the asciicast to S3 at close.
+/// Uploads the transcript, the asciicast and the spool to S3 at close. Keys already
+/// uploaded (listed in `s3.ack`, from a run cut short by a crash) are not uploaded again:
+/// each object is written once.
 ///
 /// # Errors
 /// The first failed upload, described.
@@ -772,7 +1020,11 @@ pub async fn upload_to_s3(
     paths: &Paths,
     session_id: &str,
 ) -> Result<Vec<String>, String> {
-    let mut keys = Vec::new();
+    let ack_path = paths.dir.join(S3_ACK);
+    let mut done: Vec<String> = std::fs::read(&ack_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
     for (path, ext, content_type) in [
         (&paths.transcript, "log", "text/plain; charset=utf-8"),
         (&paths.cast, "cast", "application/x-asciicast"),
@@ -780,6 +1032,9 @@ pub async fn upload_to_s3(
         (&paths.events, "spool", "application/octet-stream"),
     ] {
         let key = s3_key(&dest.prefix, session_id, ext);
+        if done.contains(&key) {
+            continue;
+        }
         let up = Upload {
             bucket: &dest.bucket,
             key: &key,
@@ -789,13 +1044,19 @@ pub async fn upload_to_s3(
         with_retries("s3 upload", || s3.upload_file(&up, path))
             .await
             .map_err(|e| format!("S3 upload of s3://{}/{key} failed: {e}", dest.bucket))?;
-        keys.push(key);
+        done.push(key);
+        let json = serde_json::to_vec(&done).unwrap_or_default();
+        if let Err(e) = write_atomic(&ack_path, &json) {
+            tracing::warn!(path = %ack_path.display(), error = %e, "Cannot record the S3 upload; a restart may upload it again");
+        }
     }
-    Ok(keys)
+    Ok(done)
 }
 
 /// Uploads the clean transcript to the log group at close (streaming off), as plain-text
-/// events split within the limits.
+/// events split within the limits. The number of events stored is kept in `upload.ack`,
+/// so an upload cut short by a crash resumes after them (plain-text events carry no
+/// sequence number: only a batch stored in the instant before the crash can repeat).
 ///
 /// # Errors
 /// The upload failed, described.
@@ -811,8 +1072,11 @@ pub async fn upload_to_cloudwatch(
     })
     .await
     .map_err(fail)?;
+    let ack_path = paths.dir.join(UPLOAD_ACK);
+    let skip = read_stream_ack(&ack_path).unwrap_or(0);
     let now = i64::try_from(unix_ms()).unwrap_or(i64::MAX);
     let mut offset = 0u64;
+    let mut index = 0u64;
     let mut stored = 0u64;
     loop {
         let p = paths.transcript.clone();
@@ -828,7 +1092,10 @@ pub async fn upload_to_cloudwatch(
         text.push('\n');
         let mut batcher = Batcher::new();
         for e in cwl::transcript_events(&text, now) {
-            batcher.push(e);
+            index += 1;
+            if index > skip {
+                batcher.push(e);
+            }
         }
         for batch in batcher.into_batches() {
             with_retries("put log events", || {
@@ -837,6 +1104,7 @@ pub async fn upload_to_cloudwatch(
             .await
             .map_err(fail)?;
             stored += batch.len() as u64;
+            let _ = write_atomic(&ack_path, (skip + stored).to_string().as_bytes());
         }
         offset = next;
     }
@@ -933,14 +1201,7 @@ impl Delivery {
         }
         let json = serde_json::to_vec_pretty(&status).unwrap_or_default();
         let path = self.paths.dir.join(STATUS_FILE);
-        let written = OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&path)
-            .and_then(|mut f| f.write_all(&json));
-        if let Err(e) = written {
+        if let Err(e) = write_atomic(&path, &json) {
             tracing::warn!(path = %path.display(), error = %e, "Cannot write the delivery status");
         }
         tracing::info!(session = %self.session_id, complete = status.complete, s3 = ?status.s3_keys, cloudwatch_events = status.cloudwatch_events, "Recording delivered");
@@ -994,11 +1255,148 @@ mod tests {
         }
     }
 
+    fn streaming_meta(session_id: &str) -> Meta {
+        Meta {
+            session_id: session_id.into(),
+            cwl: Some(CwlDestination {
+                group: "g".into(),
+                streaming: true,
+                require_encryption: false,
+            }),
+            ..Meta::default()
+        }
+    }
+
+    /// Records a small session with every kind of event; returns its paths.
+    async fn record_session(root: &Path, session_id: &str) -> Paths {
+        let (tap, recording) =
+            Recording::start(root, start(session_id), &streaming_meta(session_id)).unwrap();
+        tap.output(b"$ ").await;
+        let t = tap.clone();
+        tokio::task::spawn_blocking(move || {
+            t.input_blocking(b"ec", Some(false));
+            t.input_blocking(b"ho hi\r", Some(false));
+            t.input_blocking(b"secret\r", Some(true));
+        })
+        .await
+        .unwrap();
+        tap.output(b"echo hi\r\nhi\r\n").await;
+        tap.resize(60, 20).await;
+        for i in 0..100 {
+            tap.output(format!("line {i}\r\n").as_bytes()).await;
+        }
+        tap.output(b"$ ").await;
+        tap.end(Some(0), "exited").await;
+        drop(tap);
+        let (paths, summary) = recording.finish().await;
+        assert!(summary.error.is_none());
+        paths
+    }
+
+    fn derived(paths: &Paths) -> [Vec<u8>; 3] {
+        [&paths.transcript, &paths.cast, &paths.stream].map(|p| std::fs::read(p).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_rebuild_derives_the_same_files_from_the_spool() {
+        let root = tempfile::tempdir().unwrap();
+        let paths = record_session(root.path(), "s-r").await;
+        let original = derived(&paths);
+        let spool = std::fs::read(&paths.events).unwrap();
+        for p in [&paths.transcript, &paths.cast, &paths.stream] {
+            std::fs::write(p, b"garbage left by a crash").unwrap();
+        }
+        let rebuilt = rebuild(&paths, true).unwrap();
+        assert!(!rebuilt.interrupted);
+        assert_eq!(rebuilt.torn_bytes, 0);
+        assert_eq!(derived(&paths), original);
+        // The spool is left as it was.
+        assert_eq!(std::fs::read(&paths.events).unwrap(), spool);
+    }
+
+    #[tokio::test]
+    async fn a_spool_cut_by_a_crash_is_rebuilt_and_marked_interrupted() {
+        let root = tempfile::tempdir().unwrap();
+        let paths = record_session(root.path(), "s-k").await;
+        let original = derived(&paths);
+        // Drop the end record (the crash came before it) and leave half a record behind.
+        let f = std::fs::File::open(&paths.events).unwrap();
+        let mut reader = crate::replay::SpoolReader::new(BufReader::new(f)).unwrap();
+        let mut ends = Vec::new();
+        while let Some(Ok(_)) = reader.next() {
+            ends.push(reader.offset());
+        }
+        let before_end = ends[ends.len() - 2];
+        let mut spool = std::fs::read(&paths.events).unwrap();
+        spool.truncate(usize::try_from(before_end).unwrap());
+        spool.extend_from_slice(&[7, 0, 0, 0, 1, 2, 3]);
+        std::fs::write(&paths.events, &spool).unwrap();
+
+        let rebuilt = rebuild(&paths, true).unwrap();
+        assert!(rebuilt.interrupted);
+        assert_eq!(rebuilt.torn_bytes, 7);
+        // The interrupted end commits the same lines the real end did, and says so.
+        let [transcript, _, stream] = derived(&paths);
+        let note = format!("[session {INTERRUPTED}]\n");
+        assert_eq!(transcript, [&original[0][..], note.as_bytes()].concat());
+        let (new, old) = (
+            String::from_utf8(stream).unwrap(),
+            String::from_utf8(original[2].clone()).unwrap(),
+        );
+        let (new_last, old_last) = (new.lines().last().unwrap(), old.lines().last().unwrap());
+        assert_eq!(new.lines().count(), old.lines().count());
+        assert!(new.starts_with(old.strip_suffix(&format!("{old_last}\n")).unwrap()));
+        assert!(new_last.contains("[session interrupted"), "{new_last}");
+        // The spool now ends with the interruption, chain intact.
+        let f = std::fs::File::open(&paths.events).unwrap();
+        assert!(matches!(
+            crate::replay::verify_spool(f).unwrap(),
+            crate::replay::Verdict::Intact {
+                torn_tail: false,
+                ..
+            }
+        ));
+        let f = std::fs::File::open(&paths.events).unwrap();
+        let last = crate::replay::SpoolReader::new(f)
+            .unwrap()
+            .last()
+            .unwrap()
+            .unwrap();
+        let text = String::from_utf8(last.payload).unwrap();
+        assert!(text.contains(INTERRUPTED), "{text}");
+        // A second rebuild (a crash during recovery) finds it ended and changes nothing.
+        let spool = std::fs::read(&paths.events).unwrap();
+        let again = rebuild(&paths, true).unwrap();
+        assert!(!again.interrupted);
+        assert_eq!(std::fs::read(&paths.events).unwrap(), spool);
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_or_altered_spool_is_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let paths = record_session(root.path(), "s-c").await;
+        let good = std::fs::read(&paths.events).unwrap();
+        let mut bad = good.clone();
+        let mid = bad.len() / 2;
+        bad[mid] ^= 0x20;
+        std::fs::write(&paths.events, &bad).unwrap();
+        let err = rebuild(&paths, true).unwrap_err();
+        assert!(err.starts_with("record "), "{err}");
+        std::fs::write(&paths.events, b"not a spool").unwrap();
+        assert!(rebuild(&paths, true).is_err());
+        std::fs::write(&paths.events, crate::recorder::spool::MAGIC).unwrap();
+        assert_eq!(
+            rebuild(&paths, true).unwrap_err(),
+            "the spool holds no events"
+        );
+    }
+
     #[tokio::test]
     async fn recording_writes_private_files_and_streams_records() {
         use std::os::unix::fs::PermissionsExt;
         let root = tempfile::tempdir().unwrap();
-        let (tap, recording) = Recording::start(root.path(), start("s-1"), true).unwrap();
+        let (tap, recording) =
+            Recording::start(root.path(), start("s-1"), &streaming_meta("s-1")).unwrap();
         let progress = recording.stream_progress.clone().unwrap();
         tap.output(b"$ ").await;
         let t = tap.clone();

@@ -5,9 +5,21 @@
 //! * [`stream_messages`]: one record as upstream-schema JSON messages (§8.3:
 //!   `eventVersion`, `eventTime`, `awsRegion`, `target.id`, `userIdentity.arn`,
 //!   `runAsUser`, `sessionId`, `sessionData`), plus our own `sequence` (per log stream,
-//!   contiguous from 0, so duplicates after a retry are identifiable) and `direction`.
+//!   contiguous from 0, so duplicates after a retry or a crash are identifiable),
+//!   `direction` and, last, `chain`: the hash chain over the stream's messages (below).
 //!   A record too large for one event is split across several, each under
 //!   [`MAX_MESSAGE_BYTES`].
+//! * [`StreamChecker`]: `session-agent verify cloudwatch://…` — checks a stream's chain
+//!   message by message, tells identical re-sends (duplicates) from alterations and gaps.
+//!
+//! ## The CloudWatch hash chain
+//!
+//! Each streamed message ends with `"chain":"<64 hex>"}`, the SHA-256 of the previous
+//! message's chain value (32 zero bytes before the first) followed by this message's
+//! bytes *without* the chain field (the same JSON, closed with `}` where `,"chain"`
+//! begins). The chain is a pure function of the record stream, so a stream resumed after
+//! a crash re-derives the same values: a message sent twice carries the same chain value
+//! and is reported as a duplicate, not as an alteration.
 //! * [`Batcher`]: groups timestamped messages into `PutLogEvents` calls within the service
 //!   limits: at most [`MAX_BATCH_EVENTS`] events, [`MAX_BATCH_BYTES`] bytes counting
 //!   [`EVENT_OVERHEAD`] per event, chronological, spanning at most 24 hours.
@@ -19,6 +31,7 @@
 //! soon as it exists (the streamer coalesces for a moment), as many per call as the limits
 //! allow, stamped with the time the output happened, and we stream input too.
 
+use crate::recorder::spool::{chain_next, hex, Chain};
 use serde::{Deserialize, Serialize};
 
 /// Bytes the service adds to each event's message size when it sums a batch.
@@ -59,7 +72,7 @@ pub struct StreamRecord {
 }
 
 /// The fixed fields of every streamed message of one session.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionFields {
     /// AWS region of the log group.
     pub region: String,
@@ -99,6 +112,29 @@ struct Message<'a> {
     direction: Direction,
 }
 
+/// Bytes the chain field adds to a message: `,"chain":"` + 64 hex + `"` (the closing
+/// brace is shared).
+pub const CHAIN_FIELD_BYTES: usize = 10 + 64 + 1;
+
+/// Appends the chain field to a message serialized without it and advances `chain`.
+fn seal(body: &str, chain: &mut Chain) -> String {
+    *chain = chain_next(chain, body.as_bytes());
+    let open = body.strip_suffix('}').unwrap_or(body);
+    format!("{open},\"chain\":\"{}\"}}", hex(chain))
+}
+
+/// Splits a chained message into the body the chain value covers and the claimed value.
+pub fn unseal(message: &str) -> Option<(String, Chain)> {
+    let cut = message.len().checked_sub(CHAIN_FIELD_BYTES + 1)?;
+    let (open, tail) = (message.get(..cut)?, message.get(cut..)?);
+    let hex_value = tail.strip_prefix(",\"chain\":\"")?.strip_suffix("\"}")?;
+    let mut claimed = [0u8; 32];
+    for (i, byte) in claimed.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex_value.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some((format!("{open}}}"), claimed))
+}
+
 /// One event ready for `PutLogEvents`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogEvent {
@@ -117,8 +153,13 @@ impl LogEvent {
 
 /// The JSON messages for one record: usually one; more when the record's lines do not
 /// fit one event (each part keeps the record's sequence number and time, parts in order).
-/// An empty record yields nothing.
-pub fn stream_messages(fields: &SessionFields, record: &StreamRecord) -> Vec<LogEvent> {
+/// Each message is sealed with the stream's hash chain, which `chain` carries from one
+/// call to the next. An empty record yields nothing.
+pub fn stream_messages(
+    fields: &SessionFields,
+    record: &StreamRecord,
+    chain: &mut Chain,
+) -> Vec<LogEvent> {
     if record.lines.is_empty() {
         return Vec::new();
     }
@@ -146,10 +187,10 @@ pub fn stream_messages(fields: &SessionFields, record: &StreamRecord) -> Vec<Log
             direction: record.direction,
         })
         .unwrap_or_default();
-        if message.len() <= MAX_MESSAGE_BYTES {
+        if message.len() + CHAIN_FIELD_BYTES <= MAX_MESSAGE_BYTES {
             out.push(LogEvent {
                 timestamp_ms,
-                message,
+                message: seal(&message, chain),
             });
             continue;
         }
@@ -214,6 +255,91 @@ pub fn render_input(bytes: &[u8]) -> Vec<String> {
 /// The marker streamed in place of input typed with echo off.
 pub fn redacted_marker(bytes: usize) -> String {
     format!("[input redacted: {bytes} bytes typed with echo off]")
+}
+
+/// What [`StreamChecker::check`] made of one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checked {
+    /// The next message of the chain.
+    Next,
+    /// An identical copy of a message already checked (a re-send after a retry or a
+    /// crash), skipped.
+    Duplicate,
+}
+
+/// Checks a CloudWatch stream's messages in the order the service returns them.
+#[derive(Debug, Default)]
+pub struct StreamChecker {
+    head: Chain,
+    /// Chain values seen, each with the value before it (to recognise re-sends).
+    seen: std::collections::HashMap<Chain, Chain>,
+    messages: u64,
+    duplicates: u64,
+    last_sequence: Option<u64>,
+}
+
+impl StreamChecker {
+    /// A checker at the start of a stream.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Messages in the chain so far (duplicates not counted).
+    pub fn messages(&self) -> u64 {
+        self.messages
+    }
+
+    /// Duplicates skipped.
+    pub fn duplicates(&self) -> u64 {
+        self.duplicates
+    }
+
+    /// The chain value after the last message.
+    pub fn head(&self) -> Chain {
+        self.head
+    }
+
+    /// Checks the next message of the stream (`index` counts every event read, for the
+    /// report).
+    ///
+    /// # Errors
+    /// The first alteration, gap or foreign message, described.
+    pub fn check(&mut self, index: u64, message: &str) -> Result<Checked, String> {
+        let Some((body, claimed)) = unseal(message) else {
+            return Err(format!(
+                "event {index}: no chain field (not a message streamed by session-agent, or cut short)"
+            ));
+        };
+        let sequence = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("sequence").and_then(serde_json::Value::as_u64));
+        let Some(sequence) = sequence else {
+            return Err(format!("event {index}: not a JSON message with a sequence"));
+        };
+        if chain_next(&self.head, body.as_bytes()) == claimed {
+            let expected = self.last_sequence.map_or(0..=0, |s| s..=s + 1);
+            if !expected.contains(&sequence) {
+                return Err(format!(
+                    "event {index}: sequence {sequence} where {} was expected (a gap)",
+                    expected.end()
+                ));
+            }
+            self.seen.insert(claimed, self.head);
+            self.head = claimed;
+            self.messages += 1;
+            self.last_sequence = Some(sequence);
+            return Ok(Checked::Next);
+        }
+        if let Some(prev) = self.seen.get(&claimed) {
+            if chain_next(prev, body.as_bytes()) == claimed {
+                self.duplicates += 1;
+                return Ok(Checked::Duplicate);
+            }
+        }
+        Err(format!(
+            "event {index} (sequence {sequence}): chain value does not match: this message or one before it was altered, removed or reordered"
+        ))
+    }
 }
 
 /// Groups events into `PutLogEvents` calls within the limits.
@@ -319,11 +445,22 @@ mod tests {
             direction: Direction::Output,
             lines: vec!["$ ls".into(), "a  b".into()],
         };
-        let events = stream_messages(&fields(), &record);
+        let mut chain = crate::recorder::spool::CHAIN_START;
+        let events = stream_messages(&fields(), &record, &mut chain);
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].timestamp_ms, 1_729_534_091_500);
+        let (body, claimed) = unseal(&events[0].message).unwrap();
         assert_eq!(
-            events[0].message,
+            claimed,
+            chain_next(&crate::recorder::spool::CHAIN_START, body.as_bytes())
+        );
+        assert_eq!(chain, claimed);
+        assert!(events[0].message.ends_with(&format!(
+            r#","direction":"output","chain":"{}"}}"#,
+            hex(&claimed)
+        )));
+        assert_eq!(
+            body,
             r#"{"eventVersion":"1.0","eventTime":"2024-10-21T18:08:11Z","awsRegion":"us-east-1","target":{"id":"i-0123456789abcdef0"},"userIdentity":{"arn":"arn:aws:iam::123456789012:user/alice"},"runAsUser":"ssm-user","sessionId":"alice-0a1b2c3d","sessionData":["$ ls","a  b"],"sequence":7,"direction":"output"}"#
         );
     }
@@ -342,7 +479,7 @@ mod tests {
                 "é".repeat(400_000),
             ],
         };
-        let events = stream_messages(&fields(), &record);
+        let events = stream_messages(&fields(), &record, &mut [0; 32]);
         assert!(events.len() > 2);
         let mut rebuilt = Vec::new();
         for e in &events {
@@ -356,6 +493,63 @@ mod tests {
         // Whole lines stay whole; the one huge line comes back in pieces, in order.
         assert_eq!(&rebuilt[..3], &[line.clone(), line.clone(), line]);
         assert_eq!(rebuilt[3..].concat(), "é".repeat(400_000));
+    }
+
+    fn chained(records: usize) -> Vec<String> {
+        let mut chain = crate::recorder::spool::CHAIN_START;
+        (0..records)
+            .flat_map(|i| {
+                let record = StreamRecord {
+                    seq: i as u64,
+                    unix_ms: 1000 + i as u64,
+                    direction: Direction::Output,
+                    lines: vec![format!("line {i}")],
+                };
+                stream_messages(&fields(), &record, &mut chain)
+            })
+            .map(|e| e.message)
+            .collect()
+    }
+
+    fn check_all(messages: &[String]) -> Result<(u64, u64), String> {
+        let mut checker = StreamChecker::new();
+        for (i, m) in messages.iter().enumerate() {
+            checker.check(i as u64, m)?;
+        }
+        Ok((checker.messages(), checker.duplicates()))
+    }
+
+    #[test]
+    fn the_stream_chain_tells_resends_from_edits_and_gaps() {
+        let messages = chained(6);
+        assert_eq!(check_all(&messages), Ok((6, 0)));
+        // A crash re-sent messages 3 and 4 (identical, same chain values).
+        let mut resent = messages.clone();
+        resent.insert(5, messages[3].clone());
+        resent.insert(6, messages[4].clone());
+        assert_eq!(check_all(&resent), Ok((6, 2)));
+        // One character changed.
+        let mut edited = messages.clone();
+        edited[2] = edited[2].replace("line 2", "line X");
+        let err = check_all(&edited).unwrap_err();
+        assert!(
+            err.starts_with("event 2 (sequence 2): chain value"),
+            "{err}"
+        );
+        // A message removed.
+        let mut gap = messages.clone();
+        gap.remove(3);
+        let err = check_all(&gap).unwrap_err();
+        assert!(err.starts_with("event 3 (sequence 4)"), "{err}");
+        // Reordered.
+        let mut swapped = messages.clone();
+        swapped.swap(1, 2);
+        assert!(check_all(&swapped).is_err());
+        // Plain text (an upload at close) is not a chained stream.
+        let err = check_all(&["hello".to_owned()]).unwrap_err();
+        assert!(err.contains("no chain field"), "{err}");
+        // The chain is a pure function of the records: derived twice, equal.
+        assert_eq!(chained(6), messages);
     }
 
     #[test]

@@ -24,7 +24,7 @@ pub const S3_NOT_ENCRYPTED: &str = "We couldn't start the session because encryp
 pub const CWL_NOT_ENCRYPTED: &str = "We couldn't start the session because encryption is not set up on the selected CloudWatch Logs log group.";
 
 /// S3 destination of a session.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct S3Destination {
     /// Bucket.
     pub bucket: String,
@@ -35,7 +35,7 @@ pub struct S3Destination {
 }
 
 /// CloudWatch Logs destination of a session.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CwlDestination {
     /// Log group (never created by the agent).
     pub group: String,

@@ -150,11 +150,16 @@ impl AsciicastEncoder {
         let line = match &event.kind {
             EventKind::Output { data } => text_line(t, "o", &self.output.decode(data)),
             EventKind::Input { data } => text_line(t, "i", &self.input.decode(data)),
-            EventKind::End { .. } => {
-                return [("o", self.output.finish()), ("i", self.input.finish())]
-                    .into_iter()
-                    .filter_map(|(code, text)| text_line(t, code, &text))
-                    .collect();
+            EventKind::End { how, .. } => {
+                let note = super::event::end_note(how).unwrap_or_default();
+                return [
+                    ("o", self.output.finish()),
+                    ("i", self.input.finish()),
+                    ("o", note),
+                ]
+                .into_iter()
+                .filter_map(|(code, text)| text_line(t, code, &text))
+                .collect();
             }
             _ => asciicast_line(event),
         };

@@ -102,6 +102,15 @@ pub enum EventKind {
     },
 }
 
+/// What the terminal shows at the end of a session cut short (an end event whose `how`
+/// starts with `interrupted`): a line of its own, saying so. The recorder renders it into
+/// the transcript and the asciicast, and playback shows it, so every copy of the
+/// recording says the session was interrupted. `None` for a normal end.
+pub fn end_note(how: &str) -> Option<String> {
+    how.starts_with("interrupted")
+        .then(|| format!("\r\n[session {how}]\r\n"))
+}
+
 impl Event {
     /// The event as one line of JSON (no trailing newline).
     pub fn to_json_line(&self) -> String {

@@ -135,16 +135,15 @@ impl Recorder {
         self.record(at_ms, EventKind::Resize { cols, rows })
     }
 
-    /// Records the end of the session and commits the rest of the transcript.
+    /// Records the end of the session and commits the rest of the transcript (with the
+    /// [`event::end_note`] of a session cut short).
     pub fn end(&mut self, at_ms: u64, exit_code: Option<i32>, how: impl Into<String>) -> Event {
+        let how = how.into();
+        if let Some(note) = event::end_note(&how) {
+            self.transcript.process(note.as_bytes());
+        }
         self.transcript.finish();
-        self.record(
-            at_ms,
-            EventKind::End {
-                exit_code,
-                how: how.into(),
-            },
-        )
+        self.record(at_ms, EventKind::End { exit_code, how })
     }
 
     /// Transcript lines completed since the last call (for streaming).
@@ -192,7 +191,12 @@ pub fn render_transcript(events: &[Event]) -> String {
         match &event.kind {
             EventKind::Output { data } => transcript.process(data),
             EventKind::Resize { cols, rows } => transcript.resize(*cols, *rows),
-            EventKind::End { .. } => transcript.finish(),
+            EventKind::End { how, .. } => {
+                if let Some(note) = event::end_note(how) {
+                    transcript.process(note.as_bytes());
+                }
+                transcript.finish();
+            }
             _ => {}
         }
     }

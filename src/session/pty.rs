@@ -776,6 +776,10 @@ pub fn exec_as_main(args: &[String]) -> ExitCode {
         Err(usage) => return shim_failure(&usage, EXIT_CANNOT_EXECUTE),
     };
     let what = format!("cannot run {} as {}", request.program, request.user);
+    // The daemon protects itself from the OOM killer; its sessions must not inherit that
+    // (a runaway program in a shell is what the OOM killer should pick). Raising the
+    // score is always allowed, so this cannot fail short of a missing /proc.
+    let _ = set_oom_score_adj(0);
     if let Err(reason) = drop_privileges(&request) {
         return shim_failure(&format!("{what}: {reason}"), EXIT_CANNOT_EXECUTE);
     }
@@ -790,6 +794,20 @@ pub fn exec_as_main(args: &[String]) -> ExitCode {
         EXIT_CANNOT_EXECUTE
     };
     shim_failure(&format!("{what}: {error}"), code)
+}
+
+/// The daemon's own OOM score adjustment: far less likely than a session's programs to be
+/// chosen by the kernel's OOM killer (the recorder must outlive a runaway shell), but not
+/// -1000 (exempt), so a leak in the daemon itself can still be stopped.
+pub const DAEMON_OOM_SCORE_ADJ: i32 = -900;
+
+/// Sets this process's `/proc/self/oom_score_adj` (-1000..=1000; lowering needs root or
+/// CAP_SYS_RESOURCE). Children inherit it.
+///
+/// # Errors
+/// Not permitted, or no `/proc`.
+pub fn set_oom_score_adj(value: i32) -> std::io::Result<()> {
+    std::fs::write("/proc/self/oom_score_adj", value.to_string())
 }
 
 /// Gives up root for `request`'s user; an error is the reason, for one line.

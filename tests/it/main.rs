@@ -10,5 +10,7 @@ mod gateway_relay;
 mod protocol;
 mod pty_shim;
 mod recording;
+mod recovery;
 mod reliability;
+mod resources;
 mod support;

@@ -17,24 +17,29 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const LOCALSTACK: &str = "http://127.0.0.1:4566";
-const REGION: &str = "us-east-1";
+pub const LOCALSTACK: &str = "http://127.0.0.1:4566";
+pub const REGION: &str = "us-east-1";
 
 /// Clients for LocalStack; panics with what to do when it is not running.
-struct LocalStack {
-    s3: S3Client,
-    logs: LogsClient,
+pub struct LocalStack {
+    pub s3: S3Client,
+    pub logs: LogsClient,
 }
 
 impl LocalStack {
-    async fn get() -> Self {
-        let health = reqwest::get(format!("{LOCALSTACK}/_localstack/health")).await;
+    pub async fn get() -> Self {
+        Self::at(LOCALSTACK).await
+    }
+
+    /// Clients for the LocalStack at `endpoint`.
+    pub async fn at(endpoint: &str) -> Self {
+        let health = reqwest::get(format!("{endpoint}/_localstack/health")).await;
         assert!(
             health.is_ok_and(|r| r.status().is_success()),
-            "LocalStack is not running on {LOCALSTACK}: run the tests with scripts/test.sh, which starts it (or start it with scripts/localstack/start DIR)"
+            "LocalStack is not running on {endpoint}: run the tests with scripts/test.sh, which starts it (or start it with scripts/localstack/start DIR)"
         );
         let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .endpoint_url(LOCALSTACK)
+            .endpoint_url(endpoint)
             .region(aws_config::Region::new(REGION))
             .credentials_provider(aws_credential_types::Credentials::new(
                 "test", "test", None, None, "test",
@@ -48,31 +53,39 @@ impl LocalStack {
         }
     }
 
-    async fn bucket(&self, encrypted: bool) -> String {
+    pub async fn bucket(&self, encrypted: bool) -> String {
         let name = unique("rec");
-        self.s3.create_bucket().bucket(&name).send().await.unwrap();
+        self.create_bucket(&name, encrypted).await;
+        name
+    }
+
+    pub async fn create_bucket(&self, name: &str, encrypted: bool) {
+        self.s3.create_bucket().bucket(name).send().await.unwrap();
         if !encrypted {
             self.s3
                 .delete_bucket_encryption()
-                .bucket(&name)
+                .bucket(name)
                 .send()
                 .await
                 .unwrap();
         }
+    }
+
+    pub async fn log_group(&self, kms: bool) -> String {
+        let name = unique("/sessions/");
+        self.create_log_group(&name, kms).await;
         name
     }
 
-    async fn log_group(&self, kms: bool) -> String {
-        let name = unique("/sessions/");
-        let mut req = self.logs.create_log_group().log_group_name(&name);
+    pub async fn create_log_group(&self, name: &str, kms: bool) {
+        let mut req = self.logs.create_log_group().log_group_name(name);
         if kms {
             req = req.kms_key_id("arn:aws:kms:us-east-1:000000000000:key/test-key");
         }
         req.send().await.unwrap();
-        name
     }
 
-    async fn object(&self, bucket: &str, key: &str, within: Duration) -> Vec<u8> {
+    pub async fn object(&self, bucket: &str, key: &str, within: Duration) -> Vec<u8> {
         let deadline = Instant::now() + within;
         loop {
             match self.s3.get_object().bucket(bucket).key(key).send().await {
@@ -87,7 +100,7 @@ impl LocalStack {
     }
 
     /// Every event of a stream, in the order the service returns them.
-    async fn events(&self, group: &str, stream: &str) -> Vec<String> {
+    pub async fn events(&self, group: &str, stream: &str) -> Vec<String> {
         let mut out = Vec::new();
         let mut token: Option<String> = None;
         loop {
@@ -119,25 +132,44 @@ impl LocalStack {
     }
 }
 
-fn unique(prefix: &str) -> String {
+pub fn unique(prefix: &str) -> String {
     format!("{prefix}{}", uuid::Uuid::new_v4().simple())
 }
 
 /// The agent binary as a daemon process, with the standard AWS variables pointing at
-/// LocalStack. Killed on drop; its log is kept for assertions.
-struct AgentProcess {
+/// LocalStack. Stopped on drop; its log is kept for assertions.
+pub struct AgentProcess {
     child: Child,
-    state: tempfile::TempDir,
+    state: Arc<tempfile::TempDir>,
 }
 
 impl AgentProcess {
-    async fn start(gw: &Gateway, target: &str) -> Self {
+    pub async fn start(gw: &Gateway, target: &str) -> Self {
         Self::start_with(gw, target, &[]).await
     }
 
-    async fn start_with(gw: &Gateway, target: &str, extra_env: &[(&str, &str)]) -> Self {
-        let state = tempfile::tempdir().unwrap();
-        let log = std::fs::File::create(state.path().join("agent.log")).unwrap();
+    pub async fn start_with(gw: &Gateway, target: &str, extra_env: &[(&str, &str)]) -> Self {
+        Self::start_in(
+            gw,
+            target,
+            Arc::new(tempfile::tempdir().unwrap()),
+            extra_env,
+        )
+        .await
+    }
+
+    /// Starts the agent on an existing state dir (a restart).
+    pub async fn start_in(
+        gw: &Gateway,
+        target: &str,
+        state: Arc<tempfile::TempDir>,
+        extra_env: &[(&str, &str)],
+    ) -> Self {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(state.path().join("agent.log"))
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_session-agent"))
             .args(["run", "--endpoint", &gw.http_url(), "--target-id", target])
             .arg("--state-dir")
@@ -162,16 +194,32 @@ impl AgentProcess {
         Self { child, state }
     }
 
-    fn log(&self) -> String {
+    /// The state dir (shared with a restarted agent).
+    pub fn state(&self) -> Arc<tempfile::TempDir> {
+        self.state.clone()
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `kill -9`, and wait for the process to be gone.
+    pub fn kill_hard(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn log(&self) -> String {
         std::fs::read_to_string(self.state.path().join("agent.log")).unwrap_or_default()
     }
 
-    fn recording_dir(&self, session_id: &str) -> PathBuf {
+    pub fn recording_dir(&self, session_id: &str) -> PathBuf {
         self.state.path().join("recordings").join(session_id)
     }
 
     /// Waits for the recording's delivery report.
-    async fn delivery(&self, session_id: &str, within: Duration) -> Value {
+    pub async fn delivery(&self, session_id: &str, within: Duration) -> Value {
         let path = self.recording_dir(session_id).join("delivery.json");
         let deadline = Instant::now() + within;
         loop {
@@ -206,7 +254,7 @@ impl Drop for AgentProcess {
     }
 }
 
-fn preferences(inputs: Value) -> Value {
+pub fn preferences(inputs: Value) -> Value {
     let mut doc = SessionDocument::default_shell().to_json();
     for (k, v) in inputs.as_object().unwrap() {
         doc["inputs"][k] = v.clone();
@@ -214,7 +262,7 @@ fn preferences(inputs: Value) -> Value {
     doc
 }
 
-async fn gateway(inputs: Value) -> Gateway {
+pub async fn gateway(inputs: Value) -> Gateway {
     Gateway::start(GatewayConfig {
         preferences: preferences(inputs),
         ..GatewayConfig::default()
@@ -222,7 +270,7 @@ async fn gateway(inputs: Value) -> Gateway {
     .await
 }
 
-fn all_files(dir: &Path, out: &mut Vec<PathBuf>) {
+pub fn all_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for e in std::fs::read_dir(dir).unwrap().flatten() {
         let p = e.path();
         if p.is_dir() {

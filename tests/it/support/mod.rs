@@ -642,6 +642,43 @@ impl InteractiveClient {
         }
     }
 
+    /// Reads (and forgets) output until `needle` has gone by, keeping only a short tail
+    /// in memory; calls `each` about every 100 ms while reading. Returns the bytes read.
+    pub async fn drain_until(
+        &mut self,
+        needle: &str,
+        within: Duration,
+        mut each: impl FnMut(),
+    ) -> u64 {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut total = 0u64;
+        let mut last = tokio::time::Instant::now();
+        self.screen.clear();
+        loop {
+            let before = self.screen.len();
+            assert!(
+                tokio::time::timeout_at(deadline, self.step())
+                    .await
+                    .expect("the output never ended"),
+                "session closed during the flood"
+            );
+            total += (self.screen.len() - before) as u64;
+            if self
+                .screen
+                .windows(needle.len())
+                .any(|w| w == needle.as_bytes())
+            {
+                return total;
+            }
+            let keep = needle.len().min(self.screen.len());
+            self.screen.drain(..self.screen.len() - keep);
+            if last.elapsed() >= Duration::from_millis(100) {
+                each();
+                last = tokio::time::Instant::now();
+            }
+        }
+    }
+
     /// Reads until channel_closed or the socket closes.
     pub async fn until_closed(&mut self) {
         let deadline = tokio::time::Instant::now() + WAIT;

@@ -1,0 +1,159 @@
+//! Bounded resources and process hygiene of the agent daemon (the real binary): output
+//! floods do not grow its memory, it protects itself from the OOM killer while its
+//! sessions do not, and its log never shows credentials or tokens.
+
+use crate::recording::{gateway, AgentProcess};
+use crate::support::*;
+use serde_json::json;
+use std::time::Duration;
+
+/// A `/proc/PID/status` field in KiB.
+fn status_kib(pid: u32, field: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+#[tokio::test]
+async fn output_floods_slow_the_shell_instead_of_growing_the_agent_s_memory() {
+    let gw = gateway(json!({})).await;
+    let agent = AgentProcess::start(&gw, "flood").await;
+    let pid = agent.pid();
+    let (_sid, mut client) = open_shell(&gw, "flood").await;
+    client.type_text("echo ready-$((1+1))\r").await;
+    client.expect("ready-2\r\n$ ").await;
+    let baseline = status_kib(pid, "VmRSS:");
+
+    // `yes` with a client that stops reading: back-pressure must stop the shell, not
+    // queue its output in the agent.
+    client
+        .type_text("yes | head -c 20000000; echo; echo flood-$((2+3))-done\r")
+        .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let stalled = status_kib(pid, "VmRSS:");
+    let mut peak_seen = stalled;
+    let mut sample = || peak_seen = peak_seen.max(status_kib(pid, "VmRSS:"));
+    let yes_bytes = client
+        .drain_until("flood-5-done", Duration::from_secs(120), &mut sample)
+        .await;
+    assert!(yes_bytes >= 20_000_000, "{yes_bytes}");
+
+    // Random bytes: escape sequences and invalid UTF-8 through the terminal emulator.
+    client
+        .type_text("head -c 8000000 /dev/urandom; echo; echo random-$((3+4))-done\r")
+        .await;
+    let random_bytes = client
+        .drain_until("random-7-done", Duration::from_secs(120), &mut sample)
+        .await;
+    assert!(random_bytes >= 8_000_000, "{random_bytes}");
+    client.type_text("exit\r").await;
+    client.until_closed().await;
+    let peak = status_kib(pid, "VmHWM:").max(peak_seen);
+    // About 50 MB went through; the per-session buffers are bounded at a few MiB (4 MiB of
+    // output in flight, a 16-chunk recorder queue, one terminal screen).
+    let figures = format!(
+        "agent RSS: idle {baseline} KiB, client not reading {stalled} KiB, peak {peak} KiB, after {} MB of output",
+        (yes_bytes + random_bytes) / 1_000_000
+    );
+    assert!(stalled < baseline + 16 * 1024, "{figures}");
+    assert!(peak < baseline + 48 * 1024, "{figures}");
+    drop(agent);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn the_daemon_protects_itself_from_the_oom_killer_and_its_sessions_do_not() {
+    let gw = gateway(json!({})).await;
+    let agent = AgentProcess::start(&gw, "oom").await;
+    let daemon: i32 = std::fs::read_to_string(format!("/proc/{}/oom_score_adj", agent.pid()))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let (_sid, mut client) = open_shell(&gw, "oom").await;
+    client
+        .type_text("echo \"shell-oom=[$(cat /proc/self/oom_score_adj)]\"\r")
+        .await;
+    let screen = client.expect("]\r\n$ ").await;
+    assert!(screen.contains("shell-oom=[0]"), "{screen}");
+    // Whether this machine lets a process lower its score (root in a container often may
+    // not): asked of a child shell, so the test's own score stays as it is.
+    let may_lower = std::process::Command::new("sh")
+        .args(["-c", "echo -1 > /proc/self/oom_score_adj"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap()
+        .success();
+    if may_lower {
+        assert_eq!(daemon, session_agent::session::pty::DAEMON_OOM_SCORE_ADJ);
+    } else {
+        // Lowering needs CAP_SYS_RESOURCE (in the initial user namespace): the daemon
+        // says so and stays at 0.
+        assert_eq!(daemon, 0);
+        assert!(agent.log().contains("Cannot lower the daemon's OOM score"));
+    }
+    client.type_text("exit\r").await;
+    client.until_closed().await;
+    drop(agent);
+    gw.stop().await;
+}
+
+/// Runs of 64 letters and digits with an upper-case letter: the shape of the gateway's
+/// tokens (hex digests, also 64 long, are lower-case).
+fn token_shaped(log: &str) -> Vec<&str> {
+    log.split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| w.len() >= 64 && w.chars().any(|c| c.is_ascii_uppercase()))
+        .collect()
+}
+
+#[tokio::test]
+async fn credentials_and_tokens_never_reach_the_log_even_at_debug() {
+    use crate::recording::LocalStack;
+    const SECRET: &str = "SecretKeyNeverLogged0123456789abcdefghijk";
+    const SESSION_TOKEN: &str = "SessionTokenNeverLogged-0123456789ABCDEFGHIJ";
+    let ls = LocalStack::get().await;
+    let bucket = ls.bucket(true).await;
+    let group = ls.log_group(false).await;
+    let gw = gateway(json!({
+        "s3BucketName": bucket,
+        "cloudWatchLogGroupName": group,
+        "cloudWatchStreamingEnabled": true,
+    }))
+    .await;
+    let agent = AgentProcess::start_with(
+        &gw,
+        "no-secrets",
+        &[
+            ("AWS_SECRET_ACCESS_KEY", SECRET),
+            ("AWS_SESSION_TOKEN", SESSION_TOKEN),
+            ("SESSION_AGENT_LOG", "debug,session_agent=trace"),
+        ],
+    )
+    .await;
+    let (sid, mut client) = open_shell(&gw, "no-secrets").await;
+    client.type_text("echo hello-$((5*5))\r").await;
+    client.expect("hello-25\r\n$ ").await;
+    client.type_text("exit\r").await;
+    client.until_closed().await;
+    let report = agent.delivery(&sid, Duration::from_secs(30)).await;
+    assert_eq!(report["complete"], true, "{report}");
+    let log = agent.log();
+    // The log is detailed (this is not an empty log passing by accident)...
+    assert!(log.contains("DEBUG"), "{log}");
+    assert!(log.contains(&sid));
+    // ...and holds no secret.
+    assert!(!log.contains(SECRET), "the secret key is in the log");
+    assert!(
+        !log.contains(SESSION_TOKEN),
+        "the session token is in the log"
+    );
+    assert_eq!(
+        token_shaped(&log),
+        Vec::<&str>::new(),
+        "token-like strings in the log"
+    );
+    drop(agent);
+    gw.stop().await;
+}
