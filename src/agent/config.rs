@@ -53,6 +53,16 @@ pub struct RunArgs {
     /// [default: 2048].
     #[arg(long, env = "SESSION_AGENT_RECORDING_QUOTA_MB")]
     pub recording_quota_mb: Option<u64>,
+    /// Free space (MiB) the recordings' file system must have for a new session to be
+    /// recorded durably [default: 256].
+    #[arg(long, env = "SESSION_AGENT_RECORDING_MIN_FREE_MB")]
+    pub recording_min_free_mb: Option<u64>,
+    /// When a new session cannot be recorded durably (disk full, quota filled by
+    /// undelivered recordings, directory not writable): `fail-open` runs it anyway and
+    /// logs a warning; `fail-closed` refuses it and tells the user why
+    /// [default: fail-open].
+    #[arg(long, env = "SESSION_AGENT_RECORDING_POLICY")]
+    pub recording_policy: Option<String>,
 }
 
 /// The file form: every key optional, unknown keys rejected (typos must not pass silently).
@@ -68,6 +78,8 @@ struct FileConfig {
     ca_file: Option<PathBuf>,
     recording_retention_days: Option<u64>,
     recording_quota_mb: Option<u64>,
+    recording_min_free_mb: Option<u64>,
+    recording_policy: Option<String>,
     /// Read by `main` before logging starts (see [`file_log_level`]).
     log_level: Option<String>,
 }
@@ -97,6 +109,8 @@ pub fn parse_file(text: &str, path: &Path) -> Result<RunArgs, ConfigError> {
         ca_file: f.ca_file,
         recording_retention_days: f.recording_retention_days,
         recording_quota_mb: f.recording_quota_mb,
+        recording_min_free_mb: f.recording_min_free_mb,
+        recording_policy: f.recording_policy,
     })
 }
 
@@ -199,10 +213,10 @@ impl RunArgs {
             .recording_retention_days
             .or(file.recording_retention_days)
             .unwrap_or(14);
-        if !(1..=3650).contains(&retention_days) {
+        if retention_days > 3650 {
             return Err(err(
                 "recording_retention_days",
-                "must be between 1 and 3650",
+                "must be between 0 (delete once delivered) and 3650",
             ));
         }
         let quota_mb = self
@@ -215,6 +229,31 @@ impl RunArgs {
                 "must be between 1 and 16777216 (16 TiB)",
             ));
         }
+        let min_free_mb = self
+            .recording_min_free_mb
+            .or(file.recording_min_free_mb)
+            .unwrap_or(256);
+        if min_free_mb > 16 * 1024 * 1024 {
+            return Err(err(
+                "recording_min_free_mb",
+                "must be between 0 and 16777216 (16 TiB)",
+            ));
+        }
+        let fail_closed = match self
+            .recording_policy
+            .or(file.recording_policy)
+            .as_deref()
+            .unwrap_or("fail-open")
+        {
+            "fail-open" => false,
+            "fail-closed" => true,
+            other => {
+                return Err(err(
+                    "recording_policy",
+                    format!("{other:?} is not `fail-open` or `fail-closed`"),
+                ))
+            }
+        };
         let exec_shim = std::env::current_exe().map_err(|e| {
             err(
                 "executable",
@@ -236,6 +275,8 @@ impl RunArgs {
             retention: super::retention::Policy {
                 retention: std::time::Duration::from_secs(retention_days * 24 * 3600),
                 quota_bytes: quota_mb * 1024 * 1024,
+                min_free_bytes: min_free_mb * 1024 * 1024,
+                fail_closed,
             },
         })
     }

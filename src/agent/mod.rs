@@ -252,6 +252,20 @@ pub(crate) async fn run_session(
         tracing::error!(session = %session_id, "{why}");
         let _ = channel.notice(&format!("[session-agent] {why}")).await;
     }
+    let policy = ctx.config.retention;
+    let root = ctx.config.recordings_dir();
+    let problem = tokio::task::spawn_blocking(move || retention::durability_problem(&root, policy))
+        .await
+        .unwrap_or_else(|e| Some(format!("the check failed: {e}")));
+    if let Some(problem) = problem {
+        if policy.fail_closed {
+            let refusal = refuse_unrecorded(&problem);
+            tracing::warn!(session = %session_id, reason = %refusal, "Session refused");
+            channel.finish(false).await;
+            return fail(refusal);
+        }
+        tracing::warn!(session = %session_id, %problem, "This session may not be recorded durably; it goes on (recording_policy = \"fail-open\")");
+    }
     let mut locations = OutputLocations::default();
     if let Some((_, d, _)) = &checked.s3 {
         locations.s3_bucket.clone_from(&d.bucket);
@@ -334,9 +348,15 @@ pub(crate) async fn run_session(
     };
     let (tap, recording) = match Recording::start(&ctx.config.recordings_dir(), start, &meta) {
         Ok((tap, rec)) => (Some(tap), Some(rec)),
+        Err(e) if policy.fail_closed => {
+            let refusal = refuse_unrecorded(&format!("cannot create the recording: {e}"));
+            tracing::error!(session = %session_id, reason = %refusal, "Session refused");
+            let _ = tokio::task::spawn_blocking(move || shell.terminate(KILL_GRACE)).await;
+            channel.finish(false).await;
+            return fail(refusal);
+        }
         Err(e) => {
-            // Fail-open (issue 5 adds a fail-closed policy): the session goes on.
-            tracing::error!(session = %session_id, error = %e, dir = %ctx.config.recordings_dir().display(), "Cannot create the recording; this session is NOT recorded");
+            tracing::error!(session = %session_id, error = %e, dir = %ctx.config.recordings_dir().display(), "Cannot create the recording; this session is NOT recorded (recording_policy = \"fail-open\")");
             (None, None)
         }
     };
@@ -444,6 +464,14 @@ pub(crate) async fn run_session(
             ..outcome
         },
         delivery,
+    )
+}
+
+/// The refusal shown when `recording_policy = "fail-closed"` and a session cannot be
+/// recorded durably.
+fn refuse_unrecorded(problem: &str) -> String {
+    format!(
+        "We couldn't start the session because it cannot be recorded durably on the instance: {problem}. The agent is set to refuse sessions it cannot record (recording_policy = \"fail-closed\")."
     )
 }
 

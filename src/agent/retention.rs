@@ -18,8 +18,15 @@ use std::time::{Duration, SystemTime};
 pub struct Policy {
     /// Settled recordings older than this are deleted.
     pub retention: Duration,
-    /// Total bytes the recordings directory should stay under.
+    /// Total bytes the recordings directory should stay under (the spool quota: only
+    /// recordings not yet delivered may keep it exceeded).
     pub quota_bytes: u64,
+    /// Free space the recordings' file system must keep for a new session to be recorded
+    /// durably.
+    pub min_free_bytes: u64,
+    /// Refuse new sessions that cannot be recorded durably (fail-closed) instead of
+    /// running them with a warning (fail-open, the default).
+    pub fail_closed: bool,
 }
 
 impl Default for Policy {
@@ -27,6 +34,8 @@ impl Default for Policy {
         Self {
             retention: Duration::from_secs(14 * 24 * 3600),
             quota_bytes: 2 * 1024 * 1024 * 1024,
+            min_free_bytes: 256 * 1024 * 1024,
+            fail_closed: false,
         }
     }
 }
@@ -91,6 +100,59 @@ pub fn is_settled(dir: &Path) -> bool {
         .unwrap_or(false)
 }
 
+const MIB: u64 = 1024 * 1024;
+
+/// Why a new recording would not be durable (pure): the file system nearly full, or the
+/// quota filled by recordings not yet delivered. `None` when all is well.
+pub fn durability_verdict(free_bytes: u64, used_bytes: u64, policy: Policy) -> Option<String> {
+    if free_bytes < policy.min_free_bytes {
+        return Some(format!(
+            "only {} MiB are free for recordings (at least {} MiB required: recording_min_free_mb)",
+            free_bytes / MIB,
+            policy.min_free_bytes / MIB
+        ));
+    }
+    if used_bytes > policy.quota_bytes {
+        return Some(format!(
+            "recordings not yet delivered fill the recording quota ({} MiB of {} MiB: recording_quota_mb); they are kept until delivered",
+            used_bytes / MIB,
+            policy.quota_bytes / MIB
+        ));
+    }
+    None
+}
+
+/// Checks, before a session starts, that its recording can be made durable under `root`:
+/// the directory is writable, enough space is free, and the quota is not filled by
+/// undelivered recordings (delivered ones are swept first). Blocking.
+pub fn durability_problem(root: &Path, policy: Policy) -> Option<String> {
+    let dir = root.display();
+    if let Err(e) = super::recording::private_dir(root) {
+        return Some(format!("cannot create the recordings directory {dir}: {e}"));
+    }
+    let probe = root.join(".write-probe");
+    let written = std::fs::write(&probe, b"probe");
+    let _ = std::fs::remove_file(&probe);
+    if let Err(e) = written {
+        return Some(format!(
+            "cannot write to the recordings directory {dir}: {e}"
+        ));
+    }
+    let free = match nix::sys::statvfs::statvfs(root) {
+        Ok(st) => u64::from(st.blocks_available()).saturating_mul(u64::from(st.fragment_size())),
+        Err(e) => return Some(format!("cannot tell the free space of {dir}: {e}")),
+    };
+    let used = |root: &Path| -> u64 {
+        std::fs::read_dir(root)
+            .map(|rd| rd.flatten().map(|e| dir_size(&e.path())).sum())
+            .unwrap_or(0)
+    };
+    if used(root) > policy.quota_bytes {
+        sweep(root, policy);
+    }
+    durability_verdict(free, used(root), policy)
+}
+
 /// Applies [`plan`] to `root`; logs what it deleted and a quota still exceeded.
 pub fn sweep(root: &Path, policy: Policy) {
     let Ok(rd) = std::fs::read_dir(root) else {
@@ -146,10 +208,52 @@ mod tests {
     }
 
     #[test]
+    fn durability_needs_free_space_and_room_in_the_quota() {
+        let policy = Policy {
+            quota_bytes: 100 * MIB,
+            min_free_bytes: 10 * MIB,
+            ..Policy::default()
+        };
+        assert_eq!(durability_verdict(10 * MIB, 100 * MIB, policy), None);
+        let full = durability_verdict(9 * MIB, 0, policy).unwrap();
+        assert!(full.starts_with("only 9 MiB are free"), "{full}");
+        let over = durability_verdict(u64::MAX, 100 * MIB + 1, policy).unwrap();
+        assert!(over.contains("100 MiB of 100 MiB"), "{over}");
+    }
+
+    #[test]
+    fn the_durability_check_reads_the_real_directory() {
+        let root = tempfile::tempdir().unwrap();
+        let fine = Policy {
+            min_free_bytes: 0,
+            ..Policy::default()
+        };
+        assert_eq!(durability_problem(root.path(), fine), None);
+        let impossible = Policy {
+            min_free_bytes: u64::MAX,
+            ..Policy::default()
+        };
+        let why = durability_problem(root.path(), impossible).unwrap();
+        assert!(why.contains("MiB are free"), "{why}");
+        // An undelivered recording over the quota is not swept away.
+        let stuck = root.path().join("stuck");
+        std::fs::create_dir(&stuck).unwrap();
+        std::fs::write(stuck.join("events.spool"), vec![0u8; 2 * 1024 * 1024]).unwrap();
+        let tight = Policy {
+            quota_bytes: MIB,
+            ..fine
+        };
+        let why = durability_problem(root.path(), tight).unwrap();
+        assert!(why.contains("quota"), "{why}");
+        assert!(stuck.exists());
+    }
+
+    #[test]
     fn old_settled_recordings_go_and_unsettled_ones_stay() {
         let policy = Policy {
             retention: Duration::from_secs(14 * 24 * 3600),
             quota_bytes: 1000,
+            ..Policy::default()
         };
         let (delete, over) = plan(
             vec![
@@ -168,6 +272,7 @@ mod tests {
         let policy = Policy {
             retention: Duration::from_secs(14 * 24 * 3600),
             quota_bytes: 100,
+            ..Policy::default()
         };
         let (delete, over) = plan(
             vec![
@@ -204,6 +309,7 @@ mod tests {
             Policy {
                 retention: Duration::from_secs(3600),
                 quota_bytes: 10,
+                ..Policy::default()
             },
         );
         assert!(!root.path().join("done").exists());

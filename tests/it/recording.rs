@@ -642,7 +642,7 @@ async fn a_password_typed_with_echo_off_reaches_no_sink_and_no_file() {
     gw.stop().await;
 }
 
-async fn refused_with(gw: &Gateway, target: &str) -> String {
+pub async fn refused_with(gw: &Gateway, target: &str) -> String {
     let (sid, token, url) = start_session(gw, target).await;
     let mut client = InteractiveClient::new(client_connect(gw, &url, &token).await);
     client.resize(100, 30).await;

@@ -157,3 +157,124 @@ async fn credentials_and_tokens_never_reach_the_log_even_at_debug() {
     drop(agent);
     gw.stop().await;
 }
+
+/// A recording that cannot be delivered yet (its bucket does not exist) holding `bytes`.
+fn seed_undelivered_recording(state: &std::path::Path, bytes: usize) {
+    use session_agent::recorder::spool;
+    use session_agent::recorder::{Event, EventKind, StartInfo};
+    let dir = state.join("recordings").join("stuck-1");
+    std::fs::create_dir_all(&dir).unwrap();
+    let start = Event {
+        seq: 0,
+        at_ms: 0,
+        kind: EventKind::Start(StartInfo {
+            session_id: "stuck-1".into(),
+            user: "u".into(),
+            run_as_user: "u".into(),
+            owner: "u".into(),
+            target: "t".into(),
+            reason: None,
+            cols: 80,
+            rows: 24,
+            started_unix_ms: 1,
+            term: None,
+            shell: None,
+        }),
+    }
+    .to_json_line();
+    let chain = spool::chain_next(&spool::CHAIN_START, start.as_bytes());
+    let mut file = spool::MAGIC.to_vec();
+    file.extend(spool::encode_record(&chain, start.as_bytes()));
+    std::fs::write(dir.join("events.spool"), file).unwrap();
+    let meta = json!({
+        "session_id": "stuck-1",
+        "s3": {"bucket": crate::recording::unique("missing"), "prefix": "", "require_encryption": false},
+    });
+    std::fs::write(dir.join("session.json"), meta.to_string()).unwrap();
+    std::fs::write(dir.join("padding.bin"), vec![0u8; bytes]).unwrap();
+}
+
+#[tokio::test]
+async fn fail_closed_refuses_sessions_that_cannot_be_recorded_durably_and_says_why() {
+    use crate::recording::refused_with;
+    let gw = gateway(json!({})).await;
+    // Too little free space (no file system here has 16 TiB free).
+    let too_full = [
+        ("SESSION_AGENT_RECORDING_POLICY", "fail-closed"),
+        ("SESSION_AGENT_RECORDING_MIN_FREE_MB", "16777216"),
+    ];
+    let agent = AgentProcess::start_with(&gw, "closed-full", &too_full).await;
+    let why = refused_with(&gw, "closed-full").await;
+    assert!(
+        why.contains("cannot be recorded durably") && why.contains("MiB are free"),
+        "{why}"
+    );
+    assert!(why.contains("fail-closed"), "{why}");
+    let recordings = agent.state().path().join("recordings");
+    assert_eq!(std::fs::read_dir(&recordings).unwrap().count(), 0);
+    drop(agent);
+
+    // The quota filled by a recording that cannot be delivered yet.
+    let state = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    seed_undelivered_recording(state.path(), 2 * 1024 * 1024);
+    let quota = [
+        ("SESSION_AGENT_RECORDING_POLICY", "fail-closed"),
+        ("SESSION_AGENT_RECORDING_QUOTA_MB", "1"),
+    ];
+    let agent = AgentProcess::start_in(&gw, "closed-quota", state, &quota).await;
+    let why = refused_with(&gw, "closed-quota").await;
+    assert!(why.contains("recording quota (2 MiB of 1 MiB"), "{why}");
+    // It is kept (undelivered), not swept to make room.
+    assert!(agent
+        .state()
+        .path()
+        .join("recordings/stuck-1/padding.bin")
+        .exists());
+    drop(agent);
+
+    // Fail-open (the default) with the same problem: the session runs, the log says why.
+    let agent = AgentProcess::start_with(
+        &gw,
+        "open-full",
+        &[("SESSION_AGENT_RECORDING_MIN_FREE_MB", "16777216")],
+    )
+    .await;
+    let (_sid, mut client) = open_shell(&gw, "open-full").await;
+    client.type_text("echo still-$((4+4))\r").await;
+    client.expect("still-8\r\n$ ").await;
+    client.type_text("exit\r").await;
+    client.until_closed().await;
+    assert!(
+        agent.log().contains("may not be recorded durably"),
+        "{}",
+        agent.log()
+    );
+    drop(agent);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn session_users_cannot_read_recordings_or_state() {
+    let gw = gateway(json!({})).await;
+    let agent = AgentProcess::start(&gw, "private").await;
+    let (sid, mut client) = open_shell(&gw, "private").await;
+    let spool = agent.recording_dir(&sid).join("events.spool");
+    client
+        .type_text(&format!(
+            "id -u; cat {} >/dev/null 2>&1 && echo READ-$((1+1)) || echo DENIED-$((1+1))\r",
+            spool.display()
+        ))
+        .await;
+    let screen = client.expect("-2\r\n$ ").await;
+    if screen.contains("\r\n0\r\n") {
+        // A root shell (the daemon is not root, so sessions run as its own user) may read
+        // everything; nothing to check here.
+        assert!(!nix::unistd::geteuid().is_root(), "{screen}");
+    } else {
+        assert!(screen.contains("DENIED-2"), "{screen}");
+    }
+    client.type_text("exit\r").await;
+    client.until_closed().await;
+    drop(agent);
+    gw.stop().await;
+}
