@@ -239,8 +239,10 @@ pub fn transcript(args: &TranscriptArgs, out: &mut impl Write) -> Result<(), Str
 /// `session-agent verify` options.
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
-    /// A spool: STATE_DIR/recordings/ID/events.spool, or s3://BUCKET/KEY for the copy
-    /// uploaded at close (ID.spool; read with the standard AWS credential chain).
+    /// What to check: a spool (STATE_DIR/recordings/ID/events.spool), the copy uploaded
+    /// at close (s3://BUCKET/PREFIX/ID.spool), or a streamed CloudWatch log
+    /// (cloudwatch://LOG_GROUP/SESSION_ID; the group may contain '/'). S3 and CloudWatch
+    /// are read with the standard AWS credential chain.
     pub source: String,
 }
 
@@ -293,6 +295,9 @@ pub fn verify_spool(input: impl Read) -> Result<Verdict, String> {
 
 /// Runs `verify`: prints the verdict; exit 0 intact, 1 broken, 2 unreadable.
 pub async fn verify(args: &VerifyArgs, out: &mut impl Write) -> u8 {
+    if let Some(rest) = args.source.strip_prefix("cloudwatch://") {
+        return verify_cloudwatch(&args.source, rest, out).await;
+    }
     let verdict = if let Some(rest) = args.source.strip_prefix("s3://") {
         let Some((bucket, key)) = rest.split_once('/') else {
             let _ = writeln!(out, "verify: {}: expected s3://BUCKET/KEY", args.source);
@@ -341,6 +346,60 @@ pub async fn verify(args: &VerifyArgs, out: &mut impl Write) -> u8 {
             2
         }
     }
+}
+
+/// `verify cloudwatch://GROUP/STREAM`: reads the stream from its start and checks the
+/// chain of every message (a streamed session log; an upload at close has no chain).
+async fn verify_cloudwatch(source: &str, rest: &str, out: &mut impl Write) -> u8 {
+    use crate::delivery::cwl::StreamChecker;
+    // Group names may contain '/', stream names (session ids) do not.
+    let Some((group, stream)) = rest
+        .rsplit_once('/')
+        .filter(|(g, s)| !g.is_empty() && !s.is_empty())
+    else {
+        let _ = writeln!(
+            out,
+            "verify: {source}: expected cloudwatch://LOG_GROUP/LOG_STREAM"
+        );
+        return 2;
+    };
+    let config = crate::delivery::aws::load_config().await;
+    let logs = crate::delivery::aws::Logs::new(&config);
+    let mut checker = StreamChecker::new();
+    let mut token = None;
+    let mut index = 0u64;
+    loop {
+        let (messages, next) = match logs.events_page(group, stream, token).await {
+            Ok(page) => page,
+            Err(e) => {
+                let _ = writeln!(out, "verify: cannot read {source}: {e}");
+                return 2;
+            }
+        };
+        for m in &messages {
+            if let Err(what) = checker.check(index, m) {
+                let _ = writeln!(out, "BROKEN: {what}");
+                return 1;
+            }
+            index += 1;
+        }
+        match next {
+            Some(n) => token = Some(n),
+            None => break,
+        }
+    }
+    if checker.messages() == 0 {
+        let _ = writeln!(out, "verify: {source} holds no events");
+        return 2;
+    }
+    let _ = writeln!(
+        out,
+        "intact: {} events, hash chain verified, no gaps; {} identical re-sends skipped; chain head {}",
+        checker.messages(),
+        checker.duplicates(),
+        spool::hex(&checker.head())
+    );
+    0
 }
 
 #[cfg(test)]

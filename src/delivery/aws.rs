@@ -201,6 +201,40 @@ impl Logs {
         }
     }
 
+    /// One page of a stream's events from the start (`GetLogEvents`, oldest first):
+    /// the messages and the token of the next page (`None` at the end).
+    ///
+    /// # Errors
+    /// The call failed (a missing group or stream is [`AwsError::NotFound`]).
+    pub async fn events_page(
+        &self,
+        group: &str,
+        stream: &str,
+        token: Option<String>,
+    ) -> Result<(Vec<String>, Option<String>), AwsError> {
+        let out = self
+            .client
+            .get_log_events()
+            .log_group_name(group)
+            .log_stream_name(stream)
+            .start_from_head(true)
+            .set_next_token(token.clone())
+            .send()
+            .await
+            .map_err(|e| AwsError::classify(&e))?;
+        let messages: Vec<String> = out
+            .events()
+            .iter()
+            .filter_map(|e| e.message().map(str::to_owned))
+            .collect();
+        // The service repeats the token at the end of the stream.
+        let next = out
+            .next_forward_token()
+            .map(str::to_owned)
+            .filter(|n| !messages.is_empty() && Some(n) != token.as_ref());
+        Ok((messages, next))
+    }
+
     /// Puts one batch (chronological, within the limits).
     ///
     /// # Errors

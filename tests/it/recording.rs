@@ -254,6 +254,24 @@ impl Drop for AgentProcess {
     }
 }
 
+/// `session-agent verify SOURCE` with the AWS variables pointing at LocalStack: the exit
+/// code and what it printed.
+pub fn verify_with_localstack(source: &str) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_session-agent"))
+        .args(["verify", source])
+        .env("AWS_ENDPOINT_URL", LOCALSTACK)
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", REGION)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
 pub fn preferences(inputs: Value) -> Value {
     let mut doc = SessionDocument::default_shell().to_json();
     for (k, v) in inputs.as_object().unwrap() {
@@ -437,21 +455,7 @@ async fn s3_and_cloudwatch_uploads_at_close_hold_the_clean_transcript() {
     );
     // The spool went to S3 too; `verify` finds both copies intact with the same chain
     // head, and an edited copy broken at the edited record.
-    let verify = |source: &str| {
-        let out = Command::new(env!("CARGO_BIN_EXE_session-agent"))
-            .args(["verify", source])
-            .env("AWS_ENDPOINT_URL", LOCALSTACK)
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .env("AWS_REGION", REGION)
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
-    };
+    let verify = |source: &str| verify_with_localstack(source);
     let local = agent.recording_dir(&sid).join("events.spool");
     let (code, local_said) = verify(local.to_str().unwrap());
     assert_eq!(code, Some(0), "{local_said}");

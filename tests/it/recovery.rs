@@ -2,7 +2,7 @@
 //! next start; a LocalStack stopped and restarted mid-session costs only delay; corrupt
 //! recordings are quarantined without blocking the others.
 
-use crate::recording::{gateway, unique, AgentProcess, LocalStack, REGION};
+use crate::recording::{gateway, unique, verify_with_localstack, AgentProcess, LocalStack, REGION};
 use crate::support::*;
 use serde_json::{json, Value};
 use session_agent::delivery::cwl::{Checked, StreamChecker};
@@ -205,6 +205,33 @@ async fn a_daemon_killed_mid_session_delivers_everything_at_its_next_start() {
     seqs.dedup();
     assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>());
     assert!(kept.iter().all(|v| v["awsRegion"] == REGION));
+    // `verify` checks the stream in CloudWatch itself...
+    let source = format!("cloudwatch://{group}/{sid}");
+    let (code, said) = verify_with_localstack(&source);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.starts_with("intact: "), "{said}");
+    // ...and finds an event slipped in afterwards.
+    let forged = events[events.len() - 1].replace("interrupted", "completed!!");
+    ls.logs
+        .put_log_events()
+        .log_group_name(&group)
+        .log_stream_name(&sid)
+        .log_events(
+            aws_sdk_cloudwatchlogs::types::InputLogEvent::builder()
+                .timestamp(
+                    i64::try_from(session_agent::timefmt::unix_ms(std::time::SystemTime::now()))
+                        .unwrap(),
+                )
+                .message(forged)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let (code, said) = verify_with_localstack(&source);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.starts_with("BROKEN: event "), "{said}");
 
     // The damaged recording went to quarantine, with the reason, and was logged.
     let quarantined = agent.state().path().join("quarantine").join("broken-1");
