@@ -205,6 +205,10 @@ pub(crate) async fn run_session(
 ) -> (Outcome, Option<Delivery>) {
     let session_id = task.session_id.clone();
     let fail = |output: String| (Outcome::failed(&session_id, output), None);
+    if !crate::protocol::payload::valid_session_id(&session_id) {
+        tracing::warn!(session = ?session_id, "Refusing a session id that is not [A-Za-z0-9+=,.@_:-]");
+        return fail("invalid session id: only letters, digits and +=,.@_:- are accepted".into());
+    }
     let doc = match document::resolve(&task.document_content, &task.parameters) {
         Ok(d) => d,
         Err(e) => return fail(format!("invalid session document: {e}")),

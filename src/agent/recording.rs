@@ -10,12 +10,24 @@
 //!
 //! Every session is recorded locally under `<state>/recordings/<id>/` (directories 0700,
 //! files 0600: session users cannot read them), whatever the document says; remote
-//! delivery follows the document. The recorder runs on its own thread so rendering (the
+//! delivery follows the document, whose destinations are kept beside the recording
+//! (`session.json`, [`Meta`]). The recorder runs on its own thread so rendering (the
 //! terminal emulator) overlaps with the pump; the [`Tap`] channel is bounded, so a
 //! recorder that falls behind slows the shell rather than dropping or buffering without
 //! bound. The transcript is written line by line as lines complete, so nothing of it is
 //! held in memory. The streamer tails `stream.jsonl` by offset (no rescans) and retries
 //! with backoff; what it could not deliver stays on disk.
+//!
+//! ## Sinks acknowledge; a crash costs nothing but a re-send
+//!
+//! Everything derived from the spool — transcript, asciicast, stream records and so the
+//! CloudWatch messages and their chain — is a function of the event stream alone (event
+//! times, not the wall clock; per-event, not per-batch), so [`rebuild`] re-derives it
+//! identically after a crash. Each sink writes what it has acknowledged beside the
+//! recording: `stream.ack` (last stream record stored), `s3.ack` (keys uploaded),
+//! `upload.ack` (events of the upload at close). `delivery.json` marks the end; until it
+//! exists the recording is unsettled and the next start delivers the rest
+//! (`agent::recovery`).
 //!
 //! ## The spool and its durability window
 //!
@@ -27,7 +39,8 @@
 //! only what had not reached the recorder yet — the events queued in the tap (at most
 //! `TAP_QUEUE` chunks) and the batch being handled — while a power loss can also cost the
 //! events written in the last [`SYNC_EVERY`]. A record cut short by a crash is detected by
-//! its length and CRC and ends the readable spool there.
+//! its length and CRC and ends the readable spool there; [`rebuild`] cuts it off and, when
+//! the session never ended, appends an `end` event saying it was interrupted.
 
 use crate::delivery::aws::{AwsError, BucketEncryption, Logs, Upload, S3};
 use crate::delivery::cwl::{

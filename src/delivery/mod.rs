@@ -88,7 +88,9 @@ pub fn s3_key(prefix: &str, session_id: &str, ext: &str) -> String {
         .split('/')
         .filter(|p| !p.is_empty() && *p != "." && *p != "..")
         .collect();
-    let name = format!("{}.{ext}", session_id.replace(':', ""));
+    // A session id never holds '/' (the agent refuses such ids); replaced all the same so
+    // a name can never add a path segment.
+    let name = format!("{}.{ext}", session_id.replace(':', "").replace('/', "_"));
     parts.push(&name);
     parts.join("/")
 }
@@ -205,6 +207,7 @@ mod tests {
         assert_eq!(s3_key("a/b/", "s-1", "cast"), "a/b/s-1.cast");
         assert_eq!(s3_key("/a//./b", "s:1", "log"), "a/b/s1.log");
         assert_eq!(s3_key("../../etc", "s", "log"), "etc/s.log");
+        assert_eq!(s3_key("p", "../x", "log"), "p/.._x.log");
     }
 
     #[test]

@@ -350,6 +350,19 @@ pub struct MgsPayload {
     pub schema_version: i64,
 }
 
+/// Whether a session id from the service is one the agent will use in URLs, file names
+/// and object keys: 1 to 256 characters of `[A-Za-z0-9+=,.@_:-]` (AWS ids are
+/// `<caller>-<hex>`, and IAM names use `+=,.@_-`), not starting with `.`. Anything else —
+/// `/`, `..` segments, spaces, control characters, `?`, `%` — is refused: it could climb
+/// out of a URL path or a directory.
+pub fn valid_session_id(id: &str) -> bool {
+    (1..=256).contains(&id.len())
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+=,.@_:-".contains(&b))
+}
+
 /// The inner `Content` of `interactive_shell` (§1.7.1).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -551,6 +564,20 @@ pub struct EncryptionChallenge {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn session_ids_that_could_climb_are_refused() {
+        for good in ["alice-0a1b2c3d4e5f", "bob@example.com-1", "role:x+y=z,w-2", "a"] {
+            assert!(valid_session_id(good), "{good}");
+        }
+        let long = "x".repeat(257);
+        for bad in [
+            "", "..", "../../etc/passwd", "a/b", ".hidden", "a b", "a\nb", "a?b", "a%2Fb",
+            "a\\b", "ü", &long,
+        ] {
+            assert!(!valid_session_id(bad), "{bad:?}");
+        }
+    }
 
     #[test]
     fn acknowledge_matches_the_spec_bytes() {
