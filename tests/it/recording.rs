@@ -24,6 +24,7 @@ pub const REGION: &str = "us-east-1";
 pub struct LocalStack {
     pub s3: S3Client,
     pub logs: LogsClient,
+    config: aws_config::SdkConfig,
 }
 
 impl LocalStack {
@@ -50,6 +51,7 @@ impl LocalStack {
         Self {
             s3: S3Client::new(&config),
             logs: LogsClient::new(&config),
+            config,
         }
     }
 
@@ -99,35 +101,21 @@ impl LocalStack {
         }
     }
 
-    /// Every event of a stream, in the order the service returns them.
+    /// Every event of a stream, in the order the service returns them (the agent's own
+    /// reader, as `verify cloudwatch://` uses it).
     pub async fn events(&self, group: &str, stream: &str) -> Vec<String> {
+        let logs = session_agent::delivery::aws::Logs::new(&self.config);
         let mut out = Vec::new();
-        let mut token: Option<String> = None;
+        let mut token = None;
         loop {
-            let resp = match self
-                .logs
-                .get_log_events()
-                .log_group_name(group)
-                .log_stream_name(stream)
-                .start_from_head(true)
-                .set_next_token(token.clone())
-                .send()
-                .await
-            {
-                Ok(r) => r,
-                Err(_) => return out, // no stream yet
+            let Ok((page, next)) = logs.events_page(group, stream, token).await else {
+                return out; // no stream yet
             };
-            let n = resp.events().len();
-            out.extend(
-                resp.events()
-                    .iter()
-                    .filter_map(|e| e.message().map(str::to_owned)),
-            );
-            let next = resp.next_forward_token().map(str::to_owned);
-            if n == 0 || next == token {
-                return out;
+            out.extend(page);
+            match next {
+                Some(n) => token = Some(n),
+                None => return out,
             }
-            token = next;
         }
     }
 }

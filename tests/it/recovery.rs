@@ -263,10 +263,21 @@ struct PrivateLocalStack {
 }
 
 impl PrivateLocalStack {
+    /// The LocalStack virtualenv: `SESSION_AGENT_LOCALSTACK_VENV` (scripts/test.sh sets
+    /// it), else the one scripts/test.sh keeps in ~/.cache/session-agent.
     fn venv() -> String {
-        std::env::var("SESSION_AGENT_LOCALSTACK_VENV").expect(
-            "SESSION_AGENT_LOCALSTACK_VENV is not set: run the tests with scripts/test.sh, which sets it to the LocalStack virtualenv",
-        )
+        if let Ok(v) = std::env::var("SESSION_AGENT_LOCALSTACK_VENV") {
+            return v;
+        }
+        let cached = format!(
+            "{}/.cache/session-agent/localstack-venv",
+            std::env::var("HOME").unwrap_or_default()
+        );
+        assert!(
+            Path::new(&cached).join("bin/python").exists(),
+            "no LocalStack virtualenv: run the tests with scripts/test.sh (it creates one and sets SESSION_AGENT_LOCALSTACK_VENV)"
+        );
+        cached
     }
 
     fn start(port: u16) -> Self {
