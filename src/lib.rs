@@ -65,3 +65,21 @@ pub mod recorder;
 pub mod replay;
 pub mod session;
 pub mod timefmt;
+
+/// An error and each of its causes, joined with ": " (a cause already in the text is
+/// not repeated). Some errors (reqwest's) show none of their causes on their own:
+/// "error sending request" says nothing of a refused connection or an untrusted
+/// certificate.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
+}

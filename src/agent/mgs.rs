@@ -25,8 +25,10 @@ pub const HTTP_TIMEOUT: Duration = Duration::from_secs(15);
 /// Talking to the gateway failed.
 #[derive(Debug, thiserror::Error)]
 pub enum MgsError {
-    /// Transport-level failure (DNS, TCP, TLS, timeout).
-    #[error("{what}: {source}")]
+    /// Transport-level failure (DNS, TCP, TLS, timeout); shown with its causes (reqwest's
+    /// own text hides them: "error sending request" says nothing of an untrusted
+    /// certificate or a refused connection).
+    #[error("{what}: {}", crate::error_chain(.source))]
     Http {
         /// What was attempted.
         what: String,

@@ -230,7 +230,7 @@ impl SsmApi {
             .body(body)
             .send()
             .await
-            .map_err(|e| ApiError::Transport(one_line(&error_chain(&e))))?;
+            .map_err(|e| ApiError::Transport(one_line(&crate::error_chain(&e))))?;
         let status = resp.status().as_u16();
         let error_header = resp
             .headers()
@@ -240,7 +240,7 @@ impl SsmApi {
         let text = resp
             .text()
             .await
-            .map_err(|e| ApiError::Transport(one_line(&error_chain(&e))))?;
+            .map_err(|e| ApiError::Transport(one_line(&crate::error_chain(&e))))?;
         if status == 200 {
             return serde_json::from_str(&text)
                 .map_err(|e| ApiError::BadResponse(format!("{operation}: {e}")));
@@ -327,20 +327,6 @@ fn service_error(status: u16, header: Option<&str>, body: &str) -> ApiError {
         kind,
         message: one_line(&message),
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let text = c.to_string();
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        cur = c.source();
-    }
-    s
 }
 
 /// Collapses whitespace runs (newlines included) to single spaces.

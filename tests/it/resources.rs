@@ -278,3 +278,61 @@ async fn session_users_cannot_read_recordings_or_state() {
     drop(agent);
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn the_agent_verifies_the_gateway_s_certificate_unless_told_to_trust_its_ca() {
+    use session_agent::gateway::GatewayConfig;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start_tls(GatewayConfig::default(), dir.path()).await;
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &gw.tls.as_ref().unwrap().ca_pem).unwrap();
+    // No CA configured: a self-signed gateway is not trusted, the agent says why and
+    // keeps retrying (never online).
+    let state = tempfile::tempdir().unwrap();
+    let log = std::fs::File::create(state.path().join("agent.log")).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_session-agent"))
+        .args([
+            "run",
+            "--endpoint",
+            &gw.http_url(),
+            "--target-id",
+            "tls-untrusted",
+        ])
+        .arg("--state-dir")
+        .arg(state.path())
+        .env_remove("SESSION_AGENT_CA_FILE")
+        .env_remove("SSL_CERT_FILE")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let read_log = || std::fs::read_to_string(state.path().join("agent.log")).unwrap_or_default();
+    let deadline = std::time::Instant::now() + WAIT;
+    while !read_log().to_lowercase().contains("certificate") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no certificate error logged:\n{}",
+            read_log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let v = gw
+        .api_ok(
+            "DescribeInstanceInformation",
+            json!({"Filters":[{"Key":"InstanceIds","Values":["tls-untrusted"]}]}),
+        )
+        .await;
+    assert_ne!(
+        v["InstanceInformationList"][0]["PingStatus"], "Online",
+        "{v}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    // With the CA: online.
+    let ca = ca.display().to_string();
+    let agent =
+        AgentProcess::start_with(&gw, "tls-trusted", &[("SESSION_AGENT_CA_FILE", &ca)]).await;
+    drop(agent);
+    gw.stop().await;
+}
