@@ -51,3 +51,32 @@ echo "==> tests"
 # Doc tests are not part of --all-targets; run them first so the suite's summary is last.
 cargo test --locked --doc
 cargo test --locked --all-targets
+
+# Hostile input: every fuzz target (frame decoder, JSON payloads and the session
+# document, recording readers) runs for a fixed time from its seed corpus; a crash fails
+# the run and leaves the input in fuzz/artifacts/<target>/. A debug build without a
+# sanitizer (the crate forbids unsafe code): overflow checks and assertions on, and a
+# quarter of the build time of the optimised ASan build `cargo fuzz run` makes by default.
+# New inputs found are kept in $cache/fuzz-corpus (read-only seeds stay in git).
+fuzz_seconds=${FUZZ_SECONDS:-30}
+echo "==> fuzz (${fuzz_seconds} s per target)"
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "    installing cargo-fuzz"
+  cargo install --locked --quiet cargo-fuzz@0.13.2
+fi
+(
+  cd fuzz
+  export RUSTC_BOOTSTRAP=1 # cargo-fuzz's instrumentation flags on the stable toolchain
+  cargo fuzz build --dev -s none
+  for target in decode_frame payloads recordings; do
+    mkdir -p "$cache/fuzz-corpus/$target"
+    log="$cache/fuzz-$target.log"
+    if ! cargo fuzz run --dev -s none "$target" "$cache/fuzz-corpus/$target" "corpus/$target" -- \
+      -max_total_time="$fuzz_seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1; then
+      tail -40 "$log"
+      echo "fuzz target $target failed: the input is in fuzz/artifacts/$target/" >&2
+      exit 1
+    fi
+    grep -E '^stat::(number_of_executed_units|peak_rss_mb)' "$log" | sed "s/^/    $target /"
+  done
+)

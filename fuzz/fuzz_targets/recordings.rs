@@ -1,9 +1,12 @@
 //! Feeds arbitrary bytes to what reads recordings back: the spool reader and `verify`
-//! (length prefixes, checksums, chain), and the line parsers of `transcript`/`replay`
-//! for both text formats. None may panic, hang or allocate without bound.
+//! (length prefixes, checksums, chain), the CloudWatch stream checker of
+//! `verify cloudwatch://` (each line one event message), and the line parsers of
+//! `transcript`/`replay` for both text formats. None may panic, hang or allocate without
+//! bound.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use session_agent::delivery::cwl::StreamChecker;
 use session_agent::recorder::playback::{detect, parse_line, Format};
 use session_agent::replay::{verify_spool, SpoolReader};
 
@@ -17,6 +20,12 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let text = String::from_utf8_lossy(data);
+    let mut checker = StreamChecker::new();
+    for (i, line) in text.lines().enumerate() {
+        if checker.check(i as u64, line).is_err() {
+            break;
+        }
+    }
     let mut lines = text.lines();
     if let Some(first) = lines.next() {
         let _ = detect(first);
