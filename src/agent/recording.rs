@@ -855,7 +855,8 @@ fn read_stream_ack(path: &Path) -> Option<u64> {
 /// a streamer started again for the same recording (after a crash) re-derives the same
 /// messages and chain, skips what the ack covers and sends the rest — a batch stored
 /// just before a crash, before its ack, is sent again with the same sequence numbers and
-/// chain values (identifiable duplicates). Failures follow [`Patience`].
+/// chain values (identifiable duplicates). Transient failures are retried while the daemon runs,
+/// a missing group or stream for [`DELIVERY_PATIENCE`].
 pub async fn stream_to_cloudwatch(
     logs: Logs,
     group: String,

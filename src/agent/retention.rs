@@ -59,7 +59,7 @@ pub fn plan(mut entries: Vec<Entry>, policy: Policy) -> (Vec<String>, bool) {
     let mut delete = Vec::new();
     let mut total: u64 = entries.iter().map(|e| e.bytes).sum();
     entries.retain(|e| {
-        if e.settled && e.age > policy.retention {
+        if e.settled && e.age >= policy.retention {
             total -= e.bytes;
             delete.push(e.name.clone());
             false
@@ -267,6 +267,19 @@ mod tests {
         );
         assert_eq!(delete, ["old"]);
         assert!(!over);
+    }
+
+    #[test]
+    fn retention_zero_deletes_what_every_sink_has() {
+        let policy = Policy {
+            retention: Duration::ZERO,
+            ..Policy::default()
+        };
+        let (delete, _) = plan(
+            vec![e("now", 0, 10, true), e("pending", 0, 10, false)],
+            policy,
+        );
+        assert_eq!(delete, ["now"]);
     }
 
     #[test]
