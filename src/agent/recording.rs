@@ -843,9 +843,18 @@ impl Patience {
     }
 }
 
-/// The last stream record stored, from a previous run (`None`: nothing yet).
-fn read_stream_ack(path: &Path) -> Option<u64> {
+/// A number a sink acknowledged in an earlier run (`stream.ack`: the last record stored;
+/// `upload.ack`: events stored); `None` when nothing was acknowledged yet.
+fn read_ack_number(path: &Path) -> Option<u64> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Records a sink's acknowledged position. A failure is logged, not fatal: it only means
+/// a restart may send again what this position covers.
+fn write_ack(path: &Path, bytes: &[u8]) {
+    if let Err(e) = write_atomic(path, bytes) {
+        tracing::warn!(path = %path.display(), error = %e, "Cannot record a delivery position; a restart may send some of it again");
+    }
 }
 
 /// Streams a recording's `stream.jsonl` to CloudWatch Logs (stream named by the session
@@ -866,7 +875,7 @@ pub async fn stream_to_cloudwatch(
 ) -> StreamReport {
     let stream = fields.session_id.clone();
     let ack_path = paths.dir.join(STREAM_ACK);
-    let mut acked = read_stream_ack(&ack_path);
+    let mut acked = read_ack_number(&ack_path);
     let mut chain = crate::recorder::spool::CHAIN_START;
     let mut offset = 0u64;
     let mut stored = 0u64;
@@ -973,9 +982,7 @@ pub async fn stream_to_cloudwatch(
                 let whole = ends.partition_point(|(c, _)| *c <= sent);
                 if let Some(&(_, seq)) = whole.checked_sub(1).and_then(|i| ends.get(i)) {
                     acked = Some(seq);
-                    if let Err(e) = write_atomic(&ack_path, seq.to_string().as_bytes()) {
-                        tracing::warn!(path = %ack_path.display(), error = %e, "Cannot write the streaming position; a restart may send some events twice");
-                    }
+                    write_ack(&ack_path, seq.to_string().as_bytes());
                 }
             }
             offset = next;
@@ -1060,9 +1067,7 @@ pub async fn upload_to_s3(
             .map_err(|e| format!("S3 upload of s3://{}/{key} failed: {e}", dest.bucket))?;
         done.push(key);
         let json = serde_json::to_vec(&done).unwrap_or_default();
-        if let Err(e) = write_atomic(&ack_path, &json) {
-            tracing::warn!(path = %ack_path.display(), error = %e, "Cannot record the S3 upload; a restart may upload it again");
-        }
+        write_ack(&ack_path, &json);
     }
     Ok(done)
 }
@@ -1087,7 +1092,7 @@ pub async fn upload_to_cloudwatch(
     .await
     .map_err(fail)?;
     let ack_path = paths.dir.join(UPLOAD_ACK);
-    let skip = read_stream_ack(&ack_path).unwrap_or(0);
+    let skip = read_ack_number(&ack_path).unwrap_or(0);
     let now = i64::try_from(unix_ms()).unwrap_or(i64::MAX);
     let mut offset = 0u64;
     let mut index = 0u64;
@@ -1118,7 +1123,7 @@ pub async fn upload_to_cloudwatch(
             .await
             .map_err(fail)?;
             stored += batch.len() as u64;
-            let _ = write_atomic(&ack_path, (skip + stored).to_string().as_bytes());
+            write_ack(&ack_path, (skip + stored).to_string().as_bytes());
         }
         offset = next;
     }

@@ -101,6 +101,21 @@ impl LocalStack {
         }
     }
 
+    /// Waits until an event of the stream contains `needle`; panics with `what` after
+    /// 20 s.
+    pub async fn wait_for_event(&self, group: &str, stream: &str, needle: &str, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self
+            .events(group, stream)
+            .await
+            .iter()
+            .any(|e| e.contains(needle))
+        {
+            assert!(Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Every event of a stream, in the order the service returns them (the agent's own
     /// reader, as `verify cloudwatch://` uses it).
     pub async fn events(&self, group: &str, stream: &str) -> Vec<String> {

@@ -100,19 +100,8 @@ async fn a_daemon_killed_mid_session_delivers_everything_at_its_next_start() {
         .await;
     client.expect("500\r\n$ ").await;
     // Part of the session reaches CloudWatch before the kill (the resume skips it).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !ls
-        .events(&group, &sid)
-        .await
-        .iter()
-        .any(|e| e.contains("\"500\""))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "nothing streamed before the kill"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    ls.wait_for_event(&group, &sid, "\"500\"", "nothing streamed before the kill")
+        .await;
     client.type_text("echo last-words-$((3*3))\r").await;
     client.expect("last-words-9\r\n").await;
     let spool = agent.recording_dir(&sid).join("events.spool");
@@ -352,19 +341,13 @@ async fn delivery_resumes_after_localstack_stops_and_restarts_mid_session() {
     let (sid, mut client) = open_shell(&gw, "rec-outage").await;
     client.type_text("echo before-outage-$((2+2))\r").await;
     client.expect("before-outage-4\r\n$ ").await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !ls
-        .events(&group, &sid)
-        .await
-        .iter()
-        .any(|e| e.contains("before-outage-4"))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "nothing streamed before the outage"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    ls.wait_for_event(
+        &group,
+        &sid,
+        "before-outage-4",
+        "nothing streamed before the outage",
+    )
+    .await;
 
     // The service goes away: the session carries on (fail-open) and ends.
     private.down();
