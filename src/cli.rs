@@ -18,6 +18,11 @@ pub struct Cli {
     /// `session_agent=debug` [default: info, or `log_level` in `run --config FILE`].
     #[arg(long, global = true, env = "SESSION_AGENT_LOG")]
     pub log_level: Option<String>,
+    /// Log format: `plain` (lines; under systemd without timestamps and with journal
+    /// priorities) or `json` (one object per line) [default: plain, or `log_format` in
+    /// `run --config FILE`].
+    #[arg(long, global = true, env = "SESSION_AGENT_LOG_FORMAT")]
+    pub log_format: Option<String>,
     /// What to run.
     #[command(subcommand)]
     pub command: Command,
@@ -36,7 +41,22 @@ pub enum Command {
     Gateway(GatewayArgs),
     /// Run the agent daemon: keep a control channel to the gateway and serve sessions,
     /// each a shell on a PTY as ssm-user (or the RunAs user; as this user when not root).
+    ///
+    /// SIGTERM or SIGINT stops it gracefully (new sessions refused, running ones told and
+    /// ended, recordings flushed and delivered for up to shutdown_timeout); a second
+    /// signal exits at once.
+    #[command(after_help = RUN_EXIT_CODES)]
     Run(crate::agent::config::RunArgs),
+    /// Validate the agent's configuration and print the effective settings (file, then
+    /// flags and SESSION_AGENT_* variables over it, then defaults), as `run` would use them.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Check that this machine can run the agent and record sessions: configuration,
+    /// state directory and free space, the gateway endpoint, AWS credentials, and each
+    /// S3 bucket / CloudWatch log group named by --document (exists, writable, encrypted
+    /// as the document requires). Prints one line per check with what to do; exit status
+    /// 0 when nothing failed, 1 otherwise.
+    Doctor(crate::doctor::DoctorArgs),
     /// Try it all on this machine: a gateway and an agent on loopback, and this terminal
     /// connected to a new session (no AWS account needed). Logs go to `<state>/dev.log`.
     Dev(crate::dev::DevArgs),
@@ -74,6 +94,35 @@ pub enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+}
+
+/// Exit statuses of `run`, shown by `run --help`.
+pub const RUN_EXIT_CODES: &str = "Exit status:
+  0    stopped by SIGTERM/SIGINT after the graceful stop (recordings not delivered by
+       the deadline are delivered at the next start)
+  1    could not run (e.g. cannot find its own user, cannot start the runtime)
+  2    bad command line
+  64   invalid configuration (the message names the key)
+  130  a second SIGTERM/SIGINT ended the graceful stop early";
+
+/// `session-agent config …`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a configuration file and print the effective configuration as TOML.
+    ///
+    /// Flags and SESSION_AGENT_* variables given here apply as they would to `run`.
+    /// Exit status 0 valid, 64 invalid (the message names the key).
+    Check(ConfigCheckArgs),
+}
+
+/// `session-agent config check` options.
+#[derive(Debug, Args)]
+pub struct ConfigCheckArgs {
+    /// The configuration file [default: --config / SESSION_AGENT_CONFIG].
+    pub file: Option<PathBuf>,
+    /// Every `run` option, so the check sees what `run` would.
+    #[command(flatten)]
+    pub run: crate::agent::config::RunArgs,
 }
 
 /// `session-agent gateway` options.

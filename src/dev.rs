@@ -118,6 +118,9 @@ pub async fn run(args: DevArgs) -> Result<u8, String> {
         exec_shim: std::env::current_exe()
             .map_err(|e| format!("cannot find this program's path: {e}"))?,
         retention: crate::agent::retention::Policy::default(),
+        shutdown_timeout: std::time::Duration::from_secs(5),
+        log_level: "info".into(),
+        log_format: crate::logging::LogFormat::Plain,
     };
     let recordings = agent_config.recordings_dir();
     let agent = {

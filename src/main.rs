@@ -1,45 +1,91 @@
 //! The `session-agent` binary: parse arguments, set up logging, run one subcommand.
-//! Exit codes: 0 success, 1 runtime failure, 64 invalid configuration (EX_USAGE);
-//! `connect` has its own (see `session_agent::client::EXIT_CODES_HELP`).
+//! Exit codes: 0 success, 1 runtime failure, 2 bad command line (clap), 64 invalid
+//! configuration (EX_USAGE), 130 a second stop signal cut a graceful stop short;
+//! `connect` has its own (see `session_agent::client::EXIT_CODES_HELP`), `doctor` exits 1
+//! when a check failed.
 
 use clap::Parser;
-use session_agent::cli::{Cli, Command};
+use session_agent::cli::{Cli, Command, ConfigCommand};
+use session_agent::logging::{self, LogFormat, Target};
 use std::process::ExitCode;
+use std::time::Duration;
 
 const EX_USAGE: u8 = 64;
+/// A second SIGTERM/SIGINT during a graceful stop (128 + SIGINT, as shells report it).
+const EXIT_FORCED: i32 = 130;
+/// What the runtime's leftover blocking work (a shell being reaped, a file being
+/// written) gets once a subcommand has returned.
+const RUNTIME_LINGER: Duration = Duration::from_secs(2);
 
 fn main() -> ExitCode {
     // Invoked as `session-manager-plugin` (by the AWS CLI), run `connect`.
-    let cli = Cli::parse_from(session_agent::client::plugin_argv(std::env::args_os()));
+    let mut cli = Cli::parse_from(session_agent::client::plugin_argv(std::env::args_os()));
     // The privilege-dropping shim runs on the user's terminal, before any logging setup.
     if let Command::ExecAs { args } = &cli.command {
         return session_agent::session::pty::exec_as_main(args);
     }
-    // Flag or environment first, then `log_level` in the agent's config file.
-    let (log_level, log_key) = match (&cli.log_level, &cli.command) {
-        (Some(l), _) => (l.clone(), "--log-level"),
-        (None, Command::Run(args)) => match session_agent::agent::config::file_log_level(args) {
-            Some(l) => (l, "log_level"),
-            None => ("info".to_owned(), "--log-level"),
-        },
-        (None, _) => ("info".to_owned(), "--log-level"),
+    // `run`, `config check` and `doctor` validate the agent configuration first: its file
+    // may set the log level and format.
+    let agent_config = match &mut cli.command {
+        Command::Run(args)
+        | Command::Config(ConfigCommand::Check(session_agent::cli::ConfigCheckArgs {
+            run: args,
+            ..
+        }))
+        | Command::Doctor(session_agent::doctor::DoctorArgs { run: args, .. }) => {
+            let mut args = std::mem::take(args);
+            if let Command::Config(ConfigCommand::Check(check)) = &cli.command {
+                if check.file.is_some() {
+                    args.config.clone_from(&check.file);
+                }
+            }
+            args.log_level.clone_from(&cli.log_level);
+            args.log_format.clone_from(&cli.log_format);
+            match args.into_config() {
+                Ok(c) => Some(c),
+                // `doctor` reports a bad configuration as one of its checks.
+                Err(e) if !matches!(cli.command, Command::Doctor(_)) => return usage_error(&e),
+                Err(e) => {
+                    if let Command::Doctor(d) = &mut cli.command {
+                        d.config_error = Some(e.to_string());
+                    }
+                    None
+                }
+            }
+        }
+        _ => None,
     };
-    // A bare word that is not a level would silently become a target filter and hide
-    // every other log line: refuse it.
-    let level_ok = log_level
-        .parse::<tracing_subscriber::filter::LevelFilter>()
-        .is_ok()
-        || log_level.contains('=');
-    let filter = match tracing_subscriber::EnvFilter::try_new(&log_level) {
-        Ok(f) if level_ok => f,
-        _ => {
-            return usage_error(&format!(
-                "{log_key}: {log_level:?} is not a level (error, warn, info, debug, trace, off) or a directive such as session_agent=debug"
-            ))
+    if let Command::Config(ConfigCommand::Check(_)) = &cli.command {
+        return match agent_config {
+            Some(config) => print_stdout(&config.to_toml()),
+            None => ExitCode::from(EX_USAGE),
+        };
+    }
+    let (log_level, log_format) = match &agent_config {
+        Some(c) => (c.log_level.clone(), c.log_format),
+        None => {
+            let format = match cli.log_format.as_deref().map(str::parse::<LogFormat>) {
+                None => LogFormat::default(),
+                Some(Ok(f)) => f,
+                Some(Err(e)) => return usage_error(&format!("--log-format: {e}")),
+            };
+            (
+                cli.log_level.clone().unwrap_or_else(|| "info".into()),
+                format,
+            )
         }
     };
+    // doctor's report says everything; the AWS SDK's own warnings would only repeat it.
+    let log_level = match (&cli.command, &cli.log_level) {
+        (Command::Doctor(_), None) => "error".to_owned(),
+        _ => log_level,
+    };
+    let filter = match logging::parse_filter(&log_level) {
+        Ok(f) => f,
+        Err(e) => return usage_error(&format!("--log-level: {e}")),
+    };
     // `dev` owns the terminal for the session: its logs go to a file instead.
-    let log_file = match &cli.command {
+    let target = match &cli.command {
         Command::Dev(args) => {
             let dir = args.state_dir();
             let _ = std::fs::create_dir_all(&dir);
@@ -48,7 +94,7 @@ fn main() -> ExitCode {
                 .append(true)
                 .open(dir.join("dev.log"))
             {
-                Ok(f) => Some(f),
+                Ok(f) => Target::File(f),
                 Err(e) => {
                     return failure(&format!(
                         "cannot open {}: {e}",
@@ -57,116 +103,102 @@ fn main() -> ExitCode {
                 }
             }
         }
-        _ => None,
+        _ => Target::Stderr,
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        // When stderr is gone (a closed pipe), tracing would report that with
-        // `eprintln!`, which panics: losing a log line must not take the daemon down.
-        .log_internal_errors(false);
-    match log_file {
-        Some(f) => builder
-            .with_writer(std::sync::Mutex::new(f))
-            .with_ansi(false)
-            .init(),
-        // Colour only for a person at a terminal; journald and files get plain text.
-        None => builder
-            .with_writer(std::io::stderr)
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
-    }
-    match cli.command {
+    logging::init(filter, log_format, target);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => return failure(&format!("cannot start the async runtime: {e}")),
+    };
+    let code = runtime.block_on(async move { dispatch(cli.command, agent_config).await });
+    // Blocking work still running (a shell being reaped) gets a moment, not forever.
+    runtime.shutdown_timeout(RUNTIME_LINGER);
+    code
+}
+
+async fn dispatch(
+    command: Command,
+    agent_config: Option<session_agent::agent::AgentConfig>,
+) -> ExitCode {
+    match command {
         Command::Gateway(args) => {
             let listen = args.listen;
             let config = match args.into_config() {
                 Ok(c) => c,
                 Err(e) => return usage_error(&e),
             };
-            let runtime = match runtime() {
-                Ok(r) => r,
-                Err(code) => return code,
+            let listener = match tokio::net::TcpListener::bind(listen).await {
+                Ok(l) => l,
+                Err(e) => return usage_error(&format!("--listen: cannot bind {listen}: {e}")),
             };
-            runtime.block_on(async move {
-                let listener = match tokio::net::TcpListener::bind(listen).await {
-                    Ok(l) => l,
-                    Err(e) => return usage_error(&format!("--listen: cannot bind {listen}: {e}")),
-                };
-                match session_agent::gateway::serve(config, listener, shutdown_signal()).await {
-                    Ok(()) => ExitCode::SUCCESS,
-                    Err(e) => failure(&e.to_string()),
-                }
-            })
-        }
-        Command::Run(args) => {
-            let config = match args.into_config() {
-                Ok(c) => c,
-                Err(e) => return usage_error(&e),
-            };
-            let runtime = match runtime() {
-                Ok(r) => r,
-                Err(code) => return code,
-            };
-            match runtime.block_on(session_agent::agent::run(config, shutdown_signal())) {
+            match session_agent::gateway::serve(config, listener, stop_signals()).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => failure(&e.to_string()),
             }
+        }
+        Command::Run(_) => {
+            let Some(config) = agent_config else {
+                return ExitCode::from(EX_USAGE);
+            };
+            match session_agent::agent::run(config, stop_signals()).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => failure(&e.to_string()),
+            }
+        }
+        Command::Doctor(args) => {
+            let report = session_agent::doctor::run(&args, agent_config.as_ref()).await;
+            let code = if report.failed() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            };
+            print_stdout(&report.to_string());
+            code
         }
         Command::Connect(args) => {
             let config = match args.into_config() {
                 Ok(c) => c,
                 Err(e) => return connect_usage_error(&e),
             };
-            let runtime = match runtime() {
-                Ok(r) => r,
-                Err(code) => return code,
-            };
-            ExitCode::from(
-                runtime
-                    .block_on(session_agent::client::connect(config))
-                    .exit_code(),
-            )
+            ExitCode::from(session_agent::client::connect(config).await.exit_code())
         }
-        Command::Dev(args) => {
-            let runtime = match runtime() {
-                Ok(r) => r,
-                Err(code) => return code,
-            };
-            match runtime.block_on(session_agent::dev::run(args)) {
-                Ok(code) => ExitCode::from(code),
-                Err(e) => usage_error(&e),
-            }
-        }
+        Command::Dev(args) => match session_agent::dev::run(args).await {
+            Ok(code) => ExitCode::from(code),
+            Err(e) => usage_error(&e),
+        },
         Command::Replay(args) => {
-            match session_agent::replay::replay(&args, &mut std::io::stdout().lock()) {
+            match tokio::task::block_in_place(|| {
+                session_agent::replay::replay(&args, &mut std::io::stdout().lock())
+            }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => failure(&e),
             }
         }
         Command::Transcript(args) => {
-            match session_agent::replay::transcript(&args, &mut std::io::stdout().lock()) {
+            match tokio::task::block_in_place(|| {
+                session_agent::replay::transcript(&args, &mut std::io::stdout().lock())
+            }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => failure(&e),
             }
         }
-        Command::Verify(args) => {
-            let runtime = match runtime() {
-                Ok(r) => r,
-                Err(code) => return code,
-            };
-            ExitCode::from(runtime.block_on(session_agent::replay::verify(
-                &args,
-                &mut std::io::stdout().lock(),
-            )))
+        Command::Verify(args) => ExitCode::from(
+            session_agent::replay::verify(&args, &mut std::io::stdout().lock()).await,
+        ),
+        Command::Config(_) | Command::ExecAs { .. } => {
+            unreachable!("handled before the runtime starts")
         }
-        Command::ExecAs { .. } => unreachable!("dispatched before logging is set up"),
     }
 }
 
-/// The multi-threaded runtime every long-running subcommand uses, built only after the
-/// configuration was validated.
-fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
-    tokio::runtime::Runtime::new()
-        .map_err(|e| failure(&format!("cannot start the async runtime: {e}")))
+#[allow(clippy::print_stdout)]
+fn print_stdout(text: &str) -> ExitCode {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(_) => ExitCode::FAILURE,
+    }
 }
 
 #[allow(clippy::print_stderr)]
@@ -187,22 +219,66 @@ fn failure(e: &str) -> ExitCode {
     ExitCode::FAILURE
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = match signal(SignalKind::terminate()) {
+/// Resolves at the first SIGTERM or SIGINT (Ctrl-C; on Windows, Ctrl-C or Ctrl-Break),
+/// which starts a graceful stop. A second one exits the process at once with status 130:
+/// whatever the stop had not finished (recordings being delivered) is picked up at the
+/// next start, as after a crash.
+fn stop_signals() -> impl std::future::Future<Output = ()> {
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let mut signals = match StopSignals::new() {
             Ok(s) => s,
-            Err(_) => return std::future::pending().await,
+            Err(e) => {
+                tracing::error!(error = %e, "Cannot listen for stop signals; stop the agent with SIGKILL");
+                return;
+            }
         };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {},
-            _ = term.recv() => {},
+        signals.next().await;
+        let _ = first_tx.send(());
+        signals.next().await;
+        tracing::warn!("Second stop signal: exiting now; recordings not yet delivered are delivered at the next start");
+        std::process::exit(EXIT_FORCED);
+    });
+    async move {
+        let _ = first_rx.await;
+    }
+}
+
+/// SIGTERM and SIGINT, registered once so that no signal between two waits is missed.
+struct StopSignals {
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn new() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Self {
+                term: signal(SignalKind::terminate())?,
+                int: signal(SignalKind::interrupt())?,
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(Self {})
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.term.recv() => {},
+                _ = self.int.recv() => {},
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

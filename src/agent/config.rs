@@ -6,6 +6,7 @@
 
 use super::{AgentConfig, ShellChoice};
 use crate::cli::ConfigError;
+use crate::logging::LogFormat;
 use crate::session::user::SudoPolicy;
 use clap::Args;
 use serde::Deserialize;
@@ -13,6 +14,10 @@ use std::path::{Path, PathBuf};
 
 /// Default gateway: the local one on its default port.
 pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:8080";
+/// Default `shutdown_timeout`.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Largest `shutdown_timeout`.
+pub const MAX_SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// `session-agent run` options. Each may also come from the config file (same name with
 /// `_` instead of `-`) or the environment variable shown.
@@ -63,6 +68,17 @@ pub struct RunArgs {
     /// [default: fail-open].
     #[arg(long, env = "SESSION_AGENT_RECORDING_POLICY")]
     pub recording_policy: Option<String>,
+    /// On SIGTERM (systemctl stop), how long the agent may take to end its sessions and
+    /// deliver their recordings before it exits anyway (e.g. 30s, 2m); what is not
+    /// delivered by then is delivered at the next start [default: 30s].
+    #[arg(long, env = "SESSION_AGENT_SHUTDOWN_TIMEOUT")]
+    pub shutdown_timeout: Option<String>,
+    /// `--log-format` (a global flag), handed over by `main`.
+    #[arg(skip)]
+    pub log_format: Option<String>,
+    /// `--log-level` (a global flag), handed over by `main`.
+    #[arg(skip)]
+    pub log_level: Option<String>,
 }
 
 /// The file form: every key optional, unknown keys rejected (typos must not pass silently).
@@ -80,7 +96,8 @@ struct FileConfig {
     recording_quota_mb: Option<u64>,
     recording_min_free_mb: Option<u64>,
     recording_policy: Option<String>,
-    /// Read by `main` before logging starts (see [`file_log_level`]).
+    shutdown_timeout: Option<String>,
+    log_format: Option<String>,
     log_level: Option<String>,
 }
 
@@ -111,14 +128,10 @@ pub fn parse_file(text: &str, path: &Path) -> Result<RunArgs, ConfigError> {
         recording_quota_mb: f.recording_quota_mb,
         recording_min_free_mb: f.recording_min_free_mb,
         recording_policy: f.recording_policy,
+        shutdown_timeout: f.shutdown_timeout,
+        log_format: f.log_format,
+        log_level: f.log_level,
     })
-}
-
-/// `log_level` from the `--config` file, if any (logging starts before the rest of the
-/// configuration is validated; a broken file is reported then).
-pub fn file_log_level(args: &RunArgs) -> Option<String> {
-    let text = std::fs::read_to_string(args.config.as_ref()?).ok()?;
-    toml::from_str::<FileConfig>(&text).ok()?.log_level
 }
 
 fn default_target_id() -> String {
@@ -254,6 +267,30 @@ impl RunArgs {
                 ))
             }
         };
+        let shutdown_timeout = match self.shutdown_timeout.or(file.shutdown_timeout) {
+            Some(text) => {
+                crate::cli::parse_duration(&text).map_err(|e| err("shutdown_timeout", e))?
+            }
+            None => DEFAULT_SHUTDOWN_TIMEOUT,
+        };
+        if shutdown_timeout > MAX_SHUTDOWN_TIMEOUT {
+            return Err(err(
+                "shutdown_timeout",
+                "must be at most 10m (the systemd unit's TimeoutStopSec must stay above it)",
+            ));
+        }
+        let log_format: LogFormat = self
+            .log_format
+            .or(file.log_format)
+            .as_deref()
+            .unwrap_or("plain")
+            .parse()
+            .map_err(|e: String| err("log_format", e))?;
+        let log_level = self
+            .log_level
+            .or(file.log_level)
+            .unwrap_or_else(|| "info".into());
+        crate::logging::parse_filter(&log_level).map_err(|e| err("log_level", e))?;
         let exec_shim = std::env::current_exe().map_err(|e| {
             err(
                 "executable",
@@ -278,7 +315,81 @@ impl RunArgs {
                 min_free_bytes: min_free_mb * 1024 * 1024,
                 fail_closed,
             },
+            shutdown_timeout,
+            log_level,
+            log_format,
         })
+    }
+}
+
+/// A duration the way the configuration spells it (`500ms`, `30s`, `2m`, `1h`).
+pub fn format_duration(d: std::time::Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 1000 != 0 {
+        format!("{ms}ms")
+    } else if ms % 3_600_000 == 0 {
+        format!("{}h", ms / 3_600_000)
+    } else if ms % 60_000 == 0 {
+        format!("{}m", ms / 60_000)
+    } else {
+        format!("{}s", ms / 1000)
+    }
+}
+
+impl AgentConfig {
+    /// The effective configuration as a configuration file (`config check` prints it; fed
+    /// back to `run --config`, it gives the same configuration).
+    pub fn to_toml(&self) -> String {
+        use std::fmt::Write;
+        let text = |v: &str| toml::Value::String(v.to_owned()).to_string();
+        let path = |p: &Path| text(&p.to_string_lossy());
+        let mib = |b: u64| b / (1024 * 1024);
+        let mut out = String::new();
+        let mut line = |key: &str, value: String| {
+            let _ = writeln!(out, "{key} = {value}");
+        };
+        line("endpoint", text(&self.endpoint));
+        line("target_id", text(&self.target_id));
+        line("state_dir", path(&self.state_dir));
+        line("max_sessions", self.max_sessions.to_string());
+        line("sudo_policy", text(self.sudo_policy.as_str()));
+        line(
+            "shell",
+            text(match self.shell {
+                ShellChoice::Login => "login",
+                ShellChoice::Sh => "sh",
+            }),
+        );
+        if let Some(ca) = &self.ca_file {
+            line("ca_file", path(ca));
+        }
+        line(
+            "recording_retention_days",
+            (self.retention.retention.as_secs() / (24 * 3600)).to_string(),
+        );
+        line(
+            "recording_quota_mb",
+            mib(self.retention.quota_bytes).to_string(),
+        );
+        line(
+            "recording_min_free_mb",
+            mib(self.retention.min_free_bytes).to_string(),
+        );
+        line(
+            "recording_policy",
+            text(if self.retention.fail_closed {
+                "fail-closed"
+            } else {
+                "fail-open"
+            }),
+        );
+        line(
+            "shutdown_timeout",
+            text(&format_duration(self.shutdown_timeout)),
+        );
+        line("log_level", text(&self.log_level));
+        line("log_format", text(&self.log_format.to_string()));
+        out
     }
 }
 
@@ -358,5 +469,63 @@ mod tests {
         }
         let e = parse_file("endpont = \"x\"", Path::new("c.toml")).unwrap_err();
         assert!(e.reason.contains("endpont"), "{e}");
+        for (key, text) in [
+            ("shutdown_timeout", "shutdown_timeout = \"forever\""),
+            ("shutdown_timeout", "shutdown_timeout = \"11m\""),
+            ("log_format", "log_format = \"xml\""),
+            ("log_level", "log_level = \"loud\""),
+        ] {
+            let e = parse_file(text, Path::new("c.toml"))
+                .unwrap()
+                .into_config()
+                .unwrap_err();
+            assert_eq!(e.key, key, "{text}");
+        }
+    }
+
+    /// The shipped example (installed as /etc/session-agent/session-agent.toml): as
+    /// shipped it is valid and means the defaults; with every documented `# key = value`
+    /// uncommented it is valid too; every key the file form accepts is documented in it;
+    /// and `config check`'s output is a configuration that gives the same settings back.
+    #[test]
+    fn the_example_parses_documents_every_key_and_round_trips() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/session-agent.example.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let shipped = parse_file(&text, &path).unwrap().into_config().unwrap();
+        let defaults = RunArgs::default().into_config().unwrap();
+        assert_eq!(shipped.to_toml(), defaults.to_toml());
+        // ca_file must name an existing file; its example path does not exist here.
+        let uncommented: String = text
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(kv) if kv.contains(" = ") && !kv.starts_with("ca_file") => kv,
+                _ => l,
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let every = parse_file(&uncommented, &path).unwrap().into_config().unwrap();
+        assert_eq!(every.target_id, "my-host");
+        assert_eq!(every.shutdown_timeout, DEFAULT_SHUTDOWN_TIMEOUT);
+        let printed = every.to_toml();
+        let documented = |key: &str| text.lines().any(|l| l.starts_with(&format!("# {key} = ")));
+        for line in printed.lines() {
+            let key = line.split(" = ").next().unwrap();
+            assert!(documented(key), "{key} is not in the example");
+        }
+        assert!(documented("ca_file"));
+        let again = parse_file(&printed, Path::new("printed.toml"))
+            .unwrap()
+            .into_config()
+            .unwrap();
+        assert_eq!(again.to_toml(), printed);
+    }
+
+    #[test]
+    fn durations_print_in_their_largest_whole_unit() {
+        use std::time::Duration;
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(format_duration(Duration::from_secs(30)), "30s");
+        assert_eq!(format_duration(Duration::from_secs(120)), "2m");
+        assert_eq!(format_duration(Duration::from_secs(7200)), "2h");
     }
 }

@@ -7,7 +7,7 @@
 //! Every attempt asks for a fresh token. Keepalive pings go out every 30 s (upstream: 54 s),
 //! and a channel silent for 90 s is considered dead and replaced.
 
-use super::{run_session, Ctx, Outcome, AGENT_VERSION};
+use super::{notify, run_session, Ctx, Outcome, AGENT_VERSION};
 use crate::protocol::frame::{AgentMessage, MessageType, PayloadType, DEFAULT_MAX_FRAME_LEN};
 use crate::protocol::payload::{
     from_json, to_json, AgentTaskAcknowledge, AgentTaskComplete, AgentTaskPayload, ChannelClosed,
@@ -23,7 +23,6 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 const FIRST_RETRY: Duration = Duration::from_millis(250);
@@ -38,8 +37,17 @@ const REPLY_MAX_PENDING: usize = 10_000;
 /// A control channel must stay up this long before the reconnect backoff starts over, so
 /// two agents fighting over one target id (cloned machines) do not reconnect in a tight loop.
 const STABLE_AFTER: Duration = Duration::from_secs(30);
-/// On shutdown, sessions get this long to end before the daemon exits.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// What a session requested while the agent stops is refused with.
+pub const STOPPING_REFUSAL: &str =
+    "the agent on the instance is stopping (service stop or restart); start the session again in a moment";
+
+/// Status line for the service manager while connected.
+fn online_status(ctx: &Ctx, sessions: usize) -> String {
+    format!(
+        "Online: control channel open to {} as {}; {sessions} session(s)",
+        ctx.config.endpoint, ctx.config.target_id
+    )
+}
 
 /// Exponential backoff with jitter.
 #[derive(Debug)]
@@ -90,7 +98,10 @@ fn report_frame(reply: &mut PendingReply) -> Bytes {
     .unwrap_or_default()
 }
 
-/// Runs the control loop until `shutdown` resolves, then ends every session.
+/// Runs the control loop until `shutdown` resolves, then stops gracefully: no new
+/// sessions, every session told and ended, its recording flushed, its report sent, and
+/// deliveries drained until `shutdown_timeout` has passed (what is left is delivered at
+/// the next start).
 pub(crate) async fn run(ctx: Arc<Ctx>, shutdown: impl Future<Output = ()>) {
     // Fused: polled again after it fired (say, during a reconnect while stopping), it just
     // stays pending instead of panicking.
@@ -100,7 +111,6 @@ pub(crate) async fn run(ctx: Arc<Ctx>, shutdown: impl Future<Output = ()>) {
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Outcome>();
     let mut sessions: HashMap<String, CancellationToken> = HashMap::new();
     let mut pending: Vec<PendingReply> = Vec::new();
-    let tracker = TaskTracker::new();
     let mut backoff = Backoff::new();
     'reconnect: loop {
         if shutdown_at.is_some() {
@@ -113,11 +123,16 @@ pub(crate) async fn run(ctx: Arc<Ctx>, shutdown: impl Future<Output = ()>) {
         let ws = match ws {
             Ok(ws) => {
                 tracing::info!(target_id = %ctx.config.target_id, endpoint = %ctx.config.endpoint, "Control channel open");
+                notify::status(&online_status(&ctx, sessions.len()));
                 ws
             }
             Err(e) => {
                 let delay = backoff.next_delay();
                 tracing::warn!(error = %e, retry_in = ?delay, "Control channel unavailable");
+                notify::status(&format!(
+                    "Offline: cannot reach {} ({e}); retrying",
+                    ctx.config.endpoint
+                ));
                 tokio::select! {
                     () = tokio::time::sleep(delay) => continue 'reconnect,
                     () = &mut shutdown => break 'reconnect,
@@ -142,11 +157,7 @@ pub(crate) async fn run(ctx: Arc<Ctx>, shutdown: impl Future<Output = ()>) {
             tokio::select! {
                 () = &mut shutdown, if shutdown_at.is_none() => {
                     // Stop sessions, but stay connected to deliver their final reports.
-                    tracing::info!(sessions = sessions.len(), "Shutting down: ending sessions");
-                    for token in sessions.values() {
-                        token.cancel();
-                    }
-                    shutdown_at = Some(Instant::now() + SHUTDOWN_GRACE);
+                    shutdown_at = Some(begin_stop(&ctx, &sessions));
                 }
                 () = sleep_until_opt(shutdown_at) => break 'reconnect,
                 msg = stream.next() => {
@@ -158,6 +169,7 @@ pub(crate) async fn run(ctx: Arc<Ctx>, shutdown: impl Future<Output = ()>) {
                             }
                             let delay = backoff.next_delay();
                             tracing::warn!(retry_in = ?delay, "Control channel closed; reconnecting");
+                            notify::status(&format!("Offline: control channel to {} closed; reconnecting", ctx.config.endpoint));
                             tokio::select! {
                                 () = tokio::time::sleep(delay) => continue 'reconnect,
                                 () = &mut shutdown => break 'reconnect,
@@ -167,12 +179,20 @@ pub(crate) async fn run(ctx: Arc<Ctx>, shutdown: impl Future<Output = ()>) {
                     };
                     last_seen = Instant::now();
                     match AgentMessage::decode(&raw, DEFAULT_MAX_FRAME_LEN) {
-                        Ok(m) => dispatch(&ctx, m, &mut sessions, &mut pending, &tracker, &done_tx),
+                        Ok(m) => {
+                            let before = sessions.len();
+                            dispatch(&ctx, m, &mut sessions, &mut pending, &done_tx);
+                            if sessions.len() != before {
+                                notify::status(&online_status(&ctx, sessions.len()));
+                            }
+                        }
                         Err(e) => tracing::warn!(error = %e, "Dropping a malformed control message"),
                     }
                 }
                 Some(outcome) = done_rx.recv() => {
-                    sessions.remove(&outcome.session_id);
+                    if sessions.remove(&outcome.session_id).is_some() && shutdown_at.is_none() {
+                        notify::status(&online_status(&ctx, sessions.len()));
+                    }
                     if pending.len() >= REPLY_MAX_PENDING {
                         let gone = pending.remove(0);
                         tracing::error!(session = %gone.report.task_id, "Too many unacknowledged reports; dropping the oldest");
@@ -216,16 +236,57 @@ pub(crate) async fn run(ctx: Arc<Ctx>, shutdown: impl Future<Output = ()>) {
             }
         }
     }
+    // Also when the stop came while disconnected (no reports can be sent then).
+    let deadline = match shutdown_at {
+        Some(at) => at,
+        None => begin_stop(&ctx, &sessions),
+    };
     for token in sessions.values() {
         token.cancel();
     }
-    tracker.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+    let unreported = sessions.len() + pending.len();
+    if unreported > 0 {
+        tracing::warn!(
+            sessions = unreported,
+            "Stopping without every session's final report acknowledged by the gateway"
+        );
+    }
+    // Sessions still ending, deliveries at close and recovered deliveries.
+    ctx.tasks.close();
+    if tokio::time::timeout_at(deadline, ctx.tasks.wait())
         .await
         .is_err()
     {
-        tracing::warn!("Some sessions did not end within the shutdown grace period");
+        tracing::warn!(
+            tasks = ctx.tasks.len(),
+            timeout = ?ctx.config.shutdown_timeout,
+            "Stop deadline reached with sessions ending or recordings being delivered; recordings not yet delivered are delivered at the next start"
+        );
+    } else {
+        tracing::info!(
+            "Stopped: every session ended and every recording was handed to its destinations"
+        );
     }
+}
+
+/// Starts a graceful stop: new sessions are refused from now on, running ones are told
+/// and ended. Returns the deadline for the whole stop.
+fn begin_stop(ctx: &Ctx, sessions: &HashMap<String, CancellationToken>) -> Instant {
+    tracing::info!(
+        sessions = sessions.len(),
+        timeout = ?ctx.config.shutdown_timeout,
+        "Stopping: refusing new sessions, ending running ones, delivering recordings"
+    );
+    notify::stopping(&format!(
+        "Stopping: ending {} session(s), delivering recordings (at most {:?})",
+        sessions.len(),
+        ctx.config.shutdown_timeout
+    ));
+    ctx.stopping.cancel();
+    for token in sessions.values() {
+        token.cancel();
+    }
+    Instant::now() + ctx.config.shutdown_timeout
 }
 
 async fn send_due<S>(sink: &mut S, pending: &mut [PendingReply]) -> Result<(), ()>
@@ -290,7 +351,6 @@ fn dispatch(
     m: AgentMessage,
     sessions: &mut HashMap<String, CancellationToken>,
     pending: &mut Vec<PendingReply>,
-    tracker: &TaskTracker,
     done_tx: &mpsc::UnboundedSender<Outcome>,
 ) {
     match m.message_type {
@@ -306,6 +366,11 @@ fn dispatch(
                 return; // a redelivery of a session already running
             }
             let id = task.session_id.clone();
+            if ctx.stopping.is_cancelled() {
+                tracing::warn!(session = %id, "Refusing session: the agent is stopping");
+                let _ = done_tx.send(Outcome::failed(&id, STOPPING_REFUSAL.into()));
+                return;
+            }
             if sessions.len() >= ctx.config.max_sessions {
                 tracing::warn!(session = %id, max = ctx.config.max_sessions, "Refusing session: limit reached");
                 let _ = done_tx.send(Outcome::failed(
@@ -322,7 +387,7 @@ fn dispatch(
             sessions.insert(id.clone(), token.clone());
             let ctx = ctx.clone();
             let done = done_tx.clone();
-            tracker.spawn(async move {
+            ctx.tasks.clone().spawn(async move {
                 // The session runs in its own task so that a panic stays inside it.
                 let recordings = ctx.config.recordings_dir();
                 let policy = ctx.config.retention;

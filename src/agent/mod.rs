@@ -16,6 +16,7 @@
 pub mod config;
 pub mod control;
 pub mod mgs;
+mod notify;
 pub mod recording;
 pub mod recovery;
 pub mod retention;
@@ -42,6 +43,12 @@ pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const DEFAULT_IDLE: Duration = Duration::from_secs(20 * 60);
 /// Grace between SIGHUP and SIGKILL when a session is terminated.
 pub const KILL_GRACE: Duration = Duration::from_secs(3);
+
+/// Shown in a session the agent ends because it is stopping.
+pub const STOPPING_NOTICE: &str = "[session-agent] The agent on this instance is stopping (service stop or restart). This session ends now; its recording is kept.";
+/// How such a session ended, in its recording and its final report (an `interrupted`
+/// end: the transcript, asciicast and CloudWatch stream show it as their last line).
+pub const STOPPED_HOW: &str = "interrupted: the agent was stopped (service stop or restart)";
 
 /// Which program a session runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +80,12 @@ pub struct AgentConfig {
     pub exec_shim: PathBuf,
     /// Retention and quota of local recordings.
     pub retention: retention::Policy,
+    /// How long a graceful stop may take.
+    pub shutdown_timeout: Duration,
+    /// Log filter (installed by `main`; kept here for `config check`).
+    pub log_level: String,
+    /// Log format (installed by `main`).
+    pub log_format: crate::logging::LogFormat,
 }
 
 impl AgentConfig {
@@ -91,6 +104,10 @@ pub(crate) struct Ctx {
     pub(crate) daemon_is_root: bool,
     /// AWS configuration, loaded on first need (most local sessions never need it).
     pub(crate) aws: tokio::sync::OnceCell<aws_config::SdkConfig>,
+    /// Cancelled when a graceful stop begins.
+    pub(crate) stopping: CancellationToken,
+    /// Sessions, deliveries and recoveries: what a stop waits for (up to its deadline).
+    pub(crate) tasks: tokio_util::task::TaskTracker,
 }
 
 impl Ctx {
@@ -403,6 +420,11 @@ pub(crate) async fn run_session(
     let (ending, writer) = channel
         .pump(io, early_input, limits, &cancel, tap.clone())
         .await;
+    // Ended by a stop of the agent (not by the user or the service): say so first.
+    let agent_stopping = ending == Ending::Terminated && ctx.stopping.is_cancelled();
+    if agent_stopping {
+        let _ = channel.notice(STOPPING_NOTICE).await;
+    }
     let exit = tokio::task::spawn_blocking(move || {
         // The writer lives until the shell is gone (its drop would type into the terminal).
         let _writer = writer;
@@ -413,11 +435,14 @@ pub(crate) async fn run_session(
     })
     .await
     .ok();
-    channel.finish(ending == Ending::ShellExited).await;
+    channel
+        .finish(ending == Ending::ShellExited || agent_stopping)
+        .await;
     tracing::info!(session = %session_id, ?ending, ?exit, "Session ended");
     let code = exit.as_ref().and_then(|e| e.code);
     let how = match &ending {
         Ending::ShellExited => "exited".to_owned(),
+        Ending::Terminated if agent_stopping => STOPPED_HOW.to_owned(),
         Ending::Terminated => "terminated".to_owned(),
         Ending::TimedOut(limit) => limit.ended(),
         Ending::ChannelLost(e) => format!("data channel lost: {e}"),
@@ -446,6 +471,7 @@ pub(crate) async fn run_session(
             Outcome::failed(&session_id, format!("the data channel was lost: {e}"))
         }
         Ending::Internal(e) => Outcome::failed(&session_id, e),
+        Ending::Terminated if agent_stopping => Outcome::failed(&session_id, STOPPED_HOW.into()),
         Ending::TimedOut(limit) => Outcome {
             session_id: session_id.clone(),
             status: task_status::TIMED_OUT,
@@ -577,10 +603,17 @@ pub async fn run(
         daemon_user,
         daemon_is_root,
         aws: tokio::sync::OnceCell::new(),
+        stopping: CancellationToken::new(),
+        tasks: tokio_util::task::TaskTracker::new(),
     });
     // Recordings an earlier run left undelivered (crash, kill, reboot, outage): rebuilt
     // and delivered in the background while sessions are served.
-    tokio::spawn(recovery::recover_all(ctx.clone()));
+    ctx.tasks.spawn(recovery::recover_all(ctx.clone()));
+    notify::spawn_watchdog();
+    notify::ready(&format!(
+        "Connecting to {} as {}",
+        ctx.config.endpoint, ctx.config.target_id
+    ));
     control::run(ctx, shutdown).await;
     Ok(())
 }

@@ -119,9 +119,9 @@ pub(crate) async fn recover_all(ctx: Arc<Ctx>) {
         match prepared {
             Ok((meta, paths, rebuilt)) => {
                 tracing::info!(session = %meta.session_id, interrupted = rebuilt.interrupted, events = rebuilt.summary.events, torn_bytes = rebuilt.torn_bytes, "Recording recovered");
-                let ctx = ctx.clone();
-                tokio::spawn(async move {
-                    let delivery = delivery_for(&ctx, meta, paths, rebuilt.summary).await;
+                let task_ctx = ctx.clone();
+                ctx.tasks.spawn(async move {
+                    let delivery = delivery_for(&task_ctx, meta, paths, rebuilt.summary).await;
                     delivery.run().await;
                 });
             }

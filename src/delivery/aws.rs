@@ -201,6 +201,21 @@ impl Logs {
         }
     }
 
+    /// Deletes a stream (`doctor` cleans up its write probe).
+    ///
+    /// # Errors
+    /// The call failed.
+    pub async fn delete_stream(&self, group: &str, stream: &str) -> Result<(), AwsError> {
+        self.client
+            .delete_log_stream()
+            .log_group_name(group)
+            .log_stream_name(stream)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| AwsError::classify(&e))
+    }
+
     /// One page of a stream's events from the start (`GetLogEvents`, oldest first):
     /// the messages and the token of the next page (`None` at the end).
     ///
@@ -358,6 +373,21 @@ impl S3 {
                 }
             },
         })
+    }
+
+    /// Deletes an object (`doctor` cleans up its write probe).
+    ///
+    /// # Errors
+    /// The call failed.
+    pub async fn delete_object(&self, bucket: &str, key: &str) -> Result<(), AwsError> {
+        self.client
+            .delete_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| AwsError::classify(&e))
     }
 
     /// Uploads a file: one `PutObject` up to [`MULTIPART_PART`], a multipart upload above

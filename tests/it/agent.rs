@@ -32,6 +32,9 @@ impl RunningAgent {
             ca_file: None,
             exec_shim: env!("CARGO_BIN_EXE_session-agent").into(),
             retention: session_agent::agent::retention::Policy::default(),
+            shutdown_timeout: Duration::from_secs(10),
+            log_level: "info".into(),
+            log_format: session_agent::logging::LogFormat::Plain,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {

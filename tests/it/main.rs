@@ -13,4 +13,5 @@ mod recording;
 mod recovery;
 mod reliability;
 mod resources;
+mod service;
 mod support;
