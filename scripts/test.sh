@@ -38,6 +38,26 @@ fi
 # the same virtualenv.
 export SESSION_AGENT_LOCALSTACK_VENV="$cache/localstack-venv"
 
+# The packaging tests (tests/it/packaging.rs) build the .deb and the .rpm from the binary
+# under test with the real tools, install the .deb with dpkg into a scratch root and
+# query the .rpm with rpm: install the tools when missing (pinned).
+echo "==> packaging tools"
+if ! cargo deb --version >/dev/null 2>&1; then
+  echo "    installing cargo-deb"
+  cargo install --locked --quiet cargo-deb@3.8.0
+fi
+if ! cargo generate-rpm --version >/dev/null 2>&1; then
+  echo "    installing cargo-generate-rpm"
+  cargo install --locked --quiet cargo-generate-rpm@0.21.1
+fi
+for tool in dpkg dpkg-query systemctl systemd-analyze strip rpm; do
+  if ! command -v "$tool" >/dev/null 2>&1; then
+    echo "    installing Debian's packages for $tool"
+    apt-get install -y -q --no-install-recommends dpkg systemd binutils rpm >/dev/null
+    break
+  fi
+done
+
 echo "==> rustfmt"
 cargo fmt --all -- --check
 

@@ -503,7 +503,10 @@ mod tests {
             })
             .map(|l| format!("{l}\n"))
             .collect();
-        let every = parse_file(&uncommented, &path).unwrap().into_config().unwrap();
+        let every = parse_file(&uncommented, &path)
+            .unwrap()
+            .into_config()
+            .unwrap();
         assert_eq!(every.target_id, "my-host");
         assert_eq!(every.shutdown_timeout, DEFAULT_SHUTDOWN_TIMEOUT);
         let printed = every.to_toml();

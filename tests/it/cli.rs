@@ -182,21 +182,51 @@ fn the_example_preferences_file_is_accepted() {
     );
 }
 
-/// The shipped example agent configuration parses and validates, so it cannot rot.
+/// `config check` on the shipped example (what packages install as
+/// /etc/session-agent/session-agent.toml), with flags and environment over it as `run`
+/// would see them; `--version`; and `run` refusing bad files with exit 64.
 #[test]
-fn the_example_agent_config_is_accepted() {
-    let path = std::path::Path::new(concat!(
+fn config_check_prints_the_effective_configuration_and_bad_files_exit_64() {
+    let example = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/config/session-agent.example.toml"
-    ));
-    let text = std::fs::read_to_string(path).unwrap();
-    let args = session_agent::agent::config::parse_file(&text, path).unwrap();
-    assert_eq!(args.endpoint.as_deref(), Some("http://127.0.0.1:8080"));
-    assert_eq!(args.max_sessions, Some(1000));
-    let cfg = args.into_config().unwrap();
-    assert_eq!(cfg.target_id, "my-host");
-    // And `run` rejects a config with a typo in a key, exit 64 naming it.
+    );
+    let (code, out, err) = run(&["config", "check", example, "--max-sessions", "7"]);
+    assert_eq!(code, 0, "{err}");
+    let printed = session_agent::agent::config::parse_file(&out, std::path::Path::new("out"))
+        .unwrap_or_else(|e| panic!("config check printed an invalid file ({e}):\n{out}"));
+    assert_eq!(printed.max_sessions, Some(7), "{out}");
+    assert_eq!(printed.endpoint.as_deref(), Some("http://127.0.0.1:8080"));
+    assert_eq!(printed.shutdown_timeout.as_deref(), Some("30s"));
+    assert_eq!(printed.log_format.as_deref(), Some("plain"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_session-agent"))
+        .args(["config", "check", example])
+        .env("SESSION_AGENT_RECORDING_POLICY", "fail-closed")
+        .env("SESSION_AGENT_LOG_FORMAT", "json")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("recording_policy = \"fail-closed\"")
+            && text.contains("log_format = \"json\""),
+        "{text}"
+    );
+    let (code, out, _) = run(&["--version"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        out.trim(),
+        format!("session-agent {}", env!("CARGO_PKG_VERSION"))
+    );
     let dir = tempfile::tempdir().unwrap();
+    let typo = dir.path().join("typo.toml");
+    std::fs::write(&typo, "max_sesions = 5\n").unwrap();
+    let (code, out, err) = run(&["config", "check", typo.to_str().unwrap()]);
+    assert_eq!(code, 64, "{out}");
+    assert!(err.contains("max_sesions"), "{err}");
+    let (code, _, err) = run(&["config", "check", "/nonexistent/agent.toml"]);
+    assert_eq!(code, 64);
+    assert!(err.contains("cannot read /nonexistent/agent.toml"), "{err}");
+    // And `run` rejects a config with a typo in a key, exit 64 naming it.
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "endpiont = \"http://x\"\n").unwrap();
     let (code, _, err) = run(&["run", "--config", bad.to_str().unwrap()]);
