@@ -39,6 +39,9 @@
 //! * [`client`] — `session-agent connect`: an interactive terminal client that can stand in
 //!   for session-manager-plugin.
 //! * [`dev`] — `session-agent dev`: composition root wiring all three on loopback.
+//! * [`doctor`] — `session-agent doctor`: checks of the configuration, the state
+//!   directory, the gateway, AWS credentials and each sink, with what to do.
+//! * [`logging`] — the log formats (plain, journal-aware, JSON) `main` installs.
 //! * [`cli`] — clap definitions and the turn from flags into validated configuration
 //!   (exit code 64 on invalid configuration).
 //!
@@ -51,8 +54,8 @@
 //!    `delivery::aws` is the only code that talks to AWS.
 //! 3. `gateway`, `agent` and `client` each depend on `protocol` (and `agent` on `session`),
 //!    never on each other; only `dev` and `main.rs` wire several together.
-//! 4. Only `main.rs` chooses the runtime, installs the log subscriber and maps errors to
-//!    exit codes.
+//! 4. Only `main.rs` chooses the runtime, installs the log subscriber (built by
+//!    [`logging`]), turns signals into the graceful stop and maps errors to exit codes.
 
 pub mod agent;
 pub mod cli;

@@ -12,6 +12,12 @@
 //! retries, capped), with a fresh token each time. Session tasks are independent tokio
 //! tasks: a panic in one becomes a failed outcome for that session only. Completion
 //! reports survive control-channel reconnects and are resent until acknowledged.
+//!
+//! Stopping (the `shutdown` future of [`run`]): `Ctx::stopping` is cancelled, so new
+//! sessions are refused and each running one is told ([`STOPPING_NOTICE`]) and ended;
+//! its recording closes with an `interrupted` end; reports are still sent while the
+//! control channel stays up; sessions, deliveries and recoveries (all in `Ctx::tasks`)
+//! get until `shutdown_timeout`. `agent::notify` keeps systemd informed throughout.
 
 pub mod config;
 pub mod control;
