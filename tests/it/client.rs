@@ -518,7 +518,7 @@ async fn over_tls_with_signed_calls_a_kms_handshake_is_refused_and_a_failure_exi
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, &gw.tls.as_ref().unwrap().ca_pem).unwrap();
     let mut agent = ScriptedAgent::connect(&gw, "client-g").await.unwrap();
-    let client = tokio::process::Command::new(BIN)
+    let mut client = tokio::process::Command::new(BIN)
         .args([
             "connect",
             "--endpoint",
@@ -538,6 +538,9 @@ async fn over_tls_with_signed_calls_a_kms_handshake_is_refused_and_a_failure_exi
         .kill_on_drop(true)
         .spawn()
         .unwrap();
+    // Kept open to the end: wait_with_output would close it, and the client ending its
+    // input (terminate after a settle delay) would race the agent's failure report.
+    let stdin_kept_open = client.stdin.take();
     let (shell, _) = agent.control.recv_type(MessageType::InteractiveShell).await;
     let (_, task) = AgentTaskPayload::from_interactive_shell(&shell.payload).unwrap();
     let sid = task.session_id;
@@ -633,6 +636,7 @@ async fn over_tls_with_signed_calls_a_kms_handshake_is_refused_and_a_failure_exi
         "{stderr}"
     );
     wait_status(&gw, &sid, "History", "Failed").await;
+    drop(stdin_kept_open);
     gw.stop().await;
 }
 
