@@ -233,6 +233,23 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// Reads a session document file (SSM-SessionManagerRunShell JSON) and resolves it with
+/// its parameters' defaults, as `gateway --preferences` and `doctor --document` take it:
+/// the JSON as written, and what it resolves to.
+///
+/// # Errors
+/// Unreadable, not JSON, or not a valid document; the message names the file.
+pub fn read_session_document(
+    path: &std::path::Path,
+) -> Result<(serde_json::Value, document::SessionDocument), String> {
+    let text = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let doc: serde_json::Value = serde_json::from_slice(&text)
+        .map_err(|e| format!("{} is not JSON: {e}", path.display()))?;
+    let resolved = document::resolve(&doc, &serde_json::Map::new())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok((doc, resolved))
+}
+
 impl GatewayArgs {
     /// The gateway `dev` runs: defaults, plus its address, history and preferences.
     pub fn for_dev(listen: SocketAddr, data_dir: PathBuf, preferences: Option<PathBuf>) -> Self {
@@ -254,20 +271,8 @@ impl GatewayArgs {
     pub fn into_config(self) -> Result<GatewayConfig, ConfigError> {
         let mut cfg = GatewayConfig::default();
         if let Some(path) = &self.preferences {
-            let text = std::fs::read(path).map_err(|e| {
-                config_error(
-                    "--preferences",
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?;
-            let doc: serde_json::Value = serde_json::from_slice(&text).map_err(|e| {
-                config_error(
-                    "--preferences",
-                    format!("{} is not JSON: {e}", path.display()),
-                )
-            })?;
-            document::resolve(&doc, &serde_json::Map::new())
-                .map_err(|e| config_error("--preferences", format!("{}: {e}", path.display())))?;
+            let (doc, _) =
+                read_session_document(path).map_err(|e| config_error("--preferences", e))?;
             cfg.preferences = doc;
         }
         if let Some(dir) = &self.documents_dir {

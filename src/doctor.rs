@@ -10,7 +10,6 @@
 use crate::agent::{mgs::Mgs, retention, AgentConfig};
 use crate::delivery::aws::{BucketEncryption, Logs, S3};
 use crate::delivery::{self, Destinations, GroupVerdict};
-use crate::protocol::document;
 use clap::Args;
 use std::fmt;
 use std::path::PathBuf;
@@ -27,9 +26,6 @@ pub struct DoctorArgs {
     /// Every `run` option: doctor checks the configuration `run` would use.
     #[command(flatten)]
     pub run: crate::agent::config::RunArgs,
-    /// The configuration error, when `main` could not build one.
-    #[arg(skip)]
-    pub config_error: Option<String>,
 }
 
 /// A check's result.
@@ -123,8 +119,13 @@ impl fmt::Display for Report {
     }
 }
 
-/// Runs every check.
-pub async fn run(args: &DoctorArgs, config: Option<&AgentConfig>) -> Report {
+/// Runs every check: `config` is the agent configuration `run` would use (or why there
+/// is none), read from `config_file`.
+pub async fn run(
+    args: &DoctorArgs,
+    config: Result<&AgentConfig, &str>,
+    config_file: Option<&std::path::Path>,
+) -> Report {
     let mut report = Report::default();
     report.add(
         Status::Ok,
@@ -136,21 +137,24 @@ pub async fn run(args: &DoctorArgs, config: Option<&AgentConfig>) -> Report {
             std::env::consts::ARCH
         ),
     );
-    let Some(config) = config else {
-        report.fix(
-            Status::Fail,
-            "configuration",
-            args.config_error.clone().unwrap_or_default(),
-            "fix the key named above (see config/session-agent.example.toml, or `session-agent config check FILE`)",
-        );
-        report.add(
-            Status::Skip,
-            "everything else",
-            "needs a valid configuration",
-        );
-        return report;
+    let config = match config {
+        Ok(c) => c,
+        Err(e) => {
+            report.fix(
+                Status::Fail,
+                "configuration",
+                e,
+                "fix the key named above (see config/session-agent.example.toml, or `session-agent config check FILE`)",
+            );
+            report.add(
+                Status::Skip,
+                "everything else",
+                "needs a valid configuration",
+            );
+            return report;
+        }
     };
-    let source = match &args.run.config {
+    let source = match config_file {
         Some(p) => format!("{} and flags/environment", p.display()),
         None => "flags/environment and defaults (no --config)".into(),
     };
@@ -185,11 +189,7 @@ pub async fn run(args: &DoctorArgs, config: Option<&AgentConfig>) -> Report {
 }
 
 fn read_document(path: &std::path::Path) -> Result<Destinations, String> {
-    let text = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let doc: serde_json::Value = serde_json::from_slice(&text)
-        .map_err(|e| format!("{} is not JSON: {e}", path.display()))?;
-    let resolved = document::resolve(&doc, &serde_json::Map::new())
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let (_, resolved) = crate::cli::read_session_document(path)?;
     Ok(Destinations::from_inputs(&resolved.inputs))
 }
 

@@ -152,36 +152,28 @@ pub enum Target {
 
 /// Installs the global subscriber.
 pub fn init(filter: EnvFilter, format: LogFormat, target: Target) {
-    use std::sync::Mutex;
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
+    // Colour only for a person at a terminal; files, pipes and the journal get plain text.
+    let (writer, terminal, stderr) = match target {
+        Target::Stderr => (
+            BoxMakeWriter::new(std::io::stderr),
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            true,
+        ),
+        Target::File(f) => (BoxMakeWriter::new(std::sync::Mutex::new(f)), false, false),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_writer(writer)
         // When stderr is gone (a closed pipe), tracing would report that with
         // `eprintln!`, which panics: losing a log line must not take the daemon down.
         .log_internal_errors(false);
-    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    match (format, target) {
-        (LogFormat::Json, Target::Stderr) => builder
-            .json()
-            .flatten_event(true)
-            .with_writer(std::io::stderr)
-            .init(),
-        (LogFormat::Json, Target::File(f)) => builder
-            .json()
-            .flatten_event(true)
-            .with_writer(Mutex::new(f))
-            .init(),
-        (LogFormat::Plain, Target::File(f)) => {
-            builder.with_writer(Mutex::new(f)).with_ansi(false).init()
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Plain if stderr && !terminal && stderr_is_journal() => {
+            builder.event_format(JournalFormat::default()).init()
         }
-        (LogFormat::Plain, Target::Stderr) if !terminal && stderr_is_journal() => builder
-            .event_format(JournalFormat::default())
-            .with_writer(std::io::stderr)
-            .init(),
-        // Colour only for a person at a terminal; files and pipes get plain text.
-        (LogFormat::Plain, Target::Stderr) => builder
-            .with_writer(std::io::stderr)
-            .with_ansi(terminal)
-            .init(),
+        LogFormat::Plain => builder.with_ansi(terminal).init(),
     }
 }
 

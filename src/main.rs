@@ -26,44 +26,36 @@ fn main() -> ExitCode {
     }
     // `run`, `config check` and `doctor` validate the agent configuration first: its file
     // may set the log level and format.
-    let agent_config = match &mut cli.command {
+    let run_args = match &mut cli.command {
         Command::Run(args)
-        | Command::Config(ConfigCommand::Check(session_agent::cli::ConfigCheckArgs {
-            run: args,
-            ..
-        }))
         | Command::Doctor(session_agent::doctor::DoctorArgs { run: args, .. }) => {
-            let mut args = std::mem::take(args);
-            if let Command::Config(ConfigCommand::Check(check)) = &cli.command {
-                if check.file.is_some() {
-                    args.config.clone_from(&check.file);
-                }
+            Some(std::mem::take(args))
+        }
+        Command::Config(ConfigCommand::Check(check)) => {
+            let mut args = std::mem::take(&mut check.run);
+            if let Some(file) = check.file.take() {
+                args.config = Some(file);
             }
-            args.log_level.clone_from(&cli.log_level);
-            args.log_format.clone_from(&cli.log_format);
-            match args.into_config() {
-                Ok(c) => Some(c),
-                // `doctor` reports a bad configuration as one of its checks.
-                Err(e) if !matches!(cli.command, Command::Doctor(_)) => return usage_error(&e),
-                Err(e) => {
-                    if let Command::Doctor(d) = &mut cli.command {
-                        d.config_error = Some(e.to_string());
-                    }
-                    None
-                }
-            }
+            Some(args)
         }
         _ => None,
     };
-    if let Command::Config(ConfigCommand::Check(_)) = &cli.command {
-        return match agent_config {
-            Some(config) => print_stdout(&config.to_toml()),
-            None => ExitCode::from(EX_USAGE),
-        };
-    }
+    let config_file = run_args.as_ref().and_then(|a| a.config.clone());
+    let checked = run_args.map(|mut args| {
+        args.log_level.clone_from(&cli.log_level);
+        args.log_format.clone_from(&cli.log_format);
+        args.into_config()
+    });
+    let agent_config = match (&cli.command, checked) {
+        (Command::Config(_), Some(Ok(config))) => return print_stdout(&config.to_toml()),
+        // `doctor` reports a bad configuration as one of its checks.
+        (Command::Doctor(_), checked) => checked.map(|r| r.map_err(|e| e.to_string())),
+        (_, Some(Err(e))) => return usage_error(&e),
+        (_, checked) => checked.map(|r| r.map_err(|e| e.to_string())),
+    };
     let (log_level, log_format) = match &agent_config {
-        Some(c) => (c.log_level.clone(), c.log_format),
-        None => {
+        Some(Ok(c)) => (c.log_level.clone(), c.log_format),
+        _ => {
             let format = match cli.log_format.as_deref().map(str::parse::<LogFormat>) {
                 None => LogFormat::default(),
                 Some(Ok(f)) => f,
@@ -110,15 +102,19 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => return failure(&format!("cannot start the async runtime: {e}")),
     };
-    let code = runtime.block_on(async move { dispatch(cli.command, agent_config).await });
+    let code = runtime
+        .block_on(async move { dispatch(cli.command, agent_config, config_file.as_deref()).await });
     // Blocking work still running (a shell being reaped) gets a moment, not forever.
     runtime.shutdown_timeout(RUNTIME_LINGER);
     code
 }
 
+/// `agent_config` is the validated configuration of `run` and `doctor` (an error only
+/// for `doctor`, which reports it); `config_file` the file it was read from.
 async fn dispatch(
     command: Command,
-    agent_config: Option<session_agent::agent::AgentConfig>,
+    agent_config: Option<Result<session_agent::agent::AgentConfig, String>>,
+    config_file: Option<&std::path::Path>,
 ) -> ExitCode {
     match command {
         Command::Gateway(args) => {
@@ -137,7 +133,7 @@ async fn dispatch(
             }
         }
         Command::Run(_) => {
-            let Some(config) = agent_config else {
+            let Some(Ok(config)) = agent_config else {
                 return ExitCode::from(EX_USAGE);
             };
             match session_agent::agent::run(config, stop_signals()).await {
@@ -146,7 +142,12 @@ async fn dispatch(
             }
         }
         Command::Doctor(args) => {
-            let report = session_agent::doctor::run(&args, agent_config.as_ref()).await;
+            let config = match &agent_config {
+                Some(Ok(c)) => Ok(c),
+                Some(Err(e)) => Err(e.as_str()),
+                None => Err("no configuration"),
+            };
+            let report = session_agent::doctor::run(&args, config, config_file).await;
             let code = if report.failed() {
                 ExitCode::FAILURE
             } else {

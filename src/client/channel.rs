@@ -406,21 +406,9 @@ mod tests {
         let again = decode(&c.poll_retransmit(due).unwrap());
         assert_eq!(again.message_id, frames[0].message_id);
         for f in &frames {
-            let ack = Acknowledge {
-                acknowledged_message_type: "input_stream_data".into(),
-                acknowledged_message_id: f.message_id.to_string(),
-                acknowledged_message_sequence_number: f.sequence_number,
-                is_sequential_message: true,
-            };
-            let raw = AgentMessage::new(
-                MessageType::Acknowledge,
-                PayloadType::Null,
-                to_json(&ack),
-                1,
-                Uuid::new_v4(),
-            )
-            .encode()
-            .unwrap();
+            let raw = Acknowledge::frame_for(f, 1, Uuid::new_v4())
+                .encode()
+                .unwrap();
             c.on_frame(&raw, due);
         }
         assert!(c.input_settled());
@@ -523,25 +511,14 @@ mod tests {
         });
         let t0 = Instant::now();
         c.queue_input(b"a");
-        assert_eq!(c.flush(t0).len(), 1);
+        let first = c.flush(t0);
+        assert_eq!(first.len(), 1);
         assert!(!c.wants_input());
         c.queue_input(b"b");
         assert!(c.flush(t0).is_empty(), "no room until the first is acked");
-        let ack = Acknowledge {
-            acknowledged_message_type: "input_stream_data".into(),
-            acknowledged_message_id: Uuid::nil().to_string(),
-            acknowledged_message_sequence_number: 0,
-            is_sequential_message: true,
-        };
-        let raw = AgentMessage::new(
-            MessageType::Acknowledge,
-            PayloadType::Null,
-            to_json(&ack),
-            1,
-            Uuid::new_v4(),
-        )
-        .encode()
-        .unwrap();
+        let raw = Acknowledge::frame_for(&decode(&first[0]), 1, Uuid::new_v4())
+            .encode()
+            .unwrap();
         let sent = sends(&c.on_frame(&raw, t0));
         assert_eq!(sent.len(), 1);
         assert_eq!(

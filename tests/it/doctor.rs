@@ -52,11 +52,14 @@ async fn doctor_checks_gateway_credentials_and_each_sink_and_says_what_to_do() {
     .unwrap();
     let endpoint = gw.http_url();
     let state_dir = state.path().to_str().unwrap();
+    let config = state.path().join("agent.toml");
+    std::fs::write(&config, "target_id = \"doc-node\"\n").unwrap();
+    let config = config.to_str().unwrap();
     let common = [
         "--endpoint",
         &endpoint,
-        "--target-id",
-        "doc-node",
+        "--config",
+        config,
         "--state-dir",
         state_dir,
     ];
@@ -64,6 +67,8 @@ async fn doctor_checks_gateway_credentials_and_each_sink_and_says_what_to_do() {
     args.extend(["--document", good.to_str().unwrap()]);
     let (code, report) = doctor(&args).await;
     assert_eq!(code, 0, "{report}");
+    assert!(line(&report, "ok    configuration")
+        .ends_with(&format!("valid ({config} and flags/environment)")));
     assert!(line(&report, "ok    gateway").contains("token for doc-node was issued"));
     assert!(line(&report, "ok    AWS credentials").contains("AKIA…3456"));
     assert!(
