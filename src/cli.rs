@@ -85,6 +85,12 @@ pub enum Command {
     /// Prints the chain head, to compare with a copy kept elsewhere. Exit status: 0
     /// intact, 1 altered / corrupt / gap (the first one is named), 2 unreadable.
     Verify(crate::replay::VerifyArgs),
+    /// Install, remove, start or stop the agent as a Windows service (LocalSystem,
+    /// automatic start, restarted on failure; state and configuration under
+    /// %ProgramData%\session-agent). Windows only: on Linux the .deb and .rpm install a
+    /// systemd unit (`systemctl enable --now session-agent`).
+    #[command(subcommand)]
+    Service(ServiceCommand),
     /// Internal: the privilege-dropping shim a shell for another user starts through
     /// (`__exec-as --uid U --gid G --user NAME -- PROGRAM ARGS...`); see
     /// `session::pty::exec_as_main`.
@@ -104,6 +110,44 @@ pub const RUN_EXIT_CODES: &str = "Exit status:
   2    bad command line
   64   invalid configuration (the message names the key)
   130  a second SIGTERM/SIGINT ended the graceful stop early";
+
+/// `session-agent service …` (Windows).
+// Parsed once at start-up, so the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// Register the service with the service control manager (as LocalSystem, started
+    /// automatically, restarted on failure), create the state directory readable by
+    /// SYSTEM and Administrators only, and write the example configuration there unless
+    /// one exists. Does not start it.
+    Install(ServiceInstallArgs),
+    /// Stop the service if it runs and remove it. Configuration and recordings stay
+    /// unless --purge.
+    Uninstall {
+        /// Also delete the state directory: configuration, recordings, quarantine.
+        #[arg(long)]
+        purge: bool,
+    },
+    /// Start the service and wait until it runs.
+    Start,
+    /// Stop the service gracefully (as SIGTERM does on Linux) and wait until it stopped.
+    Stop,
+    /// Internal: what the service control manager starts (`service run --config FILE`).
+    #[command(hide = true)]
+    Run(crate::agent::config::RunArgs),
+}
+
+/// `session-agent service install` options.
+#[derive(Debug, Args)]
+pub struct ServiceInstallArgs {
+    /// The configuration file the service runs with [default:
+    /// %ProgramData%\session-agent\session-agent.toml].
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+/// What `service` says on a platform without Windows services.
+pub const SERVICE_NOT_HERE: &str = "`session-agent service` manages the Windows service; on Linux the .deb and .rpm packages install the systemd unit session-agent.service: run `systemctl enable --now session-agent` (see packaging/systemd/)";
 
 /// `session-agent config …`.
 #[derive(Debug, Subcommand)]

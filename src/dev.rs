@@ -42,19 +42,9 @@ pub struct DevArgs {
 impl DevArgs {
     /// The state directory `dev` will use (also where `main` sends the log).
     pub fn state_dir(&self) -> PathBuf {
-        self.state_dir.clone().unwrap_or_else(|| {
-            if nix::unistd::geteuid().is_root() {
-                PathBuf::from("/var/lib/session-agent/dev")
-            } else {
-                std::env::var_os("XDG_STATE_HOME")
-                    .map(PathBuf::from)
-                    .or_else(|| {
-                        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state"))
-                    })
-                    .unwrap_or_else(std::env::temp_dir)
-                    .join("session-agent/dev")
-            }
-        })
+        self.state_dir
+            .clone()
+            .unwrap_or_else(|| crate::platform::default_state_dir("dev"))
     }
 }
 
@@ -105,8 +95,8 @@ pub async fn run(args: DevArgs) -> Result<u8, String> {
         target_id: args.target_id.clone(),
         // As root, the same state directory as `run`: its record of having created ssm-user
         // keeps dev from re-creating an ssm-user an administrator deleted.
-        state_dir: if nix::unistd::geteuid().is_root() {
-            PathBuf::from("/var/lib/session-agent")
+        state_dir: if crate::platform::is_privileged() {
+            crate::platform::default_state_dir("")
         } else {
             state.join("agent")
         },

@@ -194,38 +194,49 @@ fn read_document(path: &std::path::Path) -> Result<Destinations, String> {
 }
 
 fn privileges(report: &mut Report) {
-    #[cfg(unix)]
-    {
-        if nix::unistd::geteuid().is_root() {
-            match crate::session::user::lookup(crate::session::user::SSM_USER) {
-                Ok(Some(_)) => report.add(
-                    Status::Ok,
-                    "privileges",
-                    "running as root; ssm-user exists (sessions run as ssm-user or the RunAs user)",
-                ),
-                Ok(None) => report.add(
-                    Status::Ok,
-                    "privileges",
-                    "running as root; ssm-user does not exist yet (the agent creates it at start)",
-                ),
-                Err(e) => report.fix(
-                    Status::Warn,
-                    "privileges",
-                    format!("running as root; cannot look up ssm-user: {e}"),
-                    "check /etc/passwd and NSS (getent passwd ssm-user)",
-                ),
-            }
-        } else {
-            report.fix(
+    // Root on Linux, an elevated token (LocalSystem, as the service runs) on Windows.
+    let (privileged, how, lookup_hint, run_privileged) = if cfg!(windows) {
+        (
+            "elevated",
+            "ssm-user or the RunAs user",
+            "check the local account ssm-user (lusrmgr.msc)",
+            "run the agent as the Windows service (session-agent service install)",
+        )
+    } else {
+        (
+            "root",
+            "ssm-user or the RunAs user",
+            "check /etc/passwd and NSS (getent passwd ssm-user)",
+            "run the agent as root (the systemd unit does)",
+        )
+    };
+    if crate::platform::is_privileged() {
+        match crate::session::user::lookup(crate::session::user::SSM_USER) {
+            Ok(Some(_)) => report.add(
+                Status::Ok,
+                "privileges",
+                format!("running as {privileged}; ssm-user exists (sessions run as {how})"),
+            ),
+            Ok(None) => report.add(
+                Status::Ok,
+                "privileges",
+                format!("running as {privileged}; ssm-user does not exist yet (the agent creates it at start)"),
+            ),
+            Err(e) => report.fix(
                 Status::Warn,
                 "privileges",
-                "not running as root: sessions would run as this user, RunAs and ssm-user are unavailable",
-                "run the agent as root (the systemd unit does)",
-            );
+                format!("running as {privileged}; cannot look up ssm-user: {e}"),
+                lookup_hint,
+            ),
         }
+    } else {
+        report.fix(
+            Status::Warn,
+            "privileges",
+            format!("not running as {privileged}: sessions would run as this user, RunAs and ssm-user are unavailable"),
+            run_privileged,
+        );
     }
-    #[cfg(not(unix))]
-    let _ = report;
 }
 
 async fn recordings(report: &mut Report, config: &AgentConfig) {

@@ -42,6 +42,11 @@
 //! * [`doctor`] — `session-agent doctor`: checks of the configuration, the state
 //!   directory, the gateway, AWS credentials and each sink, with what to do.
 //! * [`logging`] — the log formats (plain, journal-aware, JSON) `main` installs.
+//! * [`platform`] — the few host facts asked everywhere (privileged?, free space, host
+//!   name, default state directory), answered for Unix and Windows.
+//! * `windows` (Windows builds only) — the thin Windows layer: the service control
+//!   manager, the ssm-user account, the logon shim, console modes. `session::pty` and
+//!   `session::user` have a Windows file each; all other modules are the same code.
 //! * [`cli`] — clap definitions and the turn from flags into validated configuration
 //!   (exit code 64 on invalid configuration).
 //!
@@ -65,11 +70,14 @@ pub mod dev;
 pub mod doctor;
 pub mod gateway;
 pub mod logging;
+pub mod platform;
 pub mod protocol;
 pub mod recorder;
 pub mod replay;
 pub mod session;
 pub mod timefmt;
+#[cfg(windows)]
+pub mod windows;
 
 /// An error and each of its causes, joined with ": " (a cause already in the text is
 /// not repeated). Some errors (reqwest's) show none of their causes on their own:

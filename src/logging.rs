@@ -103,6 +103,7 @@ pub fn stderr_is_journal() -> bool {
 }
 
 /// Whether a `JOURNAL_STREAM` value (`DEVICE:INODE`) names this device and inode.
+#[cfg_attr(not(unix), allow(dead_code))]
 fn names_stream(value: &str, dev: u64, ino: u64) -> bool {
     match value.split_once(':') {
         Some((d, i)) => d.parse::<u64>() == Ok(dev) && i.parse::<u64>() == Ok(ino),
@@ -150,6 +151,29 @@ pub enum Target {
     File(std::fs::File),
 }
 
+/// The service's log (`STATE_DIR/session-agent.log`; a Windows service has no terminal
+/// and no journal). At each start a log over [`SERVICE_LOG_MAX`] is renamed to
+/// `session-agent.log.1` (replacing the one before), so the two files never hold much
+/// more than twice that.
+///
+/// # Errors
+/// The directory or file cannot be created, as one line naming the path.
+pub fn service_log_file(state_dir: &std::path::Path) -> Result<std::fs::File, String> {
+    let path = state_dir.join("session-agent.log");
+    std::fs::create_dir_all(state_dir)
+        .map_err(|e| format!("cannot create {}: {e}", state_dir.display()))?;
+    if std::fs::metadata(&path).is_ok_and(|m| m.len() > SERVICE_LOG_MAX) {
+        let _ = std::fs::rename(&path, path.with_extension("log.1"));
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))
+}
+
+/// Size at which [`service_log_file`] starts a new file.
+pub const SERVICE_LOG_MAX: u64 = 16 * 1024 * 1024;
 /// Installs the global subscriber.
 pub fn init(filter: EnvFilter, format: LogFormat, target: Target) {
     use tracing_subscriber::fmt::writer::BoxMakeWriter;
@@ -239,5 +263,32 @@ mod tests {
         assert!(!names_stream("64769", 64769, 1234));
         assert!(!names_stream("x:y", 0, 0));
         assert!(!names_stream("", 0, 0));
+    }
+
+    #[test]
+    fn the_service_log_is_rotated_once_it_is_large() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let mut f = service_log_file(&state).unwrap();
+        std::io::Write::write_all(&mut f, b"first run\n").unwrap();
+        drop(f);
+        drop(service_log_file(&state).unwrap());
+        let log = state.join("session-agent.log");
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "first run\n");
+        std::fs::File::options()
+            .append(true)
+            .open(&log)
+            .unwrap()
+            .set_len(SERVICE_LOG_MAX + 1)
+            .unwrap();
+        drop(service_log_file(&state).unwrap());
+        assert_eq!(std::fs::metadata(&log).unwrap().len(), 0);
+        let old = state.join("session-agent.log.1");
+        assert_eq!(std::fs::metadata(old).unwrap().len(), SERVICE_LOG_MAX + 1);
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"").unwrap();
+        assert!(service_log_file(&file)
+            .unwrap_err()
+            .contains("cannot create"));
     }
 }

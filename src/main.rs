@@ -5,7 +5,7 @@
 //! when a check failed.
 
 use clap::Parser;
-use session_agent::cli::{Cli, Command, ConfigCommand};
+use session_agent::cli::{Cli, Command, ConfigCommand, ServiceCommand};
 use session_agent::logging::{self, LogFormat, Target};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -24,10 +24,22 @@ fn main() -> ExitCode {
     if let Command::ExecAs { args } = &cli.command {
         return session_agent::session::pty::exec_as_main(args);
     }
+    // Installing, removing, starting and stopping the Windows service talk to the service
+    // control manager and need neither configuration nor runtime.
+    match &cli.command {
+        #[cfg(not(windows))]
+        Command::Service(_) => return usage(session_agent::cli::SERVICE_NOT_HERE),
+        #[cfg(windows)]
+        Command::Service(command) if !matches!(command, ServiceCommand::Run(_)) => {
+            return session_agent::windows::service::manage(command);
+        }
+        _ => {}
+    }
     // `run`, `config check` and `doctor` validate the agent configuration first: its file
     // may set the log level and format.
     let run_args = match &mut cli.command {
         Command::Run(args)
+        | Command::Service(ServiceCommand::Run(args))
         | Command::Doctor(session_agent::doctor::DoctorArgs { run: args, .. }) => {
             Some(std::mem::take(args))
         }
@@ -95,9 +107,25 @@ fn main() -> ExitCode {
                 }
             }
         }
+        // A service has no terminal: its log goes to a file in its state directory.
+        Command::Service(ServiceCommand::Run(_)) => match &agent_config {
+            Some(Ok(config)) => match logging::service_log_file(&config.state_dir) {
+                Ok(f) => Target::File(f),
+                Err(e) => return failure(&e),
+            },
+            _ => return ExitCode::from(EX_USAGE),
+        },
         _ => Target::Stderr,
     };
     logging::init(filter, log_format, target);
+    // The service control manager's dispatcher takes this thread and builds its own
+    // runtime for the agent.
+    #[cfg(windows)]
+    if let (Command::Service(ServiceCommand::Run(_)), Some(Ok(config))) =
+        (&cli.command, agent_config.clone())
+    {
+        return session_agent::windows::service::run(config);
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => return failure(&format!("cannot start the async runtime: {e}")),
@@ -186,7 +214,7 @@ async fn dispatch(
         Command::Verify(args) => ExitCode::from(
             session_agent::replay::verify(&args, &mut std::io::stdout().lock()).await,
         ),
-        Command::Config(_) | Command::ExecAs { .. } => {
+        Command::Config(_) | Command::ExecAs { .. } | Command::Service(_) => {
             unreachable!("handled before the runtime starts")
         }
     }
@@ -206,6 +234,13 @@ fn print_stdout(text: &str) -> ExitCode {
 fn usage_error(e: &dyn std::fmt::Display) -> ExitCode {
     eprintln!("session-agent: invalid configuration: {e}");
     ExitCode::from(EX_USAGE)
+}
+
+/// A command that cannot run here: the message and exit status 2 (as clap's own).
+#[allow(clippy::print_stderr, dead_code)]
+fn usage(e: &str) -> ExitCode {
+    eprintln!("session-agent: {e}");
+    ExitCode::from(2)
 }
 
 #[allow(clippy::print_stderr)]

@@ -135,10 +135,7 @@ pub fn parse_file(text: &str, path: &Path) -> Result<RunArgs, ConfigError> {
 }
 
 fn default_target_id() -> String {
-    let host = nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_default();
+    let host = crate::platform::hostname().unwrap_or_default();
     let clean: String = host
         .chars()
         .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
@@ -152,14 +149,7 @@ fn default_target_id() -> String {
 }
 
 fn default_state_dir() -> PathBuf {
-    if nix::unistd::geteuid().is_root() {
-        return PathBuf::from("/var/lib/session-agent");
-    }
-    std::env::var_os("XDG_STATE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
-        .unwrap_or_else(std::env::temp_dir)
-        .join("session-agent")
+    crate::platform::default_state_dir("")
 }
 
 impl RunArgs {
@@ -210,7 +200,9 @@ impl RunArgs {
             .or(file.sudo_policy)
             .unwrap_or_else(|| "nopasswd".into())
             .parse()
-            .map_err(|e: crate::session::user::UserError| err("sudo_policy", e.to_string()))?;
+            .map_err(|e: crate::session::spec::InvalidSudoPolicy| {
+                err("sudo_policy", e.to_string())
+            })?;
         let shell = match self.shell.or(file.shell).as_deref().unwrap_or("login") {
             "login" => ShellChoice::Login,
             "sh" => ShellChoice::Sh,

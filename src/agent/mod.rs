@@ -34,8 +34,8 @@ use crate::delivery::{self, Destinations, GroupVerdict};
 use crate::protocol::document;
 use crate::protocol::payload::{task_status, AgentTaskPayload};
 use crate::recorder::StartInfo;
-use crate::session::pty::{Shell, ShellSpec};
-use crate::session::user::{self, SessionUser, UserInfo};
+use crate::session::pty::Shell;
+use crate::session::user::{self, UserInfo};
 use recording::{Delivery, Recording};
 use session::{DataChannel, Ending, ShellIo, SESSION_THREAD_STACK};
 use std::path::PathBuf;
@@ -302,7 +302,8 @@ pub(crate) async fn run_session(
         locations.cwl_group.clone_from(&d.group);
         locations.cwl_stream.clone_from(&session_id);
     }
-    let spec = shell_spec(&ctx, &who, size);
+    let login_shell = ctx.config.shell == ShellChoice::Login;
+    let spec = crate::session::pty::session_spec(&who, login_shell, size);
     let spec_program = spec.program.display().to_string();
     let shim = ctx.config.exec_shim.clone();
     let spawned = tokio::task::spawn_blocking(move || Shell::spawn(&spec, &shim)).await;
@@ -318,9 +319,16 @@ pub(crate) async fn run_session(
         }
     };
     tracing::info!(session = %session_id, user = %who.info.name, pid = ?shell.pid(), "Shell started");
-    if !doc.inputs.shell_profile.linux.trim().is_empty() {
-        early_input.extend_from_slice(doc.inputs.shell_profile.linux.as_bytes());
-        early_input.push(b'\n');
+    // The document's shell profile for this platform, typed as the first line (Enter is
+    // CR on a Windows console).
+    let (profile, enter) = if cfg!(windows) {
+        (&doc.inputs.shell_profile.windows, b'\r')
+    } else {
+        (&doc.inputs.shell_profile.linux, b'\n')
+    };
+    if !profile.trim().is_empty() {
+        early_input.extend_from_slice(profile.as_bytes());
+        early_input.push(enter);
     }
     let (Some(reader), Some(writer)) = (shell.take_reader(), shell.take_writer()) else {
         let _ = tokio::task::spawn_blocking(move || shell.terminate(KILL_GRACE)).await;
@@ -511,55 +519,15 @@ fn refuse_unrecorded(problem: &str) -> String {
     )
 }
 
-fn shell_spec(ctx: &Ctx, who: &SessionUser, size: Option<(u16, u16)>) -> ShellSpec {
-    let u = &who.info;
-    let (program, args) = match ctx.config.shell {
-        ShellChoice::Login if !u.shell.as_os_str().is_empty() => {
-            (u.shell.clone(), vec!["-l".to_owned()])
-        }
-        _ => (PathBuf::from("/bin/sh"), Vec::new()),
-    };
-    let lang = std::env::var("LANG").unwrap_or_else(|_| "C.UTF-8".into());
-    let env = vec![
-        ("TERM".to_owned(), "xterm-256color".to_owned()),
-        ("LANG".to_owned(), lang),
-        ("HOME".to_owned(), u.home.display().to_string()),
-        ("USER".to_owned(), u.name.clone()),
-        ("LOGNAME".to_owned(), u.name.clone()),
-        ("SHELL".to_owned(), program.display().to_string()),
-        (
-            "PATH".to_owned(),
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned(),
-        ),
-    ];
-    let cwd = if u.home.is_dir() {
-        u.home.clone()
-    } else {
-        PathBuf::from("/")
-    };
-    ShellSpec {
-        program,
-        args,
-        env,
-        cwd,
-        run_as: who.switch.then(|| crate::session::pty::Credentials {
-            uid: u.uid,
-            gid: u.gid,
-            user: u.name.clone(),
-        }),
-        size,
-    }
-}
-
 /// The agent could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     /// TLS or endpoint set-up.
     #[error(transparent)]
     Mgs(#[from] mgs::MgsError),
-    /// The daemon's own user is not in the passwd database.
-    #[error("cannot find the daemon's own user (uid {0}) in the passwd database")]
-    NoSelf(u32),
+    /// The daemon's own user cannot be looked up.
+    #[error("cannot find the daemon's own user: {0}")]
+    NoSelf(user::UserError),
 }
 
 /// Runs the daemon until `shutdown` resolves: provisions ssm-user (as root), then keeps
@@ -571,12 +539,8 @@ pub async fn run(
     config: AgentConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
-    let euid = nix::unistd::geteuid();
-    let daemon_user = user::lookup_uid(euid.as_raw())
-        .ok()
-        .flatten()
-        .ok_or(AgentError::NoSelf(euid.as_raw()))?;
-    let daemon_is_root = euid.is_root();
+    let daemon_user = user::daemon_user().map_err(AgentError::NoSelf)?;
+    let daemon_is_root = crate::platform::is_privileged();
     match crate::session::pty::set_oom_score_adj(crate::session::pty::DAEMON_OOM_SCORE_ADJ) {
         Ok(()) => tracing::debug!(
             oom_score_adj = crate::session::pty::DAEMON_OOM_SCORE_ADJ,

@@ -50,6 +50,7 @@ use crate::delivery::{s3_key, CwlDestination, S3Destination};
 use crate::recorder::{EventKind, Recorder, StartInfo};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+#[cfg(unix)]
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -115,20 +116,26 @@ pub fn safe_name(session_id: &str) -> String {
     name
 }
 
-/// Creates a directory (and parents) readable by its owner only.
+/// Creates a directory (and parents) readable by its owner only. On Windows there are
+/// no modes: the directory inherits the state directory's ACL (SYSTEM and
+/// Administrators only, set by `session-agent service install`).
 pub fn private_dir(path: &Path) -> std::io::Result<()> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    builder.mode(0o700);
+    builder.create(path)
+}
+
+/// Owner-only (0600) files where the platform has modes; see [`private_dir`].
+fn owner_only(options: &mut OpenOptions) -> &mut OpenOptions {
+    #[cfg(unix)]
+    options.mode(0o600);
+    options
 }
 
 fn private_file(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(path)
+    owner_only(OpenOptions::new().create(true).append(true)).open(path)
 }
 
 /// What a recording needs to be delivered, kept beside it (`session.json`) so that a
@@ -177,12 +184,8 @@ impl Meta {
 /// content, never a mix, even across a crash.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
-    let mut f = OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
+    let mut f =
+        owner_only(OpenOptions::new().create(true).write(true).truncate(true)).open(&tmp)?;
     f.write_all(bytes)?;
     f.sync_data()?;
     std::fs::rename(&tmp, path)

@@ -138,10 +138,8 @@ pub fn durability_problem(root: &Path, policy: Policy) -> Option<String> {
             "cannot write to the recordings directory {dir}: {e}"
         ));
     }
-    // The statvfs field types are u64 on 64-bit Linux but narrower elsewhere.
-    #[allow(clippy::useless_conversion)]
-    let free = match nix::sys::statvfs::statvfs(root) {
-        Ok(st) => u64::from(st.blocks_available()).saturating_mul(u64::from(st.fragment_size())),
+    let free = match crate::platform::free_bytes(root) {
+        Ok(free) => free,
         Err(e) => return Some(format!("cannot tell the free space of {dir}: {e}")),
     };
     let used = |root: &Path| -> u64 {

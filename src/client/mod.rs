@@ -54,6 +54,7 @@
 
 pub mod api;
 pub mod channel;
+mod interrupts;
 mod pump;
 pub mod terminal;
 
@@ -520,7 +521,7 @@ fn finish(session_id: &str, ending: Ending) -> Outcome {
                     "{signal}: TerminateSession {session_id} failed: {e}"
                 )),
             }
-            Outcome::Signalled(signal as i32)
+            Outcome::Signalled(signal.number)
         }
     }
 }

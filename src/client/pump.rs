@@ -5,7 +5,7 @@
 //! ```text
 //!  stdin thread ──bounded mpsc──▶ ┐
 //!  SIGWINCH / 500 ms poll ───────▶ │ pump ──frames──▶ websocket (StreamUrl)
-//!  SIGINT/SIGQUIT/SIGTSTP ───────▶ │  ▲  ◀─frames─── websocket
+//!  signals / console events ────▶ │  ▲  ◀─frames─── websocket
 //!  retransmit deadline ──────────▶ ┘  └──▶ stdout / stderr
 //! ```
 //!
@@ -15,18 +15,17 @@
 
 use super::api::{ApiError, SsmApi, HTTP_TIMEOUT};
 use super::channel::{Channel, Effect, MAX_INPUT_CHUNK};
+use super::interrupts::{Interrupt, Interrupts, Stop};
 use super::terminal::{self, DEFAULT_SIZE};
 use crate::protocol::payload::{to_json, ChannelClosed, OpenDataChannel, MESSAGE_SCHEMA_VERSION};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use nix::sys::signal::Signal;
 use rand::Rng;
 use std::io::Read;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -65,10 +64,10 @@ pub(crate) enum Ending {
     TimedOut,
     /// Reconnecting failed.
     Lost(String),
-    /// SIGTERM or SIGHUP; the session was terminated.
+    /// SIGTERM or SIGHUP (on Windows the console closing); the session was terminated.
     Signalled {
-        /// Which signal.
-        signal: Signal,
+        /// Which signal or event.
+        signal: Stop,
         /// Why TerminateSession failed, if it did.
         terminate_error: Option<String>,
     },
@@ -137,12 +136,7 @@ impl Pump<'_> {
     pub(crate) async fn run(mut self) -> Ending {
         let mut stdin = spawn_stdin_reader();
         let mut stdin_open = true;
-        let mut winch = listen(SignalKind::window_change());
-        let mut sigint = listen(SignalKind::interrupt());
-        let mut sigquit = listen(SignalKind::quit());
-        let mut sigtstp = listen(SignalKind::from_raw(Signal::SIGTSTP as i32));
-        let mut sigterm = listen(SignalKind::terminate());
-        let mut sighup = listen(SignalKind::hangup());
+        let mut interrupts = Interrupts::listen();
         let mut size_poll = tokio::time::interval(SIZE_POLL);
         size_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut ping = tokio::time::interval(PING_EVERY);
@@ -198,15 +192,12 @@ impl Pump<'_> {
                     }
                     Flow::Continue
                 }
-                Some(()) = recv(&mut winch) => { self.send_size().await; Flow::Continue }
                 _ = size_poll.tick() => { self.send_size().await; Flow::Continue }
-                // Upstream turns these into the terminal's control characters (§6.5); in
-                // raw mode the keys arrive as bytes anyway.
-                Some(()) = recv(&mut sigint) => { self.keystroke(0x03).await; Flow::Continue }
-                Some(()) = recv(&mut sigquit) => { self.keystroke(0x1c).await; Flow::Continue }
-                Some(()) = recv(&mut sigtstp) => { self.keystroke(0x1a).await; Flow::Continue }
-                Some(()) = recv(&mut sigterm) => Flow::End(self.signalled(Signal::SIGTERM).await),
-                Some(()) = recv(&mut sighup) => Flow::End(self.signalled(Signal::SIGHUP).await),
+                interrupt = interrupts.next() => match interrupt {
+                    Interrupt::WindowChanged => { self.send_size().await; Flow::Continue }
+                    Interrupt::Key(key) => { self.keystroke(key).await; Flow::Continue }
+                    Interrupt::End(stop) => Flow::End(self.signalled(stop).await),
+                },
                 () = sleep_opt(retransmit_at) => {
                     if let Some(frame) = self.channel.poll_retransmit(Instant::now()) {
                         self.send(frame).await;
@@ -309,7 +300,7 @@ impl Pump<'_> {
             .map(|e| e.to_string())
     }
 
-    async fn signalled(&mut self, signal: Signal) -> Ending {
+    async fn signalled(&mut self, signal: Stop) -> Ending {
         let terminate_error = self.terminate().await;
         Ending::Signalled {
             signal,
@@ -393,18 +384,6 @@ fn spawn_stdin_reader() -> mpsc::Receiver<Vec<u8>> {
         tracing::warn!(error = %e, "Cannot start the input thread; input is ignored");
     }
     rx
-}
-
-fn listen(kind: SignalKind) -> Option<tokio::signal::unix::Signal> {
-    signal(kind).ok()
-}
-
-/// Next delivery of a signal; never resolves for a signal we could not listen to.
-async fn recv(s: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
-    match s {
-        Some(s) => s.recv().await,
-        None => std::future::pending().await,
-    }
 }
 
 async fn sleep_opt(at: Option<tokio::time::Instant>) {

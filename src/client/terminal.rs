@@ -7,6 +7,7 @@
 //! restores explicitly before printing its final message.
 
 use crate::protocol::payload::Size;
+#[cfg(unix)]
 use nix::sys::termios::{self, SetArg, Termios};
 use std::io::IsTerminal;
 
@@ -31,26 +32,41 @@ pub fn window_size() -> Option<Size> {
     })
 }
 
+/// The terminal's settings before raw mode: termios on Unix, the console input and
+/// output modes on Windows.
+#[cfg(unix)]
+type Saved = Termios;
+#[cfg(windows)]
+type Saved = crate::windows::console::Modes;
+
 /// Standard input in raw mode until dropped (or [`RawMode::restore`]d).
 #[derive(Debug)]
 pub struct RawMode {
-    saved: Option<Termios>,
+    saved: Option<Saved>,
 }
 
 impl RawMode {
-    /// Puts standard input into raw mode. `Ok(None)` when it is not a terminal.
+    /// Puts standard input into raw mode. `Ok(None)` when it is not a terminal. On
+    /// Windows: no line input, echo or Ctrl-C processing, and virtual-terminal sequences
+    /// both ways, so keys arrive as the bytes a Unix terminal would send.
     ///
     /// # Errors
     /// The terminal's settings could not be read or changed.
-    pub fn enter() -> nix::Result<Option<Self>> {
+    pub fn enter() -> std::io::Result<Option<Self>> {
         if !stdin_is_tty() {
             return Ok(None);
         }
-        let stdin = std::io::stdin();
-        let saved = termios::tcgetattr(&stdin)?;
-        let mut raw = saved.clone();
-        termios::cfmakeraw(&mut raw);
-        termios::tcsetattr(&stdin, SetArg::TCSANOW, &raw)?;
+        #[cfg(unix)]
+        let saved = {
+            let stdin = std::io::stdin();
+            let saved = termios::tcgetattr(&stdin)?;
+            let mut raw = saved.clone();
+            termios::cfmakeraw(&mut raw);
+            termios::tcsetattr(&stdin, SetArg::TCSANOW, &raw)?;
+            saved
+        };
+        #[cfg(windows)]
+        let saved = crate::windows::console::enter_raw()?;
         Ok(Some(Self { saved: Some(saved) }))
     }
 
@@ -59,7 +75,12 @@ impl RawMode {
         if let Some(saved) = self.saved.take() {
             // Let pending output drain first, so nothing written in raw mode is
             // post-processed under the restored settings.
-            if let Err(e) = termios::tcsetattr(std::io::stdin(), SetArg::TCSADRAIN, &saved) {
+            #[cfg(unix)]
+            let restored = termios::tcsetattr(std::io::stdin(), SetArg::TCSADRAIN, &saved)
+                .map_err(std::io::Error::from);
+            #[cfg(windows)]
+            let restored = crate::windows::console::restore(saved);
+            if let Err(e) = restored {
                 tracing::debug!(error = %e, "Cannot restore the terminal");
             }
         }

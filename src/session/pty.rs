@@ -71,6 +71,9 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+pub use super::spec::{ExitStatus, ShellSpec};
+use super::user::SessionUser;
+
 /// The hidden subcommand of the agent binary that runs [`exec_as_main`].
 pub const EXEC_AS_SUBCOMMAND: &str = "__exec-as";
 
@@ -104,77 +107,75 @@ pub struct Credentials {
     pub user: String,
 }
 
-/// Everything needed to start a shell; nothing is taken from the agent's own process.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ShellSpec {
-    /// The program: an absolute path, or a name looked up in the `PATH` of [`Self::env`].
-    pub program: PathBuf,
-    /// Arguments after argv\[0\] (argv\[0\] is the program as given).
-    pub args: Vec<String>,
-    /// The complete environment: the shell inherits nothing from the agent. One exception
-    /// comes from `portable-pty`, which always sets `SHELL`: without a `SHELL` entry here
-    /// the shell sees the agent user's login shell, so always give one. With a user
-    /// switch this environment also reaches the shim while it is still root, so it must
-    /// be built by the agent, never copied from a request.
-    pub env: Vec<(String, String)>,
-    /// Working directory; must exist (checked before spawning, as the agent's user).
-    pub cwd: PathBuf,
-    /// Credentials to switch to; `None`, or the agent's own, means no switch.
-    pub run_as: Option<Credentials>,
-    /// Initial size as (columns, rows); 80x24 when `None`.
-    pub size: Option<(u16, u16)>,
-}
-
-/// How the shell ended: its exit code, or the signal that killed it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExitStatus {
-    /// The exit code when the shell exited by itself.
-    pub code: Option<i32>,
-    /// The signal name (`SIGHUP`, `SIGKILL`, ...) when a signal killed it.
-    pub signal: Option<String>,
-}
-
-impl ExitStatus {
-    /// True for exit code 0.
-    pub fn success(&self) -> bool {
-        self.code == Some(0)
-    }
-
-    fn from_wait(status: WaitStatus) -> Option<Self> {
-        match status {
-            WaitStatus::Exited(_, code) => Some(Self {
-                code: Some(code),
-                signal: None,
-            }),
-            WaitStatus::Signaled(_, signal, _) => Some(Self {
-                code: None,
-                signal: Some(signal.as_str().to_owned()),
-            }),
-            _ => None,
-        }
-    }
-
-    fn from_portable(status: &portable_pty::ExitStatus) -> Self {
-        match status.signal() {
-            Some(signal) => Self {
-                code: None,
-                signal: Some(signal.to_owned()),
-            },
-            None => Self {
-                code: i32::try_from(status.exit_code()).ok(),
-                signal: None,
-            },
-        }
+/// The exit status `waitid` observed; `None` for stops and continues.
+fn status_from_wait(status: WaitStatus) -> Option<ExitStatus> {
+    match status {
+        WaitStatus::Exited(_, code) => Some(ExitStatus {
+            code: Some(code),
+            signal: None,
+        }),
+        WaitStatus::Signaled(_, signal, _) => Some(ExitStatus {
+            code: None,
+            signal: Some(signal.as_str().to_owned()),
+        }),
+        _ => None,
     }
 }
 
-impl fmt::Display for ExitStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (&self.signal, self.code) {
-            (Some(signal), _) => write!(f, "killed by {signal}"),
-            (None, Some(code)) => write!(f, "exit code {code}"),
-            (None, None) => f.write_str("unknown exit status"),
-        }
+/// The exit status as `portable-pty` reports it (when `waitid` could not observe it).
+fn status_from_portable(status: &portable_pty::ExitStatus) -> ExitStatus {
+    match status.signal() {
+        Some(signal) => ExitStatus {
+            code: None,
+            signal: Some(signal.to_owned()),
+        },
+        None => ExitStatus {
+            code: i32::try_from(status.exit_code()).ok(),
+            signal: None,
+        },
+    }
+}
+
+/// The session's shell for `who`: with `login_shell` their login shell as a login shell
+/// (`-l`), else `/bin/sh`; a fixed, minimal environment (nothing from the agent's own
+/// but `LANG`), their home as the working directory (`/` when it is missing), and a
+/// switch to their credentials when [`SessionUser::switch`] says so.
+pub fn session_spec(who: &SessionUser, login_shell: bool, size: Option<(u16, u16)>) -> ShellSpec {
+    let u = &who.info;
+    let (program, args) = if login_shell && !u.shell.as_os_str().is_empty() {
+        (u.shell.clone(), vec!["-l".to_owned()])
+    } else {
+        (PathBuf::from("/bin/sh"), Vec::new())
+    };
+    let lang = std::env::var("LANG").unwrap_or_else(|_| "C.UTF-8".into());
+    let env = vec![
+        ("TERM".to_owned(), "xterm-256color".to_owned()),
+        ("LANG".to_owned(), lang),
+        ("HOME".to_owned(), u.home.display().to_string()),
+        ("USER".to_owned(), u.name.clone()),
+        ("LOGNAME".to_owned(), u.name.clone()),
+        ("SHELL".to_owned(), program.display().to_string()),
+        (
+            "PATH".to_owned(),
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned(),
+        ),
+    ];
+    let cwd = if u.home.is_dir() {
+        u.home.clone()
+    } else {
+        PathBuf::from("/")
+    };
+    ShellSpec {
+        program,
+        args,
+        env,
+        cwd,
+        run_as: who.switch.then(|| Credentials {
+            uid: u.uid,
+            gid: u.gid,
+            user: u.name.clone(),
+        }),
+        size,
     }
 }
 
@@ -362,7 +363,7 @@ impl ShellProcess {
             match waitid(Id::Pid(self.inner.pid), flags) {
                 Ok(WaitStatus::StillAlive) => return Ok(None),
                 Ok(status) => {
-                    if let Some(status) = ExitStatus::from_wait(status) {
+                    if let Some(status) = status_from_wait(status) {
                         return Ok(Some(status));
                     }
                 }
@@ -584,7 +585,7 @@ impl Shell {
         let observed = self.process.peek(WaitPidFlag::empty());
         let status = match (self.child.wait(), observed) {
             (_, Ok(Some(status))) => status,
-            (Ok(status), _) => ExitStatus::from_portable(&status),
+            (Ok(status), _) => status_from_portable(&status),
             (Err(e), _) => {
                 tracing::warn!(%pid, error = %e, "cannot reap the shell");
                 ExitStatus {

@@ -19,9 +19,10 @@ use std::io::{self, Write as _};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
-use std::str::FromStr;
 
 use nix::unistd::{Uid, User};
+
+pub use super::spec::{valid_user_name, SudoPolicy};
 
 /// The user sessions run as when RunAs is disabled and the daemon is root.
 pub const SSM_USER: &str = "ssm-user";
@@ -33,25 +34,6 @@ pub const DEFAULT_SUDOERS_FILE_NAME: &str = "ssm-agent-users";
 const MARKER_SUFFIX: &str = ".provisioned";
 /// Mode of the sudoers drop-in (sudo ignores group- or world-writable files).
 const SUDOERS_MODE: u32 = 0o440;
-/// Longest user name accepted (useradd's own limit on Linux).
-const MAX_NAME_LEN: usize = 32;
-
-/// Whether `name` is an acceptable user name: `[a-z_][a-z0-9_-]{0,31}`, nothing else
-/// (no uppercase, dots, `$`, spaces or shell metacharacters). This is the crate's
-/// canonical check; every place that accepts a user name uses it.
-pub fn valid_user_name(name: &str) -> bool {
-    let bytes = name.as_bytes();
-    match bytes.split_first() {
-        Some((first, rest)) => {
-            bytes.len() <= MAX_NAME_LEN
-                && matches!(first, b'a'..=b'z' | b'_')
-                && rest
-                    .iter()
-                    .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-'))
-        }
-        None => false,
-    }
-}
 
 /// A passwd entry, reduced to what a session needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,49 +102,6 @@ pub fn lookup_uid(uid: u32) -> Result<Option<UserInfo>, UserError> {
 pub fn daemon_user() -> Result<UserInfo, UserError> {
     let uid = nix::unistd::geteuid().as_raw();
     lookup_uid(uid)?.ok_or(UserError::UnknownUid { uid })
-}
-
-/// Whether `ssm-user` gets passwordless sudo when the daemon creates it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum SudoPolicy {
-    /// No sudoers drop-in; a stale one written by an earlier run is removed.
-    None,
-    /// `ssm-user ALL=(ALL) NOPASSWD:ALL`, as upstream (the default).
-    #[default]
-    NoPasswd,
-}
-
-impl SudoPolicy {
-    /// The configuration spelling: `none` or `nopasswd`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SudoPolicy::None => "none",
-            SudoPolicy::NoPasswd => "nopasswd",
-        }
-    }
-}
-
-impl fmt::Display for SudoPolicy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for SudoPolicy {
-    type Err = UserError;
-
-    /// Accepts `none` and `nopasswd` (ASCII case ignored).
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s.eq_ignore_ascii_case("none") {
-            Ok(SudoPolicy::None)
-        } else if s.eq_ignore_ascii_case("nopasswd") {
-            Ok(SudoPolicy::NoPasswd)
-        } else {
-            Err(UserError::InvalidSudoPolicy {
-                value: s.to_owned(),
-            })
-        }
-    }
 }
 
 /// What [`Provisioner::ensure_ssm_user`] did to the sudoers drop-in.
@@ -601,12 +540,6 @@ pub enum UserError {
         /// Its gid.
         gid: u32,
     },
-    /// The sudo policy string is neither `none` nor `nopasswd`.
-    #[error("invalid sudo policy {value:?}: use none or nopasswd")]
-    InvalidSudoPolicy {
-        /// The rejected value.
-        value: String,
-    },
     /// The sudoers file name is not a plain file name sudo would read.
     #[error("invalid sudoers file name {name:?}: use a plain name without '/', '.' or a trailing '~' (sudo ignores such files)")]
     InvalidSudoersFileName {
@@ -851,30 +784,6 @@ mod tests {
         assert_eq!(lookup_uid(0).unwrap().unwrap().name, "root");
         let me = daemon_user().unwrap();
         assert_eq!(me.uid, nix::unistd::geteuid().as_raw());
-    }
-
-    // ---- sudo policy ----
-
-    #[test]
-    fn sudo_policy_parse() {
-        assert_eq!(SudoPolicy::default(), SudoPolicy::NoPasswd);
-        assert_eq!("none".parse::<SudoPolicy>().unwrap(), SudoPolicy::None);
-        assert_eq!(
-            "nopasswd".parse::<SudoPolicy>().unwrap(),
-            SudoPolicy::NoPasswd
-        );
-        assert_eq!(
-            "NOPASSWD".parse::<SudoPolicy>().unwrap(),
-            SudoPolicy::NoPasswd
-        );
-        for policy in [SudoPolicy::None, SudoPolicy::NoPasswd] {
-            assert_eq!(policy.to_string().parse::<SudoPolicy>().unwrap(), policy);
-        }
-        let err = "all".parse::<SudoPolicy>().unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "invalid sudo policy \"all\": use none or nopasswd"
-        );
     }
 
     // ---- resolve_session_user ----

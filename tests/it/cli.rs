@@ -40,6 +40,35 @@ fn help_answers_the_first_questions() {
 }
 
 #[test]
+fn the_windows_service_commands_point_linux_users_to_systemd() {
+    let (code, out, _) = run(&["service", "--help"]);
+    assert_eq!(code, 0);
+    for sub in ["install", "uninstall", "start", "stop"] {
+        assert!(out.contains(sub), "service --help lacks {sub}:\n{out}");
+    }
+    assert!(
+        !out.contains("\n  run "),
+        "the SCM's entry point is hidden:\n{out}"
+    );
+    for args in [
+        &["service", "install"][..],
+        &["service", "uninstall", "--purge"],
+        &["service", "start"],
+        &["service", "stop"],
+        &["service", "run"],
+    ] {
+        let (code, out, err) = run(args);
+        assert_eq!(code, 2, "{args:?}: {out}{err}");
+        assert!(out.is_empty(), "{args:?}: {out}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(
+            err.contains("Windows service") && err.contains("systemctl enable --now session-agent"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+#[test]
 fn invalid_configuration_exits_64_with_one_line_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let prefs = dir.path().join("prefs.json");

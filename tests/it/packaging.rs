@@ -37,9 +37,11 @@ fn sh(cmd: &mut Command) -> String {
 fn staged_target(dir: &Path) -> PathBuf {
     let target = dir.join("target");
     std::fs::create_dir_all(target.join("release")).unwrap();
-    let bin = target.join("release/session-agent");
-    std::fs::copy(env!("CARGO_BIN_EXE_session-agent"), &bin).unwrap();
-    sh(Command::new("strip").arg(&bin));
+    // `strip -o` writes only the stripped copy: no full-size copy of the debug binary.
+    sh(Command::new("strip")
+        .arg("-o")
+        .arg(target.join("release/session-agent"))
+        .arg(env!("CARGO_BIN_EXE_session-agent")));
     target
 }
 

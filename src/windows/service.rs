@@ -1,0 +1,365 @@
+//! The Windows service: `session-agent service install|uninstall|start|stop` talk to the
+//! service control manager (SCM); `service run` is what the SCM starts, and hands the
+//! agent to the SCM's dispatcher, which maps Stop and Shutdown to the same graceful stop
+//! SIGTERM gives on Linux.
+//!
+//! * Installed as `session-agent` (LocalSystem, automatic start, own process), with the
+//!   command line `"<exe>" service run --config <file>`; restarted by the SCM 5 s after
+//!   a failure (three times, counter reset after a day), including a non-zero exit.
+//! * State under `%ProgramData%\session-agent` (recordings, the ssm-user marker, the
+//!   log `session-agent.log`), made readable by SYSTEM and Administrators only with
+//!   `icacls` (inheritance removed, so recordings created later inherit that ACL); the
+//!   example configuration is written there as `session-agent.toml` unless one exists.
+//! * Stop: the agent refuses new sessions, tells running ones, ends their shells and
+//!   delivers recordings for up to `shutdown_timeout`; the SCM is told to wait that long
+//!   (plus a margin) through StopPending wait hints.
+
+use crate::agent::AgentConfig;
+use crate::cli::ServiceCommand;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use windows_service::service::{
+    ServiceAccess, ServiceAction, ServiceActionType, ServiceControl, ServiceControlAccept,
+    ServiceErrorControl, ServiceExitCode, ServiceFailureActions, ServiceFailureResetPeriod,
+    ServiceInfo, ServiceStartType, ServiceState, ServiceStatus, ServiceType,
+};
+use windows_service::service_control_handler::{self, ServiceControlHandlerResult};
+use windows_service::service_manager::{ServiceManager, ServiceManagerAccess};
+use windows_service::{define_windows_service, service_dispatcher};
+
+/// The service's name in the SCM.
+pub const SERVICE_NAME: &str = "session-agent";
+const DISPLAY_NAME: &str = "Session Agent";
+const DESCRIPTION: &str = "Session Manager compatible agent: shells for Session Manager sessions, each recorded and delivered to S3 / CloudWatch Logs.";
+/// The configuration written at install when none exists.
+const EXAMPLE_CONFIG: &str = include_str!("../../config/session-agent.example.toml");
+/// How long `start` and `stop` wait for the service to get there.
+const WAIT: Duration = Duration::from_secs(90);
+/// Margin over `shutdown_timeout` the SCM is asked to wait while the agent stops.
+const STOP_MARGIN: Duration = Duration::from_secs(10);
+
+/// `%ProgramData%\session-agent`.
+pub fn state_dir() -> PathBuf {
+    std::env::var_os("ProgramData")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(r"C:\ProgramData"))
+        .join("session-agent")
+}
+
+/// The configuration file the service runs with unless `install --config` names one.
+pub fn default_config_file() -> PathBuf {
+    state_dir().join("session-agent.toml")
+}
+
+#[allow(clippy::print_stdout)]
+fn say(text: &str) {
+    println!("{text}");
+}
+
+#[allow(clippy::print_stderr)]
+fn fail(text: &str) -> ExitCode {
+    eprintln!("session-agent service: {text}");
+    ExitCode::FAILURE
+}
+
+/// `service install|uninstall|start|stop`: one line for what was done, or the error
+/// with what to do (exit 1).
+pub fn manage(command: &ServiceCommand) -> ExitCode {
+    let result = match command {
+        ServiceCommand::Install(args) => install(args.config.as_deref()),
+        ServiceCommand::Uninstall { purge } => uninstall(*purge),
+        ServiceCommand::Start => start(),
+        ServiceCommand::Stop => stop(),
+        ServiceCommand::Run(_) => {
+            Err("`service run` is started by the service control manager".into())
+        }
+    };
+    match result {
+        Ok(done) => {
+            say(&done);
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+fn manager(access: ServiceManagerAccess) -> Result<ServiceManager, String> {
+    ServiceManager::local_computer(None::<&str>, ServiceManagerAccess::CONNECT | access)
+        .map_err(|e| format!("cannot open the service control manager: {e} (run this from an elevated prompt: Run as administrator)"))
+}
+
+fn install(config: Option<&Path>) -> Result<String, String> {
+    let exe =
+        std::env::current_exe().map_err(|e| format!("cannot find this program's path: {e}"))?;
+    let dir = state_dir();
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    restrict_to_administrators(&dir)?;
+    let config = config.map_or_else(default_config_file, Path::to_path_buf);
+    if !config.exists() {
+        std::fs::write(&config, EXAMPLE_CONFIG)
+            .map_err(|e| format!("cannot write {}: {e}", config.display()))?;
+    }
+    let info = ServiceInfo {
+        name: OsString::from(SERVICE_NAME),
+        display_name: OsString::from(DISPLAY_NAME),
+        service_type: ServiceType::OWN_PROCESS,
+        start_type: ServiceStartType::AutoStart,
+        error_control: ServiceErrorControl::Normal,
+        executable_path: exe,
+        launch_arguments: vec![
+            OsString::from("service"),
+            OsString::from("run"),
+            OsString::from("--config"),
+            config.clone().into_os_string(),
+        ],
+        dependencies: vec![],
+        account_name: None, // LocalSystem
+        account_password: None,
+    };
+    let scm = manager(ServiceManagerAccess::CREATE_SERVICE)?;
+    let service = scm
+        .create_service(&info, ServiceAccess::CHANGE_CONFIG | ServiceAccess::START)
+        .map_err(|e| format!("cannot create the service {SERVICE_NAME}: {e} (already installed? `session-agent service uninstall` first)"))?;
+    service
+        .set_description(DESCRIPTION)
+        .map_err(|e| format!("cannot describe the service: {e}"))?;
+    let restart = ServiceAction {
+        action_type: ServiceActionType::Restart,
+        delay: Duration::from_secs(5),
+    };
+    service
+        .update_failure_actions(ServiceFailureActions {
+            reset_period: ServiceFailureResetPeriod::After(Duration::from_secs(24 * 3600)),
+            reboot_msg: None,
+            command: None,
+            actions: Some(vec![restart.clone(), restart.clone(), restart]),
+        })
+        .map_err(|e| format!("cannot set the restart policy: {e}"))?;
+    service
+        .set_failure_actions_on_non_crash_failures(true)
+        .map_err(|e| format!("cannot set the restart policy: {e}"))?;
+    Ok(format!(
+        "Installed the service {SERVICE_NAME} (automatic start, LocalSystem) with configuration {}; state in {}. Start it with `session-agent service start`.",
+        config.display(),
+        dir.display()
+    ))
+}
+
+/// SYSTEM and Administrators only, inherited by everything created below.
+fn restrict_to_administrators(dir: &Path) -> Result<(), String> {
+    let status = std::process::Command::new("icacls")
+        .arg(dir)
+        .args([
+            "/inheritance:r",
+            "/grant:r",
+            "*S-1-5-18:(OI)(CI)F",
+            "/grant:r",
+            "*S-1-5-32-544:(OI)(CI)F",
+        ])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .map_err(|e| format!("cannot run icacls: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "icacls could not restrict {} to SYSTEM and Administrators ({status})",
+            dir.display()
+        ))
+    }
+}
+
+fn uninstall(purge: bool) -> Result<String, String> {
+    let scm = manager(ServiceManagerAccess::empty())?;
+    let service = scm
+        .open_service(
+            SERVICE_NAME,
+            ServiceAccess::QUERY_STATUS | ServiceAccess::STOP | ServiceAccess::DELETE,
+        )
+        .map_err(|e| format!("cannot open the service {SERVICE_NAME}: {e} (is it installed?)"))?;
+    let running = service
+        .query_status()
+        .is_ok_and(|s| s.current_state != ServiceState::Stopped);
+    if running {
+        service
+            .stop()
+            .map_err(|e| format!("cannot stop the service: {e}"))?;
+        wait_for(&service, ServiceState::Stopped)?;
+    }
+    service
+        .delete()
+        .map_err(|e| format!("cannot delete the service: {e}"))?;
+    let dir = state_dir();
+    if purge {
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                return Err(format!(
+                    "removed the service, but cannot delete {}: {e}",
+                    dir.display()
+                ));
+            }
+        }
+        Ok(format!(
+            "Removed the service {SERVICE_NAME} and deleted {}.",
+            dir.display()
+        ))
+    } else {
+        Ok(format!(
+            "Removed the service {SERVICE_NAME}; configuration and recordings stay in {} (`uninstall --purge` deletes them).",
+            dir.display()
+        ))
+    }
+}
+
+fn start() -> Result<String, String> {
+    let scm = manager(ServiceManagerAccess::empty())?;
+    let service = scm
+        .open_service(SERVICE_NAME, ServiceAccess::QUERY_STATUS | ServiceAccess::START)
+        .map_err(|e| format!("cannot open the service {SERVICE_NAME}: {e} (install it first: `session-agent service install`)"))?;
+    service
+        .start::<&str>(&[])
+        .map_err(|e| format!("cannot start the service: {e}"))?;
+    wait_for(&service, ServiceState::Running)?;
+    Ok(format!(
+        "The service {SERVICE_NAME} is running; its log is {}.",
+        state_dir().join("session-agent.log").display()
+    ))
+}
+
+fn stop() -> Result<String, String> {
+    let scm = manager(ServiceManagerAccess::empty())?;
+    let service = scm
+        .open_service(
+            SERVICE_NAME,
+            ServiceAccess::QUERY_STATUS | ServiceAccess::STOP,
+        )
+        .map_err(|e| format!("cannot open the service {SERVICE_NAME}: {e}"))?;
+    service
+        .stop()
+        .map_err(|e| format!("cannot stop the service: {e}"))?;
+    wait_for(&service, ServiceState::Stopped)?;
+    Ok(format!("The service {SERVICE_NAME} stopped."))
+}
+
+fn wait_for(
+    service: &windows_service::service::Service,
+    state: ServiceState,
+) -> Result<(), String> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let status = service
+            .query_status()
+            .map_err(|e| format!("cannot query the service: {e}"))?;
+        if status.current_state == state {
+            return Ok(());
+        }
+        if status.current_state == ServiceState::Stopped && state == ServiceState::Running {
+            return Err(format!(
+                "the service stopped instead of running ({:?}); see {}",
+                status.exit_code,
+                state_dir().join("session-agent.log").display()
+            ));
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "the service is still {:?} after {} s",
+                status.current_state,
+                WAIT.as_secs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// The configuration `service run` validated, for the dispatcher's thread.
+static CONFIG: OnceLock<AgentConfig> = OnceLock::new();
+
+define_windows_service!(ffi_service_main, service_main);
+
+/// `service run`: hands this thread to the SCM's dispatcher, which calls back
+/// [`service_main`] on its own thread; returns when the service has stopped.
+pub fn run(config: AgentConfig) -> ExitCode {
+    let _ = CONFIG.set(config);
+    match service_dispatcher::start(SERVICE_NAME, ffi_service_main) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&format!(
+            "cannot connect to the service control manager: {e} (`service run` is started by Windows; to run the agent in a console use `session-agent run`)"
+        )),
+    }
+}
+
+fn status(state: ServiceState, exit: u32, wait_hint: Duration, checkpoint: u32) -> ServiceStatus {
+    ServiceStatus {
+        service_type: ServiceType::OWN_PROCESS,
+        current_state: state,
+        controls_accepted: if state == ServiceState::Running {
+            ServiceControlAccept::STOP | ServiceControlAccept::SHUTDOWN
+        } else {
+            ServiceControlAccept::empty()
+        },
+        exit_code: if exit == 0 {
+            ServiceExitCode::Win32(0)
+        } else {
+            ServiceExitCode::ServiceSpecific(exit)
+        },
+        checkpoint,
+        wait_hint,
+        process_id: None,
+    }
+}
+
+fn service_main(_arguments: Vec<OsString>) {
+    let Some(config) = CONFIG.get().cloned() else {
+        tracing::error!("The service started without a configuration");
+        return;
+    };
+    let stop = CancellationToken::new();
+    let on_control = stop.clone();
+    let handler = move |control| match control {
+        ServiceControl::Stop | ServiceControl::Shutdown => {
+            on_control.cancel();
+            ServiceControlHandlerResult::NoError
+        }
+        ServiceControl::Interrogate => ServiceControlHandlerResult::NoError,
+        _ => ServiceControlHandlerResult::NotImplemented,
+    };
+    let handle = match service_control_handler::register(SERVICE_NAME, handler) {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::error!(error = %e, "Cannot register with the service control manager");
+            return;
+        }
+    };
+    let stopping_for = config.shutdown_timeout + STOP_MARGIN;
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "Cannot start the async runtime");
+            let _ = handle.set_service_status(status(ServiceState::Stopped, 1, Duration::ZERO, 0));
+            return;
+        }
+    };
+    let _ = handle.set_service_status(status(ServiceState::Running, 0, Duration::ZERO, 0));
+    let stop_requested = stop.clone();
+    let reporter = handle;
+    let shutdown = async move {
+        stop_requested.cancelled().await;
+        tracing::info!("Stop requested by the service control manager");
+        // The SCM waits as long as the hint says for each checkpoint.
+        let _ = reporter.set_service_status(status(ServiceState::StopPending, 0, stopping_for, 1));
+    };
+    let result = runtime.block_on(crate::agent::run(config, shutdown));
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    let exit = match result {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::error!(error = %e, "The agent could not run");
+            1
+        }
+    };
+    let _ = handle.set_service_status(status(ServiceState::Stopped, exit, Duration::ZERO, 0));
+}
