@@ -194,10 +194,10 @@ fn read_document(path: &std::path::Path) -> Result<Destinations, String> {
 }
 
 fn privileges(report: &mut Report) {
-    // Root on Linux, an elevated token (LocalSystem, as the service runs) on Windows.
+    // Root on Linux, LocalSystem (as the service runs) on Windows.
     let (privileged, how, lookup_hint, run_privileged) = if cfg!(windows) {
         (
-            "elevated",
+            "LocalSystem",
             "ssm-user or the RunAs user",
             "check the local account ssm-user (lusrmgr.msc)",
             "run the agent as the Windows service (session-agent service install)",

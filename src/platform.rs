@@ -1,6 +1,6 @@
 //! The few facts about the host the rest of the crate asks for, one function each, with
-//! a Unix and a Windows answer: whether the daemon is privileged (root / an elevated
-//! administrator or LocalSystem), the free space under a path, the host name, and the
+//! a Unix and a Windows answer: whether the daemon is privileged (root /
+//! LocalSystem), the free space under a path, the host name, and the
 //! default state directory. Everything platform-specific beyond these lives in
 //! `session::pty`, `session::user` (one file per platform) and `windows`.
 
@@ -8,7 +8,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 /// Whether the daemon may switch users and provision ssm-user: effective uid 0 on Unix;
-/// an elevated token (LocalSystem, or an administrator past UAC) on Windows.
+/// LocalSystem on Windows (as the service runs; an elevated administrator lacks the
+/// privileges to start a process as another user).
 pub fn is_privileged() -> bool {
     #[cfg(unix)]
     {
@@ -16,7 +17,7 @@ pub fn is_privileged() -> bool {
     }
     #[cfg(windows)]
     {
-        crate::windows::token_is_elevated()
+        crate::windows::is_local_system()
     }
 }
 

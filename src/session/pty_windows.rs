@@ -10,7 +10,7 @@
 //!   (`crate::windows::logon`). Ending the session terminates the shim, and closing the
 //!   job's last handle kills the shell and everything it started. The lease disables
 //!   the account again after the last session.
-//! * Without elevation the shell runs as the daemon's user, directly, with the agent's
+//! * Not as LocalSystem, the shell runs as the daemon's user, directly, with the agent's
 //!   environment (no job object: only the shell itself is ended).
 //! * Windows has no SIGHUP: ending a session terminates the process (as upstream).
 //! * The console's echo mode is not visible through ConPTY, so
@@ -68,8 +68,8 @@ pub enum PtyError {
         /// The directory asked for.
         cwd: PathBuf,
     },
-    /// Another user was asked for, but the agent is not elevated.
-    #[error("cannot run {program} as {user}: switching users needs an elevated agent (LocalSystem, as the service runs)")]
+    /// Another user was asked for, but the agent is not LocalSystem.
+    #[error("cannot run {program} as {user}: switching users needs the agent to run as LocalSystem (as the service does)")]
     NotPrivileged {
         /// The program.
         program: String,
@@ -107,14 +107,6 @@ fn one_line(e: impl fmt::Display) -> String {
         .split_whitespace()
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-fn status_from_portable(status: &portable_pty::ExitStatus) -> ExitStatus {
-    ExitStatus {
-        // NTSTATUS-style codes (0xC000013A, …) keep their bits.
-        code: Some(i32::from_ne_bytes(status.exit_code().to_ne_bytes())),
-        signal: None,
-    }
 }
 
 /// The session's shell for `who`: PowerShell (`cmd.exe` without `login_shell`), with the
@@ -194,14 +186,20 @@ impl ShellProcess {
         if let Some(status) = &*ended {
             return Ok(Some(status.clone()));
         }
-        let mut child = self
+        let child = self
             .inner
             .child
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        match child.try_wait() {
-            Ok(Some(status)) => {
-                let status = status_from_portable(&status);
+        // Not portable-pty's try_wait, which takes exit code 259 (STILL_ACTIVE) for a
+        // running process.
+        match crate::windows::child_exit_code(child.as_ref()) {
+            Ok(Some(code)) => {
+                let status = ExitStatus {
+                    // NTSTATUS-style codes (0xC000013A, …) keep their bits.
+                    code: Some(i32::from_ne_bytes(code.to_ne_bytes())),
+                    signal: None,
+                };
                 *ended = Some(status.clone());
                 Ok(Some(status))
             }

@@ -2,7 +2,7 @@
 //! user a session runs as. The same names as the Unix `session::user` for what the agent
 //! uses; the account calls themselves are in `crate::windows::account`.
 //!
-//! * At daemon start (elevated): ssm-user is created when missing — disabled, with a
+//! * At daemon start (as LocalSystem): ssm-user is created when missing — disabled, with a
 //!   password nobody knows, and (with `sudo_policy = "nopasswd"`, the default) in the
 //!   Administrators group, as upstream — never on a domain controller, and never again
 //!   once an administrator removed it (the `ssm-user.provisioned` marker, as on Linux).
@@ -17,7 +17,7 @@ use std::path::PathBuf;
 
 pub use super::spec::{valid_user_name, SudoPolicy};
 
-/// The user sessions run as when the daemon is elevated.
+/// The user sessions run as when the daemon is LocalSystem.
 pub const SSM_USER: &str = "ssm-user";
 /// Suffix of the marker file `<state_dir>/<user>.provisioned`.
 const MARKER_SUFFIX: &str = ".provisioned";
@@ -78,11 +78,11 @@ pub struct SessionUser {
     /// The account.
     pub info: UserInfo,
     /// Whether the shell is started as this account through the logon shim; false when
-    /// the daemon is not elevated and the shell simply runs as the daemon's user.
+    /// the daemon is not LocalSystem and the shell simply runs as the daemon's user.
     pub switch: bool,
 }
 
-/// Chooses the session user: the daemon's own when it is not elevated; else ssm-user,
+/// Chooses the session user: the daemon's own when it is not LocalSystem; else ssm-user,
 /// which must exist. RunAs is refused (not supported on Windows).
 pub fn resolve_session_user(
     run_as_enabled: bool,
@@ -161,13 +161,17 @@ impl Provisioner {
         if account::is_domain_controller() {
             return Ok(ProvisionOutcome::DomainController);
         }
-        account::create(SSM_USER, self.policy == SudoPolicy::NoPasswd).map_err(account)?;
+        account::create(SSM_USER).map_err(account)?;
+        // The marker first: the account is ours from here on, whatever fails next.
         std::fs::create_dir_all(&self.state_dir)
             .and_then(|()| std::fs::write(&marker, b"created by session-agent\r\n"))
             .map_err(|source| UserError::Marker {
                 path: marker,
                 source,
             })?;
+        if self.policy == SudoPolicy::NoPasswd {
+            account::add_to_administrators(SSM_USER).map_err(account)?;
+        }
         Ok(ProvisionOutcome::Created)
     }
 }

@@ -18,9 +18,26 @@ use windows_sys::Win32::Security::{
     SID_NAME_USE,
 };
 
-/// Sessions running as each leased account (by name): the account is disabled when its
-/// count returns to zero, so one session ending never locks out another one starting.
-static ACTIVE: Mutex<Vec<(String, usize)>> = Mutex::new(Vec::new());
+/// Each leased account: its name, the sessions holding it and the password they share.
+/// The account is disabled when the count returns to zero, so one session ending never
+/// locks out another one; while it is held, a new session reuses the password (a new one
+/// could land between an earlier session's lease and its logon, and fail that logon).
+static ACTIVE: Mutex<Vec<Held>> = Mutex::new(Vec::new());
+
+#[derive(Debug)]
+struct Held {
+    name: String,
+    sessions: usize,
+    password: String,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        // Overwrite the shared password before its memory is freed.
+        let mut bytes = std::mem::take(&mut self.password).into_bytes();
+        bytes.fill(0);
+    }
+}
 
 /// A NetApi status as an error naming the call and the account.
 fn net_error(status: u32, what: &str, name: &str) -> io::Error {
@@ -59,12 +76,11 @@ pub fn flags(name: &str) -> io::Result<Option<u32>> {
     Ok(Some(flags))
 }
 
-/// Creates `name` as a disabled local user with a random password it never learns, and,
-/// with `administrator`, adds it to the built-in Administrators group (as upstream).
+/// Creates `name` as a disabled local user with a random password it never learns.
 ///
 /// # Errors
-/// NetUserAdd or the group membership failed.
-pub fn create(name: &str, administrator: bool) -> io::Result<()> {
+/// NetUserAdd failed.
+pub fn create(name: &str) -> io::Result<()> {
     let mut user = wide(name);
     let mut password = wide(fresh_password());
     let info = USER_INFO_1 {
@@ -84,11 +100,9 @@ pub fn create(name: &str, administrator: bool) -> io::Result<()> {
             &mut bad_field,
         )
     };
+    password.fill(0);
     if status != NERR_Success {
         return Err(net_error(status, "NetUserAdd", name));
-    }
-    if administrator {
-        add_to_administrators(name)?;
     }
     Ok(())
 }
@@ -134,8 +148,12 @@ fn administrators_group() -> io::Result<Vec<u16>> {
     Ok(name)
 }
 
-/// Adds `name` to the local Administrators group; already a member is fine.
-fn add_to_administrators(name: &str) -> io::Result<()> {
+/// Adds `name` to the local Administrators group (as upstream does for ssm-user);
+/// already a member is fine.
+///
+/// # Errors
+/// The group cannot be found or changed.
+pub fn add_to_administrators(name: &str) -> io::Result<()> {
     let group = administrators_group()?;
     let mut member = wide(name);
     let info = LOCALGROUP_MEMBERS_INFO_3 {
@@ -256,30 +274,33 @@ pub struct Lease {
 /// The account cannot be changed; it is left disabled unless another session holds it.
 pub fn lease(name: &str) -> io::Result<(Lease, String)> {
     let mut active = ACTIVE.lock().unwrap_or_else(PoisonError::into_inner);
+    let lease = Lease {
+        name: name.to_owned(),
+    };
+    if let Some(held) = active.iter_mut().find(|h| h.name == name) {
+        held.sessions += 1;
+        return Ok((lease, held.password.clone()));
+    }
     let password = fresh_password();
     set_password(name, &password)?;
     set_disabled(name, false)?;
-    match active.iter_mut().find(|(n, _)| n == name) {
-        Some((_, count)) => *count += 1,
-        None => active.push((name.to_owned(), 1)),
-    }
-    Ok((
-        Lease {
-            name: name.to_owned(),
-        },
-        password,
-    ))
+    active.push(Held {
+        name: name.to_owned(),
+        sessions: 1,
+        password: password.clone(),
+    });
+    Ok((lease, password))
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
         let mut active = ACTIVE.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(i) = active.iter().position(|(n, _)| *n == self.name) else {
+        let Some(i) = active.iter().position(|h| h.name == self.name) else {
             return;
         };
-        active[i].1 -= 1;
-        if active[i].1 == 0 {
-            active.swap_remove(i);
+        active[i].sessions -= 1;
+        if active[i].sessions == 0 {
+            drop(active.swap_remove(i));
             // A password nobody knows, then disabled: the account cannot log on.
             let _ = set_password(&self.name, &fresh_password());
             if let Err(e) = set_disabled(&self.name, true) {

@@ -19,11 +19,13 @@
 
 use super::{check, wide, Owned};
 use std::io;
+use windows_sys::core::BOOL;
 use windows_sys::Win32::Foundation::{HANDLE, WAIT_OBJECT_0};
 use windows_sys::Win32::Security::{
     DuplicateTokenEx, LogonUserW, SecurityImpersonation, TokenPrimary, LOGON32_LOGON_NETWORK,
     LOGON32_PROVIDER_DEFAULT, TOKEN_ALL_ACCESS,
 };
+use windows_sys::Win32::System::Console::{SetConsoleCtrlHandler, CTRL_BREAK_EVENT, CTRL_C_EVENT};
 use windows_sys::Win32::System::Environment::{CreateEnvironmentBlock, DestroyEnvironmentBlock};
 use windows_sys::Win32::System::JobObjects::{
     AssignProcessToJobObject, CreateJobObjectW, JobObjectExtendedLimitInformation,
@@ -67,12 +69,27 @@ impl Drop for Environment {
     }
 }
 
+/// Console control handler of the shim: Ctrl-C and Ctrl-Break are handled (by doing
+/// nothing); anything else (close, logoff, shutdown) goes to the default handler.
+unsafe extern "system" fn leave_interrupts_to_the_shell(event: u32) -> BOOL {
+    BOOL::from(event == CTRL_C_EVENT || event == CTRL_BREAK_EVENT)
+}
+
 /// Logs `user` on with `password` and runs `command_line` as them on this console;
 /// returns its exit code once it has exited.
 ///
 /// # Errors
 /// Each step's failure, naming the step (the shim prints it on the console).
 pub fn run_as(user: &str, password: &str, command_line: &str) -> io::Result<u32> {
+    // Ctrl-C and Ctrl-Break on the console reach every process attached to it, the shim
+    // included, whose default handler would exit and so (through the job) end the whole
+    // session. They are for the shell: the shim ignores them. (Not the "ignore" flag of
+    // a NULL handler: that one would be inherited by the shell.)
+    // SAFETY: a handler function that lives as long as the process.
+    check(
+        unsafe { SetConsoleCtrlHandler(Some(leave_interrupts_to_the_shell), 1) },
+        "SetConsoleCtrlHandler",
+    )?;
     let name = wide(user);
     let domain = wide(".");
     let mut secret = wide(password);
@@ -166,8 +183,13 @@ pub fn run_as(user: &str, password: &str, command_line: &str) -> io::Result<u32>
     )?;
 
     let mut line = wide(command_line);
+    // An empty desktop name: the shell gets an invisible window station of its own logon
+    // session instead of the service's, which ssm-user may not open (a console program
+    // then dies at start with 0xC0000142).
+    let mut desktop = wide("");
     let startup = STARTUPINFOW {
         cb: u32::try_from(std::mem::size_of::<STARTUPINFOW>()).unwrap_or(0),
+        lpDesktop: desktop.as_mut_ptr(),
         ..STARTUPINFOW::default()
     };
     let mut process = PROCESS_INFORMATION::default();

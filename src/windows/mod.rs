@@ -29,7 +29,8 @@ use std::os::windows::ffi::OsStrExt;
 use std::path::Path;
 use windows_sys::Win32::Foundation::{CloseHandle, HANDLE};
 use windows_sys::Win32::Security::{
-    GetTokenInformation, TokenElevation, TOKEN_ELEVATION, TOKEN_QUERY,
+    CreateWellKnownSid, EqualSid, GetTokenInformation, TokenUser, WinLocalSystemSid,
+    SECURITY_MAX_SID_SIZE, TOKEN_QUERY, TOKEN_USER,
 };
 use windows_sys::Win32::Storage::FileSystem::GetDiskFreeSpaceExW;
 use windows_sys::Win32::System::Threading::{GetCurrentProcess, OpenProcessToken};
@@ -69,28 +70,68 @@ pub(crate) fn check(ok: i32, what: &str) -> io::Result<()> {
     }
 }
 
-/// Whether this process's token is elevated (LocalSystem, or an administrator past UAC).
-pub fn token_is_elevated() -> bool {
+/// Whether this process runs as LocalSystem (S-1-5-18), as the service does. Only
+/// LocalSystem holds the privileges `CreateProcessAsUserW` needs
+/// (SeAssignPrimaryToken, SeIncreaseQuota) to start a shell as ssm-user; an elevated
+/// administrator does not, so an agent run from an elevated prompt runs sessions as
+/// that administrator instead.
+pub fn is_local_system() -> bool {
     let mut token: HANDLE = std::ptr::null_mut();
     // SAFETY: GetCurrentProcess returns a pseudo-handle; `token` receives a new handle.
     if unsafe { OpenProcessToken(GetCurrentProcess(), TOKEN_QUERY, &mut token) } == 0 {
         return false;
     }
     let token = Owned(token);
-    let mut elevation = TOKEN_ELEVATION::default();
+    // TOKEN_USER followed by the SID it points to; u64s for the pointer's alignment.
+    let mut buf = [0u64; 64];
     let mut len = 0u32;
-    let size = u32::try_from(std::mem::size_of::<TOKEN_ELEVATION>()).unwrap_or(4);
-    // SAFETY: `elevation` is a TOKEN_ELEVATION of `size` bytes, as TokenElevation needs.
-    let ok = unsafe {
-        GetTokenInformation(
-            token.0,
-            TokenElevation,
-            std::ptr::addr_of_mut!(elevation).cast(),
-            size,
-            &mut len,
+    let size = u32::try_from(std::mem::size_of_val(&buf)).unwrap_or(0);
+    // SAFETY: `buf` is `size` bytes, aligned for TOKEN_USER.
+    let ok =
+        unsafe { GetTokenInformation(token.0, TokenUser, buf.as_mut_ptr().cast(), size, &mut len) };
+    if ok == 0 {
+        return false;
+    }
+    // SAFETY: on success the buffer starts with a TOKEN_USER whose SID points into it.
+    let user_sid = unsafe { (*buf.as_ptr().cast::<TOKEN_USER>()).User.Sid };
+    let mut system = [0u8; SECURITY_MAX_SID_SIZE as usize];
+    let mut system_len = SECURITY_MAX_SID_SIZE;
+    // SAFETY: `system` has room for any SID, as its length says.
+    let made = unsafe {
+        CreateWellKnownSid(
+            WinLocalSystemSid,
+            std::ptr::null_mut(),
+            system.as_mut_ptr().cast(),
+            &mut system_len,
         )
     };
-    ok != 0 && elevation.TokenIsElevated != 0
+    // SAFETY: two valid SIDs.
+    made != 0 && unsafe { EqualSid(user_sid, system.as_mut_ptr().cast()) } != 0
+}
+
+/// The exit code of `child` once it has exited (`None` while it runs): asks its
+/// process handle's wait state, so a program that exits with 259 (`STILL_ACTIVE`) is not
+/// mistaken for a running one, as portable-pty's `try_wait` would.
+///
+/// # Errors
+/// The child has no process handle, or it cannot be queried.
+pub fn child_exit_code(child: &dyn portable_pty::Child) -> io::Result<Option<u32>> {
+    use windows_sys::Win32::Foundation::WAIT_OBJECT_0;
+    use windows_sys::Win32::System::Threading::{GetExitCodeProcess, WaitForSingleObject};
+    let Some(handle) = child.as_raw_handle() else {
+        return Err(io::Error::other("the process has no handle"));
+    };
+    // SAFETY: `child` owns the handle and is borrowed for the whole call.
+    if unsafe { WaitForSingleObject(handle, 0) } != WAIT_OBJECT_0 {
+        return Ok(None);
+    }
+    let mut code = 0u32;
+    // SAFETY: as above; `code` is a valid out pointer.
+    check(
+        unsafe { GetExitCodeProcess(handle, &mut code) },
+        "GetExitCodeProcess",
+    )?;
+    Ok(Some(code))
 }
 
 /// Bytes available to this process on the volume holding `path`.

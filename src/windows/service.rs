@@ -37,8 +37,11 @@ const DISPLAY_NAME: &str = "Session Agent";
 const DESCRIPTION: &str = "Session Manager compatible agent: shells for Session Manager sessions, each recorded and delivered to S3 / CloudWatch Logs.";
 /// The configuration written at install when none exists.
 const EXAMPLE_CONFIG: &str = include_str!("../../config/session-agent.example.toml");
-/// How long `start` and `stop` wait for the service to get there.
-const WAIT: Duration = Duration::from_secs(90);
+/// How long `start` waits for the service to run.
+const WAIT_START: Duration = Duration::from_secs(90);
+/// How long `stop` and `uninstall` wait for it to stop: the longest `shutdown_timeout`
+/// (10 min) and the margin.
+const WAIT_STOP: Duration = Duration::from_secs(620);
 /// Margin over `shutdown_timeout` the SCM is asked to wait while the agent stops.
 const STOP_MARGIN: Duration = Duration::from_secs(10);
 
@@ -142,6 +145,10 @@ fn install(config: Option<&Path>) -> Result<String, String> {
     service
         .set_failure_actions_on_non_crash_failures(true)
         .map_err(|e| format!("cannot set the restart policy: {e}"))?;
+    // At system shutdown, time for the graceful stop of the default shutdown_timeout.
+    service
+        .set_preshutdown_timeout(Duration::from_secs(30) + STOP_MARGIN)
+        .map_err(|e| format!("cannot set the preshutdown timeout: {e}"))?;
     Ok(format!(
         "Installed the service {SERVICE_NAME} (automatic start, LocalSystem) with configuration {}; state in {}. Start it with `session-agent service start`.",
         config.display(),
@@ -188,7 +195,7 @@ fn uninstall(purge: bool) -> Result<String, String> {
         service
             .stop()
             .map_err(|e| format!("cannot stop the service: {e}"))?;
-        wait_for(&service, ServiceState::Stopped)?;
+        wait_for(&service, ServiceState::Stopped, WAIT_STOP)?;
     }
     service
         .delete()
@@ -223,7 +230,7 @@ fn start() -> Result<String, String> {
     service
         .start::<&str>(&[])
         .map_err(|e| format!("cannot start the service: {e}"))?;
-    wait_for(&service, ServiceState::Running)?;
+    wait_for(&service, ServiceState::Running, WAIT_START)?;
     Ok(format!(
         "The service {SERVICE_NAME} is running; its log is {}.",
         state_dir().join("session-agent.log").display()
@@ -241,15 +248,16 @@ fn stop() -> Result<String, String> {
     service
         .stop()
         .map_err(|e| format!("cannot stop the service: {e}"))?;
-    wait_for(&service, ServiceState::Stopped)?;
+    wait_for(&service, ServiceState::Stopped, WAIT_STOP)?;
     Ok(format!("The service {SERVICE_NAME} stopped."))
 }
 
 fn wait_for(
     service: &windows_service::service::Service,
     state: ServiceState,
+    wait: Duration,
 ) -> Result<(), String> {
-    let deadline = Instant::now() + WAIT;
+    let deadline = Instant::now() + wait;
     loop {
         let status = service
             .query_status()
@@ -268,7 +276,7 @@ fn wait_for(
             return Err(format!(
                 "the service is still {:?} after {} s",
                 status.current_state,
-                WAIT.as_secs()
+                wait.as_secs()
             ));
         }
         std::thread::sleep(Duration::from_millis(250));
@@ -297,7 +305,9 @@ fn status(state: ServiceState, exit: u32, wait_hint: Duration, checkpoint: u32) 
         service_type: ServiceType::OWN_PROCESS,
         current_state: state,
         controls_accepted: if state == ServiceState::Running {
-            ServiceControlAccept::STOP | ServiceControlAccept::SHUTDOWN
+            // Preshutdown, not Shutdown: the system then waits for the graceful stop
+            // (up to the preshutdown timeout set at install) instead of a few seconds.
+            ServiceControlAccept::STOP | ServiceControlAccept::PRESHUTDOWN
         } else {
             ServiceControlAccept::empty()
         },
@@ -320,7 +330,7 @@ fn service_main(_arguments: Vec<OsString>) {
     let stop = CancellationToken::new();
     let on_control = stop.clone();
     let handler = move |control| match control {
-        ServiceControl::Stop | ServiceControl::Shutdown => {
+        ServiceControl::Stop | ServiceControl::Preshutdown | ServiceControl::Shutdown => {
             on_control.cancel();
             ServiceControlHandlerResult::NoError
         }
