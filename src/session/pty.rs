@@ -62,7 +62,7 @@ use nix::sys::signal::{kill, killpg, Signal};
 use nix::sys::termios::LocalFlags;
 use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::{Gid, Pid, Uid};
-use portable_pty::{native_pty_system, Child, CommandBuilder, MasterPty, PtySize};
+use portable_pty::{Child, CommandBuilder, MasterPty};
 use std::ffi::CString;
 use std::fmt;
 use std::io::{Read, Write};
@@ -71,6 +71,7 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use super::spec::{one_line, spawn_on_terminal, terminal_size, SpawnFailure, Spawned};
 pub use super::spec::{ExitStatus, ShellSpec};
 use super::user::SessionUser;
 
@@ -259,14 +260,6 @@ pub enum PtyError {
     },
 }
 
-/// One line of text from an error chain (`portable-pty` reports over several lines).
-fn one_line(e: impl fmt::Display) -> String {
-    format!("{e:#}")
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 /// A cloneable, thread-safe handle on the shell process: observe its exit and signal its
 /// group from any thread while the [`Shell`] stays with its owner (who resizes and, in
 /// the end, terminates it). It never reaps, and once the shell has been reaped it signals
@@ -417,26 +410,25 @@ impl Shell {
             });
         }
         let command = command_for(spec, exec_shim, &program)?;
-        let (cols, rows) = spec.size.unwrap_or(DEFAULT_SIZE);
-        let pair = native_pty_system()
-            .openpty(PtySize {
-                rows,
-                cols,
-                pixel_width: 0,
-                pixel_height: 0,
-            })
-            .map_err(|e| PtyError::Open {
-                program: program.clone(),
-                reason: one_line(e),
+        let spawned =
+            spawn_on_terminal(command, spec.size.unwrap_or(DEFAULT_SIZE)).map_err(|failure| {
+                match failure {
+                    SpawnFailure::Open(reason) => PtyError::Open {
+                        program: program.clone(),
+                        reason,
+                    },
+                    SpawnFailure::Spawn(reason) => PtyError::Spawn {
+                        program: program.clone(),
+                        reason,
+                    },
+                }
             })?;
-        let spawned = pair.slave.spawn_command(command);
-        // Close our copy of the slave at once: the master reports EOF (EIO) only when
-        // no slave descriptor is left open, i.e. when the shell and its children are gone.
-        drop(pair.slave);
-        let mut child = spawned.map_err(|e| PtyError::Spawn {
-            program: program.clone(),
-            reason: one_line(e),
-        })?;
+        let Spawned {
+            mut child,
+            master,
+            reader,
+            writer,
+        } = spawned;
         let Some(pid) = child.process_id().and_then(|p| i32::try_from(p).ok()) else {
             let _ = child.kill();
             let _ = child.wait();
@@ -445,8 +437,7 @@ impl Shell {
                 reason: "the child has no process id".into(),
             });
         };
-        // From here on `Drop` cleans up if anything below fails.
-        let mut shell = Self {
+        let shell = Self {
             process: ShellProcess {
                 inner: Arc::new(ProcessInner {
                     pid: Pid::from_raw(pid),
@@ -455,16 +446,10 @@ impl Shell {
                 }),
             },
             child,
-            master: pair.master,
-            reader: None,
-            writer: None,
+            master,
+            reader: Some(reader),
+            writer: Some(writer),
         };
-        let pty_error = |e| PtyError::Open {
-            program: program.clone(),
-            reason: one_line(e),
-        };
-        shell.reader = Some(shell.master.try_clone_reader().map_err(pty_error)?);
-        shell.writer = Some(shell.master.take_writer().map_err(pty_error)?);
         tracing::debug!(%program, pid, "shell started on a pty");
         Ok(shell)
     }
@@ -489,12 +474,7 @@ impl Shell {
     /// [`PtyError::Resize`] when the ioctl fails.
     pub fn resize(&self, cols: u16, rows: u16) -> Result<(), PtyError> {
         self.master
-            .resize(PtySize {
-                rows,
-                cols,
-                pixel_width: 0,
-                pixel_height: 0,
-            })
+            .resize(terminal_size((cols, rows)))
             .map_err(|e| PtyError::Resize {
                 program: self.process.inner.program.clone(),
                 reason: one_line(e),

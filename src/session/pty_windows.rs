@@ -19,7 +19,7 @@
 //!   echoes, is).
 
 use crate::windows::account::Lease;
-use portable_pty::{native_pty_system, Child, CommandBuilder, MasterPty, PtySize};
+use portable_pty::{Child, CommandBuilder, MasterPty};
 use std::fmt;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -27,6 +27,7 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use super::spec::{one_line, spawn_on_terminal, terminal_size, SpawnFailure};
 pub use super::spec::{ExitStatus, ShellSpec};
 use super::user::SessionUser;
 
@@ -100,13 +101,6 @@ pub enum PtyError {
         /// Why.
         reason: String,
     },
-}
-
-fn one_line(e: impl fmt::Display) -> String {
-    format!("{e:#}")
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// The session's shell for `who`: PowerShell (`cmd.exe` without `login_shell`), with the
@@ -308,44 +302,31 @@ impl Shell {
             command.env(crate::windows::logon::PASSWORD_ENV, secret);
         }
         command.cwd(&spec.cwd);
-        let (cols, rows) = spec.size.unwrap_or(DEFAULT_SIZE);
-        let pair = native_pty_system()
-            .openpty(PtySize {
-                rows,
-                cols,
-                pixel_width: 0,
-                pixel_height: 0,
-            })
-            .map_err(|e| PtyError::Open {
-                program: program.clone(),
-                reason: one_line(e),
+        let spawned =
+            spawn_on_terminal(command, spec.size.unwrap_or(DEFAULT_SIZE)).map_err(|failure| {
+                match failure {
+                    SpawnFailure::Open(reason) => PtyError::Open {
+                        program: program.clone(),
+                        reason,
+                    },
+                    SpawnFailure::Spawn(reason) => spawn_error(reason),
+                }
             })?;
-        let child = pair
-            .slave
-            .spawn_command(command)
-            .map_err(|e| spawn_error(one_line(e)))?;
-        drop(pair.slave);
-        let pid = child.process_id();
-        let mut shell = Self {
+        let pid = spawned.child.process_id();
+        let shell = Self {
             process: ShellProcess {
                 inner: Arc::new(ProcessInner {
                     program: program.clone(),
                     pid,
-                    child: Mutex::new(child),
+                    child: Mutex::new(spawned.child),
                     ended: Mutex::new(None),
                 }),
             },
-            master: pair.master,
-            reader: None,
-            writer: None,
+            master: spawned.master,
+            reader: Some(spawned.reader),
+            writer: Some(spawned.writer),
             _lease: lease,
         };
-        let open_error = |e| PtyError::Open {
-            program: program.clone(),
-            reason: one_line(e),
-        };
-        shell.reader = Some(shell.master.try_clone_reader().map_err(open_error)?);
-        shell.writer = Some(shell.master.take_writer().map_err(open_error)?);
         tracing::debug!(%program, ?pid, "shell started on a pseudoconsole");
         Ok(shell)
     }
@@ -366,12 +347,7 @@ impl Shell {
     /// [`PtyError::Resize`].
     pub fn resize(&self, cols: u16, rows: u16) -> Result<(), PtyError> {
         self.master
-            .resize(PtySize {
-                rows,
-                cols,
-                pixel_width: 0,
-                pixel_height: 0,
-            })
+            .resize(terminal_size((cols, rows)))
             .map_err(|e| PtyError::Resize {
                 program: self.process.inner.program.clone(),
                 reason: one_line(e),

@@ -5,7 +5,9 @@
 //! re-export these, so callers name them `session::pty::ShellSpec` and so on.
 
 use super::pty::Credentials;
+use portable_pty::{native_pty_system, Child, CommandBuilder, MasterPty, PtySize};
 use std::fmt;
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::str::FromStr;
 
@@ -54,6 +56,75 @@ impl fmt::Display for ExitStatus {
             (None, None) => f.write_str("unknown exit status"),
         }
     }
+}
+
+/// A terminal (PTY pair / pseudoconsole) with a command started on it, as portable-pty
+/// gives them on every platform; the platform's `Shell` takes it from here.
+pub(crate) struct Spawned {
+    pub(crate) child: Box<dyn Child + Send + Sync>,
+    pub(crate) master: Box<dyn MasterPty + Send>,
+    pub(crate) reader: Box<dyn Read + Send>,
+    pub(crate) writer: Box<dyn Write + Send>,
+}
+
+/// Why [`spawn_on_terminal`] failed: no terminal, or the command did not start.
+#[derive(Debug)]
+pub(crate) enum SpawnFailure {
+    /// The terminal could not be opened (or its reader / writer taken).
+    Open(String),
+    /// The command could not be started.
+    Spawn(String),
+}
+
+/// portable-pty's size for (columns, rows).
+pub(crate) fn terminal_size((cols, rows): (u16, u16)) -> PtySize {
+    PtySize {
+        rows,
+        cols,
+        pixel_width: 0,
+        pixel_height: 0,
+    }
+}
+
+/// Opens a terminal of `size`, starts `command` on it, and takes the master's reader and
+/// writer. Our copy of the slave side is closed at once: the master reports end of file
+/// only when no slave handle is left, i.e. when the command and its children are gone.
+/// If the reader or writer cannot be had, the started command is killed and reaped.
+pub(crate) fn spawn_on_terminal(
+    command: CommandBuilder,
+    size: (u16, u16),
+) -> Result<Spawned, SpawnFailure> {
+    let pair = native_pty_system()
+        .openpty(terminal_size(size))
+        .map_err(|e| SpawnFailure::Open(one_line(e)))?;
+    let spawned = pair.slave.spawn_command(command);
+    drop(pair.slave);
+    let mut child = spawned.map_err(|e| SpawnFailure::Spawn(one_line(e)))?;
+    let master = pair.master;
+    let ends = master
+        .try_clone_reader()
+        .and_then(|reader| Ok((reader, master.take_writer()?)));
+    match ends {
+        Ok((reader, writer)) => Ok(Spawned {
+            child,
+            master,
+            reader,
+            writer,
+        }),
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(SpawnFailure::Open(one_line(e)))
+        }
+    }
+}
+
+/// One line of text from an error chain (`portable-pty` reports over several lines).
+pub(crate) fn one_line(e: impl fmt::Display) -> String {
+    format!("{e:#}")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Longest user name accepted (useradd's own limit on Linux; Windows allows 20, and
