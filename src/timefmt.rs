@@ -37,9 +37,71 @@ pub fn rfc3339(unix_ms: u64, millis: bool) -> String {
     )
 }
 
+/// `YYYYMMDDTHHMMSSZ` (SigV4's `X-Amz-Date`) for a Unix time in seconds.
+pub fn amz_date(unix_secs: u64) -> String {
+    let t = rfc3339(unix_secs.saturating_mul(1000), false);
+    t.chars().filter(|c| !matches!(c, '-' | ':')).collect()
+}
+
+/// Parses `YYYYMMDDTHHMMSSZ` into Unix seconds; `None` for anything else (also dates
+/// before 1970 or fields out of range).
+pub fn parse_amz_date(text: &str) -> Option<u64> {
+    let b = text.as_bytes();
+    if b.len() != 16 || b[8] != b'T' || b[15] != b'Z' {
+        return None;
+    }
+    let num = |range: std::ops::Range<usize>| -> Option<i64> {
+        let s = text.get(range)?;
+        s.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| s.parse().ok())?
+    };
+    let (year, month, day) = (num(0..4)?, num(4..6)?, num(6..8)?);
+    let (hour, minute, second) = (num(9..11)?, num(11..13)?, num(13..15)?);
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return None;
+    }
+    // Howard Hinnant's days-from-civil.
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days * 86_400 + hour * 3600 + minute * 60 + second).ok()
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{rfc3339, unix_ms};
+    use super::{amz_date, parse_amz_date, rfc3339, unix_ms};
+
+    #[test]
+    fn amz_dates_round_trip() {
+        assert_eq!(amz_date(1_440_938_160), "20150830T123600Z");
+        assert_eq!(parse_amz_date("20150830T123600Z"), Some(1_440_938_160));
+        assert_eq!(parse_amz_date("20000229T000000Z"), Some(951_782_400));
+        for t in [0, 951_782_400, 1_700_000_000, 4_102_444_799] {
+            assert_eq!(parse_amz_date(&amz_date(t)), Some(t));
+        }
+        for bad in [
+            "",
+            "20150830T123600",
+            "2015-08-30T12:36:00Z",
+            "20151330T123600Z",
+            "2015083OT123600Z",
+            "20150830T243600Z",
+            "19691231T235959Z",
+            "+0150830T123600Z",
+        ] {
+            assert_eq!(parse_amz_date(bad), None, "{bad}");
+        }
+    }
     use std::time::{Duration, UNIX_EPOCH};
 
     #[test]

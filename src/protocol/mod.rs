@@ -3,3 +3,4 @@ pub mod document;
 pub mod frame;
 pub mod payload;
 pub mod reliability;
+pub mod sigv4;
