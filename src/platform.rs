@@ -59,18 +59,13 @@ pub fn hostname() -> Option<String> {
 /// directory (`$XDG_STATE_HOME` or `~/.local/state`, `%LOCALAPPDATA%`), each with
 /// `session-agent` appended and then `sub` (empty for the agent itself).
 pub fn default_state_dir(sub: &str) -> PathBuf {
-    let dir = if cfg!(windows) {
-        let var = if is_privileged() {
-            "ProgramData"
-        } else {
-            "LOCALAPPDATA"
-        };
-        std::env::var_os(var)
+    let dir = if is_privileged() {
+        system_state_dir()
+    } else if cfg!(windows) {
+        std::env::var_os("LOCALAPPDATA")
             .map(PathBuf::from)
             .unwrap_or_else(std::env::temp_dir)
             .join("session-agent")
-    } else if is_privileged() {
-        PathBuf::from("/var/lib/session-agent")
     } else {
         std::env::var_os("XDG_STATE_HOME")
             .map(PathBuf::from)
@@ -82,6 +77,20 @@ pub fn default_state_dir(sub: &str) -> PathBuf {
         dir
     } else {
         dir.join(sub)
+    }
+}
+
+/// The system's state directory for the agent, whoever asks: `/var/lib/session-agent`,
+/// or `%ProgramData%\session-agent` (where `service install`, run by an administrator,
+/// prepares what the LocalSystem service will use).
+pub fn system_state_dir() -> PathBuf {
+    if cfg!(windows) {
+        std::env::var_os("ProgramData")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(r"C:\ProgramData"))
+            .join("session-agent")
+    } else {
+        PathBuf::from("/var/lib/session-agent")
     }
 }
 

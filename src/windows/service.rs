@@ -45,12 +45,9 @@ const WAIT_STOP: Duration = Duration::from_secs(620);
 /// Margin over `shutdown_timeout` the SCM is asked to wait while the agent stops.
 const STOP_MARGIN: Duration = Duration::from_secs(10);
 
-/// `%ProgramData%\session-agent`.
+/// `%ProgramData%\session-agent`, the state directory of the LocalSystem service.
 pub fn state_dir() -> PathBuf {
-    std::env::var_os("ProgramData")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(r"C:\ProgramData"))
-        .join("session-agent")
+    crate::platform::system_state_dir()
 }
 
 /// The configuration file the service runs with unless `install --config` names one.
