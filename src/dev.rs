@@ -91,8 +91,10 @@ pub async fn run(args: DevArgs) -> Result<u8, String> {
         other => return Err(format!("--shell: {other:?} is not `login` or `sh`")),
     };
     let agent_config = AgentConfig {
-        endpoint: endpoint.clone(),
-        target_id: args.target_id.clone(),
+        aws: None,
+        endpoint: Some(endpoint.clone()),
+        region: None,
+        target_id: Some(args.target_id.clone()),
         // As root, the same state directory as `run`: its record of having created ssm-user
         // keeps dev from re-creating an ssm-user an administrator deleted.
         state_dir: if crate::platform::is_privileged() {

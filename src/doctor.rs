@@ -184,7 +184,7 @@ pub async fn run(
             }
         },
     };
-    aws(&mut report, destinations.as_ref()).await;
+    aws(&mut report, config.region.clone(), destinations.as_ref()).await;
     report
 }
 
@@ -276,9 +276,37 @@ async fn recordings(report: &mut Report, config: &AgentConfig) {
 }
 
 async fn endpoint(report: &mut Report, config: &AgentConfig) {
-    let what = format!("gateway {}", config.endpoint);
-    let fix = "start the gateway or fix `endpoint` (SESSION_AGENT_ENDPOINT); for a private CA set `ca_file`";
-    let mgs = match Mgs::new(&config.endpoint, config.ca_file.as_deref()) {
+    let sdk = crate::delivery::aws::load_config(config.region.clone());
+    let identity = match crate::agent::identity::resolve(config, sdk).await {
+        Ok(i) => i,
+        Err(e) => {
+            report.fix(
+                Status::Fail,
+                "AWS identity",
+                e.to_string(),
+                "set `region` and `target_id` in the configuration, or run on EC2 with instance metadata (IMDSv2) reachable",
+            );
+            return;
+        }
+    };
+    if let Some(aws) = &identity.aws {
+        report.add(
+            Status::Ok,
+            "AWS identity",
+            format!(
+                "{} in {} (gateway {}, SSM API {})",
+                identity.target_id, aws.region, identity.endpoint, aws.ssm_endpoint
+            ),
+        );
+    }
+    let what = format!("gateway {}", identity.endpoint);
+    let fix = if identity.aws.is_some() {
+        "check the network path to the endpoint (or set `endpoint`, e.g. a VPC endpoint), and that the credentials allow ssmmessages:CreateControlChannel; for a private CA set `ca_file`"
+    } else {
+        "start the gateway or fix `endpoint` (SESSION_AGENT_ENDPOINT); for a private CA set `ca_file`"
+    };
+    let signer = identity.aws.as_ref().map(|a| a.signer.clone());
+    let mgs = match Mgs::new(&identity.endpoint, config.ca_file.as_deref(), signer) {
         Ok(m) => m,
         Err(e) => {
             report.fix(Status::Fail, what, crate::error_chain(&e), fix);
@@ -287,27 +315,32 @@ async fn endpoint(report: &mut Report, config: &AgentConfig) {
     };
     let started = Instant::now();
     match mgs
-        .create_channel("control-channel", &config.target_id, None)
+        .create_channel("control-channel", &identity.target_id, None)
         .await
     {
         Ok(_) => report.add(
             Status::Ok,
             what,
             format!(
-                "reachable: a control-channel token for {} was issued in {} ms",
-                config.target_id,
-                started.elapsed().as_millis()
+                "reachable: a control-channel token for {} was issued in {} ms{}",
+                identity.target_id,
+                started.elapsed().as_millis(),
+                if mgs.signs() {
+                    " (SigV4-signed request accepted)"
+                } else {
+                    ""
+                }
             ),
         ),
         Err(e) => report.fix(Status::Fail, what, crate::error_chain(&e), fix),
     }
 }
 
-async fn aws(report: &mut Report, destinations: Option<&Destinations>) {
+async fn aws(report: &mut Report, region: Option<String>, destinations: Option<&Destinations>) {
     use aws_credential_types::provider::ProvideCredentials;
     let needed = destinations.is_some_and(Destinations::any);
     let missing = if needed { Status::Fail } else { Status::Warn };
-    let config = crate::delivery::aws::load_config().await;
+    let config = crate::delivery::aws::load_config(region).await;
     let region = config.region().map(ToString::to_string);
     match &region {
         Some(r) => report.add(Status::Ok, "AWS region", r.clone()),

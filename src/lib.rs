@@ -75,7 +75,10 @@ pub mod protocol;
 pub mod recorder;
 pub mod replay;
 pub mod session;
+pub mod sign;
+pub mod ssm;
 pub mod timefmt;
+pub mod tls;
 #[cfg(windows)]
 pub mod windows;
 

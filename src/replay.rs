@@ -303,7 +303,7 @@ pub async fn verify(args: &VerifyArgs, out: &mut impl Write) -> u8 {
             let _ = writeln!(out, "verify: {}: expected s3://BUCKET/KEY", args.source);
             return 2;
         };
-        let config = crate::delivery::aws::load_config().await;
+        let config = crate::delivery::aws::load_config(None).await;
         let s3 = aws_sdk_s3::Client::new(&config);
         match s3.get_object().bucket(bucket).key(key).send().await {
             Ok(o) => match o.body.collect().await {
@@ -363,7 +363,7 @@ async fn verify_cloudwatch(source: &str, rest: &str, out: &mut impl Write) -> u8
         );
         return 2;
     };
-    let config = crate::delivery::aws::load_config().await;
+    let config = crate::delivery::aws::load_config(None).await;
     let logs = crate::delivery::aws::Logs::new(&config);
     let mut checker = StreamChecker::new();
     let mut token = None;

@@ -26,10 +26,32 @@ pub struct RunArgs {
     /// TOML configuration file; see config/session-agent.example.toml.
     #[arg(long, env = "SESSION_AGENT_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Gateway URL (http(s)://host:port) [default: http://127.0.0.1:8080].
+    /// Which service the agent talks to: `local` (a `session-agent gateway`, unsigned
+    /// requests) or `aws` (AWS Systems Manager: every request SigV4-signed with the
+    /// instance role or other AWS credentials; endpoint, region and instance id found
+    /// as on EC2) [default: local].
+    #[arg(long, env = "SESSION_AGENT_GATEWAY")]
+    pub gateway: Option<String>,
+    /// Message gateway URL (http(s)://host[:port]) or bare host name (https)
+    /// [default: http://127.0.0.1:8080 with --gateway local;
+    /// https://ssmmessages.REGION.amazonaws.com (or the partition's domain) with aws].
     #[arg(long, env = "SESSION_AGENT_ENDPOINT")]
     pub endpoint: Option<String>,
-    /// This node's id as the gateway knows it [default: the host name].
+    /// AWS region for the gateway, the SSM API and log delivery [default: AWS_REGION,
+    /// the AWS config file, or instance metadata (IMDSv2) on EC2].
+    #[arg(long, env = "SESSION_AGENT_REGION")]
+    pub region: Option<String>,
+    /// DNS domain for the regional endpoints instead of the partition's own
+    /// (amazonaws.com, amazonaws.com.cn, ...) [default: by region].
+    #[arg(long, env = "SESSION_AGENT_SERVICE_DOMAIN")]
+    pub service_domain: Option<String>,
+    /// SSM API URL for the UpdateInstanceInformation heartbeat (--gateway aws)
+    /// [default: https://ssm.REGION.<domain>].
+    #[arg(long, env = "SESSION_AGENT_SSM_ENDPOINT")]
+    pub ssm_endpoint: Option<String>,
+    /// This node's id as the gateway knows it [default: the host name with --gateway
+    /// local; the EC2 instance id from instance metadata with aws; on premises set the
+    /// managed-instance id, mi-...].
     #[arg(long, env = "SESSION_AGENT_TARGET_ID")]
     pub target_id: Option<String>,
     /// State directory [default: /var/lib/session-agent as root, else
@@ -85,7 +107,11 @@ pub struct RunArgs {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
+    gateway: Option<String>,
     endpoint: Option<String>,
+    region: Option<String>,
+    service_domain: Option<String>,
+    ssm_endpoint: Option<String>,
     target_id: Option<String>,
     state_dir: Option<PathBuf>,
     max_sessions: Option<usize>,
@@ -117,7 +143,11 @@ pub fn parse_file(text: &str, path: &Path) -> Result<RunArgs, ConfigError> {
         .map_err(|e| err("--config", format!("{}: {}", path.display(), e.message())))?;
     Ok(RunArgs {
         config: None,
+        gateway: f.gateway,
         endpoint: f.endpoint,
+        region: f.region,
+        service_domain: f.service_domain,
+        ssm_endpoint: f.ssm_endpoint,
         target_id: f.target_id,
         state_dir: f.state_dir,
         max_sessions: f.max_sessions,
@@ -148,6 +178,16 @@ fn default_target_id() -> String {
     }
 }
 
+/// `[A-Za-z0-9._-]{1,128}`: EC2 (`i-…`) and managed-instance (`mi-…`) ids, and any
+/// such name on the local gateway.
+pub fn valid_target_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
 fn default_state_dir() -> PathBuf {
     crate::platform::default_state_dir("")
 }
@@ -166,30 +206,53 @@ impl RunArgs {
             }
             None => RunArgs::default(),
         };
-        let endpoint = self
-            .endpoint
-            .or(file.endpoint)
-            .unwrap_or_else(|| DEFAULT_ENDPOINT.into());
-        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
-            return Err(err(
-                "endpoint",
-                format!("{endpoint:?} must start with http:// or https://"),
-            ));
+        use crate::protocol::endpoint;
+        let aws = match self.gateway.or(file.gateway).as_deref().unwrap_or("local") {
+            "local" => false,
+            "aws" => true,
+            other => return Err(err("gateway", format!("{other:?} is not `local` or `aws`"))),
+        };
+        let endpoint = match self.endpoint.or(file.endpoint) {
+            Some(raw) => Some(endpoint::normalize(&raw).map_err(|e| err("endpoint", e))?),
+            None if aws => None,
+            None => Some(DEFAULT_ENDPOINT.into()),
+        };
+        let region = self.region.or(file.region);
+        if let Some(r) = &region {
+            endpoint::check_region(r).map_err(|e| err("region", e))?;
         }
-        let target_id = self
-            .target_id
-            .or(file.target_id)
-            .unwrap_or_else(default_target_id);
-        let id_ok = !target_id.is_empty()
-            && target_id.len() <= 128
-            && target_id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-        if !id_ok {
-            return Err(err(
-                "target_id",
-                format!("{target_id:?} must match [A-Za-z0-9._-]{{1,128}}"),
-            ));
+        let service_domain = self.service_domain.or(file.service_domain);
+        if let Some(d) = &service_domain {
+            endpoint::for_region(endpoint::SSM, "us-east-1", Some(d))
+                .map_err(|e| err("service_domain", e))?;
+        }
+        let ssm_endpoint = match self.ssm_endpoint.or(file.ssm_endpoint) {
+            Some(raw) => Some(endpoint::normalize(&raw).map_err(|e| err("ssm_endpoint", e))?),
+            None => None,
+        };
+        for (key, set) in [
+            ("service_domain", service_domain.is_some()),
+            ("ssm_endpoint", ssm_endpoint.is_some()),
+        ] {
+            if set && !aws {
+                return Err(err(
+                    key,
+                    "applies only with gateway = \"aws\" (the local gateway has no regional endpoints)",
+                ));
+            }
+        }
+        let target_id = match self.target_id.or(file.target_id) {
+            Some(id) => Some(id),
+            None if aws => None,
+            None => Some(default_target_id()),
+        };
+        if let Some(id) = &target_id {
+            if !valid_target_id(id) {
+                return Err(err(
+                    "target_id",
+                    format!("{id:?} must match [A-Za-z0-9._-]{{1,128}}"),
+                ));
+            }
         }
         let max_sessions = self.max_sessions.or(file.max_sessions).unwrap_or(1000);
         if !(1..=10_000).contains(&max_sessions) {
@@ -290,7 +353,12 @@ impl RunArgs {
             )
         })?;
         Ok(AgentConfig {
+            aws: aws.then_some(super::AwsSettings {
+                service_domain,
+                ssm_endpoint,
+            }),
             endpoint,
+            region,
             target_id,
             state_dir: self
                 .state_dir
@@ -340,8 +408,27 @@ impl AgentConfig {
         let mut line = |key: &str, value: String| {
             let _ = writeln!(out, "{key} = {value}");
         };
-        line("endpoint", text(&self.endpoint));
-        line("target_id", text(&self.target_id));
+        line(
+            "gateway",
+            text(if self.aws.is_some() { "aws" } else { "local" }),
+        );
+        if let Some(endpoint) = &self.endpoint {
+            line("endpoint", text(endpoint));
+        }
+        if let Some(region) = &self.region {
+            line("region", text(region));
+        }
+        if let Some(aws) = &self.aws {
+            if let Some(domain) = &aws.service_domain {
+                line("service_domain", text(domain));
+            }
+            if let Some(ssm) = &aws.ssm_endpoint {
+                line("ssm_endpoint", text(ssm));
+            }
+        }
+        if let Some(id) = &self.target_id {
+            line("target_id", text(id));
+        }
         line("state_dir", path(&self.state_dir));
         line("max_sessions", self.max_sessions.to_string());
         line("sudo_policy", text(self.sudo_policy.as_str()));
@@ -403,10 +490,40 @@ mod tests {
             ..RunArgs::default()
         };
         let cfg = args.into_config().unwrap();
-        assert_eq!(cfg.target_id, "node-1");
+        assert_eq!(cfg.target_id.as_deref(), Some("node-1"));
         assert_eq!(cfg.max_sessions, 7);
-        assert_eq!(cfg.endpoint, DEFAULT_ENDPOINT);
+        assert_eq!(cfg.endpoint.as_deref(), Some(DEFAULT_ENDPOINT));
+        assert!(cfg.aws.is_none());
         assert_eq!(cfg.shell, ShellChoice::Login);
+    }
+
+    #[test]
+    fn aws_mode_leaves_endpoint_and_target_to_the_identity() {
+        let cfg = RunArgs {
+            gateway: Some("aws".into()),
+            ..RunArgs::default()
+        }
+        .into_config()
+        .unwrap();
+        assert!(cfg.aws.is_some());
+        assert_eq!(cfg.endpoint, None);
+        assert_eq!(cfg.target_id, None);
+        let cfg = parse_file(
+            "gateway = \"aws\"\nendpoint = \"vpce-1.ssmmessages.example\"\nregion = \"eu-west-1\"\ntarget_id = \"mi-0123456789abcdef0\"\nssm_endpoint = \"http://127.0.0.1:9/\"\n",
+            Path::new("c.toml"),
+        )
+        .unwrap()
+        .into_config()
+        .unwrap();
+        assert_eq!(
+            cfg.endpoint.as_deref(),
+            Some("https://vpce-1.ssmmessages.example")
+        );
+        assert_eq!(cfg.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(
+            cfg.aws.unwrap().ssm_endpoint.as_deref(),
+            Some("http://127.0.0.1:9")
+        );
     }
 
     #[test]
@@ -454,6 +571,50 @@ mod tests {
                 },
                 "ca_file",
             ),
+            (
+                RunArgs {
+                    gateway: Some("ssm".into()),
+                    ..RunArgs::default()
+                },
+                "gateway",
+            ),
+            (
+                RunArgs {
+                    endpoint: Some("https://gw/v1".into()),
+                    ..RunArgs::default()
+                },
+                "endpoint",
+            ),
+            (
+                RunArgs {
+                    region: Some("us east".into()),
+                    ..RunArgs::default()
+                },
+                "region",
+            ),
+            (
+                RunArgs {
+                    gateway: Some("aws".into()),
+                    service_domain: Some("a/b".into()),
+                    ..RunArgs::default()
+                },
+                "service_domain",
+            ),
+            (
+                RunArgs {
+                    service_domain: Some("example.internal".into()),
+                    ..RunArgs::default()
+                },
+                "service_domain",
+            ),
+            (
+                RunArgs {
+                    gateway: Some("aws".into()),
+                    ssm_endpoint: Some("ftp://x".into()),
+                    ..RunArgs::default()
+                },
+                "ssm_endpoint",
+            ),
         ];
         for (args, key) in cases {
             let e = args.into_config().unwrap_err();
@@ -487,9 +648,11 @@ mod tests {
         let defaults = RunArgs::default().into_config().unwrap();
         assert_eq!(shipped.to_toml(), defaults.to_toml());
         // ca_file must name an existing file; its example path does not exist here.
+        // (gateway = "aws" there, so that the AWS-only keys apply.)
         let uncommented: String = text
             .lines()
             .map(|l| match l.strip_prefix("# ") {
+                Some("gateway = \"local\"") => "gateway = \"aws\"",
                 Some(kv) if kv.contains(" = ") && !kv.starts_with("ca_file") => kv,
                 _ => l,
             })
@@ -499,7 +662,8 @@ mod tests {
             .unwrap()
             .into_config()
             .unwrap();
-        assert_eq!(every.target_id, "my-host");
+        assert_eq!(every.target_id.as_deref(), Some("my-host"));
+        assert!(every.aws.is_some());
         assert_eq!(every.shutdown_timeout, DEFAULT_SHUTDOWN_TIMEOUT);
         let printed = every.to_toml();
         let documented = |key: &str| text.lines().any(|l| l.starts_with(&format!("# {key} = ")));

@@ -45,7 +45,8 @@ pub const STOPPING_REFUSAL: &str =
 fn online_status(ctx: &Ctx, sessions: usize) -> String {
     format!(
         "Online: control channel open to {} as {}; {sessions} session(s)",
-        ctx.config.endpoint, ctx.config.target_id
+        ctx.mgs.endpoint(),
+        ctx.target_id
     )
 }
 
@@ -122,16 +123,22 @@ pub(crate) async fn run(ctx: Arc<Ctx>, shutdown: impl Future<Output = ()>) {
         };
         let ws = match ws {
             Ok(ws) => {
-                tracing::info!(target_id = %ctx.config.target_id, endpoint = %ctx.config.endpoint, "Control channel open");
+                tracing::info!(target_id = %ctx.target_id, endpoint = %ctx.mgs.endpoint(), "Control channel open");
                 notify::status(&online_status(&ctx, sessions.len()));
                 ws
             }
             Err(e) => {
                 let delay = backoff.next_delay();
-                tracing::warn!(error = %e, retry_in = ?delay, "Control channel unavailable");
+                if e.auth_refused() {
+                    // Fresh credentials next time (the instance role's may have rotated).
+                    ctx.mgs.forget_credentials().await;
+                    tracing::error!(error = %e, retry_in = ?delay, "The gateway refused the agent's credentials; check that the instance role (or the credentials in the environment) allows ssmmessages:CreateControlChannel and ssmmessages:OpenControlChannel, and that the clock is right");
+                } else {
+                    tracing::warn!(error = %e, retry_in = ?delay, "Control channel unavailable");
+                }
                 notify::status(&format!(
                     "Offline: cannot reach {} ({e}); retrying",
-                    ctx.config.endpoint
+                    ctx.mgs.endpoint()
                 ));
                 tokio::select! {
                     () = tokio::time::sleep(delay) => continue 'reconnect,
@@ -169,7 +176,7 @@ pub(crate) async fn run(ctx: Arc<Ctx>, shutdown: impl Future<Output = ()>) {
                             }
                             let delay = backoff.next_delay();
                             tracing::warn!(retry_in = ?delay, "Control channel closed; reconnecting");
-                            notify::status(&format!("Offline: control channel to {} closed; reconnecting", ctx.config.endpoint));
+                            notify::status(&format!("Offline: control channel to {} closed; reconnecting", ctx.mgs.endpoint()));
                             tokio::select! {
                                 () = tokio::time::sleep(delay) => continue 'reconnect,
                                 () = &mut shutdown => break 'reconnect,
@@ -204,7 +211,7 @@ pub(crate) async fn run(ctx: Arc<Ctx>, shutdown: impl Future<Output = ()>) {
                             task_id: outcome.session_id,
                             topic: "agent_task_complete".into(),
                             final_task_status: outcome.status.into(),
-                            instance_id: ctx.config.target_id.clone(),
+                            instance_id: ctx.target_id.clone(),
                             output: outcome.output,
                             s3_bucket: outcome.locations.s3_bucket,
                             s3_url_suffix: outcome.locations.s3_key,
@@ -323,7 +330,7 @@ async fn sleep_until_opt(at: Option<Instant>) {
 }
 
 async fn connect(ctx: &Ctx) -> Result<super::mgs::Socket, super::mgs::MgsError> {
-    let target = &ctx.config.target_id;
+    let target = &ctx.target_id;
     let token = ctx
         .mgs
         .create_channel("control-channel", target, None)

@@ -2,12 +2,18 @@
 //! channel-creation POSTs (expect 201 + XML token), websocket dialing with the first text
 //! frame, TLS with the system's web roots or a custom CA.
 //!
-//! Must not know: sessions, PTYs, recording. Signing (SigV4) arrives with the AWS issue;
-//! the local gateway accepts unsigned requests.
+//! With a [`Signer`] (the agent's `gateway = "aws"` mode) every POST and every websocket
+//! upgrade is SigV4-signed, service `ssmmessages`: the upgrade by signing a synthetic
+//! `GET` of the `wss://` URL with an empty body, as upstream does, and adding the
+//! resulting headers to the upgrade request. Without one (the local gateway) requests go
+//! unsigned.
+//!
+//! Must not know: sessions, PTYs, recording.
 
 use crate::protocol::payload::{
     to_json, CreateChannelRequest, TokenResponse, MESSAGE_SCHEMA_VERSION,
 };
+use crate::sign::{SignError, Signer};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,12 +73,34 @@ pub enum MgsError {
     /// TLS material could not be loaded.
     #[error("tls: {0}")]
     Tls(String),
+    /// The request could not be signed (no credentials).
+    #[error("{what}: {source}")]
+    Sign {
+        /// What was attempted.
+        what: String,
+        /// Cause.
+        #[source]
+        source: SignError,
+    },
 }
 
 impl MgsError {
     /// True when the gateway says the session is over, so retrying is pointless (§1.6).
     pub fn session_terminated(&self) -> bool {
         matches!(self, Self::Refused { body, .. } if body.contains("Session is already terminated"))
+    }
+
+    /// True when the gateway refused the request's credentials or signature (HTTP 401 or
+    /// 403): fresh credentials may help, and the log should say what to fix.
+    pub fn auth_refused(&self) -> bool {
+        match self {
+            Self::Refused { status, .. } => matches!(status, 401 | 403),
+            Self::Websocket { source, .. } => matches!(
+                source.as_ref(),
+                tokio_tungstenite::tungstenite::Error::Http(r) if matches!(r.status().as_u16(), 401 | 403)
+            ),
+            _ => false,
+        }
     }
 }
 
@@ -82,45 +110,70 @@ pub struct Mgs {
     base: String,
     http: reqwest::Client,
     tls: Arc<rustls::ClientConfig>,
+    signer: Option<Arc<Signer>>,
 }
 
 impl Mgs {
-    /// `endpoint` is `http(s)://host:port`; `ca_file` adds a PEM CA to the web roots.
+    /// `endpoint` is `http(s)://host[:port]`; `ca_file` adds PEM CAs to the web roots;
+    /// `signer` (service `ssmmessages`) signs every request, or none is signed.
     ///
     /// # Errors
     /// Unreadable or invalid CA file.
-    pub fn new(endpoint: &str, ca_file: Option<&Path>) -> Result<Self, MgsError> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        let mut http = reqwest::Client::builder()
+    pub fn new(
+        endpoint: &str,
+        ca_file: Option<&Path>,
+        signer: Option<Arc<Signer>>,
+    ) -> Result<Self, MgsError> {
+        let tls = crate::tls::client_config(ca_file).map_err(MgsError::Tls)?;
+        let http = reqwest::Client::builder()
             .timeout(HTTP_TIMEOUT)
-            .use_rustls_tls();
-        if let Some(path) = ca_file {
-            let pem = std::fs::read(path)
-                .map_err(|e| MgsError::Tls(format!("cannot read {}: {e}", path.display())))?;
-            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-                let cert = cert.map_err(|e| MgsError::Tls(format!("{}: {e}", path.display())))?;
-                roots
-                    .add(cert.clone())
-                    .map_err(|e| MgsError::Tls(format!("{}: {e}", path.display())))?;
-                let c = reqwest::Certificate::from_der(&cert)
-                    .map_err(|e| MgsError::Tls(format!("{}: {e}", path.display())))?;
-                http = http.add_root_certificate(c);
-            }
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| MgsError::Tls(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let http = http.build().map_err(|e| MgsError::Tls(e.to_string()))?;
+            .use_preconfigured_tls(rustls::ClientConfig::clone(&tls))
+            .build()
+            .map_err(|e| MgsError::Tls(e.to_string()))?;
         Ok(Self {
             base: endpoint.trim_end_matches('/').to_owned(),
             http,
-            tls: Arc::new(tls),
+            tls,
+            signer,
         })
+    }
+
+    /// The gateway's base URL.
+    pub fn endpoint(&self) -> &str {
+        &self.base
+    }
+
+    /// Whether requests are signed.
+    pub fn signs(&self) -> bool {
+        self.signer.is_some()
+    }
+
+    /// Forgets cached credentials after the gateway refused them, so the next attempt
+    /// loads fresh ones.
+    pub async fn forget_credentials(&self) {
+        if let Some(signer) = &self.signer {
+            signer.forget().await;
+        }
+    }
+
+    async fn signed(
+        &self,
+        what: &str,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<Vec<(String, String)>, MgsError> {
+        match &self.signer {
+            None => Ok(Vec::new()),
+            Some(signer) => signer
+                .sign(method, url, headers, body)
+                .await
+                .map_err(|source| MgsError::Sign {
+                    what: what.to_owned(),
+                    source,
+                }),
+        }
     }
 
     /// `POST /v1/<kind>/<id>` → token (§1.2, §2.1).
@@ -139,11 +192,21 @@ impl Mgs {
             request_id: Uuid::new_v4().to_string(),
             client_id: client_id.map(str::to_owned),
         };
-        let resp = self
+        let url = format!("{}/v1/{kind}/{id}", self.base);
+        let body = to_json(&body);
+        let content_type = [("content-type", "application/json")];
+        let signed = self
+            .signed(&what, "POST", &url, &content_type, &body)
+            .await?;
+        let mut request = self
             .http
-            .post(format!("{}/v1/{kind}/{id}", self.base))
-            .header("content-type", "application/json")
-            .body(to_json(&body))
+            .post(&url)
+            .header("content-type", "application/json");
+        for (k, v) in signed {
+            request = request.header(k, v);
+        }
+        let resp = request
+            .body(body)
             .send()
             .await
             .map_err(|source| MgsError::Http {
@@ -179,26 +242,25 @@ impl Mgs {
         open: &impl serde::Serialize,
     ) -> Result<Socket, MgsError> {
         use futures_util::SinkExt;
-        let ws_base = if let Some(rest) = self.base.strip_prefix("https://") {
-            format!("wss://{rest}")
-        } else if let Some(rest) = self.base.strip_prefix("http://") {
-            format!("ws://{rest}")
-        } else {
-            self.base.clone()
-        };
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let ws_base = crate::protocol::endpoint::websocket_base(&self.base);
         let url = format!("{ws_base}/v1/{kind}/{id}?{query}");
         let what = format!("opening {kind} {id}");
         let wrap = |e| MgsError::Websocket {
             what: what.clone(),
             source: Box::new(e),
         };
+        let mut request = url.as_str().into_client_request().map_err(wrap)?;
+        for (k, v) in self.signed(&what, "GET", &url, &[], b"").await? {
+            let name = tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes());
+            let value = tokio_tungstenite::tungstenite::http::HeaderValue::from_str(&v);
+            if let (Ok(name), Ok(value)) = (name, value) {
+                request.headers_mut().insert(name, value);
+            }
+        }
         let connector = tokio_tungstenite::Connector::Rustls(self.tls.clone());
-        let dial = tokio_tungstenite::connect_async_tls_with_config(
-            url.as_str(),
-            None,
-            true,
-            Some(connector),
-        );
+        let dial =
+            tokio_tungstenite::connect_async_tls_with_config(request, None, true, Some(connector));
         let (mut ws, _) = tokio::time::timeout(HTTP_TIMEOUT, dial)
             .await
             .map_err(|_| {

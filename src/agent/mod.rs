@@ -21,6 +21,8 @@
 
 pub mod config;
 pub mod control;
+pub mod heartbeat;
+pub mod identity;
 pub mod mgs;
 mod notify;
 pub mod recording;
@@ -68,10 +70,17 @@ pub enum ShellChoice {
 /// Validated agent configuration.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    /// Gateway base URL, `http(s)://host:port`.
-    pub endpoint: String,
-    /// This node's id (`i-…`, `mi-…`, or any `[A-Za-z0-9._-]` name for the local gateway).
-    pub target_id: String,
+    /// Set with `gateway = "aws"`: requests are SigV4-signed, and what is not configured
+    /// is found as on EC2 (see [`identity`]).
+    pub aws: Option<AwsSettings>,
+    /// Gateway base URL, `http(s)://host[:port]`; `None` (AWS only): from the region.
+    pub endpoint: Option<String>,
+    /// AWS region for the gateway, the SSM API and delivery; `None`: the SDK's chain
+    /// (`AWS_REGION`, the config file, instance metadata).
+    pub region: Option<String>,
+    /// This node's id (`i-…`, `mi-…`, or any `[A-Za-z0-9._-]` name for the local gateway);
+    /// `None` (AWS only): the EC2 instance id from instance metadata.
+    pub target_id: Option<String>,
     /// Where the agent keeps its state.
     pub state_dir: PathBuf,
     /// Concurrent sessions allowed.
@@ -94,6 +103,15 @@ pub struct AgentConfig {
     pub log_format: crate::logging::LogFormat,
 }
 
+/// Settings of the `aws` gateway mode.
+#[derive(Debug, Clone, Default)]
+pub struct AwsSettings {
+    /// Domain instead of the region's partition domain.
+    pub service_domain: Option<String>,
+    /// SSM API URL for the heartbeat; `None`: `https://ssm.<region>.<domain>`.
+    pub ssm_endpoint: Option<String>,
+}
+
 impl AgentConfig {
     /// Where recordings are kept.
     pub fn recordings_dir(&self) -> PathBuf {
@@ -105,7 +123,10 @@ impl AgentConfig {
 #[derive(Debug)]
 pub(crate) struct Ctx {
     pub(crate) config: AgentConfig,
+    /// The message gateway (its endpoint, and the signer in AWS mode).
     pub(crate) mgs: mgs::Mgs,
+    /// This node's id, as configured or found in instance metadata.
+    pub(crate) target_id: String,
     pub(crate) daemon_user: UserInfo,
     pub(crate) daemon_is_root: bool,
     /// AWS configuration, loaded on first need (most local sessions never need it).
@@ -118,7 +139,9 @@ pub(crate) struct Ctx {
 
 impl Ctx {
     async fn aws(&self) -> &aws_config::SdkConfig {
-        self.aws.get_or_init(delivery::aws::load_config).await
+        self.aws
+            .get_or_init(|| delivery::aws::load_config(self.config.region.clone()))
+            .await
     }
 }
 
@@ -246,7 +269,7 @@ pub(crate) async fn run_session(
         Ok(u) => u,
         Err(e) => return fail(e.to_string()),
     };
-    let mut channel = match DataChannel::open(&ctx.mgs, &session_id, &ctx.config.target_id).await {
+    let mut channel = match DataChannel::open(&ctx.mgs, &session_id, &ctx.target_id).await {
         Ok(c) => c,
         Err(e) => return fail(format!("could not open the data channel: {e}")),
     };
@@ -359,7 +382,7 @@ pub(crate) async fn run_session(
         user: task.session_owner.clone(),
         run_as_user: who.info.name.clone(),
         owner: task.session_owner.clone(),
-        target: ctx.config.target_id.clone(),
+        target: ctx.target_id.clone(),
         reason: None,
         cols,
         rows,
@@ -369,7 +392,7 @@ pub(crate) async fn run_session(
     };
     let fields = SessionFields {
         region: checked.region.clone(),
-        target_id: ctx.config.target_id.clone(),
+        target_id: ctx.target_id.clone(),
         owner_arn: task.session_owner.clone(),
         run_as_user: who.info.name.clone(),
         session_id: session_id.clone(),
@@ -561,7 +584,25 @@ pub async fn run(
     } else {
         tracing::info!(user = %daemon_user.name, "Not running as root: sessions run as this user");
     }
-    let mgs = mgs::Mgs::new(&config.endpoint, config.ca_file.as_deref())?;
+    // Fused: polled again after it fired (a stop during start-up), it stays pending.
+    let shutdown = futures_util::FutureExt::fuse(shutdown);
+    tokio::pin!(shutdown);
+    notify::spawn_watchdog();
+    if config.aws.is_some() {
+        // Settling the identity may take retries (no network or metadata yet): the
+        // service manager hears from us, and gets watchdog pings, meanwhile.
+        notify::ready("Starting: finding the region, instance id and credentials");
+    }
+    let Some(identity) = settle_identity(&config, &mut shutdown).await else {
+        return Ok(());
+    };
+    let signer = identity.aws.as_ref().map(|a| a.signer.clone());
+    let mgs = mgs::Mgs::new(&identity.endpoint, config.ca_file.as_deref(), signer)?;
+    let aws = tokio::sync::OnceCell::new();
+    if let Some(found) = &identity.aws {
+        let _ = aws.set(found.sdk.clone());
+        tracing::info!(region = %found.region, endpoint = %identity.endpoint, target_id = %identity.target_id, "AWS mode: requests are signed (SigV4)");
+    }
     let recordings = config.recordings_dir();
     if let Err(e) = recording::private_dir(&recordings) {
         tracing::error!(dir = %recordings.display(), error = %e, "Cannot create the recordings directory; sessions will not be recorded");
@@ -570,20 +611,53 @@ pub async fn run(
     let ctx = Arc::new(Ctx {
         config,
         mgs,
+        target_id: identity.target_id.clone(),
         daemon_user,
         daemon_is_root,
-        aws: tokio::sync::OnceCell::new(),
+        aws,
         stopping: CancellationToken::new(),
         tasks: tokio_util::task::TaskTracker::new(),
     });
     // Recordings an earlier run left undelivered (crash, kill, reboot, outage): rebuilt
     // and delivered in the background while sessions are served.
     ctx.tasks.spawn(recovery::recover_all(ctx.clone()));
-    notify::spawn_watchdog();
+    if let Some(found) = &identity.aws {
+        heartbeat::start(&ctx, found).await;
+    }
     notify::ready(&format!(
         "Connecting to {} as {}",
-        ctx.config.endpoint, ctx.config.target_id
+        ctx.mgs.endpoint(),
+        ctx.target_id
     ));
     control::run(ctx, shutdown).await;
     Ok(())
+}
+
+/// How long the agent waits before it tries again to settle its identity.
+const IDENTITY_RETRY: Duration = Duration::from_secs(30);
+
+/// Settles the identity, retrying (a region or instance metadata may come later, e.g.
+/// once the network is up) until it succeeds or `shutdown` fires (`None`).
+async fn settle_identity(
+    config: &AgentConfig,
+    shutdown: &mut (impl std::future::Future<Output = ()> + Unpin),
+) -> Option<identity::Identity> {
+    loop {
+        let sdk = delivery::aws::load_config(config.region.clone());
+        let found = tokio::select! {
+            r = identity::resolve(config, sdk) => r,
+            () = &mut *shutdown => return None,
+        };
+        match found {
+            Ok(identity) => return Some(identity),
+            Err(e) => {
+                tracing::error!(error = %e, retry_in = ?IDENTITY_RETRY, "Cannot start in AWS mode");
+                notify::status(&format!("Offline: {e}"));
+                tokio::select! {
+                    () = tokio::time::sleep(IDENTITY_RETRY) => {}
+                    () = &mut *shutdown => return None,
+                }
+            }
+        }
+    }
 }

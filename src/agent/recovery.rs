@@ -180,7 +180,7 @@ async fn delivery_for(
                 .fields
                 .unwrap_or_else(|| crate::delivery::cwl::SessionFields {
                     region: String::new(),
-                    target_id: ctx.config.target_id.clone(),
+                    target_id: ctx.target_id.clone(),
                     owner_arn: String::new(),
                     run_as_user: String::new(),
                     session_id: meta.session_id.clone(),

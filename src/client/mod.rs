@@ -52,23 +52,20 @@
 //! Modules: [`api`] (the SSM API calls), [`channel`] (pure data-channel state machine),
 //! [`terminal`] (raw mode, window size); the websocket and stdin pump is private.
 
-pub mod api;
 pub mod channel;
 mod interrupts;
 mod pump;
 pub mod terminal;
 
 use crate::cli::ConfigError;
-use api::{SessionGrant, SsmApi};
+use crate::ssm::{SessionGrant, SsmApi};
 use channel::Channel;
 use clap::Args;
 use pump::{ClientIdentity, Ending, Pump};
-use rustls::pki_types::CertificateDer;
 use serde_json::{json, Value};
 use std::ffi::OsString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use terminal::RawMode;
 use uuid::Uuid;
 
@@ -177,7 +174,7 @@ impl ConnectArgs {
             .ca_file
             .or_else(|| env_nonempty("AWS_CA_BUNDLE").map(PathBuf::from));
         if let Some(path) = &ca_file {
-            read_ca_file(path).map_err(|e| config_error("--ca-file", e))?;
+            crate::tls::read_ca_file(path).map_err(|e| config_error("--ca-file", e))?;
         }
         let region_fallback = || {
             nonempty(self.region.clone())
@@ -190,7 +187,14 @@ impl ConnectArgs {
                 .or_else(|| nonempty(self.endpoint.clone()))
                 .or_else(|| env_nonempty("AWS_ENDPOINT_URL_SSM"))
                 .or_else(|| env_nonempty("AWS_ENDPOINT_URL"))
-                .unwrap_or_else(|| format!("https://ssm.{region}.amazonaws.com"))
+                .unwrap_or_else(|| {
+                    crate::protocol::endpoint::for_region(
+                        crate::protocol::endpoint::SSM,
+                        region,
+                        None,
+                    )
+                    .unwrap_or_else(|_| format!("https://ssm.{region}.amazonaws.com"))
+                })
         };
         if self.plugin_args.is_empty() {
             let Some(target) = nonempty(self.target.clone()) else {
@@ -318,42 +322,6 @@ pub fn plugin_argv(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
     argv
 }
 
-/// Reads every certificate in a PEM file.
-///
-/// # Errors
-/// Unreadable file, bad PEM, or no certificate in it.
-pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let certs = rustls_pemfile::certs(&mut pem.as_slice())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{} holds no PEM certificate", path.display()));
-    }
-    Ok(certs)
-}
-
-fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(path) = ca_file {
-        // A system bundle (AWS_CA_BUNDLE often names one) may hold a certificate rustls
-        // cannot use; skip such ones, as long as some are usable.
-        let (added, _ignored) = roots.add_parsable_certificates(read_ca_file(path)?);
-        if added == 0 {
-            return Err(format!("{}: no usable CA certificate", path.display()));
-        }
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(Arc::new(config))
-}
-
 /// How `connect` ended; [`Outcome::exit_code`] is the process exit status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -388,7 +356,7 @@ fn say(mut w: impl Write, text: &str) {
 fn error_line(text: &str) {
     say(
         std::io::stderr(),
-        &format!("session-agent: {}\n", api::one_line(text)),
+        &format!("session-agent: {}\n", crate::ssm::one_line(text)),
     );
 }
 
@@ -407,7 +375,7 @@ pub async fn connect(config: ConnectConfig) -> Outcome {
             return Outcome::Failed;
         }
     };
-    let tls = match tls_config(config.ca_file.as_deref()) {
+    let tls = match crate::tls::client_config(config.ca_file.as_deref()) {
         Ok(t) => t,
         Err(e) => {
             error_line(&format!("tls: {e}"));

@@ -13,11 +13,11 @@
 //! token, same StreamUrl, random 100–200 ms doubling to at most 5 s, 5 attempts), and
 //! every unacknowledged keystroke is sent again.
 
-use super::api::{ApiError, SsmApi, HTTP_TIMEOUT};
 use super::channel::{Channel, Effect, MAX_INPUT_CHUNK};
 use super::interrupts::{Interrupt, Interrupts, Stop};
 use super::terminal::{self, DEFAULT_SIZE};
 use crate::protocol::payload::{to_json, ChannelClosed, OpenDataChannel, MESSAGE_SCHEMA_VERSION};
+use crate::ssm::{ApiError, SsmApi, HTTP_TIMEOUT};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use rand::Rng;

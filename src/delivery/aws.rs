@@ -114,13 +114,16 @@ pub fn https_client() -> aws_sdk_s3::config::SharedHttpClient {
         .build_https()
 }
 
-/// Loads the SDK configuration from the standard chain (once per daemon).
-pub async fn load_config() -> aws_config::SdkConfig {
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
+/// Loads the SDK configuration from the standard chain (once per daemon); `region`, when
+/// given, wins over the chain's (the agent's `region` setting).
+pub async fn load_config(region: Option<String>) -> aws_config::SdkConfig {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .http_client(https_client())
-        .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(SDK_ATTEMPTS))
-        .load()
-        .await
+        .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(SDK_ATTEMPTS));
+    if let Some(region) = region {
+        loader = loader.region(aws_config::Region::new(region));
+    }
+    loader.load().await
 }
 
 /// A log group as `DescribeLogGroups` reports it.

@@ -1,5 +1,6 @@
 //! The Session Manager wire protocol as pure code: no sockets, files or clocks.
 pub mod document;
+pub mod endpoint;
 pub mod frame;
 pub mod payload;
 pub mod reliability;

@@ -23,8 +23,10 @@ impl RunningAgent {
     pub async fn start_via(gw: &Gateway, target: &str, endpoint: String) -> Self {
         let state = tempfile::tempdir().unwrap();
         let config = AgentConfig {
-            endpoint,
-            target_id: target.into(),
+            aws: None,
+            endpoint: Some(endpoint),
+            region: None,
+            target_id: Some(target.into()),
             state_dir: state.path().to_owned(),
             max_sessions: 100,
             sudo_policy: session_agent::session::user::SudoPolicy::NoPasswd,

@@ -1,14 +1,22 @@
-//! The three SSM API calls the client makes (StartSession, ResumeSession,
-//! TerminateSession): AWS JSON 1.1 over HTTP(S), `POST /` with
-//! `X-Amz-Target: AmazonSSM.<Operation>`, SigV4-signed (service `ssm`) when credentials
-//! are in the environment, unsigned otherwise (the local gateway accepts that).
+//! The SSM API calls this crate makes: StartSession, ResumeSession and TerminateSession
+//! for the client, UpdateInstanceInformation for the agent's heartbeat. AWS JSON 1.1 over
+//! HTTP(S), `POST /` with `X-Amz-Target: AmazonSSM.<Operation>`, SigV4-signed (service
+//! `ssm`) when there are credentials, unsigned otherwise (the local gateway accepts that
+//! unless it runs in strict mode).
+//!
+//! Four calls with flat JSON do not justify aws-sdk-ssm, one of the largest SDK crates
+//! (minutes of compile time on the 2-core CI for ~1,000 operations we never call); the
+//! signing is the same `aws-sigv4` code the SDK uses ([`crate::sign`]).
 //!
 //! Must not know: websockets, frames, terminals.
 
 use serde::Deserialize;
 use serde_json::Value;
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::sign::Signer;
 
 /// REST timeout (the agent uses the same, §1.2).
 pub const HTTP_TIMEOUT: Duration = Duration::from_secs(15);
@@ -76,48 +84,19 @@ impl SessionGrant {
     }
 }
 
-/// AWS credentials from the environment.
-#[derive(Clone)]
-struct EnvCredentials {
-    access_key_id: String,
-    secret_access_key: String,
-    session_token: Option<String>,
-}
-
-impl std::fmt::Debug for EnvCredentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EnvCredentials")
-            .field("access_key_id", &self.access_key_id)
-            .finish_non_exhaustive()
-    }
-}
-
-impl EnvCredentials {
-    /// `AWS_ACCESS_KEY_ID` + `AWS_SECRET_ACCESS_KEY` (+ `AWS_SESSION_TOKEN`), if both
-    /// are set and non-empty.
-    fn from_env() -> Option<Self> {
-        let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        Some(Self {
-            access_key_id: get("AWS_ACCESS_KEY_ID")?,
-            secret_access_key: get("AWS_SECRET_ACCESS_KEY")?,
-            session_token: get("AWS_SESSION_TOKEN"),
-        })
-    }
-}
-
 /// An SSM API endpoint.
 #[derive(Debug, Clone)]
 pub struct SsmApi {
     url: reqwest::Url,
-    region: String,
     http: reqwest::Client,
-    credentials: Option<EnvCredentials>,
+    signer: Option<Arc<Signer>>,
 }
 
 impl SsmApi {
     /// `endpoint` is `http(s)://host[:port]`; `ca_file` adds PEM CAs to the web roots.
-    /// Credentials: `credentials` (access key id, secret) when given, else the
-    /// environment; without any, calls are unsigned.
+    /// Credentials: `credentials` (access key id, secret) when given, else
+    /// `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` / `AWS_SESSION_TOKEN`; without any,
+    /// calls are unsigned.
     ///
     /// # Errors
     /// [`ApiError::Setup`] for a bad URL or CA file.
@@ -126,6 +105,32 @@ impl SsmApi {
         region: &str,
         ca_file: Option<&Path>,
         credentials: Option<(String, String)>,
+    ) -> Result<Self, ApiError> {
+        let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let provider = match credentials {
+            Some((id, secret)) => Some(crate::sign::static_provider(&id, &secret, None)),
+            None => match (get("AWS_ACCESS_KEY_ID"), get("AWS_SECRET_ACCESS_KEY")) {
+                (Some(id), Some(secret)) => Some(crate::sign::static_provider(
+                    &id,
+                    &secret,
+                    get("AWS_SESSION_TOKEN"),
+                )),
+                _ => None,
+            },
+        };
+        let signer =
+            provider.map(|p| Arc::new(Signer::new(p, region, crate::protocol::endpoint::SSM)));
+        Self::with_signer(endpoint, ca_file, signer)
+    }
+
+    /// Like [`SsmApi::new`], signing with `signer` (service `ssm`), or unsigned.
+    ///
+    /// # Errors
+    /// [`ApiError::Setup`] for a bad URL or CA file.
+    pub fn with_signer(
+        endpoint: &str,
+        ca_file: Option<&Path>,
+        signer: Option<Arc<Signer>>,
     ) -> Result<Self, ApiError> {
         let url = reqwest::Url::parse(endpoint)
             .map_err(|e| ApiError::Setup(format!("endpoint {endpoint:?}: {e}")))?;
@@ -138,7 +143,7 @@ impl SsmApi {
             .timeout(HTTP_TIMEOUT)
             .use_rustls_tls();
         if let Some(path) = ca_file {
-            for cert in super::read_ca_file(path).map_err(ApiError::Setup)? {
+            for cert in crate::tls::read_ca_file(path).map_err(ApiError::Setup)? {
                 let c = reqwest::Certificate::from_der(&cert)
                     .map_err(|e| ApiError::Setup(format!("{}: {e}", path.display())))?;
                 http = http.add_root_certificate(c);
@@ -147,23 +152,12 @@ impl SsmApi {
         let http = http
             .build()
             .map_err(|e| ApiError::Setup(format!("HTTP client: {e}")))?;
-        Ok(Self {
-            url,
-            region: region.to_owned(),
-            http,
-            credentials: credentials
-                .map(|(access_key_id, secret_access_key)| EnvCredentials {
-                    access_key_id,
-                    secret_access_key,
-                    session_token: None,
-                })
-                .or_else(EnvCredentials::from_env),
-        })
+        Ok(Self { url, http, signer })
     }
 
     /// True when calls are SigV4-signed.
     pub fn signs(&self) -> bool {
-        self.credentials.is_some()
+        self.signer.is_some()
     }
 
     /// StartSession with the given request (`Target`, and optionally `DocumentName`,
@@ -212,6 +206,16 @@ impl SsmApi {
         .map(drop)
     }
 
+    /// UpdateInstanceInformation (the agent's heartbeat).
+    ///
+    /// # Errors
+    /// The service refused or could not be reached.
+    pub async fn update_instance_information(&self, request: &Value) -> Result<(), ApiError> {
+        self.call("UpdateInstanceInformation", request)
+            .await
+            .map(drop)
+    }
+
     /// One AWS JSON 1.1 call; returns the parsed 200 body.
     async fn call(&self, operation: &str, input: &Value) -> Result<Value, ApiError> {
         let body = input.to_string();
@@ -221,8 +225,16 @@ impl SsmApi {
             .post(self.url.clone())
             .header("content-type", CONTENT_TYPE)
             .header("x-amz-target", &target);
-        if let Some(creds) = &self.credentials {
-            for (k, v) in self.sign(creds, &target, body.as_bytes())? {
+        if let Some(signer) = &self.signer {
+            let headers = [
+                ("content-type", CONTENT_TYPE),
+                ("x-amz-target", target.as_str()),
+            ];
+            let signed = signer
+                .sign("POST", self.url.as_str(), &headers, body.as_bytes())
+                .await
+                .map_err(|e| ApiError::Setup(e.to_string()))?;
+            for (k, v) in signed {
                 req = req.header(k, v);
             }
         }
@@ -246,59 +258,6 @@ impl SsmApi {
                 .map_err(|e| ApiError::BadResponse(format!("{operation}: {e}")));
         }
         Err(service_error(status, error_header.as_deref(), &text))
-    }
-
-    /// SigV4 headers (`authorization`, `x-amz-date`, `x-amz-security-token`) for a
-    /// `POST /` carrying `body`.
-    fn sign(
-        &self,
-        creds: &EnvCredentials,
-        target: &str,
-        body: &[u8],
-    ) -> Result<Vec<(String, String)>, ApiError> {
-        use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
-        use aws_sigv4::sign::v4;
-        let identity = aws_credential_types::Credentials::new(
-            &creds.access_key_id,
-            &creds.secret_access_key,
-            creds.session_token.clone(),
-            None,
-            "environment",
-        )
-        .into();
-        let params = v4::SigningParams::builder()
-            .identity(&identity)
-            .region(&self.region)
-            .name("ssm")
-            .time(SystemTime::now())
-            .settings(SigningSettings::default())
-            .build()
-            .map_err(|e| ApiError::Setup(format!("signing: {e}")))?
-            .into();
-        let host = match (self.url.host_str(), self.url.port()) {
-            (Some(h), Some(p)) => format!("{h}:{p}"),
-            (Some(h), None) => h.to_owned(),
-            (None, _) => String::new(),
-        };
-        let headers = [
-            ("host", host.as_str()),
-            ("content-type", CONTENT_TYPE),
-            ("x-amz-target", target),
-        ];
-        let signable = SignableRequest::new(
-            "POST",
-            self.url.as_str(),
-            headers.into_iter(),
-            SignableBody::Bytes(body),
-        )
-        .map_err(|e| ApiError::Setup(format!("signing: {e}")))?;
-        let (instructions, _) = sign(signable, &params)
-            .map_err(|e| ApiError::Setup(format!("signing: {e}")))?
-            .into_parts();
-        Ok(instructions
-            .headers()
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect())
     }
 }
 
