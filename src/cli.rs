@@ -232,6 +232,19 @@ pub struct GatewayArgs {
     /// the agent as RunAsUser (used when the document has runAsEnabled).
     #[arg(long = "run-as", value_name = "KEYID=USER")]
     pub run_as: Vec<String>,
+    /// Verify every SigV4 signature as AWS does, against the keys in --credentials:
+    /// the SSM API (service ssm), channel POSTs and control-channel upgrades
+    /// (ssmmessages) must be signed for --region and within 5 minutes of this clock;
+    /// unsigned data-channel upgrades are accepted on their single-use token (the
+    /// official client signs none). Agents then need `gateway = "aws"` with this
+    /// gateway as `endpoint`.
+    #[arg(long, requires = "credentials")]
+    pub strict_sigv4: bool,
+    /// AWS credentials file (`[name]` sections with aws_access_key_id,
+    /// aws_secret_access_key, optional aws_session_token) holding the keys
+    /// --strict-sigv4 accepts; re-read when an unknown key signs.
+    #[arg(long, requires = "strict_sigv4")]
+    pub credentials: Option<PathBuf>,
 }
 
 pub use crate::session::user::valid_user_name;
@@ -364,6 +377,11 @@ impl GatewayArgs {
                 ));
             }
             cfg.run_as.push((who.to_owned(), user.to_owned()));
+        }
+        if let Some(path) = &self.credentials {
+            let strict = crate::gateway::auth::StrictSigV4::load(path, &self.region)
+                .map_err(|e| config_error("--credentials", e))?;
+            cfg.strict_sigv4 = Some(std::sync::Arc::new(strict));
         }
         cfg.data_dir = self.data_dir;
         cfg.documents_dir = self.documents_dir;

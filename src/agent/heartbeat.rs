@@ -8,6 +8,7 @@
 use super::identity::AwsIdentity;
 use super::{Ctx, AGENT_VERSION};
 use crate::protocol::endpoint::SSM;
+use crate::sign::Signer;
 use crate::ssm::SsmApi;
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
@@ -25,7 +26,7 @@ pub(crate) async fn start(ctx: &Arc<Ctx>, aws: &AwsIdentity) {
     let api = match SsmApi::with_signer(
         &aws.ssm_endpoint,
         ctx.config.ca_file.as_deref(),
-        Some(signer),
+        Some(signer.clone()),
     ) {
         Ok(api) => api,
         Err(e) => {
@@ -34,29 +35,33 @@ pub(crate) async fn start(ctx: &Arc<Ctx>, aws: &AwsIdentity) {
         }
     };
     let request = request(&ctx.target_id, &platform(), local_ip());
-    beat(&api, &aws.ssm_endpoint, &request).await;
+    beat(&api, &signer, &aws.ssm_endpoint, &request).await;
     let stopping = ctx.stopping.clone();
     let endpoint = aws.ssm_endpoint.clone();
     ctx.tasks.spawn(async move {
         loop {
             tokio::select! {
-                () = tokio::time::sleep(EVERY) => beat(&api, &endpoint, &request).await,
+                () = tokio::time::sleep(EVERY) => beat(&api, &signer, &endpoint, &request).await,
                 () = stopping.cancelled() => return,
             }
         }
     });
 }
 
-async fn beat(api: &SsmApi, endpoint: &str, request: &Value) {
+async fn beat(api: &SsmApi, signer: &Signer, endpoint: &str, request: &Value) {
     match api.update_instance_information(request).await {
         Ok(()) => tracing::debug!(%endpoint, "UpdateInstanceInformation sent"),
+        Err(
+            e @ crate::ssm::ApiError::Service {
+                status: 401 | 403, ..
+            },
+        ) => {
+            // Fresh credentials next time (the instance role's may have rotated).
+            signer.forget().await;
+            tracing::error!(%endpoint, error = %e, "UpdateInstanceInformation refused: the node will not show as Online; the agent's credentials must be valid and allow ssm:UpdateInstanceInformation (the AmazonSSMManagedInstanceCore policy has it)");
+        }
         Err(e) => {
-            let denied = matches!(&e, crate::ssm::ApiError::Service { status: 400 | 401 | 403, kind, .. } if kind.contains("Denied") || kind.contains("Token") || kind.contains("Signature"));
-            if denied {
-                tracing::error!(%endpoint, error = %e, "UpdateInstanceInformation refused: the node will not show as Online; allow ssm:UpdateInstanceInformation to the instance role (the AmazonSSMManagedInstanceCore policy has it)");
-            } else {
-                tracing::warn!(%endpoint, error = %e, retry_in = ?EVERY, "UpdateInstanceInformation failed");
-            }
+            tracing::warn!(%endpoint, error = %e, retry_in = ?EVERY, "UpdateInstanceInformation failed");
         }
     }
 }

@@ -1,9 +1,27 @@
-//! Who is calling. In this version the gateway accepts any credentials: a SigV4
+//! Who is calling. By default the gateway accepts any credentials: a SigV4
 //! `Authorization` header is parsed (not verified) and its access key id names the caller;
-//! an unsigned request is the caller `anonymous`. Signature verification is a later,
-//! opt-in strict mode.
+//! an unsigned request is the caller `anonymous`.
+//!
+//! Strict mode (`--strict-sigv4 --credentials FILE`, [`StrictSigV4`]) verifies every
+//! signature against the keys in an AWS-style credentials file, as AWS does: the SSM API
+//! (`POST /`, service `ssm`), the channel POSTs and the control-channel upgrade (service
+//! `ssmmessages`) must be signed and valid; a data-channel upgrade may come unsigned,
+//! because the official client sends no signature there (its single-use token from
+//! StartSession is the proof, protocol.md §13), but if it is signed the signature must
+//! be valid. Refusals carry AWS's error names and texts ([`sigv4::SigError`]). The file is
+//! read again when an unknown key shows up (at most once a second), so keys can be added
+//! or rotated without a restart.
 
-use axum::http::HeaderMap;
+use crate::protocol::sigv4::{self, Secret, SigError};
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 /// The caller of an API request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,9 +82,255 @@ fn access_key_id(header: &str) -> Option<&str> {
     ok.then_some(id)
 }
 
+/// Strict SigV4 verification: the keys it accepts, from a credentials file.
+#[derive(Debug)]
+pub struct StrictSigV4 {
+    path: PathBuf,
+    region: String,
+    keys: Mutex<(HashMap<String, Secret>, Instant)>,
+}
+
+/// How often the credentials file may be re-read for an unknown key.
+const RELOAD_EVERY: Duration = Duration::from_secs(1);
+
+impl StrictSigV4 {
+    /// Loads `path` (AWS credentials file format); `region` is the one signatures must be
+    /// scoped to.
+    ///
+    /// # Errors
+    /// An unreadable file, a malformed one, or one without keys.
+    pub fn load(path: &Path, region: &str) -> Result<Self, String> {
+        let keys = read_credentials(path)?;
+        Ok(Self {
+            path: path.to_owned(),
+            region: region.to_owned(),
+            keys: Mutex::new((keys, Instant::now())),
+        })
+    }
+
+    /// The secret of `access_key_id`, re-reading the file (rate-limited) when unknown.
+    fn secret(&self, access_key_id: &str) -> Option<Secret> {
+        let mut keys = self
+            .keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(s) = keys.0.get(access_key_id) {
+            return Some(s.clone());
+        }
+        if keys.1.elapsed() >= RELOAD_EVERY {
+            keys.1 = Instant::now();
+            match read_credentials(&self.path) {
+                Ok(fresh) => keys.0 = fresh,
+                Err(e) => {
+                    tracing::warn!(error = %e, "Cannot re-read the credentials file; keeping the keys loaded before")
+                }
+            }
+        }
+        keys.0.get(access_key_id).cloned()
+    }
+
+    /// Verifies one request (service by path). `Ok(None)`: an unsigned data-channel
+    /// upgrade, accepted on its token.
+    fn check(
+        &self,
+        method: &Method,
+        uri: &axum::http::Uri,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<Option<String>, SigError> {
+        let path = uri.path();
+        let service = if path == "/" { "ssm" } else { "ssmmessages" };
+        let signed = headers.contains_key(axum::http::header::AUTHORIZATION);
+        if !signed && method == Method::GET && path.starts_with("/v1/data-channel/") {
+            return Ok(None);
+        }
+        let pairs: Vec<(String, String)> = headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        let request = sigv4::Request {
+            method: method.as_str(),
+            path,
+            query: uri.query().unwrap_or(""),
+            headers: &pairs,
+            body,
+        };
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let expect = sigv4::Expect {
+            region: &self.region,
+            service,
+        };
+        sigv4::verify(&request, expect, |id| self.secret(id), now).map(Some)
+    }
+}
+
+/// Parses an AWS credentials file: `[profile]` sections with `aws_access_key_id`,
+/// `aws_secret_access_key` and optionally `aws_session_token`; `#` and `;` start
+/// comments. Returns the keys by access key id.
+///
+/// # Errors
+/// A section without both keys, a line that is not `name = value`, or no keys at all.
+pub fn parse_credentials(text: &str) -> Result<HashMap<String, Secret>, String> {
+    let mut out = HashMap::new();
+    let mut section: Option<(String, HashMap<String, String>)> = None;
+    let finish = |section: Option<(String, HashMap<String, String>)>,
+                  out: &mut HashMap<String, Secret>|
+     -> Result<(), String> {
+        let Some((name, mut kv)) = section else {
+            return Ok(());
+        };
+        let id = kv.remove("aws_access_key_id");
+        let secret = kv.remove("aws_secret_access_key");
+        match (id, secret) {
+            (Some(id), Some(secret)) if !id.is_empty() && !secret.is_empty() => {
+                out.insert(
+                    id,
+                    Secret {
+                        secret_access_key: secret,
+                        session_token: kv.remove("aws_session_token").filter(|t| !t.is_empty()),
+                    },
+                );
+                Ok(())
+            }
+            _ => Err(format!(
+                "[{name}] needs aws_access_key_id and aws_secret_access_key"
+            )),
+        }
+    };
+    for (n, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            finish(section.take(), &mut out)?;
+            section = Some((name.trim().to_owned(), HashMap::new()));
+            continue;
+        }
+        let Some((k, v)) = line.split_once('=') else {
+            return Err(format!("line {}: expected `name = value`", n + 1));
+        };
+        let Some((_, kv)) = section.as_mut() else {
+            return Err(format!("line {}: a key before any [section]", n + 1));
+        };
+        kv.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
+    }
+    finish(section, &mut out)?;
+    if out.is_empty() {
+        return Err("no credentials in it".into());
+    }
+    Ok(out)
+}
+
+fn read_credentials(path: &Path) -> Result<HashMap<String, Secret>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    parse_credentials(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The axum middleware of strict mode: verifies, then passes the request on (with its
+/// body restored) or answers the refusal.
+pub(crate) async fn verify_layer(
+    State(shared): State<Arc<super::Shared>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(strict) = shared.config.strict_sigv4.as_ref() else {
+        return next.run(request).await;
+    };
+    if request.uri().path() == "/healthz" {
+        return next.run(request).await;
+    }
+    let max_body = shared.config.max_body_bytes;
+    let (parts, body) = request.into_parts();
+    let bytes = match axum::body::to_bytes(body, max_body).await {
+        Ok(b) => b,
+        Err(_) => {
+            return (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n").into_response()
+        }
+    };
+    match strict.check(&parts.method, &parts.uri, &parts.headers, &bytes) {
+        Ok(_) => {
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
+        Err(e) => {
+            tracing::info!(method = %parts.method, path = %parts.uri.path(), error = %e, "Refused: SigV4 verification failed");
+            refusal(parts.uri.path(), &e)
+        }
+    }
+}
+
+/// AWS's status and error name for a refused signature, in the path's format (JSON for
+/// the API, XML for the message gateway).
+fn refusal(path: &str, e: &SigError) -> Response {
+    let (status, kind) = match e {
+        SigError::Unsigned => (StatusCode::FORBIDDEN, "MissingAuthenticationTokenException"),
+        SigError::Malformed(_) | SigError::BadDate(_) | SigError::NotSigned(_) => {
+            (StatusCode::BAD_REQUEST, "IncompleteSignatureException")
+        }
+        SigError::Expired { .. } | SigError::WrongScope { .. } | SigError::Mismatch => {
+            (StatusCode::FORBIDDEN, "InvalidSignatureException")
+        }
+        SigError::UnknownKey(_) | SigError::BadSessionToken(_) => {
+            (StatusCode::FORBIDDEN, "UnrecognizedClientException")
+        }
+    };
+    let message = e.to_string();
+    if path == "/" {
+        let body = serde_json::json!({"__type": kind, "message": message}).to_string();
+        return (
+            status,
+            [
+                ("content-type", "application/x-amz-json-1.1"),
+                ("x-amzn-errortype", kind),
+            ],
+            body,
+        )
+            .into_response();
+    }
+    let escaped = message
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;");
+    (
+        status,
+        [("content-type", "application/xml")],
+        format!("<{kind}><Message>{escaped}</Message></{kind}>"),
+    )
+        .into_response()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_files_parse_like_aws_ones() {
+        let keys = parse_credentials(
+            "# test keys\n[default]\naws_access_key_id = AKID1\naws_secret_access_key=s1\n\n[temp]\nAWS_ACCESS_KEY_ID = ASIA2\naws_secret_access_key = s2\naws_session_token = tok\n; end\n",
+        )
+        .unwrap();
+        assert_eq!(keys.len(), 2);
+        assert_eq!(keys["AKID1"].secret_access_key, "s1");
+        assert_eq!(keys["AKID1"].session_token, None);
+        assert_eq!(keys["ASIA2"].session_token.as_deref(), Some("tok"));
+        for bad in [
+            "",
+            "[a]\naws_access_key_id = x\n",
+            "aws_access_key_id = x\n",
+            "[a]\njunk\n",
+        ] {
+            assert!(parse_credentials(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn parses_the_access_key_id() {

@@ -92,8 +92,11 @@ pub struct GatewayConfig {
     pub run_as: Vec<(String, String)>,
     /// When set, StartSession, ResumeSession and TerminateSession are refused unless the
     /// caller's access key id is this one (`dev` uses a random key per run so other local
-    /// users cannot open sessions on its gateway). The signature itself is not verified yet.
+    /// users cannot open sessions on its gateway). Without strict_sigv4 the key is not verified.
     pub required_access_key: Option<String>,
+    /// Strict mode: every signature verified against these keys (see
+    /// [`auth::StrictSigV4`]); `None` accepts any.
+    pub strict_sigv4: Option<Arc<auth::StrictSigV4>>,
 }
 
 /// Paths of a PEM certificate chain and private key.
@@ -125,6 +128,7 @@ impl Default for GatewayConfig {
             max_body_bytes: 1024 * 1024,
             run_as: Vec::new(),
             required_access_key: None,
+            strict_sigv4: None,
         }
     }
 }
@@ -452,6 +456,10 @@ fn router(shared: Arc<Shared>) -> axum::Router {
         )
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(api::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            auth::verify_layer,
+        ))
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(shared)
 }

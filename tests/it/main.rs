@@ -2,6 +2,7 @@
 #![allow(unreachable_pub)]
 
 mod agent;
+mod aws;
 mod aws_cli;
 mod cli;
 mod client;

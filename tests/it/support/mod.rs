@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod imds;
+
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
