@@ -273,6 +273,30 @@ pub(crate) async fn run_session(
         Ok(c) => c,
         Err(e) => return fail(format!("could not open the data channel: {e}")),
     };
+    if doc.encryption_enabled() {
+        let kms = delivery::aws::Kms::new(ctx.aws().await);
+        let key_id = doc.inputs.kms_key_id.clone();
+        let (sid, target) = (session_id.clone(), ctx.target_id.clone());
+        let decrypt = |blob: Vec<u8>, challenge: Option<String>| async move {
+            let context =
+                crate::protocol::payload::kms_context(&sid, &target, challenge.as_deref());
+            let key = kms
+                .decrypt(&blob, &key_id, &context)
+                .await
+                .map_err(|e| format!("KMS Decrypt of the session key failed: {e}"))?;
+            Ok(key)
+        };
+        let session_type = doc.session_type.as_str();
+        if let Err(e) = channel
+            .handshake_kms(session_type, &doc.inputs.kms_key_id, decrypt)
+            .await
+        {
+            tracing::warn!(session = %session_id, error = %e, "KMS handshake failed; session refused");
+            channel.finish(false).await;
+            return fail(format!("We couldn't start the encrypted session: {e}"));
+        }
+        tracing::info!(session = %session_id, kms_key_id = %doc.inputs.kms_key_id, "Session encrypted with KMS");
+    }
     let mut early_input = Vec::new();
     let size = channel
         .first_size(session::FIRST_SIZE_WAIT, &mut early_input)

@@ -18,12 +18,15 @@
 
 use super::mgs::{Mgs, MgsError, Socket};
 use super::recording::Tap;
+use crate::protocol::crypto::{Role, SessionCipher, CHALLENGE_LEN, ENCRYPTED_NOTICE};
 use crate::protocol::frame::{
     AgentMessage, MessageType, PayloadType, DEFAULT_MAX_FRAME_LEN, FLAG_SYN,
 };
 use crate::protocol::payload::{
-    from_json, to_json, Acknowledge, AgentSessionState, OpenDataChannel, SessionState, Size,
-    MESSAGE_SCHEMA_VERSION,
+    from_json, to_json, Acknowledge, AgentSessionState, EncryptionChallenge, HandshakeComplete,
+    HandshakeRequest, HandshakeResponse, KmsEncryptionParameters, KmsEncryptionResult,
+    OpenDataChannel, RequestedClientAction, SessionState, SessionTypeParameters, Size,
+    ACTION_STATUS_SUCCESS, MESSAGE_SCHEMA_VERSION,
 };
 use crate::protocol::reliability::{
     PushOutcome, ReceiveOutcome, Receiver, ReceiverConfig, Sender, SenderConfig,
@@ -241,7 +244,14 @@ pub struct DataChannel {
     last_rx: Instant,
     /// channel_closed arrived before the shell started.
     pub closed_early: bool,
+    /// Set by the KMS handshake: output is sealed, input opened.
+    cipher: Option<SessionCipher>,
 }
+
+/// How long each handshake step waits for the client (§5.7).
+pub const HANDSHAKE_STEP: Duration = Duration::from_secs(15);
+/// Told to the user when the client cannot do KMS encryption.
+pub const KMS_CLIENT_HINT: &str = "the client did not complete the KMS encryption handshake; use a session-manager-plugin or session-agent connect that supports KMS encryption, and allow it kms:GenerateDataKey on the key";
 
 /// An inbound stream frame kept in the reorder buffer.
 #[derive(Debug)]
@@ -293,7 +303,176 @@ impl DataChannel {
             }),
             last_rx: Instant::now(),
             closed_early: false,
+            cipher: None,
         })
+    }
+
+    /// Runs the KMS handshake (§5.2–§5.6): HandshakeRequest with SessionType and
+    /// KMSEncryption, the client's HandshakeResponse with the data key's ciphertext,
+    /// `decrypt` (KMS Decrypt; given the ciphertext and, when the client acknowledged it,
+    /// the challenge for the encryption context), the encryption challenge, and
+    /// HandshakeComplete. From then on output is sealed and input opened.
+    ///
+    /// # Errors
+    /// What failed, for the user.
+    pub async fn handshake_kms<F, Fut>(
+        &mut self,
+        session_type: &str,
+        kms_key_id: &str,
+        decrypt: F,
+    ) -> Result<(), String>
+    where
+        F: FnOnce(Vec<u8>, Option<String>) -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<u8>, String>>,
+    {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let started = Instant::now();
+        let challenge = b64.encode(rand::random::<[u8; 16]>());
+        let request = HandshakeRequest {
+            agent_version: super::AGENT_VERSION.into(),
+            requested_client_actions: vec![
+                RequestedClientAction {
+                    action_type: "SessionType".into(),
+                    action_parameters: serde_json::to_value(SessionTypeParameters {
+                        session_type: session_type.into(),
+                        properties: serde_json::Value::Null,
+                    })
+                    .unwrap_or_default(),
+                },
+                RequestedClientAction {
+                    action_type: "KMSEncryption".into(),
+                    action_parameters: serde_json::to_value(KmsEncryptionParameters {
+                        kms_key_id: kms_key_id.into(),
+                        challenge: challenge.clone(),
+                    })
+                    .unwrap_or_default(),
+                },
+            ],
+        };
+        self.send_stream(PayloadType::HandshakeRequest, to_json(&request))
+            .await?;
+        let raw = self.wait_for(PayloadType::HandshakeResponse).await?;
+        let response: HandshakeResponse =
+            from_json(&raw, "HandshakeResponse").map_err(|e| e.to_string())?;
+        let mut result = None;
+        for action in &response.processed_client_actions {
+            if action.action_status != ACTION_STATUS_SUCCESS {
+                return Err(format!(
+                    "{KMS_CLIENT_HINT} ({} {}: {})",
+                    action.action_type,
+                    match action.action_status {
+                        2 => "failed",
+                        3 => "unsupported",
+                        _ => "not done",
+                    },
+                    action.error
+                ));
+            }
+            if action.action_type == "KMSEncryption" {
+                result = Some(
+                    serde_json::from_value::<KmsEncryptionResult>(action.action_result.clone())
+                        .map_err(|e| {
+                            format!("the client's KMSEncryption result is unreadable: {e}")
+                        })?,
+                );
+            }
+        }
+        let result = result.ok_or_else(|| KMS_CLIENT_HINT.to_owned())?;
+        let blob = b64
+            .decode(result.kms_cipher_text_key.as_bytes())
+            .map_err(|e| format!("the client's KMSCipherTextKey is not base64: {e}"))?;
+        let acknowledged = result.challenge_acknowledgement.then_some(challenge);
+        let data_key = decrypt(blob, acknowledged).await?;
+        let mut cipher = SessionCipher::new(&data_key, Role::Agent, rand::random())
+            .map_err(|e| e.to_string())?;
+        let secret: [u8; CHALLENGE_LEN] = std::array::from_fn(|_| rand::random());
+        let sealed = EncryptionChallenge {
+            challenge: b64.encode(cipher.seal(&secret)),
+        };
+        self.send_stream(PayloadType::EncChallengeRequest, to_json(&sealed))
+            .await?;
+        let raw = self.wait_for(PayloadType::EncChallengeResponse).await?;
+        let answer: EncryptionChallenge =
+            from_json(&raw, "EncChallengeResponse").map_err(|e| e.to_string())?;
+        let opened = b64
+            .decode(answer.challenge.as_bytes())
+            .map_err(|e| format!("the encryption challenge answer is not base64: {e}"))
+            .and_then(|sealed| cipher.open(&sealed).map_err(|e| e.to_string()))?;
+        if opened != secret {
+            return Err("the client answered the encryption challenge wrongly".into());
+        }
+        let complete = HandshakeComplete {
+            handshake_time_to_complete: i64::try_from(started.elapsed().as_nanos())
+                .unwrap_or(i64::MAX),
+            customer_message: ENCRYPTED_NOTICE.into(),
+        };
+        self.send_stream(PayloadType::HandshakeComplete, to_json(&complete))
+            .await?;
+        self.cipher = Some(cipher);
+        Ok(())
+    }
+
+    /// Waits up to [`HANDSHAKE_STEP`] for the client's input payload of type `want`,
+    /// acknowledging what arrives; other input before the handshake is done is dropped
+    /// (as upstream does).
+    async fn wait_for(&mut self, want: PayloadType) -> Result<Bytes, String> {
+        let deadline = tokio::time::Instant::now() + HANDSHAKE_STEP;
+        loop {
+            let msg = match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => {
+                    return Err(format!(
+                        "{KMS_CLIENT_HINT} (no {want:?} within {} s)",
+                        HANDSHAKE_STEP.as_secs()
+                    ))
+                }
+                Ok(None | Some(Err(_))) => {
+                    return Err("the data channel closed during the handshake".into())
+                }
+                Ok(Some(Ok(m))) => m,
+            };
+            let Message::Binary(raw) = msg else { continue };
+            let Ok(m) = AgentMessage::decode(&raw, DEFAULT_MAX_FRAME_LEN) else {
+                continue;
+            };
+            match m.message_type {
+                MessageType::InputStreamData => {
+                    for Inbound(item) in self.accept(m).await.unwrap_or_default() {
+                        if item.payload_type == want {
+                            return Ok(item.payload);
+                        }
+                    }
+                }
+                MessageType::Acknowledge => {
+                    if let Ok(ack) = from_json::<Acknowledge>(&m.payload, "acknowledge") {
+                        self.sender
+                            .on_ack(ack.acknowledged_message_sequence_number, Instant::now());
+                    }
+                }
+                MessageType::PausePublication => self.sender.pause(),
+                MessageType::StartPublication => self.resume().await,
+                MessageType::ChannelClosed => {
+                    self.closed_early = true;
+                    return Err("the client closed the session during the handshake".into());
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Opens an input payload when the session is encrypted (`None`: not decryptable,
+    /// dropped with a warning).
+    fn open_input(&self, payload: Bytes) -> Option<Vec<u8>> {
+        match &self.cipher {
+            None => Some(payload.to_vec()),
+            Some(c) => match c.open(&payload) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    tracing::warn!(session = %self.session_id, error = %e, "Dropping input that does not decrypt");
+                    None
+                }
+            },
+        }
     }
 
     async fn dial(mgs: &Mgs, session_id: &str, target_id: &str) -> Result<Socket, MgsError> {
@@ -405,7 +584,11 @@ impl DataChannel {
                 for Inbound(item) in items {
                     match item.payload_type {
                         PayloadType::Size => size = parse_size(&item.payload),
-                        PayloadType::Output => early_input.extend_from_slice(&item.payload),
+                        PayloadType::Output => {
+                            if let Some(plain) = self.open_input(item.payload) {
+                                early_input.extend_from_slice(&plain);
+                            }
+                        }
                         _ => {}
                     }
                 }
@@ -660,10 +843,23 @@ impl DataChannel {
     }
 
     async fn send_output(&mut self, bytes: Vec<u8>) -> Result<(), String> {
+        let bytes = match &mut self.cipher {
+            Some(c) => c.seal(&bytes),
+            None => bytes,
+        };
+        self.send_stream(PayloadType::Output, bytes).await
+    }
+
+    /// Sends one sequenced `output_stream_data` payload as is.
+    async fn send_stream(
+        &mut self,
+        payload_type: PayloadType,
+        bytes: Vec<u8>,
+    ) -> Result<(), String> {
         let seq = self.sender.next_sequence();
         let msg = AgentMessage::new(
             MessageType::OutputStreamData,
-            PayloadType::Output,
+            payload_type,
             bytes,
             now_ms(),
             Uuid::new_v4(),
@@ -715,7 +911,10 @@ impl DataChannel {
                     for Inbound(item) in items {
                         match item.payload_type {
                             PayloadType::Output => {
-                                if input.try_send(item.payload.to_vec()).is_err() {
+                                let Some(plain) = self.open_input(item.payload) else {
+                                    continue;
+                                };
+                                if input.try_send(plain).is_err() {
                                     tracing::warn!(session = %self.session_id, "Input queue full; keystrokes dropped");
                                 }
                             }

@@ -75,7 +75,9 @@ impl AwsError {
             _ => text.clone(),
         };
         match code {
-            "ResourceNotFoundException" | "NoSuchBucket" | "NotFound" => Self::NotFound(described),
+            "ResourceNotFoundException" | "NoSuchBucket" | "NotFound" | "NotFoundException" => {
+                Self::NotFound(described)
+            }
             "AccessDenied"
             | "AccessDeniedException"
             | "UnrecognizedClientException"
@@ -124,6 +126,76 @@ pub async fn load_config(region: Option<String>) -> aws_config::SdkConfig {
         loader = loader.region(aws_config::Region::new(region));
     }
     loader.load().await
+}
+
+/// KMS, for encrypted sessions (protocol.md §5.4): the agent's Decrypt of the client's
+/// data key, the client's GenerateDataKey. Both bind the session through the
+/// encryption context, so a data key from one session does not open another.
+#[derive(Debug, Clone)]
+pub struct Kms {
+    client: aws_sdk_kms::Client,
+}
+
+impl Kms {
+    /// A client from the SDK configuration (`AWS_ENDPOINT_URL_KMS` works as for any
+    /// service).
+    pub fn new(config: &aws_config::SdkConfig) -> Self {
+        Self {
+            client: aws_sdk_kms::Client::new(config),
+        }
+    }
+
+    /// Decrypt of `ciphertext` under `key_id` with `context`.
+    ///
+    /// # Errors
+    /// KMS refused (unknown key, wrong context, no permission) or was unreachable.
+    pub async fn decrypt(
+        &self,
+        ciphertext: &[u8],
+        key_id: &str,
+        context: &[(&str, &str)],
+    ) -> Result<Vec<u8>, AwsError> {
+        let mut call = self
+            .client
+            .decrypt()
+            .key_id(key_id)
+            .ciphertext_blob(aws_sdk_kms::primitives::Blob::new(ciphertext));
+        for (k, v) in context {
+            call = call.encryption_context(*k, *v);
+        }
+        let out = call.send().await.map_err(|e| AwsError::classify(&e))?;
+        out.plaintext
+            .map(aws_sdk_kms::primitives::Blob::into_inner)
+            .ok_or_else(|| AwsError::Other("KMS Decrypt returned no plaintext".into()))
+    }
+
+    /// GenerateDataKey of `bytes` bytes under `key_id` with `context`: (ciphertext,
+    /// plaintext).
+    ///
+    /// # Errors
+    /// KMS refused or was unreachable.
+    pub async fn generate_data_key(
+        &self,
+        key_id: &str,
+        bytes: i32,
+        context: &[(&str, &str)],
+    ) -> Result<(Vec<u8>, Vec<u8>), AwsError> {
+        let mut call = self
+            .client
+            .generate_data_key()
+            .key_id(key_id)
+            .number_of_bytes(bytes);
+        for (k, v) in context {
+            call = call.encryption_context(*k, *v);
+        }
+        let out = call.send().await.map_err(|e| AwsError::classify(&e))?;
+        match (out.ciphertext_blob, out.plaintext) {
+            (Some(c), Some(p)) => Ok((c.into_inner(), p.into_inner())),
+            _ => Err(AwsError::Other(
+                "KMS GenerateDataKey returned no key".into(),
+            )),
+        }
+    }
 }
 
 /// A log group as `DescribeLogGroups` reports it.

@@ -1,4 +1,5 @@
 //! The Session Manager wire protocol as pure code: no sockets, files or clocks.
+pub mod crypto;
 pub mod document;
 pub mod endpoint;
 pub mod frame;

@@ -543,6 +543,37 @@ pub struct ProcessedClientAction {
     pub error: String,
 }
 
+/// `ActionResult` of a successful `KMSEncryption` action.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KmsEncryptionResult {
+    /// Base64 of the KMS ciphertext of the 64-byte data key.
+    #[serde(rename = "KMSCipherTextKey")]
+    pub kms_cipher_text_key: String,
+    /// Unused by the official client (`null`).
+    #[serde(rename = "KMSCipherTextHash", default)]
+    pub kms_cipher_text_hash: Option<String>,
+    /// Newer clients: the request's Challenge was put into the encryption context as
+    /// `aws:ssm:RandomChallenge`.
+    #[serde(rename = "ChallengeAcknowledgement", default)]
+    pub challenge_acknowledgement: bool,
+}
+
+/// The encryption context of the session's data key (§5.4).
+pub fn kms_context<'a>(
+    session_id: &'a str,
+    target_id: &'a str,
+    challenge: Option<&'a str>,
+) -> Vec<(&'static str, &'a str)> {
+    let mut c = vec![
+        ("aws:ssm:SessionId", session_id),
+        ("aws:ssm:TargetId", target_id),
+    ];
+    if let Some(ch) = challenge {
+        c.push(("aws:ssm:RandomChallenge", ch));
+    }
+    c
+}
+
 /// PayloadType 7, agent → client.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]

@@ -9,6 +9,7 @@ mod client;
 mod doctor;
 mod gateway_bad_input;
 mod gateway_relay;
+mod kms;
 mod packaging;
 mod protocol;
 mod pty_shim;

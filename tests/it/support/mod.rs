@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod imds;
+pub mod kms;
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
