@@ -129,6 +129,7 @@ pub async fn run(args: DevArgs) -> Result<u8, String> {
             serde_json::json!({"Target": args.target_id, "Reason": "session-agent dev"}),
         ),
         credentials: Some((key, "dev".into())),
+        target: Some(args.target_id.clone()),
     })
     .await;
     stop.cancel();

@@ -14,10 +14,12 @@
 //! overdue frame every 100 ms and gives up after 3000 tries); input waits in a queue
 //! instead of evicting the oldest unacknowledged frame when the buffer is full.
 
+use crate::protocol::crypto::{Role, SessionCipher};
 use crate::protocol::frame::{AgentMessage, MessageType, PayloadType, DEFAULT_MAX_FRAME_LEN};
 use crate::protocol::payload::{
-    from_json, to_json, Acknowledge, ChannelClosed, HandshakeComplete, HandshakeRequest,
-    HandshakeResponse, ProcessedClientAction, Size, ACTION_STATUS_SUCCESS,
+    from_json, to_json, Acknowledge, ChannelClosed, EncryptionChallenge, HandshakeComplete,
+    HandshakeRequest, HandshakeResponse, KmsEncryptionParameters, ProcessedClientAction, Size,
+    ACTION_STATUS_SUCCESS,
 };
 use crate::protocol::reliability::{
     PushOutcome, ReceiveOutcome, Receiver, ReceiverConfig, Sender, SenderConfig,
@@ -32,14 +34,20 @@ use uuid::Uuid;
 pub const MAX_INPUT_CHUNK: usize = 16 * 1024;
 /// `ActionStatus` 3: the client does not support the requested action (§5.3).
 pub const ACTION_STATUS_UNSUPPORTED: i64 = 3;
-/// The error text sent back for a KMSEncryption action.
-pub const KMS_UNSUPPORTED: &str = "KMS encryption is not supported by this client yet";
+/// `ActionStatus` 2: the client tried and failed (§5.3).
+pub const ACTION_STATUS_FAILED: i64 = 2;
 
 /// What the pump must do, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
     /// Put this encoded frame on the websocket.
     Send(Bytes),
+    /// KMS GenerateDataKey (64 bytes, the session's encryption context) is needed for a
+    /// KMS handshake; answer with [`Channel::on_data_key`].
+    GenerateDataKey {
+        /// The document's key.
+        key_id: String,
+    },
     /// Write these bytes to standard output (PayloadType 1).
     Stdout(Bytes),
     /// Write these bytes to standard error (PayloadType 11).
@@ -73,6 +81,13 @@ pub struct Channel {
     queue: VecDeque<(PayloadType, Bytes)>,
     /// The last size queued, to send only changes and to repeat it after a handshake.
     size: Option<Size>,
+    /// The KMS handshake's actions answered so far, while the data key is fetched.
+    kms_pending: Option<Vec<ProcessedClientAction>>,
+    /// A KMS handshake is under way: keystrokes and sizes wait until it is complete, so
+    /// nothing typed goes out in clear.
+    hold_input: bool,
+    /// Set once the data key is known: output opened, keystrokes sealed.
+    cipher: Option<SessionCipher>,
 }
 
 /// Message time; never 0 (a zero CreatedDate is refused by decoders).
@@ -90,6 +105,94 @@ impl Channel {
             receiver: Receiver::new(ReceiverConfig::default()),
             queue: VecDeque::new(),
             size: None,
+            kms_pending: None,
+            hold_input: false,
+            cipher: None,
+        }
+    }
+
+    /// The GenerateDataKey result for [`Effect::GenerateDataKey`]: (ciphertext,
+    /// plaintext) or why it failed. Queues the HandshakeResponse.
+    pub fn on_data_key(&mut self, result: Result<(Vec<u8>, Vec<u8>), String>) -> Vec<Effect> {
+        use base64::Engine;
+        let mut effects = Vec::new();
+        let Some(mut actions) = self.kms_pending.take() else {
+            return effects;
+        };
+        let cipher = result.and_then(|(blob, plain)| {
+            SessionCipher::new(&plain, Role::Client, rand::random())
+                .map(|c| (blob, c))
+                .map_err(|e| e.to_string())
+        });
+        let action = match cipher {
+            Ok((blob, cipher)) => {
+                self.cipher = Some(cipher);
+                ProcessedClientAction {
+                    action_type: "KMSEncryption".into(),
+                    action_status: ACTION_STATUS_SUCCESS,
+                    action_result: serde_json::json!({
+                        "KMSCipherTextKey": base64::engine::general_purpose::STANDARD.encode(blob),
+                        "KMSCipherTextHash": null,
+                    }),
+                    error: String::new(),
+                }
+            }
+            Err(e) => {
+                effects.push(Effect::Notice(format!("KMS encryption failed: {e}")));
+                self.hold_input = false;
+                ProcessedClientAction {
+                    action_type: "KMSEncryption".into(),
+                    action_status: ACTION_STATUS_FAILED,
+                    action_result: serde_json::Value::Null,
+                    error: e,
+                }
+            }
+        };
+        actions.push(action);
+        self.queue_handshake_response(actions);
+        effects
+    }
+
+    fn queue_handshake_response(&mut self, actions: Vec<ProcessedClientAction>) {
+        let response = HandshakeResponse {
+            client_version: self.client_version.clone(),
+            processed_client_actions: actions,
+            errors: None,
+        };
+        // Ahead of any queued keystrokes: the agent discards those until it has this.
+        self.queue.push_front((
+            PayloadType::HandshakeResponse,
+            Bytes::from(to_json(&response)),
+        ));
+    }
+
+    /// Answers the encryption challenge (§5.5): opened with our decrypt key, sealed again
+    /// with our encrypt key.
+    fn on_challenge(&mut self, payload: &[u8]) {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let Some(cipher) = &self.cipher else {
+            tracing::debug!("Ignoring an encryption challenge without a key");
+            return;
+        };
+        let answer = from_json::<EncryptionChallenge>(payload, "EncChallengeRequest")
+            .map_err(|e| e.to_string())
+            .and_then(|c| {
+                b64.decode(c.challenge.as_bytes())
+                    .map_err(|e| e.to_string())
+            })
+            .and_then(|sealed| cipher.open(&sealed).map_err(|e| e.to_string()));
+        match answer {
+            Ok(plain) => {
+                let reply = EncryptionChallenge {
+                    challenge: b64.encode(cipher.seal_with(rand::random(), &plain)),
+                };
+                self.queue.push_front((
+                    PayloadType::EncChallengeResponse,
+                    Bytes::from(to_json(&reply)),
+                ));
+            }
+            Err(e) => tracing::warn!(error = %e, "Cannot answer the encryption challenge"),
         }
     }
 
@@ -134,8 +237,22 @@ impl Channel {
     pub fn flush(&mut self, now: Instant) -> Vec<Bytes> {
         let mut out = Vec::new();
         while self.sender.has_capacity() {
+            if self.hold_input
+                && self
+                    .queue
+                    .front()
+                    .is_some_and(|(pt, _)| matches!(pt, PayloadType::Output | PayloadType::Size))
+            {
+                break;
+            }
             let Some((payload_type, payload)) = self.queue.pop_front() else {
                 break;
+            };
+            let payload = match (&self.cipher, payload_type) {
+                (Some(c), PayloadType::Output) => {
+                    Bytes::from(c.seal_with(rand::random(), &payload))
+                }
+                _ => payload,
             };
             let seq = self.sender.next_sequence();
             let msg = AgentMessage::new(
@@ -243,6 +360,16 @@ impl Channel {
 
     fn deliver(&mut self, item: Inbound, effects: &mut Vec<Effect>) {
         match item.payload_type {
+            PayloadType::Output | PayloadType::StdErr if self.cipher.is_some() => {
+                match self.cipher.as_ref().map(|c| c.open(&item.payload)) {
+                    Some(Ok(plain)) if item.payload_type == PayloadType::Output => {
+                        effects.push(Effect::Stdout(Bytes::from(plain)));
+                    }
+                    Some(Ok(plain)) => effects.push(Effect::Stderr(Bytes::from(plain))),
+                    _ => tracing::warn!("Dropping output that does not decrypt"),
+                }
+            }
+            PayloadType::EncChallengeRequest => self.on_challenge(&item.payload),
             PayloadType::Output => effects.push(Effect::Stdout(item.payload)),
             PayloadType::StdErr => effects.push(Effect::Stderr(item.payload)),
             PayloadType::HandshakeRequest => self.on_handshake_request(&item.payload, effects),
@@ -256,6 +383,7 @@ impl Channel {
                         tracing::debug!(error = %e, "Ignoring an unreadable HandshakeComplete")
                     }
                 }
+                self.hold_input = false;
                 // An agent discards non-handshake input until the handshake is over, so
                 // the size sent at start may be lost: send it again.
                 if let Some(size) = self.size {
@@ -266,8 +394,9 @@ impl Channel {
         }
     }
 
-    /// Answers a HandshakeRequest: SessionType accepted, KMSEncryption (and anything
-    /// else) unsupported.
+    /// Answers a HandshakeRequest: SessionType accepted; KMSEncryption asks the pump for
+    /// a data key first ([`Effect::GenerateDataKey`]) and holds keystrokes until the
+    /// handshake is complete; anything else is unsupported.
     fn on_handshake_request(&mut self, payload: &[u8], effects: &mut Vec<Effect>) {
         let request: HandshakeRequest = match from_json(payload, "HandshakeRequest") {
             Ok(r) => r,
@@ -277,12 +406,23 @@ impl Channel {
             }
         };
         let mut actions = Vec::new();
+        let mut kms_key = None;
         for action in request.requested_client_actions {
             let (status, error) = match action.action_type.as_str() {
                 "SessionType" => (ACTION_STATUS_SUCCESS, String::new()),
                 "KMSEncryption" => {
-                    effects.push(Effect::Notice(KMS_UNSUPPORTED.into()));
-                    (ACTION_STATUS_UNSUPPORTED, KMS_UNSUPPORTED.to_owned())
+                    match serde_json::from_value::<KmsEncryptionParameters>(
+                        action.action_parameters.clone(),
+                    ) {
+                        Ok(p) if !p.kms_key_id.is_empty() => {
+                            kms_key = Some(p.kms_key_id);
+                            continue;
+                        }
+                        _ => (
+                            ACTION_STATUS_FAILED,
+                            "the KMSEncryption request names no key".to_owned(),
+                        ),
+                    }
                 }
                 other => (
                     ACTION_STATUS_UNSUPPORTED,
@@ -296,16 +436,14 @@ impl Channel {
                 error,
             });
         }
-        let response = HandshakeResponse {
-            client_version: self.client_version.clone(),
-            processed_client_actions: actions,
-            errors: None,
-        };
-        // Ahead of any queued keystrokes: the agent discards those until it has this.
-        self.queue.push_front((
-            PayloadType::HandshakeResponse,
-            Bytes::from(to_json(&response)),
-        ));
+        match kms_key {
+            Some(key_id) => {
+                self.kms_pending = Some(actions);
+                self.hold_input = true;
+                effects.push(Effect::GenerateDataKey { key_id });
+            }
+            None => self.queue_handshake_response(actions),
+        }
     }
 }
 
@@ -452,7 +590,9 @@ mod tests {
     }
 
     #[test]
-    fn handshake_accepts_the_session_type_and_refuses_kms() {
+    fn handshake_accepts_the_session_type_and_does_kms() {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
         let mut c = Channel::new("session-agent/9");
         c.queue_size(Size {
             cols: 100,
@@ -472,19 +612,106 @@ mod tests {
             &output(0, PayloadType::HandshakeRequest, &to_json(&request)),
             t0,
         );
-        assert!(e.contains(&Effect::Notice(KMS_UNSUPPORTED.into())));
-        let frames = sends(&e);
-        assert_eq!(ack_seq(&frames[0]), 0);
-        let resp = &frames[1];
+        assert!(e.contains(&Effect::GenerateDataKey { key_id: "k".into() }));
+        // Only the ack: the answer waits for the data key; keystrokes wait for the end
+        // of the handshake (nothing typed may go out in clear).
+        assert_eq!(sends(&e).len(), 1);
+        c.queue_input(b"secret typed early");
+        assert!(c.flush(t0).is_empty());
+        let key: Vec<u8> = (0u8..64).collect();
+        let notices = c.on_data_key(Ok((b"blob".to_vec(), key.clone())));
+        assert!(notices.is_empty());
+        let frames: Vec<AgentMessage> = c
+            .flush(t0)
+            .iter()
+            .map(|f| AgentMessage::decode(f, DEFAULT_MAX_FRAME_LEN).unwrap())
+            .collect();
+        assert_eq!(frames.len(), 1, "only the HandshakeResponse: {frames:?}");
+        let resp = &frames[0];
         assert_eq!(resp.payload_type, PayloadType::HandshakeResponse);
         assert_eq!(resp.sequence_number, 1);
         let v: serde_json::Value = serde_json::from_slice(&resp.payload).unwrap();
         assert_eq!(v["ClientVersion"], "session-agent/9");
         assert_eq!(v["ProcessedClientActions"][0]["ActionStatus"], 1);
-        assert_eq!(v["ProcessedClientActions"][0]["Error"], "");
-        assert_eq!(v["ProcessedClientActions"][1]["ActionStatus"], 3);
-        assert_eq!(v["ProcessedClientActions"][1]["Error"], KMS_UNSUPPORTED);
-        assert!(v["Errors"].is_null());
+        assert_eq!(
+            v["ProcessedClientActions"][1]["ActionType"],
+            "KMSEncryption"
+        );
+        assert_eq!(v["ProcessedClientActions"][1]["ActionStatus"], 1);
+        assert_eq!(
+            v["ProcessedClientActions"][1]["ActionResult"]["KMSCipherTextKey"],
+            b64.encode(b"blob")
+        );
+        // The challenge comes back opened and sealed again with the client's key.
+        let mut agent = SessionCipher::new(&key, Role::Agent, [3; 12]).unwrap();
+        let secret = [7u8; 64];
+        let challenge = json!({"Challenge": b64.encode(agent.seal(&secret))});
+        let e = c.on_frame(
+            &output(1, PayloadType::EncChallengeRequest, &to_json(&challenge)),
+            t0,
+        );
+        let answer = sends(&e)
+            .into_iter()
+            .find(|m| m.payload_type == PayloadType::EncChallengeResponse)
+            .expect("no challenge answer");
+        let v: serde_json::Value = serde_json::from_slice(&answer.payload).unwrap();
+        let sealed = b64.decode(v["Challenge"].as_str().unwrap()).unwrap();
+        assert_eq!(agent.open(&sealed).unwrap(), secret);
+        let e = c.on_frame(&output(2, PayloadType::Output, &agent.seal(b"hi")), t0);
+        assert!(
+            e.contains(&Effect::Stdout(Bytes::from_static(b"hi"))),
+            "{e:?}"
+        );
+        // After HandshakeComplete the held keystrokes leave, sealed.
+        let done = json!({"HandshakeTimeToComplete": 5, "CustomerMessage": "encrypted"});
+        let e = c.on_frame(
+            &output(3, PayloadType::HandshakeComplete, &to_json(&done)),
+            t0,
+        );
+        let typed = sends(&e)
+            .into_iter()
+            .find(|m| m.payload_type == PayloadType::Output)
+            .expect("keystrokes not sent");
+        assert_eq!(agent.open(&typed.payload).unwrap(), b"secret typed early");
+
+        // A failed GenerateDataKey is reported as a failed action, and shown.
+        let mut c = Channel::new("session-agent/9");
+        c.on_frame(
+            &output(0, PayloadType::HandshakeRequest, &to_json(&request)),
+            t0,
+        );
+        let notices = c.on_data_key(Err("AccessDeniedException: no".into()));
+        assert!(matches!(&notices[..], [Effect::Notice(t)] if t.contains("AccessDenied")));
+        let frames: Vec<AgentMessage> = c
+            .flush(t0)
+            .iter()
+            .map(|f| AgentMessage::decode(f, DEFAULT_MAX_FRAME_LEN).unwrap())
+            .collect();
+        let v: serde_json::Value = serde_json::from_slice(&frames[0].payload).unwrap();
+        assert_eq!(v["ProcessedClientActions"][1]["ActionStatus"], 2);
+    }
+
+    #[test]
+    fn handshake_complete_shows_its_message_and_resends_the_size() {
+        let mut c = Channel::new("session-agent/9");
+        c.queue_size(Size {
+            cols: 100,
+            rows: 30,
+        });
+        let t0 = Instant::now();
+        c.flush(t0);
+        let request = json!({
+            "AgentVersion": "3.3.0.0",
+            "RequestedClientActions": [
+                {"ActionType":"SessionType","ActionParameters":{"SessionType":"Standard_Stream","Properties":null}}
+            ]
+        });
+        let e = c.on_frame(
+            &output(0, PayloadType::HandshakeRequest, &to_json(&request)),
+            t0,
+        );
+        let frames = sends(&e);
+        assert_eq!(frames[1].payload_type, PayloadType::HandshakeResponse);
         // HandshakeComplete: its message is shown and the size is sent again.
         let done = json!({"HandshakeTimeToComplete": 5, "CustomerMessage": "hello there"});
         let e = c.on_frame(

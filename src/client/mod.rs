@@ -146,6 +146,8 @@ pub struct ConnectConfig {
     pub start: Start,
     /// Access key id and secret to sign with; `None` reads the environment.
     pub credentials: Option<(String, String)>,
+    /// The target (for a KMS session's encryption context), when known.
+    pub target: Option<String>,
 }
 
 fn config_error(key: &str, reason: impl Into<String>) -> ConfigError {
@@ -230,6 +232,7 @@ impl ConnectArgs {
                 ca_file,
                 start: Start::Call(request),
                 credentials: None,
+                target: Some(target),
             });
         }
 
@@ -272,11 +275,12 @@ impl ConnectArgs {
             }
         }
         let _profile = args.next();
+        let mut target = None;
         if let Some(request) = nonempty(args.next()) {
-            // Only its Target matters (for KMS, which is not supported yet); still, a
-            // malformed request means the caller is confused.
-            serde_json::from_str::<Value>(&request)
+            // Only its Target matters (the encryption context of KMS sessions).
+            let request = serde_json::from_str::<Value>(&request)
                 .map_err(|e| config_error("PLUGIN_ARGS", format!("REQUEST is not JSON: {e}")))?;
+            target = request["Target"].as_str().map(str::to_owned);
         }
         let endpoint = endpoint_for(args.next(), &region);
         check_endpoint(&endpoint)?;
@@ -286,6 +290,7 @@ impl ConnectArgs {
             ca_file,
             start: Start::Given(grant),
             credentials: None,
+            target,
         })
     }
 }
@@ -428,6 +433,8 @@ pub async fn connect(config: ConnectConfig) -> Outcome {
         ws,
         channel: Channel::new(CLIENT_VERSION),
         raw: raw.as_ref().is_some_and(RawMode::is_active),
+        target: config.target.clone(),
+        region: config.region.clone(),
     };
     let ending = pump.run().await;
     // The terminal first, so the last words are printed in the user's own mode.

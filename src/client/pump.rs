@@ -122,7 +122,14 @@ pub(crate) struct Pump<'a> {
     pub(crate) channel: Channel,
     /// The terminal is in raw mode: line ends need `\r\n`.
     pub(crate) raw: bool,
+    /// The session's target (KMS encryption context); `None` when not known.
+    pub(crate) target: Option<String>,
+    /// Region for KMS.
+    pub(crate) region: String,
 }
+
+/// How long GenerateDataKey may take (the agent waits 15 s for the whole answer).
+const KMS_TIMEOUT: Duration = Duration::from_secs(12);
 
 /// What applying effects asks of the loop.
 enum Flow {
@@ -232,6 +239,15 @@ impl Pump<'_> {
         for effect in effects {
             match effect {
                 Effect::Send(frame) => self.send(frame).await,
+                Effect::GenerateDataKey { key_id } => {
+                    let result = self.generate_data_key(&key_id).await;
+                    for effect in self.channel.on_data_key(result) {
+                        if let Effect::Notice(text) = effect {
+                            self.notice(&text).await;
+                        }
+                    }
+                    self.flush().await;
+                }
                 Effect::Stdout(bytes) => {
                     if write_out(&mut tokio::io::stdout(), &bytes).await.is_err() {
                         flow = Flow::OutputGone;
@@ -245,6 +261,23 @@ impl Pump<'_> {
             }
         }
         flow
+    }
+
+    /// KMS GenerateDataKey of the session's 64-byte key (§5.4), with the SDK's credential
+    /// chain and `AWS_ENDPOINT_URL_KMS` as for any AWS tool.
+    async fn generate_data_key(&self, key_id: &str) -> Result<(Vec<u8>, Vec<u8>), String> {
+        let Some(target) = &self.target else {
+            return Err("the session's target is not known (pass the StartSession request as the plugin's fifth argument)".into());
+        };
+        let config = crate::delivery::aws::load_config(Some(self.region.clone())).await;
+        let kms = crate::delivery::aws::Kms::new(&config);
+        let context = crate::protocol::payload::kms_context(&self.session_id, target, None);
+        let call = kms.generate_data_key(key_id, 64, &context);
+        match tokio::time::timeout(KMS_TIMEOUT, call).await {
+            Ok(Ok(key)) => Ok(key),
+            Ok(Err(e)) => Err(format!("KMS GenerateDataKey with key {key_id}: {e}")),
+            Err(_) => Err(format!("KMS GenerateDataKey with key {key_id} timed out")),
+        }
     }
 
     async fn send(&mut self, frame: Bytes) {

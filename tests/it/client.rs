@@ -705,3 +705,51 @@ async fn dev_runs_a_recorded_session_in_this_terminal() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("$ echo dev-$((2+3))\ndev-5\n"), "{text:?}");
 }
+
+/// A KMS session through `connect`: GenerateDataKey on the client, Decrypt on the agent
+/// (both against the KMS emulator), the notice shown, and the shell usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_runs_kms_encrypted_sessions() {
+    use crate::support::kms::{Kms, KEY_ALIAS};
+    let kms = Kms::start("us-east-1", ("test", "test")).await;
+    let gw = crate::recording::gateway(json!({"kmsKeyId": KEY_ALIAS})).await;
+    let _agent = crate::recording::AgentProcess::start_with(
+        &gw,
+        "client-kms",
+        &[("AWS_ENDPOINT_URL_KMS", &kms.url())],
+    )
+    .await;
+    let url = kms.url();
+    let mut term = Term::client(
+        &[
+            "--endpoint",
+            &gw.http_url(),
+            "--target",
+            "client-kms",
+            "--region",
+            "us-east-1",
+        ],
+        &[
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("AWS_ENDPOINT_URL_KMS", &url),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+            ("AWS_CONFIG_FILE", "/nonexistent"),
+            ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent"),
+        ],
+    );
+    term.expect(session_agent::protocol::crypto::ENCRYPTED_NOTICE)
+        .await;
+    term.expect("$ ").await;
+    term.type_text("echo enc-$((6*7))\r");
+    term.expect("enc-42").await;
+    term.type_text("exit\r");
+    term.expect("client-exit=0").await;
+    let calls = kms.calls();
+    assert!(
+        calls.contains(&"GenerateDataKey ok".to_owned()),
+        "{calls:?}"
+    );
+    assert!(calls.contains(&"Decrypt ok".to_owned()), "{calls:?}");
+    gw.stop().await;
+}
