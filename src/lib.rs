@@ -38,6 +38,10 @@
 //!   terminal I/O over `recorder::playback` and `recorder::spool`).
 //! * [`client`] — `session-agent connect`: an interactive terminal client that can stand in
 //!   for session-manager-plugin.
+//! * [`ssm`] — the few SSM API calls (StartSession, ResumeSession, TerminateSession for
+//!   the client; UpdateInstanceInformation for the agent), signed through [`sign`].
+//! * [`sign`] — SigV4 signing of our own requests with cached, renewed credentials from
+//!   the SDK's chain; [`tls`] — the TLS client set-up the agent, client and API share.
 //! * [`dev`] — `session-agent dev`: composition root wiring all three on loopback.
 //! * [`doctor`] — `session-agent doctor`: checks of the configuration, the state
 //!   directory, the gateway, AWS credentials and each sink, with what to do.
