@@ -32,9 +32,9 @@ pub struct RunArgs {
     /// as on EC2) [default: local].
     #[arg(long, env = "SESSION_AGENT_GATEWAY")]
     pub gateway: Option<String>,
-    /// Message gateway URL (http(s)://host[:port]) or bare host name (https)
+    /// Message gateway URL (http(s)://host or http(s)://host:port) or bare host name (https)
     /// [default: http://127.0.0.1:8080 with --gateway local;
-    /// https://ssmmessages.REGION.amazonaws.com (or the partition's domain) with aws].
+    /// ssmmessages.REGION.amazonaws.com over https (or the partition's domain) with aws].
     #[arg(long, env = "SESSION_AGENT_ENDPOINT")]
     pub endpoint: Option<String>,
     /// AWS region for the gateway, the SSM API and log delivery [default: AWS_REGION,
@@ -46,7 +46,7 @@ pub struct RunArgs {
     #[arg(long, env = "SESSION_AGENT_SERVICE_DOMAIN")]
     pub service_domain: Option<String>,
     /// SSM API URL for the UpdateInstanceInformation heartbeat (--gateway aws)
-    /// [default: https://ssm.REGION.<domain>].
+    /// [default: ssm.REGION.DOMAIN over https].
     #[arg(long, env = "SESSION_AGENT_SSM_ENDPOINT")]
     pub ssm_endpoint: Option<String>,
     /// This node's id as the gateway knows it [default: the host name with --gateway

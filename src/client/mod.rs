@@ -49,7 +49,7 @@
 //!
 //! See [`EXIT_CODES_HELP`] (also shown by `connect --help`).
 //!
-//! Modules: [`api`] (the SSM API calls), [`channel`] (pure data-channel state machine),
+//! Modules: [`crate::ssm`] (the SSM API calls), [`channel`] (pure data-channel state machine),
 //! [`terminal`] (raw mode, window size); the websocket and stdin pump is private.
 
 pub mod channel;
