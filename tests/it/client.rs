@@ -510,7 +510,8 @@ async fn next_input(peer: &mut Peer) -> session_agent::protocol::frame::AgentMes
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn over_tls_with_signed_calls_a_kms_handshake_is_refused_and_a_failure_exits_1() {
+async fn over_tls_with_signed_calls_a_kms_key_that_cannot_be_made_is_reported_and_a_failure_exits_1(
+) {
     use session_agent::protocol::frame::{MessageType, PayloadType};
     use session_agent::protocol::payload::{AgentTaskComplete, AgentTaskPayload};
     let dir = tempfile::tempdir().unwrap();
@@ -532,6 +533,9 @@ async fn over_tls_with_signed_calls_a_kms_handshake_is_refused_and_a_failure_exi
         .env("AWS_SECRET_ACCESS_KEY", "secret")
         .env_remove("AWS_SESSION_TOKEN")
         .env_remove("AWS_CA_BUNDLE")
+        // No KMS there: GenerateDataKey fails at once.
+        .env("AWS_ENDPOINT_URL_KMS", "http://127.0.0.1:9")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -587,7 +591,15 @@ async fn over_tls_with_signed_calls_a_kms_handshake_is_refused_and_a_failure_exi
         v["ProcessedClientActions"][1]["ActionType"],
         "KMSEncryption"
     );
-    assert_eq!(v["ProcessedClientActions"][1]["ActionStatus"], 3);
+    // 2: tried and failed (the official client's "Failed"), with the reason.
+    assert_eq!(v["ProcessedClientActions"][1]["ActionStatus"], 2, "{v}");
+    assert!(
+        v["ProcessedClientActions"][1]["Error"]
+            .as_str()
+            .unwrap()
+            .contains("GenerateDataKey with key alias/k"),
+        "{v}"
+    );
     data.send_raw(ack_for(&response)).await;
 
     data.send_raw(frame(
@@ -628,7 +640,7 @@ async fn over_tls_with_signed_calls_a_kms_handshake_is_refused_and_a_failure_exi
     assert!(stdout.contains(&format!("Starting session with SessionId: {sid}")));
     assert!(stdout.contains("hello-from-agent"), "{stdout}");
     assert!(
-        stderr.contains("KMS encryption is not supported by this client yet"),
+        stderr.contains("KMS encryption failed: KMS GenerateDataKey with key alias/k"),
         "{stderr}"
     );
     assert!(
