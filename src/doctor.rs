@@ -161,7 +161,7 @@ pub async fn run(
     report.add(Status::Ok, "configuration", format!("valid ({source})"));
     privileges(&mut report);
     recordings(&mut report, config).await;
-    endpoint(&mut report, config).await;
+    let loaded = endpoint(&mut report, config).await;
     let destinations = match &args.document {
         None => None,
         Some(path) => match read_document(path) {
@@ -184,7 +184,13 @@ pub async fn run(
             }
         },
     };
-    aws(&mut report, config.region.clone(), destinations.as_ref()).await;
+    aws(
+        &mut report,
+        loaded,
+        config.region.clone(),
+        destinations.as_ref(),
+    )
+    .await;
     report
 }
 
@@ -275,7 +281,9 @@ async fn recordings(report: &mut Report, config: &AgentConfig) {
     }
 }
 
-async fn endpoint(report: &mut Report, config: &AgentConfig) {
+/// Checks the gateway (and, in AWS mode, the identity); returns the SDK configuration AWS
+/// mode loaded, so the AWS checks do not load it (and ask instance metadata) again.
+async fn endpoint(report: &mut Report, config: &AgentConfig) -> Option<aws_config::SdkConfig> {
     let sdk = crate::delivery::aws::load_config(config.region.clone());
     let identity = match crate::agent::identity::resolve(config, sdk).await {
         Ok(i) => i,
@@ -286,7 +294,7 @@ async fn endpoint(report: &mut Report, config: &AgentConfig) {
                 e.to_string(),
                 "set `region` and `target_id` in the configuration, or run on EC2 with instance metadata (IMDSv2) reachable",
             );
-            return;
+            return None;
         }
     };
     if let Some(aws) = &identity.aws {
@@ -310,7 +318,7 @@ async fn endpoint(report: &mut Report, config: &AgentConfig) {
         Ok(m) => m,
         Err(e) => {
             report.fix(Status::Fail, what, crate::error_chain(&e), fix);
-            return;
+            return identity.aws.map(|a| a.sdk);
         }
     };
     let started = Instant::now();
@@ -334,13 +342,22 @@ async fn endpoint(report: &mut Report, config: &AgentConfig) {
         ),
         Err(e) => report.fix(Status::Fail, what, crate::error_chain(&e), fix),
     }
+    identity.aws.map(|a| a.sdk)
 }
 
-async fn aws(report: &mut Report, region: Option<String>, destinations: Option<&Destinations>) {
+async fn aws(
+    report: &mut Report,
+    loaded: Option<aws_config::SdkConfig>,
+    region: Option<String>,
+    destinations: Option<&Destinations>,
+) {
     use aws_credential_types::provider::ProvideCredentials;
     let needed = destinations.is_some_and(Destinations::any);
     let missing = if needed { Status::Fail } else { Status::Warn };
-    let config = crate::delivery::aws::load_config(region).await;
+    let config = match loaded {
+        Some(c) => c,
+        None => crate::delivery::aws::load_config(region).await,
+    };
     let region = config.region().map(ToString::to_string);
     match &region {
         Some(r) => report.add(Status::Ok, "AWS region", r.clone()),

@@ -44,6 +44,19 @@ impl ApiError {
         }
     }
 
+    /// An error with its own HTTP status (the strict mode's refusals).
+    pub(crate) fn with_status(
+        status: StatusCode,
+        kind: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            status,
+            kind,
+            message: message.into(),
+        }
+    }
+
     fn validation(message: impl Into<String>) -> Self {
         Self::new("ValidationException", message)
     }

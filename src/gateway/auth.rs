@@ -295,29 +295,10 @@ fn refusal(path: &str, e: &SigError) -> Response {
             (StatusCode::FORBIDDEN, "UnrecognizedClientException")
         }
     };
-    let message = e.to_string();
     if path == "/" {
-        let body = serde_json::json!({"__type": kind, "message": message}).to_string();
-        return (
-            status,
-            [
-                ("content-type", "application/x-amz-json-1.1"),
-                ("x-amzn-errortype", kind),
-            ],
-            body,
-        )
-            .into_response();
+        return super::api::ApiError::with_status(status, kind, e.to_string()).into_response();
     }
-    let escaped = message
-        .replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;");
-    (
-        status,
-        [("content-type", "application/xml")],
-        format!("<{kind}><Message>{escaped}</Message></{kind}>"),
-    )
-        .into_response()
+    super::mgs::xml_response(status, kind, "", "Message", &e.to_string())
 }
 
 #[cfg(test)]

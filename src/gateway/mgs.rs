@@ -47,6 +47,18 @@ const CLOSE_POLICY: u16 = 1008;
 const CLOSE_TOO_BIG: u16 = 1009;
 
 fn xml_error(status: StatusCode, message: &str) -> Response {
+    xml_response(status, "BadRequest", " xmlns=\"\"", "message", message)
+}
+
+/// An XML error body as the message gateway answers: `<root attrs><child>message</child></root>`,
+/// the message escaped.
+pub(crate) fn xml_response(
+    status: StatusCode,
+    root: &str,
+    attrs: &str,
+    child: &str,
+    message: &str,
+) -> Response {
     let escaped = message
         .replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -54,7 +66,7 @@ fn xml_error(status: StatusCode, message: &str) -> Response {
     (
         status,
         [("content-type", "application/xml")],
-        format!("<BadRequest xmlns=\"\"><message>{escaped}</message></BadRequest>"),
+        format!("<{root}{attrs}><{child}>{escaped}</{child}></{root}>"),
     )
         .into_response()
 }

@@ -43,7 +43,8 @@ struct Shared {
 pub struct Imds {
     pub addr: SocketAddr,
     shared: Arc<Shared>,
-    stop: Option<oneshot::Sender<()>>,
+    /// Dropped with the emulator, which stops it.
+    _stop: oneshot::Sender<()>,
 }
 
 impl Imds {
@@ -71,21 +72,11 @@ impl Imds {
             )
             .fallback(|| async { (StatusCode::NOT_FOUND, "Not Found") })
             .with_state(shared.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .await
-                .unwrap();
-        });
+        let (addr, stop) = super::serve_loopback(app).await;
         Self {
             addr,
             shared,
-            stop: Some(stop),
+            _stop: stop,
         }
     }
 
@@ -121,14 +112,6 @@ impl Imds {
     /// GETs refused for want of a valid token.
     pub fn unauthorized(&self) -> u32 {
         self.shared.seen.lock().unwrap().unauthorized
-    }
-}
-
-impl Drop for Imds {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
     }
 }
 

@@ -33,7 +33,8 @@ struct Shared {
 pub struct Kms {
     pub addr: SocketAddr,
     shared: Arc<Shared>,
-    stop: Option<oneshot::Sender<()>>,
+    /// Dropped with the emulator, which stops it.
+    _stop: oneshot::Sender<()>,
 }
 
 impl Kms {
@@ -50,21 +51,11 @@ impl Kms {
         let app = axum::Router::new()
             .route("/", axum::routing::post(handle))
             .with_state(shared.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .await
-                .unwrap();
-        });
+        let (addr, stop) = super::serve_loopback(app).await;
         Self {
             addr,
             shared,
-            stop: Some(stop),
+            _stop: stop,
         }
     }
 
@@ -80,14 +71,6 @@ impl Kms {
     /// InvalidCiphertextException`, ...).
     pub fn calls(&self) -> Vec<String> {
         self.shared.calls.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Kms {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
     }
 }
 

@@ -200,7 +200,8 @@ impl Gateway {
     }
 }
 
-/// SigV4 headers for a request (any credentials are accepted by the gateway).
+/// SigV4 headers for a request (any credentials are accepted by the gateway): `extra`
+/// and what signing adds, signed with the harness's own key for us-east-1.
 pub fn sign_headers(
     method: &str,
     url: &str,
@@ -208,50 +209,40 @@ pub fn sign_headers(
     service: &str,
     extra: &[(&str, &str)],
 ) -> Vec<(String, String)> {
-    use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
-    use aws_sigv4::sign::v4;
     let creds = aws_credential_types::Credentials::new(AKID, "secret", None, None, "test");
-    let identity = creds.into();
-    let params = v4::SigningParams::builder()
-        .identity(&identity)
-        .region("us-east-1")
-        .name(service)
-        .time(SystemTime::now())
-        .settings(SigningSettings::default())
-        .build()
-        .unwrap()
-        .into();
-    let host = url.split('/').nth(2).unwrap().to_owned();
-    let mut headers: Vec<(String, String)> = extra
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-    headers.push(("host".into(), host));
-    let signable = SignableRequest::new(
+    let signed = session_agent::sign::sign_with(
+        &creds,
+        "us-east-1",
+        service,
+        SystemTime::now(),
         method,
         url,
-        headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-        SignableBody::Bytes(body.as_bytes()),
+        extra,
+        body.as_bytes(),
     )
     .unwrap();
-    let (instructions, _) = sign(signable, &params).unwrap().into_parts();
-    let mut req = http::Request::builder()
-        .method(method)
-        .uri(url)
-        .body(())
-        .unwrap();
-    for (k, v) in &headers {
-        req.headers_mut().insert(
-            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-            v.parse().unwrap(),
-        );
-    }
-    instructions.apply_to_request_http1x(&mut req);
-    req.headers()
+    extra
         .iter()
-        .filter(|(k, _)| *k != "host")
-        .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_owned()))
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .chain(signed)
         .collect()
+}
+
+/// Serves `app` on 127.0.0.1 at a free port (the emulators); dropping the returned
+/// sender stops it.
+pub async fn serve_loopback(app: axum::Router) -> (SocketAddr, oneshot::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+    });
+    (addr, stop)
 }
 
 pub fn now_ms() -> u64 {
