@@ -257,6 +257,12 @@ impl SsmApi {
             return serde_json::from_str(&text)
                 .map_err(|e| ApiError::BadResponse(format!("{operation}: {e}")));
         }
+        if matches!(status, 401 | 403) {
+            // Refused credentials are not reused: the next call loads fresh ones.
+            if let Some(signer) = &self.signer {
+                signer.forget().await;
+            }
+        }
         Err(service_error(status, error_header.as_deref(), &text))
     }
 }

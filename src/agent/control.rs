@@ -132,8 +132,7 @@ pub(crate) async fn run(ctx: Arc<Ctx>, shutdown: impl Future<Output = ()>) {
                 if e.auth_refused() && !ctx.mgs.signs() {
                     tracing::error!(error = %e, retry_in = ?delay, "The gateway requires signed requests: set gateway = \"aws\" (with this endpoint) and give the agent AWS credentials");
                 } else if e.auth_refused() {
-                    // Fresh credentials next time (the instance role's may have rotated).
-                    ctx.mgs.forget_credentials().await;
+                    // (Mgs has dropped the cached credentials: the next attempt loads fresh ones.)
                     tracing::error!(error = %e, retry_in = ?delay, "The gateway refused the agent's credentials; check that the instance role (or the credentials in the environment) allows ssmmessages:CreateControlChannel and ssmmessages:OpenControlChannel, and that the clock is right");
                 } else {
                     tracing::warn!(error = %e, retry_in = ?delay, "Control channel unavailable");

@@ -8,7 +8,6 @@
 use super::identity::AwsIdentity;
 use super::{Ctx, AGENT_VERSION};
 use crate::protocol::endpoint::SSM;
-use crate::sign::Signer;
 use crate::ssm::SsmApi;
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
@@ -26,7 +25,7 @@ pub(crate) async fn start(ctx: &Arc<Ctx>, aws: &AwsIdentity) {
     let api = match SsmApi::with_signer(
         &aws.ssm_endpoint,
         ctx.config.ca_file.as_deref(),
-        Some(signer.clone()),
+        Some(signer),
     ) {
         Ok(api) => api,
         Err(e) => {
@@ -35,20 +34,20 @@ pub(crate) async fn start(ctx: &Arc<Ctx>, aws: &AwsIdentity) {
         }
     };
     let request = request(&ctx.target_id, &platform(), local_ip());
-    beat(&api, &signer, &aws.ssm_endpoint, &request).await;
+    beat(&api, &aws.ssm_endpoint, &request).await;
     let stopping = ctx.stopping.clone();
     let endpoint = aws.ssm_endpoint.clone();
     ctx.tasks.spawn(async move {
         loop {
             tokio::select! {
-                () = tokio::time::sleep(EVERY) => beat(&api, &signer, &endpoint, &request).await,
+                () = tokio::time::sleep(EVERY) => beat(&api, &endpoint, &request).await,
                 () = stopping.cancelled() => return,
             }
         }
     });
 }
 
-async fn beat(api: &SsmApi, signer: &Signer, endpoint: &str, request: &Value) {
+async fn beat(api: &SsmApi, endpoint: &str, request: &Value) {
     match api.update_instance_information(request).await {
         Ok(()) => tracing::debug!(%endpoint, "UpdateInstanceInformation sent"),
         Err(
@@ -56,8 +55,7 @@ async fn beat(api: &SsmApi, signer: &Signer, endpoint: &str, request: &Value) {
                 status: 401 | 403, ..
             },
         ) => {
-            // Fresh credentials next time (the instance role's may have rotated).
-            signer.forget().await;
+            // (SsmApi has dropped the cached credentials: the next beat loads fresh ones.)
             tracing::error!(%endpoint, error = %e, "UpdateInstanceInformation refused: the node will not show as Online; the agent's credentials must be valid and allow ssm:UpdateInstanceInformation (the AmazonSSMManagedInstanceCore policy has it)");
         }
         Err(e) => {

@@ -148,9 +148,9 @@ impl Mgs {
         self.signer.is_some()
     }
 
-    /// Forgets cached credentials after the gateway refused them, so the next attempt
-    /// loads fresh ones.
-    pub async fn forget_credentials(&self) {
+    /// Forgets cached credentials after the gateway refused them (401/403), so the next
+    /// request, whoever makes it, loads fresh ones (the instance role's may have rotated).
+    async fn forget_credentials(&self) {
         if let Some(signer) = &self.signer {
             signer.forget().await;
         }
@@ -219,6 +219,9 @@ impl Mgs {
             source,
         })?;
         if status != 201 {
+            if matches!(status, 401 | 403) {
+                self.forget_credentials().await;
+            }
             return Err(MgsError::Refused {
                 what,
                 status,
@@ -261,14 +264,21 @@ impl Mgs {
         let connector = tokio_tungstenite::Connector::Rustls(self.tls.clone());
         let dial =
             tokio_tungstenite::connect_async_tls_with_config(request, None, true, Some(connector));
-        let (mut ws, _) = tokio::time::timeout(HTTP_TIMEOUT, dial)
-            .await
-            .map_err(|_| {
-                wrap(tokio_tungstenite::tungstenite::Error::Io(
+        let (mut ws, _) = match tokio::time::timeout(HTTP_TIMEOUT, dial).await {
+            Ok(Ok(dialled)) => dialled,
+            Ok(Err(e)) => {
+                let e = wrap(e);
+                if e.auth_refused() {
+                    self.forget_credentials().await;
+                }
+                return Err(e);
+            }
+            Err(_) => {
+                return Err(wrap(tokio_tungstenite::tungstenite::Error::Io(
                     std::io::ErrorKind::TimedOut.into(),
-                ))
-            })?
-            .map_err(wrap)?;
+                )))
+            }
+        };
         let text = String::from_utf8(to_json(open)).unwrap_or_default();
         ws.send(Message::text(text)).await.map_err(wrap)?;
         Ok(ws)
