@@ -1,0 +1,277 @@
+//! # The system benchmark (issue 8)
+//!
+//! Starts `session-agent gateway` and `session-agent run` (this build's binary) over
+//! loopback, with recording on (the local spool, and CloudWatch Logs streaming to
+//! LocalStack), drives sessions with the product's client state machine, and prints a
+//! table of figures beside their references and targets:
+//!
+//! | figure | reference | target |
+//! |---|---|---|
+//! | output throughput, 200 MB | the same command under `script -qfc` | ≥ 0.5× script |
+//! | keystroke echo p50/p99, 1000 keys | a bare PTY running the same shell | p99 ≤ bare + 2 ms |
+//! | 1 MB paste into `cat > file` | | intact |
+//! | idle daemon RSS / CPU over 60 s | | ≤ 10 MiB / ≤ 0.1 s |
+//! | memory per idle session at 1, 100, 1000 | | ≤ 512 KiB |
+//! | StartSession → first prompt byte p50/p99 | | p99 ≤ 50 ms |
+//! | CloudWatch streaming delay p99 | | ≤ 1.5 s |
+//!
+//! `cargo bench --bench system` runs it in full (`bash scripts/bench.sh` also starts
+//! LocalStack and the criterion benches); `-- --write-docs` also rewrites the results
+//! section of `docs/benchmarks.md` and the plot `docs/benchmarks-scaling.svg`.
+//! Under `cargo test` (no `--bench` argument) it runs a small smoke version with the
+//! debug binary, so the harness cannot rot: it fails if any step fails or a paste
+//! arrives damaged, never on a figure.
+//!
+//! Everything shares the machine: the client (this process), the gateway, the agent,
+//! the shells and LocalStack all run on the same cores, as the `script` reference does
+//! not. The figures are therefore pessimistic for the agent.
+
+// A binary crate: `pub` only marks what its modules share.
+#![allow(unreachable_pub)]
+
+mod baseline;
+mod client;
+mod measure;
+mod report;
+mod stack;
+
+use anyhow::{ensure, Result};
+use measure::percentile_ms;
+use report::{Row, Verdict};
+use stack::Stack;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Sizes of one run.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub full: bool,
+    pub flood_bytes: u64,
+    pub flood_runs: usize,
+    pub keystrokes: usize,
+    pub paste_bytes: usize,
+    pub idle: Duration,
+    pub starts: usize,
+    pub markers: usize,
+    pub scale: Vec<usize>,
+    pub scale_total: u64,
+    pub open_parallel: usize,
+    pub settle: Duration,
+}
+
+impl Plan {
+    fn full() -> Self {
+        Self {
+            full: true,
+            flood_bytes: 200_000_000,
+            flood_runs: 3,
+            keystrokes: 1000,
+            paste_bytes: 1_000_000,
+            idle: Duration::from_secs(60),
+            starts: 100,
+            markers: 100,
+            scale: vec![1, 10, 100, 1000],
+            scale_total: 100_000_000,
+            open_parallel: 25,
+            settle: Duration::from_secs(3),
+        }
+    }
+
+    fn smoke() -> Self {
+        Self {
+            full: false,
+            flood_bytes: 2_000_000,
+            flood_runs: 1,
+            keystrokes: 30,
+            paste_bytes: 200_000,
+            idle: Duration::from_secs(1),
+            starts: 3,
+            markers: 2,
+            scale: vec![1, 4],
+            scale_total: 1_000_000,
+            open_parallel: 4,
+            settle: Duration::from_millis(500),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let full = args.iter().any(|a| a == "--bench");
+    let write_docs = args.iter().any(|a| a == "--write-docs");
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        #[allow(clippy::print_stdout)]
+        {
+            println!(
+                "cargo bench --bench system [-- --write-docs]\n\n\
+                 Needs LocalStack on 127.0.0.1:4566 and root (sessions run as ssm-user).\n\
+                 `bash scripts/bench.sh` does all of it. --write-docs rewrites the results\n\
+                 in docs/benchmarks.md and docs/benchmarks-scaling.svg."
+            );
+        }
+        return ExitCode::SUCCESS;
+    }
+    let plan = if full { Plan::full() } else { Plan::smoke() };
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            report::say(&format!("cannot start the runtime: {e}"));
+            return ExitCode::FAILURE;
+        }
+    };
+    let stack = match rt.block_on(Stack::start(true)) {
+        Ok(s) => s,
+        Err(e) => {
+            report::say(&format!("benchmark failed: {e:#}"));
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(&stack, &plan)) {
+        Ok(results) => {
+            report::say(&results.table());
+            if write_docs {
+                if let Err(e) = results.write_docs() {
+                    report::say(&format!("writing docs: {e:#}"));
+                    return ExitCode::FAILURE;
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let kept = stack.dir.keep();
+            report::say(&format!(
+                "benchmark failed: {e:#}\nlogs kept in {} (gateway.log, <target>/agent.log)",
+                kept.display()
+            ));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(stack: &Stack, plan: &Plan) -> Result<report::Results> {
+    let mut rows = Vec::new();
+    let progress = |what: &str| report::say(&format!("-- {what}"));
+
+    progress("idle daemon");
+    let agent = stack.agent("bench-main").await?;
+    let (rss, cpu, threads) = measure::idle(&agent, plan.idle).await?;
+    let rss_mib = rss as f64 / 1024.0;
+    rows.push(Row::new(
+        "idle daemon RSS",
+        format!("{rss_mib:.1} MiB ({threads} threads)"),
+        "",
+        "≤ 10 MiB",
+        Verdict::at_most(rss_mib, 10.0),
+    ));
+    let cpu_s = cpu.as_secs_f64();
+    rows.push(Row::new(
+        &format!("idle daemon CPU over {} s", plan.idle.as_secs()),
+        format!("{cpu_s:.2} s"),
+        "",
+        "≤ 0.1 s",
+        Verdict::at_most(cpu_s, 0.1),
+    ));
+
+    progress("session start");
+    let starts = measure::start_latency(stack, &agent, plan.starts).await?;
+    let (p50, p99) = (percentile_ms(&starts, 50.0), percentile_ms(&starts, 99.0));
+    rows.push(Row::new(
+        &format!(
+            "session start → first prompt byte ({} starts)",
+            starts.len()
+        ),
+        format!("p50 {p50:.1} ms, p99 {p99:.1} ms"),
+        "",
+        "p99 ≤ 50 ms",
+        Verdict::at_most(p99, 50.0),
+    ));
+
+    progress("keystroke echo");
+    let ours = measure::session_echo(stack, &agent, plan.keystrokes).await?;
+    let bare = measure::bare_echo(plan.keystrokes).await?;
+    let (o50, o99) = (percentile_ms(&ours, 50.0), percentile_ms(&ours, 99.0));
+    let (b50, b99) = (percentile_ms(&bare, 50.0), percentile_ms(&bare, 99.0));
+    rows.push(Row::new(
+        &format!("keystroke echo ({} keys)", ours.len()),
+        format!("p50 {o50:.2} ms, p99 {o99:.2} ms"),
+        &format!("bare PTY: p50 {b50:.2} ms, p99 {b99:.2} ms"),
+        "p99 ≤ bare + 2 ms",
+        Verdict::at_most(o99, b99 + 2.0),
+    ));
+
+    progress("paste");
+    let (took, intact) = measure::paste(stack, &agent, plan.paste_bytes).await?;
+    ensure!(intact, "the paste arrived damaged");
+    rows.push(Row::new(
+        &format!("paste {} KB into `cat > file`", plan.paste_bytes / 1000),
+        format!("{:.0} ms, intact (SHA-256 equal)", took.as_secs_f64() * 1e3),
+        "",
+        "intact",
+        Verdict::Met,
+    ));
+
+    progress("CloudWatch streaming delay");
+    let delays = measure::streaming_delay(stack, &agent, plan.markers).await?;
+    let (d50, d99) = (percentile_ms(&delays, 50.0), percentile_ms(&delays, 99.0));
+    rows.push(Row::new(
+        &format!("CloudWatch streaming delay ({} events)", delays.len()),
+        format!("p50 {d50:.0} ms, p99 {d99:.0} ms"),
+        "",
+        "p99 ≤ 1500 ms",
+        Verdict::at_most(d99, 1500.0),
+    ));
+
+    progress("output throughput");
+    let mut ours = Vec::new();
+    let mut script = Vec::new();
+    for _ in 0..plan.flood_runs {
+        let (bytes, t) = measure::session_throughput(stack, &agent, plan.flood_bytes).await?;
+        ours.push(bytes as f64 / 1e6 / t.as_secs_f64());
+        agent.wait_delivered(Duration::from_secs(600)).await?;
+        let (bytes, t) = measure::script_throughput(stack, plan.flood_bytes).await?;
+        script.push(bytes as f64 / 1e6 / t.as_secs_f64());
+    }
+    let (o, s) = (median(&ours), median(&script));
+    rows.push(Row::new(
+        &format!(
+            "output throughput, {} MB (median of {})",
+            plan.flood_bytes / 1_000_000,
+            ours.len()
+        ),
+        format!("{o:.0} MB/s ({:.2}× script)", o / s),
+        &format!("script -qfc: {s:.0} MB/s"),
+        "≥ 0.5× script",
+        Verdict::at_least(o / s, 0.5),
+    ));
+    drop(agent);
+
+    progress("scaling");
+    let mut scale = Vec::new();
+    for &n in &plan.scale {
+        progress(&format!("  {n} sessions"));
+        let step = measure::scale(stack, n, plan.scale_total, plan).await?;
+        let per = (step.rss_idle_kib.saturating_sub(step.rss_before_kib)) as f64 / n as f64;
+        rows.push(Row::new(
+            &format!("memory per idle session, {n} open"),
+            format!(
+                "{per:.0} KiB (agent RSS {} → {} KiB, {} threads)",
+                step.rss_before_kib, step.rss_idle_kib, step.threads_idle
+            ),
+            "",
+            "≤ 512 KiB",
+            Verdict::at_most(per, 512.0),
+        ));
+        scale.push(step);
+    }
+    Ok(report::Results {
+        rows,
+        scale,
+        flood_runs: (ours, script),
+    })
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
