@@ -57,6 +57,9 @@ pub struct Plan {
     pub scale_total: u64,
     pub open_parallel: usize,
     pub settle: Duration,
+    /// `--only STEP[,STEP]`: run just these steps (idle, start, echo, paste, streaming,
+    /// throughput, scaling), e.g. to profile one.
+    pub only: Vec<String>,
 }
 
 impl Plan {
@@ -74,6 +77,7 @@ impl Plan {
             scale_total: 100_000_000,
             open_parallel: 25,
             settle: Duration::from_secs(3),
+            only: Vec::new(),
         }
     }
 
@@ -91,6 +95,7 @@ impl Plan {
             scale_total: 1_000_000,
             open_parallel: 4,
             settle: Duration::from_millis(500),
+            only: Vec::new(),
         }
     }
 }
@@ -103,15 +108,22 @@ fn main() -> ExitCode {
         #[allow(clippy::print_stdout)]
         {
             println!(
-                "cargo bench --bench system [-- --write-docs]\n\n\
+                "cargo bench --bench system [-- --write-docs] [-- --only STEP,...]\n\n\
                  Needs LocalStack on 127.0.0.1:4566 and root (sessions run as ssm-user).\n\
                  `bash scripts/bench.sh` does all of it. --write-docs rewrites the results\n\
-                 in docs/benchmarks.md and docs/benchmarks-scaling.svg."
+                 in docs/benchmarks.md and docs/benchmarks-scaling.svg. Steps: idle, start,\n\
+                 echo, paste, streaming, throughput, scaling."
             );
         }
         return ExitCode::SUCCESS;
     }
-    let plan = if full { Plan::full() } else { Plan::smoke() };
+    let mut plan = if full { Plan::full() } else { Plan::smoke() };
+    if let Some(i) = args.iter().position(|a| a == "--only") {
+        plan.only = args
+            .get(i + 1)
+            .map(|v| v.split(',').map(str::to_owned).collect())
+            .unwrap_or_default();
+    }
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -152,116 +164,131 @@ async fn run(stack: &Stack, plan: &Plan) -> Result<report::Results> {
     let mut rows = Vec::new();
     let progress = |what: &str| report::say(&format!("-- {what}"));
 
-    progress("idle daemon");
-    let agent = stack.agent("bench-main").await?;
-    let (rss, cpu, threads) = measure::idle(&agent, plan.idle).await?;
-    let rss_mib = rss as f64 / 1024.0;
-    rows.push(Row::new(
-        "idle daemon RSS",
-        format!("{rss_mib:.1} MiB ({threads} threads)"),
-        "",
-        "≤ 10 MiB",
-        Verdict::at_most(rss_mib, 10.0),
-    ));
-    let cpu_s = cpu.as_secs_f64();
-    rows.push(Row::new(
-        &format!("idle daemon CPU over {} s", plan.idle.as_secs()),
-        format!("{cpu_s:.2} s"),
-        "",
-        "≤ 0.1 s",
-        Verdict::at_most(cpu_s, 0.1),
-    ));
-
-    progress("session start");
-    let starts = measure::start_latency(stack, &agent, plan.starts).await?;
-    let (p50, p99) = (percentile_ms(&starts, 50.0), percentile_ms(&starts, 99.0));
-    rows.push(Row::new(
-        &format!(
-            "session start → first prompt byte ({} starts)",
-            starts.len()
-        ),
-        format!("p50 {p50:.1} ms, p99 {p99:.1} ms"),
-        "",
-        "p99 ≤ 50 ms",
-        Verdict::at_most(p99, 50.0),
-    ));
-
-    progress("keystroke echo");
-    let ours = measure::session_echo(stack, &agent, plan.keystrokes).await?;
-    let bare = measure::bare_echo(plan.keystrokes).await?;
-    let (o50, o99) = (percentile_ms(&ours, 50.0), percentile_ms(&ours, 99.0));
-    let (b50, b99) = (percentile_ms(&bare, 50.0), percentile_ms(&bare, 99.0));
-    rows.push(Row::new(
-        &format!("keystroke echo ({} keys)", ours.len()),
-        format!("p50 {o50:.2} ms, p99 {o99:.2} ms"),
-        &format!("bare PTY: p50 {b50:.2} ms, p99 {b99:.2} ms"),
-        "p99 ≤ bare + 2 ms",
-        Verdict::at_most(o99, b99 + 2.0),
-    ));
-
-    progress("paste");
-    let (took, intact) = measure::paste(stack, &agent, plan.paste_bytes).await?;
-    ensure!(intact, "the paste arrived damaged");
-    rows.push(Row::new(
-        &format!("paste {} KB into `cat > file`", plan.paste_bytes / 1000),
-        format!("{:.0} ms, intact (SHA-256 equal)", took.as_secs_f64() * 1e3),
-        "",
-        "intact",
-        Verdict::Met,
-    ));
-
-    progress("CloudWatch streaming delay");
-    let delays = measure::streaming_delay(stack, &agent, plan.markers).await?;
-    let (d50, d99) = (percentile_ms(&delays, 50.0), percentile_ms(&delays, 99.0));
-    rows.push(Row::new(
-        &format!("CloudWatch streaming delay ({} events)", delays.len()),
-        format!("p50 {d50:.0} ms, p99 {d99:.0} ms"),
-        "",
-        "p99 ≤ 1500 ms",
-        Verdict::at_most(d99, 1500.0),
-    ));
-
-    progress("output throughput");
     let mut ours = Vec::new();
     let mut script = Vec::new();
-    for _ in 0..plan.flood_runs {
-        let (bytes, t) = measure::session_throughput(stack, &agent, plan.flood_bytes).await?;
-        ours.push(bytes as f64 / 1e6 / t.as_secs_f64());
-        agent.wait_delivered(Duration::from_secs(600)).await?;
-        let (bytes, t) = measure::script_throughput(stack, plan.flood_bytes).await?;
-        script.push(bytes as f64 / 1e6 / t.as_secs_f64());
+    let mut scale = Vec::new();
+    let want = |step: &str| plan.only.is_empty() || plan.only.iter().any(|o| o == step);
+    let agent = stack.agent("bench-main").await?;
+    if want("idle") {
+        progress("idle daemon");
+        let (rss, cpu, threads) = measure::idle(&agent, plan.idle).await?;
+        let rss_mib = rss as f64 / 1024.0;
+        rows.push(Row::new(
+            "idle daemon RSS",
+            format!("{rss_mib:.1} MiB ({threads} threads)"),
+            "",
+            "≤ 10 MiB",
+            Verdict::at_most(rss_mib, 10.0),
+        ));
+        let cpu_s = cpu.as_secs_f64();
+        rows.push(Row::new(
+            &format!("idle daemon CPU over {} s", plan.idle.as_secs()),
+            format!("{cpu_s:.2} s"),
+            "",
+            "≤ 0.1 s",
+            Verdict::at_most(cpu_s, 0.1),
+        ));
     }
-    let (o, s) = (median(&ours), median(&script));
-    rows.push(Row::new(
-        &format!(
-            "output throughput, {} MB (median of {})",
-            plan.flood_bytes / 1_000_000,
-            ours.len()
-        ),
-        format!("{o:.0} MB/s ({:.2}× script)", o / s),
-        &format!("script -qfc: {s:.0} MB/s"),
-        "≥ 0.5× script",
-        Verdict::at_least(o / s, 0.5),
-    ));
+
+    if want("start") {
+        progress("session start");
+        let starts = measure::start_latency(stack, &agent, plan.starts).await?;
+        let (p50, p99) = (percentile_ms(&starts, 50.0), percentile_ms(&starts, 99.0));
+        rows.push(Row::new(
+            &format!(
+                "session start → first prompt byte ({} starts)",
+                starts.len()
+            ),
+            format!("p50 {p50:.1} ms, p99 {p99:.1} ms"),
+            "",
+            "p99 ≤ 50 ms",
+            Verdict::at_most(p99, 50.0),
+        ));
+    }
+
+    if want("echo") {
+        progress("keystroke echo");
+        let ours = measure::session_echo(stack, &agent, plan.keystrokes).await?;
+        let bare = measure::bare_echo(plan.keystrokes).await?;
+        let (o50, o99) = (percentile_ms(&ours, 50.0), percentile_ms(&ours, 99.0));
+        let (b50, b99) = (percentile_ms(&bare, 50.0), percentile_ms(&bare, 99.0));
+        rows.push(Row::new(
+            &format!("keystroke echo ({} keys)", ours.len()),
+            format!("p50 {o50:.2} ms, p99 {o99:.2} ms"),
+            &format!("bare PTY: p50 {b50:.2} ms, p99 {b99:.2} ms"),
+            "p99 ≤ bare + 2 ms",
+            Verdict::at_most(o99, b99 + 2.0),
+        ));
+    }
+
+    if want("paste") {
+        progress("paste");
+        let (took, intact) = measure::paste(stack, &agent, plan.paste_bytes).await?;
+        ensure!(intact, "the paste arrived damaged");
+        rows.push(Row::new(
+            &format!("paste {} KB into `cat > file`", plan.paste_bytes / 1000),
+            format!("{:.0} ms, intact (SHA-256 equal)", took.as_secs_f64() * 1e3),
+            "",
+            "intact",
+            Verdict::Met,
+        ));
+    }
+
+    if want("streaming") {
+        progress("CloudWatch streaming delay");
+        let delays = measure::streaming_delay(stack, &agent, plan.markers).await?;
+        let (d50, d99) = (percentile_ms(&delays, 50.0), percentile_ms(&delays, 99.0));
+        rows.push(Row::new(
+            &format!("CloudWatch streaming delay ({} events)", delays.len()),
+            format!("p50 {d50:.0} ms, p99 {d99:.0} ms"),
+            "",
+            "p99 ≤ 1500 ms",
+            Verdict::at_most(d99, 1500.0),
+        ));
+    }
+
+    if want("throughput") {
+        progress("output throughput");
+        for _ in 0..plan.flood_runs {
+            let (bytes, t) = measure::session_throughput(stack, &agent, plan.flood_bytes).await?;
+            ours.push(bytes as f64 / 1e6 / t.as_secs_f64());
+            agent.wait_delivered(Duration::from_secs(600)).await?;
+            let (bytes, t) = measure::script_throughput(stack, plan.flood_bytes).await?;
+            script.push(bytes as f64 / 1e6 / t.as_secs_f64());
+        }
+        let (o, s) = (median(&ours), median(&script));
+        rows.push(Row::new(
+            &format!(
+                "output throughput, {} MB (median of {})",
+                plan.flood_bytes / 1_000_000,
+                ours.len()
+            ),
+            format!("{o:.0} MB/s ({:.2}× script)", o / s),
+            &format!("script -qfc: {s:.0} MB/s"),
+            "≥ 0.5× script",
+            Verdict::at_least(o / s, 0.5),
+        ));
+    }
     drop(agent);
 
-    progress("scaling");
-    let mut scale = Vec::new();
-    for &n in &plan.scale {
-        progress(&format!("  {n} sessions"));
-        let step = measure::scale(stack, n, plan.scale_total, plan).await?;
-        let per = (step.rss_idle_kib.saturating_sub(step.rss_before_kib)) as f64 / n as f64;
-        rows.push(Row::new(
-            &format!("memory per idle session, {n} open"),
-            format!(
-                "{per:.0} KiB (agent RSS {} → {} KiB, {} threads)",
-                step.rss_before_kib, step.rss_idle_kib, step.threads_idle
-            ),
-            "",
-            "≤ 512 KiB",
-            Verdict::at_most(per, 512.0),
-        ));
-        scale.push(step);
+    if want("scaling") {
+        progress("scaling");
+        for &n in &plan.scale {
+            progress(&format!("  {n} sessions"));
+            let step = measure::scale(stack, n, plan.scale_total, plan).await?;
+            let per = (step.rss_idle_kib.saturating_sub(step.rss_before_kib)) as f64 / n as f64;
+            rows.push(Row::new(
+                &format!("memory per idle session, {n} open"),
+                format!(
+                    "{per:.0} KiB (agent RSS {} → {} KiB, {} threads)",
+                    step.rss_before_kib, step.rss_idle_kib, step.threads_idle
+                ),
+                "",
+                "≤ 512 KiB",
+                Verdict::at_most(per, 512.0),
+            ));
+            scale.push(step);
+        }
     }
     Ok(report::Results {
         rows,

@@ -51,6 +51,23 @@ struct ScrolledRow {
 #[derive(Debug, Default)]
 struct ScrollCollector {
     rows: Vec<ScrolledRow>,
+    /// This many rows at the top are already committed: counted, not rendered.
+    skip: usize,
+}
+
+/// Learns whether a row ends with a line break from the first thing written after it,
+/// then stops the write.
+#[derive(Debug, Default)]
+struct FirstChar(Option<char>);
+
+impl std::fmt::Write for FirstChar {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        if let Some(c) = s.chars().next() {
+            self.0.get_or_insert(c);
+            return Err(std::fmt::Error);
+        }
+        Ok(())
+    }
 }
 
 impl vt100::Callbacks for ScrollCollector {
@@ -59,14 +76,25 @@ impl vt100::Callbacks for ScrollCollector {
             // Scrolling inside a full-screen program: captured as frames instead.
             return;
         }
-        // The row's "wrapped" flag is not public; writing the row twice with one capture
-        // state reveals it: the second write starts with '\n' iff the row did not wrap.
+        if self.skip > 0 {
+            // Committed while on screen (see `Transcript::feed`): rendering it again is
+            // the most expensive thing the recorder could do with a flood of output.
+            self.skip -= 1;
+            self.rows.push(ScrolledRow {
+                text: String::new(),
+                wrapped: false,
+            });
+            return;
+        }
+        // The row's "wrapped" flag is not public; writing the row a second time with the
+        // same capture state reveals it: that write starts with '\n' iff the row did not
+        // wrap. The second write stops at its first character.
         let mut state = BasicFormattedCaptureState::new();
         let mut first = String::new();
-        let mut second = String::new();
+        let mut second = FirstChar::default();
         let _ = contents.write_formatted_basic(&mut first, &mut state);
         let _ = contents.write_formatted_basic(&mut second, &mut state);
-        let wrapped = !second.starts_with('\n');
+        let wrapped = second.0 != Some('\n');
         let text = basic_formatted_to_plain(&first).collect();
         self.rows.push(ScrolledRow { text, wrapped });
     }
@@ -376,10 +404,49 @@ impl Transcript {
         out
     }
 
+    /// Feeds the emulator in pieces of at most a screen's height of line feeds, and
+    /// commits the rows above the cursor after each piece: rows then leave the screen
+    /// already committed (read with the plain-text accessor), instead of each being
+    /// rendered with attributes by the scroll callback. This is the same rule as
+    /// [`Transcript::take_lines`] (rows above the cursor are final), applied more often
+    /// within a chunk; it made a flood of short lines several times cheaper.
     fn feed(&mut self, bytes: &[u8]) {
-        if !bytes.is_empty() {
-            self.parser.process(bytes);
+        let (rows, cols) = self.parser.screen().size();
+        let budget = usize::from(rows.get().saturating_sub(1)).max(1);
+        let cols = usize::from(cols.get());
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            // New rows a piece may create: line feeds, plus a row per `cols` bytes
+            // between them (a long line wraps; escape sequences count too, which only
+            // makes pieces smaller).
+            let (mut new_rows, mut col) =
+                (0, usize::from(self.parser.screen().cursor_position().1));
+            let end = rest
+                .iter()
+                .position(|&b| {
+                    match b {
+                        // LF, VT and FF all move the cursor down (and scroll at the bottom).
+                        b'\n' | b'\x0b' | b'\x0c' => new_rows += 1,
+                        b'\r' => col = 0,
+                        _ => {
+                            col += 1;
+                            if col > cols {
+                                new_rows += 1;
+                                col = 1;
+                            }
+                        }
+                    }
+                    new_rows > budget
+                })
+                .unwrap_or(rest.len());
+            let (piece, tail) = rest.split_at(end);
+            self.parser.callbacks_mut().skip = self.emitted_top;
+            self.parser.process(piece);
             self.drain_scrolled();
+            rest = tail;
+            if !rest.is_empty() {
+                self.commit_above_cursor();
+            }
         }
     }
 
@@ -455,9 +522,22 @@ impl Transcript {
         if cursor_row <= self.emitted_top {
             return;
         }
-        let rows = self.screen_rows();
-        for (text, wrapped) in rows.get(self.emitted_top..cursor_row).unwrap_or_default() {
-            push_row(&mut self.lines, &mut self.partial, text, *wrapped);
+        // Only the rows wanted are read (`screen_rows` reads them all): the plain text of
+        // rows emitted_top..cursor_row, each ended by '\n' unless it wraps into the next.
+        let (start, end) = (
+            u16::try_from(self.emitted_top).unwrap_or(u16::MAX),
+            u16::try_from(cursor_row).unwrap_or(u16::MAX),
+        );
+        let text = self.parser.screen().contents_between(start, 0, end, 0);
+        let mut segments = text.split('\n').peekable();
+        while let Some(segment) = segments.next() {
+            let last = segments.peek().is_none();
+            if !last {
+                push_row(&mut self.lines, &mut self.partial, segment, false);
+            } else if !segment.is_empty() {
+                // The last row wraps into the cursor's row: the line goes on.
+                push_row(&mut self.lines, &mut self.partial, segment, true);
+            }
         }
         self.emitted_top = cursor_row;
     }
@@ -577,6 +657,36 @@ mod tests {
         }
         let text = render(10, 5, &[&out]);
         assert_eq!(text, format!("{long}\n").repeat(12));
+    }
+
+    #[test]
+    fn a_flood_in_one_chunk_matches_the_same_output_byte_by_byte() {
+        // One big chunk goes through the emulator in screen-sized pieces with commits in
+        // between (Transcript::feed); byte-sized chunks scroll every row out through the
+        // callback. Both must give the same transcript: lines, wrapped lines, overwritten
+        // lines, colours, a blank line and a bare line feed.
+        let mut out = Vec::new();
+        for i in 0..500 {
+            let line = match i % 6 {
+                0 => format!("line {i}"),
+                1 => format!("{}{i}", "w".repeat(23)),
+                2 => format!("\x1b[1;32mgreen {i}\x1b[0m"),
+                3 => format!("old {i}\rnew"),
+                4 => String::new(),
+                _ => format!("lf {i}\n"),
+            };
+            out.extend_from_slice(line.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"$ ");
+        let whole = render(10, 6, &[&out]);
+        let bytes: Vec<&[u8]> = out.chunks(1).collect();
+        assert_eq!(whole, render(10, 6, &bytes));
+        assert!(
+            whole.contains("\nline 498\n") && whole.contains("\nnew 3\n"),
+            "{whole}"
+        );
+        assert_eq!(whole.matches("green").count(), 83, "{whole}");
     }
 
     #[test]
