@@ -118,6 +118,13 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let mut plan = if full { Plan::full() } else { Plan::smoke() };
+    if let Some(list) = args
+        .iter()
+        .position(|a| a == "--sessions")
+        .and_then(|i| args.get(i + 1))
+    {
+        plan.scale = list.split(',').filter_map(|n| n.parse().ok()).collect();
+    }
     if let Some(i) = args.iter().position(|a| a == "--only") {
         plan.only = args
             .get(i + 1)
@@ -141,6 +148,9 @@ fn main() -> ExitCode {
     match rt.block_on(run(&stack, &plan)) {
         Ok(results) => {
             report::say(&results.table());
+            if std::env::var_os("BENCH_KEEP").is_some() {
+                report::say(&format!("logs kept in {}", stack.dir.keep().display()));
+            }
             if write_docs {
                 if let Err(e) = results.write_docs() {
                     report::say(&format!("writing docs: {e:#}"));
@@ -170,124 +180,189 @@ async fn run(stack: &Stack, plan: &Plan) -> Result<report::Results> {
     let want = |step: &str| plan.only.is_empty() || plan.only.iter().any(|o| o == step);
     let agent = stack.agent("bench-main").await?;
     if want("idle") {
-        progress("idle daemon");
-        let (rss, cpu, threads) = measure::idle(&agent, plan.idle).await?;
-        let rss_mib = rss as f64 / 1024.0;
-        rows.push(Row::new(
-            "idle daemon RSS",
-            format!("{rss_mib:.1} MiB ({threads} threads)"),
-            "",
-            "≤ 10 MiB",
-            Verdict::at_most(rss_mib, 10.0),
-        ));
-        let cpu_s = cpu.as_secs_f64();
-        rows.push(Row::new(
-            &format!("idle daemon CPU over {} s", plan.idle.as_secs()),
-            format!("{cpu_s:.2} s"),
-            "",
-            "≤ 0.1 s",
-            Verdict::at_most(cpu_s, 0.1),
-        ));
+        let step: Result<()> = async {
+            progress("idle daemon");
+            let (rss, cpu, threads) = measure::idle(&agent, plan.idle).await?;
+            let rss_mib = rss as f64 / 1024.0;
+            rows.push(Row::new(
+                "idle daemon RSS",
+                format!("{rss_mib:.1} MiB ({threads} threads)"),
+                "",
+                "≤ 10 MiB",
+                Verdict::at_most(rss_mib, 10.0),
+            ));
+            let cpu_s = cpu.as_secs_f64();
+            rows.push(Row::new(
+                &format!("idle daemon CPU over {} s", plan.idle.as_secs()),
+                format!("{cpu_s:.2} s"),
+                "",
+                "≤ 0.1 s",
+                Verdict::at_most(cpu_s, 0.1),
+            ));
+            Ok(())
+        }
+        .await;
+        if let Err(e) = step {
+            rows.push(Row::failed("idle", &e));
+        }
     }
 
     if want("start") {
-        progress("session start");
-        let starts = measure::start_latency(stack, &agent, plan.starts).await?;
-        let (p50, p99) = (percentile_ms(&starts, 50.0), percentile_ms(&starts, 99.0));
-        rows.push(Row::new(
-            &format!(
-                "session start → first prompt byte ({} starts)",
-                starts.len()
-            ),
-            format!("p50 {p50:.1} ms, p99 {p99:.1} ms"),
-            "",
-            "p99 ≤ 50 ms",
-            Verdict::at_most(p99, 50.0),
-        ));
+        let step: Result<()> = async {
+            progress("session start");
+            let starts = measure::start_latency(stack, &agent, plan.starts).await?;
+            let (p50, p99) = (percentile_ms(&starts, 50.0), percentile_ms(&starts, 99.0));
+            rows.push(Row::new(
+                &format!(
+                    "session start → first prompt byte ({} starts)",
+                    starts.len()
+                ),
+                format!("p50 {p50:.1} ms, p99 {p99:.1} ms"),
+                "",
+                "p99 ≤ 50 ms",
+                Verdict::at_most(p99, 50.0),
+            ));
+            Ok(())
+        }
+        .await;
+        if let Err(e) = step {
+            rows.push(Row::failed("start", &e));
+        }
     }
 
     if want("echo") {
-        progress("keystroke echo");
-        let ours = measure::session_echo(stack, &agent, plan.keystrokes).await?;
-        let bare = measure::bare_echo(plan.keystrokes).await?;
-        let (o50, o99) = (percentile_ms(&ours, 50.0), percentile_ms(&ours, 99.0));
-        let (b50, b99) = (percentile_ms(&bare, 50.0), percentile_ms(&bare, 99.0));
-        rows.push(Row::new(
-            &format!("keystroke echo ({} keys)", ours.len()),
-            format!("p50 {o50:.2} ms, p99 {o99:.2} ms"),
-            &format!("bare PTY: p50 {b50:.2} ms, p99 {b99:.2} ms"),
-            "p99 ≤ bare + 2 ms",
-            Verdict::at_most(o99, b99 + 2.0),
-        ));
+        let step: Result<()> = async {
+            progress("keystroke echo");
+            let ours = measure::session_echo(stack, &agent, plan.keystrokes).await?;
+            let bare = measure::bare_echo(plan.keystrokes).await?;
+            let (o50, o99) = (percentile_ms(&ours, 50.0), percentile_ms(&ours, 99.0));
+            let (b50, b99) = (percentile_ms(&bare, 50.0), percentile_ms(&bare, 99.0));
+            rows.push(Row::new(
+                &format!("keystroke echo ({} keys)", ours.len()),
+                format!("p50 {o50:.2} ms, p99 {o99:.2} ms"),
+                &format!("bare PTY: p50 {b50:.2} ms, p99 {b99:.2} ms"),
+                "p99 ≤ bare + 2 ms",
+                Verdict::at_most(o99, b99 + 2.0),
+            ));
+            Ok(())
+        }
+        .await;
+        if let Err(e) = step {
+            rows.push(Row::failed("echo", &e));
+        }
     }
 
     if want("paste") {
-        progress("paste");
-        let (took, intact) = measure::paste(stack, &agent, plan.paste_bytes).await?;
-        ensure!(intact, "the paste arrived damaged");
-        rows.push(Row::new(
-            &format!("paste {} KB into `cat > file`", plan.paste_bytes / 1000),
-            format!("{:.0} ms, intact (SHA-256 equal)", took.as_secs_f64() * 1e3),
-            "",
-            "intact",
-            Verdict::Met,
-        ));
+        let step: Result<()> = async {
+            progress("paste");
+            let (took, intact) = measure::paste(stack, &agent, plan.paste_bytes).await?;
+            ensure!(intact, "the paste arrived damaged");
+            rows.push(Row::new(
+                &format!("paste {} KB into `cat > file`", plan.paste_bytes / 1000),
+                format!("{:.0} ms, intact (SHA-256 equal)", took.as_secs_f64() * 1e3),
+                "",
+                "intact",
+                Verdict::Met,
+            ));
+            Ok(())
+        }
+        .await;
+        if let Err(e) = step {
+            rows.push(Row::failed("paste", &e));
+        }
     }
 
     if want("streaming") {
-        progress("CloudWatch streaming delay");
-        let delays = measure::streaming_delay(stack, &agent, plan.markers).await?;
-        let (d50, d99) = (percentile_ms(&delays, 50.0), percentile_ms(&delays, 99.0));
-        rows.push(Row::new(
-            &format!("CloudWatch streaming delay ({} events)", delays.len()),
-            format!("p50 {d50:.0} ms, p99 {d99:.0} ms"),
-            "",
-            "p99 ≤ 1500 ms",
-            Verdict::at_most(d99, 1500.0),
-        ));
+        let step: Result<()> = async {
+            progress("CloudWatch streaming delay");
+            let delays = measure::streaming_delay(stack, &agent, plan.markers).await?;
+            let (d50, d99) = (percentile_ms(&delays, 50.0), percentile_ms(&delays, 99.0));
+            rows.push(Row::new(
+                &format!("CloudWatch streaming delay ({} events)", delays.len()),
+                format!("p50 {d50:.0} ms, p99 {d99:.0} ms"),
+                "",
+                "p99 ≤ 1500 ms",
+                Verdict::at_most(d99, 1500.0),
+            ));
+            Ok(())
+        }
+        .await;
+        if let Err(e) = step {
+            rows.push(Row::failed("streaming", &e));
+        }
     }
 
     if want("throughput") {
-        progress("output throughput");
-        for _ in 0..plan.flood_runs {
-            let (bytes, t) = measure::session_throughput(stack, &agent, plan.flood_bytes).await?;
-            ours.push(bytes as f64 / 1e6 / t.as_secs_f64());
-            agent.wait_delivered(Duration::from_secs(600)).await?;
-            let (bytes, t) = measure::script_throughput(stack, plan.flood_bytes).await?;
-            script.push(bytes as f64 / 1e6 / t.as_secs_f64());
+        let step: Result<()> = async {
+            progress("output throughput");
+            for _ in 0..plan.flood_runs {
+                let (bytes, t) =
+                    measure::session_throughput(stack, &agent, plan.flood_bytes).await?;
+                ours.push(bytes as f64 / 1e6 / t.as_secs_f64());
+                agent.wait_delivered(Duration::from_secs(600)).await?;
+                let (bytes, t) = measure::script_throughput(stack, plan.flood_bytes).await?;
+                script.push(bytes as f64 / 1e6 / t.as_secs_f64());
+            }
+            let (o, s) = (median(&ours), median(&script));
+            rows.push(Row::new(
+                &format!(
+                    "output throughput, {} MB (median of {})",
+                    plan.flood_bytes / 1_000_000,
+                    ours.len()
+                ),
+                format!("{o:.0} MB/s ({:.2}× script)", o / s),
+                &format!("script -qfc: {s:.0} MB/s"),
+                "≥ 0.5× script",
+                Verdict::at_least(o / s, 0.5),
+            ));
+            // The same with CloudWatch streaming off (recording to the local spool only), on
+            // a gateway whose preferences say so: what streaming costs.
+            let quiet = Stack::start(false).await?;
+            let spool_agent = quiet.agent("bench-spool-only").await?;
+            let (bytes, t) =
+                measure::session_throughput(&quiet, &spool_agent, plan.flood_bytes).await?;
+            let q = bytes as f64 / 1e6 / t.as_secs_f64();
+            stack.empty_log_group().await?;
+            rows.push(Row::new(
+                "output throughput, recording to the spool only (no streaming; one run)",
+                format!("{q:.0} MB/s ({:.2}× script)", q / s),
+                &format!("script -qfc: {s:.0} MB/s"),
+                "(for comparison)",
+                Verdict::at_least(q / s, 0.5),
+            ));
+            Ok(())
         }
-        let (o, s) = (median(&ours), median(&script));
-        rows.push(Row::new(
-            &format!(
-                "output throughput, {} MB (median of {})",
-                plan.flood_bytes / 1_000_000,
-                ours.len()
-            ),
-            format!("{o:.0} MB/s ({:.2}× script)", o / s),
-            &format!("script -qfc: {s:.0} MB/s"),
-            "≥ 0.5× script",
-            Verdict::at_least(o / s, 0.5),
-        ));
+        .await;
+        if let Err(e) = step {
+            rows.push(Row::failed("throughput", &e));
+        }
     }
     drop(agent);
 
     if want("scaling") {
-        progress("scaling");
-        for &n in &plan.scale {
-            progress(&format!("  {n} sessions"));
-            let step = measure::scale(stack, n, plan.scale_total, plan).await?;
-            let per = (step.rss_idle_kib.saturating_sub(step.rss_before_kib)) as f64 / n as f64;
-            rows.push(Row::new(
-                &format!("memory per idle session, {n} open"),
-                format!(
-                    "{per:.0} KiB (agent RSS {} → {} KiB, {} threads)",
-                    step.rss_before_kib, step.rss_idle_kib, step.threads_idle
-                ),
-                "",
-                "≤ 512 KiB",
-                Verdict::at_most(per, 512.0),
-            ));
-            scale.push(step);
+        let step: Result<()> = async {
+            progress("scaling");
+            for &n in &plan.scale {
+                progress(&format!("  {n} sessions"));
+                let step = measure::scale(stack, n, plan.scale_total, plan).await?;
+                let per = (step.rss_idle_kib.saturating_sub(step.rss_before_kib)) as f64 / n as f64;
+                rows.push(Row::new(
+                    &format!("memory per idle session, {n} open"),
+                    format!(
+                        "{per:.0} KiB (agent RSS {} → {} KiB, {} threads)",
+                        step.rss_before_kib, step.rss_idle_kib, step.threads_idle
+                    ),
+                    "",
+                    "≤ 512 KiB",
+                    Verdict::at_most(per, 512.0),
+                ));
+                scale.push(step);
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = step {
+            rows.push(Row::failed("scaling", &e));
         }
     }
     Ok(report::Results {

@@ -258,6 +258,7 @@ pub async fn scale(stack: &Stack, n: usize, total: u64, plan: &Plan) -> Result<S
         r??;
     }
     agent.wait_delivered(Duration::from_secs(300)).await?;
+    stack.empty_log_group().await?;
     Ok(Scale {
         sessions: n,
         rss_before_kib,

@@ -53,6 +53,12 @@ pub struct Row {
 }
 
 impl Row {
+    /// A step that could not complete: its error stays in the table.
+    pub fn failed(step: &str, error: &anyhow::Error) -> Self {
+        say(&format!("step {step} failed: {error:#}"));
+        Self::new(step, format!("FAILED: {error:#}"), "", "", Verdict::Missed)
+    }
+
     pub fn new(
         figure: &str,
         ours: String,

@@ -115,6 +115,25 @@ impl Stack {
         })
     }
 
+    /// Deletes and re-creates the log group: LocalStack keeps every event in memory and
+    /// slows down under hundreds of MB of them, which would then be measured as our
+    /// session start time.
+    pub async fn empty_log_group(&self) -> Result<()> {
+        self.logs
+            .delete_log_group()
+            .log_group_name(&self.log_group)
+            .send()
+            .await
+            .context("deleting the log group in LocalStack")?;
+        self.logs
+            .create_log_group()
+            .log_group_name(&self.log_group)
+            .send()
+            .await
+            .context("creating the log group in LocalStack")?;
+        Ok(())
+    }
+
     /// Starts an agent daemon with a fresh state directory and waits until it is Online.
     pub async fn agent(&self, target: &str) -> Result<Agent> {
         let state = self.dir.path().join(target);
