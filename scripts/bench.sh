@@ -45,11 +45,8 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/session-agent"
 mkdir -p "$cache"
 echo "==> LocalStack"
-ls_state=$(scripts/localstack/start "$cache/localstack-venv")
-if [[ $ls_state == running* ]]; then
-  ls_pid=${ls_state#running }
-  trap 'kill "$ls_pid" 2>/dev/null || true; wait "$ls_pid" 2>/dev/null || true' EXIT
-fi
+source scripts/localstack/up.sh
+localstack_up "$cache/localstack-venv"
 
 echo "==> system benchmark (release build)"
 cargo bench --locked --bench system -- "${system_args[@]}"

@@ -26,14 +26,8 @@ echo "==> $(aws --version 2>&1)"
 # LocalStack on 127.0.0.1:4566 (host mode, pinned in scripts/localstack/), reused when one
 # is already running; stopped at exit when this script started it.
 echo "==> LocalStack"
-ls_state=$(scripts/localstack/start "$cache/localstack-venv")
-if [[ $ls_state == running* ]]; then
-  ls_pid=${ls_state#running }
-  trap 'kill "$ls_pid" 2>/dev/null || true; wait "$ls_pid" 2>/dev/null || true' EXIT
-  echo "    started (pid $ls_pid)"
-else
-  echo "    already running; reused"
-fi
+source scripts/localstack/up.sh
+localstack_up "$cache/localstack-venv"
 # The outage test starts, stops and restarts a LocalStack of its own (port 4576) from
 # the same virtualenv.
 export SESSION_AGENT_LOCALSTACK_VENV="$cache/localstack-venv"

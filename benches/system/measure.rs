@@ -18,6 +18,16 @@ pub fn flood_command(bytes: u64) -> String {
     format!("yes 'The quick brown fox jumps over the lazy dog. 0123456789 ABCDEFGHIJ' | head -c {bytes}")
 }
 
+/// Runs the throughput command in `s` and reads until its end marker: the bytes
+/// received, at least `bytes`.
+async fn flood(s: &mut Session, bytes: u64) -> Result<u64> {
+    s.send(format!("{}; echo flood-$((40+2))-end\n", flood_command(bytes)).as_bytes())
+        .await?;
+    let got = s.read_until(b"flood-42-end", LONG).await?;
+    ensure!(got >= bytes, "only {got} of {bytes} bytes arrived");
+    Ok(got)
+}
+
 /// Opens a session and waits for the prompt.
 pub async fn open(stack: &Stack, agent: &Agent) -> Result<Session> {
     let mut s = Session::start(&stack.api, &agent.target).await?;
@@ -33,11 +43,8 @@ pub async fn session_throughput(
 ) -> Result<(u64, Duration)> {
     let mut s = open(stack, agent).await?;
     let started = Instant::now();
-    s.send(format!("{}; echo flood-$((40+2))-end\n", flood_command(bytes)).as_bytes())
-        .await?;
-    let got = s.read_until(b"flood-42-end", LONG).await?;
+    let got = flood(&mut s, bytes).await?;
     let elapsed = started.elapsed();
-    ensure!(got >= bytes, "only {got} of {bytes} bytes arrived");
     s.exit().await?;
     Ok((got, elapsed))
 }
@@ -236,10 +243,7 @@ pub async fn scale(stack: &Stack, n: usize, total: u64, plan: &Plan) -> Result<S
     let started = Instant::now();
     let runs = sessions.into_iter().map(|mut s| {
         tokio::spawn(async move {
-            s.send(format!("{}; echo flood-$((40+2))-end\n", flood_command(each)).as_bytes())
-                .await?;
-            let got = s.read_until(b"flood-42-end", LONG).await?;
-            ensure!(got >= each, "only {got} of {each} bytes arrived");
+            let got = flood(&mut s, each).await?;
             Ok::<_, anyhow::Error>((got, s))
         })
     });
