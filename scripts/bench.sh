@@ -4,11 +4,13 @@
 # CloudWatch Logs in LocalStack; see benches/system/main.rs) and the criterion benches
 # of the codec and the recorder.
 #
-# Usage: sudo bash scripts/bench.sh [--write-docs] [--only STEP,...] [--no-criterion]
+# Usage: sudo bash scripts/bench.sh [--write-docs] [--only STEP,...] [--sessions N,...]
+#                                   [--no-criterion]
 #   --write-docs    also rewrite the results in docs/benchmarks.md and the plot
 #                   docs/benchmarks-scaling.svg
 #   --only STEPS    system steps to run: idle, start, echo, paste, streaming,
 #                   throughput, scaling (default: all)
+#   --sessions N,.. session counts of the scaling step (default: 1,10,100,1000)
 #   --no-criterion  skip the criterion benches
 #
 # Needs root (sessions run as ssm-user, which the agent creates, as in production),
@@ -24,8 +26,9 @@ while (($#)); do
   case $1 in
     --write-docs) system_args+=(--write-docs) ;;
     --only) system_args+=(--only "${2:?--only needs steps}"); shift ;;
+    --sessions) system_args+=(--sessions "${2:?--sessions needs counts}"); shift ;;
     --no-criterion) criterion=0 ;;
-    -h | --help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
