@@ -221,17 +221,40 @@ pub struct GatewayArgs {
     /// How long a terminating session waits for the agent's final report.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub terminate_grace: Duration,
-    /// Largest websocket message / AgentMessage frame accepted, in bytes.
-    #[arg(long, default_value_t = crate::protocol::frame::DEFAULT_MAX_FRAME_LEN)]
+    /// Largest websocket message / AgentMessage frame accepted, in bytes (every socket may
+    /// buffer one while reading it).
+    #[arg(long, default_value_t = crate::gateway::DEFAULT_MAX_FRAME_BYTES)]
     pub max_frame_bytes: usize,
     /// Largest HTTP request body accepted, in bytes.
     #[arg(long, default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
     /// RunAs user for a caller, as the `SSMSessionRunAs` tag on an IAM principal would
-    /// give it: `ACCESS_KEY_ID=USER`, or `*=USER` for every caller. Repeatable. Sent to
-    /// the agent as RunAsUser (used when the document has runAsEnabled).
-    #[arg(long = "run-as", value_name = "KEYID=USER")]
+    /// give it: `PRINCIPAL=USER` (the principal, or the access key id), or `*=USER` for
+    /// every caller. Repeatable. Sent to the agent as RunAsUser (used when the document
+    /// has runAsEnabled).
+    #[arg(long = "run-as", value_name = "PRINCIPAL=USER")]
     pub run_as: Vec<String>,
+    /// A principal that may see, resume and terminate every session and deregister any
+    /// node (as an IAM policy on `*` would allow); everyone else sees and controls only
+    /// their own sessions. Repeatable. In open mode principals are claimed access key ids
+    /// (unverified): use --strict-sigv4 to make this mean anything.
+    #[arg(long = "admin", value_name = "PRINCIPAL")]
+    pub admins: Vec<String>,
+    /// Open connections in all; beyond it new connections are closed at once.
+    #[arg(long, default_value_t = crate::gateway::Limits::default().max_connections)]
+    pub max_connections: usize,
+    /// Open connections from one client IP address.
+    #[arg(long, default_value_t = crate::gateway::Limits::default().max_connections_per_ip)]
+    pub max_connections_per_ip: usize,
+    /// Active sessions one principal may own at once.
+    #[arg(long, default_value_t = crate::gateway::Limits::default().max_sessions_per_caller)]
+    pub max_sessions_per_caller: usize,
+    /// Managed nodes one principal may register.
+    #[arg(long, default_value_t = crate::gateway::Limits::default().max_nodes_per_caller)]
+    pub max_nodes_per_caller: usize,
+    /// Unused channel tokens one principal may hold (each lives 60 s).
+    #[arg(long, default_value_t = crate::gateway::Limits::default().max_tokens_per_caller)]
+    pub max_tokens_per_caller: usize,
     /// Verify every SigV4 signature as AWS does, against the keys in --credentials:
     /// the SSM API (service ssm), channel POSTs and control-channel upgrades
     /// (ssmmessages) must be signed for --region and within 5 minutes of this clock;
@@ -241,7 +264,8 @@ pub struct GatewayArgs {
     #[arg(long, requires = "credentials")]
     pub strict_sigv4: bool,
     /// AWS credentials file (`[name]` sections with aws_access_key_id,
-    /// aws_secret_access_key, optional aws_session_token) holding the keys
+    /// aws_secret_access_key, optional aws_session_token, and optional `principal = NAME`,
+    /// the identity that signs with the key, default the section name) holding the keys
     /// --strict-sigv4 accepts; re-read when an unknown key signs.
     #[arg(long, requires = "strict_sigv4")]
     pub credentials: Option<PathBuf>,
@@ -367,7 +391,7 @@ impl GatewayArgs {
             let Some((who, user)) = rule.split_once('=') else {
                 return Err(config_error(
                     "--run-as",
-                    format!("{rule:?} is not KEYID=USER"),
+                    format!("{rule:?} is not PRINCIPAL=USER"),
                 ));
             };
             if !valid_user_name(user) {
@@ -398,6 +422,34 @@ impl GatewayArgs {
         cfg.terminate_grace = self.terminate_grace;
         cfg.max_frame_bytes = self.max_frame_bytes;
         cfg.max_body_bytes = self.max_body_bytes;
+        for admin in &self.admins {
+            if !crate::gateway::auth::valid_principal(admin) {
+                return Err(config_error(
+                    "--admin",
+                    format!(
+                        "{admin:?} is not a principal name (1-64 of A-Z a-z 0-9 + = , . @ _ -)"
+                    ),
+                ));
+            }
+        }
+        cfg.admins = self.admins;
+        let limits = [
+            ("--max-connections", self.max_connections),
+            ("--max-connections-per-ip", self.max_connections_per_ip),
+            ("--max-sessions-per-caller", self.max_sessions_per_caller),
+            ("--max-nodes-per-caller", self.max_nodes_per_caller),
+            ("--max-tokens-per-caller", self.max_tokens_per_caller),
+        ];
+        if let Some((flag, _)) = limits.iter().find(|(_, v)| *v == 0) {
+            return Err(config_error(flag, "must be at least 1"));
+        }
+        cfg.limits = crate::gateway::Limits {
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+            max_sessions_per_caller: self.max_sessions_per_caller,
+            max_nodes_per_caller: self.max_nodes_per_caller,
+            max_tokens_per_caller: self.max_tokens_per_caller,
+        };
         Ok(cfg)
     }
 }

@@ -24,8 +24,9 @@ pub struct DevArgs {
     /// or /var/lib/session-agent/dev as root].
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
-    /// Gateway address; another terminal can then use `session-agent connect --endpoint
-    /// http://ADDR --target dev` or the AWS CLI with `--endpoint-url`.
+    /// Gateway address (loopback by default). The gateway answers only this run's own
+    /// random key, which nothing outside this process knows: other terminals and other
+    /// local users cannot use it.
     #[arg(long, default_value = "127.0.0.1:0")]
     pub listen: SocketAddr,
     /// Session preferences document (see config/session-preferences.example.json).
@@ -63,15 +64,30 @@ pub async fn run(args: DevArgs) -> Result<u8, String> {
     );
     let mut gateway_config: GatewayConfig =
         gateway_args.into_config().map_err(|e| e.to_string())?;
-    // Only this process may open sessions on its gateway: a random access key per run.
+    // Only this process may use its gateway: a random key and secret per run, known to
+    // this process alone, and the gateway in strict mode, so every endpoint (the API,
+    // channel tokens, control channels) checks the signature, not a claimed key id.
     let key = format!(
         "DEV{}",
         crate::gateway::random_token()
-            .get(..24)
+            .get(..17)
             .unwrap_or_default()
             .to_ascii_uppercase()
     );
-    gateway_config.required_access_key = Some(key.clone());
+    let secret = crate::gateway::random_token();
+    let keys = std::collections::HashMap::from([(
+        key.clone(),
+        crate::gateway::auth::Key {
+            secret: crate::protocol::sigv4::Secret {
+                secret_access_key: secret.clone(),
+                session_token: None,
+            },
+            principal: "dev".into(),
+        },
+    )]);
+    gateway_config.strict_sigv4 = Some(std::sync::Arc::new(
+        crate::gateway::auth::StrictSigV4::with_keys(keys, &gateway_config.region),
+    ));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("--listen: cannot bind {}: {e}", args.listen))?;
@@ -113,13 +129,21 @@ pub async fn run(args: DevArgs) -> Result<u8, String> {
         shutdown_timeout: std::time::Duration::from_secs(5),
         log_level: "info".into(),
         log_format: crate::logging::LogFormat::Plain,
+        local_key: Some((key.clone(), secret.clone())),
     };
     let recordings = agent_config.recordings_dir();
     let agent = {
         let stop = stop.clone();
         tokio::spawn(async move { crate::agent::run(agent_config, stop.cancelled_owned()).await })
     };
-    wait_for_agent(&endpoint, &args.target_id).await?;
+    let api = crate::ssm::SsmApi::new(
+        &endpoint,
+        crate::gateway::DEV_REGION,
+        None,
+        Some((key.clone(), secret.clone())),
+    )
+    .map_err(|e| e.to_string())?;
+    wait_for_agent(&api, &args.target_id).await?;
     tracing::info!(%endpoint, "dev: gateway and agent up; connecting this terminal");
     let outcome = crate::client::connect(ConnectConfig {
         endpoint,
@@ -128,7 +152,7 @@ pub async fn run(args: DevArgs) -> Result<u8, String> {
         start: Start::Call(
             serde_json::json!({"Target": args.target_id, "Reason": "session-agent dev"}),
         ),
-        credentials: Some((key, "dev".into())),
+        credentials: Some((key, secret)),
         target: Some(args.target_id.clone()),
     })
     .await;
@@ -151,25 +175,10 @@ fn tell_where_recordings_are(dir: &std::path::Path) {
     );
 }
 
-async fn wait_for_agent(endpoint: &str, target: &str) -> Result<(), String> {
-    let http = reqwest::Client::new();
-    let body =
-        serde_json::json!({"Filters": [{"Key": "InstanceIds", "Values": [target]}]}).to_string();
+async fn wait_for_agent(api: &crate::ssm::SsmApi, target: &str) -> Result<(), String> {
+    let request = serde_json::json!({"Filters": [{"Key": "InstanceIds", "Values": [target]}]});
     for _ in 0..200 {
-        let resp = http
-            .post(format!("{endpoint}/"))
-            .header("x-amz-target", "AmazonSSM.DescribeInstanceInformation")
-            .header("content-type", "application/x-amz-json-1.1")
-            .body(body.clone())
-            .send()
-            .await;
-        if let Ok(r) = resp {
-            let v: serde_json::Value = r
-                .bytes()
-                .await
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok())
-                .unwrap_or_default();
+        if let Ok(v) = api.describe_instance_information(&request).await {
             if v["InstanceInformationList"][0]["PingStatus"] == "Online" {
                 return Ok(());
             }

@@ -51,6 +51,8 @@
 //! * `windows` (Windows builds only) — the thin Windows layer: the service control
 //!   manager, the ssm-user account, the logon shim, console modes. `session::pty` and
 //!   `session::user` have a Windows file each; all other modules are the same code.
+//! * [`bounded`] — queues bounded in bytes (every queue between a socket and its
+//!   consumer), shared by gateway and agent.
 //! * [`cli`] — clap definitions and the turn from flags into validated configuration
 //!   (exit code 64 on invalid configuration).
 //!
@@ -67,6 +69,7 @@
 //!    [`logging`]), turns signals into the graceful stop and maps errors to exit codes.
 
 pub mod agent;
+pub mod bounded;
 pub mod cli;
 pub mod client;
 pub mod delivery;

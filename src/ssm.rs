@@ -206,6 +206,14 @@ impl SsmApi {
         .map(drop)
     }
 
+    /// DescribeInstanceInformation; returns the response as it came.
+    ///
+    /// # Errors
+    /// The service refused or could not be reached.
+    pub async fn describe_instance_information(&self, request: &Value) -> Result<Value, ApiError> {
+        self.call("DescribeInstanceInformation", request).await
+    }
+
     /// UpdateInstanceInformation (the agent's heartbeat).
     ///
     /// # Errors

@@ -378,6 +378,7 @@ impl RunArgs {
             shutdown_timeout,
             log_level,
             log_format,
+            local_key: None,
         })
     }
 }

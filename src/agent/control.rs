@@ -171,12 +171,19 @@ pub(crate) async fn run(ctx: Arc<Ctx>, shutdown: impl Future<Output = ()>) {
                 msg = stream.next() => {
                     let raw = match msg {
                         Some(Ok(Message::Binary(raw))) => raw,
-                        Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
+                        gone @ (Some(Ok(Message::Close(_))) | Some(Err(_)) | None) => {
                             if shutdown_at.is_some() {
                                 break 'reconnect;
                             }
                             let delay = backoff.next_delay();
-                            tracing::warn!(retry_in = ?delay, "Control channel closed; reconnecting");
+                            let reason = match gone {
+                                Some(Ok(Message::Close(Some(f)))) => f.reason.to_string(),
+                                _ => String::new(),
+                            };
+                            if reason.contains("replaced by a newer control channel") {
+                                tracing::warn!(target_id = %ctx.target_id, gateway_says = %reason, "Another connection took this node's control channel: another agent (or a second copy of this one) uses the same target id. Sessions go to whichever connected last; give each host its own target_id");
+                            }
+                            tracing::warn!(retry_in = ?delay, reason = %reason, "Control channel closed; reconnecting");
                             notify::status(&format!("Offline: control channel to {} closed; reconnecting", ctx.mgs.endpoint()));
                             tokio::select! {
                                 () = tokio::time::sleep(delay) => continue 'reconnect,

@@ -262,8 +262,18 @@ impl Mgs {
             }
         }
         let connector = tokio_tungstenite::Connector::Rustls(self.tls.clone());
-        let dial =
-            tokio_tungstenite::connect_async_tls_with_config(request, None, true, Some(connector));
+        // No message larger than a frame may be: a hostile or broken gateway must not make
+        // the agent buffer tungstenite's default 64 MiB per message.
+        let max = crate::protocol::frame::DEFAULT_MAX_FRAME_LEN;
+        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+            .max_message_size(Some(max))
+            .max_frame_size(Some(max));
+        let dial = tokio_tungstenite::connect_async_tls_with_config(
+            request,
+            Some(config),
+            true,
+            Some(connector),
+        );
         let (mut ws, _) = match tokio::time::timeout(HTTP_TIMEOUT, dial).await {
             Ok(Ok(dialled)) => dialled,
             Ok(Err(e)) => {

@@ -25,6 +25,7 @@ pub mod heartbeat;
 pub mod identity;
 pub mod mgs;
 mod notify;
+pub(crate) mod plan;
 pub mod recording;
 pub mod recovery;
 pub mod retention;
@@ -101,6 +102,10 @@ pub struct AgentConfig {
     pub log_level: String,
     /// Log format (installed by `main`).
     pub log_format: crate::logging::LogFormat,
+    /// Local mode only: an access key and secret that sign the agent's channel requests
+    /// (`dev` gives its agent the per-run key its strict gateway knows). Not settable in
+    /// the configuration file.
+    pub local_key: Option<(String, String)>,
 }
 
 /// Settings of the `aws` gateway mode.
@@ -259,6 +264,14 @@ pub(crate) async fn run_session(
         Ok(d) => d,
         Err(e) => return fail(format!("invalid session document: {e}")),
     };
+    // Exactly what the document asks for, or nothing: never a shell for another type.
+    match plan::plan_for(&doc) {
+        Ok(plan::Plan::Shell) => {}
+        Err(refusal) => {
+            tracing::warn!(session = %session_id, document = %task.document_name, session_type = %doc.session_type, "Session refused: session type not supported");
+            return fail(refusal);
+        }
+    }
     let who = match user::resolve_session_user(
         doc.inputs.run_as_enabled,
         &doc.inputs.run_as_default_user,
@@ -620,7 +633,15 @@ pub async fn run(
     let Some(identity) = settle_identity(&config, &mut shutdown).await else {
         return Ok(());
     };
-    let signer = identity.aws.as_ref().map(|a| a.signer.clone());
+    let signer = identity.aws.as_ref().map(|a| a.signer.clone()).or_else(|| {
+        config.local_key.as_ref().map(|(id, secret)| {
+            Arc::new(crate::sign::Signer::new(
+                crate::sign::static_provider(id, secret, None),
+                crate::gateway::DEV_REGION,
+                crate::protocol::endpoint::SSMMESSAGES,
+            ))
+        })
+    });
     let mgs = mgs::Mgs::new(&identity.endpoint, config.ca_file.as_deref(), signer)?;
     let aws = tokio::sync::OnceCell::new();
     if let Some(found) = &identity.aws {

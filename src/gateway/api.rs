@@ -7,15 +7,16 @@
 //! does not implement answer `UnknownOperationException`; the official agent polls a few
 //! such APIs and tolerates 4xx answers.
 
+use super::access::Denied;
 use super::auth::Caller;
-use super::registry::{Grant, Outbound, Session};
+use super::registry::{Grant, Outbound, Session, TokenRefusal};
 use super::store::{OutputLocation, SessionRecord, SessionStatus};
 use super::{epoch_secs, Shared, DEFAULT_IDLE_TIMEOUT};
 use crate::protocol::document::{self, SessionDocument};
 use crate::protocol::frame::MessageType;
 use crate::protocol::payload::AgentTaskPayload;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Map, Value};
@@ -32,11 +33,11 @@ const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
 pub struct ApiError {
     status: StatusCode,
     kind: &'static str,
-    message: String,
+    pub(crate) message: String,
 }
 
 impl ApiError {
-    fn new(kind: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(kind: &'static str, message: impl Into<String>) -> Self {
         Self {
             status: StatusCode::BAD_REQUEST,
             kind,
@@ -82,6 +83,7 @@ type ApiResult = Result<Value, ApiError>;
 /// `POST /`.
 pub(crate) async fn handle(
     State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -98,19 +100,9 @@ pub(crate) async fn handle(
         )
         .into_response();
     };
-    let bytes = match axum::body::to_bytes(body, shared.config.max_body_bytes).await {
+    let bytes = match super::read_body(body, shared.config.max_body_bytes).await {
         Ok(b) => b,
-        Err(_) => {
-            return ApiError {
-                status: StatusCode::PAYLOAD_TOO_LARGE,
-                kind: "SerializationException",
-                message: format!(
-                    "request body exceeds {} bytes",
-                    shared.config.max_body_bytes
-                ),
-            }
-            .into_response()
-        }
+        Err(e) => return e.into_response_for("/"),
     };
     let input: Value = if bytes.iter().all(u8::is_ascii_whitespace) {
         json!({})
@@ -133,36 +125,18 @@ pub(crate) async fn handle(
             }
         }
     };
-    let caller = Caller::from_headers(&headers);
     let host = headers
         .get("host")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("localhost");
-    let session_op = matches!(op, "StartSession" | "ResumeSession" | "TerminateSession");
-    if let Some(key) = shared
-        .config
-        .required_access_key
-        .as_deref()
-        .filter(|_| session_op)
-    {
-        if caller.access_key_id != key {
-            return ApiError::new(
-                "AccessDeniedException",
-                format!(
-                    "{} is not allowed to call {op} on this gateway",
-                    caller.access_key_id
-                ),
-            )
-            .into_response();
-        }
-    }
     let result = match op {
         "StartSession" => start_session(&shared, &caller, host, &input),
-        "ResumeSession" => resume_session(&shared, host, &input),
-        "TerminateSession" => terminate_session(&shared, &input),
-        "DescribeSessions" => describe_sessions(&shared, &input),
+        "ResumeSession" => resume_session(&shared, &caller, host, &input),
+        "TerminateSession" => terminate_session(&shared, &caller, &input),
+        "DescribeSessions" => describe_sessions(&shared, &caller, &input),
         "DescribeInstanceInformation" => describe_instance_information(&shared, &input),
-        "UpdateInstanceInformation" => update_instance_information(&shared, &input),
+        "UpdateInstanceInformation" => update_instance_information(&shared, &caller, &input),
+        "DeregisterManagedInstance" => deregister_managed_instance(&shared, &caller, &input),
         other => Err(ApiError::new(
             "UnknownOperationException",
             format!("operation {other} is not supported by this gateway"),
@@ -171,6 +145,30 @@ pub(crate) async fn handle(
     match result {
         Ok(v) => ([("content-type", CONTENT_TYPE)], v.to_string()).into_response(),
         Err(e) => e.into_response(),
+    }
+}
+
+/// A known path with a method it does not serve (`PUT /`, `DELETE /v1/...`).
+pub(crate) async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    let message = format!(
+        "{method} is not allowed on {}; the SSM API takes POST /, the message gateway POST (token) and GET (websocket) on its /v1 paths",
+        uri.path()
+    );
+    if uri.path() == "/" {
+        ApiError {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            kind: "UnknownOperationException",
+            message,
+        }
+        .into_response()
+    } else {
+        super::mgs::xml_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "",
+            "Message",
+            &message,
+        )
     }
 }
 
@@ -326,20 +324,22 @@ fn parameters(input: &Value) -> Result<Map<String, Value>, ApiError> {
     }
 }
 
-fn throttled() -> ApiError {
-    ApiError::new(
-        "ThrottlingException",
-        "too many outstanding tokens; retry in a minute",
-    )
+fn throttled(why: TokenRefusal) -> ApiError {
+    ApiError::new("ThrottlingException", why.message())
+}
+
+fn denied(d: &Denied) -> ApiError {
+    tracing::info!(who = %d.who, action = d.action, resource = %d.resource, "Access denied");
+    ApiError::new("AccessDeniedException", d.message())
 }
 
 /// The RunAs user for this caller: what an `SSMSessionRunAs` tag on the IAM principal
-/// would say, from `--run-as KEYID=USER` (or `*=USER`).
+/// would say, from `--run-as PRINCIPAL=USER` (or the access key id, or `*=USER`).
 fn run_as_for(shared: &Shared, caller: &Caller) -> String {
     let rules = &shared.config.run_as;
     rules
         .iter()
-        .find(|(who, _)| *who == caller.access_key_id)
+        .find(|(who, _)| *who == caller.principal || *who == caller.access_key_id)
         .or_else(|| rules.iter().find(|(who, _)| who == "*"))
         .map(|(_, user)| user.clone())
         .unwrap_or_default()
@@ -369,6 +369,19 @@ fn start_session(shared: &Shared, caller: &Caller, host: &str, input: &Value) ->
 
     let session_id = caller.new_session_id();
     let owner = caller.arn(&shared.config.account_id);
+    // Where the agent will put the recording (it reports the same at the end): known
+    // now, so a session that ends without its agent's report still shows it.
+    let mut output = OutputLocation::default();
+    if !doc.inputs.s3_bucket_name.is_empty() {
+        output.s3_bucket.clone_from(&doc.inputs.s3_bucket_name);
+        output.s3_key = crate::delivery::s3_key(&doc.inputs.s3_key_prefix, &session_id, "log");
+    }
+    if !doc.inputs.cloud_watch_log_group_name.is_empty() {
+        output
+            .cwl_group
+            .clone_from(&doc.inputs.cloud_watch_log_group_name);
+        output.cwl_stream.clone_from(&session_id);
+    }
     let task = AgentTaskPayload {
         session_id: session_id.clone(),
         document_name: document_name.to_owned(),
@@ -383,6 +396,14 @@ fn start_session(shared: &Shared, caller: &Caller, host: &str, input: &Value) ->
     );
     let now = Instant::now();
     let mut reg = shared.reg();
+    let quota = shared.config.limits.max_sessions_per_caller;
+    let active = reg.active_sessions_of(&caller.principal);
+    if active >= quota {
+        return Err(ApiError::new(
+            "ThrottlingException",
+            format!("you own {active} active sessions, the most one identity may (max_sessions_per_caller); end some first"),
+        ));
+    }
     let control = match reg.agents.get(target) {
         None => {
             return Err(ApiError::new(
@@ -396,7 +417,18 @@ fn start_session(shared: &Shared, caller: &Caller, host: &str, input: &Value) ->
             ApiError::new("TargetNotConnected", format!("{target} is not connected."))
         })?,
     };
-    if control.ctl.send(Outbound::Frame(frame)).is_err() {
+    let token = reg
+        .issue_token(
+            Grant::ClientData {
+                session_id: session_id.clone(),
+            },
+            &caller.principal,
+            shared.config.limits.max_tokens_per_caller,
+            now,
+        )
+        .map_err(throttled)?;
+    if !control.control(Outbound::Frame(frame)) {
+        reg.redeem_token(&token, now);
         return Err(ApiError::new(
             "TargetNotConnected",
             format!("{target} is not connected."),
@@ -410,10 +442,11 @@ fn start_session(shared: &Shared, caller: &Caller, host: &str, input: &Value) ->
         end_date: None,
         document_name: document_name.to_owned(),
         owner,
+        principal: caller.principal.clone(),
         reason: reason.to_owned(),
         details: String::new(),
         final_task_status: String::new(),
-        output: OutputLocation::default(),
+        output,
         max_session_duration: doc
             .inputs
             .max_session_duration
@@ -425,14 +458,6 @@ fn start_session(shared: &Shared, caller: &Caller, host: &str, input: &Value) ->
                 .as_secs(),
         ),
     };
-    let token = reg
-        .issue_token(
-            Grant::ClientData {
-                session_id: session_id.clone(),
-            },
-            now,
-        )
-        .ok_or_else(throttled)?;
     reg.sessions
         .insert(session_id.clone(), Session::new(record.clone(), now));
     drop(reg);
@@ -445,17 +470,25 @@ fn start_session(shared: &Shared, caller: &Caller, host: &str, input: &Value) ->
     }))
 }
 
-fn resume_session(shared: &Shared, host: &str, input: &Value) -> ApiResult {
+fn no_such_session(session_id: &str) -> ApiError {
+    ApiError::new(
+        "DoesNotExistException",
+        format!("session {session_id} does not exist"),
+    )
+}
+
+fn resume_session(shared: &Shared, caller: &Caller, host: &str, input: &Value) -> ApiResult {
     let session_id = req_str(input, "SessionId")?;
     let mut reg = shared.reg();
     let active = match reg.sessions.get(session_id) {
-        None => {
-            return Err(ApiError::new(
-                "DoesNotExistException",
-                format!("session {session_id} does not exist"),
-            ))
+        None => return Err(no_such_session(session_id)),
+        Some(s) => {
+            shared
+                .access
+                .use_session(caller, "ssm:ResumeSession", session_id, &s.record.principal)
+                .map_err(|d| denied(&d))?;
+            s.record.status.is_active() && s.terminate_requested.is_none()
         }
-        Some(s) => s.record.status.is_active() && s.terminate_requested.is_none(),
     };
     // An empty token tells the official client the session is gone ("timed out").
     let token = if active {
@@ -463,9 +496,11 @@ fn resume_session(shared: &Shared, host: &str, input: &Value) -> ApiResult {
             Grant::ClientData {
                 session_id: session_id.to_owned(),
             },
+            &caller.principal,
+            shared.config.limits.max_tokens_per_caller,
             Instant::now(),
         )
-        .ok_or_else(throttled)?
+        .map_err(throttled)?
     } else {
         String::new()
     };
@@ -476,13 +511,23 @@ fn resume_session(shared: &Shared, host: &str, input: &Value) -> ApiResult {
     }))
 }
 
-fn terminate_session(shared: &Shared, input: &Value) -> ApiResult {
+fn terminate_session(shared: &Shared, caller: &Caller, input: &Value) -> ApiResult {
     let session_id = req_str(input, "SessionId")?;
-    if !shared.reg().sessions.contains_key(session_id) {
-        return Err(ApiError::new(
-            "DoesNotExistException",
-            format!("session {session_id} does not exist"),
-        ));
+    {
+        let reg = shared.reg();
+        let s = reg
+            .sessions
+            .get(session_id)
+            .ok_or_else(|| no_such_session(session_id))?;
+        shared
+            .access
+            .use_session(
+                caller,
+                "ssm:TerminateSession",
+                session_id,
+                &s.record.principal,
+            )
+            .map_err(|d| denied(&d))?;
     }
     shared.terminate(session_id, "", "terminated by TerminateSession");
     Ok(json!({ "SessionId": session_id }))
@@ -565,7 +610,7 @@ fn session_json(shared: &Shared, r: &SessionRecord) -> Value {
     v
 }
 
-fn describe_sessions(shared: &Shared, input: &Value) -> ApiResult {
+fn describe_sessions(shared: &Shared, caller: &Caller, input: &Value) -> ApiResult {
     let state = req_str(input, "State")?;
     let want_active = match state {
         "Active" => true,
@@ -613,6 +658,8 @@ fn describe_sessions(shared: &Shared, input: &Value) -> ApiResult {
         .values()
         .map(|s| &s.record)
         .filter(|r| r.status.is_active() == want_active)
+        // Only the caller's own sessions (an admin's: all).
+        .filter(|r| shared.access.sees_session(caller, &r.principal))
         .filter(|r| {
             filters.iter().all(|(k, v)| match *k {
                 "InvokedAfter" => parse_date(v).is_some_and(|t| r.start_date >= t),
@@ -721,7 +768,7 @@ fn describe_instance_information(shared: &Shared, input: &Value) -> ApiResult {
                 vals.iter().any(|v| v == have)
             });
             pass.then(|| {
-                json!({
+                let mut row = json!({
                     "InstanceId": id,
                     "PingStatus": ping,
                     "LastPingDateTime": a.last_ping.map(epoch_secs),
@@ -733,7 +780,12 @@ fn describe_instance_information(shared: &Shared, input: &Value) -> ApiResult {
                     "ResourceType": resource,
                     "IPAddress": a.ip_address,
                     "ComputerName": a.computer_name,
-                })
+                });
+                // Not an AWS field: shown when two agents take turns with this id.
+                if let Some(conflict) = &a.conflict {
+                    row["SessionAgentConflict"] = json!(conflict);
+                }
+                row
             })
         })
         .collect();
@@ -747,11 +799,78 @@ fn describe_instance_information(shared: &Shared, input: &Value) -> ApiResult {
     Ok(out)
 }
 
-fn update_instance_information(shared: &Shared, input: &Value) -> ApiResult {
+/// The instance-information fields an agent may set, and their AWS names.
+const NODE_FIELDS: [&str; 6] = [
+    "AgentVersion",
+    "PlatformType",
+    "PlatformName",
+    "PlatformVersion",
+    "ComputerName",
+    "IPAddress",
+];
+
+fn update_instance_information(shared: &Shared, caller: &Caller, input: &Value) -> ApiResult {
     let id = req_str(input, "InstanceId")?;
     check_id("instanceId", id)?;
+    let mut fields = Vec::new();
+    for key in NODE_FIELDS {
+        if let Some(v) = opt_str(input, key)? {
+            check_len(key, v, super::registry::MAX_NODE_FIELD)?;
+            fields.push((key, v.to_owned()));
+        }
+    }
     let mut reg = shared.reg();
-    if !reg.agents.contains_key(id) && reg.agents.len() >= super::registry::MAX_AGENTS {
+    let registrant = reg.registrant_of(id).map(str::to_owned);
+    shared
+        .access
+        .act_as_node(
+            caller,
+            "ssm:UpdateInstanceInformation",
+            id,
+            registrant.as_deref(),
+        )
+        .map_err(|d| denied(&d))?;
+    let new_registration = registrant.is_none();
+    if new_registration {
+        check_node_room(shared, &reg, caller, id)?;
+    }
+    let agent = reg.agents.entry(id.to_owned()).or_default();
+    agent.registrant = Some(caller.principal.clone());
+    for (key, value) in fields {
+        let field = match key {
+            "AgentVersion" => &mut agent.agent_version,
+            "PlatformType" => &mut agent.platform_type,
+            "PlatformName" => &mut agent.platform_name,
+            "PlatformVersion" => &mut agent.platform_version,
+            "ComputerName" => &mut agent.computer_name,
+            _ => &mut agent.ip_address,
+        };
+        *field = value;
+    }
+    agent.last_ping = Some(SystemTime::now());
+    if new_registration {
+        tracing::info!(node = %id, principal = %caller.principal, "Managed node registered");
+        shared.persist_nodes(&reg);
+    }
+    Ok(json!({}))
+}
+
+/// Whether `caller` may register one more node: its own quota, and the gateway's.
+pub(crate) fn check_node_room(
+    shared: &Shared,
+    reg: &super::registry::Registry,
+    caller: &Caller,
+    target: &str,
+) -> Result<(), ApiError> {
+    let quota = shared.config.limits.max_nodes_per_caller;
+    let held = reg.nodes_of(&caller.principal);
+    if held >= quota {
+        return Err(ApiError::new(
+            "ThrottlingException",
+            format!("{} holds {held} managed nodes, the most one identity may register (max_nodes_per_caller); {target} was not registered", caller.principal),
+        ));
+    }
+    if !reg.agents.contains_key(target) && reg.agents.len() >= super::registry::MAX_AGENTS {
         return Err(ApiError::new(
             "ThrottlingException",
             format!(
@@ -760,19 +879,33 @@ fn update_instance_information(shared: &Shared, input: &Value) -> ApiResult {
             ),
         ));
     }
-    let agent = reg.agents.entry(id.to_owned()).or_default();
-    let set = |field: &mut String, key: &str| {
-        if let Some(Value::String(s)) = input.get(key) {
-            field.clone_from(s);
-        }
+    Ok(())
+}
+
+/// DeregisterManagedInstance: forgets a node and its registration (its registrant or an
+/// admin), so another identity may register that id (a host re-provisioned with new
+/// credentials).
+fn deregister_managed_instance(shared: &Shared, caller: &Caller, input: &Value) -> ApiResult {
+    let id = req_str(input, "InstanceId")?;
+    let mut reg = shared.reg();
+    let Some(agent) = reg.agents.get(id) else {
+        return Err(ApiError::new(
+            "InvalidInstanceId",
+            format!("{id} is not a managed node known to this gateway"),
+        ));
     };
-    set(&mut agent.agent_version, "AgentVersion");
-    set(&mut agent.platform_type, "PlatformType");
-    set(&mut agent.platform_name, "PlatformName");
-    set(&mut agent.platform_version, "PlatformVersion");
-    set(&mut agent.computer_name, "ComputerName");
-    set(&mut agent.ip_address, "IPAddress");
-    agent.last_ping = Some(SystemTime::now());
+    shared
+        .access
+        .deregister(caller, id, agent.registrant.as_deref())
+        .map_err(|d| denied(&d))?;
+    if let Some(old) = reg.agents.remove(id).and_then(|a| a.control) {
+        old.control(Outbound::Close(
+            1000,
+            "the managed node was deregistered".into(),
+        ));
+    }
+    shared.persist_nodes(&reg);
+    tracing::info!(node = %id, by = %caller.principal, "Managed node deregistered");
     Ok(json!({}))
 }
 

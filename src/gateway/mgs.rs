@@ -12,10 +12,12 @@
 //! A frame that does not decode closes that socket with 1007 and the decoder's reason;
 //! the session's other peer is untouched.
 
+use super::access::Denied;
 use super::auth::Caller;
-use super::registry::{Grant, Outbound, Peer, Side};
+use super::registry::{Grant, Outbound, Peer, Side, TokenRefusal, MAX_NODE_FIELD};
 use super::store::SessionStatus;
-use super::{Shared, FORWARD_TIMEOUT, OUTBOUND_QUEUE};
+use super::{Shared, CONTROL_BYTES, FORWARD_TIMEOUT, OUTBOUND_BYTES};
+use crate::bounded::{self, ByteReceiver, ByteSender};
 use crate::protocol::frame::{AgentMessage, MessageType};
 use crate::protocol::payload::{
     from_json, task_status, AgentSessionState, AgentTaskAcknowledge, AgentTaskComplete,
@@ -24,15 +26,15 @@ use crate::protocol::payload::{
 };
 use axum::body::Body;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{ConnectInfo, Extension, Path, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -95,11 +97,12 @@ fn valid_id(id: &str) -> bool {
 
 async fn read_create_request(
     shared: &Shared,
+    path: &str,
     body: Body,
 ) -> Result<CreateChannelRequest, Response> {
-    let bytes = axum::body::to_bytes(body, shared.config.max_body_bytes)
+    let bytes = super::read_body(body, shared.config.max_body_bytes)
         .await
-        .map_err(|_| xml_error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"))?;
+        .map_err(|e| e.into_response_for(path))?;
     let req: CreateChannelRequest = from_json(&bytes, "create channel")
         .map_err(|e| xml_error(StatusCode::BAD_REQUEST, &e.to_string()))?;
     if req.message_schema_version != MESSAGE_SCHEMA_VERSION {
@@ -120,11 +123,35 @@ async fn read_create_request(
     Ok(req)
 }
 
-/// `POST /v1/control-channel/{target}`.
+/// A refusal of the ownership model, as the message gateway answers (XML, 403).
+fn denied(d: &Denied) -> Response {
+    tracing::info!(who = %d.who, action = d.action, resource = %d.resource, "Access denied");
+    xml_response(
+        StatusCode::FORBIDDEN,
+        "AccessDeniedException",
+        "",
+        "Message",
+        &d.message(),
+    )
+}
+
+fn throttled(why: TokenRefusal) -> Response {
+    xml_response(
+        StatusCode::TOO_MANY_REQUESTS,
+        "ThrottlingException",
+        "",
+        "Message",
+        &why.message(),
+    )
+}
+
+/// `POST /v1/control-channel/{target}`: only for the principal the node is registered
+/// to (or, for a new node, for whoever asks: opening the channel registers it).
 pub(crate) async fn create_control_channel(
     State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
     Path(target): Path<String>,
-    headers: HeaderMap,
+    uri: axum::http::Uri,
     body: Body,
 ) -> Response {
     if !valid_id(&target) {
@@ -133,78 +160,103 @@ pub(crate) async fn create_control_channel(
             "target id must match [A-Za-z0-9._-]{1,128}",
         );
     }
-    if let Err(resp) = read_create_request(&shared, body).await {
-        return resp;
-    }
-    let caller = Caller::from_headers(&headers);
-    // The node is remembered only once its control channel opens (attach_control), so
-    // token requests alone cannot fill the node list.
-    let token = shared.reg().issue_token(
-        Grant::Control {
-            target: target.clone(),
-        },
-        Instant::now(),
-    );
-    let Some(token) = token else {
-        return xml_error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too many outstanding tokens; retry later",
-        );
-    };
-    tracing::debug!(%target, caller = %caller.access_key_id, "Control channel token issued");
-    token_created("CreateControlChannelResponse", token)
-}
-
-/// `POST /v1/data-channel/{sessionId}`.
-pub(crate) async fn create_data_channel(
-    State(shared): State<Arc<Shared>>,
-    Path(session_id): Path<String>,
-    body: Body,
-) -> Response {
-    if let Err(resp) = read_create_request(&shared, body).await {
+    if let Err(resp) = read_create_request(&shared, uri.path(), body).await {
         return resp;
     }
     let mut reg = shared.reg();
-    let active = match reg.sessions.get(&session_id) {
+    let registrant = reg.registrant_of(&target).map(str::to_owned);
+    if let Err(d) = shared.access.act_as_node(
+        &caller,
+        "ssmmessages:CreateControlChannel",
+        &target,
+        registrant.as_deref(),
+    ) {
+        return denied(&d);
+    }
+    // The node is registered only once its control channel opens (attach_control), so
+    // token requests alone cannot fill the node list; they count against the caller's
+    // token quota.
+    let token = reg.issue_token(
+        Grant::Control {
+            target: target.clone(),
+        },
+        &caller.principal,
+        shared.config.limits.max_tokens_per_caller,
+        Instant::now(),
+    );
+    drop(reg);
+    match token {
+        Ok(token) => {
+            tracing::debug!(%target, caller = %caller.principal, "Control channel token issued");
+            token_created("CreateControlChannelResponse", token)
+        }
+        Err(why) => throttled(why),
+    }
+}
+
+/// `POST /v1/data-channel/{sessionId}`: the agent's end of a session's data channel, only
+/// for the principal holding the session's node.
+pub(crate) async fn create_data_channel(
+    State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
+    Path(session_id): Path<String>,
+    uri: axum::http::Uri,
+    body: Body,
+) -> Response {
+    if let Err(resp) = read_create_request(&shared, uri.path(), body).await {
+        return resp;
+    }
+    let mut reg = shared.reg();
+    let (active, target) = match reg.sessions.get(&session_id) {
         None => {
             return xml_error(
                 StatusCode::BAD_REQUEST,
                 &format!("Session {session_id} not found"),
             )
         }
-        Some(s) => s.record.status.is_active(),
+        Some(s) => (s.record.status.is_active(), s.record.target.clone()),
     };
+    if let Err(d) = shared
+        .access
+        .agent_side(&caller, &session_id, reg.registrant_of(&target))
+    {
+        return denied(&d);
+    }
     if !active {
         // The official agent stops retrying on exactly this phrase (§1.6).
         return xml_error(StatusCode::BAD_REQUEST, "Session is already terminated");
     }
-    let token = reg.issue_token(Grant::AgentData { session_id }, Instant::now());
+    let token = reg.issue_token(
+        Grant::AgentData { session_id },
+        &caller.principal,
+        shared.config.limits.max_tokens_per_caller,
+        Instant::now(),
+    );
     drop(reg);
-    let Some(token) = token else {
-        return xml_error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too many outstanding tokens; retry later",
-        );
-    };
-    token_created("CreateDataChannelResponse", token)
+    match token {
+        Ok(token) => token_created("CreateDataChannelResponse", token),
+        Err(why) => throttled(why),
+    }
 }
 
 /// `GET /v1/control-channel/{target}` (websocket).
 pub(crate) async fn open_control_channel(
     State(shared): State<Arc<Shared>>,
     Path(target): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    upgrade(shared, ws, Channel::Control(target))
+    upgrade(shared, ws, Channel::Control(target), peer)
 }
 
 /// `GET /v1/data-channel/{sessionId}` (websocket).
 pub(crate) async fn open_data_channel(
     State(shared): State<Arc<Shared>>,
     Path(session_id): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    upgrade(shared, ws, Channel::Data(session_id))
+    upgrade(shared, ws, Channel::Data(session_id), peer)
 }
 
 #[derive(Debug)]
@@ -220,11 +272,27 @@ enum Role {
     Data { session_id: String, side: Side },
 }
 
-fn upgrade(shared: Arc<Shared>, ws: WebSocketUpgrade, channel: Channel) -> Response {
+fn upgrade(
+    shared: Arc<Shared>,
+    ws: WebSocketUpgrade,
+    channel: Channel,
+    peer: SocketAddr,
+) -> Response {
+    // Until its open frame shows a token, a socket is nobody's: only so many at once.
+    let Ok(preopen) = shared.preopen.clone().try_acquire_owned() else {
+        tracing::warn!(%peer, "Websocket upgrade refused: too many sockets waiting for their open frame");
+        return xml_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ThrottlingException",
+            "",
+            "Message",
+            "too many websockets are waiting for their open frame; retry shortly",
+        );
+    };
     let max = shared.config.max_frame_bytes;
     ws.max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| run_socket(shared, socket, channel))
+        .on_upgrade(move |socket| run_socket(shared, socket, channel, peer, preopen))
 }
 
 fn close_message(code: u16, reason: &str) -> Message {
@@ -239,7 +307,13 @@ fn close_message(code: u16, reason: &str) -> Message {
     }))
 }
 
-async fn run_socket(shared: Arc<Shared>, socket: WebSocket, channel: Channel) {
+async fn run_socket(
+    shared: Arc<Shared>,
+    socket: WebSocket,
+    channel: Channel,
+    peer: SocketAddr,
+    preopen: tokio::sync::OwnedSemaphorePermit,
+) {
     let (mut sink, mut stream) = socket.split();
     let open = match tokio::time::timeout(OPEN_TIMEOUT, stream.next()).await {
         Ok(Some(Ok(Message::Text(t)))) => t,
@@ -263,11 +337,19 @@ async fn run_socket(shared: Arc<Shared>, socket: WebSocket, channel: Channel) {
         }
         Ok(None | Some(Err(_))) => return,
     };
-    let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
-    let (ctl, ctl_rx) = mpsc::unbounded_channel();
+    drop(preopen);
+    let (tx, rx) = bounded::channel(OUTBOUND_BYTES);
+    let (ctl, ctl_rx) = bounded::channel(CONTROL_BYTES);
+    let cancel = shared.cancel.child_token();
+    let ends = Ends {
+        tx,
+        ctl,
+        kill: cancel.clone(),
+        addr: peer,
+    };
     let attached = match &channel {
-        Channel::Control(target) => attach_control(&shared, target, open.as_bytes(), tx, ctl),
-        Channel::Data(session_id) => attach_data(&shared, session_id, open.as_bytes(), tx, ctl),
+        Channel::Control(target) => attach_control(&shared, target, open.as_bytes(), ends),
+        Channel::Data(session_id) => attach_data(&shared, session_id, open.as_bytes(), ends),
     };
     let (role, me) = match attached {
         Ok(r) => r,
@@ -278,7 +360,6 @@ async fn run_socket(shared: Arc<Shared>, socket: WebSocket, channel: Channel) {
         }
     };
     let conn_id = me.conn_id;
-    let cancel = shared.cancel.child_token();
     let base = Instant::now();
     let last_seen = Arc::new(AtomicU64::new(0));
     let writer = tokio::spawn(write_loop(
@@ -375,8 +456,8 @@ fn to_message(out: Outbound) -> (Message, bool) {
 #[allow(clippy::too_many_arguments)]
 async fn write_loop(
     mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
-    mut rx: mpsc::Receiver<Outbound>,
-    mut ctl_rx: mpsc::UnboundedReceiver<Outbound>,
+    mut rx: ByteReceiver<Outbound>,
+    mut ctl_rx: ByteReceiver<Outbound>,
     cancel: CancellationToken,
     shutdown: CancellationToken,
     base: Instant,
@@ -407,7 +488,7 @@ async fn write_loop(
                 // Deliver what is already queued (a channel_closed, a close with its
                 // reason) before going; say why if nothing did.
                 let mut closed = false;
-                while let Some(out) = ctl_rx.try_recv().ok().or_else(|| rx.try_recv().ok()) {
+                while let Some(out) = ctl_rx.try_recv().or_else(|| rx.try_recv()) {
                     let (m, is_close) = to_message(out);
                     if !send_within(&mut sink, m, peer_timeout).await || is_close {
                         closed = true;
@@ -442,43 +523,83 @@ fn touch_agent(shared: &Shared, target: &str) {
     }
 }
 
+/// The two queues and the kill switch of a socket being attached, and where it comes
+/// from.
+struct Ends {
+    tx: ByteSender<Outbound>,
+    ctl: ByteSender<Outbound>,
+    kill: CancellationToken,
+    addr: SocketAddr,
+}
+
 fn attach_control(
     shared: &Shared,
     target: &str,
     open: &[u8],
-    tx: mpsc::Sender<Outbound>,
-    ctl: mpsc::UnboundedSender<Outbound>,
+    ends: Ends,
 ) -> Result<(Role, Peer), String> {
     let frame: OpenControlChannel =
         from_json(open, "OpenControlChannel").map_err(|e| e.to_string())?;
     let mut reg = shared.reg();
-    match reg.redeem_token(&frame.token_value, Instant::now()) {
-        Some(Grant::Control { target: t }) if t == target => {}
+    let principal = match reg.redeem_token(&frame.token_value, Instant::now()) {
+        Some((Grant::Control { target: t }, principal)) if t == target => principal,
         _ => return Err("invalid, expired or already used token".into()),
+    };
+    // Checked again at open: two principals may have raced for a new node's tokens; the
+    // first to open registers it.
+    let registrant = reg.registrant_of(target).map(str::to_owned);
+    let caller = Caller {
+        access_key_id: String::new(),
+        principal: principal.clone(),
+        verified: false,
+    };
+    if let Err(d) = shared.access.act_as_node(
+        &caller,
+        "ssmmessages:OpenControlChannel",
+        target,
+        registrant.as_deref(),
+    ) {
+        return Err(d.message());
     }
-    if !reg.agents.contains_key(target) && reg.agents.len() >= super::registry::MAX_AGENTS {
-        return Err(format!(
-            "this gateway tracks at most {} managed nodes",
-            super::registry::MAX_AGENTS
-        ));
+    let new_registration = registrant.is_none();
+    if new_registration {
+        super::api::check_node_room(shared, &reg, &caller, target).map_err(|e| e.message)?;
     }
     let conn_id = reg.next_conn_id();
-    let me = Peer { conn_id, tx, ctl };
+    let me = Peer {
+        conn_id,
+        tx: ends.tx,
+        ctl: ends.ctl,
+        kill: ends.kill,
+    };
     let agent = reg.agents.entry(target.to_owned()).or_default();
+    agent.registrant = Some(principal);
     if !frame.agent_version.is_empty() {
-        agent.agent_version = frame.agent_version;
+        agent.agent_version = frame.agent_version.chars().take(MAX_NODE_FIELD).collect();
     }
     if !frame.platform_type.is_empty() {
-        agent.platform_type = frame.platform_type;
+        agent.platform_type = frame.platform_type.chars().take(MAX_NODE_FIELD).collect();
     }
     agent.last_ping = Some(SystemTime::now());
+    let old_addr = agent.control_addr.replace(ends.addr);
     if let Some(old) = agent.control.replace(me.clone()) {
-        old.control(Outbound::Close(
-            CLOSE_NORMAL,
-            "replaced by a newer control channel".into(),
-        ));
+        let conflict = agent.note_takeover(target, old_addr, Some(ends.addr), Instant::now());
+        let reason = match &conflict {
+            Some(text) => {
+                tracing::warn!(%target, "{text}");
+                format!("replaced by a newer control channel: {text}")
+            }
+            None => "replaced by a newer control channel".into(),
+        };
+        // Each agent is told when the other replaces it (the close reason), so both
+        // logs say so within one round of the flapping.
+        old.control(Outbound::Close(CLOSE_NORMAL, reason));
     }
-    tracing::info!(%target, version = %agent.agent_version, "Agent connected");
+    tracing::info!(%target, version = %agent.agent_version, from = %ends.addr, "Agent connected");
+    if new_registration {
+        tracing::info!(node = %target, principal = %caller.principal, "Managed node registered");
+        shared.persist_nodes(&reg);
+    }
     Ok((
         Role::Control {
             target: target.to_owned(),
@@ -503,18 +624,22 @@ fn attach_data(
     shared: &Shared,
     session_id: &str,
     open: &[u8],
-    tx: mpsc::Sender<Outbound>,
-    ctl: mpsc::UnboundedSender<Outbound>,
+    ends: Ends,
 ) -> Result<(Role, Peer), String> {
     let frame: OpenDataChannel = from_json(open, "OpenDataChannel").map_err(|e| e.to_string())?;
     let mut reg = shared.reg();
     let side = match reg.redeem_token(&frame.token_value, Instant::now()) {
-        Some(Grant::AgentData { session_id: s }) if s == session_id => Side::Agent,
-        Some(Grant::ClientData { session_id: s }) if s == session_id => Side::Client,
+        Some((Grant::AgentData { session_id: s }, _)) if s == session_id => Side::Agent,
+        Some((Grant::ClientData { session_id: s }, _)) if s == session_id => Side::Client,
         _ => return Err("invalid, expired or already used token".into()),
     };
     let conn_id = reg.next_conn_id();
-    let me = Peer { conn_id, tx, ctl };
+    let me = Peer {
+        conn_id,
+        tx: ends.tx,
+        ctl: ends.ctl,
+        kill: ends.kill,
+    };
     let Some(s) = reg.sessions.get_mut(session_id) else {
         return Err("session not found".into());
     };
@@ -550,7 +675,8 @@ fn attach_data(
         ));
     }
     for f in s.pending(side).take() {
-        let _ = me.tx.try_send(Outbound::Frame(f));
+        let len = f.len();
+        let _ = me.tx.try_send(Outbound::Frame(f), len);
     }
     match side {
         Side::Agent => {
@@ -664,7 +790,8 @@ async fn forward(shared: &Shared, session_id: &str, to: Side, activity: bool, ra
             }
         }
     };
-    match tokio::time::timeout(FORWARD_TIMEOUT, tx.send(Outbound::Frame(raw))).await {
+    let len = raw.len();
+    match tokio::time::timeout(FORWARD_TIMEOUT, tx.send(Outbound::Frame(raw), len)).await {
         Ok(Ok(())) => {}
         Ok(Err(_)) => {
             tracing::debug!(session = %session_id, "Peer left while forwarding; the sender retransmits")

@@ -21,8 +21,10 @@
 //! queue, then drops the frame: the protocol's retransmission makes that a delay, never a
 //! loss, and it rules out reader/writer deadlocks between two peers.
 
+pub(crate) mod access;
 pub mod api;
 pub mod auth;
+pub mod limits;
 pub mod mgs;
 pub(crate) mod registry;
 pub mod store;
@@ -30,8 +32,9 @@ pub mod store;
 use crate::protocol::frame::{AgentMessage, MessageType, PayloadType};
 use crate::protocol::payload::{to_json, ChannelClosed};
 use bytes::Bytes;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
+pub use limits::read_body;
 use rand::distributions::{Alphanumeric, DistString};
 use registry::{Outbound, Peer, Registry, Side};
 use serde::Serialize;
@@ -48,9 +51,21 @@ use uuid::Uuid;
 
 /// How long a reader waits for the other side's outbound queue before dropping a frame.
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
-/// Outbound queue per websocket, in frames. Deep enough to absorb a burst of 1 KiB output
-/// frames, shallow enough that a stuck peer holds at most a few MiB.
-pub const OUTBOUND_QUEUE: usize = 1024;
+/// Relayed frames queued for one websocket, in bytes (plus the frame being written).
+/// Deep enough to absorb a burst of output frames (128 of 16 KiB), shallow enough that a
+/// stuck peer holds little.
+pub const OUTBOUND_BYTES: usize = 2 * 1024 * 1024;
+/// The gateway's own messages queued for one websocket (channel_closed, pause/start,
+/// `interactive_shell` tasks for an agent), in bytes. They are small and few; a peer that
+/// lets this fill is not reading, and is disconnected.
+pub const CONTROL_BYTES: usize = 1024 * 1024;
+/// The region of a gateway left at its default (`dev`'s): what its strict mode expects
+/// signatures to be scoped to.
+pub const DEV_REGION: &str = "us-east-1";
+/// Largest websocket message accepted by default: the largest legitimate message is an
+/// agent's control-channel reply of about 142,000 bytes (protocol.md §1.3), stream
+/// frames are 1 to 16 KiB. Every socket may buffer one message this large while reading.
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 1024 * 1024;
 /// The console's default idle timeout, applied when the document sets none.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 /// The agent enforces the idle timeout itself and warns the user first; the gateway's
@@ -88,15 +103,44 @@ pub struct GatewayConfig {
     /// Largest HTTP request body accepted.
     pub max_body_bytes: usize,
     /// RunAs users by caller, standing in for the IAM principal's `SSMSessionRunAs` tag:
-    /// (access key id or `*`, OS user). An exact key id wins over `*`.
+    /// (principal or access key id, or `*`; OS user). An exact match wins over `*`.
     pub run_as: Vec<(String, String)>,
-    /// When set, StartSession, ResumeSession and TerminateSession are refused unless the
-    /// caller's access key id is this one (`dev` uses a random key per run so other local
-    /// users cannot open sessions on its gateway). Without strict_sigv4 the key is not verified.
-    pub required_access_key: Option<String>,
     /// Strict mode: every signature verified against these keys (see
     /// [`auth::StrictSigV4`]); `None` accepts any.
     pub strict_sigv4: Option<Arc<auth::StrictSigV4>>,
+    /// Principals that may see, resume and terminate every session (see [`access`]).
+    pub admins: Vec<String>,
+    /// Limits that keep one caller from exhausting the gateway for the others.
+    pub limits: Limits,
+}
+
+/// What one caller, one client address, or everyone together may hold. Each bounds
+/// memory in bytes (see the figures on each field and in the README's security model).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Open connections in all. A connection reading its request head holds at most
+    /// [`limits::MAX_HEAD_BYTES`]; the excess is closed as soon as it is accepted.
+    pub max_connections: usize,
+    /// Open connections from one IP address.
+    pub max_connections_per_ip: usize,
+    /// Active sessions one principal may own.
+    pub max_sessions_per_caller: usize,
+    /// Managed nodes one principal may register.
+    pub max_nodes_per_caller: usize,
+    /// Unused channel tokens one principal may hold.
+    pub max_tokens_per_caller: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 8192,
+            max_connections_per_ip: 4096,
+            max_sessions_per_caller: 1000,
+            max_nodes_per_caller: 1000,
+            max_tokens_per_caller: 1000,
+        }
+    }
 }
 
 /// Paths of a PEM certificate chain and private key.
@@ -116,7 +160,7 @@ impl Default for GatewayConfig {
             documents_dir: None,
             tls: None,
             advertise_url: None,
-            region: "us-east-1".into(),
+            region: DEV_REGION.into(),
             account_id: "000000000000".into(),
             // Upstream agents ping every 54 s and expect an answer within 60 s; we ping
             // a little more often so our own detection fires before theirs.
@@ -124,11 +168,12 @@ impl Default for GatewayConfig {
             peer_timeout: Duration::from_secs(90),
             orphan_timeout: Duration::from_secs(120),
             terminate_grace: Duration::from_secs(30),
-            max_frame_bytes: crate::protocol::frame::DEFAULT_MAX_FRAME_LEN,
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             max_body_bytes: 1024 * 1024,
             run_as: Vec::new(),
-            required_access_key: None,
             strict_sigv4: None,
+            admins: Vec::new(),
+            limits: Limits::default(),
         }
     }
 }
@@ -152,8 +197,12 @@ pub enum GatewayError {
 pub(crate) struct Shared {
     reg: Mutex<Registry>,
     pub(crate) config: GatewayConfig,
+    /// Who may do what ([`access`]).
+    pub(crate) access: access::Access,
     store: Store,
     pub(crate) cancel: CancellationToken,
+    /// Websockets waiting for their open frame.
+    pub(crate) preopen: Arc<tokio::sync::Semaphore>,
 }
 
 impl Shared {
@@ -168,6 +217,16 @@ impl Shared {
 
     pub(crate) fn persist(&self, record: &SessionRecord) {
         self.store.save(record);
+    }
+
+    /// Saves the node registrations (after one changed).
+    pub(crate) fn persist_nodes(&self, reg: &Registry) {
+        let nodes = reg
+            .agents
+            .iter()
+            .filter_map(|(t, a)| Some((t.clone(), a.registrant.clone()?)))
+            .collect();
+        self.store.save_nodes(nodes);
     }
 
     /// Builds a control frame from the gateway (sequence 0, payload type 0).
@@ -346,24 +405,31 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), GatewayError> {
     let tls = config.tls.as_ref().map(load_tls).transpose()?;
-    let (store, records) = match &config.data_dir {
+    let (store, loaded) = match &config.data_dir {
         Some(dir) => Store::open(dir)?,
-        None => (Store::memory(), Vec::new()),
+        None => (Store::memory(), store::Loaded::default()),
     };
     let mut reg = Registry::default();
     let now = Instant::now();
-    for rec in records {
+    for (target, principal) in loaded.nodes {
+        reg.agents.entry(target).or_default().registrant = Some(principal);
+    }
+    for rec in loaded.sessions {
         if rec.status.is_active() {
             tracing::info!(session = %rec.session_id, "Session was active before restart; waiting for its agent to reconnect");
         }
         reg.sessions
             .insert(rec.session_id.clone(), registry::Session::new(rec, now));
     }
+    let access = access::Access::new(&config.region, &config.account_id, &config.admins);
+    let conns = limits::Connections::new(config.limits);
     let shared = Arc::new(Shared {
         reg: Mutex::new(reg),
         config,
+        access,
         store,
         cancel: CancellationToken::new(),
+        preopen: Arc::new(tokio::sync::Semaphore::new(limits::MAX_PREOPEN)),
     });
     let router = router(shared.clone());
     let reaper = {
@@ -394,20 +460,42 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        // Over the limits: closed at once (the descriptor is freed before anything is
+        // read), so a flood of connections cannot starve the process of descriptors.
+        let Some(slot) = conns.admit(peer.ip()) else {
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
+        let service = TowerToHyperService::new(
+            router
+                .clone()
+                .layer(axum::Extension(axum::extract::ConnectInfo(peer))),
+        );
         let tls = tls.clone();
         let cancel = shared.cancel.clone();
         tokio::spawn(async move {
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let _slot = slot;
+            let builder = limits::http_builder();
             let result = match tls {
-                Some(acceptor) => match acceptor.accept(stream).await {
-                    Ok(s) => serve_conn(&builder, TokioIo::new(s), service, cancel).await,
-                    Err(e) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        return;
+                Some(acceptor) => {
+                    match tokio::time::timeout(
+                        limits::TLS_HANDSHAKE_TIMEOUT,
+                        acceptor.accept(stream),
+                    )
+                    .await
+                    {
+                        Ok(Ok(s)) => serve_conn(&builder, TokioIo::new(s), service, cancel).await,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake not finished in time");
+                            return;
+                        }
                     }
-                },
+                }
                 None => serve_conn(&builder, TokioIo::new(stream), service, cancel).await,
             };
             if let Err(e) = result {
@@ -423,7 +511,7 @@ pub async fn serve(
 }
 
 async fn serve_conn<I>(
-    builder: &hyper_util::server::conn::auto::Builder<TokioExecutor>,
+    builder: &hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
     io: TokioIo<I>,
     service: TowerToHyperService<axum::Router>,
     cancel: CancellationToken,
@@ -456,6 +544,7 @@ fn router(shared: Arc<Shared>) -> axum::Router {
         )
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(api::not_found)
+        .method_not_allowed_fallback(api::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             shared.clone(),
             auth::verify_layer,

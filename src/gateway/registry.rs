@@ -5,11 +5,12 @@
 //! Must not know: sockets, HTTP, files (persistence is [`super::store`]).
 
 use super::store::SessionRecord;
+use crate::bounded::{ByteSender, TrySendError};
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, SystemTime};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// How long an issued token may wait for its open frame. AWS does not document its value;
 /// one minute is ample for an agent or client that dials right after asking.
@@ -22,11 +23,21 @@ pub(crate) const PENDING_MAX_FRAMES: usize = 256;
 pub(crate) const PENDING_MAX_BYTES: usize = 1024 * 1024;
 /// Finished sessions kept for DescribeSessions History, oldest forgotten first.
 pub(crate) const HISTORY_LIMIT: usize = 10_000;
-/// Outstanding (issued, unused, unexpired) tokens. Each costs ~150 bytes; past this,
-/// token requests are throttled instead of growing memory for whoever keeps asking.
+/// Outstanding (issued, unused, unexpired) tokens. Each costs ~200 bytes (20 MiB in
+/// all); past this, token requests are throttled instead of growing memory for whoever
+/// keeps asking.
 pub(crate) const MAX_TOKENS: usize = 100_000;
-/// Managed nodes remembered (connected or registered by UpdateInstanceInformation).
+/// Managed nodes remembered (connected or registered by UpdateInstanceInformation). A
+/// node costs at most ~2 KiB (its fields are capped: [`MAX_NODE_FIELD`]), 20 MiB in all.
 pub(crate) const MAX_AGENTS: usize = 10_000;
+/// Longest instance-information field kept (AgentVersion, PlatformName, ComputerName,
+/// ...), in characters; longer values are refused.
+pub(crate) const MAX_NODE_FIELD: usize = 256;
+/// A control channel replaced by another this many times within [`TAKEOVER_WINDOW`]
+/// means two agents share one target id.
+pub(crate) const TAKEOVER_CONFLICT: usize = 3;
+/// See [`TAKEOVER_CONFLICT`].
+pub(crate) const TAKEOVER_WINDOW: Duration = Duration::from_secs(60);
 
 /// What a websocket should send next.
 #[derive(Debug)]
@@ -37,21 +48,47 @@ pub(crate) enum Outbound {
     Close(u16, String),
 }
 
-/// Handle to one open websocket. Relayed frames go through the bounded `tx` (a slow
-/// peer back-pressures its sender); the gateway's own few messages (channel_closed,
-/// pause/start publication, close) go through `ctl`, which is never full, so they are
-/// never lost to a busy relay.
+impl Outbound {
+    /// Bytes it holds (what it costs in a queue's byte budget).
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Self::Frame(b) => b.len(),
+            Self::Close(_, reason) => 2 + reason.len(),
+        }
+    }
+}
+
+/// Handle to one open websocket. Relayed frames go through `tx`, bounded in bytes
+/// ([`super::OUTBOUND_BYTES`]: a slow peer back-pressures its sender); the gateway's own
+/// few messages (channel_closed, pause/start publication, close, tasks for an agent) go
+/// through `ctl` ([`super::CONTROL_BYTES`]), which a live peer never fills, so they are
+/// never lost to a busy relay. A peer that lets `ctl` fill is not reading: it is closed
+/// (`kill`).
 #[derive(Debug, Clone)]
 pub(crate) struct Peer {
     pub(crate) conn_id: u64,
-    pub(crate) tx: mpsc::Sender<Outbound>,
-    pub(crate) ctl: mpsc::UnboundedSender<Outbound>,
+    pub(crate) tx: ByteSender<Outbound>,
+    pub(crate) ctl: ByteSender<Outbound>,
+    pub(crate) kill: CancellationToken,
 }
 
 impl Peer {
-    /// Queues a gateway message; fails only when the socket is already gone.
-    pub(crate) fn control(&self, out: Outbound) {
-        let _ = self.ctl.send(out);
+    /// Queues a gateway message; false when the socket is gone or was just closed for
+    /// not reading.
+    pub(crate) fn control(&self, out: Outbound) -> bool {
+        let len = out.len();
+        match self.ctl.try_send(out, len) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                tracing::warn!(
+                    conn = self.conn_id,
+                    "Closing a websocket whose peer does not read its control messages"
+                );
+                self.kill.cancel();
+                false
+            }
+            Err(TrySendError::Closed(_)) => false,
+        }
     }
 }
 
@@ -69,7 +106,30 @@ pub(crate) enum Grant {
 #[derive(Debug)]
 pub(crate) struct IssuedToken {
     pub(crate) grant: Grant,
+    /// Who asked for it (tokens count against their principal's quota).
+    pub(crate) principal: String,
     pub(crate) expires: Instant,
+}
+
+/// Why no token was issued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TokenRefusal {
+    /// The caller holds this many outstanding tokens already.
+    CallerQuota(usize),
+    /// The gateway holds [`MAX_TOKENS`].
+    Full,
+}
+
+impl TokenRefusal {
+    /// The text for the caller.
+    pub(crate) fn message(self) -> String {
+        match self {
+            Self::CallerQuota(n) => format!(
+                "you hold {n} unused channel tokens, the most one identity may; tokens expire 60 s after they are issued"
+            ),
+            Self::Full => "too many outstanding tokens on this gateway; retry in a minute".into(),
+        }
+    }
 }
 
 /// A managed node, known from its control channel or UpdateInstanceInformation.
@@ -83,6 +143,49 @@ pub(crate) struct Agent {
     pub(crate) ip_address: String,
     pub(crate) last_ping: Option<SystemTime>,
     pub(crate) control: Option<Peer>,
+    /// The principal the node belongs to (see `access`); `None` until registered.
+    pub(crate) registrant: Option<String>,
+    /// Address of the connected control channel.
+    pub(crate) control_addr: Option<std::net::SocketAddr>,
+    /// When this node's control channel was replaced by another (recent ones only).
+    pub(crate) takeovers: VecDeque<Instant>,
+    /// Set while two agents take turns with this target id: what we know of them.
+    pub(crate) conflict: Option<String>,
+}
+
+impl Agent {
+    /// Notes a control channel replaced by one from `new_addr`; returns the conflict
+    /// text when replacements are frequent enough to mean two agents share this id.
+    pub(crate) fn note_takeover(
+        &mut self,
+        target: &str,
+        old_addr: Option<std::net::SocketAddr>,
+        new_addr: Option<std::net::SocketAddr>,
+        now: Instant,
+    ) -> Option<String> {
+        self.takeovers.push_back(now);
+        while self
+            .takeovers
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > TAKEOVER_WINDOW)
+        {
+            self.takeovers.pop_front();
+        }
+        if self.takeovers.len() < TAKEOVER_CONFLICT {
+            return None;
+        }
+        let addr =
+            |a: Option<std::net::SocketAddr>| a.map_or_else(|| "?".into(), |a| a.to_string());
+        let text = format!(
+            "two agents use the target id {target} (control channels from {} and {}); they replaced each other {} times in {} s, and sessions go to whichever connected last. Give each host its own target_id.",
+            addr(old_addr),
+            addr(new_addr),
+            self.takeovers.len(),
+            TAKEOVER_WINDOW.as_secs()
+        );
+        self.conflict = Some(text.clone());
+        Some(text)
+    }
 }
 
 /// Which end of a data channel.
@@ -207,6 +310,8 @@ pub(crate) struct Registry {
     pub(crate) tokens: HashMap<String, IssuedToken>,
     /// The one outstanding control-channel token per target: a new request replaces it.
     control_tokens: HashMap<String, String>,
+    /// Outstanding tokens per principal.
+    tokens_by: HashMap<String, usize>,
     next_conn_id: u64,
 }
 
@@ -216,42 +321,95 @@ impl Registry {
         self.next_conn_id
     }
 
-    /// Issues a fresh single-use token for `grant`; `None` when too many are outstanding.
-    pub(crate) fn issue_token(&mut self, grant: Grant, now: Instant) -> Option<String> {
+    /// Issues a fresh single-use token for `grant` to `principal`, who may hold at most
+    /// `per_caller` outstanding ones.
+    ///
+    /// # Errors
+    /// The caller's quota or the gateway's limit is reached.
+    pub(crate) fn issue_token(
+        &mut self,
+        grant: Grant,
+        principal: &str,
+        per_caller: usize,
+        now: Instant,
+    ) -> Result<String, TokenRefusal> {
         if let Grant::Control { target } = &grant {
             if let Some(old) = self.control_tokens.remove(target) {
-                self.tokens.remove(&old);
+                self.forget_token(&old);
             }
         }
+        let held = self.tokens_by.get(principal).copied().unwrap_or(0);
+        if held >= per_caller {
+            return Err(TokenRefusal::CallerQuota(held));
+        }
         if self.tokens.len() >= MAX_TOKENS {
-            return None;
+            return Err(TokenRefusal::Full);
         }
         let token = super::random_token();
         if let Grant::Control { target } = &grant {
             self.control_tokens.insert(target.clone(), token.clone());
         }
+        *self.tokens_by.entry(principal.to_owned()).or_default() += 1;
         self.tokens.insert(
             token.clone(),
             IssuedToken {
                 grant,
+                principal: principal.to_owned(),
                 expires: now + TOKEN_TTL,
             },
         );
-        Some(token)
+        Ok(token)
     }
 
-    /// Consumes a token: it is gone whether or not it was valid for this use.
-    pub(crate) fn redeem_token(&mut self, token: &str, now: Instant) -> Option<Grant> {
+    fn forget_token(&mut self, token: &str) -> Option<IssuedToken> {
         let issued = self.tokens.remove(token)?;
+        if let Some(n) = self.tokens_by.get_mut(&issued.principal) {
+            *n -= 1;
+            if *n == 0 {
+                self.tokens_by.remove(&issued.principal);
+            }
+        }
+        Some(issued)
+    }
+
+    /// Consumes a token: it is gone whether or not it was valid for this use. Returns
+    /// what it grants and to whom.
+    pub(crate) fn redeem_token(&mut self, token: &str, now: Instant) -> Option<(Grant, String)> {
+        let issued = self.forget_token(token)?;
         if let Grant::Control { target } = &issued.grant {
             self.control_tokens.remove(target);
         }
-        (issued.expires > now).then_some(issued.grant)
+        (issued.expires > now).then_some((issued.grant, issued.principal))
+    }
+
+    /// Nodes registered to `principal`.
+    pub(crate) fn nodes_of(&self, principal: &str) -> usize {
+        self.agents
+            .values()
+            .filter(|a| a.registrant.as_deref() == Some(principal))
+            .count()
+    }
+
+    /// Active sessions owned by `principal`.
+    pub(crate) fn active_sessions_of(&self, principal: &str) -> usize {
+        self.sessions
+            .values()
+            .filter(|s| s.record.status.is_active() && s.record.principal == principal)
+            .count()
+    }
+
+    /// The registrant of a session's target.
+    pub(crate) fn registrant_of(&self, target: &str) -> Option<&str> {
+        self.agents.get(target)?.registrant.as_deref()
     }
 
     /// Drops expired tokens and forgets the oldest finished sessions past the limit.
     pub(crate) fn prune(&mut self, now: Instant) {
         self.tokens.retain(|_, t| t.expires > now);
+        self.tokens_by.clear();
+        for t in self.tokens.values() {
+            *self.tokens_by.entry(t.principal.clone()).or_default() += 1;
+        }
         let tokens = &self.tokens;
         self.control_tokens
             .retain(|_, tok| tokens.contains_key(tok));
@@ -289,10 +447,10 @@ mod tests {
         let mut r = Registry::default();
         let now = Instant::now();
         let grant = Grant::Control { target: "t".into() };
-        let tok = r.issue_token(grant.clone(), now).unwrap();
-        assert_eq!(r.redeem_token(&tok, now), Some(grant.clone()));
+        let tok = r.issue_token(grant.clone(), "p", 10, now).unwrap();
+        assert_eq!(r.redeem_token(&tok, now), Some((grant.clone(), "p".into())));
         assert_eq!(r.redeem_token(&tok, now), None);
-        let tok = r.issue_token(grant, now).unwrap();
+        let tok = r.issue_token(grant, "p", 10, now).unwrap();
         assert_eq!(r.redeem_token(&tok, now + TOKEN_TTL), None);
     }
 
@@ -301,36 +459,76 @@ mod tests {
         let mut r = Registry::default();
         let now = Instant::now();
         let grant = || Grant::Control { target: "t".into() };
-        let first = r.issue_token(grant(), now).unwrap();
+        let first = r.issue_token(grant(), "p", 2, now).unwrap();
         for _ in 0..10 {
-            r.issue_token(grant(), now).unwrap();
+            r.issue_token(grant(), "p", 2, now).unwrap();
         }
         assert_eq!(r.tokens.len(), 1, "repeated requests do not pile up tokens");
+        assert_eq!(r.tokens_by["p"], 1);
         assert_eq!(r.redeem_token(&first, now), None);
     }
 
     #[test]
-    fn token_issuing_is_capped() {
+    fn token_issuing_is_capped_per_caller_and_in_all() {
         let mut r = Registry::default();
         let now = Instant::now();
-        for i in 0..MAX_TOKENS {
-            assert!(r
-                .issue_token(
-                    Grant::AgentData {
-                        session_id: i.to_string()
-                    },
-                    now
-                )
-                .is_some());
+        let data = |i: usize| Grant::AgentData {
+            session_id: i.to_string(),
+        };
+        for i in 0..1000 {
+            r.issue_token(data(i), "flooder", 1000, now).unwrap();
         }
-        assert!(r
-            .issue_token(
-                Grant::AgentData {
-                    session_id: "x".into()
-                },
-                now
-            )
-            .is_none());
+        assert_eq!(
+            r.issue_token(data(0), "flooder", 1000, now),
+            Err(TokenRefusal::CallerQuota(1000))
+        );
+        // Another caller is not starved by the first one.
+        let tok = r.issue_token(data(0), "alice", 1000, now).unwrap();
+        // Redeeming gives the flooder room again.
+        r.redeem_token(&tok, now).unwrap();
+        assert_eq!(r.tokens_by.get("alice"), None);
+        let mut i = 0;
+        while r.tokens.len() < MAX_TOKENS {
+            r.issue_token(data(i), &format!("p{}", i / 1000), 1000, now)
+                .unwrap();
+            i += 1;
+        }
+        assert_eq!(
+            r.issue_token(data(0), "late", 1000, now),
+            Err(TokenRefusal::Full)
+        );
+        r.prune(now + TOKEN_TTL);
+        assert!(r.tokens.is_empty() && r.tokens_by.is_empty());
+    }
+
+    #[test]
+    fn frequent_takeovers_are_a_conflict() {
+        let mut a = Agent::default();
+        let t0 = Instant::now();
+        let x = Some("127.0.0.1:1".parse().unwrap());
+        let y = Some("127.0.0.1:2".parse().unwrap());
+        assert_eq!(a.note_takeover("web-1", x, y, t0), None);
+        assert_eq!(
+            a.note_takeover("web-1", y, x, t0 + Duration::from_secs(90)),
+            None,
+            "old takeovers age out"
+        );
+        assert_eq!(
+            a.note_takeover("web-1", x, y, t0 + Duration::from_secs(91)),
+            None
+        );
+        let text = a
+            .note_takeover("web-1", y, x, t0 + Duration::from_secs(92))
+            .unwrap();
+        assert!(
+            text.contains("two agents use the target id web-1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("127.0.0.1:2") && text.contains("127.0.0.1:1"),
+            "{text}"
+        );
+        assert_eq!(a.conflict.as_deref(), Some(text.as_str()));
     }
 
     #[test]

@@ -9,9 +9,16 @@
 //! with `write(2)` before the next is taken; a gateway crash loses nothing already
 //! written, a power loss may lose the last few seconds (no fsync per line).
 //! A torn or corrupt line (power loss mid-write) is skipped with a warning, not fatal.
+//!
+//! Beside it, `<data-dir>/nodes.json` maps each registered target id to the principal it
+//! belongs to (`gateway::access`), so a restart does not free every node for whoever
+//! connects first. It changes rarely (a node registers once) and is rewritten whole,
+//! atomically.
+//!
+//! Both hold session ids and identities: the directory is made 0700 and the files 0600.
 
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -86,6 +93,10 @@ pub struct SessionRecord {
     pub document_name: String,
     /// Caller ARN.
     pub owner: String,
+    /// The principal that owns the session (see `gateway::access`). Records written
+    /// before it existed take it from the owner ARN's last part.
+    #[serde(default)]
+    pub principal: String,
     /// StartSession Reason.
     pub reason: String,
     /// Why it ended, when that is worth saying (failure text, timeout).
@@ -110,7 +121,17 @@ pub struct Store {
 
 enum Command {
     Write(Box<SessionRecord>),
+    Nodes(BTreeMap<String, String>),
     Flush(mpsc::Sender<()>),
+}
+
+/// What the data directory held at start.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// Session records, compacted.
+    pub sessions: Vec<SessionRecord>,
+    /// Registered nodes: target id → principal.
+    pub nodes: BTreeMap<String, String>,
 }
 
 /// The history file could not be opened or rewritten.
@@ -123,6 +144,26 @@ pub struct StoreError {
 }
 
 const FILE_NAME: &str = "sessions.jsonl";
+const NODES_FILE: &str = "nodes.json";
+
+/// Creates `dir` (and parents) and makes it owner-only.
+fn private_dir(dir: &Path) -> io::Result<()> {
+    let mut b = fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+    b.create(dir)?;
+    #[cfg(unix)]
+    fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    Ok(())
+}
+
+/// Owner-only (0600) files where the platform has modes.
+fn private_options(options: &mut OpenOptions) -> &mut OpenOptions {
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(options, 0o600);
+    options
+}
 
 impl Store {
     /// A store that keeps nothing (no `--data-dir`).
@@ -137,20 +178,23 @@ impl Store {
     ///
     /// # Errors
     /// The directory or file cannot be created, read or rewritten.
-    pub fn open(dir: &Path) -> Result<(Self, Vec<SessionRecord>), StoreError> {
+    pub fn open(dir: &Path) -> Result<(Self, Loaded), StoreError> {
         let path = dir.join(FILE_NAME);
         let err = |source| StoreError {
             path: path.clone(),
             source,
         };
-        fs::create_dir_all(dir).map_err(err)?;
+        private_dir(dir).map_err(err)?;
         let records = load(&path).map_err(err)?;
         rewrite(&path, &records).map_err(err)?;
-        let mut file = OpenOptions::new()
-            .append(true)
-            .create(true)
+        let mut file = private_options(OpenOptions::new().append(true).create(true))
             .open(&path)
             .map_err(err)?;
+        let nodes_path = dir.join(NODES_FILE);
+        let nodes = load_nodes(&nodes_path).map_err(|source| StoreError {
+            path: nodes_path.clone(),
+            source,
+        })?;
         let (tx, rx) = mpsc::channel::<Command>();
         let thread_path = path.clone();
         let thread = std::thread::Builder::new()
@@ -163,6 +207,11 @@ impl Store {
                             line.push(b'\n');
                             if let Err(e) = file.write_all(&line) {
                                 tracing::error!(path = %thread_path.display(), error = %e, "Could not append to session history; this change will be lost at restart");
+                            }
+                        }
+                        Command::Nodes(nodes) => {
+                            if let Err(e) = write_nodes(&nodes_path, &nodes) {
+                                tracing::error!(path = %nodes_path.display(), error = %e, "Could not save the registered nodes; registrations since the last save will be lost at restart");
                             }
                         }
                         Command::Flush(done) => {
@@ -178,8 +227,18 @@ impl Store {
                 tx: Some(tx),
                 thread: Some(thread),
             },
-            records,
+            Loaded {
+                sessions: records,
+                nodes,
+            },
         ))
+    }
+
+    /// Queues the registered nodes (target id → principal) for saving.
+    pub fn save_nodes(&self, nodes: BTreeMap<String, String>) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Command::Nodes(nodes));
+        }
     }
 
     /// Queues a record for appending.
@@ -222,7 +281,10 @@ fn load(path: &Path) -> io::Result<Vec<SessionRecord>> {
             continue;
         }
         match serde_json::from_slice::<SessionRecord>(&line) {
-            Ok(rec) => {
+            Ok(mut rec) => {
+                if rec.principal.is_empty() {
+                    rec.principal = rec.owner.rsplit('/').next().unwrap_or_default().to_owned();
+                }
                 by_id.insert(rec.session_id.clone(), rec);
             }
             Err(e) => {
@@ -238,10 +300,33 @@ fn load(path: &Path) -> io::Result<Vec<SessionRecord>> {
     Ok(records)
 }
 
+fn load_nodes(path: &Path) -> io::Result<BTreeMap<String, String>> {
+    match fs::read(path) {
+        Ok(bytes) => Ok(serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            tracing::warn!(path = %path.display(), error = %e, "Unreadable registered-nodes file; nodes register again as they connect");
+            BTreeMap::new()
+        })),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(e) => Err(e),
+    }
+}
+
+fn write_nodes(path: &Path, nodes: &BTreeMap<String, String>) -> io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    {
+        let mut f = private_options(OpenOptions::new().create(true).write(true).truncate(true))
+            .open(&tmp)?;
+        f.write_all(&serde_json::to_vec_pretty(nodes).map_err(io::Error::other)?)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)
+}
+
 fn rewrite(path: &Path, records: &[SessionRecord]) -> io::Result<()> {
     let tmp = path.with_extension("jsonl.tmp");
     {
-        let mut f = File::create(&tmp)?;
+        let mut f = private_options(OpenOptions::new().create(true).write(true).truncate(true))
+            .open(&tmp)?;
         for r in records {
             let mut line = serde_json::to_vec(r).map_err(io::Error::other)?;
             line.push(b'\n');
@@ -265,6 +350,7 @@ mod tests {
             end_date: None,
             document_name: "SSM-SessionManagerRunShell".into(),
             owner: "o".into(),
+            principal: "o".into(),
             reason: String::new(),
             details: String::new(),
             final_task_status: String::new(),
@@ -278,8 +364,8 @@ mod tests {
     fn last_line_wins_and_torn_lines_are_skipped() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let (store, recs) = Store::open(dir.path()).unwrap();
-            assert!(recs.is_empty());
+            let (store, loaded) = Store::open(dir.path()).unwrap();
+            assert!(loaded.sessions.is_empty() && loaded.nodes.is_empty());
             store.save(&rec("a", SessionStatus::Connected));
             store.save(&rec("a", SessionStatus::Terminated));
             store.save(&rec("b", SessionStatus::Failed));
@@ -291,8 +377,9 @@ mod tests {
             .unwrap();
         f.write_all(b"{\"session_id\":\"c\",\"targ").unwrap();
         drop(f);
-        let (_store, recs) = Store::open(dir.path()).unwrap();
-        let mut got: Vec<_> = recs
+        let (_store, loaded) = Store::open(dir.path()).unwrap();
+        let mut got: Vec<_> = loaded
+            .sessions
             .iter()
             .map(|r| (r.session_id.as_str(), r.status))
             .collect();
@@ -306,5 +393,40 @@ mod tests {
         );
         let text = fs::read_to_string(dir.path().join(FILE_NAME)).unwrap();
         assert_eq!(text.lines().count(), 2, "compacted on open");
+    }
+
+    #[test]
+    fn history_and_nodes_are_private_and_nodes_survive_a_restart() {
+        use std::os::unix::fs::PermissionsExt;
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("gw");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        {
+            let (store, _) = Store::open(&dir).unwrap();
+            store.save(&rec("a", SessionStatus::Connected));
+            store.save_nodes(BTreeMap::from([("web-1".into(), "alice".into())]));
+            store.flush();
+        }
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join(FILE_NAME)), 0o600);
+        assert_eq!(mode(&dir.join(NODES_FILE)), 0o600);
+        let (_store, loaded) = Store::open(&dir).unwrap();
+        assert_eq!(loaded.nodes["web-1"], "alice");
+        assert_eq!(
+            mode(&dir.join(FILE_NAME)),
+            0o600,
+            "still private after the rewrite"
+        );
+    }
+
+    #[test]
+    fn records_from_before_principals_take_the_owner_arns_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = r#"{"session_id":"x","target":"t","status":"Terminated","start_date":1.0,"end_date":null,"document_name":"d","owner":"arn:aws:iam::1:user/AKIDOLD","reason":"","details":"","final_task_status":"","output":{"s3_bucket":"","s3_key":"","cwl_group":"","cwl_stream":""},"max_session_duration":""}"#;
+        std::fs::write(dir.path().join(FILE_NAME), format!("{old}\n")).unwrap();
+        let (_store, loaded) = Store::open(dir.path()).unwrap();
+        assert_eq!(loaded.sessions[0].principal, "AKIDOLD");
     }
 }

@@ -37,6 +37,7 @@ impl RunningAgent {
             shutdown_timeout: Duration::from_secs(10),
             log_level: "info".into(),
             log_format: session_agent::logging::LogFormat::Plain,
+            local_key: None,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {

@@ -3,7 +3,6 @@
 
 use crate::support::*;
 use serde_json::Value;
-use session_agent::gateway::GatewayConfig;
 use session_agent::protocol::frame::MessageType;
 use std::path::Path;
 
@@ -39,7 +38,7 @@ fn json(s: &str) -> Value {
 
 #[tokio::test]
 async fn aws_cli_lists_instances_and_sessions() {
-    let gw = Gateway::start(GatewayConfig::default()).await;
+    let gw = Gateway::start(observed_config()).await;
     let _agent = ScriptedAgent::connect(&gw, "i-0aaaaaaaaaaaaaaaa")
         .await
         .unwrap();
@@ -63,7 +62,7 @@ async fn aws_cli_lists_instances_and_sessions() {
 
 #[tokio::test]
 async fn aws_cli_start_session_hands_the_plugin_what_it_needs() {
-    let gw = Gateway::start(GatewayConfig::default()).await;
+    let gw = Gateway::start(observed_config()).await;
     let mut agent = ScriptedAgent::connect(&gw, "i-0bbbbbbbbbbbbbbbb")
         .await
         .unwrap();
@@ -138,7 +137,7 @@ async fn aws_cli_start_session_hands_the_plugin_what_it_needs() {
 
 #[tokio::test]
 async fn aws_cli_without_the_plugin_terminates_the_session_it_started() {
-    let gw = Gateway::start(GatewayConfig::default()).await;
+    let gw = Gateway::start(observed_config()).await;
     let mut agent = ScriptedAgent::connect(&gw, "i-0cccccccccccccccc")
         .await
         .unwrap();

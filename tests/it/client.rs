@@ -5,7 +5,6 @@
 use crate::agent::RunningAgent;
 use crate::support::*;
 use serde_json::json;
-use session_agent::gateway::GatewayConfig;
 use session_agent::session::pty::{Shell, ShellSpec};
 use std::io::{Read, Write};
 use std::path::Path;
@@ -180,7 +179,7 @@ fn assert_cooked(stty: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interactive_session_types_resizes_interrupts_and_restores_the_terminal() {
-    let gw = Gateway::start(GatewayConfig::default()).await;
+    let gw = Gateway::start(observed_config()).await;
     let agent = RunningAgent::start(&gw, "client-a").await;
     let mut term = Term::connect(&gw, "client-a");
     term.expect("$ ").await;
@@ -227,7 +226,7 @@ async fn an_interactive_session_types_resizes_interrupts_and_restores_the_termin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_manager_plugin_arguments_work_both_ways() {
-    let gw = Gateway::start(GatewayConfig::default()).await;
+    let gw = Gateway::start(observed_config()).await;
     let agent = RunningAgent::start(&gw, "client-b").await;
     let request = json!({"Target": "client-b"}).to_string();
     let endpoint = gw.http_url();
@@ -313,7 +312,7 @@ async fn run_piped(args: &[&str]) -> (i32, String, String) {
 
 #[tokio::test]
 async fn a_start_session_error_is_one_line_and_exit_status_1() {
-    let gw = Gateway::start(GatewayConfig::default()).await;
+    let gw = Gateway::start(observed_config()).await;
     let (code, out, err) =
         run_piped(&["--endpoint", &gw.http_url(), "--target", "no-such-node"]).await;
     assert_eq!(code, 1, "{err}");
@@ -329,7 +328,7 @@ async fn a_start_session_error_is_one_line_and_exit_status_1() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn end_of_input_terminates_the_session_and_exits_0() {
-    let gw = Gateway::start(GatewayConfig::default()).await;
+    let gw = Gateway::start(observed_config()).await;
     let agent = RunningAgent::start(&gw, "client-c").await;
     let (code, out, err) = run_piped(&["--endpoint", &gw.http_url(), "--target", "client-c"]).await;
     assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
@@ -407,7 +406,7 @@ impl Drop for Relay {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_connection_is_resumed_without_losing_input() {
-    let gw = Gateway::start(GatewayConfig::default()).await;
+    let gw = Gateway::start(observed_config()).await;
     let agent = RunningAgent::start(&gw, "client-d").await;
     let relay = Relay::start(gw.addr).await;
     // StreamUrl follows the Host of the StartSession call, so the websocket goes through
@@ -431,7 +430,7 @@ async fn a_dropped_connection_is_resumed_without_losing_input() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_that_ended_while_disconnected_exits_255() {
-    let gw = Gateway::start(GatewayConfig::default()).await;
+    let gw = Gateway::start(observed_config()).await;
     let agent = RunningAgent::start(&gw, "client-e").await;
     let relay = Relay::start(gw.addr).await;
     let mut term = Term::client(&["--endpoint", &relay.url(), "--target", "client-e"], &[]);
@@ -461,7 +460,7 @@ async fn a_session_that_ended_while_disconnected_exits_255() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_aws_cli_runs_it_as_session_manager_plugin() {
-    let gw = Gateway::start(GatewayConfig::default()).await;
+    let gw = Gateway::start(observed_config()).await;
     let agent = RunningAgent::start(&gw, "client-f").await;
     let dir = tempfile::tempdir().unwrap();
     std::os::unix::fs::symlink(BIN, dir.path().join("session-manager-plugin")).unwrap();
@@ -515,7 +514,7 @@ async fn over_tls_with_signed_calls_a_kms_key_that_cannot_be_made_is_reported_an
     use session_agent::protocol::frame::{MessageType, PayloadType};
     use session_agent::protocol::payload::{AgentTaskComplete, AgentTaskPayload};
     let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::start_tls(GatewayConfig::default(), dir.path()).await;
+    let gw = Gateway::start_tls(observed_config(), dir.path()).await;
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, &gw.tls.as_ref().unwrap().ca_pem).unwrap();
     let mut agent = ScriptedAgent::connect(&gw, "client-g").await.unwrap();
@@ -654,7 +653,7 @@ async fn over_tls_with_signed_calls_a_kms_key_that_cannot_be_made_is_reported_an
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_terminates_the_session_and_restores_the_terminal() {
-    let gw = Gateway::start(GatewayConfig::default()).await;
+    let gw = Gateway::start(observed_config()).await;
     let agent = RunningAgent::start(&gw, "client-h").await;
     let mut term = Term::connect(&gw, "client-h");
     let started = term.expect("Starting session with SessionId: ").await;

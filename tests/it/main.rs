@@ -19,3 +19,4 @@ mod reliability;
 mod resources;
 mod service;
 mod support;
+mod trust;

@@ -99,7 +99,8 @@ impl Imds {
         (1..=n)
             .map(|i| {
                 let (id, secret, token) = Self::key(i);
-                format!("[imds-{i}]\naws_access_key_id = {id}\naws_secret_access_key = {secret}\naws_session_token = {token}\n\n")
+                // One principal for every rotation, as one instance role is in AWS.
+                format!("[imds-{i}]\naws_access_key_id = {id}\naws_secret_access_key = {secret}\naws_session_token = {token}\nprincipal = imds-instance-role\n\n")
             })
             .collect()
     }

@@ -35,6 +35,16 @@ pub const WAIT: Duration = Duration::from_secs(10);
 
 pub const AKID: &str = "AKIDTESTOWNER";
 
+/// A gateway configuration whose admin is the harness's own key: for tests whose
+/// sessions are started by other identities (the AWS CLI, `connect`) and watched or
+/// ended by the harness, as an operator with an IAM policy on `*` would.
+pub fn observed_config() -> GatewayConfig {
+    GatewayConfig {
+        admins: vec![AKID.into()],
+        ..GatewayConfig::default()
+    }
+}
+
 /// A running gateway on 127.0.0.1:<random port>.
 pub struct Gateway {
     pub addr: SocketAddr,

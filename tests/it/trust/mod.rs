@@ -1,0 +1,4 @@
+//! Issue 16 — trust: every attack found by the adversarial review, performed for real
+//! (real sockets, PTYs, shells, file systems) and shown to fail.
+
+mod documents;
