@@ -313,7 +313,7 @@ async fn endpoint(report: &mut Report, config: &AgentConfig) -> Option<aws_confi
     } else {
         "start the gateway or fix `endpoint` (SESSION_AGENT_ENDPOINT); for a private CA set `ca_file`"
     };
-    let signer = identity.aws.as_ref().map(|a| a.signer.clone());
+    let signer = identity.signer.clone();
     let mgs = match Mgs::new(&identity.endpoint, config.ca_file.as_deref(), signer) {
         Ok(m) => m,
         Err(e) => {
@@ -333,7 +333,7 @@ async fn endpoint(report: &mut Report, config: &AgentConfig) -> Option<aws_confi
                 "reachable: a control-channel token for {} was issued in {} ms{}",
                 identity.target_id,
                 started.elapsed().as_millis(),
-                if mgs.signs() {
+                if mgs.signs_with_credentials() {
                     " (SigV4-signed request accepted)"
                 } else {
                     ""

@@ -129,7 +129,9 @@ pub(crate) async fn run(ctx: Arc<Ctx>, shutdown: impl Future<Output = ()>) {
             }
             Err(e) => {
                 let delay = backoff.next_delay();
-                if e.auth_refused() && !ctx.mgs.signs() {
+                if e.to_string().contains("registered to another identity") {
+                    tracing::error!(error = %e, retry_in = ?delay, target_id = %ctx.target_id, "The gateway holds this target id for another identity: another agent registered it, or this agent's key changed (a new state directory, other credentials). Give this host its own target_id, or have a gateway admin release the id (aws ssm deregister-managed-instance)");
+                } else if e.auth_refused() && !ctx.mgs.signs_with_credentials() {
                     tracing::error!(error = %e, retry_in = ?delay, "The gateway requires signed requests: set gateway = \"aws\" (with this endpoint) and give the agent AWS credentials");
                 } else if e.auth_refused() {
                     // (Mgs has dropped the cached credentials: the next attempt loads fresh ones.)

@@ -28,6 +28,67 @@ pub(crate) struct Identity {
     pub(crate) target_id: String,
     /// AWS mode only.
     pub(crate) aws: Option<AwsIdentity>,
+    /// Signs message-gateway requests: AWS credentials, `dev`'s key, or in local mode the
+    /// agent's own key ([`LOCAL_KEY_FILE`]); `None` when none could be had.
+    pub(crate) signer: Option<Arc<Signer>>,
+    /// The signer is the local mode's own key, which only an open gateway accepts.
+    pub(crate) own_key: bool,
+}
+
+/// The agent's own key in local mode, under the state directory (0600).
+///
+/// A gateway in open mode does not verify signatures, but it does know each node by the
+/// access key id that registered it (`gateway::access`), and lets only that key act as
+/// the node: its control channel, its instance information, the agent side of its
+/// sessions. An agent that signed nothing would be `anonymous`, like any unsigned caller
+/// on the network; with a random key id of its own, kept across restarts, a caller who
+/// does not know it cannot act as this node. The id is a bearer secret there: the file
+/// is readable by root only and the id is never logged whole.
+pub const LOCAL_KEY_FILE: &str = "agent-key.json";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct LocalKey {
+    access_key_id: String,
+    secret_access_key: String,
+}
+
+/// The agent's own key in `state_dir`, created on first use.
+///
+/// # Errors
+/// The file cannot be read, parsed or written.
+pub fn local_key(state_dir: &std::path::Path) -> Result<(String, String), String> {
+    let path = state_dir.join(LOCAL_KEY_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let k: LocalKey = serde_json::from_slice(&bytes)
+                .map_err(|e| format!("{} is not valid: {e}", path.display()))?;
+            return Ok((k.access_key_id, k.secret_access_key));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    }
+    let token = crate::gateway::random_token();
+    let key = LocalKey {
+        access_key_id: format!(
+            "AGENT{}",
+            token.get(..20).unwrap_or_default().to_ascii_uppercase()
+        ),
+        secret_access_key: token.get(20..60).unwrap_or_default().to_owned(),
+    };
+    super::recording::private_dir(state_dir)
+        .and_then(|()| {
+            super::recording::write_atomic(
+                &path,
+                &serde_json::to_vec(&key).map_err(std::io::Error::other)?,
+            )
+        })
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok((key.access_key_id, key.secret_access_key))
+}
+
+/// The first characters of a key id, for logs.
+pub fn key_hint(id: &str) -> String {
+    format!("{}…", id.chars().take(9).collect::<String>())
 }
 
 /// The AWS half of [`Identity`].
@@ -75,10 +136,29 @@ pub(crate) async fn resolve(
     sdk: impl std::future::Future<Output = aws_config::SdkConfig>,
 ) -> Result<Identity, IdentityError> {
     let Some(settings) = &config.aws else {
+        let (key, own_key) = match &config.local_key {
+            Some(k) => (Some(k.clone()), false),
+            None => match local_key(&config.state_dir) {
+                Ok(k) => (Some(k), true),
+                Err(e) => {
+                    tracing::warn!(error = %e, "No key of its own: the agent's requests go unsigned, and any unsigned caller can act as this node on an open gateway");
+                    (None, false)
+                }
+            },
+        };
+        let signer = key.map(|(id, secret)| {
+            Arc::new(Signer::new(
+                crate::sign::static_provider(&id, &secret, None),
+                crate::gateway::DEV_REGION,
+                SSMMESSAGES,
+            ))
+        });
         return Ok(Identity {
             endpoint: config.endpoint.clone().unwrap_or_default(),
             target_id: config.target_id.clone().unwrap_or_default(),
             aws: None,
+            signer,
+            own_key,
         });
     };
     let sdk = sdk.await;
@@ -119,9 +199,11 @@ pub(crate) async fn resolve(
         aws: Some(AwsIdentity {
             region,
             ssm_endpoint,
-            signer,
+            signer: signer.clone(),
             sdk,
         }),
+        signer: Some(signer),
+        own_key: false,
     })
 }
 

@@ -111,6 +111,7 @@ pub struct Mgs {
     http: reqwest::Client,
     tls: Arc<rustls::ClientConfig>,
     signer: Option<Arc<Signer>>,
+    own_key: bool,
 }
 
 impl Mgs {
@@ -135,7 +136,22 @@ impl Mgs {
             http,
             tls,
             signer,
+            own_key: false,
         })
+    }
+
+    /// Marks the signer as the local mode's own key (open gateways only; a strict one
+    /// refuses it, and the refusal then says to use AWS mode).
+    #[must_use]
+    pub fn with_own_key(mut self, own_key: bool) -> Self {
+        self.own_key = own_key;
+        self
+    }
+
+    /// Whether requests are signed with real credentials (AWS mode, `dev`): a strict
+    /// gateway may accept them. The local mode's own key is not.
+    pub fn signs_with_credentials(&self) -> bool {
+        self.signer.is_some() && !self.own_key
     }
 
     /// The gateway's base URL.

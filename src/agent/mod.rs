@@ -633,16 +633,16 @@ pub async fn run(
     let Some(identity) = settle_identity(&config, &mut shutdown).await else {
         return Ok(());
     };
-    let signer = identity.aws.as_ref().map(|a| a.signer.clone()).or_else(|| {
-        config.local_key.as_ref().map(|(id, secret)| {
-            Arc::new(crate::sign::Signer::new(
-                crate::sign::static_provider(id, secret, None),
-                crate::gateway::DEV_REGION,
-                crate::protocol::endpoint::SSMMESSAGES,
-            ))
-        })
-    });
-    let mgs = mgs::Mgs::new(&identity.endpoint, config.ca_file.as_deref(), signer)?;
+    let signer = identity.signer.clone();
+    if identity.own_key {
+        if let Some(s) = &signer {
+            if let Ok(c) = s.credentials().await {
+                tracing::info!(key = %identity::key_hint(c.access_key_id()), file = %config.state_dir.join(identity::LOCAL_KEY_FILE).display(), "Local mode: the agent signs its requests with its own key, by which an open gateway knows this node");
+            }
+        }
+    }
+    let mgs = mgs::Mgs::new(&identity.endpoint, config.ca_file.as_deref(), signer)?
+        .with_own_key(identity.own_key);
     let aws = tokio::sync::OnceCell::new();
     if let Some(found) = &identity.aws {
         let _ = aws.set(found.sdk.clone());

@@ -18,6 +18,7 @@
 
 use super::mgs::{Mgs, MgsError, Socket};
 use super::recording::Tap;
+use crate::bounded::{self, ByteSender};
 use crate::protocol::crypto::{Role, SessionCipher, CHALLENGE_LEN, ENCRYPTED_NOTICE};
 use crate::protocol::frame::{
     AgentMessage, MessageType, PayloadType, DEFAULT_MAX_FRAME_LEN, FLAG_SYN,
@@ -79,8 +80,9 @@ const DEAD_AFTER: Duration = Duration::from_secs(90);
 /// Upper bound on waiting for output to be acknowledged after the shell exited, however
 /// steadily acks keep coming.
 const MAX_DRAIN: Duration = Duration::from_secs(30);
-/// Keystroke chunks queued for the PTY writer.
-const INPUT_QUEUE: usize = 64;
+/// Input queued for the PTY writer, in bytes (plus the chunk being written). Beyond it,
+/// input frames are not accepted or acknowledged: the client sends them again later.
+pub const INPUT_QUEUE_BYTES: usize = 1024 * 1024;
 /// Keystrokes kept from before the shell started.
 const EARLY_INPUT_MAX: usize = 64 * 1024;
 /// Keepalive ping on the data channel.
@@ -636,7 +638,7 @@ impl DataChannel {
                     }
                 }
             });
-        let (in_tx, mut in_rx) = mpsc::channel::<Vec<u8>>(INPUT_QUEUE);
+        let (in_tx, mut in_rx) = bounded::channel::<Vec<u8>>(INPUT_QUEUE_BYTES);
         let (writer_back, writer_returned) = tokio::sync::oneshot::channel();
         let writer_thread = std::thread::Builder::new()
             .stack_size(SESSION_THREAD_STACK)
@@ -664,7 +666,8 @@ impl DataChannel {
             );
         }
         if !early_input.is_empty() {
-            let _ = in_tx.try_send(early_input);
+            let len = early_input.len();
+            let _ = in_tx.try_send(early_input, len);
         }
         let ending = self
             .run_loop(
@@ -689,7 +692,7 @@ impl DataChannel {
     #[allow(clippy::too_many_lines, clippy::too_many_arguments)]
     async fn run_loop(
         &mut self,
-        in_tx: &mpsc::Sender<Vec<u8>>,
+        in_tx: &ByteSender<Vec<u8>>,
         out_rx: &mut mpsc::Receiver<Vec<u8>>,
         resize: &mut Box<dyn FnMut(u16, u16) + Send>,
         exited: &mut tokio::sync::oneshot::Receiver<()>,
@@ -893,7 +896,7 @@ impl DataChannel {
     async fn on_inbound(
         &mut self,
         m: AgentMessage,
-        input: &mpsc::Sender<Vec<u8>>,
+        input: &ByteSender<Vec<u8>>,
         resize: &mut Box<dyn FnMut(u16, u16) + Send>,
         tap: Option<&Tap>,
     ) -> bool {
@@ -902,9 +905,11 @@ impl DataChannel {
                 // Any input also lifts a pause (§4.8).
                 self.resume().await;
                 // The shell is not reading (say, a paste into `sleep`): do not accept or
-                // acknowledge more than the queue holds; the client retransmits later
-                // (the "not ready" rule, §4.2). Room for everything a delivery can release.
-                if input.capacity() <= self.receiver.buffered_len() {
+                // acknowledge more than the queue holds, in bytes; the client retransmits
+                // later (the "not ready" rule, §4.2). Room for everything a delivery can
+                // release: this frame and the out-of-order input buffered behind it.
+                let need = m.payload.len() + self.receiver.buffered_bytes();
+                if !input.has_room(need) {
                     return false;
                 }
                 if let Some(items) = self.accept(m).await {
@@ -914,7 +919,8 @@ impl DataChannel {
                                 let Some(plain) = self.open_input(item.payload) else {
                                     continue;
                                 };
-                                if input.try_send(plain).is_err() {
+                                let len = plain.len();
+                                if input.try_send(plain, len).is_err() {
                                     tracing::warn!(session = %self.session_id, "Input queue full; keystrokes dropped");
                                 }
                             }

@@ -21,6 +21,21 @@ impl RunningAgent {
 
     /// Starts an agent that reaches the gateway through `endpoint` (e.g. a proxy).
     pub async fn start_via(gw: &Gateway, target: &str, endpoint: String) -> Self {
+        Self::start_with(gw, target, endpoint, None).await
+    }
+
+    /// Starts an agent that signs its channel requests with `key` (for a strict gateway).
+    pub async fn start_signed(gw: &Gateway, target: &str, key: (&str, &str)) -> Self {
+        let key = Some((key.0.to_owned(), key.1.to_owned()));
+        Self::start_with(gw, target, gw.http_url(), key).await
+    }
+
+    async fn start_with(
+        gw: &Gateway,
+        target: &str,
+        endpoint: String,
+        local_key: Option<(String, String)>,
+    ) -> Self {
         let state = tempfile::tempdir().unwrap();
         let config = AgentConfig {
             aws: None,
@@ -37,7 +52,7 @@ impl RunningAgent {
             shutdown_timeout: Duration::from_secs(10),
             log_level: "info".into(),
             log_format: session_agent::logging::LogFormat::Plain,
-            local_key: None,
+            local_key,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {

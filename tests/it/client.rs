@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 const BIN: &str = env!("CARGO_BIN_EXE_session-agent");
 
 /// A terminal with a program running on it: what it printed, and a keyboard.
-struct Term {
+pub struct Term {
     shell: Shell,
     keyboard: Box<dyn Write + Send>,
     screen: Arc<Mutex<Vec<u8>>>,
@@ -31,7 +31,7 @@ fn quote(s: &str) -> String {
 
 impl Term {
     /// Runs `sh -c SCRIPT` on a fresh 80x24 PTY with a minimal environment.
-    fn sh(script: &str, extra_env: &[(&str, &str)]) -> Self {
+    pub fn sh(script: &str, extra_env: &[(&str, &str)]) -> Self {
         let home = std::env::var("HOME").unwrap_or_else(|_| "/".into());
         let mut env: Vec<(String, String)> = vec![
             ("TERM".into(), "xterm".into()),
@@ -81,7 +81,7 @@ impl Term {
     }
 
     /// `connect ARGS; echo client-exit=$?; stty -a` on a terminal.
-    fn client(args: &[&str], extra_env: &[(&str, &str)]) -> Self {
+    pub fn client(args: &[&str], extra_env: &[(&str, &str)]) -> Self {
         let argv: Vec<String> = args.iter().map(|a| quote(a)).collect();
         Self::sh(
             &format!(
@@ -93,29 +93,29 @@ impl Term {
         )
     }
 
-    fn connect(gw: &Gateway, target: &str) -> Self {
+    pub fn connect(gw: &Gateway, target: &str) -> Self {
         Self::client(&["--endpoint", &gw.http_url(), "--target", target], &[])
     }
 
-    fn type_text(&mut self, text: &str) {
+    pub fn type_text(&mut self, text: &str) {
         self.keyboard.write_all(text.as_bytes()).unwrap();
         self.keyboard.flush().unwrap();
     }
 
-    fn text_since(&self, from: usize) -> String {
+    pub fn text_since(&self, from: usize) -> String {
         let screen = self.screen.lock().unwrap();
         String::from_utf8_lossy(&screen[from.min(screen.len())..]).into_owned()
     }
 
     /// Waits until `needle` appears after what earlier calls consumed; returns the text
     /// from there to the end of the match.
-    async fn expect(&mut self, needle: &str) -> String {
+    pub async fn expect(&mut self, needle: &str) -> String {
         self.expect_within(needle, WAIT)
             .await
             .unwrap_or_else(|| panic!("never saw {needle:?}; screen: {:?}", self.text_since(0)))
     }
 
-    async fn expect_within(&mut self, needle: &str, wait: Duration) -> Option<String> {
+    pub async fn expect_within(&mut self, needle: &str, wait: Duration) -> Option<String> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             // Bytes, not text: a multi-byte character cut by a read must not shift offsets.
@@ -145,7 +145,7 @@ impl Term {
 
     /// After the client exits: its exit status and the terminal settings `stty -a`
     /// printed (everything up to the terminal's end).
-    async fn client_exit(&mut self) -> (i32, String) {
+    pub async fn client_exit(&mut self) -> (i32, String) {
         self.expect("client-exit=").await;
         let deadline = tokio::time::Instant::now() + WAIT;
         while !self.closed.load(std::sync::atomic::Ordering::SeqCst) {

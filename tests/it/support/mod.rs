@@ -138,9 +138,15 @@ impl Gateway {
     /// Calls an SSM API operation the way the AWS CLI does: AWS JSON 1.1, SigV4-signed.
     /// Returns (HTTP status, parsed body).
     pub async fn api(&self, op: &str, input: Value) -> (u16, Value) {
+        self.api_as((AKID, "secret"), op, input).await
+    }
+
+    /// [`Self::api`] signed with another key and secret.
+    pub async fn api_as(&self, creds: (&str, &str), op: &str, input: Value) -> (u16, Value) {
         let body = input.to_string();
         let url = format!("{}/", self.http_url());
-        let headers = sign_headers(
+        let headers = sign_headers_as(
+            creds,
             "POST",
             &url,
             &body,
@@ -193,8 +199,19 @@ impl Gateway {
 
     /// POSTs a channel-creation request; returns (status, body text).
     pub async fn create_channel(&self, path: &str, body: &str) -> (u16, String) {
+        self.create_channel_as((AKID, "secret"), path, body).await
+    }
+
+    /// [`Self::create_channel`] signed with another key and secret.
+    pub async fn create_channel_as(
+        &self,
+        creds: (&str, &str),
+        path: &str,
+        body: &str,
+    ) -> (u16, String) {
         let url = format!("{}{path}", self.http_url());
-        let headers = sign_headers(
+        let headers = sign_headers_as(
+            creds,
             "POST",
             &url,
             body,
@@ -219,7 +236,19 @@ pub fn sign_headers(
     service: &str,
     extra: &[(&str, &str)],
 ) -> Vec<(String, String)> {
-    let creds = aws_credential_types::Credentials::new(AKID, "secret", None, None, "test");
+    sign_headers_as((AKID, "secret"), method, url, body, service, extra)
+}
+
+/// [`sign_headers`] with another key and secret.
+pub fn sign_headers_as(
+    (key, secret): (&str, &str),
+    method: &str,
+    url: &str,
+    body: &str,
+    service: &str,
+    extra: &[(&str, &str)],
+) -> Vec<(String, String)> {
+    let creds = aws_credential_types::Credentials::new(key, secret, None, None, "test");
     let signed = session_agent::sign::sign_with(
         &creds,
         "us-east-1",

@@ -2,3 +2,4 @@
 //! (real sockets, PTYs, shells, file systems) and shown to fail.
 
 mod documents;
+mod ownership;
