@@ -8,7 +8,7 @@
 //! and a channel silent for 90 s is considered dead and replaced.
 
 use super::{notify, run_session, Ctx, Outcome, AGENT_VERSION};
-use crate::protocol::frame::{AgentMessage, MessageType, PayloadType, DEFAULT_MAX_FRAME_LEN};
+use crate::protocol::frame::{AgentMessage, MessageType, PayloadType};
 use crate::protocol::payload::{
     from_json, to_json, AgentTaskAcknowledge, AgentTaskComplete, AgentTaskPayload, ChannelClosed,
     OpenControlChannel, MESSAGE_SCHEMA_VERSION,
@@ -195,7 +195,7 @@ pub(crate) async fn run(ctx: Arc<Ctx>, shutdown: impl Future<Output = ()>) {
                         Some(Ok(_)) => { last_seen = Instant::now(); continue }
                     };
                     last_seen = Instant::now();
-                    match AgentMessage::decode(&raw, DEFAULT_MAX_FRAME_LEN) {
+                    match AgentMessage::decode(&raw, super::mgs::MAX_CONTROL_MESSAGE) {
                         Ok(m) => {
                             let before = sessions.len();
                             dispatch(&ctx, m, &mut sessions, &mut pending, &done_tx);

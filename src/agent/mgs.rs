@@ -104,6 +104,16 @@ impl MgsError {
     }
 }
 
+/// Largest message accepted on a control channel: `interactive_shell` carries the session
+/// document (AWS documents are at most 64 KB) and its parameters.
+pub const MAX_CONTROL_MESSAGE: usize = 1024 * 1024;
+/// Largest message accepted on a data channel. What comes in is client input (the official
+/// plugin sends 1 KiB chunks, `connect` 16 KiB, smux frames for port forwarding at most
+/// 64 KiB), acknowledgements and small control messages; a larger message closes the
+/// socket (the agent reopens it). It bounds what one session's socket buffers while
+/// reading.
+pub const MAX_DATA_MESSAGE: usize = 256 * 1024;
+
 /// Connection details for one gateway.
 #[derive(Debug, Clone)]
 pub struct Mgs {
@@ -278,12 +288,22 @@ impl Mgs {
             }
         }
         let connector = tokio_tungstenite::Connector::Rustls(self.tls.clone());
-        // No message larger than a frame may be: a hostile or broken gateway must not make
-        // the agent buffer tungstenite's default 64 MiB per message.
-        let max = crate::protocol::frame::DEFAULT_MAX_FRAME_LEN;
+        // A hostile or broken peer must not make the agent buffer tungstenite's default
+        // 64 MiB per message: the largest message a channel legitimately carries.
+        let max = if kind == "control-channel" {
+            MAX_CONTROL_MESSAGE
+        } else {
+            MAX_DATA_MESSAGE
+        };
+        // The write buffer is bounded too (tungstenite's default is unbounded, and a send
+        // that timed out leaves its frame in it): the output window and a frame beyond.
         let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
             .max_message_size(Some(max))
-            .max_frame_size(Some(max));
+            .max_frame_size(Some(max))
+            .write_buffer_size(128 * 1024)
+            .max_write_buffer_size(
+                128 * 1024 + super::session::OUTPUT_IN_FLIGHT + MAX_CONTROL_MESSAGE,
+            );
         let dial = tokio_tungstenite::connect_async_tls_with_config(
             request,
             Some(config),

@@ -20,9 +20,7 @@ use super::mgs::{Mgs, MgsError, Socket};
 use super::recording::Tap;
 use crate::bounded::{self, ByteSender};
 use crate::protocol::crypto::{Role, SessionCipher, CHALLENGE_LEN, ENCRYPTED_NOTICE};
-use crate::protocol::frame::{
-    AgentMessage, MessageType, PayloadType, DEFAULT_MAX_FRAME_LEN, FLAG_SYN,
-};
+use crate::protocol::frame::{AgentMessage, MessageType, PayloadType, FLAG_SYN};
 use crate::protocol::payload::{
     from_json, to_json, Acknowledge, AgentSessionState, EncryptionChallenge, HandshakeComplete,
     HandshakeRequest, HandshakeResponse, KmsEncryptionParameters, KmsEncryptionResult,
@@ -434,7 +432,7 @@ impl DataChannel {
                 Ok(Some(Ok(m))) => m,
             };
             let Message::Binary(raw) = msg else { continue };
-            let Ok(m) = AgentMessage::decode(&raw, DEFAULT_MAX_FRAME_LEN) else {
+            let Ok(m) = AgentMessage::decode(&raw, super::mgs::MAX_DATA_MESSAGE) else {
                 continue;
             };
             match m.message_type {
@@ -559,7 +557,7 @@ impl DataChannel {
             let Ok(Message::Binary(raw)) = msg else {
                 continue;
             };
-            let Ok(m) = AgentMessage::decode(&raw, DEFAULT_MAX_FRAME_LEN) else {
+            let Ok(m) = AgentMessage::decode(&raw, super::mgs::MAX_DATA_MESSAGE) else {
                 continue;
             };
             match m.message_type {
@@ -776,7 +774,7 @@ impl DataChannel {
                         }
                         Some(Ok(_)) => continue,
                     };
-                    let m = match AgentMessage::decode(&raw, DEFAULT_MAX_FRAME_LEN) {
+                    let m = match AgentMessage::decode(&raw, super::mgs::MAX_DATA_MESSAGE) {
                         Ok(m) => m,
                         Err(e) => {
                             tracing::warn!(session = %self.session_id, error = %e, "Dropping a malformed frame");

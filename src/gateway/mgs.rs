@@ -38,6 +38,10 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+/// How long a socket being closed may take to write what it still has queued.
+const CLOSING_WRITES: Duration = Duration::from_secs(2);
+/// Bytes tungstenite gathers before writing to the socket.
+const WRITE_BUFFER: usize = 128 * 1024;
 /// A new socket must send its open frame within this time.
 pub const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Websocket close codes used.
@@ -290,8 +294,14 @@ fn upgrade(
         );
     };
     let max = shared.config.max_frame_bytes;
+    // tungstenite keeps what it could not write yet in a buffer that is unbounded by
+    // default, and a send that times out leaves its frame there: a peer that stops reading
+    // would grow it without end. Bounded at one frame beyond the usual 128 KiB, a full
+    // buffer fails the send and closes that socket.
     ws.max_message_size(max)
         .max_frame_size(max)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_write_buffer_size(WRITE_BUFFER + max)
         .on_upgrade(move |socket| run_socket(shared, socket, channel, peer, preopen))
 }
 
@@ -411,7 +421,12 @@ async fn run_socket(
         }
         let Message::Binary(raw) = msg else { continue };
         match AgentMessage::decode(&raw, max) {
-            Ok(m) => on_frame(&shared, &role, &me, m, raw).await,
+            // A socket closed meanwhile (replaced, killed) stops at once, even while it
+            // waits to forward: it must not linger holding its buffers.
+            Ok(m) => tokio::select! {
+                () = on_frame(&shared, &role, &me, m, raw) => {}
+                () = cancel.cancelled() => break,
+            },
             Err(e) => {
                 tracing::warn!(?role, error = %e, "Closing websocket after a malformed frame");
                 me.control(Outbound::Close(
@@ -486,11 +501,18 @@ async fn write_loop(
             }
             () = cancel.cancelled() => {
                 // Deliver what is already queued (a channel_closed, a close with its
-                // reason) before going; say why if nothing did.
+                // reason) before going, and say why if nothing did; within
+                // CLOSING_WRITES in all, so a closed socket whose peer does not read
+                // does not linger holding its buffers.
+                // Relayed frames still queued are dropped: the peer is leaving, and their
+                // senders retransmit to whatever connects next.
+                let deadline = Instant::now() + CLOSING_WRITES;
                 let mut closed = false;
-                while let Some(out) = ctl_rx.try_recv().or_else(|| rx.try_recv()) {
+                drop(rx);
+                while let Some(out) = ctl_rx.try_recv() {
                     let (m, is_close) = to_message(out);
-                    if !send_within(&mut sink, m, peer_timeout).await || is_close {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if !send_within(&mut sink, m, left).await || is_close {
                         closed = true;
                         break;
                     }
@@ -501,7 +523,8 @@ async fn write_loop(
                     } else {
                         (CLOSE_NORMAL, "")
                     };
-                    let _ = send_within(&mut sink, close_message(code, reason), peer_timeout).await;
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let _ = send_within(&mut sink, close_message(code, reason), left).await;
                 }
                 break;
             }
@@ -669,10 +692,13 @@ fn attach_data(
         ));
     }
     if let Some(old) = s.slot(side).replace(me.clone()) {
+        // Told why, then closed at once: what it still had queued is retransmitted by
+        // its sender to the new connection.
         old.control(Outbound::Close(
             CLOSE_NORMAL,
             "replaced by a newer connection".into(),
         ));
+        old.kill.cancel();
     }
     for f in s.pending(side).take() {
         let len = f.len();
@@ -768,6 +794,10 @@ async fn on_frame(shared: &Shared, role: &Role, me: &Peer, msg: AgentMessage, ra
 }
 
 async fn forward(shared: &Shared, session_id: &str, to: Side, activity: bool, raw: Bytes) {
+    // A copy of its own: the websocket hands out frames as views into its read buffer,
+    // and a queued view would keep that whole buffer (megabytes) alive, beyond what the
+    // queues count.
+    let raw = Bytes::copy_from_slice(&raw);
     let tx = {
         let mut reg = shared.reg();
         let Some(s) = reg.sessions.get_mut(session_id) else {

@@ -8,14 +8,6 @@ use serde_json::json;
 use std::time::Duration;
 
 /// A `/proc/PID/status` field in KiB.
-fn status_kib(pid: u32, field: &str) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
-}
-
 #[tokio::test]
 async fn output_floods_slow_the_shell_instead_of_growing_the_agent_s_memory() {
     let gw = gateway(json!({})).await;

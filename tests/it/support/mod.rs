@@ -85,6 +85,17 @@ impl Gateway {
         }
     }
 
+    /// A gateway already running elsewhere (a `session-agent gateway` process), driven
+    /// through the same harness calls.
+    pub fn external(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            tls: None,
+            stop: None,
+            task: None,
+        }
+    }
+
     /// Starts a gateway with a fresh self-signed certificate for 127.0.0.1/localhost.
     pub async fn start_tls(mut config: GatewayConfig, dir: &std::path::Path) -> Self {
         let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
@@ -763,5 +774,103 @@ impl CutProxy {
     /// Drops every connection currently open through the proxy.
     pub fn cut_all(&self) {
         self.cut.send_modify(|n| *n += 1);
+    }
+}
+
+/// A `/proc/PID/status` field in KiB (`VmRSS:`, `VmHWM:`).
+pub fn status_kib(pid: u32, field: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// A `session-agent gateway` process on a free loopback port, with its log.
+pub struct GatewayProcess {
+    child: std::process::Child,
+    pub gw: Gateway,
+    pub dir: tempfile::TempDir,
+    args: Vec<String>,
+}
+
+impl GatewayProcess {
+    /// Starts `session-agent gateway --listen 127.0.0.1:PORT ARGS...`; waits for /healthz.
+    pub async fn start(args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        let child = Self::spawn(addr, &args, dir.path());
+        let me = Self {
+            child,
+            gw: Gateway::external(addr),
+            dir,
+            args,
+        };
+        me.wait_healthy().await;
+        me
+    }
+
+    fn spawn(addr: SocketAddr, args: &[String], dir: &std::path::Path) -> std::process::Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("gateway.log"))
+            .unwrap();
+        std::process::Command::new(env!("CARGO_BIN_EXE_session-agent"))
+            .args(["gateway", "--listen", &addr.to_string()])
+            .args(args)
+            .env("SESSION_AGENT_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    async fn wait_healthy(&self) {
+        let url = format!("{}/healthz", self.gw.http_url());
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Ok(r) = reqwest::get(&url).await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the gateway never answered: {}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `kill -9`, then a new process with the same arguments on the same port.
+    pub async fn kill_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::spawn(self.gw.addr, &self.args, self.dir.path());
+        self.wait_healthy().await;
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("gateway.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

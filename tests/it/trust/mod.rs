@@ -2,4 +2,5 @@
 //! (real sockets, PTYs, shells, file systems) and shown to fail.
 
 mod documents;
+mod exhaustion;
 mod ownership;
