@@ -155,6 +155,7 @@ pub(crate) async fn create_control_channel(
     State(shared): State<Arc<Shared>>,
     Extension(caller): Extension<Caller>,
     Path(target): Path<String>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
     uri: axum::http::Uri,
     body: Body,
 ) -> Response {
@@ -175,6 +176,17 @@ pub(crate) async fn create_control_channel(
         &target,
         registrant.as_deref(),
     ) {
+        // Most often a second host configured with the same target id: say so where
+        // the node is listed too (the refused agent logs it as well).
+        let text = format!(
+            "another identity ({}) asked for this node's control channel from {from} at {}; the node stays with the identity that registered it. Two hosts with one target id? Give each its own target_id",
+            caller.principal,
+            super::rfc3339(SystemTime::now())
+        );
+        tracing::warn!(%target, %from, caller = %caller.principal, "Control channel refused: the node is registered to another identity");
+        if let Some(a) = reg.agents.get_mut(&target) {
+            a.conflict = Some(text);
+        }
         return denied(&d);
     }
     // The node is registered only once its control channel opens (attach_control), so

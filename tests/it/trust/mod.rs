@@ -3,4 +3,5 @@
 
 mod documents;
 mod exhaustion;
+mod misc;
 mod ownership;
