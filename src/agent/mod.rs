@@ -469,7 +469,7 @@ pub(crate) async fn run_session(
     };
     let shell = Arc::new(std::sync::Mutex::new(shell));
     let prober = shell.clone();
-    let echo_probe = Box::new(move || prober.lock().ok().and_then(|s| s.echo_off_canonical()));
+    let echo_probe = Box::new(move || prober.lock().ok().and_then(|s| s.echo_off()));
     let resizer = shell.clone();
     let resize = Box::new(move |cols: u16, rows: u16| {
         if let Ok(s) = resizer.lock() {

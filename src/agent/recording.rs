@@ -223,7 +223,9 @@ impl Paths {
 
 enum Rec {
     Output(u64, Vec<u8>),
-    Input(u64, Vec<u8>, bool),
+    Input(u64, Vec<u8>),
+    /// Echo-off input: its byte count and line ends only.
+    Redacted(u64, usize, usize),
     Resize(u64, u16, u16),
     End(u64, Option<i32>, String),
 }
@@ -257,15 +259,21 @@ impl Tap {
         let _ = self.tx.send(Rec::Resize(self.at(), cols, rows)).await;
     }
 
-    /// Records typed input, from a blocking thread (the PTY writer). `echo_off_canonical`
-    /// is the terminal's state as the bytes are written; unknown counts as off (never
-    /// record what might be a password).
-    pub fn input_blocking(&self, bytes: &[u8], echo_off_canonical: Option<bool>) {
-        let _ = self.tx.blocking_send(Rec::Input(
-            self.at(),
-            bytes.to_vec(),
-            echo_off_canonical.unwrap_or(true),
-        ));
+    /// Records typed input, from a blocking thread (the PTY writer). `echo_off` is the
+    /// terminal's state as the bytes are written; unknown counts as off (never record
+    /// what might be a password).
+    pub fn input_blocking(&self, bytes: &[u8], echo_off: Option<bool>) {
+        let msg = if echo_off.unwrap_or(true) {
+            // The bytes go no further than this thread.
+            Rec::Redacted(
+                self.at(),
+                bytes.len(),
+                crate::recorder::event::line_ends(bytes),
+            )
+        } else {
+            Rec::Input(self.at(), bytes.to_vec())
+        };
+        let _ = self.tx.blocking_send(msg);
     }
 
     /// Records the end of the session.
@@ -417,6 +425,8 @@ struct Worker {
     open_input: String,
     /// When (event time) `open_input` started.
     pending_since: Option<u64>,
+    /// The stretch of echo-off typing in progress.
+    redacted: Option<Redacted>,
     /// Events with a smaller seq are already in the spool (a rebuild).
     spool_from: u64,
     summary: Summary,
@@ -434,6 +444,7 @@ impl Worker {
             pending_input: Vec::new(),
             open_input: String::new(),
             pending_since: None,
+            redacted: None,
             spool_from: 0,
             summary: Summary::default(),
             progress,
@@ -481,7 +492,8 @@ impl Worker {
                 self.summary.output_bytes += data.len() as u64;
                 self.rec.output(at, &data)
             }
-            Rec::Input(at, data, echo_off) => self.rec.input(at, &data, echo_off),
+            Rec::Input(at, data) => self.rec.input(at, &data, false),
+            Rec::Redacted(at, bytes, lines) => self.rec.input_redacted(at, bytes, lines),
             Rec::Resize(at, cols, rows) => self.rec.resize(at, cols, rows),
             Rec::End(at, code, how) => self.rec.end(at, code, how),
         };
@@ -501,21 +513,40 @@ impl Worker {
         {
             self.flush_input(at, true);
         }
+        if self
+            .redacted
+            .is_some_and(|r| at.saturating_sub(r.last_ms) >= INPUT_HOLD_MS)
+        {
+            self.close_redacted(at);
+        }
         match &event.kind {
             // Lines are taken after every output event: the commit points (and so the
             // transcript) are then a function of the event stream alone, and `session-agent
             // transcript` re-renders the raw stream identically.
             EventKind::Output { .. } => self.take_output_lines(at),
-            EventKind::InputRedacted { bytes } => {
+            EventKind::InputRedacted { bytes, lines } => {
                 self.summary.redacted_bytes += *bytes as u64;
                 let open = std::mem::take(&mut self.open_input);
                 if !open.is_empty() {
                     self.pending_input.push(open);
                 }
-                self.pending_input.push(redacted_marker(*bytes));
-                self.flush_input(at, true);
+                // One marker per stretch of echo-off typing: per line (Enter), or per
+                // burst when no Enter comes, with its bytes and how long it took.
+                let r = self.redacted.get_or_insert(Redacted {
+                    bytes: 0,
+                    lines: 0,
+                    first_ms: at,
+                    last_ms: at,
+                });
+                r.bytes += bytes;
+                r.lines += lines;
+                r.last_ms = at;
+                if *lines > 0 {
+                    self.close_redacted(at);
+                }
             }
             EventKind::Input { data } => {
+                self.close_redacted(at);
                 let mut lines = render_input(data);
                 let complete = data.ends_with(b"\r") || data.ends_with(b"\n");
                 if let Some(first) = lines.first_mut() {
@@ -532,9 +563,22 @@ impl Worker {
             }
             EventKind::End { .. } => {
                 self.take_output_lines(at);
+                self.close_redacted(at);
                 self.flush_input(at, true);
             }
             EventKind::Resize { .. } | EventKind::Start(_) => {}
+        }
+    }
+
+    /// Streams the marker of the stretch of echo-off typing in progress, if any.
+    fn close_redacted(&mut self, at: u64) {
+        if let Some(r) = self.redacted.take() {
+            self.pending_input.push(redacted_marker(
+                r.bytes,
+                r.lines,
+                r.last_ms.saturating_sub(r.first_ms),
+            ));
+            self.flush_input(at, true);
         }
     }
 
@@ -637,6 +681,15 @@ impl Worker {
     }
 }
 
+/// A stretch of input typed with echo off: counts and times only.
+#[derive(Debug, Clone, Copy)]
+struct Redacted {
+    bytes: usize,
+    lines: usize,
+    first_ms: u64,
+    last_ms: u64,
+}
+
 /// What [`rebuild`] found in a spool.
 #[derive(Debug, Clone)]
 pub struct Rebuilt {
@@ -707,8 +760,8 @@ pub fn rebuild(paths: &Paths, streaming: bool) -> Result<Rebuilt, String> {
         last_at = at;
         let msg = match event.kind {
             EventKind::Output { data } => Rec::Output(at, data),
-            EventKind::Input { data } => Rec::Input(at, data, false),
-            EventKind::InputRedacted { bytes } => Rec::Input(at, vec![0; bytes], true),
+            EventKind::Input { data } => Rec::Input(at, data),
+            EventKind::InputRedacted { bytes, lines } => Rec::Redacted(at, bytes, lines),
             EventKind::Resize { cols, rows } => Rec::Resize(at, cols, rows),
             EventKind::End { exit_code, how } => {
                 ended = true;

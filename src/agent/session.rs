@@ -221,8 +221,8 @@ pub struct ShellIo {
     pub resize: Box<dyn FnMut(u16, u16) + Send>,
     /// Fires when the shell process exits.
     pub exited: tokio::sync::oneshot::Receiver<()>,
-    /// Reads the terminal's ECHO-off-and-ICANON-on state (`None`: unreadable), sampled
-    /// for every input chunk as it is written, for the recorder's redaction rule.
+    /// Reads the terminal's ECHO-off state (`None`: unreadable), sampled for every input
+    /// chunk as it is written, for the recorder's redaction rule.
     pub echo_probe: Box<dyn Fn() -> Option<bool> + Send>,
 }
 

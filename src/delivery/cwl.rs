@@ -253,8 +253,17 @@ pub fn render_input(bytes: &[u8]) -> Vec<String> {
 }
 
 /// The marker streamed in place of input typed with echo off.
-pub fn redacted_marker(bytes: usize) -> String {
-    format!("[input redacted: {bytes} bytes typed with echo off]")
+pub fn redacted_marker(bytes: usize, lines: usize, over_ms: u64) -> String {
+    let mut text = format!("[input redacted: {bytes} bytes typed with echo off");
+    if lines > 0 {
+        text.push_str(&format!(", {lines} Enter"));
+    }
+    if over_ms >= 100 {
+        #[allow(clippy::cast_precision_loss)] // milliseconds of a session
+        text.push_str(&format!(", over {:.1} s", over_ms as f64 / 1000.0));
+    }
+    text.push(']');
+    text
 }
 
 /// What [`StreamChecker::check`] made of one message.

@@ -3,7 +3,8 @@
 //!
 //! A header line, then one `[seconds, code, data]` line per event: `"o"` output, `"i"`
 //! input typed with echo on, `"r"` resize (`"COLSxROWS"`), and an `"m"` marker
-//! `"input redacted"` where password input was withheld (the bytes are never written).
+//! `"input redacted: N bytes[, L Enter]"` where input typed with echo off was withheld
+//! (the bytes are never written).
 //! Start and end events produce no line. Times are exact decimal seconds with millisecond
 //! precision (`at_ms` / 1000).
 //!
@@ -67,7 +68,15 @@ pub fn asciicast_line(event: &Event) -> Option<String> {
     match &event.kind {
         EventKind::Output { data } => text_line(event.at_ms, "o", &String::from_utf8_lossy(data)),
         EventKind::Input { data } => text_line(event.at_ms, "i", &String::from_utf8_lossy(data)),
-        EventKind::InputRedacted { .. } => text_line(event.at_ms, "m", "input redacted"),
+        EventKind::InputRedacted { bytes, lines } => text_line(
+            event.at_ms,
+            "m",
+            &if *lines > 0 {
+                format!("input redacted: {bytes} bytes, {lines} Enter")
+            } else {
+                format!("input redacted: {bytes} bytes")
+            },
+        ),
         EventKind::Resize { cols, rows } => text_line(event.at_ms, "r", &format!("{cols}x{rows}")),
         EventKind::Start(_) | EventKind::End { .. } => None,
     }
@@ -246,10 +255,10 @@ mod tests {
             },
         );
         assert_eq!(asciicast_line(&input).unwrap(), r#"[0.020, "i", "ls\r"]"#);
-        let redacted = ev(3000, EventKind::InputRedacted { bytes: 8 });
+        let redacted = ev(3000, EventKind::InputRedacted { bytes: 8, lines: 0 });
         assert_eq!(
             asciicast_line(&redacted).unwrap(),
-            r#"[3.000, "m", "input redacted"]"#
+            r#"[3.000, "m", "input redacted: 8 bytes"]"#
         );
         let resize = ev(
             4500,

@@ -79,11 +79,16 @@ pub enum EventKind {
         #[serde(with = "b64")]
         data: Vec<u8>,
     },
-    /// Redaction marker: this many bytes were typed while the PTY had ECHO off and ICANON
-    /// on (password entry). The bytes themselves are never kept.
+    /// Redaction marker: this many bytes were typed while the PTY had ECHO off (a
+    /// password, or a program that echoes for itself). The bytes themselves are never
+    /// kept.
     InputRedacted {
         /// How many bytes were typed.
         bytes: usize,
+        /// How many of them ended a line (CR or LF: Enter); absent in recordings made
+        /// before it was counted.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        lines: usize,
     },
     /// The terminal was resized.
     Resize {
@@ -100,6 +105,16 @@ pub enum EventKind {
         /// How the session ended (e.g. `exited`, `terminated`, `signal 9`).
         how: String,
     },
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// Line ends (CR or LF, as Enter sends them) in typed bytes.
+pub fn line_ends(data: &[u8]) -> usize {
+    data.iter().filter(|b| matches!(b, b'\r' | b'\n')).count()
 }
 
 /// What the terminal shows at the end of a session cut short (an end event whose `how`
@@ -278,7 +293,7 @@ mod tests {
             Event {
                 seq: 3,
                 at_ms: 5,
-                kind: EventKind::InputRedacted { bytes: 9 },
+                kind: EventKind::InputRedacted { bytes: 9, lines: 1 },
             },
             Event {
                 seq: 4,

@@ -12,15 +12,26 @@
 //! previous one, so every derived stream is in chronological order. Every function is
 //! total on arbitrary bytes (property-tested).
 //!
-//! ## Redaction rule (pam_tty_audit's)
+//! ## Redaction rule
 //!
-//! Input typed while the PTY has ECHO **off** and ICANON **on** — password entry, e.g.
-//! `stty -echo; read passwd` or `sudo`'s prompt — is not recorded. The caller samples the
-//! PTY's termios when input arrives and passes `echo_off_canonical`; when it is true the
-//! recorder emits [`EventKind::InputRedacted`] with the byte count only and keeps the bytes
-//! nowhere (not in the event, the transcript, the asciicast, nor any buffer). Other input
-//! is recorded as [`EventKind::Input`]. The transcript is rendered from output only, and
-//! a terminal with echo off does not display what is typed.
+//! Input typed while the PTY has ECHO **off** is not recorded, whatever ICANON says:
+//! `stty -echo; read passwd`, `sudo`'s prompt, and also a password read byte by byte in
+//! non-canonical mode (`sudo` with `pwfeedback`, `stty -echo -icanon min 1`). (This is
+//! stricter than `pam_tty_audit`, which redacts only with ICANON on and so records a
+//! non-canonical password.) The caller samples the PTY's termios as each input chunk is
+//! written and passes `echo_off`; when it is true the recorder emits
+//! [`EventKind::InputRedacted`] with the byte count and the number of line ends (Enter
+//! keys) only, and keeps the bytes nowhere (not in the event, the transcript, the
+//! asciicast, nor any buffer). Other input is recorded as [`EventKind::Input`]. The
+//! transcript is rendered from output only, and a terminal with echo off does not display
+//! what is typed.
+//!
+//! The cost, and the limit: programs that echo for themselves also turn ECHO off (bash's
+//! readline at the prompt, editors, pagers), so what is typed into them is recorded only
+//! as what they show (output), and as redaction markers with counts and times. Someone
+//! who turns echo off and types commands blind (`stty -echo; PS1=''`) leaves markers and
+//! the commands' output, not the commands; the kernel-level command audit is what records
+//! those.
 //!
 //! ## Transcript approach and limits
 //!
@@ -116,17 +127,24 @@ impl Recorder {
         )
     }
 
-    /// Records input typed by the user. With `echo_off_canonical` (the PTY has ECHO off and
-    /// ICANON on) only a redaction marker is recorded and the bytes are dropped.
-    pub fn input(&mut self, at_ms: u64, data: &[u8], echo_off_canonical: bool) -> Event {
-        let kind = if echo_off_canonical {
-            EventKind::InputRedacted { bytes: data.len() }
-        } else {
+    /// Records input typed by the user. With `echo_off` (the PTY has ECHO off) only a
+    /// redaction marker is recorded (byte count, line ends) and the bytes are dropped.
+    pub fn input(&mut self, at_ms: u64, data: &[u8], echo_off: bool) -> Event {
+        if echo_off {
+            return self.input_redacted(at_ms, data.len(), event::line_ends(data));
+        }
+        self.record(
+            at_ms,
             EventKind::Input {
                 data: data.to_vec(),
-            }
-        };
-        self.record(at_ms, kind)
+            },
+        )
+    }
+
+    /// Records a redaction marker (what [`Recorder::input`] records for echo-off input;
+    /// also how a recording is re-read).
+    pub fn input_redacted(&mut self, at_ms: u64, bytes: usize, lines: usize) -> Event {
+        self.record(at_ms, EventKind::InputRedacted { bytes, lines })
     }
 
     /// Records a terminal resize.
@@ -292,7 +310,7 @@ mod tests {
         let redacted: usize = events
             .iter()
             .filter_map(|e| match e.kind {
-                EventKind::InputRedacted { bytes } => Some(bytes),
+                EventKind::InputRedacted { bytes, .. } => Some(bytes),
                 _ => None,
             })
             .sum();
@@ -331,7 +349,7 @@ mod tests {
         }
         assert!(cast
             .iter()
-            .any(|l| l.ends_with(r#", "m", "input redacted"]"#)));
+            .any(|l| l.contains(r#", "m", "input redacted: "#)));
         assert_eq!(
             rec.transcript_text(),
             "$ stty -echo; read passwd\n\n$ stty echo\n$\n"

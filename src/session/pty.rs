@@ -542,13 +542,15 @@ impl Shell {
         self.reap()
     }
 
-    /// True when the terminal has ECHO off and ICANON on: a program is reading a line it
-    /// does not want shown, such as a password (the rule `pam_tty_audit` uses).
-    /// `None` when the terminal's settings cannot be read.
-    pub fn echo_off_canonical(&self) -> Option<bool> {
+    /// True when the terminal has ECHO off, whatever ICANON says: what is typed is not
+    /// shown, so it may be a secret (`read -s`, `sudo`, and also `sudo` with
+    /// `pwfeedback` or any program reading a password byte by byte in non-canonical
+    /// mode). Programs that echo for themselves (readline, editors, pagers) also turn
+    /// ECHO off; what they show is recorded as output. `None` when the terminal's
+    /// settings cannot be read.
+    pub fn echo_off(&self) -> Option<bool> {
         let termios = self.master.get_termios()?;
-        let flags = termios.local_flags;
-        Some(!flags.contains(LocalFlags::ECHO) && flags.contains(LocalFlags::ICANON))
+        Some(!termios.local_flags.contains(LocalFlags::ECHO))
     }
 
     /// SIGKILLs the group and the rest of the session, then reaps the shell. The lock is
@@ -1036,17 +1038,18 @@ mod tests {
     }
 
     #[test]
-    fn echo_off_canonical_follows_the_terminal() {
-        let mut shell = Shell::spawn(&spec("stty -echo; sleep 1"), Path::new(NO_SHIM)).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(1);
-        while shell.echo_off_canonical() != Some(true) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
+    fn echo_off_follows_the_terminal_whatever_icanon_says() {
+        for script in ["stty -echo; sleep 1", "stty -echo -icanon min 1; sleep 1"] {
+            let mut shell = Shell::spawn(&spec(script), Path::new(NO_SHIM)).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(1);
+            while shell.echo_off() != Some(true) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            assert_eq!(shell.echo_off(), Some(true), "{script}");
+            shell.terminate(Duration::ZERO);
         }
-        assert_eq!(shell.echo_off_canonical(), Some(true));
-        shell.terminate(Duration::ZERO);
-
         let mut shell = Shell::spawn(&spec("sleep 1"), Path::new(NO_SHIM)).unwrap();
-        assert_eq!(shell.echo_off_canonical(), Some(false));
+        assert_eq!(shell.echo_off(), Some(false));
         shell.terminate(Duration::ZERO);
     }
 

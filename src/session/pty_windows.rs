@@ -14,7 +14,7 @@
 //!   environment (no job object: only the shell itself is ended).
 //! * Windows has no SIGHUP: ending a session terminates the process (as upstream).
 //! * The console's echo mode is not visible through ConPTY, so
-//!   [`Shell::echo_off_canonical`] is `None`, which the recorder treats as echo off:
+//!   [`Shell::echo_off`] is `None`, which the recorder treats as echo off:
 //!   on Windows typed input is never recorded (output, which includes what the console
 //!   echoes, is).
 
@@ -395,7 +395,7 @@ impl Shell {
     }
 
     /// Not observable through ConPTY: always `None` (see the module docs).
-    pub fn echo_off_canonical(&self) -> Option<bool> {
+    pub fn echo_off(&self) -> Option<bool> {
         None
     }
 }

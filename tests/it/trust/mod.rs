@@ -5,3 +5,4 @@ mod documents;
 mod exhaustion;
 mod misc;
 mod ownership;
+mod redaction;
