@@ -238,18 +238,34 @@ pub fn transcript(args: &TranscriptArgs, out: &mut impl Write) -> Result<(), Str
 
 /// `session-agent verify` options.
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Exit status: 0 intact and complete (a session cut short by a crash \
+and recovered says so, and counts as complete); 1 broken: a record altered, removed, \
+reordered or corrupt, or the copies compared with --against differ; 2 unreadable; \
+3 intact but INCOMPLETE: the recording has no end (cut short, or the session is still \
+running) or parts of the session were not recorded (a gap: the disk was full)."
+)]
 pub struct VerifyArgs {
     /// What to check: a spool (STATE_DIR/recordings/ID/events.spool), the copy uploaded
     /// at close (s3://BUCKET/PREFIX/ID.spool), or a streamed CloudWatch log
     /// (cloudwatch://LOG_GROUP/SESSION_ID; the group may contain '/'). S3 and CloudWatch
-    /// are read with the standard AWS credential chain.
+    /// are read with the standard AWS credential chain. A local spool is also compared
+    /// with the end noted in its session.json.
     pub source: String,
+    /// Another copy of the same recording (same forms as SOURCE): both must end at the
+    /// same record with the same chain head, so a copy cut short or rewritten shows. A
+    /// CloudWatch stream carries where the spool ended in its last message.
+    #[arg(long, value_name = "SOURCE")]
+    pub against: Option<String>,
 }
+
+pub use crate::delivery::cwl::SpoolEnd;
 
 /// What `verify` found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    /// Every record's checksum and chain value are right and no event is missing.
+    /// Every record's checksum and chain value are right and no event is missing from the
+    /// chain; whether the recording is complete is in `ended` and `gaps`.
     Intact {
         /// Records checked.
         records: u64,
@@ -258,9 +274,21 @@ pub enum Verdict {
         /// The last record was cut short (a crash mid-write); everything before it is
         /// intact.
         torn_tail: bool,
+        /// How the session ended, from its end record; `None`: no end record (cut short,
+        /// or still being recorded).
+        ended: Option<String>,
+        /// Parts of the session that were not recorded (gap records), described.
+        gaps: Vec<String>,
     },
-    /// The first alteration, corruption or gap.
+    /// The first alteration, corruption or gap in the chain.
     Broken(String),
+}
+
+impl Verdict {
+    /// Intact, with its end record, and without gaps.
+    pub fn complete(&self) -> bool {
+        matches!(self, Verdict::Intact { ended: Some(_), gaps, torn_tail: false, .. } if gaps.is_empty())
+    }
 }
 
 /// Checks a spool read from `input`.
@@ -268,90 +296,257 @@ pub enum Verdict {
 /// # Errors
 /// Not a spool.
 pub fn verify_spool(input: impl Read) -> Result<Verdict, String> {
+    use crate::recorder::{Event, EventKind};
     let mut checker = spool::ChainChecker::new();
+    let mut ended: Option<String> = None;
+    let mut gaps = Vec::new();
+    let mut open_gap: Option<String> = None;
+    let mut started_unix_ms = 0;
+    let mut torn_tail = false;
     for record in SpoolReader::new(input)? {
-        match record {
-            Ok(r) => {
-                if let Err(e) = checker.check(&r) {
-                    return Ok(Verdict::Broken(e.to_string()));
-                }
-            }
+        let r = match record {
+            Ok(r) => r,
             Err(spool::SpoolError::Truncated { .. }) => {
-                return Ok(Verdict::Intact {
-                    records: checker.count(),
-                    head: spool::hex(&checker.head()),
-                    torn_tail: true,
-                })
+                torn_tail = true;
+                break;
             }
             Err(e) => return Ok(Verdict::Broken(format!("record {}: {e}", checker.count()))),
+        };
+        if let Err(e) = checker.check(&r) {
+            return Ok(Verdict::Broken(e.to_string()));
+        }
+        if ended.is_some() {
+            return Ok(Verdict::Broken(format!(
+                "record {}: an event after the session's end",
+                checker.count() - 1
+            )));
+        }
+        let Ok(event) = Event::from_json_line(&String::from_utf8_lossy(&r.payload)) else {
+            return Ok(Verdict::Broken(format!(
+                "record {}: not an event",
+                checker.count() - 1
+            )));
+        };
+        match &event.kind {
+            EventKind::Start(info) => started_unix_ms = info.started_unix_ms,
+            EventKind::End { exit_code, how } => {
+                ended = Some(match exit_code {
+                    Some(code) => format!("{how} (status {code})"),
+                    None => how.clone(),
+                });
+            }
+            gap @ EventKind::Gap { to_ms, .. } => {
+                let note =
+                    crate::recorder::event::gap_note(gap, started_unix_ms).unwrap_or_default();
+                let text = note
+                    .trim()
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_owned();
+                if to_ms.is_some() {
+                    open_gap = None;
+                    gaps.push(text);
+                } else {
+                    open_gap = Some(text);
+                }
+            }
+            _ => {}
         }
     }
+    gaps.extend(open_gap.map(|g| format!("{g} (never closed)")));
     Ok(Verdict::Intact {
         records: checker.count(),
         head: spool::hex(&checker.head()),
-        torn_tail: false,
+        torn_tail,
+        ended,
+        gaps,
     })
 }
 
-/// Runs `verify`: prints the verdict; exit 0 intact, 1 broken, 2 unreadable.
+/// What one source of a recording holds: its verdict, and where its spool ended.
+struct Checked {
+    /// Exit status alone.
+    status: u8,
+    /// Its end (records, head), when it has one to compare.
+    end: Option<SpoolEnd>,
+}
+
+/// Runs `verify`: prints the verdict; exit 0 intact and complete, 1 broken (or copies
+/// that differ), 2 unreadable, 3 intact but incomplete.
 pub async fn verify(args: &VerifyArgs, out: &mut impl Write) -> u8 {
-    if let Some(rest) = args.source.strip_prefix("cloudwatch://") {
-        return verify_cloudwatch(&args.source, rest, out).await;
+    let this = check_source(&args.source, out).await;
+    let mut status = this.status;
+    let other = match &args.against {
+        Some(other) => {
+            let _ = writeln!(out, "against {other}:");
+            let checked = check_source(other, out).await;
+            if checked.status == 2 {
+                return 2;
+            }
+            Some((other.clone(), checked.end))
+        }
+        None => local_end_note(&args.source).map(|end| ("its session.json".to_owned(), Some(end))),
+    };
+    if let Some((name, theirs)) = other {
+        match (&this.end, &theirs) {
+            (Some(a), Some(b)) if a == b => {
+                let _ = writeln!(
+                    out,
+                    "matches {name}: both end at record {} with chain head {}",
+                    a.records, a.head
+                );
+            }
+            (Some(a), Some(b)) => {
+                let _ = writeln!(
+                    out,
+                    "MISMATCH with {name}: {} ends at record {} (chain head {}), {name} at record {} (chain head {}): one copy was cut short or rewritten",
+                    args.source, a.records, a.head, b.records, b.head
+                );
+                status = 1;
+            }
+            (_, None) => {
+                let _ = writeln!(
+                    out,
+                    "{name} says nothing of where the recording ended (no end recorded there)"
+                );
+                status = status.max(3);
+            }
+            (None, Some(b)) => {
+                let _ = writeln!(
+                    out,
+                    "{name} says the recording ended at record {} (chain head {}), which {} lacks",
+                    b.records, b.head, args.source
+                );
+                status = 1;
+            }
+        }
     }
-    let verdict = if let Some(rest) = args.source.strip_prefix("s3://") {
+    status
+}
+
+/// The end a local spool's `session.json` noted, if any.
+fn local_end_note(source: &str) -> Option<SpoolEnd> {
+    if source.contains("://") {
+        return None;
+    }
+    let dir = std::path::Path::new(source).parent()?;
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("session.json")).ok()?).ok()?;
+    Some(SpoolEnd {
+        records: meta.get("spool_records")?.as_u64()?,
+        head: meta.get("spool_head")?.as_str()?.to_owned(),
+    })
+}
+
+async fn check_source(source: &str, out: &mut impl Write) -> Checked {
+    if let Some(rest) = source.strip_prefix("cloudwatch://") {
+        return verify_cloudwatch(source, rest, out).await;
+    }
+    let verdict = if let Some(rest) = source.strip_prefix("s3://") {
         let Some((bucket, key)) = rest.split_once('/') else {
-            let _ = writeln!(out, "verify: {}: expected s3://BUCKET/KEY", args.source);
-            return 2;
+            let _ = writeln!(out, "verify: {source}: expected s3://BUCKET/KEY");
+            return Checked {
+                status: 2,
+                end: None,
+            };
         };
         let config = crate::delivery::aws::load_config(None).await;
         let s3 = aws_sdk_s3::Client::new(&config);
         match s3.get_object().bucket(bucket).key(key).send().await {
             Ok(o) => match o.body.collect().await {
                 Ok(bytes) => verify_spool(std::io::Cursor::new(bytes.into_bytes())),
-                Err(e) => Err(format!("cannot read {}: {e}", args.source)),
+                Err(e) => Err(format!("cannot read {source}: {e}")),
             },
             Err(e) => Err(format!(
-                "cannot get {}: {}",
-                args.source,
+                "cannot get {source}: {}",
                 aws_sdk_s3::error::DisplayErrorContext(&e)
             )),
         }
     } else {
-        std::fs::File::open(&args.source)
-            .map_err(|e| format!("cannot open {}: {e}", args.source))
+        std::fs::File::open(source)
+            .map_err(|e| format!("cannot open {source}: {e}"))
             .and_then(|f| verify_spool(BufReader::new(f)))
-            .map_err(|e| format!("{}: {e}", args.source))
+            .map_err(|e| format!("{source}: {e}"))
     };
+    report(verdict, out)
+}
+
+/// Prints a spool's verdict.
+fn report(verdict: Result<Verdict, String>, out: &mut impl Write) -> Checked {
     match verdict {
         Ok(Verdict::Intact {
             records,
             head,
             torn_tail,
+            ended,
+            gaps,
         }) => {
-            let _ = writeln!(
-                out,
-                "intact: {records} records, checksums and hash chain verified, no gaps; chain head {head}"
-            );
+            let end = ended.as_ref().map(|_| SpoolEnd {
+                records,
+                head: head.clone(),
+            });
+            let status = match (&ended, gaps.is_empty() && !torn_tail) {
+                (Some(how), true) => {
+                    let _ = writeln!(
+                        out,
+                        "intact and complete: {records} records, checksums and hash chain verified, no gaps; the session ended: {how}; chain head {head}"
+                    );
+                    if how.starts_with("interrupted") {
+                        let _ = writeln!(out, "note: the session was cut short (the agent stopped); the recording ends where it was interrupted");
+                    }
+                    0
+                }
+                (Some(how), false) => {
+                    let _ = writeln!(
+                        out,
+                        "INCOMPLETE: {records} records verified (checksums and hash chain intact) and the session ended ({how}), but parts of it were not recorded:"
+                    );
+                    for g in &gaps {
+                        let _ = writeln!(out, "  {g}");
+                    }
+                    let _ = writeln!(out, "chain head {head}");
+                    3
+                }
+                (None, _) => {
+                    let _ = writeln!(
+                        out,
+                        "INCOMPLETE: {records} records verified (checksums and hash chain intact), but the recording has no end: it was cut short after record {}, or the session is still being recorded; chain head {head}",
+                        records.saturating_sub(1)
+                    );
+                    for g in &gaps {
+                        let _ = writeln!(out, "  and not recorded: {g}");
+                    }
+                    3
+                }
+            };
             if torn_tail {
                 let _ = writeln!(out, "note: the last record was cut short (the writer stopped mid-write, e.g. a crash); it is not counted");
             }
-            0
+            Checked { status, end }
         }
         Ok(Verdict::Broken(what)) => {
             let _ = writeln!(out, "BROKEN: {what}");
-            1
+            Checked {
+                status: 1,
+                end: None,
+            }
         }
         Err(e) => {
             let _ = writeln!(out, "verify: {e}");
-            2
+            Checked {
+                status: 2,
+                end: None,
+            }
         }
     }
 }
 
 /// `verify cloudwatch://GROUP/STREAM`: reads the stream from its start and checks the
-/// chain of every message (a streamed session log; an upload at close has no chain).
-async fn verify_cloudwatch(source: &str, rest: &str, out: &mut impl Write) -> u8 {
+/// chain of every message (a streamed session log; an upload at close has no chain), and
+/// that it ends with the session's end.
+async fn verify_cloudwatch(source: &str, rest: &str, out: &mut impl Write) -> Checked {
     use crate::delivery::cwl::StreamChecker;
+    let fail = |status| Checked { status, end: None };
     // Group names may contain '/', stream names (session ids) do not.
     let Some((group, stream)) = rest
         .rsplit_once('/')
@@ -361,7 +556,7 @@ async fn verify_cloudwatch(source: &str, rest: &str, out: &mut impl Write) -> u8
             out,
             "verify: {source}: expected cloudwatch://LOG_GROUP/LOG_STREAM"
         );
-        return 2;
+        return fail(2);
     };
     let config = crate::delivery::aws::load_config(None).await;
     let logs = crate::delivery::aws::Logs::new(&config);
@@ -373,13 +568,13 @@ async fn verify_cloudwatch(source: &str, rest: &str, out: &mut impl Write) -> u8
             Ok(page) => page,
             Err(e) => {
                 let _ = writeln!(out, "verify: cannot read {source}: {e}");
-                return 2;
+                return fail(2);
             }
         };
         for m in &messages {
             if let Err(what) = checker.check(index, m) {
                 let _ = writeln!(out, "BROKEN: {what}");
-                return 1;
+                return fail(1);
             }
             index += 1;
         }
@@ -390,16 +585,41 @@ async fn verify_cloudwatch(source: &str, rest: &str, out: &mut impl Write) -> u8
     }
     if checker.messages() == 0 {
         let _ = writeln!(out, "verify: {source} holds no events");
-        return 2;
+        return fail(2);
     }
-    let _ = writeln!(
-        out,
-        "intact: {} events, hash chain verified, no gaps; {} identical re-sends skipped; chain head {}",
-        checker.messages(),
-        checker.duplicates(),
-        spool::hex(&checker.head())
-    );
-    0
+    let head = spool::hex(&checker.head());
+    match checker.spool_end() {
+        Some(end) => {
+            let _ = writeln!(
+                out,
+                "intact and complete: {} events, hash chain verified, no gaps, ending with the session's end; {} identical re-sends skipped; chain head {head}",
+                checker.messages(),
+                checker.duplicates(),
+            );
+            if !checker.gaps().is_empty() {
+                let _ = writeln!(out, "INCOMPLETE: parts of the session were not recorded:");
+                for g in checker.gaps() {
+                    let _ = writeln!(out, "  {g}");
+                }
+            }
+            Checked {
+                status: if checker.gaps().is_empty() { 0 } else { 3 },
+                end: Some(SpoolEnd {
+                    records: end.records,
+                    head: end.head.clone(),
+                }),
+            }
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "INCOMPLETE: {} events, hash chain verified, but the stream has no end message: it was cut short, or the session is still being streamed; {} identical re-sends skipped; chain head {head}",
+                checker.messages(),
+                checker.duplicates(),
+            );
+            fail(3)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -425,6 +645,8 @@ mod tests {
                 records: 5,
                 torn_tail: false,
                 head,
+                ended: None,
+                ..
             } => assert_eq!(head.len(), 64),
             other => panic!("{other:?}"),
         }

@@ -84,6 +84,11 @@ pub struct RunArgs {
     /// recorded durably [default: 256].
     #[arg(long, env = "SESSION_AGENT_RECORDING_MIN_FREE_MB")]
     pub recording_min_free_mb: Option<u64>,
+    /// Disk space (MiB) reserved ahead of each running session's recording, renewed as
+    /// it grows, so that filling the disk does not stop the recording of a session
+    /// already running [default: 4; 0 reserves nothing].
+    #[arg(long, env = "SESSION_AGENT_RECORDING_HEADROOM_MB")]
+    pub recording_headroom_mb: Option<u64>,
     /// When a new session cannot be recorded durably (disk full, quota filled by
     /// undelivered recordings, directory not writable): `fail-open` runs it anyway and
     /// logs a warning; `fail-closed` refuses it and tells the user why
@@ -121,6 +126,7 @@ struct FileConfig {
     recording_retention_days: Option<u64>,
     recording_quota_mb: Option<u64>,
     recording_min_free_mb: Option<u64>,
+    recording_headroom_mb: Option<u64>,
     recording_policy: Option<String>,
     shutdown_timeout: Option<String>,
     log_format: Option<String>,
@@ -157,6 +163,7 @@ pub fn parse_file(text: &str, path: &Path) -> Result<RunArgs, ConfigError> {
         recording_retention_days: f.recording_retention_days,
         recording_quota_mb: f.recording_quota_mb,
         recording_min_free_mb: f.recording_min_free_mb,
+        recording_headroom_mb: f.recording_headroom_mb,
         recording_policy: f.recording_policy,
         shutdown_timeout: f.shutdown_timeout,
         log_format: f.log_format,
@@ -307,6 +314,13 @@ impl RunArgs {
                 "must be between 0 and 16777216 (16 TiB)",
             ));
         }
+        let headroom_mb = self
+            .recording_headroom_mb
+            .or(file.recording_headroom_mb)
+            .unwrap_or(4);
+        if headroom_mb > 1024 {
+            return Err(err("recording_headroom_mb", "must be between 0 and 1024"));
+        }
         let fail_closed = match self
             .recording_policy
             .or(file.recording_policy)
@@ -373,6 +387,7 @@ impl RunArgs {
                 retention: std::time::Duration::from_secs(retention_days * 24 * 3600),
                 quota_bytes: quota_mb * 1024 * 1024,
                 min_free_bytes: min_free_mb * 1024 * 1024,
+                headroom_bytes: headroom_mb * 1024 * 1024,
                 fail_closed,
             },
             shutdown_timeout,
@@ -454,6 +469,10 @@ impl AgentConfig {
         line(
             "recording_min_free_mb",
             mib(self.retention.min_free_bytes).to_string(),
+        );
+        line(
+            "recording_headroom_mb",
+            mib(self.retention.headroom_bytes).to_string(),
         );
         line(
             "recording_policy",

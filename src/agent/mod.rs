@@ -28,6 +28,7 @@ mod notify;
 pub(crate) mod plan;
 pub mod recording;
 pub mod recovery;
+pub mod reserve;
 pub mod retention;
 pub mod session;
 
@@ -440,8 +441,14 @@ pub(crate) async fn run_session(
         cwl: checked.cwl.as_ref().map(|(_, d)| d.clone()),
         fields: Some(fields.clone()),
         skipped: checked.skipped.clone(),
+        ..recording::Meta::default()
     };
-    let (tap, recording) = match Recording::start(&ctx.config.recordings_dir(), start, &meta) {
+    let options = recording::Options {
+        headroom: policy.headroom_bytes,
+        fail_closed: policy.fail_closed,
+    };
+    let started = Recording::start(&ctx.config.recordings_dir(), start, &meta, options);
+    let (tap, mut recording) = match started {
         Ok((tap, rec)) => (Some(tap), Some(rec)),
         Err(e) if policy.fail_closed => {
             let refusal = refuse_unrecorded(&format!("cannot create the recording: {e}"));
@@ -491,8 +498,16 @@ pub(crate) async fn run_session(
         idle: minutes(doc.inputs.idle_session_timeout).or(Some(DEFAULT_IDLE)),
         max: minutes(doc.inputs.max_session_duration),
     };
+    let recording_failed = recording.as_mut().and_then(|r| r.failed.take());
     let (ending, writer) = channel
-        .pump(io, early_input, limits, &cancel, tap.clone())
+        .pump(
+            io,
+            early_input,
+            limits,
+            &cancel,
+            tap.clone(),
+            recording_failed,
+        )
         .await;
     // Ended by a stop of the agent (not by the user or the service): say so first.
     let agent_stopping = ending == Ending::Terminated && ctx.stopping.is_cancelled();
@@ -521,6 +536,7 @@ pub(crate) async fn run_session(
         Ending::TimedOut(limit) => limit.ended(),
         Ending::ChannelLost(e) => format!("data channel lost: {e}"),
         Ending::Internal(e) => format!("agent error: {e}"),
+        Ending::RecordingFailed(e) => format!("recording failed: {e}"),
     };
     if let Some(tap) = tap {
         tap.end(code, &how).await;
@@ -545,6 +561,10 @@ pub(crate) async fn run_session(
             Outcome::failed(&session_id, format!("the data channel was lost: {e}"))
         }
         Ending::Internal(e) => Outcome::failed(&session_id, e),
+        Ending::RecordingFailed(reason) => {
+            tracing::error!(session = %session_id, %reason, "Session ended: its recording cannot be written (recording_policy = \"fail-closed\")");
+            Outcome::failed(&session_id, session::recording_failed_notice(&reason))
+        }
         Ending::Terminated if agent_stopping => Outcome::failed(&session_id, STOPPED_HOW.into()),
         Ending::TimedOut(limit) => Outcome {
             session_id: session_id.clone(),

@@ -42,6 +42,7 @@
 //! its length and CRC and ends the readable spool there; [`rebuild`] cuts it off and, when
 //! the session never ended, appends an `end` event saying it was interrupted.
 
+use super::reserve::ReservedFile;
 use crate::delivery::aws::{AwsError, BucketEncryption, Logs, Upload, S3};
 use crate::delivery::cwl::{
     self, redacted_marker, render_input, Batcher, Direction, SessionFields, StreamRecord,
@@ -49,10 +50,12 @@ use crate::delivery::cwl::{
 use crate::delivery::{s3_key, CwlDestination, S3Destination};
 use crate::recorder::{EventKind, Recorder, StartInfo};
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 #[cfg(unix)]
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -134,10 +137,6 @@ fn owner_only(options: &mut OpenOptions) -> &mut OpenOptions {
     options
 }
 
-fn private_file(path: &Path) -> std::io::Result<File> {
-    owner_only(OpenOptions::new().create(true).append(true)).open(path)
-}
-
 /// What a recording needs to be delivered, kept beside it (`session.json`) so that a
 /// recording left behind by a crash can be delivered by the next start.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -156,6 +155,12 @@ pub struct Meta {
     /// Destinations skipped before the session started, reported in `delivery.json`.
     #[serde(default)]
     pub skipped: Vec<String>,
+    /// Set when the recording ended: records in the spool...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spool_records: Option<u64>,
+    /// ...and the hash chain's value after the last one (hex), to compare copies with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spool_head: Option<String>,
 }
 
 impl Meta {
@@ -228,6 +233,20 @@ enum Rec {
     Redacted(u64, usize, usize),
     Resize(u64, u16, u16),
     End(u64, Option<i32>, String),
+    /// An event read back from a spool (a rebuild), recorded as it was.
+    Replayed(u64, EventKind),
+}
+
+impl Rec {
+    /// Bytes of session data it carries (what a gap counts when it is lost).
+    fn data_len(&self) -> usize {
+        match self {
+            Rec::Output(_, d) | Rec::Input(_, d) => d.len(),
+            Rec::Redacted(_, n, _) => *n,
+            Rec::Replayed(_, EventKind::Output { data } | EventKind::Input { data }) => data.len(),
+            _ => 0,
+        }
+    }
 }
 
 /// The pump's handle to the recorder. Cheap to clone; every call applies back-pressure
@@ -236,6 +255,9 @@ enum Rec {
 pub struct Tap {
     tx: mpsc::Sender<Rec>,
     started: Instant,
+    /// Set when the recording failed under `fail-closed`: input no longer reaches the
+    /// shell (nothing unrecorded is typed while the session is being ended).
+    closed: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Rec {
@@ -259,10 +281,15 @@ impl Tap {
         let _ = self.tx.send(Rec::Resize(self.at(), cols, rows)).await;
     }
 
-    /// Records typed input, from a blocking thread (the PTY writer). `echo_off` is the
-    /// terminal's state as the bytes are written; unknown counts as off (never record
-    /// what might be a password).
-    pub fn input_blocking(&self, bytes: &[u8], echo_off: Option<bool>) {
+    /// Records typed input, from a blocking thread (the PTY writer), before it is written
+    /// to the terminal. `echo_off` is the terminal's state as the bytes are written;
+    /// unknown counts as off (never record what might be a password). Returns false when
+    /// the bytes must not be written: the recording failed and the policy is
+    /// `fail-closed`.
+    pub fn input_blocking(&self, bytes: &[u8], echo_off: Option<bool>) -> bool {
+        if self.closed.load(Ordering::SeqCst) {
+            return false;
+        }
         let msg = if echo_off.unwrap_or(true) {
             // The bytes go no further than this thread.
             Rec::Redacted(
@@ -274,6 +301,7 @@ impl Tap {
             Rec::Input(self.at(), bytes.to_vec())
         };
         let _ = self.tx.blocking_send(msg);
+        !self.closed.load(Ordering::SeqCst)
     }
 
     /// Records the end of the session.
@@ -294,8 +322,43 @@ pub struct Summary {
     pub output_bytes: u64,
     /// Keystroke bytes withheld because echo was off.
     pub redacted_bytes: u64,
+    /// Parts of the session that could not be recorded (the disk was full), described.
+    pub gaps: Vec<String>,
+    /// Records in the spool, and the hash chain's value after the last one.
+    pub spool_records: u64,
+    /// See `spool_records` (hex).
+    pub spool_head: String,
     /// A write to the state dir failed (the text says which); the recording is incomplete.
     pub error: Option<String>,
+}
+
+impl Summary {
+    /// Why the recording is not the whole session, if it is not.
+    pub fn incomplete(&self) -> Option<String> {
+        let mut why: Vec<String> = self.gaps.clone();
+        why.extend(self.error.clone());
+        (!why.is_empty()).then(|| why.join("; "))
+    }
+}
+
+/// How a recording is made: the reservation ahead of it and what to do when it fails.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Disk space reserved ahead of the spool and the asciicast (a quarter of it for the
+    /// transcript and the stream queue), renewed as they grow, released at the end.
+    pub headroom: u64,
+    /// `recording_policy = "fail-closed"`: a recording that cannot be written ends the
+    /// session (and the space must be reserved before it starts).
+    pub fail_closed: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            headroom: DEFAULT_HEADROOM,
+            fail_closed: false,
+        }
+    }
 }
 
 /// A running recording.
@@ -309,32 +372,55 @@ pub struct Recording {
     /// Bytes flushed to `stream.jsonl` (closed when the recording is complete); `None`
     /// when not streaming.
     pub stream_progress: Option<watch::Receiver<u64>>,
+    /// Under `fail-closed`: fires with the reason when the recording can no longer be
+    /// written (the session must end).
+    pub failed: Option<oneshot::Receiver<String>>,
 }
 
 impl Recording {
-    /// Creates the recording's directory and files and starts its thread.
+    /// Creates the recording's directory and files, reserves their headroom, and starts
+    /// its thread.
     ///
     /// # Errors
-    /// The directory or a file could not be created, or the thread not started.
+    /// The directory or a file could not be created, the thread not started, or (under
+    /// `fail-closed`) the headroom not reserved.
     pub fn start(
         recordings_root: &Path,
         start: StartInfo,
         meta: &Meta,
+        options: Options,
     ) -> std::io::Result<(Tap, Self)> {
         let paths = Paths::new(recordings_root, &start.session_id);
         private_dir(&paths.dir)?;
         meta.write(&paths)?;
         let streaming = meta.streaming();
-        let files = Files::open(&paths, streaming, false)?;
+        let mut files = Files::open(&paths, streaming, false, options.headroom)?;
+        if let Err(e) = files.reserve() {
+            if options.fail_closed {
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot reserve {} MiB of disk space for the recording: {e}",
+                        options.headroom.saturating_mul(3) / (1024 * 1024)
+                    ),
+                ));
+            }
+            tracing::warn!(session = %start.session_id, error = %e, "Cannot reserve disk space ahead of the recording; it is written without a reservation (recording_policy = \"fail-open\")");
+        }
         let (tx, rx) = mpsc::channel(TAP_QUEUE);
         let (done_tx, done) = oneshot::channel();
         let (progress_tx, progress_rx) = watch::channel(0u64);
+        let (failed_tx, failed_rx) = oneshot::channel();
+        let closed = Arc::new(AtomicBool::new(false));
         let started_unix_ms = start.started_unix_ms;
-        let worker = Worker::new(
+        let mut worker = Worker::new(
             Recorder::new(start).forget_taken_lines(),
             files,
             progress_tx,
         );
+        if options.fail_closed {
+            worker.on_loss = Some((failed_tx, closed.clone()));
+        }
         std::thread::Builder::new()
             .name("recorder".into())
             .stack_size(super::session::SESSION_THREAD_STACK)
@@ -346,74 +432,212 @@ impl Recording {
             Tap {
                 tx,
                 started: Instant::now(),
+                closed,
             },
             Self {
                 paths,
                 started_unix_ms,
                 done,
                 stream_progress: streaming.then_some(progress_rx),
+                failed: options.fail_closed.then_some(failed_rx),
             },
         ))
     }
 
     /// Waits until the recorder has written everything (after [`Tap::end`] or once every
-    /// tap is dropped).
+    /// tap is dropped), and notes where the spool ended in `session.json`.
     pub async fn finish(self) -> (Paths, Summary) {
         let summary = self.done.await.unwrap_or_else(|_| Summary {
             error: Some("the recorder thread stopped unexpectedly".into()),
             ..Summary::default()
         });
+        note_spool_end(&self.paths, &summary);
         (self.paths, summary)
     }
 }
 
+/// Records the spool's record count and chain head in `session.json` (beside the copy
+/// in the last streamed CloudWatch message and `delivery.json`), so a copy of the spool
+/// cut short can be told from the whole. A failure is logged, not fatal.
+fn note_spool_end(paths: &Paths, summary: &Summary) {
+    if summary.spool_head.is_empty() {
+        return;
+    }
+    let written = Meta::read(&paths.dir).and_then(|mut meta| {
+        meta.spool_records = Some(summary.spool_records);
+        meta.spool_head = Some(summary.spool_head.clone());
+        meta.write(paths).map_err(|e| e.to_string())
+    });
+    if let Err(e) = written {
+        tracing::warn!(dir = %paths.dir.display(), error = %e, "Cannot note the spool's end in session.json");
+    }
+}
+
+/// Space kept reserved at the end of the spool for the records that say what happened
+/// (a gap, the end), whatever else the disk holds.
+const SPOOL_GUARD: u64 = 64 * 1024;
+/// The same for the derived files (the end's last lines, gap notes).
+const DERIVED_GUARD: u64 = 64 * 1024;
+/// Derived bytes gathered before they are written.
+const DERIVED_BUFFER: usize = 256 * 1024;
+/// Default [`Options::headroom`].
+pub const DEFAULT_HEADROOM: u64 = 4 * 1024 * 1024;
+
+/// One of the files derived from the events (transcript, asciicast, stream queue): text
+/// gathered, then written whole into its reserved space.
+#[derive(Debug)]
+struct Derived {
+    file: ReservedFile,
+    buf: Vec<u8>,
+    name: &'static str,
+}
+
+impl Derived {
+    fn open(path: &Path, fresh: bool, chunk: u64, name: &'static str) -> std::io::Result<Self> {
+        if fresh {
+            let f = owner_only(OpenOptions::new().create(true).write(true)).open(path)?;
+            f.set_len(0)?;
+        }
+        Ok(Self {
+            file: ReservedFile::open(path, chunk)?,
+            buf: Vec::new(),
+            name,
+        })
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let r = self.file.append(&self.buf);
+        self.buf.clear();
+        r.map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", self.name)))
+    }
+
+    /// Room for what is gathered plus `more`, keeping `keep` reserved.
+    fn has_room(&mut self, more: u64, keep: u64, now: Instant) -> bool {
+        self.file.has_room(self.buf.len() as u64 + more, keep, now)
+    }
+}
+
 struct Files {
-    events: BufWriter<File>,
-    /// The hash chain's value after the last record written.
+    spool: ReservedFile,
+    /// The hash chain's value after the last record written, and how many there are.
     chain: crate::recorder::spool::Chain,
+    records: u64,
     last_sync: Instant,
-    transcript: BufWriter<File>,
-    cast: BufWriter<File>,
-    stream: Option<BufWriter<File>>,
+    transcript: Derived,
+    cast: Derived,
+    stream: Option<Derived>,
     stream_bytes: u64,
+    headroom: u64,
 }
 
 impl Files {
     /// Opens a recording's files: the spool for appending (the header written when it is
     /// new); the derived files appended to, or with `fresh` emptied first (a rebuild
     /// derives them again from the spool).
-    fn open(paths: &Paths, streaming: bool, fresh: bool) -> std::io::Result<Self> {
-        let derived = |path: &Path| -> std::io::Result<BufWriter<File>> {
-            let f = private_file(path)?;
-            if fresh {
-                f.set_len(0)?;
-            }
-            Ok(BufWriter::new(f))
-        };
-        let mut events = BufWriter::new(private_file(&paths.events)?);
-        if events.get_ref().metadata()?.len() == 0 {
-            events.write_all(crate::recorder::spool::MAGIC)?;
+    fn open(paths: &Paths, streaming: bool, fresh: bool, headroom: u64) -> std::io::Result<Self> {
+        let mut spool = ReservedFile::open(&paths.events, headroom)?;
+        if spool.is_empty() {
+            spool.reserve(headroom)?;
+            spool.append(crate::recorder::spool::MAGIC)?;
         }
+        let quarter = headroom / 4;
         Ok(Self {
-            events,
+            spool,
             chain: crate::recorder::spool::CHAIN_START,
+            records: 0,
             last_sync: Instant::now(),
-            transcript: derived(&paths.transcript)?,
-            cast: derived(&paths.cast)?,
+            transcript: Derived::open(&paths.transcript, fresh, quarter, "transcript")?,
+            cast: Derived::open(&paths.cast, fresh, headroom, "asciicast")?,
             stream: if streaming {
-                Some(derived(&paths.stream)?)
+                Some(Derived::open(&paths.stream, fresh, quarter, STREAM_FILE)?)
             } else {
                 None
             },
             stream_bytes: 0,
+            headroom,
         })
     }
+
+    /// Reserves the headroom of every file.
+    fn reserve(&mut self) -> std::io::Result<()> {
+        let quarter = self.headroom / 4;
+        self.spool.reserve(self.headroom)?;
+        self.cast.file.reserve(self.headroom)?;
+        self.transcript.file.reserve(quarter)?;
+        if let Some(s) = &mut self.stream {
+            s.file.reserve(quarter)?;
+        }
+        Ok(())
+    }
+
+    fn derived(&mut self) -> impl Iterator<Item = &mut Derived> {
+        [
+            Some(&mut self.transcript),
+            Some(&mut self.cast),
+            self.stream.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
+    }
+
+    /// Whether an event of `record` spool bytes carrying `data` bytes can be recorded
+    /// now in every file (`control`: a gap or end record, which may use the guards).
+    fn has_room(&mut self, record: u64, data: u64, control: bool, now: Instant) -> bool {
+        self.lacking(record, data, control, now).is_none()
+    }
+
+    /// The file that has no room for such an event, if one has none.
+    fn lacking(
+        &mut self,
+        record: u64,
+        data: u64,
+        control: bool,
+        now: Instant,
+    ) -> Option<&'static str> {
+        let (spool_keep, derived_keep) = if control {
+            (0, 0)
+        } else {
+            (SPOOL_GUARD, DERIVED_GUARD)
+        };
+        if !self.spool.has_room(record, spool_keep, now) {
+            return Some(EVENTS_FILE);
+        }
+        // What one event can add to a derived file: JSON escaping at worst six bytes a
+        // byte, plus lines the terminal commits (a screen).
+        let more = data.saturating_mul(6) + 16 * 1024;
+        self.derived()
+            .find_map(|d| (!d.has_room(more, derived_keep, now)).then_some(d.name))
+    }
+
+    /// Hands back the unused reservations.
+    fn release(&mut self) {
+        self.spool.release();
+        for d in self.derived() {
+            d.file.release();
+        }
+    }
+}
+
+/// A part of the session not recorded, while it lasts.
+#[derive(Debug, Clone)]
+struct Loss {
+    from_ms: u64,
+    bytes: u64,
+    events: u64,
+    reason: String,
 }
 
 /// The recorder thread's state. Everything it derives (transcript, asciicast, stream
 /// records) is a function of the event stream alone — no wall clock, no batch
 /// boundaries — so [`rebuild`] re-derives the same files, the same stream record numbers
 /// and so the same CloudWatch chain from the spool after a crash.
+///
+/// An event is written to the spool first and only then recorded (numbered, rendered,
+/// streamed): an event that cannot be written leaves no trace but the gap that counts it,
+/// so the derived files never hold what the spool lacks, and the chain never skips.
 struct Worker {
     rec: Recorder,
     files: Files,
@@ -429,6 +653,12 @@ struct Worker {
     redacted: Option<Redacted>,
     /// Events with a smaller seq are already in the spool (a rebuild).
     spool_from: u64,
+    /// What is being lost now (the disk is full).
+    loss: Option<Loss>,
+    /// A rebuild met a gap that was never closed (the agent stopped during it).
+    replayed_open_gap: Option<u64>,
+    /// Under `fail-closed`: told once, at the first loss.
+    on_loss: Option<(oneshot::Sender<String>, Arc<AtomicBool>)>,
     summary: Summary,
     progress: watch::Sender<u64>,
 }
@@ -446,6 +676,9 @@ impl Worker {
             pending_since: None,
             redacted: None,
             spool_from: 0,
+            loss: None,
+            replayed_open_gap: None,
+            on_loss: None,
             summary: Summary::default(),
             progress,
         }
@@ -455,7 +688,14 @@ impl Worker {
     fn begin(&mut self) {
         if self.spool_from == 0 {
             let start = self.rec.start_event().to_json_line();
-            self.write_event_line(&start);
+            if let Err(e) = self.write_record(&start) {
+                self.note(Err(e), EVENTS_FILE);
+            }
+        }
+        // The asciicast header.
+        for line in self.rec.take_asciicast_lines() {
+            self.files.cast.buf.extend_from_slice(line.as_bytes());
+            self.files.cast.buf.push(b'\n');
         }
         self.summary.events = 1;
     }
@@ -483,25 +723,181 @@ impl Worker {
             }
             self.flush_lines(ended);
         }
+        self.files.release();
+        self.finish_summary()
+    }
+
+    fn finish_summary(&mut self) -> Summary {
+        self.summary.spool_records = self.files.records;
+        self.summary.spool_head = crate::recorder::spool::hex(&self.files.chain);
         self.summary.clone()
     }
 
     fn apply(&mut self, msg: Rec) {
-        let event = match msg {
-            Rec::Output(at, data) => {
-                self.summary.output_bytes += data.len() as u64;
-                self.rec.output(at, &data)
-            }
-            Rec::Input(at, data) => self.rec.input(at, &data, false),
-            Rec::Redacted(at, bytes, lines) => self.rec.input_redacted(at, bytes, lines),
-            Rec::Resize(at, cols, rows) => self.rec.resize(at, cols, rows),
-            Rec::End(at, code, how) => self.rec.end(at, code, how),
+        let data = msg.data_len() as u64;
+        let (at, kind) = match msg {
+            Rec::Output(at, data) => (at, EventKind::Output { data }),
+            Rec::Input(at, data) => (at, EventKind::Input { data }),
+            Rec::Redacted(at, bytes, lines) => (at, EventKind::InputRedacted { bytes, lines }),
+            Rec::Resize(at, cols, rows) => (at, EventKind::Resize { cols, rows }),
+            Rec::End(at, exit_code, how) => (at, EventKind::End { exit_code, how }),
+            Rec::Replayed(at, kind) => (at, kind),
         };
-        self.summary.events += 1;
-        if event.seq >= self.spool_from {
-            self.write_event_line(&event.to_json_line());
+        let event = self.rec.next_event(at, kind);
+        if event.seq < self.spool_from {
+            // Read back from the spool (a rebuild): already on disk.
+            self.record(&event);
+            return;
         }
-        self.derive(&event);
+        let control = matches!(event.kind, EventKind::End { .. });
+        let now = Instant::now();
+        if self.loss.is_some() {
+            // Recording resumes only once every file has room again; the end always
+            // closes the gap (its record fits in the guard).
+            let line = event.to_json_line();
+            let room = self
+                .files
+                .has_room(line.len() as u64 + 64, data, false, now);
+            if !room && !control {
+                self.count_loss(data);
+                return;
+            }
+            self.close_loss(event.at_ms);
+        }
+        let event = self.rec.next_event(event.at_ms, event.kind);
+        let line = event.to_json_line();
+        let record_len = (crate::recorder::spool::HEADER_LEN + line.len()) as u64;
+        if let Some(file) = self.files.lacking(record_len, data, control, now) {
+            tracing::debug!(file, "No room to record an event");
+            self.begin_loss(
+                event.at_ms,
+                data,
+                "no space left on the recordings' file system".into(),
+            );
+            return;
+        }
+        match self.write_record(&line) {
+            Ok(()) => self.record(&event),
+            Err(e) => self.begin_loss(
+                event.at_ms,
+                data,
+                format!("the recording could not be written: {e}"),
+            ),
+        }
+    }
+
+    /// An event that is on disk: numbered, rendered, streamed.
+    fn record(&mut self, event: &crate::recorder::Event) {
+        self.rec.commit(event);
+        // Its asciicast lines at once: what is gathered is what the room checks count.
+        for line in self.rec.take_asciicast_lines() {
+            self.files.cast.buf.extend_from_slice(line.as_bytes());
+            self.files.cast.buf.push(b'\n');
+        }
+        if let EventKind::Output { data } = &event.kind {
+            self.summary.output_bytes += data.len() as u64;
+        }
+        if let EventKind::Gap { from_ms, to_ms, .. } = &event.kind {
+            self.replayed_open_gap = to_ms.is_none().then_some(*from_ms);
+            if let (Some(note), true) = (
+                crate::recorder::event::gap_note(&event.kind, self.started_unix_ms),
+                to_ms.is_some(),
+            ) {
+                self.summary.gaps.push(
+                    note.trim()
+                        .trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .to_owned(),
+                );
+            }
+        }
+        self.summary.events += 1;
+        self.derive(event);
+    }
+
+    /// The first event that cannot be recorded: the gap opens, with a record saying so
+    /// (in the guard), and under `fail-closed` the session is told to end.
+    fn begin_loss(&mut self, at: u64, data: u64, reason: String) {
+        tracing::error!(reason = %reason, "The recording cannot be written: a gap opens (what the session does is not recorded until space returns)");
+        self.loss = Some(Loss {
+            from_ms: at,
+            bytes: data,
+            events: 1,
+            reason: reason.clone(),
+        });
+        let kind = EventKind::Gap {
+            from_ms: at,
+            to_ms: None,
+            bytes: 0,
+            events: 0,
+            reason: reason.clone(),
+        };
+        self.write_control(at, kind);
+        if let Some((tx, closed)) = self.on_loss.take() {
+            closed.store(true, Ordering::SeqCst);
+            let _ = tx.send(reason);
+        }
+    }
+
+    fn count_loss(&mut self, data: u64) {
+        if let Some(l) = &mut self.loss {
+            l.bytes += data;
+            l.events += 1;
+        }
+    }
+
+    /// Recording resumes (or the session ends): the gap's record with what was lost.
+    fn close_loss(&mut self, at: u64) {
+        let Some(l) = self.loss.take() else { return };
+        tracing::warn!(
+            lost_bytes = l.bytes,
+            lost_events = l.events,
+            "The recording resumes after a gap"
+        );
+        let kind = EventKind::Gap {
+            from_ms: l.from_ms,
+            to_ms: Some(at.max(l.from_ms)),
+            bytes: l.bytes,
+            events: l.events,
+            reason: l.reason,
+        };
+        self.write_control(at, kind);
+    }
+
+    /// Writes a gap or end record, which may use the guard.
+    fn write_control(&mut self, at: u64, kind: EventKind) {
+        let event = self.rec.next_event(at, kind);
+        let line = event.to_json_line();
+        let len = (crate::recorder::spool::HEADER_LEN + line.len()) as u64;
+        let now = Instant::now();
+        let written = match self.files.lacking(len, 0, true, now) {
+            None => self.write_record(&line),
+            Some(file) => Err(std::io::Error::other(format!(
+                "the space kept for it in {file} is used up"
+            ))),
+        };
+        match written {
+            Ok(()) => self.record(&event),
+            Err(e) => {
+                let what = format!("a gap in the recording could not itself be recorded: {e}");
+                tracing::error!("{what}");
+                if self.summary.error.is_none() {
+                    self.summary.error = Some(what);
+                }
+            }
+        }
+    }
+
+    /// Appends one record to the spool (whole, or not at all).
+    fn write_record(&mut self, line: &str) -> std::io::Result<()> {
+        use crate::recorder::spool;
+        let chain = spool::chain_next(&self.files.chain, line.as_bytes());
+        self.files
+            .spool
+            .append(&spool::encode_record(&chain, line.as_bytes()))?;
+        self.files.chain = chain;
+        self.files.records += 1;
+        Ok(())
     }
 
     /// Transcript lines and stream records for one event (times are event times).
@@ -523,7 +919,7 @@ impl Worker {
             // Lines are taken after every output event: the commit points (and so the
             // transcript) are then a function of the event stream alone, and `session-agent
             // transcript` re-renders the raw stream identically.
-            EventKind::Output { .. } => self.take_output_lines(at),
+            EventKind::Output { .. } | EventKind::Gap { .. } => self.take_output_lines(at),
             EventKind::InputRedacted { bytes, lines } => {
                 self.summary.redacted_bytes += *bytes as u64;
                 let open = std::mem::take(&mut self.open_input);
@@ -561,13 +957,32 @@ impl Worker {
                     self.flush_input(at, false);
                 }
             }
-            EventKind::End { .. } => {
+            EventKind::End { exit_code, how } => {
                 self.take_output_lines(at);
                 self.close_redacted(at);
                 self.flush_input(at, true);
+                // The last stream record says the session ended, and where the spool
+                // ended: a copy of the spool cut short shows against it.
+                let mut line = format!("[session ended: {how}");
+                if let Some(code) = exit_code {
+                    line.push_str(&format!(", status {code}"));
+                }
+                line.push(']');
+                let end = cwl::SpoolEnd {
+                    records: self.files.records,
+                    head: crate::recorder::spool::hex(&self.files.chain),
+                };
+                self.stream_with(at, Direction::End, vec![line], Some(end));
             }
             EventKind::Resize { .. } | EventKind::Start(_) => {}
         }
+        // Keep what is gathered small: write it out once it is large.
+        let r = self
+            .files
+            .derived()
+            .filter(|d| d.buf.len() >= DERIVED_BUFFER)
+            .try_for_each(Derived::flush);
+        self.note(r, "recording");
     }
 
     /// Streams the marker of the stretch of echo-off typing in progress, if any.
@@ -580,17 +995,6 @@ impl Worker {
             ));
             self.flush_input(at, true);
         }
-    }
-
-    fn write_event_line(&mut self, line: &str) {
-        use crate::recorder::spool;
-        let chain = spool::chain_next(&self.files.chain, line.as_bytes());
-        self.files.chain = chain;
-        let r = self
-            .files
-            .events
-            .write_all(&spool::encode_record(&chain, line.as_bytes()));
-        self.note(r, EVENTS_FILE);
     }
 
     fn note(&mut self, r: std::io::Result<()>, what: &str) {
@@ -609,13 +1013,10 @@ impl Worker {
         if lines.is_empty() {
             return;
         }
-        let mut text = String::new();
         for l in &lines {
-            text.push_str(l);
-            text.push('\n');
+            self.files.transcript.buf.extend_from_slice(l.as_bytes());
+            self.files.transcript.buf.push(b'\n');
         }
-        let r = self.files.transcript.write_all(text.as_bytes());
-        self.note(r, "transcript");
         self.stream(at, Direction::Output, lines);
     }
 
@@ -636,6 +1037,16 @@ impl Worker {
     }
 
     fn stream(&mut self, at: u64, direction: Direction, lines: Vec<String>) {
+        self.stream_with(at, direction, lines, None);
+    }
+
+    fn stream_with(
+        &mut self,
+        at: u64,
+        direction: Direction,
+        lines: Vec<String>,
+        end: Option<cwl::SpoolEnd>,
+    ) {
         let Some(out) = self.files.stream.as_mut() else {
             return;
         };
@@ -644,38 +1055,26 @@ impl Worker {
             unix_ms: self.started_unix_ms.saturating_add(at),
             direction,
             lines,
+            end,
         };
         self.stream_seq += 1;
         let line = serde_json::to_string(&record).unwrap_or_default();
-        let r = writeln!(out, "{line}");
+        out.buf.extend_from_slice(line.as_bytes());
+        out.buf.push(b'\n');
         self.files.stream_bytes += line.len() as u64 + 1;
-        self.note(r, "stream.jsonl");
     }
 
-    /// End of a batch: flush every file (the spool first), sync the spool when due, wake
-    /// the streamer.
+    /// End of a batch: write every file (the spool is already written), sync the spool
+    /// when due, wake the streamer.
     fn flush_lines(&mut self, ended: bool) {
-        let cast = self.rec.take_asciicast_lines();
-        let mut r = Ok(());
-        for line in cast {
-            r = r.and_then(|()| writeln!(self.files.cast, "{line}"));
-        }
-        self.note(r, "asciicast");
-        let r = self
-            .files
-            .events
-            .flush()
-            .and_then(|()| self.files.transcript.flush())
-            .and_then(|()| self.files.cast.flush());
+        let r = self.files.derived().try_for_each(Derived::flush);
         self.note(r, "recording");
         if ended || self.files.last_sync.elapsed() >= SYNC_EVERY {
-            let r = self.files.events.get_ref().sync_data();
+            let r = self.files.spool.sync();
             self.note(r, EVENTS_FILE);
             self.files.last_sync = Instant::now();
         }
-        if let Some(s) = self.files.stream.as_mut() {
-            let r = s.flush();
-            self.note(r, "stream.jsonl");
+        if self.files.stream.is_some() {
             let _ = self.progress.send(self.files.stream_bytes);
         }
     }
@@ -703,48 +1102,81 @@ pub struct Rebuilt {
     pub torn_bytes: u64,
 }
 
+/// Why a recording could not be rebuilt.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RebuildError {
+    /// It cannot be trusted or read: corrupt, altered, not a recording. Quarantined.
+    #[error("{0}")]
+    Corrupt(String),
+    /// The disk or file system failed for now (full, read-only, an I/O error): tried
+    /// again later, never quarantined.
+    #[error("{0}")]
+    Transient(String),
+}
+
 /// The `how` of the end event appended to a recording whose session was cut short.
 pub const INTERRUPTED: &str =
     "interrupted: the agent stopped before the session ended (recovered at the next start)";
 
 /// Re-derives a recording's transcript, asciicast and stream queue from its spool after a
 /// crash; cuts off a torn last record; when the session never ended, appends an `end`
-/// event saying it was interrupted (continuing the hash chain). Blocking.
+/// event saying it was interrupted (continuing the hash chain), after closing a gap left
+/// open. Blocking.
 ///
 /// # Errors
-/// The spool is unreadable, corrupt in its middle or altered (the text says where): the
-/// recording must be quarantined, not delivered.
-pub fn rebuild(paths: &Paths, streaming: bool) -> Result<Rebuilt, String> {
+/// [`RebuildError::Corrupt`]: the spool is unreadable, corrupt in its middle or altered
+/// (the text says where): the recording must be quarantined, not delivered.
+/// [`RebuildError::Transient`]: the files could not be written (a full disk): try again.
+pub fn rebuild(paths: &Paths, streaming: bool) -> Result<Rebuilt, RebuildError> {
     use crate::recorder::spool::{ChainChecker, SpoolError};
     use crate::recorder::Event;
-    let file = File::open(&paths.events).map_err(|e| format!("cannot open the spool: {e}"))?;
+    use RebuildError::{Corrupt, Transient};
+    let file = File::open(&paths.events).map_err(|e| {
+        let text = format!("cannot open the spool: {e}");
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Corrupt(text)
+        } else {
+            Transient(text)
+        }
+    })?;
     let file_len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let mut reader = crate::replay::SpoolReader::new(BufReader::new(file))?;
+    let mut reader = crate::replay::SpoolReader::new(BufReader::new(file)).map_err(Corrupt)?;
     let mut checker = ChainChecker::new();
+    // Each event read, with the chain's value and the record count after it.
+    type Read = Option<(Event, crate::recorder::spool::Chain, u64)>;
     let mut next_event =
-        |reader: &mut crate::replay::SpoolReader<_>| -> Result<Option<Event>, String> {
+        |reader: &mut crate::replay::SpoolReader<_>| -> Result<Read, RebuildError> {
             match reader.next() {
                 None | Some(Err(SpoolError::Truncated { .. })) => Ok(None),
-                Some(Err(e)) => Err(format!("record {}: {e}", checker.count())),
+                Some(Err(e)) => Err(Corrupt(format!("record {}: {e}", checker.count()))),
                 Some(Ok(record)) => {
-                    checker.check(&record).map_err(|e| e.to_string())?;
+                    checker.check(&record).map_err(|e| Corrupt(e.to_string()))?;
                     let text = String::from_utf8_lossy(&record.payload);
-                    Event::from_json_line(&text)
-                        .map(Some)
-                        .map_err(|e| format!("record {}: not an event: {e}", checker.count() - 1))
+                    let event = Event::from_json_line(&text).map_err(|e| {
+                        Corrupt(format!("record {}: not an event: {e}", checker.count() - 1))
+                    })?;
+                    Ok(Some((event, checker.head(), checker.count())))
                 }
             }
         };
     let start = match next_event(&mut reader)? {
-        Some(Event {
-            kind: EventKind::Start(info),
-            ..
-        }) => info,
-        Some(_) => return Err("the first record is not the session's start".into()),
-        None => return Err("the spool holds no events".into()),
+        Some((
+            Event {
+                kind: EventKind::Start(info),
+                ..
+            },
+            _,
+            _,
+        )) => info,
+        Some(_) => {
+            return Err(Corrupt(
+                "the first record is not the session's start".into(),
+            ))
+        }
+        None => return Err(Corrupt("the spool holds no events".into())),
     };
-    let files = Files::open(paths, streaming, true)
-        .map_err(|e| format!("cannot rewrite the derived files: {e}"))?;
+    let files = Files::open(paths, streaming, true, DEFAULT_HEADROOM)
+        .map_err(|e| Transient(format!("cannot rewrite the derived files: {e}")))?;
     let (progress, _) = watch::channel(0);
     let mut worker = Worker::new(Recorder::new(start).forget_taken_lines(), files, progress);
     worker.spool_from = u64::MAX;
@@ -752,24 +1184,27 @@ pub fn rebuild(paths: &Paths, streaming: bool) -> Result<Rebuilt, String> {
     let mut last_at = 0;
     let mut ended = false;
     let mut handled = 0usize;
-    while let Some(event) = next_event(&mut reader)? {
+    let (mut head, mut count) = (crate::recorder::spool::CHAIN_START, 1);
+    while let Some((event, chain, records)) = next_event(&mut reader)? {
+        // What the live recorder knew as it recorded this event (the end's stream
+        // record carries it).
+        (worker.files.chain, worker.files.records) = (chain, records);
+        (head, count) = (chain, records);
         if ended {
-            return Err(format!("event {} follows the end event", event.seq));
+            return Err(Corrupt(format!(
+                "event {} follows the end event",
+                event.seq
+            )));
         }
-        let at = event.at_ms;
-        last_at = at;
-        let msg = match event.kind {
-            EventKind::Output { data } => Rec::Output(at, data),
-            EventKind::Input { data } => Rec::Input(at, data),
-            EventKind::InputRedacted { bytes, lines } => Rec::Redacted(at, bytes, lines),
-            EventKind::Resize { cols, rows } => Rec::Resize(at, cols, rows),
-            EventKind::End { exit_code, how } => {
-                ended = true;
-                Rec::End(at, exit_code, how)
+        last_at = event.at_ms;
+        match event.kind {
+            EventKind::Start(_) => {
+                return Err(Corrupt(format!("event {} is a second start", event.seq)))
             }
-            EventKind::Start(_) => return Err(format!("event {} is a second start", event.seq)),
-        };
-        worker.apply(msg);
+            EventKind::End { .. } => ended = true,
+            _ => {}
+        }
+        worker.apply(Rec::Replayed(event.at_ms, event.kind));
         handled += 1;
         if handled % BATCH == 0 {
             worker.flush_lines(false);
@@ -782,19 +1217,47 @@ pub fn rebuild(paths: &Paths, streaming: bool) -> Result<Rebuilt, String> {
             .write(true)
             .open(&paths.events)
             .and_then(|f| f.set_len(good))
-            .map_err(|e| format!("cannot cut the torn last record: {e}"))?;
+            .map_err(|e| Transient(format!("cannot cut the torn last record: {e}")))?;
     }
-    worker.files.chain = checker.head();
-    worker.spool_from = checker.count();
+    // From here on, new records are written after what was read.
+    worker.files.spool = ReservedFile::open(&paths.events, DEFAULT_HEADROOM)
+        .map_err(|e| Transient(format!("cannot reopen the spool: {e}")))?;
+    if count == 1 {
+        // Only the start was read.
+        (head, count) = (checker.head(), checker.count());
+    }
+    worker.files.chain = head;
+    worker.files.records = count;
+    worker.spool_from = count;
     if !ended {
+        if let Some(from_ms) = worker.replayed_open_gap.take() {
+            worker.write_control(
+                last_at,
+                EventKind::Gap {
+                    from_ms,
+                    to_ms: Some(last_at.max(from_ms)),
+                    bytes: 0,
+                    events: 0,
+                    reason: "the agent stopped during a gap; how much was lost is not known".into(),
+                },
+            );
+        }
         worker.apply(Rec::End(last_at, None, INTERRUPTED.into()));
     }
     worker.flush_lines(true);
+    worker.files.release();
     if let Some(e) = worker.summary.error.take() {
-        return Err(e);
+        return Err(Transient(e));
     }
+    if !ended && worker.files.records <= count {
+        return Err(Transient(
+            "the interruption could not be recorded (the disk is full?)".into(),
+        ));
+    }
+    let summary = worker.finish_summary();
+    note_spool_end(paths, &summary);
     Ok(Rebuilt {
-        summary: worker.summary,
+        summary,
         interrupted: !ended,
         torn_bytes,
     })
@@ -1221,6 +1684,15 @@ pub struct DeliveryStatus {
     /// What went wrong.
     #[serde(default)]
     pub errors: Vec<String>,
+    /// The recording holds the whole session: no gap, nothing failed to be written.
+    #[serde(default)]
+    pub recording_complete: bool,
+    /// Records in the spool, and its chain head (hex): compare copies with them.
+    #[serde(default)]
+    pub spool_records: u64,
+    /// See `spool_records`.
+    #[serde(default)]
+    pub spool_head: String,
 }
 
 impl Delivery {
@@ -1230,8 +1702,11 @@ impl Delivery {
             complete: true,
             ..DeliveryStatus::default()
         };
-        if let Some(e) = &self.summary.error {
-            status.errors.push(format!("recording incomplete: {e}"));
+        status.recording_complete = self.summary.incomplete().is_none();
+        status.spool_records = self.summary.spool_records;
+        status.spool_head.clone_from(&self.summary.spool_head);
+        if let Some(why) = self.summary.incomplete() {
+            status.errors.push(format!("recording incomplete: {why}"));
         }
         status.errors.extend(self.skipped.iter().cloned());
         if let Some(handle) = self.streamer {
@@ -1279,7 +1754,15 @@ impl Delivery {
         if let Err(e) = write_atomic(&path, &json) {
             tracing::warn!(path = %path.display(), error = %e, "Cannot write the delivery status");
         }
-        tracing::info!(session = %self.session_id, complete = status.complete, s3 = ?status.s3_keys, cloudwatch_events = status.cloudwatch_events, "Recording delivered");
+        let recording = self
+            .summary
+            .incomplete()
+            .map_or_else(|| "complete".to_owned(), |why| format!("INCOMPLETE: {why}"));
+        if status.recording_complete {
+            tracing::info!(session = %self.session_id, complete = status.complete, %recording, s3 = ?status.s3_keys, cloudwatch_events = status.cloudwatch_events, "Recording delivered");
+        } else {
+            tracing::error!(session = %self.session_id, complete = status.complete, %recording, s3 = ?status.s3_keys, cloudwatch_events = status.cloudwatch_events, "Recording delivered, but it does not hold the whole session");
+        }
         status
     }
 }
@@ -1344,8 +1827,13 @@ mod tests {
 
     /// Records a small session with every kind of event; returns its paths.
     async fn record_session(root: &Path, session_id: &str) -> Paths {
-        let (tap, recording) =
-            Recording::start(root, start(session_id), &streaming_meta(session_id)).unwrap();
+        let (tap, recording) = Recording::start(
+            root,
+            start(session_id),
+            &streaming_meta(session_id),
+            Options::default(),
+        )
+        .unwrap();
         tap.output(b"$ ").await;
         let t = tap.clone();
         tokio::task::spawn_blocking(move || {
@@ -1418,10 +1906,24 @@ mod tests {
             String::from_utf8(stream).unwrap(),
             String::from_utf8(original[2].clone()).unwrap(),
         );
-        let (new_last, old_last) = (new.lines().last().unwrap(), old.lines().last().unwrap());
-        assert_eq!(new.lines().count(), old.lines().count());
-        assert!(new.starts_with(old.strip_suffix(&format!("{old_last}\n")).unwrap()));
-        assert!(new_last.contains("[session interrupted"), "{new_last}");
+        // Same records up to the last output, which now says so, and the end record
+        // that names how the session ended.
+        let (new_lines, old_lines): (Vec<&str>, Vec<&str>) =
+            (new.lines().collect(), old.lines().collect());
+        assert_eq!(new_lines.len(), old_lines.len());
+        let n = new_lines.len();
+        assert_eq!(new_lines[..n - 2], old_lines[..n - 2]);
+        assert!(
+            new_lines[n - 2].contains("[session interrupted"),
+            "{}",
+            new_lines[n - 2]
+        );
+        assert!(
+            new_lines[n - 1].contains("[session ended: interrupted"),
+            "{}",
+            new_lines[n - 1]
+        );
+        assert!(old_lines[n - 1].contains("[session ended: exited, status 0]"));
         // The spool now ends with the interruption, chain intact.
         let f = std::fs::File::open(&paths.events).unwrap();
         assert!(matches!(
@@ -1456,13 +1958,16 @@ mod tests {
         bad[mid] ^= 0x20;
         std::fs::write(&paths.events, &bad).unwrap();
         let err = rebuild(&paths, true).unwrap_err();
-        assert!(err.starts_with("record "), "{err}");
+        assert!(
+            matches!(&err, RebuildError::Corrupt(t) if t.starts_with("record ")),
+            "{err}"
+        );
         std::fs::write(&paths.events, b"not a spool").unwrap();
         assert!(rebuild(&paths, true).is_err());
         std::fs::write(&paths.events, crate::recorder::spool::MAGIC).unwrap();
         assert_eq!(
             rebuild(&paths, true).unwrap_err(),
-            "the spool holds no events"
+            RebuildError::Corrupt("the spool holds no events".into())
         );
     }
 
@@ -1470,8 +1975,13 @@ mod tests {
     async fn recording_writes_private_files_and_streams_records() {
         use std::os::unix::fs::PermissionsExt;
         let root = tempfile::tempdir().unwrap();
-        let (tap, recording) =
-            Recording::start(root.path(), start("s-1"), &streaming_meta("s-1")).unwrap();
+        let (tap, recording) = Recording::start(
+            root.path(),
+            start("s-1"),
+            &streaming_meta("s-1"),
+            Options::default(),
+        )
+        .unwrap();
         let progress = recording.stream_progress.clone().unwrap();
         tap.output(b"$ ").await;
         let t = tap.clone();

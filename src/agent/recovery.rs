@@ -17,8 +17,11 @@
 //! header, a corrupt or altered record in its middle, events after the end — is moved to
 //! `<state>/quarantine/` with a `QUARANTINED.txt` saying why and one error line in the
 //! log. It is never retried and never blocks the others (each is handled on its own).
+//! A recording that cannot be rebuilt for a passing reason (the disk is full, an I/O
+//! error) is left where it is and tried again every [`RETRY_TRANSIENT`] while the agent
+//! runs: quarantine is for corruption only.
 
-use super::recording::{self, Delivery, Meta, Paths};
+use super::recording::{self, Delivery, Meta, Paths, RebuildError};
 use super::Ctx;
 use crate::delivery::aws::{Logs, S3};
 use std::path::{Path, PathBuf};
@@ -80,19 +83,31 @@ pub fn quarantine(state_dir: &Path, dir: &Path, reason: &str) -> std::io::Result
 ///
 /// # Errors
 /// Why the recording cannot be trusted.
-pub fn prepare(root: &Path, dir: &Path) -> Result<(Meta, Paths, recording::Rebuilt), String> {
-    let meta = Meta::read(dir)?;
+pub fn prepare(root: &Path, dir: &Path) -> Result<(Meta, Paths, recording::Rebuilt), RebuildError> {
+    let meta = match std::fs::metadata(dir.join(recording::META_FILE)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(RebuildError::Transient(format!(
+                "cannot read {}: {e}",
+                recording::META_FILE
+            )))
+        }
+        _ => Meta::read(dir).map_err(RebuildError::Corrupt)?,
+    };
     let paths = Paths::new(root, &meta.session_id);
     if paths.dir != dir {
-        return Err(format!(
+        return Err(RebuildError::Corrupt(format!(
             "{} names session \"{}\", which is not this directory",
             recording::META_FILE,
             meta.session_id
-        ));
+        )));
     }
     let rebuilt = recording::rebuild(&paths, meta.streaming())?;
     Ok((meta, paths, rebuilt))
 }
+
+/// How long a recording that could not be rebuilt for a passing reason (a full disk) waits
+/// before the next try.
+pub const RETRY_TRANSIENT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Recovers every unsettled recording: rebuilds them one by one, then delivers each on
 /// its own task.
@@ -111,25 +126,45 @@ pub(crate) async fn recover_all(ctx: Arc<Ctx>) {
         count = dirs.len(),
         "Delivering recordings left undelivered by an earlier run"
     );
-    for dir in dirs {
-        let (r, d) = (root.clone(), dir.clone());
-        let prepared = tokio::task::spawn_blocking(move || prepare(&r, &d))
-            .await
-            .unwrap_or_else(|e| Err(format!("the rebuild failed: {e}")));
-        match prepared {
-            Ok((meta, paths, rebuilt)) => {
-                tracing::info!(session = %meta.session_id, interrupted = rebuilt.interrupted, events = rebuilt.summary.events, torn_bytes = rebuilt.torn_bytes, "Recording recovered");
-                let task_ctx = ctx.clone();
-                ctx.tasks.spawn(async move {
-                    let delivery = delivery_for(&task_ctx, meta, paths, rebuilt.summary).await;
-                    delivery.run().await;
+    let mut waiting = dirs;
+    loop {
+        let mut again = Vec::new();
+        for dir in waiting {
+            let (r, d) = (root.clone(), dir.clone());
+            let prepared = tokio::task::spawn_blocking(move || prepare(&r, &d))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(RebuildError::Transient(format!("the rebuild failed: {e}")))
                 });
-            }
-            Err(reason) => {
-                if let Err(e) = quarantine(&ctx.config.state_dir, &dir, &reason) {
-                    tracing::error!(recording = %dir.display(), reason, error = %e, "A recording cannot be delivered and could not be moved to quarantine");
+            match prepared {
+                Ok((meta, paths, rebuilt)) => {
+                    tracing::info!(session = %meta.session_id, interrupted = rebuilt.interrupted, events = rebuilt.summary.events, torn_bytes = rebuilt.torn_bytes, "Recording recovered");
+                    let task_ctx = ctx.clone();
+                    ctx.tasks.spawn(async move {
+                        let delivery = delivery_for(&task_ctx, meta, paths, rebuilt.summary).await;
+                        delivery.run().await;
+                    });
+                }
+                Err(RebuildError::Corrupt(reason)) => {
+                    if let Err(e) = quarantine(&ctx.config.state_dir, &dir, &reason) {
+                        tracing::error!(recording = %dir.display(), reason, error = %e, "A recording cannot be delivered and could not be moved to quarantine");
+                    }
+                }
+                Err(RebuildError::Transient(reason)) => {
+                    // A full disk, a read-only remount: not the recording's fault. It
+                    // stays where it is and is tried again; never quarantined for this.
+                    tracing::warn!(recording = %dir.display(), reason, retry_in = ?RETRY_TRANSIENT, "A recording left by an earlier run cannot be rebuilt yet; trying again later");
+                    again.push(dir);
                 }
             }
+        }
+        if again.is_empty() {
+            return;
+        }
+        waiting = again;
+        tokio::select! {
+            () = tokio::time::sleep(RETRY_TRANSIENT) => {}
+            () = ctx.stopping.cancelled() => return,
         }
     }
 }

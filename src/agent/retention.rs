@@ -24,6 +24,9 @@ pub struct Policy {
     /// Free space the recordings' file system must keep for a new session to be recorded
     /// durably.
     pub min_free_bytes: u64,
+    /// Disk space reserved ahead of each running session's recording
+    /// (`agent::reserve`), renewed as it grows and released at its end.
+    pub headroom_bytes: u64,
     /// Refuse new sessions that cannot be recorded durably (fail-closed) instead of
     /// running them with a warning (fail-open, the default).
     pub fail_closed: bool,
@@ -35,6 +38,7 @@ impl Default for Policy {
             retention: Duration::from_secs(14 * 24 * 3600),
             quota_bytes: 2 * 1024 * 1024 * 1024,
             min_free_bytes: 256 * 1024 * 1024,
+            headroom_bytes: 4 * 1024 * 1024,
             fail_closed: false,
         }
     }

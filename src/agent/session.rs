@@ -99,6 +99,15 @@ pub enum Ending {
     TimedOut(Limit),
     /// The agent itself could not carry on (a thread could not start).
     Internal(String),
+    /// The recording could not be written and the policy is `fail-closed`.
+    RecordingFailed(String),
+}
+
+/// Shown in a session that ends because its recording failed (`fail-closed`).
+pub fn recording_failed_notice(reason: &str) -> String {
+    format!(
+        "[session-agent] This session ends now: its recording cannot be written ({reason}). The agent is set to end sessions it cannot record (recording_policy = \"fail-closed\")."
+    )
 }
 
 /// Which time limit.
@@ -610,6 +619,7 @@ impl DataChannel {
         limits: Limits,
         cancel: &CancellationToken,
         tap: Option<Tap>,
+        recording_failed: Option<tokio::sync::oneshot::Receiver<String>>,
     ) -> (Ending, Option<Box<dyn Write + Send>>) {
         let ShellIo {
             mut reader,
@@ -644,8 +654,11 @@ impl DataChannel {
             .spawn(move || {
                 while let Some(bytes) = in_rx.blocking_recv() {
                     if let Some(tap) = &input_tap {
-                        // The terminal's state as these bytes reach it decides redaction.
-                        tap.input_blocking(&bytes, echo_probe());
+                        // The terminal's state as these bytes reach it decides redaction;
+                        // under fail-closed, nothing the recording did not take is typed.
+                        if !tap.input_blocking(&bytes, echo_probe()) {
+                            continue;
+                        }
                     }
                     if writer
                         .write_all(&bytes)
@@ -676,6 +689,7 @@ impl DataChannel {
                 limits,
                 cancel,
                 tap.as_ref(),
+                recording_failed,
             )
             .await;
         drop(in_tx);
@@ -697,8 +711,10 @@ impl DataChannel {
         limits: Limits,
         cancel: &CancellationToken,
         tap: Option<&Tap>,
+        recording_failed: Option<tokio::sync::oneshot::Receiver<String>>,
     ) -> Ending {
         let started = Instant::now();
+        let mut recording_failed = recording_failed;
         let mut last_activity = started;
         let mut warned_for: Option<Instant> = None;
         let mut exit_seen = false;
@@ -737,6 +753,10 @@ impl DataChannel {
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => return Ending::Terminated,
+                Ok(reason) = async { recording_failed.as_mut().expect("guarded").await }, if recording_failed.is_some() => {
+                    let _ = self.notice(&recording_failed_notice(&reason)).await;
+                    return Ending::RecordingFailed(reason);
+                }
                 () = sleep_opt(drain_deadline) => return Ending::ShellExited,
                 _ = &mut *exited, if !exit_seen => {
                     exit_seen = true;

@@ -56,6 +56,19 @@ pub enum Direction {
     Output,
     /// What the user typed (rendered with [`render_input`]; redacted input as a marker).
     Input,
+    /// The session ended: the stream's last message, with where the spool ended
+    /// ([`SpoolEnd`]). A stream without it was cut short (or the session still runs).
+    End,
+}
+
+/// Where a session's spool ended, carried by the last streamed message so that a copy of
+/// the spool cut short (or a stream cut short) shows against the other.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpoolEnd {
+    /// Records in the spool, the end included.
+    pub records: u64,
+    /// The spool's hash chain value after its last record (hex).
+    pub head: String,
 }
 
 /// One unit of streamed text, as the recorder writes it for the streamer.
@@ -69,6 +82,9 @@ pub struct StreamRecord {
     pub direction: Direction,
     /// The text, one element per line, without line terminators.
     pub lines: Vec<String>,
+    /// The end record only: where the spool ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<SpoolEnd>,
 }
 
 /// The fixed fields of every streamed message of one session.
@@ -110,6 +126,10 @@ struct Message<'a> {
     session_data: &'a [String],
     sequence: u64,
     direction: Direction,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    spool_records: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    spool_head: Option<&'a str>,
 }
 
 /// Bytes the chain field adds to a message: `,"chain":"` + 64 hex + `"` (the closing
@@ -185,6 +205,8 @@ pub fn stream_messages(
             session_data: &part,
             sequence: record.seq,
             direction: record.direction,
+            spool_records: record.end.as_ref().map(|e| e.records),
+            spool_head: record.end.as_ref().map(|e| e.head.as_str()),
         })
         .unwrap_or_default();
         if message.len() + CHAIN_FIELD_BYTES <= MAX_MESSAGE_BYTES {
@@ -285,6 +307,8 @@ pub struct StreamChecker {
     messages: u64,
     duplicates: u64,
     last_sequence: Option<u64>,
+    end: Option<SpoolEnd>,
+    gaps: Vec<String>,
 }
 
 impl StreamChecker {
@@ -308,6 +332,42 @@ impl StreamChecker {
         self.head
     }
 
+    /// Where the spool ended, from the stream's end message; `None` until one is seen
+    /// (a stream cut short, or a session still being streamed).
+    pub fn spool_end(&self) -> Option<&SpoolEnd> {
+        self.end.as_ref()
+    }
+
+    /// Parts of the session the recording lacks (its gap lines), as they were streamed.
+    pub fn gaps(&self) -> &[String] {
+        &self.gaps
+    }
+
+    /// Notes what a checked message says of the recording: its end, its gaps.
+    fn note(&mut self, body: &serde_json::Value) {
+        if body.get("direction").and_then(serde_json::Value::as_str) == Some("end") {
+            let records = body.get("spoolRecords").and_then(serde_json::Value::as_u64);
+            let head = body.get("spoolHead").and_then(serde_json::Value::as_str);
+            if let (Some(records), Some(head)) = (records, head) {
+                self.end = Some(SpoolEnd {
+                    records,
+                    head: head.to_owned(),
+                });
+            }
+        }
+        if let Some(lines) = body
+            .get("sessionData")
+            .and_then(serde_json::Value::as_array)
+        {
+            for l in lines.iter().filter_map(serde_json::Value::as_str) {
+                if l.starts_with("[recording gap: ") {
+                    self.gaps
+                        .push(l.trim_start_matches('[').trim_end_matches(']').to_owned());
+                }
+            }
+        }
+    }
+
     /// Checks the next message of the stream (`index` counts every event read, for the
     /// report).
     ///
@@ -319,8 +379,9 @@ impl StreamChecker {
                 "event {index}: no chain field (not a message streamed by session-agent, or cut short)"
             ));
         };
-        let sequence = serde_json::from_str::<serde_json::Value>(&body)
-            .ok()
+        let parsed = serde_json::from_str::<serde_json::Value>(&body).ok();
+        let sequence = parsed
+            .as_ref()
             .and_then(|v| v.get("sequence").and_then(serde_json::Value::as_u64));
         let Some(sequence) = sequence else {
             return Err(format!("event {index}: not a JSON message with a sequence"));
@@ -337,6 +398,9 @@ impl StreamChecker {
             self.head = claimed;
             self.messages += 1;
             self.last_sequence = Some(sequence);
+            if let Some(v) = &parsed {
+                self.note(v);
+            }
             return Ok(Checked::Next);
         }
         if let Some(prev) = self.seen.get(&claimed) {
@@ -453,6 +517,7 @@ mod tests {
             unix_ms: 1_729_534_091_500,
             direction: Direction::Output,
             lines: vec!["$ ls".into(), "a  b".into()],
+            end: None,
         };
         let mut chain = crate::recorder::spool::CHAIN_START;
         let events = stream_messages(&fields(), &record, &mut chain);
@@ -487,6 +552,7 @@ mod tests {
                 line.clone(),
                 "é".repeat(400_000),
             ],
+            end: None,
         };
         let events = stream_messages(&fields(), &record, &mut [0; 32]);
         assert!(events.len() > 2);
@@ -513,6 +579,7 @@ mod tests {
                     unix_ms: 1000 + i as u64,
                     direction: Direction::Output,
                     lines: vec![format!("line {i}")],
+                    end: None,
                 };
                 stream_messages(&fields(), &record, &mut chain)
             })

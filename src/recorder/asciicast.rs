@@ -78,7 +78,7 @@ pub fn asciicast_line(event: &Event) -> Option<String> {
             },
         ),
         EventKind::Resize { cols, rows } => text_line(event.at_ms, "r", &format!("{cols}x{rows}")),
-        EventKind::Start(_) | EventKind::End { .. } => None,
+        EventKind::Start(_) | EventKind::End { .. } | EventKind::Gap { .. } => None,
     }
 }
 
@@ -154,9 +154,16 @@ impl AsciicastEncoder {
 
     /// The lines (no trailing newlines) for one event, in order. For the end event this
     /// flushes whatever incomplete UTF-8 was held back.
-    pub fn lines(&mut self, event: &Event) -> Vec<String> {
+    pub fn lines(&mut self, event: &Event, started_unix_ms: u64) -> Vec<String> {
         let t = event.at_ms;
         let line = match &event.kind {
+            gap @ EventKind::Gap { .. } => {
+                let note = super::event::gap_note(gap, started_unix_ms).unwrap_or_default();
+                return [("o", self.output.finish()), ("o", note)]
+                    .into_iter()
+                    .filter_map(|(code, text)| text_line(t, code, &text))
+                    .collect();
+            }
             EventKind::Output { data } => text_line(t, "o", &self.output.decode(data)),
             EventKind::Input { data } => text_line(t, "i", &self.input.decode(data)),
             EventKind::End { how, .. } => {
@@ -187,7 +194,7 @@ pub fn asciicast_from_events(events: &[Event]) -> Option<String> {
     out.push('\n');
     let mut encoder = AsciicastEncoder::new();
     for event in events {
-        for line in encoder.lines(event) {
+        for line in encoder.lines(event, start.started_unix_ms) {
             out.push_str(&line);
             out.push('\n');
         }
@@ -296,22 +303,28 @@ mod tests {
     fn encoder_flushes_at_end() {
         let mut enc = AsciicastEncoder::new();
         assert!(
-            enc.lines(&ev(
-                1,
-                EventKind::Output {
-                    data: b"ok\xe2\x82".to_vec()
-                }
-            ))
+            enc.lines(
+                &ev(
+                    1,
+                    EventKind::Output {
+                        data: b"ok\xe2\x82".to_vec()
+                    }
+                ),
+                0
+            )
             .len()
                 == 1
         );
-        let end = enc.lines(&ev(
-            2,
-            EventKind::End {
-                exit_code: Some(0),
-                how: "exited".into(),
-            },
-        ));
+        let end = enc.lines(
+            &ev(
+                2,
+                EventKind::End {
+                    exit_code: Some(0),
+                    how: "exited".into(),
+                },
+            ),
+            0,
+        );
         assert_eq!(end, ["[0.002, \"o\", \"\u{FFFD}\"]".to_owned()]);
     }
 }

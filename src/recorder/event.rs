@@ -97,6 +97,23 @@ pub enum EventKind {
         /// New height in rows.
         rows: u16,
     },
+    /// Part of the session could not be recorded (the disk was full): written when the
+    /// loss begins (`to_ms` absent: open) and again when recording resumes or the
+    /// session ends (`to_ms` set, with what was lost). The chain stays intact across a
+    /// gap, so `verify` reports the recording as incomplete, not as altered.
+    Gap {
+        /// When the loss began (session milliseconds).
+        from_ms: u64,
+        /// When recording resumed; absent in the record written as the loss began.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to_ms: Option<u64>,
+        /// Bytes of output and input not recorded.
+        bytes: u64,
+        /// Events not recorded.
+        events: u64,
+        /// Why, e.g. "no space left on the recordings' file system".
+        reason: String,
+    },
     /// The session ended.
     End {
         /// The shell's exit status, when it exited normally.
@@ -124,6 +141,42 @@ pub fn line_ends(data: &[u8]) -> usize {
 pub fn end_note(how: &str) -> Option<String> {
     how.starts_with("interrupted")
         .then(|| format!("\r\n[session {how}]\r\n"))
+}
+
+/// What the terminal shows where part of a session could not be recorded: a line of its
+/// own, in the transcript, the asciicast and playback. `started_unix_ms` dates it (0:
+/// unknown, times are then offsets into the session).
+pub fn gap_note(kind: &EventKind, started_unix_ms: u64) -> Option<String> {
+    let EventKind::Gap {
+        from_ms,
+        to_ms,
+        bytes,
+        events,
+        reason,
+    } = kind
+    else {
+        return None;
+    };
+    // Dated when the session's start is known, else as an offset into it.
+    #[allow(clippy::cast_precision_loss)] // milliseconds of a session
+    let when = |ms: u64| {
+        if started_unix_ms == 0 {
+            format!("+{:.1} s", ms as f64 / 1000.0)
+        } else {
+            crate::timefmt::rfc3339(started_unix_ms.saturating_add(ms), false)
+        }
+    };
+    Some(match to_ms {
+        None => format!(
+            "\r\n[recording gap begins at {}: {reason}; the session goes on unrecorded until the recording can continue]\r\n",
+            when(*from_ms)
+        ),
+        Some(to) => format!(
+            "\r\n[recording gap: {bytes} bytes in {events} events were not recorded from {} to {}: {reason}]\r\n",
+            when(*from_ms),
+            when(*to)
+        ),
+    })
 }
 
 impl Event {

@@ -116,9 +116,46 @@ impl Recorder {
         self.next_seq
     }
 
+    /// The event `kind` would become if recorded now (its sequence number and time),
+    /// without recording it: the caller may write it first and [`Recorder::commit`] it
+    /// only once it is on disk, so an event that could not be written leaves no trace in
+    /// the stream or the renderers.
+    pub fn next_event(&self, at_ms: u64, kind: EventKind) -> Event {
+        Event {
+            seq: self.next_seq,
+            at_ms: at_ms.max(self.last_at_ms),
+            kind,
+        }
+    }
+
+    /// Records `event`, which [`Recorder::next_event`] made: advances the stream and feeds
+    /// the transcript and asciicast.
+    pub fn commit(&mut self, event: &Event) {
+        match &event.kind {
+            EventKind::Output { data } => self.transcript.process(data),
+            EventKind::Resize { cols, rows } => self.transcript.resize(*cols, *rows),
+            EventKind::Gap { .. } => {
+                let started = self.start_info().map_or(0, |s| s.started_unix_ms);
+                if let Some(note) = event::gap_note(&event.kind, started) {
+                    self.transcript.process(note.as_bytes());
+                }
+            }
+            EventKind::End { how, .. } => {
+                if let Some(note) = event::end_note(how) {
+                    self.transcript.process(note.as_bytes());
+                }
+                self.transcript.finish();
+            }
+            EventKind::Input { .. } | EventKind::InputRedacted { .. } | EventKind::Start(_) => {}
+        }
+        self.last_at_ms = event.at_ms.max(self.last_at_ms);
+        self.next_seq = event.seq + 1;
+        let started = self.start_info().map_or(0, |s| s.started_unix_ms);
+        self.cast_lines.extend(self.cast.lines(event, started));
+    }
+
     /// Records output the shell wrote to the terminal.
     pub fn output(&mut self, at_ms: u64, data: &[u8]) -> Event {
-        self.transcript.process(data);
         self.record(
             at_ms,
             EventKind::Output {
@@ -149,19 +186,19 @@ impl Recorder {
 
     /// Records a terminal resize.
     pub fn resize(&mut self, at_ms: u64, cols: u16, rows: u16) -> Event {
-        self.transcript.resize(cols, rows);
         self.record(at_ms, EventKind::Resize { cols, rows })
     }
 
     /// Records the end of the session and commits the rest of the transcript (with the
     /// [`event::end_note`] of a session cut short).
     pub fn end(&mut self, at_ms: u64, exit_code: Option<i32>, how: impl Into<String>) -> Event {
-        let how = how.into();
-        if let Some(note) = event::end_note(&how) {
-            self.transcript.process(note.as_bytes());
-        }
-        self.transcript.finish();
-        self.record(at_ms, EventKind::End { exit_code, how })
+        self.record(
+            at_ms,
+            EventKind::End {
+                exit_code,
+                how: how.into(),
+            },
+        )
     }
 
     /// Transcript lines completed since the last call (for streaming).
@@ -181,15 +218,8 @@ impl Recorder {
     }
 
     fn record(&mut self, at_ms: u64, kind: EventKind) -> Event {
-        let at_ms = at_ms.max(self.last_at_ms);
-        self.last_at_ms = at_ms;
-        let event = Event {
-            seq: self.next_seq,
-            at_ms,
-            kind,
-        };
-        self.next_seq += 1;
-        self.cast_lines.extend(self.cast.lines(&event));
+        let event = self.next_event(at_ms, kind);
+        self.commit(&event);
         event
     }
 }
@@ -204,11 +234,23 @@ pub fn render_transcript(events: &[Event]) -> String {
             _ => None,
         })
         .unwrap_or((80, 24));
+    let started = events
+        .iter()
+        .find_map(|e| match &e.kind {
+            EventKind::Start(info) => Some(info.started_unix_ms),
+            _ => None,
+        })
+        .unwrap_or(0);
     let mut transcript = Transcript::new(cols, rows);
     for event in events {
         match &event.kind {
             EventKind::Output { data } => transcript.process(data),
             EventKind::Resize { cols, rows } => transcript.resize(*cols, *rows),
+            gap @ EventKind::Gap { .. } => {
+                if let Some(note) = event::gap_note(gap, started) {
+                    transcript.process(note.as_bytes());
+                }
+            }
             EventKind::End { how, .. } => {
                 if let Some(note) = event::end_note(how) {
                     transcript.process(note.as_bytes());

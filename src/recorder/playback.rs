@@ -103,6 +103,14 @@ pub fn parse_line(format: Format, n: usize, line: &str) -> Result<Frame, ReadErr
                     cols,
                     rows,
                 },
+                // So does a part that could not be recorded.
+                gap @ EventKind::Gap { .. } => match super::event::gap_note(&gap, 0) {
+                    Some(note) => Frame::Output {
+                        at_ms: e.at_ms,
+                        data: note.into_bytes(),
+                    },
+                    None => Frame::Skip,
+                },
                 // A session cut short says so where it ends.
                 EventKind::End { how, .. } => match super::event::end_note(&how) {
                     Some(note) => Frame::Output {

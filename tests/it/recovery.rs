@@ -198,7 +198,7 @@ async fn a_daemon_killed_mid_session_delivers_everything_at_its_next_start() {
     let source = format!("cloudwatch://{group}/{sid}");
     let (code, said) = verify_with_localstack(&source);
     assert_eq!(code, Some(0), "{said}");
-    assert!(said.starts_with("intact: "), "{said}");
+    assert!(said.starts_with("intact and complete: "), "{said}");
     // ...and finds an event slipped in afterwards.
     let forged = events[events.len() - 1].replace("interrupted", "completed!!");
     ls.logs
