@@ -26,8 +26,8 @@ pub struct RunArgs {
     /// TOML configuration file; see config/session-agent.example.toml.
     #[arg(long, env = "SESSION_AGENT_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Which service the agent talks to: `local` (a `session-agent gateway`, unsigned
-    /// requests) or `aws` (AWS Systems Manager: every request SigV4-signed with the
+    /// Which service the agent talks to: `local` (a `session-agent gateway` in open mode;
+    /// requests signed with the agent's own key, STATE_DIR/agent-key.json) or `aws` (AWS Systems Manager: every request SigV4-signed with the
     /// instance role or other AWS credentials; endpoint, region and instance id found
     /// as on EC2) [default: local].
     #[arg(long, env = "SESSION_AGENT_GATEWAY")]

@@ -282,8 +282,14 @@ impl Drop for AgentProcess {
 /// `session-agent verify SOURCE` with the AWS variables pointing at LocalStack: the exit
 /// code and what it printed.
 pub fn verify_with_localstack(source: &str) -> (Option<i32>, String) {
+    verify_args_with_localstack(&[source])
+}
+
+/// `session-agent verify ARGS...` with the AWS variables pointing at LocalStack.
+pub fn verify_args_with_localstack(args: &[&str]) -> (Option<i32>, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_session-agent"))
-        .args(["verify", source])
+        .arg("verify")
+        .args(args)
         .env("AWS_ENDPOINT_URL", LOCALSTACK)
         .env("AWS_ACCESS_KEY_ID", "test")
         .env("AWS_SECRET_ACCESS_KEY", "test")

@@ -4,7 +4,9 @@
 //! The disk tests mount a small tmpfs of their own for the agent's state directory (root
 //! is needed to mount; without it they say so and do nothing else).
 
-use crate::recording::{gateway, verify_with_localstack, AgentProcess};
+use crate::recording::{
+    gateway, verify_args_with_localstack, verify_with_localstack, AgentProcess, LocalStack,
+};
 use crate::support::*;
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -394,6 +396,61 @@ async fn a_recording_cut_short_never_verifies_as_whole() {
     let said = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{said}");
     assert!(said.contains("MISMATCH"), "{said}");
+    drop(agent);
+    gw.stop().await;
+}
+
+/// The S3 copy of a spool and the CloudWatch stream of the same session agree on where
+/// the spool ended; a copy cut short and put back in S3 (with an end forged on it or
+/// not) does not.
+#[tokio::test]
+async fn the_s3_copy_and_the_cloudwatch_stream_vouch_for_each_other() {
+    let ls = LocalStack::get().await;
+    let bucket = ls.bucket(false).await;
+    let group = ls.log_group(false).await;
+    let gw = gateway(json!({
+        "s3BucketName": bucket,
+        "cloudWatchLogGroupName": group,
+        "cloudWatchStreamingEnabled": true,
+    }))
+    .await;
+    let agent = AgentProcess::start(&gw, "cut-sinks").await;
+    let (sid, mut client) = open_shell(&gw, "cut-sinks").await;
+    for i in 0..8 {
+        client.type_text(&format!("echo sink-{i}\r")).await;
+        client.expect(&format!("sink-{i}\r\n$ ")).await;
+    }
+    client.type_text("exit\r").await;
+    client.until_closed().await;
+    let report = agent.delivery(&sid, Duration::from_secs(30)).await;
+    assert_eq!(report["complete"], true, "{report}");
+    let s3 = format!("s3://{bucket}/{sid}.spool");
+    let cw = format!("cloudwatch://{group}/{sid}");
+    let (code, said) = verify_with_localstack(&cw);
+    assert_eq!(code, Some(0), "{said}");
+    let (code, said) = verify_args_with_localstack(&[&s3, "--against", &cw]);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("matches cloudwatch://"), "{said}");
+    // The S3 copy cut at a record boundary, put back under another key.
+    let bytes = ls.object(&bucket, &format!("{sid}.spool"), WAIT).await;
+    let mut ends = Vec::new();
+    let mut reader = session_agent::replay::SpoolReader::new(&bytes[..]).unwrap();
+    while let Some(Ok(_)) = reader.next() {
+        ends.push(usize::try_from(reader.offset()).unwrap());
+    }
+    let cut = bytes[..ends[ends.len() - 5]].to_vec();
+    ls.s3
+        .put_object()
+        .bucket(&bucket)
+        .key("cut.spool")
+        .body(cut.into())
+        .send()
+        .await
+        .unwrap();
+    let (code, said) =
+        verify_args_with_localstack(&[&format!("s3://{bucket}/cut.spool"), "--against", &cw]);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("which s3://"), "{said}");
     drop(agent);
     gw.stop().await;
 }
