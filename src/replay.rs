@@ -685,4 +685,67 @@ mod tests {
         }
         assert!(verify_spool(&b"{\"seq\":0}\n"[..]).is_err());
     }
+
+    fn spool_from(payloads: &[String]) -> Vec<u8> {
+        let mut out = spool::MAGIC.to_vec();
+        let mut chain = spool::CHAIN_START;
+        for p in payloads {
+            chain = spool::chain_next(&chain, p.as_bytes());
+            out.extend(spool::encode_record(&chain, p.as_bytes()));
+        }
+        out
+    }
+
+    #[test]
+    fn only_a_recording_with_its_end_and_no_gap_is_complete() {
+        let ev = |seq: u64, body: &str| format!(r#"{{"seq":{seq},"at_ms":{seq},{body}}}"#);
+        let start = ev(
+            0,
+            r#""type":"start","session_id":"s","user":"u","run_as_user":"r","owner":"o","target":"t","cols":80,"rows":24,"started_unix_ms":1700000000000"#,
+        );
+        let out = |seq| ev(seq, r#""type":"output","data":"aGk=""#);
+        let end = |seq| ev(seq, r#""type":"end","exit_code":0,"how":"exited""#);
+        let whole = spool_from(&[start.clone(), out(1), end(2)]);
+        let v = verify_spool(&whole[..]).unwrap();
+        assert!(v.complete(), "{v:?}");
+        let no_end = spool_from(&[start.clone(), out(1)]);
+        let v = verify_spool(&no_end[..]).unwrap();
+        assert!(
+            !v.complete() && matches!(v, Verdict::Intact { ended: None, .. }),
+            "{v:?}"
+        );
+        let gap = ev(
+            2,
+            r#""type":"gap","from_ms":2,"to_ms":9,"bytes":300,"events":4,"reason":"no space left""#,
+        );
+        let gapped = spool_from(&[start.clone(), out(1), gap, end(3)]);
+        match verify_spool(&gapped[..]).unwrap() {
+            v @ Verdict::Intact { .. } if !v.complete() => {
+                let Verdict::Intact { gaps, .. } = v else {
+                    unreachable!()
+                };
+                assert_eq!(gaps.len(), 1);
+                assert!(
+                    gaps[0].contains("300 bytes in 4 events") && gaps[0].contains("no space left"),
+                    "{gaps:?}"
+                );
+                assert!(gaps[0].contains("2023-11-14T22:13:20Z"), "dated: {gaps:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let open_gap = ev(
+            1,
+            r#""type":"gap","from_ms":2,"bytes":0,"events":0,"reason":"no space left""#,
+        );
+        let v = verify_spool(&spool_from(&[start.clone(), open_gap, end(2)])[..]).unwrap();
+        assert!(
+            matches!(&v, Verdict::Intact { gaps, .. } if gaps[0].ends_with("(never closed)")),
+            "{v:?}"
+        );
+        // An event after the end is not a recording any writer makes.
+        let after = spool_from(&[start, end(1), out(2)]);
+        assert!(
+            matches!(verify_spool(&after[..]).unwrap(), Verdict::Broken(w) if w.contains("after the session's end"))
+        );
+    }
 }

@@ -1,11 +1,11 @@
-//! Who is calling. Every request passes through [`verify_layer`], which decides the
+//! Who is calling. Every request passes through `verify_layer`, which decides the
 //! [`Caller`] once and hands it to the handlers (a request extension); no handler reads
 //! credentials from headers itself.
 //!
 //! * **Open mode** (default): a SigV4 `Authorization` header is parsed, not verified, and
 //!   its access key id names the caller (the *principal* is the key id); an unsigned
 //!   request is the caller `anonymous`. Identities are claims: anyone who can reach the
-//!   gateway can claim any key id. Ownership rules ([`super::access`]) still apply to the
+//!   gateway can claim any key id. Ownership rules (`gateway::access`) still apply to the
 //!   claimed identity, which keeps honest users apart but stops no attacker.
 //! * **Strict mode** (`--strict-sigv4 --credentials FILE`, [`StrictSigV4`]) verifies every
 //!   signature against the keys in an AWS-style credentials file, as AWS does: the SSM API

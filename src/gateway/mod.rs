@@ -108,7 +108,7 @@ pub struct GatewayConfig {
     /// Strict mode: every signature verified against these keys (see
     /// [`auth::StrictSigV4`]); `None` accepts any.
     pub strict_sigv4: Option<Arc<auth::StrictSigV4>>,
-    /// Principals that may see, resume and terminate every session (see [`access`]).
+    /// Principals that may see, resume and terminate every session (see `gateway::access`).
     pub admins: Vec<String>,
     /// Limits that keep one caller from exhausting the gateway for the others.
     pub limits: Limits,
