@@ -78,8 +78,20 @@ impl<R: Read> Iterator for SpoolReader<R> {
         if self.done {
             return None;
         }
+        let unreadable = |offset, e: std::io::Error| {
+            Some(Err(spool::SpoolError::Unreadable {
+                offset,
+                reason: e.to_string(),
+            }))
+        };
         let mut buf = vec![0u8; spool::HEADER_LEN];
-        let got = read_full(&mut self.inner, &mut buf);
+        let got = match read_full(&mut self.inner, &mut buf) {
+            Ok(n) => n,
+            Err(e) => {
+                self.done = true;
+                return unreadable(self.offset, e);
+            }
+        };
         if got == 0 {
             self.done = true;
             return None;
@@ -89,8 +101,13 @@ impl<R: Read> Iterator for SpoolReader<R> {
             let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
             if len <= spool::MAX_PAYLOAD {
                 buf.resize(spool::HEADER_LEN + len, 0);
-                let n = read_full(&mut self.inner, &mut buf[spool::HEADER_LEN..]);
-                buf.truncate(spool::HEADER_LEN + n);
+                match read_full(&mut self.inner, &mut buf[spool::HEADER_LEN..]) {
+                    Ok(n) => buf.truncate(spool::HEADER_LEN + n),
+                    Err(e) => {
+                        self.done = true;
+                        return unreadable(self.offset, e);
+                    }
+                }
             }
         }
         match spool::decode_record(&buf, self.offset) {
@@ -107,16 +124,20 @@ impl<R: Read> Iterator for SpoolReader<R> {
     }
 }
 
-/// Reads until `buf` is full or the input ends; the count read.
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> usize {
+/// Reads until `buf` is full or the input ends; the count read. A read error is an
+/// error, never taken for the end (it would look like a torn tail, and a rebuild would
+/// cut good records off).
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match r.read(&mut buf[n..]) {
-            Ok(0) | Err(_) => break,
+            Ok(0) => break,
             Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
-    n
+    Ok(n)
 }
 
 fn open(file: &PathBuf) -> Result<(Format, Lines), String> {
@@ -310,6 +331,7 @@ pub fn verify_spool(input: impl Read) -> Result<Verdict, String> {
                 torn_tail = true;
                 break;
             }
+            Err(e @ spool::SpoolError::Unreadable { .. }) => return Err(e.to_string()),
             Err(e) => return Ok(Verdict::Broken(format!("record {}: {e}", checker.count()))),
         };
         if let Err(e) = checker.check(&r) {
@@ -375,6 +397,9 @@ struct Checked {
 /// that differ), 2 unreadable, 3 intact but incomplete.
 pub async fn verify(args: &VerifyArgs, out: &mut impl Write) -> u8 {
     let this = check_source(&args.source, out).await;
+    if this.status == 2 {
+        return 2;
+    }
     let mut status = this.status;
     let other = match &args.against {
         Some(other) => {
@@ -383,6 +408,7 @@ pub async fn verify(args: &VerifyArgs, out: &mut impl Write) -> u8 {
             if checked.status == 2 {
                 return 2;
             }
+            status = worse(status, checked.status);
             Some((other.clone(), checked.end))
         }
         None => local_end_note(&args.source).map(|end| ("its session.json".to_owned(), Some(end))),
@@ -409,7 +435,7 @@ pub async fn verify(args: &VerifyArgs, out: &mut impl Write) -> u8 {
                     out,
                     "{name} says nothing of where the recording ended (no end recorded there)"
                 );
-                status = status.max(3);
+                status = worse(status, 3);
             }
             (None, Some(b)) => {
                 let _ = writeln!(
@@ -422,6 +448,22 @@ pub async fn verify(args: &VerifyArgs, out: &mut impl Write) -> u8 {
         }
     }
     status
+}
+
+/// The worse of two verdicts' exit statuses: broken (1) over incomplete (3) over
+/// complete (0).
+fn worse(a: u8, b: u8) -> u8 {
+    let rank = |s: u8| match s {
+        1 => 3,
+        3 => 2,
+        0 => 1,
+        _ => 4,
+    };
+    if rank(a) >= rank(b) {
+        a
+    } else {
+        b
+    }
 }
 
 /// The end a local spool's `session.json` noted, if any.

@@ -59,6 +59,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, oneshot, watch};
 
+/// Under `fail-closed`, how long input waits for the recorder to write it before it is
+/// dropped (the recorder is stuck: the recording has failed).
+const INPUT_ACK_WAIT: Duration = Duration::from_secs(10);
 /// Messages queued between the pump and the recorder thread.
 const TAP_QUEUE: usize = 16;
 /// Events the recorder handles before it flushes and hands lines on.
@@ -235,6 +238,9 @@ enum Rec {
     End(u64, Option<i32>, String),
     /// An event read back from a spool (a rebuild), recorded as it was.
     Replayed(u64, EventKind),
+    /// Input under `fail-closed`: the writer learns whether it was recorded before it
+    /// types it.
+    Acked(Box<Rec>, std::sync::mpsc::Sender<bool>),
 }
 
 impl Rec {
@@ -244,6 +250,7 @@ impl Rec {
             Rec::Output(_, d) | Rec::Input(_, d) => d.len(),
             Rec::Redacted(_, n, _) => *n,
             Rec::Replayed(_, EventKind::Output { data } | EventKind::Input { data }) => data.len(),
+            Rec::Acked(inner, _) => inner.data_len(),
             _ => 0,
         }
     }
@@ -258,6 +265,8 @@ pub struct Tap {
     /// Set when the recording failed under `fail-closed`: input no longer reaches the
     /// shell (nothing unrecorded is typed while the session is being ended).
     closed: Arc<AtomicBool>,
+    /// `fail-closed`: input is typed only once the recorder has written it.
+    strict: bool,
 }
 
 impl std::fmt::Debug for Rec {
@@ -300,8 +309,26 @@ impl Tap {
         } else {
             Rec::Input(self.at(), bytes.to_vec())
         };
-        let _ = self.tx.blocking_send(msg);
-        !self.closed.load(Ordering::SeqCst)
+        if !self.strict {
+            let _ = self.tx.blocking_send(msg);
+            return true;
+        }
+        // fail-closed: typed only once it is on disk (a recorder that is gone, or that
+        // does not answer, counts as a failed recording).
+        let (ack, recorded) = std::sync::mpsc::channel();
+        if self
+            .tx
+            .blocking_send(Rec::Acked(Box::new(msg), ack))
+            .is_err()
+        {
+            self.closed.store(true, Ordering::SeqCst);
+            return false;
+        }
+        let ok = recorded.recv_timeout(INPUT_ACK_WAIT).unwrap_or(false);
+        if !ok {
+            self.closed.store(true, Ordering::SeqCst);
+        }
+        ok && !self.closed.load(Ordering::SeqCst)
     }
 
     /// Records the end of the session.
@@ -433,6 +460,7 @@ impl Recording {
                 tx,
                 started: Instant::now(),
                 closed,
+                strict: options.fail_closed,
             },
             Self {
                 paths,
@@ -540,7 +568,9 @@ impl Files {
     fn open(paths: &Paths, streaming: bool, fresh: bool, headroom: u64) -> std::io::Result<Self> {
         let mut spool = ReservedFile::open(&paths.events, headroom)?;
         if spool.is_empty() {
-            spool.reserve(headroom)?;
+            // The reservation proper (and what its failure means) is Files::reserve's;
+            // the header needs only a few bytes.
+            let _ = spool.reserve(headroom);
             spool.append(crate::recorder::spool::MAGIC)?;
         }
         let quarter = headroom / 4;
@@ -707,7 +737,7 @@ impl Worker {
             let Some(first) = rx.blocking_recv() else {
                 // Every tap dropped without an end: the session task failed.
                 let at = unix_ms().saturating_sub(self.started_unix_ms);
-                self.apply(Rec::End(at, None, "recording closed without an end".into()));
+                let _ = self.apply(Rec::End(at, None, "recording closed without an end".into()));
                 self.flush_lines(true);
                 break;
             };
@@ -715,7 +745,7 @@ impl Worker {
             let mut handled = 0;
             while let Some(msg) = next.take() {
                 ended |= matches!(msg, Rec::End(..));
-                self.apply(msg);
+                let _ = self.apply(msg);
                 handled += 1;
                 if !ended && handled < BATCH {
                     next = rx.try_recv().ok();
@@ -733,9 +763,15 @@ impl Worker {
         self.summary.clone()
     }
 
-    fn apply(&mut self, msg: Rec) {
+    /// Records one message; whether it made it to disk.
+    fn apply(&mut self, msg: Rec) -> bool {
         let data = msg.data_len() as u64;
         let (at, kind) = match msg {
+            Rec::Acked(inner, ack) => {
+                let recorded = self.apply(*inner);
+                let _ = ack.send(recorded);
+                return recorded;
+            }
             Rec::Output(at, data) => (at, EventKind::Output { data }),
             Rec::Input(at, data) => (at, EventKind::Input { data }),
             Rec::Redacted(at, bytes, lines) => (at, EventKind::InputRedacted { bytes, lines }),
@@ -747,7 +783,7 @@ impl Worker {
         if event.seq < self.spool_from {
             // Read back from the spool (a rebuild): already on disk.
             self.record(&event);
-            return;
+            return true;
         }
         let control = matches!(event.kind, EventKind::End { .. });
         let now = Instant::now();
@@ -760,9 +796,13 @@ impl Worker {
                 .has_room(line.len() as u64 + 64, data, false, now);
             if !room && !control {
                 self.count_loss(data);
-                return;
+                return false;
             }
-            self.close_loss(event.at_ms);
+            if !self.close_loss(event.at_ms) {
+                // The gap's record itself could not be written: still in the gap.
+                self.count_loss(data);
+                return false;
+            }
         }
         let event = self.rec.next_event(event.at_ms, event.kind);
         let line = event.to_json_line();
@@ -774,15 +814,21 @@ impl Worker {
                 data,
                 "no space left on the recordings' file system".into(),
             );
-            return;
+            return false;
         }
         match self.write_record(&line) {
-            Ok(()) => self.record(&event),
-            Err(e) => self.begin_loss(
-                event.at_ms,
-                data,
-                format!("the recording could not be written: {e}"),
-            ),
+            Ok(()) => {
+                self.record(&event);
+                true
+            }
+            Err(e) => {
+                self.begin_loss(
+                    event.at_ms,
+                    data,
+                    format!("the recording could not be written: {e}"),
+                );
+                false
+            }
         }
     }
 
@@ -832,7 +878,7 @@ impl Worker {
             events: 0,
             reason: reason.clone(),
         };
-        self.write_control(at, kind);
+        let _ = self.write_control(at, kind);
         if let Some((tx, closed)) = self.on_loss.take() {
             closed.store(true, Ordering::SeqCst);
             let _ = tx.send(reason);
@@ -847,25 +893,33 @@ impl Worker {
     }
 
     /// Recording resumes (or the session ends): the gap's record with what was lost.
-    fn close_loss(&mut self, at: u64) {
-        let Some(l) = self.loss.take() else { return };
-        tracing::warn!(
-            lost_bytes = l.bytes,
-            lost_events = l.events,
-            "The recording resumes after a gap"
-        );
+    /// False when that record could not be written (the gap goes on, its counts kept).
+    fn close_loss(&mut self, at: u64) -> bool {
+        let Some(l) = self.loss.take() else {
+            return true;
+        };
         let kind = EventKind::Gap {
             from_ms: l.from_ms,
             to_ms: Some(at.max(l.from_ms)),
             bytes: l.bytes,
             events: l.events,
-            reason: l.reason,
+            reason: l.reason.clone(),
         };
-        self.write_control(at, kind);
+        if self.write_control(at, kind) {
+            tracing::warn!(
+                lost_bytes = l.bytes,
+                lost_events = l.events,
+                "The recording resumes after a gap"
+            );
+            true
+        } else {
+            self.loss = Some(l);
+            false
+        }
     }
 
-    /// Writes a gap or end record, which may use the guard.
-    fn write_control(&mut self, at: u64, kind: EventKind) {
+    /// Writes a gap or end record, which may use the guard; whether it was written.
+    fn write_control(&mut self, at: u64, kind: EventKind) -> bool {
         let event = self.rec.next_event(at, kind);
         let line = event.to_json_line();
         let len = (crate::recorder::spool::HEADER_LEN + line.len()) as u64;
@@ -877,13 +931,17 @@ impl Worker {
             ))),
         };
         match written {
-            Ok(()) => self.record(&event),
+            Ok(()) => {
+                self.record(&event);
+                true
+            }
             Err(e) => {
                 let what = format!("a gap in the recording could not itself be recorded: {e}");
                 tracing::error!("{what}");
                 if self.summary.error.is_none() {
                     self.summary.error = Some(what);
                 }
+                false
             }
         }
     }
@@ -919,7 +977,19 @@ impl Worker {
             // Lines are taken after every output event: the commit points (and so the
             // transcript) are then a function of the event stream alone, and `session-agent
             // transcript` re-renders the raw stream identically.
-            EventKind::Output { .. } | EventKind::Gap { .. } => self.take_output_lines(at),
+            EventKind::Output { .. } => self.take_output_lines(at),
+            EventKind::Gap { .. } => {
+                self.take_output_lines(at);
+                // Its own record too: a reader of the stream learns of the gap from what
+                // the recorder says, not from text the session could print or a
+                // full-screen program could paint over.
+                if let Some(note) =
+                    crate::recorder::event::gap_note(&event.kind, self.started_unix_ms)
+                {
+                    let line = note.trim().to_owned();
+                    self.stream(at, Direction::Gap, vec![line]);
+                }
+            }
             EventKind::InputRedacted { bytes, lines } => {
                 self.summary.redacted_bytes += *bytes as u64;
                 let open = std::mem::take(&mut self.open_input);
@@ -1002,6 +1072,11 @@ impl Worker {
             if self.summary.error.is_none() {
                 tracing::error!(file = what, error = %e, "Cannot write the recording; it will be incomplete");
                 self.summary.error = Some(format!("cannot write {what}: {e}"));
+            }
+            // Under fail-closed any failure to write the recording ends the session.
+            if let Some((tx, closed)) = self.on_loss.take() {
+                closed.store(true, Ordering::SeqCst);
+                let _ = tx.send(format!("cannot write {what}: {e}"));
             }
         }
     }
@@ -1148,6 +1223,7 @@ pub fn rebuild(paths: &Paths, streaming: bool) -> Result<Rebuilt, RebuildError> 
         |reader: &mut crate::replay::SpoolReader<_>| -> Result<Read, RebuildError> {
             match reader.next() {
                 None | Some(Err(SpoolError::Truncated { .. })) => Ok(None),
+                Some(Err(e @ SpoolError::Unreadable { .. })) => Err(Transient(e.to_string())),
                 Some(Err(e)) => Err(Corrupt(format!("record {}: {e}", checker.count()))),
                 Some(Ok(record)) => {
                     checker.check(&record).map_err(|e| Corrupt(e.to_string()))?;
@@ -1204,7 +1280,7 @@ pub fn rebuild(paths: &Paths, streaming: bool) -> Result<Rebuilt, RebuildError> 
             EventKind::End { .. } => ended = true,
             _ => {}
         }
-        worker.apply(Rec::Replayed(event.at_ms, event.kind));
+        let _ = worker.apply(Rec::Replayed(event.at_ms, event.kind));
         handled += 1;
         if handled % BATCH == 0 {
             worker.flush_lines(false);
@@ -1242,7 +1318,7 @@ pub fn rebuild(paths: &Paths, streaming: bool) -> Result<Rebuilt, RebuildError> 
                 },
             );
         }
-        worker.apply(Rec::End(last_at, None, INTERRUPTED.into()));
+        let _ = worker.apply(Rec::End(last_at, None, INTERRUPTED.into()));
     }
     worker.flush_lines(true);
     worker.files.release();

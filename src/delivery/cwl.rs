@@ -56,6 +56,8 @@ pub enum Direction {
     Output,
     /// What the user typed (rendered with [`render_input`]; redacted input as a marker).
     Input,
+    /// Part of the session could not be recorded (the recorder's gap record).
+    Gap,
     /// The session ended: the stream's last message, with where the spool ended
     /// ([`SpoolEnd`]). A stream without it was cut short (or the session still runs).
     End,
@@ -355,12 +357,13 @@ impl StreamChecker {
                 });
             }
         }
-        if let Some(lines) = body
-            .get("sessionData")
-            .and_then(serde_json::Value::as_array)
-        {
-            for l in lines.iter().filter_map(serde_json::Value::as_str) {
-                if l.starts_with("[recording gap: ") {
+        // Only the recorder's own gap records count, never text in the output.
+        if body.get("direction").and_then(serde_json::Value::as_str) == Some("gap") {
+            if let Some(lines) = body
+                .get("sessionData")
+                .and_then(serde_json::Value::as_array)
+            {
+                for l in lines.iter().filter_map(serde_json::Value::as_str) {
                     self.gaps
                         .push(l.trim_start_matches('[').trim_end_matches(']').to_owned());
                 }

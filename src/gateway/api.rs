@@ -905,7 +905,24 @@ fn deregister_managed_instance(shared: &Shared, caller: &Caller, input: &Value) 
         ));
     }
     shared.persist_nodes(&reg);
-    tracing::info!(node = %id, by = %caller.principal, "Managed node deregistered");
+    // Its sessions end with it: whoever registers the id next must not find a live
+    // session whose agent side it could take.
+    let active: Vec<String> = reg
+        .sessions
+        .values()
+        .filter(|s| s.record.target == id && s.record.status.is_active())
+        .map(|s| s.record.session_id.clone())
+        .collect();
+    drop(reg);
+    for sid in &active {
+        shared.finish(
+            sid,
+            SessionStatus::Failed,
+            "the managed node was deregistered",
+            "the managed node was deregistered",
+        );
+    }
+    tracing::info!(node = %id, by = %caller.principal, sessions_ended = active.len(), "Managed node deregistered");
     Ok(json!({}))
 }
 

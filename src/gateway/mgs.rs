@@ -664,7 +664,18 @@ fn attach_data(
     let frame: OpenDataChannel = from_json(open, "OpenDataChannel").map_err(|e| e.to_string())?;
     let mut reg = shared.reg();
     let side = match reg.redeem_token(&frame.token_value, Instant::now()) {
-        Some((Grant::AgentData { session_id: s }, _)) if s == session_id => Side::Agent,
+        // The agent side only for whoever holds the session's node now (a token issued
+        // before the node changed hands is worth nothing).
+        Some((Grant::AgentData { session_id: s }, holder))
+            if s == session_id
+                && reg
+                    .sessions
+                    .get(session_id)
+                    .and_then(|sess| reg.registrant_of(&sess.record.target))
+                    == Some(holder.as_str()) =>
+        {
+            Side::Agent
+        }
         Some((Grant::ClientData { session_id: s }, _)) if s == session_id => Side::Client,
         _ => return Err("invalid, expired or already used token".into()),
     };
@@ -916,13 +927,12 @@ fn complete_session(shared: &Shared, target: &str, done: &AgentTaskComplete) {
             return; // a retry of a report already applied
         }
         s.completed = true;
-        s.record
-            .final_task_status
-            .clone_from(&done.final_task_status);
-        s.record.output.s3_bucket.clone_from(&done.s3_bucket);
-        s.record.output.s3_key.clone_from(&done.s3_url_suffix);
-        s.record.output.cwl_group.clone_from(&done.cwl_group);
-        s.record.output.cwl_stream.clone_from(&done.cwl_stream);
+        // What an agent reports is kept in history: bounded, whatever it sends.
+        s.record.final_task_status = cap(&done.final_task_status, 64);
+        s.record.output.s3_bucket = cap(&done.s3_bucket, MAX_REPORT_FIELD);
+        s.record.output.s3_key = cap(&done.s3_url_suffix, MAX_REPORT_FIELD);
+        s.record.output.cwl_group = cap(&done.cwl_group, MAX_REPORT_FIELD);
+        s.record.output.cwl_stream = cap(&done.cwl_stream, MAX_REPORT_FIELD);
         if !s.record.status.is_active() {
             // Ended already (timeout, orphan): keep the late report's locations.
             let rec = s.record.clone();
@@ -939,11 +949,22 @@ fn complete_session(shared: &Shared, target: &str, done: &AgentTaskComplete) {
     } else {
         SessionStatus::Terminated
     };
-    let details = done.output.as_str();
+    let details = cap(&done.output, MAX_REPORT_OUTPUT);
     shared.finish(
         &done.task_id,
         status,
-        details,
-        if failed { &done.output } else { "" },
+        &details,
+        if failed { &details } else { "" },
     );
+}
+
+/// Longest location field of an agent's report kept (S3 bucket and key, log group and
+/// stream: AWS's own limits are lower).
+const MAX_REPORT_FIELD: usize = 1024;
+/// Longest output of an agent's report kept (a failure reason, an exit status).
+const MAX_REPORT_OUTPUT: usize = 4096;
+
+/// `text` cut to at most `max` characters.
+fn cap(text: &str, max: usize) -> String {
+    text.chars().take(max).collect()
 }

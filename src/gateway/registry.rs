@@ -308,8 +308,9 @@ pub(crate) struct Registry {
     pub(crate) agents: HashMap<String, Agent>,
     pub(crate) sessions: HashMap<String, Session>,
     pub(crate) tokens: HashMap<String, IssuedToken>,
-    /// The one outstanding control-channel token per target: a new request replaces it.
-    control_tokens: HashMap<String, String>,
+    /// The one outstanding control-channel token per target and principal: a new request
+    /// replaces the asker's own earlier one, never another principal's.
+    control_tokens: HashMap<(String, String), String>,
     /// Outstanding tokens per principal.
     tokens_by: HashMap<String, usize>,
     next_conn_id: u64,
@@ -334,7 +335,8 @@ impl Registry {
         now: Instant,
     ) -> Result<String, TokenRefusal> {
         if let Grant::Control { target } = &grant {
-            if let Some(old) = self.control_tokens.remove(target) {
+            let key = (target.clone(), principal.to_owned());
+            if let Some(old) = self.control_tokens.remove(&key) {
                 self.forget_token(&old);
             }
         }
@@ -347,7 +349,8 @@ impl Registry {
         }
         let token = super::random_token();
         if let Grant::Control { target } = &grant {
-            self.control_tokens.insert(target.clone(), token.clone());
+            self.control_tokens
+                .insert((target.clone(), principal.to_owned()), token.clone());
         }
         *self.tokens_by.entry(principal.to_owned()).or_default() += 1;
         self.tokens.insert(
@@ -377,7 +380,8 @@ impl Registry {
     pub(crate) fn redeem_token(&mut self, token: &str, now: Instant) -> Option<(Grant, String)> {
         let issued = self.forget_token(token)?;
         if let Grant::Control { target } = &issued.grant {
-            self.control_tokens.remove(target);
+            self.control_tokens
+                .remove(&(target.clone(), issued.principal.clone()));
         }
         (issued.expires > now).then_some((issued.grant, issued.principal))
     }
@@ -466,6 +470,21 @@ mod tests {
         assert_eq!(r.tokens.len(), 1, "repeated requests do not pile up tokens");
         assert_eq!(r.tokens_by["p"], 1);
         assert_eq!(r.redeem_token(&first, now), None);
+    }
+
+    #[test]
+    fn a_control_token_is_replaced_only_by_its_own_principal() {
+        let mut r = Registry::default();
+        let now = Instant::now();
+        let grant = || Grant::Control { target: "t".into() };
+        let agents = r.issue_token(grant(), "agent", 10, now).unwrap();
+        for _ in 0..5 {
+            r.issue_token(grant(), "mallory", 10, now).unwrap();
+        }
+        assert_eq!(
+            r.redeem_token(&agents, now),
+            Some((grant(), "agent".into()))
+        );
     }
 
     #[test]

@@ -302,10 +302,15 @@ fn load(path: &Path) -> io::Result<Vec<SessionRecord>> {
 
 fn load_nodes(path: &Path) -> io::Result<BTreeMap<String, String>> {
     match fs::read(path) {
-        Ok(bytes) => Ok(serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-            tracing::warn!(path = %path.display(), error = %e, "Unreadable registered-nodes file; nodes register again as they connect");
-            BTreeMap::new()
-        })),
+        // Unreadable registrations are not taken as none (every node would be free for
+        // the first identity to connect): the gateway does not start until they are
+        // fixed or deliberately removed.
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("not valid ({e}); fix it, or remove it to let every node register again, first come first served"),
+            )
+        }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(BTreeMap::new()),
         Err(e) => Err(e),
     }
@@ -419,6 +424,14 @@ mod tests {
             0o600,
             "still private after the rewrite"
         );
+    }
+
+    #[test]
+    fn unreadable_registrations_stop_the_start_instead_of_freeing_every_node() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(NODES_FILE), b"{\"web-1\": ").unwrap();
+        let e = Store::open(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("nodes.json") && e.contains("remove it"), "{e}");
     }
 
     #[test]

@@ -93,6 +93,15 @@ pub enum SpoolError {
         /// Byte offset of the record.
         offset: u64,
     },
+    /// Reading the file failed at this offset (an I/O error, not the file's content):
+    /// nothing can be said of what follows.
+    #[error("cannot read past byte {offset}: {reason}")]
+    Unreadable {
+        /// Byte offset of the record.
+        offset: u64,
+        /// The error.
+        reason: String,
+    },
 }
 
 /// Decodes the record at the start of `buf` (at file offset `offset`): the record and

@@ -528,14 +528,27 @@ pub async fn client_connect(gw: &Gateway, stream_url: &str, token: &str) -> Peer
 
 /// Polls DescribeSessions until the session shows `status` in `state`; returns its entry.
 pub async fn wait_status(gw: &Gateway, session_id: &str, state: &str, status: &str) -> Value {
+    wait_status_as(gw, (AKID, "secret"), session_id, state, status).await
+}
+
+/// [`wait_status`] asked by another key (one that may see the session).
+pub async fn wait_status_as(
+    gw: &Gateway,
+    creds: (&str, &str),
+    session_id: &str,
+    state: &str,
+    status: &str,
+) -> Value {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let v = gw
-            .api_ok(
+        let (code, v) = gw
+            .api_as(
+                creds,
                 "DescribeSessions",
                 json!({"State": state, "Filters":[{"key":"SessionId","value":session_id}]}),
             )
             .await;
+        assert_eq!(code, 200, "DescribeSessions failed: {v}");
         if let Some(s) = v["Sessions"].as_array().and_then(|a| a.first()) {
             if s["Status"] == status {
                 return s.clone();

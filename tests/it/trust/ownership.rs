@@ -333,3 +333,61 @@ async fn dev_answers_only_its_own_process_on_every_endpoint() {
     let (code, _) = term.client_exit().await;
     assert_eq!(code, 0);
 }
+
+/// A node released (DeregisterManagedInstance) takes its sessions with it: whoever
+/// registers the id next finds nothing live to take the agent side of.
+#[tokio::test]
+async fn a_deregistered_node_takes_its_sessions_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(strict_gateway_config(dir.path())).await;
+    let agent = RunningAgent::start_signed(&gw, "web-4", AGENT).await;
+    let v = gw
+        .api_as(ALICE, "StartSession", json!({"Target": "web-4"}))
+        .await
+        .1;
+    let sid = v["SessionId"].as_str().unwrap().to_owned();
+    let mut alice = InteractiveClient::new(
+        client_connect(
+            &gw,
+            v["StreamUrl"].as_str().unwrap(),
+            v["TokenValue"].as_str().unwrap(),
+        )
+        .await,
+    );
+    alice.resize(80, 24).await;
+    alice.expect("$ ").await;
+    let (s, v) = gw
+        .api_as(
+            OPS,
+            "DeregisterManagedInstance",
+            json!({"InstanceId": "web-4"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    alice.until_closed().await;
+    let ended = wait_status_as(&gw, ALICE, &sid, "History", "Failed").await;
+    assert_eq!(
+        ended["Details"], "the managed node was deregistered",
+        "{ended}"
+    );
+    // Bob takes the id; Alice's session is not his to serve.
+    let (s, v) = gw
+        .api_as(
+            BOB,
+            "UpdateInstanceInformation",
+            json!({"InstanceId": "web-4"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, body) = gw
+        .create_channel_as(
+            BOB,
+            &format!("/v1/data-channel/{sid}"),
+            &create_body(Some("")),
+        )
+        .await;
+    assert_ne!(s, 201, "{body}");
+    assert!(!body.contains("TokenValue"), "{body}");
+    agent.stop().await;
+    gw.stop().await;
+}
