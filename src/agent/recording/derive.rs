@@ -1,0 +1,887 @@
+//! Everything derived from a spool, by a consumer that reads it from disk.
+//!
+//! The transcript, the asciicast and the queue of CloudWatch stream records are
+//! functions of the spool's events alone (event times, not the wall clock; per event, not
+//! per batch). The [`Deriver`] renders them (the terminal emulator runs here) from
+//! records a [`Tail`] reads back from the spool file — for a live session on its own
+//! thread at a lower CPU priority, following the writer ([`super::writer`]) at its own
+//! pace, and for recovery after a crash ([`rebuild`]) in one pass: the same code either
+//! way. During a flood it lags and catches up; the lag is what the spool holds on disk,
+//! never memory (a [`Tail`] holds at most one read of [`READ_CHUNK`] plus one record).
+//!
+//! The derived files have disk space reserved ahead like the spool. When a derived file
+//! cannot grow (the disk is full), the deriver waits for space under `fail-open` (the
+//! spool, whose writer records a gap of its own, is the truth; nothing read is dropped),
+//! and under `fail-closed` raises the alarm that ends the session.
+
+use super::reserve::{ReservedFile, RETRY_RESERVE};
+use super::writer::{Alarm, Progress, SpoolWriter, Written};
+use super::{
+    owner_only, Paths, RebuildError, Rebuilt, Summary, BATCH, DEFAULT_HEADROOM, EVENTS_FILE,
+    INTERRUPTED, STREAM_FILE,
+};
+use crate::delivery::cwl::{self, redacted_marker, render_input, Direction, StreamRecord};
+use crate::recorder::spool::{self, Chain, ChainChecker, SpoolError};
+use crate::recorder::{Event, EventKind, Recorder, StartInfo};
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// Typed input is held back (to stream whole lines, not keystrokes) at most this long
+/// (milliseconds).
+const INPUT_HOLD_MS: u64 = 1000;
+/// The same for the derived files (the end's last lines, gap notes).
+const DERIVED_GUARD: u64 = 64 * 1024;
+/// Derived bytes gathered before they are written.
+const DERIVED_BUFFER: usize = 256 * 1024;
+/// Most bytes a [`Tail`] reads from the spool at once.
+pub(super) const READ_CHUNK: usize = 256 * 1024;
+
+/// One of the files derived from the events (transcript, asciicast, stream queue): text
+/// gathered, then written whole into its reserved space.
+#[derive(Debug)]
+struct Derived {
+    file: ReservedFile,
+    buf: Vec<u8>,
+    name: &'static str,
+}
+
+impl Derived {
+    fn open(path: &Path, fresh: bool, chunk: u64, name: &'static str) -> std::io::Result<Self> {
+        if fresh {
+            let f = owner_only(OpenOptions::new().create(true).write(true)).open(path)?;
+            f.set_len(0)?;
+        }
+        Ok(Self {
+            file: ReservedFile::open(path, chunk)?,
+            buf: Vec::new(),
+            name,
+        })
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let r = self.file.append(&self.buf);
+        self.buf.clear();
+        if self.buf.capacity() > DERIVED_BUFFER * 2 {
+            self.buf = Vec::new();
+        }
+        r.map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", self.name)))
+    }
+
+    /// Room for what is gathered plus `more`, keeping `keep` reserved.
+    fn has_room(&mut self, more: u64, keep: u64, now: Instant) -> bool {
+        self.file.has_room(self.buf.len() as u64 + more, keep, now)
+    }
+}
+
+/// A recording's derived files.
+#[derive(Debug)]
+pub(super) struct DerivedFiles {
+    transcript: Derived,
+    cast: Derived,
+    stream: Option<Derived>,
+    stream_bytes: u64,
+    headroom: u64,
+}
+
+impl DerivedFiles {
+    /// Opens them for appending, or with `fresh` emptied first (a rebuild derives them
+    /// again from the spool). The asciicast's reservation step is `headroom`, the
+    /// transcript's and the stream queue's a quarter of it.
+    pub(super) fn open(
+        paths: &Paths,
+        streaming: bool,
+        fresh: bool,
+        headroom: u64,
+    ) -> std::io::Result<Self> {
+        let quarter = headroom / 4;
+        Ok(Self {
+            transcript: Derived::open(&paths.transcript, fresh, quarter, "transcript")?,
+            cast: Derived::open(&paths.cast, fresh, headroom, "asciicast")?,
+            stream: if streaming {
+                Some(Derived::open(&paths.stream, fresh, quarter, STREAM_FILE)?)
+            } else {
+                None
+            },
+            stream_bytes: 0,
+            headroom,
+        })
+    }
+
+    /// Reserves the headroom of every file.
+    ///
+    /// # Errors
+    /// The space cannot be had.
+    pub(super) fn reserve(&mut self) -> std::io::Result<()> {
+        let quarter = self.headroom / 4;
+        self.cast.file.reserve(self.headroom)?;
+        self.transcript.file.reserve(quarter)?;
+        if let Some(s) = &mut self.stream {
+            s.file.reserve(quarter)?;
+        }
+        Ok(())
+    }
+
+    fn all(&mut self) -> impl Iterator<Item = &mut Derived> {
+        [
+            Some(&mut self.transcript),
+            Some(&mut self.cast),
+            self.stream.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
+    }
+
+    /// The file that has no room for an event carrying `data` bytes, if one has none
+    /// (`control`: a gap or the end, which may use the guard).
+    fn lacking(&mut self, data: u64, control: bool, now: Instant) -> Option<&'static str> {
+        let keep = if control { 0 } else { DERIVED_GUARD };
+        // What one event can add to a derived file: JSON escaping at worst six bytes a
+        // byte, plus lines the terminal commits (a screen).
+        let more = data.saturating_mul(6) + 16 * 1024;
+        self.all()
+            .find_map(|d| (!d.has_room(more, keep, now)).then_some(d.name))
+    }
+
+    /// Hands back the unused reservations.
+    fn release(&mut self) {
+        for d in self.all() {
+            d.file.release();
+        }
+    }
+}
+
+/// Reads a spool's records from disk, in order, from its header on, never past a limit
+/// (what the writer has published). See the module doc for its memory bound.
+#[derive(Debug)]
+pub(super) struct Tail {
+    file: File,
+    /// File offset after the last record handed out.
+    pos: u64,
+    /// Bytes read past `pos`, not yet handed out.
+    buf: Vec<u8>,
+    /// Of `buf`, bytes already handed out.
+    used: usize,
+    /// Records handed out.
+    records: u64,
+    /// When set, the hash chain is checked too (a rebuild: the spool is not ours).
+    checker: Option<ChainChecker>,
+}
+
+impl Tail {
+    /// Opens a spool and checks its header.
+    ///
+    /// # Errors
+    /// The file cannot be opened or read (`Unreadable`), or is not a spool (`BadMagic`).
+    pub(super) fn open(path: &Path, verify: bool) -> Result<Self, (std::io::Error, bool)> {
+        let mut file = File::open(path).map_err(|e| (e, false))?;
+        let mut magic = [0u8; 8];
+        file.read_exact(&mut magic).map_err(|e| {
+            let bad = e.kind() == std::io::ErrorKind::UnexpectedEof;
+            (e, bad)
+        })?;
+        if &magic != spool::MAGIC {
+            return Err((
+                std::io::Error::other(SpoolError::BadMagic.to_string()),
+                true,
+            ));
+        }
+        Ok(Self {
+            file,
+            pos: spool::MAGIC.len() as u64,
+            buf: Vec::new(),
+            used: 0,
+            records: 0,
+            checker: verify.then(ChainChecker::new),
+        })
+    }
+
+    /// Offset after the last record read.
+    pub(super) fn pos(&self) -> u64 {
+        self.pos
+    }
+
+    /// Records read.
+    pub(super) fn records(&self) -> u64 {
+        self.records
+    }
+
+    /// Forgets what was read ahead: the next read starts at [`Self::pos`] (the file was
+    /// cut there and written again).
+    pub(super) fn reread(&mut self) -> std::io::Result<()> {
+        use std::io::{Seek, SeekFrom};
+        self.buf = Vec::new();
+        self.used = 0;
+        self.file.seek(SeekFrom::Start(self.pos)).map(|_| ())
+    }
+
+    /// The next record and its event, reading no byte at or past `limit`; `None` at
+    /// `limit` (or the end of the file) when it falls between records.
+    ///
+    /// # Errors
+    /// See [`TailError`].
+    pub(super) fn next(&mut self, limit: u64) -> Result<Option<(Event, Chain)>, TailError> {
+        loop {
+            match spool::decode_record(&self.buf[self.used..], self.pos) {
+                Ok(Some((record, n))) => {
+                    let index = self.records;
+                    if let Some(checker) = &mut self.checker {
+                        checker
+                            .check(&record)
+                            .map_err(|e| TailError::Corrupt(e.to_string()))?;
+                    }
+                    let text = String::from_utf8_lossy(&record.payload);
+                    let event = Event::from_json_line(&text).map_err(|e| {
+                        TailError::Corrupt(format!("record {index}: not an event: {e}"))
+                    })?;
+                    self.used += n;
+                    self.pos += n as u64;
+                    self.records += 1;
+                    if self.used == self.buf.len() {
+                        self.used = 0;
+                        self.buf.clear();
+                        if self.buf.capacity() > 2 * READ_CHUNK {
+                            self.buf = Vec::new();
+                        }
+                    }
+                    return Ok(Some((event, record.chain)));
+                }
+                Ok(None) | Err(SpoolError::Truncated { .. }) => {
+                    let read_to = self.pos + (self.buf.len() - self.used) as u64;
+                    let room = limit.saturating_sub(read_to);
+                    let got = if room == 0 {
+                        0
+                    } else {
+                        self.buf.drain(..self.used);
+                        self.used = 0;
+                        let want = room.min(READ_CHUNK as u64);
+                        (&mut self.file)
+                            .take(want)
+                            .read_to_end(&mut self.buf)
+                            .map_err(|e| {
+                                TailError::Unreadable(
+                                    SpoolError::Unreadable {
+                                        offset: read_to,
+                                        reason: e.to_string(),
+                                    }
+                                    .to_string(),
+                                )
+                            })?
+                    };
+                    if got == 0 {
+                        return if self.used == self.buf.len() {
+                            Ok(None)
+                        } else {
+                            Err(TailError::Torn(self.pos))
+                        };
+                    }
+                }
+                Err(e) => return Err(TailError::Corrupt(format!("record {}: {e}", self.records))),
+            }
+        }
+    }
+}
+
+/// Why a [`Tail`] cannot read on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(super) enum TailError {
+    /// The bytes before the limit end inside a record (at this offset): a write cut short.
+    #[error("the record at byte {0} is incomplete")]
+    Torn(u64),
+    /// Reading failed (an I/O error, not the file's content).
+    #[error("{0}")]
+    Unreadable(String),
+    /// A record is corrupt, altered, out of order, or not an event.
+    #[error("{0}")]
+    Corrupt(String),
+}
+
+/// The deriver's state. See the module doc.
+#[derive(Debug)]
+pub(super) struct Deriver {
+    rec: Recorder,
+    files: DerivedFiles,
+    started_unix_ms: u64,
+    stream_seq: u64,
+    /// Complete typed lines not yet streamed.
+    pending_input: Vec<String>,
+    /// The line being typed (no Enter yet).
+    open_input: String,
+    /// When (event time) `open_input` started.
+    pending_since: Option<u64>,
+    /// The stretch of echo-off typing in progress.
+    redacted: Option<Redacted>,
+    /// A gap whose record said it opened, not yet closed: its start.
+    open_gap: Option<u64>,
+    /// Spool records derived, and the chain value of the last.
+    records: u64,
+    chain: Chain,
+    /// Under `fail-closed`: raised when a derived file cannot be written.
+    alarm: Option<Arc<Alarm>>,
+    /// Told once that the derived files wait for space.
+    waiting_told: bool,
+    summary: Summary,
+    progress: watch::Sender<u64>,
+}
+
+impl Deriver {
+    /// A deriver for the session `start` describes (the spool's record 0), writing into
+    /// `files`; `progress` tells the streamer how far the stream queue is written.
+    pub(super) fn new(start: StartInfo, files: DerivedFiles, progress: watch::Sender<u64>) -> Self {
+        let started_unix_ms = start.started_unix_ms;
+        let mut rec = Recorder::new(start).forget_taken_lines();
+        let mut files = files;
+        // The asciicast header.
+        for line in rec.take_asciicast_lines() {
+            files.cast.buf.extend_from_slice(line.as_bytes());
+            files.cast.buf.push(b'\n');
+        }
+        Self {
+            rec,
+            files,
+            started_unix_ms,
+            stream_seq: 0,
+            pending_input: Vec::new(),
+            open_input: String::new(),
+            pending_since: None,
+            redacted: None,
+            open_gap: None,
+            records: 0,
+            chain: spool::CHAIN_START,
+            alarm: None,
+            waiting_told: false,
+            summary: Summary {
+                events: 1,
+                ..Summary::default()
+            },
+            progress,
+        }
+    }
+
+    /// Under `fail-closed`: the alarm raised when a derived file cannot be written.
+    pub(super) fn with_alarm(mut self, alarm: Option<Arc<Alarm>>) -> Self {
+        self.alarm = alarm;
+        self
+    }
+
+    /// The gap left open by the spool read so far, if any: its start.
+    pub(super) fn open_gap(&self) -> Option<u64> {
+        self.open_gap
+    }
+
+    /// Derives one event read from the spool (record number `records`, counting from 1,
+    /// with chain value `chain`).
+    pub(super) fn derive(&mut self, event: &Event, records: u64, chain: Chain) {
+        (self.records, self.chain) = (records, chain);
+        if matches!(event.kind, EventKind::Start(_)) {
+            // Its header is written by `new`.
+            return;
+        }
+        self.rec.commit(event);
+        // Its asciicast lines at once: what is gathered is what the room checks count.
+        for line in self.rec.take_asciicast_lines() {
+            self.files.cast.buf.extend_from_slice(line.as_bytes());
+            self.files.cast.buf.push(b'\n');
+        }
+        if let EventKind::Output { data } = &event.kind {
+            self.summary.output_bytes += data.len() as u64;
+        }
+        if let EventKind::Gap { from_ms, to_ms, .. } = &event.kind {
+            self.open_gap = to_ms.is_none().then_some(*from_ms);
+            if let (Some(note), true) = (
+                crate::recorder::event::gap_note(&event.kind, self.started_unix_ms),
+                to_ms.is_some(),
+            ) {
+                self.summary.gaps.push(
+                    note.trim()
+                        .trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .to_owned(),
+                );
+            }
+        }
+        self.summary.events += 1;
+        self.render(event);
+    }
+
+    /// Waits until every derived file has room for `event` (see the module doc): under
+    /// `fail-closed` it raises the alarm instead and goes on into the guard, as it does
+    /// once the writer is finished (`done`).
+    fn wait_for_room(&mut self, event: &Event, done: &dyn Fn() -> bool) {
+        let (data, control) = match &event.kind {
+            EventKind::Output { data } | EventKind::Input { data } => (data.len() as u64, false),
+            EventKind::InputRedacted { .. } | EventKind::Resize { .. } => (0, false),
+            EventKind::Start(_) | EventKind::End { .. } | EventKind::Gap { .. } => (0, true),
+        };
+        loop {
+            let Some(file) = self.files.lacking(data, control, Instant::now()) else {
+                return;
+            };
+            let reason = format!("no space left on the recordings' file system for the {file}");
+            if let Some(alarm) = &self.alarm {
+                alarm.raise(reason);
+                return;
+            }
+            if done() {
+                return;
+            }
+            if !self.waiting_told {
+                self.waiting_told = true;
+                tracing::warn!(%reason, "The recording's derived files wait for disk space (the spool holds the session; they catch up when space returns)");
+            }
+            std::thread::sleep(RETRY_RESERVE);
+        }
+    }
+
+    /// The summary, once every event is derived: the writer's part from `written`.
+    fn finish(mut self, written: &Written) -> Summary {
+        self.end_batch();
+        self.files.release();
+        self.summary.spool_records = written.spool_records;
+        self.summary.spool_head.clone_from(&written.spool_head);
+        if self.summary.error.is_none() {
+            self.summary.error.clone_from(&written.error);
+        }
+        self.summary
+    }
+
+    /// Transcript lines and stream records for one event (times are event times).
+    fn render(&mut self, event: &Event) {
+        let at = event.at_ms;
+        if self
+            .pending_since
+            .is_some_and(|since| at.saturating_sub(since) >= INPUT_HOLD_MS)
+        {
+            self.flush_input(at, true);
+        }
+        if self
+            .redacted
+            .is_some_and(|r| at.saturating_sub(r.last_ms) >= INPUT_HOLD_MS)
+        {
+            self.close_redacted(at);
+        }
+        match &event.kind {
+            // Lines are taken after every output event: the commit points (and so the
+            // transcript) are then a function of the event stream alone, and `session-agent
+            // transcript` re-renders the raw stream identically.
+            EventKind::Output { .. } => self.take_output_lines(at),
+            EventKind::Gap { .. } => {
+                self.take_output_lines(at);
+                // Its own record too: a reader of the stream learns of the gap from what
+                // the recorder says, not from text the session could print or a
+                // full-screen program could paint over.
+                if let Some(note) =
+                    crate::recorder::event::gap_note(&event.kind, self.started_unix_ms)
+                {
+                    let line = note.trim().to_owned();
+                    self.stream(at, Direction::Gap, vec![line]);
+                }
+            }
+            EventKind::InputRedacted { bytes, lines } => {
+                self.summary.redacted_bytes += *bytes as u64;
+                let open = std::mem::take(&mut self.open_input);
+                if !open.is_empty() {
+                    self.pending_input.push(open);
+                }
+                // One marker per stretch of echo-off typing: per line (Enter), or per
+                // burst when no Enter comes, with its bytes and how long it took.
+                let r = self.redacted.get_or_insert(Redacted {
+                    bytes: 0,
+                    lines: 0,
+                    first_ms: at,
+                    last_ms: at,
+                });
+                r.bytes += bytes;
+                r.lines += lines;
+                r.last_ms = at;
+                if *lines > 0 {
+                    self.close_redacted(at);
+                }
+            }
+            EventKind::Input { data } => {
+                self.close_redacted(at);
+                let mut lines = render_input(data);
+                let complete = data.ends_with(b"\r") || data.ends_with(b"\n");
+                if let Some(first) = lines.first_mut() {
+                    first.insert_str(0, &std::mem::take(&mut self.open_input));
+                }
+                if !complete {
+                    self.open_input = lines.pop().unwrap_or_default();
+                    self.pending_since.get_or_insert(at);
+                }
+                if !lines.is_empty() {
+                    self.pending_input.extend(lines);
+                    self.flush_input(at, false);
+                }
+            }
+            EventKind::End { exit_code, how } => {
+                self.take_output_lines(at);
+                self.close_redacted(at);
+                self.flush_input(at, true);
+                // The last stream record says the session ended, and where the spool
+                // ended: a copy of the spool cut short shows against it.
+                let mut line = format!("[session ended: {how}");
+                if let Some(code) = exit_code {
+                    line.push_str(&format!(", status {code}"));
+                }
+                line.push(']');
+                let end = cwl::SpoolEnd {
+                    records: self.records,
+                    head: spool::hex(&self.chain),
+                };
+                self.stream_with(at, Direction::End, vec![line], Some(end));
+            }
+            EventKind::Resize { .. } | EventKind::Start(_) => {}
+        }
+        // Keep what is gathered small: write it out once it is large.
+        let r = self
+            .files
+            .all()
+            .filter(|d| d.buf.len() >= DERIVED_BUFFER)
+            .try_for_each(Derived::flush);
+        self.note(r, "recording");
+    }
+
+    /// Streams the marker of the stretch of echo-off typing in progress, if any.
+    fn close_redacted(&mut self, at: u64) {
+        if let Some(r) = self.redacted.take() {
+            self.pending_input.push(redacted_marker(
+                r.bytes,
+                r.lines,
+                r.last_ms.saturating_sub(r.first_ms),
+            ));
+            self.flush_input(at, true);
+        }
+    }
+
+    fn note(&mut self, r: std::io::Result<()>, what: &str) {
+        if let Err(e) = r {
+            if self.summary.error.is_none() {
+                tracing::error!(file = what, error = %e, "Cannot write the recording; it will be incomplete");
+                self.summary.error = Some(format!("cannot write {what}: {e}"));
+            }
+            // Under fail-closed any failure to write the recording ends the session.
+            if let Some(alarm) = &self.alarm {
+                alarm.raise(format!("cannot write {what}: {e}"));
+            }
+        }
+    }
+
+    /// Commits transcript lines completed so far: to the transcript file and, when
+    /// streaming, as one output record.
+    fn take_output_lines(&mut self, at: u64) {
+        let lines = self.rec.take_lines();
+        if lines.is_empty() {
+            return;
+        }
+        for l in &lines {
+            self.files.transcript.buf.extend_from_slice(l.as_bytes());
+            self.files.transcript.buf.push(b'\n');
+        }
+        self.stream(at, Direction::Output, lines);
+    }
+
+    /// Streams the typed lines held back; with `partial`, the line still being typed too.
+    fn flush_input(&mut self, at: u64, partial: bool) {
+        if partial && !self.open_input.is_empty() {
+            let open = std::mem::take(&mut self.open_input);
+            self.pending_input.push(open);
+        }
+        if self.open_input.is_empty() {
+            self.pending_since = None;
+        }
+        if self.pending_input.is_empty() {
+            return;
+        }
+        let lines = std::mem::take(&mut self.pending_input);
+        self.stream(at, Direction::Input, lines);
+    }
+
+    fn stream(&mut self, at: u64, direction: Direction, lines: Vec<String>) {
+        self.stream_with(at, direction, lines, None);
+    }
+
+    fn stream_with(
+        &mut self,
+        at: u64,
+        direction: Direction,
+        lines: Vec<String>,
+        end: Option<cwl::SpoolEnd>,
+    ) {
+        let Some(out) = self.files.stream.as_mut() else {
+            return;
+        };
+        let record = StreamRecord {
+            seq: self.stream_seq,
+            unix_ms: self.started_unix_ms.saturating_add(at),
+            direction,
+            lines,
+            end,
+        };
+        self.stream_seq += 1;
+        let line = serde_json::to_string(&record).unwrap_or_default();
+        out.buf.extend_from_slice(line.as_bytes());
+        out.buf.push(b'\n');
+        self.files.stream_bytes += line.len() as u64 + 1;
+    }
+
+    /// End of a batch: writes every file, wakes the streamer.
+    pub(super) fn end_batch(&mut self) {
+        let r = self.files.all().try_for_each(Derived::flush);
+        self.note(r, "recording");
+        if self.files.stream.is_some() {
+            let _ = self.progress.send(self.files.stream_bytes);
+        }
+    }
+}
+
+/// A stretch of input typed with echo off: counts and times only.
+#[derive(Debug, Clone, Copy)]
+struct Redacted {
+    bytes: usize,
+    lines: usize,
+    first_ms: u64,
+    last_ms: u64,
+}
+
+/// Lowers the calling thread's CPU priority (Linux: nice 10 for this thread only), so a
+/// deriver catching up never starves the output path on a machine with few cores.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // On Linux a thread id names just that thread here.
+        let tid = rustix::thread::gettid();
+        if let Err(e) = rustix::process::setpriority_process(Some(tid), 10) {
+            tracing::debug!(error = %e, "Cannot lower the deriver's priority");
+        }
+    }
+}
+
+/// A live session's deriver: follows the writer's [`Progress`] until the writer is
+/// finished and every record is derived; the whole summary.
+pub(super) fn follow(mut deriver: Deriver, mut tail: Tail, progress: &Progress) -> Summary {
+    lower_priority();
+    let done = || progress.wait_past(u64::MAX, Duration::ZERO).done;
+    loop {
+        let written = progress.wait_past(tail.pos(), Duration::from_secs(1));
+        let mut handled = 0usize;
+        let mut failed = false;
+        loop {
+            match tail.next(written.offset) {
+                Ok(Some((event, chain))) => {
+                    deriver.wait_for_room(&event, &done);
+                    deriver.derive(&event, tail.records(), chain);
+                    handled += 1;
+                    if handled % BATCH == 0 {
+                        deriver.end_batch();
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    // What this process wrote cannot be read back: what follows is not
+                    // derived (the spool itself is whole; a restart rebuilds from it).
+                    deriver.note(
+                        Err(std::io::Error::other(format!("reading it back: {e}"))),
+                        EVENTS_FILE,
+                    );
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        if handled > 0 {
+            deriver.end_batch();
+        }
+        if failed {
+            // Wait for the writer to finish, then report.
+            let mut w = written;
+            while !w.done {
+                w = progress.wait_past(u64::MAX, Duration::from_secs(1));
+            }
+            return deriver.finish(&w);
+        }
+        if written.done && tail.pos() >= written.offset {
+            return deriver.finish(&written);
+        }
+    }
+}
+
+/// Re-derives a recording's transcript, asciicast and stream queue from its spool after a
+/// crash; cuts off a torn last record; when the session never ended, appends an `end`
+/// event saying it was interrupted (continuing the hash chain), after closing a gap left
+/// open. Blocking. The same [`Deriver`] as a live session's, reading the same way.
+///
+/// # Errors
+/// [`RebuildError::Corrupt`]: the spool is unreadable, corrupt in its middle or altered
+/// (the text says where): the recording must be quarantined, not delivered.
+/// [`RebuildError::Transient`]: the files could not be read or written (an I/O error, a
+/// full disk): try again.
+pub fn rebuild(paths: &Paths, streaming: bool) -> Result<Rebuilt, RebuildError> {
+    use RebuildError::{Corrupt, Transient};
+    let mut tail = Tail::open(&paths.events, true).map_err(|(e, bad)| {
+        let text = format!("cannot open the spool: {e}");
+        if bad || e.kind() == std::io::ErrorKind::NotFound {
+            Corrupt(text)
+        } else {
+            Transient(text)
+        }
+    })?;
+    let file_len = std::fs::metadata(&paths.events).map_or(0, |m| m.len());
+    let next = |tail: &mut Tail| -> Result<Option<(Event, Chain)>, RebuildError> {
+        match tail.next(u64::MAX) {
+            Ok(read) => Ok(read),
+            // A torn last record: the spool ends before it.
+            Err(TailError::Torn(_)) => Ok(None),
+            Err(TailError::Unreadable(e)) => Err(Transient(e)),
+            Err(TailError::Corrupt(e)) => Err(Corrupt(e)),
+        }
+    };
+    let (start, start_chain) = match next(&mut tail)? {
+        Some((
+            event @ Event {
+                kind: EventKind::Start(_),
+                ..
+            },
+            chain,
+        )) => (event, chain),
+        Some(_) => {
+            return Err(Corrupt(
+                "the first record is not the session's start".into(),
+            ))
+        }
+        None => return Err(Corrupt("the spool holds no events".into())),
+    };
+    let EventKind::Start(info) = &start.kind else {
+        unreachable!("matched above")
+    };
+    let files = DerivedFiles::open(paths, streaming, true, DEFAULT_HEADROOM)
+        .map_err(|e| Transient(format!("cannot rewrite the derived files: {e}")))?;
+    let (progress, _) = watch::channel(0);
+    let mut deriver = Deriver::new(info.clone(), files, progress);
+    deriver.derive(&start, 1, start_chain);
+    let mut read = ReadSoFar {
+        ended: false,
+        last: (0, 0, start_chain),
+        handled: 0,
+    };
+    read.derive_rest(&mut tail, &mut deriver, &next)?;
+    let (last_seq, last_at, head) = read.last;
+    let was_ended = read.ended;
+    let good = tail.pos();
+    let torn_bytes = file_len.saturating_sub(good);
+    if torn_bytes > 0 {
+        OpenOptions::new()
+            .write(true)
+            .open(&paths.events)
+            .and_then(|f| f.set_len(good))
+            .map_err(|e| Transient(format!("cannot cut the torn last record: {e}")))?;
+    }
+    let records = tail.records();
+    let mut written = Written {
+        offset: good,
+        done: true,
+        spool_records: records,
+        spool_head: spool::hex(&head),
+        error: None,
+    };
+    if !was_ended {
+        // The interruption (and the close of a gap left open) go into the spool, and are
+        // derived from it like every other record.
+        let mut writer = SpoolWriter::open(&paths.events, DEFAULT_HEADROOM)
+            .map_err(|e| Transient(format!("cannot reopen the spool: {e}")))?
+            .continuing(records, head, last_seq, last_at);
+        if let Some(from_ms) = deriver.open_gap() {
+            writer.write_control(
+                last_at,
+                EventKind::Gap {
+                    from_ms,
+                    to_ms: Some(last_at.max(from_ms)),
+                    bytes: 0,
+                    events: 0,
+                    reason: "the agent stopped during a gap; how much was lost is not known".into(),
+                },
+            );
+        }
+        writer.write_control(
+            last_at,
+            EventKind::End {
+                exit_code: None,
+                how: INTERRUPTED.into(),
+            },
+        );
+        writer.end_batch(true);
+        writer.release();
+        written = writer.written();
+        if let Some(e) = written.error.take() {
+            return Err(Transient(e));
+        }
+        if written.spool_records <= records {
+            return Err(Transient(
+                "the interruption could not be recorded (the disk is full?)".into(),
+            ));
+        }
+        tail.reread()
+            .map_err(|e| Transient(format!("cannot read the spool again: {e}")))?;
+        read.derive_rest(&mut tail, &mut deriver, &next)?;
+    }
+    let mut summary = deriver.finish(&written);
+    if let Some(e) = summary.error.take() {
+        return Err(Transient(e));
+    }
+    super::note_spool_end(paths, &summary);
+    Ok(Rebuilt {
+        summary,
+        interrupted: !was_ended,
+        torn_bytes,
+    })
+}
+
+/// What a rebuild has read so far.
+struct ReadSoFar {
+    ended: bool,
+    /// The last event's seq, time and chain value.
+    last: (u64, u64, Chain),
+    handled: usize,
+}
+
+type NextRecord<'a> = dyn Fn(&mut Tail) -> Result<Option<(Event, Chain)>, RebuildError> + 'a;
+
+impl ReadSoFar {
+    /// Derives every record left in the spool, checking their order.
+    fn derive_rest(
+        &mut self,
+        tail: &mut Tail,
+        deriver: &mut Deriver,
+        next: &NextRecord<'_>,
+    ) -> Result<(), RebuildError> {
+        use RebuildError::Corrupt;
+        while let Some((event, chain)) = next(tail)? {
+            if self.ended {
+                return Err(Corrupt(format!(
+                    "event {} follows the end event",
+                    event.seq
+                )));
+            }
+            match event.kind {
+                EventKind::Start(_) => {
+                    return Err(Corrupt(format!("event {} is a second start", event.seq)))
+                }
+                EventKind::End { .. } => self.ended = true,
+                _ => {}
+            }
+            self.last = (event.seq, event.at_ms, chain);
+            deriver.derive(&event, tail.records(), chain);
+            self.handled += 1;
+            if self.handled % BATCH == 0 {
+                deriver.end_batch();
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,876 @@
+//! A session's recording: the spool is the log, everything else a reader of it.
+//!
+//! ```text
+//!  pump (output, resize) ─┐                      
+//!  PTY writer (input +    ├─▶ Tap ─bounded─▶ writer thread ─▶ events.spool  (the log: CRC,
+//!    echo state sampled) ─┘   (writer.rs)                       hash chain, group commit)
+//!                                                                    │ read back from disk
+//!                              deriver thread (derive.rs, nice 10) ◀─┘
+//!                                 ├─▶ <id>.log      clean transcript
+//!                                 ├─▶ <id>.cast     asciicast v2
+//!                                 └─▶ stream.jsonl ─▶ streamer task ─▶ CloudWatch
+//!  at close (deliver.rs): <id>.log + <id>.cast ─▶ S3;  <id>.log ─▶ CloudWatch (not streaming)
+//! ```
+//!
+//! Every session is recorded locally under `<state>/recordings/<id>/` (directories 0700,
+//! files 0600: session users cannot read them), whatever the document says; remote
+//! delivery follows the document, whose destinations are kept beside the recording
+//! (`session.json`, [`Meta`]).
+//!
+//! ## Nothing but the spool on the output path
+//!
+//! What the shell prints goes from the PTY to the [`Tap`], and from there to the writer,
+//! which appends it to the spool and does nothing else ([`writer`]). The [`Tap`] channel
+//! is bounded, so a writer that falls behind (a slow disk) slows the shell rather than
+//! dropping or buffering without bound. Rendering — the terminal emulator behind the
+//! transcript, the asciicast, the stream records — is the deriver's ([`derive`]): it reads
+//! the spool back from disk, at a lower CPU priority, and lags during a flood by what the
+//! spool holds on disk, never by memory. Recovery after a crash ([`rebuild`]) runs the same
+//! deriver over the same file.
+//!
+//! ## Sinks acknowledge; a crash costs nothing but a re-send
+//!
+//! Everything derived from the spool — transcript, asciicast, stream records and so the
+//! CloudWatch messages and their chain — is a function of the event stream alone (event
+//! times, not the wall clock; per-event, not per-batch), so [`rebuild`] re-derives it
+//! identically after a crash. Each sink writes what it has acknowledged beside the
+//! recording: `stream.ack` (last stream record stored), `s3.ack` (keys uploaded),
+//! `upload.ack` (events of the upload at close). `delivery.json` marks the end; until it
+//! exists the recording is unsettled and the next start delivers the rest
+//! (`agent::recovery`).
+//!
+//! ## The spool and its durability window
+//!
+//! Each event becomes a length-prefixed, CRC-checked, hash-chained record
+//! ([`crate::recorder::spool`]), written to the kernel as it comes and `fdatasync`ed at
+//! most every [`SYNC_EVERY`] and at the end of the session. So a killed agent (`kill -9`,
+//! a panic, the OOM killer) loses only what had not reached the writer yet — the events
+//! queued in the tap (at most `TAP_QUEUE` chunks) — while a power loss can also cost the
+//! events written in the last [`SYNC_EVERY`]. A record cut short by a crash is detected by
+//! its length and CRC and ends the readable spool there; [`rebuild`] cuts it off and, when
+//! the session never ended, appends an `end` event saying it was interrupted.
+
+mod deliver;
+mod derive;
+mod writer;
+
+pub(crate) use deliver::with_retries;
+pub use deliver::{
+    stream_to_cloudwatch, upload_to_cloudwatch, upload_to_s3, Delivery, DeliveryStatus,
+    StreamReport,
+};
+pub use derive::rebuild;
+
+use super::reserve;
+use crate::delivery::cwl::SessionFields;
+use crate::delivery::{CwlDestination, S3Destination};
+use crate::recorder::{EventKind, StartInfo};
+use derive::{DerivedFiles, Deriver, Tail};
+use std::fs::OpenOptions;
+use std::io::Write;
+#[cfg(unix)]
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::{mpsc, oneshot, watch};
+use writer::{Alarm, Progress, SpoolWriter};
+
+/// Under `fail-closed`, how long input waits for the writer to write it before it is
+/// dropped (the writer is stuck: the recording has failed).
+const INPUT_ACK_WAIT: Duration = Duration::from_secs(10);
+/// Messages queued between the pump and the writer thread.
+const TAP_QUEUE: usize = 16;
+/// Events the writer (or the deriver) handles before it publishes (or writes out) what it
+/// has.
+const BATCH: usize = 64;
+/// A destination that is not found (deleted, or not re-created yet) is retried this long
+/// before delivery gives up; transient failures are retried while the daemon runs.
+pub const DELIVERY_PATIENCE: Duration = Duration::from_secs(120);
+/// Name of the raw timed stream in a recording directory.
+pub const EVENTS_FILE: &str = "events.spool";
+/// The spool is `fdatasync`ed at most this often while a session runs (group commit: a
+/// flood of output must not wait for the disk after every 16 KiB).
+pub const SYNC_EVERY: Duration = Duration::from_millis(200);
+/// Name of the streamer's queue in a recording directory.
+pub const STREAM_FILE: &str = "stream.jsonl";
+/// Name of the delivery report written when delivery finishes.
+pub const STATUS_FILE: &str = "delivery.json";
+/// Name of the recording's delivery instructions ([`Meta`]).
+pub const META_FILE: &str = "session.json";
+/// The streamer's acknowledged position: the last stream record stored in CloudWatch.
+pub const STREAM_ACK: &str = "stream.ack";
+/// Events of the upload at close already stored in CloudWatch.
+pub const UPLOAD_ACK: &str = "upload.ack";
+/// S3 keys already uploaded.
+pub const S3_ACK: &str = "s3.ack";
+/// Default [`Options::headroom`].
+pub const DEFAULT_HEADROOM: u64 = 4 * 1024 * 1024;
+
+/// Unix milliseconds now.
+pub fn unix_ms() -> u64 {
+    crate::timefmt::unix_ms(SystemTime::now())
+}
+
+/// A file or directory name for a session id: `[A-Za-z0-9._-]` kept, anything else
+/// (including `/`) replaced by `_`, a leading `.` too, at most 128 bytes; never empty.
+pub fn safe_name(session_id: &str) -> String {
+    let mut name: String = session_id
+        .chars()
+        .take(128)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if name.starts_with('.') {
+        name.replace_range(0..1, "_");
+    }
+    if name.is_empty() {
+        name.push('_');
+    }
+    name
+}
+
+/// Creates a directory (and parents) readable by its owner only. On Windows there are
+/// no modes: the directory inherits the state directory's ACL (SYSTEM and
+/// Administrators only, set by `session-agent service install`).
+pub fn private_dir(path: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    builder.mode(0o700);
+    builder.create(path)
+}
+
+/// Owner-only (0600) files where the platform has modes; see [`private_dir`].
+fn owner_only(options: &mut OpenOptions) -> &mut OpenOptions {
+    #[cfg(unix)]
+    options.mode(0o600);
+    options
+}
+
+/// What a recording needs to be delivered, kept beside it (`session.json`) so that a
+/// recording left behind by a crash can be delivered by the next start.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Meta {
+    /// The session.
+    pub session_id: String,
+    /// S3 upload at close.
+    #[serde(default)]
+    pub s3: Option<S3Destination>,
+    /// CloudWatch Logs (streamed or uploaded at close).
+    #[serde(default)]
+    pub cwl: Option<CwlDestination>,
+    /// The fixed fields of streamed messages.
+    #[serde(default)]
+    pub fields: Option<SessionFields>,
+    /// Destinations skipped before the session started, reported in `delivery.json`.
+    #[serde(default)]
+    pub skipped: Vec<String>,
+    /// Set when the recording ended: records in the spool...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spool_records: Option<u64>,
+    /// ...and the hash chain's value after the last one (hex), to compare copies with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spool_head: Option<String>,
+}
+
+impl Meta {
+    /// Whether the recording is streamed to CloudWatch Logs.
+    pub fn streaming(&self) -> bool {
+        self.cwl.as_ref().is_some_and(|d| d.streaming)
+    }
+
+    fn write(&self, paths: &Paths) -> std::io::Result<()> {
+        let json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        write_atomic(&paths.dir.join(META_FILE), &json)
+    }
+
+    /// Reads a recording's `session.json`.
+    ///
+    /// # Errors
+    /// Missing or not a [`Meta`], described.
+    pub fn read(dir: &Path) -> Result<Self, String> {
+        let path = dir.join(META_FILE);
+        let bytes = std::fs::read(&path).map_err(|e| format!("cannot read {META_FILE}: {e}"))?;
+        serde_json::from_slice(&bytes).map_err(|e| format!("{META_FILE} is not valid: {e}"))
+    }
+}
+
+/// Replaces `path` with `bytes` (owner-only), atomically: a reader sees the old or the new
+/// content, never a mix, even across a crash.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f =
+        owner_only(OpenOptions::new().create(true).write(true).truncate(true)).open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_data()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// The paths of one recording.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    /// The recording's directory.
+    pub dir: PathBuf,
+    /// The raw timed stream.
+    pub events: PathBuf,
+    /// The clean transcript.
+    pub transcript: PathBuf,
+    /// The asciicast.
+    pub cast: PathBuf,
+    /// The streamer's queue.
+    pub stream: PathBuf,
+}
+
+impl Paths {
+    /// The layout under `recordings_root` for a session.
+    pub fn new(recordings_root: &Path, session_id: &str) -> Self {
+        let name = safe_name(session_id);
+        let dir = recordings_root.join(&name);
+        Self {
+            events: dir.join(EVENTS_FILE),
+            transcript: dir.join(format!("{name}.log")),
+            cast: dir.join(format!("{name}.cast")),
+            stream: dir.join(STREAM_FILE),
+            dir,
+        }
+    }
+}
+
+enum Rec {
+    Output(u64, Vec<u8>),
+    Input(u64, Vec<u8>),
+    /// Echo-off input: its byte count and line ends only.
+    Redacted(u64, usize, usize),
+    Resize(u64, u16, u16),
+    End(u64, Option<i32>, String),
+    /// Input under `fail-closed`: the writer learns whether it was recorded before it
+    /// types it.
+    Acked(Box<Rec>, std::sync::mpsc::Sender<bool>),
+}
+
+impl Rec {
+    /// Bytes of session data it carries (what a gap counts when it is lost).
+    fn data_len(&self) -> usize {
+        match self {
+            Rec::Output(_, d) | Rec::Input(_, d) => d.len(),
+            Rec::Redacted(_, n, _) => *n,
+            Rec::Acked(inner, _) => inner.data_len(),
+            _ => 0,
+        }
+    }
+}
+
+/// The pump's handle to the recorder. Cheap to clone; every call applies back-pressure
+/// when the recorder is behind.
+#[derive(Debug, Clone)]
+pub struct Tap {
+    tx: mpsc::Sender<Rec>,
+    started: Instant,
+    /// Set when the recording failed under `fail-closed`: input no longer reaches the
+    /// shell (nothing unrecorded is typed while the session is being ended).
+    closed: Arc<AtomicBool>,
+    /// `fail-closed`: input is typed only once the recorder has written it.
+    strict: bool,
+}
+
+impl std::fmt::Debug for Rec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Rec")
+    }
+}
+
+impl Tap {
+    fn at(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Records output the terminal showed.
+    pub async fn output(&self, bytes: &[u8]) {
+        let _ = self.tx.send(Rec::Output(self.at(), bytes.to_vec())).await;
+    }
+
+    /// Records a resize.
+    pub async fn resize(&self, cols: u16, rows: u16) {
+        let _ = self.tx.send(Rec::Resize(self.at(), cols, rows)).await;
+    }
+
+    /// Records typed input, from a blocking thread (the PTY writer), before it is written
+    /// to the terminal. `echo_off` is the terminal's state as the bytes are written;
+    /// unknown counts as off (never record what might be a password). Returns false when
+    /// the bytes must not be written: the recording failed and the policy is
+    /// `fail-closed`.
+    pub fn input_blocking(&self, bytes: &[u8], echo_off: Option<bool>) -> bool {
+        if self.closed.load(Ordering::SeqCst) {
+            return false;
+        }
+        let msg = if echo_off.unwrap_or(true) {
+            // The bytes go no further than this thread.
+            Rec::Redacted(
+                self.at(),
+                bytes.len(),
+                crate::recorder::event::line_ends(bytes),
+            )
+        } else {
+            Rec::Input(self.at(), bytes.to_vec())
+        };
+        if !self.strict {
+            let _ = self.tx.blocking_send(msg);
+            return true;
+        }
+        // fail-closed: typed only once it is on disk (a recorder that is gone, or that
+        // does not answer, counts as a failed recording).
+        let (ack, recorded) = std::sync::mpsc::channel();
+        if self
+            .tx
+            .blocking_send(Rec::Acked(Box::new(msg), ack))
+            .is_err()
+        {
+            self.closed.store(true, Ordering::SeqCst);
+            return false;
+        }
+        let ok = recorded.recv_timeout(INPUT_ACK_WAIT).unwrap_or(false);
+        if !ok {
+            self.closed.store(true, Ordering::SeqCst);
+        }
+        ok && !self.closed.load(Ordering::SeqCst)
+    }
+
+    /// Records the end of the session.
+    pub async fn end(&self, exit_code: Option<i32>, how: &str) {
+        let _ = self
+            .tx
+            .send(Rec::End(self.at(), exit_code, how.to_owned()))
+            .await;
+    }
+}
+
+/// What the recorder thread reports when the recording is complete.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    /// Events recorded (including start and end).
+    pub events: u64,
+    /// Bytes of output recorded.
+    pub output_bytes: u64,
+    /// Keystroke bytes withheld because echo was off.
+    pub redacted_bytes: u64,
+    /// Parts of the session that could not be recorded (the disk was full), described.
+    pub gaps: Vec<String>,
+    /// Records in the spool, and the hash chain's value after the last one.
+    pub spool_records: u64,
+    /// See `spool_records` (hex).
+    pub spool_head: String,
+    /// A write to the state dir failed (the text says which); the recording is incomplete.
+    pub error: Option<String>,
+}
+
+impl Summary {
+    /// Why the recording is not the whole session, if it is not.
+    pub fn incomplete(&self) -> Option<String> {
+        let mut why: Vec<String> = self.gaps.clone();
+        why.extend(self.error.clone());
+        (!why.is_empty()).then(|| why.join("; "))
+    }
+}
+
+/// How a recording is made: the reservation ahead of it and what to do when it fails.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Disk space reserved ahead of the spool and the asciicast (a quarter of it for the
+    /// transcript and the stream queue), renewed as they grow, released at the end.
+    pub headroom: u64,
+    /// `recording_policy = "fail-closed"`: a recording that cannot be written ends the
+    /// session (and the space must be reserved before it starts).
+    pub fail_closed: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            headroom: DEFAULT_HEADROOM,
+            fail_closed: false,
+        }
+    }
+}
+
+/// A running recording.
+#[derive(Debug)]
+pub struct Recording {
+    /// Its files.
+    pub paths: Paths,
+    /// Wall-clock start, Unix ms.
+    pub started_unix_ms: u64,
+    done: oneshot::Receiver<Summary>,
+    /// Bytes flushed to `stream.jsonl` (closed when the recording is complete); `None`
+    /// when not streaming.
+    pub stream_progress: Option<watch::Receiver<u64>>,
+    /// Under `fail-closed`: fires with the reason when the recording can no longer be
+    /// written (the session must end).
+    pub failed: Option<oneshot::Receiver<String>>,
+}
+
+impl Recording {
+    /// Creates the recording's directory and files, reserves their headroom, and starts
+    /// its thread.
+    ///
+    /// # Errors
+    /// The directory or a file could not be created, the thread not started, or (under
+    /// `fail-closed`) the headroom not reserved.
+    pub fn start(
+        recordings_root: &Path,
+        start: StartInfo,
+        meta: &Meta,
+        options: Options,
+    ) -> std::io::Result<(Tap, Self)> {
+        let paths = Paths::new(recordings_root, &start.session_id);
+        private_dir(&paths.dir)?;
+        meta.write(&paths)?;
+        let streaming = meta.streaming();
+        let mut writer = SpoolWriter::open(&paths.events, options.headroom)?;
+        let mut files = DerivedFiles::open(&paths, streaming, false, options.headroom)?;
+        let reserved = writer
+            .reserve(options.headroom)
+            .and_then(|()| files.reserve());
+        if let Err(e) = reserved {
+            if options.fail_closed {
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot reserve {} MiB of disk space for the recording: {e}",
+                        options.headroom.saturating_mul(3) / (1024 * 1024)
+                    ),
+                ));
+            }
+            tracing::warn!(session = %start.session_id, error = %e, "Cannot reserve disk space ahead of the recording; it is written without a reservation (recording_policy = \"fail-open\")");
+        }
+        let tail = Tail::open(&paths.events, false).map_err(|(e, _)| e)?;
+        let (tx, rx) = mpsc::channel(TAP_QUEUE);
+        let (done_tx, done) = oneshot::channel();
+        let (progress_tx, progress_rx) = watch::channel(0u64);
+        let (failed_tx, failed_rx) = oneshot::channel();
+        let closed = Arc::new(AtomicBool::new(false));
+        let alarm = options
+            .fail_closed
+            .then(|| Arc::new(Alarm::new(failed_tx, closed.clone())));
+        let started_unix_ms = start.started_unix_ms;
+        let deriver = Deriver::new(start.clone(), files, progress_tx).with_alarm(alarm.clone());
+        let mut writer = writer.with_alarm(alarm);
+        let progress = Arc::new(Progress::default());
+        let shared = progress.clone();
+        std::thread::Builder::new()
+            .name("recorder".into())
+            .stack_size(super::session::SESSION_THREAD_STACK)
+            .spawn(move || {
+                let _finished = writer::FinishGuard(&shared);
+                writer.start(start);
+                write_loop(writer, rx, &shared);
+            })?;
+        std::thread::Builder::new()
+            .name("deriver".into())
+            .stack_size(super::session::SESSION_THREAD_STACK)
+            .spawn(move || {
+                let summary = derive::follow(deriver, tail, &progress);
+                let _ = done_tx.send(summary);
+            })?;
+        Ok((
+            Tap {
+                tx,
+                started: Instant::now(),
+                closed,
+                strict: options.fail_closed,
+            },
+            Self {
+                paths,
+                started_unix_ms,
+                done,
+                stream_progress: streaming.then_some(progress_rx),
+                failed: options.fail_closed.then_some(failed_rx),
+            },
+        ))
+    }
+
+    /// Waits until the recorder has written everything (after [`Tap::end`] or once every
+    /// tap is dropped), and notes where the spool ended in `session.json`.
+    pub async fn finish(self) -> (Paths, Summary) {
+        let summary = self.done.await.unwrap_or_else(|_| Summary {
+            error: Some("the recorder thread stopped unexpectedly".into()),
+            ..Summary::default()
+        });
+        note_spool_end(&self.paths, &summary);
+        (self.paths, summary)
+    }
+}
+
+/// What [`rebuild`] found in a spool.
+#[derive(Debug, Clone)]
+pub struct Rebuilt {
+    /// What the re-derivation produced (events counts the spool's records, plus the
+    /// interruption marker when one was added).
+    pub summary: Summary,
+    /// The spool had no end event: the session was cut short by a crash, and an `end`
+    /// event saying so was appended.
+    pub interrupted: bool,
+    /// Bytes of a torn last record cut off.
+    pub torn_bytes: u64,
+}
+
+/// Why a recording could not be rebuilt.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RebuildError {
+    /// It cannot be trusted or read: corrupt, altered, not a recording. Quarantined.
+    #[error("{0}")]
+    Corrupt(String),
+    /// The disk or file system failed for now (full, read-only, an I/O error): tried
+    /// again later, never quarantined.
+    #[error("{0}")]
+    Transient(String),
+}
+
+/// The `how` of the end event appended to a recording whose session was cut short.
+pub const INTERRUPTED: &str =
+    "interrupted: the agent stopped before the session ended (recovered at the next start)";
+
+/// The writer thread: appends what the tap sends, in batches, publishing after each how
+/// far the spool is written; at the end (or when every tap is dropped without one) the
+/// end record, a last sync, and what it wrote.
+fn write_loop(mut writer: SpoolWriter, mut rx: mpsc::Receiver<Rec>, progress: &Progress) {
+    let mut ended = false;
+    while !ended {
+        let Some(first) = rx.blocking_recv() else {
+            // Every tap dropped without an end: the session task failed.
+            let at = unix_ms().saturating_sub(writer.started_unix_ms());
+            let _ = apply(
+                &mut writer,
+                Rec::End(at, None, "recording closed without an end".into()),
+            );
+            break;
+        };
+        let mut next = Some(first);
+        let mut handled = 0;
+        while let Some(msg) = next.take() {
+            ended |= matches!(msg, Rec::End(..));
+            let _ = apply(&mut writer, msg);
+            handled += 1;
+            if !ended && handled < BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        writer.end_batch(ended);
+        progress.publish(writer.offset());
+    }
+    writer.end_batch(true);
+    writer.release();
+    progress.finish(writer.written());
+}
+
+/// Writes one message; whether it made it to the spool.
+fn apply(writer: &mut SpoolWriter, msg: Rec) -> bool {
+    let data = msg.data_len() as u64;
+    let (at, kind) = match msg {
+        Rec::Acked(inner, ack) => {
+            let recorded = apply(writer, *inner);
+            let _ = ack.send(recorded);
+            return recorded;
+        }
+        Rec::Output(at, data) => (at, EventKind::Output { data }),
+        Rec::Input(at, data) => (at, EventKind::Input { data }),
+        Rec::Redacted(at, bytes, lines) => (at, EventKind::InputRedacted { bytes, lines }),
+        Rec::Resize(at, cols, rows) => (at, EventKind::Resize { cols, rows }),
+        Rec::End(at, exit_code, how) => (at, EventKind::End { exit_code, how }),
+    };
+    writer.write(at, kind, data).is_some()
+}
+
+/// Records the spool's record count and chain head in `session.json` (beside the copy
+/// in the last streamed CloudWatch message and `delivery.json`), so a copy of the spool
+/// cut short can be told from the whole. A failure is logged, not fatal.
+fn note_spool_end(paths: &Paths, summary: &Summary) {
+    if summary.spool_head.is_empty() {
+        return;
+    }
+    let written = Meta::read(&paths.dir).and_then(|mut meta| {
+        meta.spool_records = Some(summary.spool_records);
+        meta.spool_head = Some(summary.spool_head.clone());
+        meta.write(paths).map_err(|e| e.to_string())
+    });
+    if let Err(e) = written {
+        tracing::warn!(dir = %paths.dir.display(), error = %e, "Cannot note the spool's end in session.json");
+    }
+}
+
+// CORE
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delivery::cwl::{Direction, StreamRecord};
+    use std::io::BufReader;
+
+    #[test]
+    fn session_ids_cannot_escape_the_recordings_dir() {
+        assert_eq!(safe_name("alice-0123abcd"), "alice-0123abcd");
+        assert_eq!(safe_name("../../etc/passwd"), "_._.._etc_passwd");
+        assert_eq!(safe_name(".hidden"), "_hidden");
+        assert_eq!(safe_name(""), "_");
+        assert_eq!(safe_name("a/b\0c"), "a_b_c");
+        assert_eq!(safe_name(&"x".repeat(500)).len(), 128);
+    }
+
+    fn start(session_id: &str) -> StartInfo {
+        StartInfo {
+            session_id: session_id.into(),
+            user: "alice".into(),
+            run_as_user: "ssm-user".into(),
+            owner: "alice".into(),
+            target: "t".into(),
+            reason: None,
+            cols: 40,
+            rows: 10,
+            started_unix_ms: unix_ms(),
+            term: None,
+            shell: None,
+        }
+    }
+
+    fn streaming_meta(session_id: &str) -> Meta {
+        Meta {
+            session_id: session_id.into(),
+            cwl: Some(CwlDestination {
+                group: "g".into(),
+                streaming: true,
+                require_encryption: false,
+            }),
+            ..Meta::default()
+        }
+    }
+
+    /// Records a small session with every kind of event; returns its paths.
+    async fn record_session(root: &Path, session_id: &str) -> Paths {
+        let (tap, recording) = Recording::start(
+            root,
+            start(session_id),
+            &streaming_meta(session_id),
+            Options::default(),
+        )
+        .unwrap();
+        tap.output(b"$ ").await;
+        let t = tap.clone();
+        tokio::task::spawn_blocking(move || {
+            t.input_blocking(b"ec", Some(false));
+            t.input_blocking(b"ho hi\r", Some(false));
+            t.input_blocking(b"secret\r", Some(true));
+        })
+        .await
+        .unwrap();
+        tap.output(b"echo hi\r\nhi\r\n").await;
+        tap.resize(60, 20).await;
+        for i in 0..100 {
+            tap.output(format!("line {i}\r\n").as_bytes()).await;
+        }
+        tap.output(b"$ ").await;
+        tap.end(Some(0), "exited").await;
+        drop(tap);
+        let (paths, summary) = recording.finish().await;
+        assert!(summary.error.is_none());
+        paths
+    }
+
+    fn derived(paths: &Paths) -> [Vec<u8>; 3] {
+        [&paths.transcript, &paths.cast, &paths.stream].map(|p| std::fs::read(p).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_rebuild_derives_the_same_files_from_the_spool() {
+        let root = tempfile::tempdir().unwrap();
+        let paths = record_session(root.path(), "s-r").await;
+        let original = derived(&paths);
+        let spool = std::fs::read(&paths.events).unwrap();
+        for p in [&paths.transcript, &paths.cast, &paths.stream] {
+            std::fs::write(p, b"garbage left by a crash").unwrap();
+        }
+        let rebuilt = rebuild(&paths, true).unwrap();
+        assert!(!rebuilt.interrupted);
+        assert_eq!(rebuilt.torn_bytes, 0);
+        assert_eq!(derived(&paths), original);
+        // The spool is left as it was.
+        assert_eq!(std::fs::read(&paths.events).unwrap(), spool);
+    }
+
+    #[tokio::test]
+    async fn a_spool_cut_by_a_crash_is_rebuilt_and_marked_interrupted() {
+        let root = tempfile::tempdir().unwrap();
+        let paths = record_session(root.path(), "s-k").await;
+        let original = derived(&paths);
+        // Drop the end record (the crash came before it) and leave half a record behind.
+        let f = std::fs::File::open(&paths.events).unwrap();
+        let mut reader = crate::replay::SpoolReader::new(BufReader::new(f)).unwrap();
+        let mut ends = Vec::new();
+        while let Some(Ok(_)) = reader.next() {
+            ends.push(reader.offset());
+        }
+        let before_end = ends[ends.len() - 2];
+        let mut spool = std::fs::read(&paths.events).unwrap();
+        spool.truncate(usize::try_from(before_end).unwrap());
+        spool.extend_from_slice(&[7, 0, 0, 0, 1, 2, 3]);
+        std::fs::write(&paths.events, &spool).unwrap();
+
+        let rebuilt = rebuild(&paths, true).unwrap();
+        assert!(rebuilt.interrupted);
+        assert_eq!(rebuilt.torn_bytes, 7);
+        // The interrupted end commits the same lines the real end did, and says so.
+        let [transcript, _, stream] = derived(&paths);
+        let note = format!("[session {INTERRUPTED}]\n");
+        assert_eq!(transcript, [&original[0][..], note.as_bytes()].concat());
+        let (new, old) = (
+            String::from_utf8(stream).unwrap(),
+            String::from_utf8(original[2].clone()).unwrap(),
+        );
+        // Same records up to the last output, which now says so, and the end record
+        // that names how the session ended.
+        let (new_lines, old_lines): (Vec<&str>, Vec<&str>) =
+            (new.lines().collect(), old.lines().collect());
+        assert_eq!(new_lines.len(), old_lines.len());
+        let n = new_lines.len();
+        assert_eq!(new_lines[..n - 2], old_lines[..n - 2]);
+        assert!(
+            new_lines[n - 2].contains("[session interrupted"),
+            "{}",
+            new_lines[n - 2]
+        );
+        assert!(
+            new_lines[n - 1].contains("[session ended: interrupted"),
+            "{}",
+            new_lines[n - 1]
+        );
+        assert!(old_lines[n - 1].contains("[session ended: exited, status 0]"));
+        // The spool now ends with the interruption, chain intact.
+        let f = std::fs::File::open(&paths.events).unwrap();
+        assert!(matches!(
+            crate::replay::verify_spool(f).unwrap(),
+            crate::replay::Verdict::Intact {
+                torn_tail: false,
+                ..
+            }
+        ));
+        let f = std::fs::File::open(&paths.events).unwrap();
+        let last = crate::replay::SpoolReader::new(f)
+            .unwrap()
+            .last()
+            .unwrap()
+            .unwrap();
+        let text = String::from_utf8(last.payload).unwrap();
+        assert!(text.contains(INTERRUPTED), "{text}");
+        // A second rebuild (a crash during recovery) finds it ended and changes nothing.
+        let spool = std::fs::read(&paths.events).unwrap();
+        let again = rebuild(&paths, true).unwrap();
+        assert!(!again.interrupted);
+        assert_eq!(std::fs::read(&paths.events).unwrap(), spool);
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_or_altered_spool_is_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let paths = record_session(root.path(), "s-c").await;
+        let good = std::fs::read(&paths.events).unwrap();
+        let mut bad = good.clone();
+        let mid = bad.len() / 2;
+        bad[mid] ^= 0x20;
+        std::fs::write(&paths.events, &bad).unwrap();
+        let err = rebuild(&paths, true).unwrap_err();
+        assert!(
+            matches!(&err, RebuildError::Corrupt(t) if t.starts_with("record ")),
+            "{err}"
+        );
+        std::fs::write(&paths.events, b"not a spool").unwrap();
+        assert!(rebuild(&paths, true).is_err());
+        std::fs::write(&paths.events, crate::recorder::spool::MAGIC).unwrap();
+        assert_eq!(
+            rebuild(&paths, true).unwrap_err(),
+            RebuildError::Corrupt("the spool holds no events".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn recording_writes_private_files_and_streams_records() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let (tap, recording) = Recording::start(
+            root.path(),
+            start("s-1"),
+            &streaming_meta("s-1"),
+            Options::default(),
+        )
+        .unwrap();
+        let progress = recording.stream_progress.clone().unwrap();
+        tap.output(b"$ ").await;
+        let t = tap.clone();
+        tokio::task::spawn_blocking(move || {
+            t.input_blocking(b"ls\r", Some(false));
+            t.input_blocking(b"hunter2\r", Some(true));
+            t.input_blocking(b"x", None);
+        })
+        .await
+        .unwrap();
+        tap.output(b"ls\r\nfile\r\n$ ").await;
+        tap.end(Some(0), "exited").await;
+        drop(tap);
+        let (paths, summary) = recording.finish().await;
+        assert!(summary.error.is_none());
+        assert_eq!(summary.redacted_bytes, 9);
+        assert_eq!(
+            std::fs::metadata(&paths.dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        for f in [&paths.events, &paths.transcript, &paths.cast, &paths.stream] {
+            let meta = std::fs::metadata(f).unwrap();
+            assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{}", f.display());
+            let text = String::from_utf8_lossy(&std::fs::read(f).unwrap()).into_owned();
+            assert!(!text.contains("hunter2"), "{}: {text}", f.display());
+            assert!(!text.contains(&crate::recorder::event::base64_encode(b"hunter2")));
+        }
+        assert_eq!(
+            std::fs::read_to_string(&paths.transcript).unwrap(),
+            "$ ls\nfile\n$\n"
+        );
+        let stream = std::fs::read_to_string(&paths.stream).unwrap();
+        let records: Vec<StreamRecord> = stream
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert!(records.windows(2).all(|w| w[0].seq + 1 == w[1].seq));
+        let inputs: Vec<&StreamRecord> = records
+            .iter()
+            .filter(|r| r.direction == Direction::Input)
+            .collect();
+        assert_eq!(inputs[0].lines, ["ls"]);
+        assert!(inputs[1].lines[0].starts_with("[input redacted: 8 bytes"));
+        assert!(inputs[2].lines[0].starts_with("[input redacted: 1 bytes"));
+        assert_eq!(
+            *progress.borrow(),
+            std::fs::metadata(&paths.stream).unwrap().len()
+        );
+        let f = std::fs::File::open(&paths.events).unwrap();
+        let records: Vec<_> = crate::replay::SpoolReader::new(f)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert!(
+            String::from_utf8_lossy(&records.last().unwrap().payload).contains(r#""type":"end""#)
+        );
+        let f = std::fs::File::open(&paths.events).unwrap();
+        assert!(matches!(
+            crate::replay::verify_spool(f).unwrap(),
+            crate::replay::Verdict::Intact {
+                records: 7,
+                torn_tail: false,
+                ..
+            }
+        ));
+    }
+}
