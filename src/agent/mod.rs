@@ -543,7 +543,7 @@ pub(crate) async fn run_session(
     }
     let delivery = match recording {
         Some(rec) => {
-            let (paths, summary) = rec.finish().await;
+            let (paths, summary) = rec.finish();
             Some(Delivery {
                 session_id: session_id.clone(),
                 paths,

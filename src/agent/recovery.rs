@@ -178,8 +178,8 @@ async fn delivery_for(
 ) -> Delivery {
     let mut delivery = Delivery {
         session_id: meta.session_id.clone(),
+        summary: recording::PendingSummary::ready(paths.clone(), summary),
         paths,
-        summary,
         s3: None,
         cwl_upload: None,
         streamer: None,

@@ -3,8 +3,8 @@
 //! one policy ([`Patience`]); `delivery.json` when everything asked for is done.
 
 use super::{
-    unix_ms, write_atomic, Paths, Summary, DELIVERY_PATIENCE, S3_ACK, STATUS_FILE, STREAM_ACK,
-    UPLOAD_ACK,
+    unix_ms, write_atomic, Paths, PendingSummary, DELIVERY_PATIENCE, S3_ACK, STATUS_FILE,
+    STREAM_ACK, UPLOAD_ACK,
 };
 use crate::delivery::aws::{AwsError, BucketEncryption, Logs, Upload, S3};
 use crate::delivery::cwl::{self, Batcher, SessionFields, StreamRecord};
@@ -414,7 +414,7 @@ pub struct Delivery {
     /// The recording's files.
     pub paths: Paths,
     /// What the recorder reported.
-    pub summary: Summary,
+    pub summary: PendingSummary,
     /// S3 upload at close.
     pub s3: Option<(S3, S3Destination, BucketEncryption)>,
     /// CloudWatch upload at close (streaming off).
@@ -459,10 +459,11 @@ impl Delivery {
             complete: true,
             ..DeliveryStatus::default()
         };
-        status.recording_complete = self.summary.incomplete().is_none();
-        status.spool_records = self.summary.spool_records;
-        status.spool_head.clone_from(&self.summary.spool_head);
-        if let Some(why) = self.summary.incomplete() {
+        let summary = self.summary.wait().await;
+        status.recording_complete = summary.incomplete().is_none();
+        status.spool_records = summary.spool_records;
+        status.spool_head.clone_from(&summary.spool_head);
+        if let Some(why) = summary.incomplete() {
             status.errors.push(format!("recording incomplete: {why}"));
         }
         status.errors.extend(self.skipped.iter().cloned());
@@ -511,8 +512,7 @@ impl Delivery {
         if let Err(e) = write_atomic(&path, &json) {
             tracing::warn!(path = %path.display(), error = %e, "Cannot write the delivery status");
         }
-        let recording = self
-            .summary
+        let recording = summary
             .incomplete()
             .map_or_else(|| "complete".to_owned(), |why| format!("INCOMPLETE: {why}"));
         if status.recording_complete {

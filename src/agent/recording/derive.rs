@@ -10,9 +10,10 @@
 //! never memory (a [`Tail`] holds at most one read of [`READ_CHUNK`] plus one record).
 //!
 //! The derived files have disk space reserved ahead like the spool. When a derived file
-//! cannot grow (the disk is full), the deriver waits for space under `fail-open` (the
-//! spool, whose writer records a gap of its own, is the truth; nothing read is dropped),
-//! and under `fail-closed` raises the alarm that ends the session.
+//! cannot grow (the disk is full), the deriver waits for space under `fail-open` and
+//! tells the writer, which records a gap from then on until the deriver has room again
+//! (nothing the spool holds is dropped, and the spool does not eat the derived files'
+//! room); under `fail-closed` it raises the alarm that ends the session.
 
 use super::reserve::{ReservedFile, RETRY_RESERVE};
 use super::writer::{Alarm, Progress, SpoolWriter, Written};
@@ -26,6 +27,7 @@ use crate::recorder::{Event, EventKind, Recorder, StartInfo};
 use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -326,6 +328,8 @@ pub(super) struct Deriver {
     alarm: Option<Arc<Alarm>>,
     /// Told once that the derived files wait for space.
     waiting_told: bool,
+    /// Set while a derived file has no room (the writer then records a gap).
+    stalled: Arc<AtomicBool>,
     summary: Summary,
     progress: watch::Sender<u64>,
 }
@@ -356,6 +360,7 @@ impl Deriver {
             chain: spool::CHAIN_START,
             alarm: None,
             waiting_told: false,
+            stalled: Arc::default(),
             summary: Summary {
                 events: 1,
                 ..Summary::default()
@@ -368,6 +373,11 @@ impl Deriver {
     pub(super) fn with_alarm(mut self, alarm: Option<Arc<Alarm>>) -> Self {
         self.alarm = alarm;
         self
+    }
+
+    /// The flag set while a derived file has no room, shared with the writer.
+    pub(super) fn stall_flag(&self) -> Arc<AtomicBool> {
+        self.stalled.clone()
     }
 
     /// The gap left open by the spool read so far, if any: its start.
@@ -421,8 +431,13 @@ impl Deriver {
         };
         loop {
             let Some(file) = self.files.lacking(data, control, Instant::now()) else {
+                self.stalled.store(false, Ordering::SeqCst);
                 return;
             };
+            // The writer stops taking space too (a gap in the spool), so that what the
+            // session does while the disk is full is a gap everywhere, not a spool that
+            // ate the derived files' room.
+            self.stalled.store(true, Ordering::SeqCst);
             let reason = format!("no space left on the recordings' file system for the {file}");
             if let Some(alarm) = &self.alarm {
                 alarm.raise(reason);

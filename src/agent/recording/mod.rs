@@ -460,7 +460,9 @@ impl Recording {
             .then(|| Arc::new(Alarm::new(failed_tx, closed.clone())));
         let started_unix_ms = start.started_unix_ms;
         let deriver = Deriver::new(start.clone(), files, progress_tx).with_alarm(alarm.clone());
-        let mut writer = writer.with_alarm(alarm);
+        let mut writer = writer
+            .with_alarm(alarm)
+            .with_stall_flag(deriver.stall_flag());
         let progress = Arc::new(Progress::default());
         let shared = progress.clone();
         std::thread::Builder::new()
@@ -495,15 +497,53 @@ impl Recording {
         ))
     }
 
-    /// Waits until the recorder has written everything (after [`Tap::end`] or once every
-    /// tap is dropped), and notes where the spool ended in `session.json`.
-    pub async fn finish(self) -> (Paths, Summary) {
-        let summary = self.done.await.unwrap_or_else(|_| Summary {
-            error: Some("the recorder thread stopped unexpectedly".into()),
-            ..Summary::default()
-        });
-        note_spool_end(&self.paths, &summary);
-        (self.paths, summary)
+    /// Its summary, once the deriver has caught up (after [`Tap::end`] or once every tap
+    /// is dropped): the session need not wait for it, delivery does.
+    pub fn finish(self) -> (Paths, PendingSummary) {
+        let pending = PendingSummary {
+            paths: self.paths.clone(),
+            inner: Pending::Deriving(self.done),
+        };
+        (self.paths, pending)
+    }
+}
+
+/// A recording's [`Summary`], ready or still being derived.
+#[derive(Debug)]
+pub struct PendingSummary {
+    paths: Paths,
+    inner: Pending,
+}
+
+#[derive(Debug)]
+enum Pending {
+    Ready(Summary),
+    Deriving(oneshot::Receiver<Summary>),
+}
+
+impl PendingSummary {
+    /// A summary already known (a rebuilt recording).
+    pub fn ready(paths: Paths, summary: Summary) -> Self {
+        Self {
+            paths,
+            inner: Pending::Ready(summary),
+        }
+    }
+
+    /// Waits for the deriver to finish, and notes where the spool ended in
+    /// `session.json`.
+    pub async fn wait(self) -> Summary {
+        match self.inner {
+            Pending::Ready(summary) => summary,
+            Pending::Deriving(done) => {
+                let summary = done.await.unwrap_or_else(|_| Summary {
+                    error: Some("the recording's deriver stopped unexpectedly".into()),
+                    ..Summary::default()
+                });
+                note_spool_end(&self.paths, &summary);
+                summary
+            }
+        }
     }
 }
 
@@ -676,7 +716,8 @@ mod tests {
         tap.output(b"$ ").await;
         tap.end(Some(0), "exited").await;
         drop(tap);
-        let (paths, summary) = recording.finish().await;
+        let (paths, pending) = recording.finish();
+        let summary = pending.wait().await;
         assert!(summary.error.is_none());
         paths
     }
@@ -820,7 +861,8 @@ mod tests {
         tap.output(b"ls\r\nfile\r\n$ ").await;
         tap.end(Some(0), "exited").await;
         drop(tap);
-        let (paths, summary) = recording.finish().await;
+        let (paths, pending) = recording.finish();
+        let summary = pending.wait().await;
         assert!(summary.error.is_none());
         assert_eq!(summary.redacted_bytes, 9);
         assert_eq!(

@@ -157,6 +157,9 @@ pub(super) struct SpoolWriter {
     loss: Option<Loss>,
     alarm: Option<Arc<Alarm>>,
     started_unix_ms: u64,
+    /// Set by the deriver while a derived file has no room: the writer then records a
+    /// gap too, so the spool does not take what the derived files need.
+    derived_stalled: Arc<AtomicBool>,
     /// A gap or end record could not be written: the recording is incomplete.
     pub(super) error: Option<String>,
 }
@@ -185,6 +188,7 @@ impl SpoolWriter {
             loss: None,
             alarm: None,
             started_unix_ms: 0,
+            derived_stalled: Arc::default(),
             error: None,
         })
     }
@@ -208,6 +212,12 @@ impl SpoolWriter {
     /// Under `fail-closed`: the alarm raised at the first loss.
     pub(super) fn with_alarm(mut self, alarm: Option<Arc<Alarm>>) -> Self {
         self.alarm = alarm;
+        self
+    }
+
+    /// The flag the deriver sets while its files have no room (see the field).
+    pub(super) fn with_stall_flag(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.derived_stalled = flag;
         self
     }
 
@@ -254,12 +264,13 @@ impl SpoolWriter {
             kind,
         };
         let now = Instant::now();
+        let stalled = !control && self.derived_stalled.load(Ordering::SeqCst);
         if self.loss.is_some() {
             // Recording resumes only once there is room again past the guard (for this
             // record and the gap's); the end always closes the gap (its record fits in
             // the guard).
             let record = (spool::HEADER_LEN + event.to_json_line().len()) as u64;
-            let room = self.spool.has_room(record + 512, SPOOL_GUARD, now);
+            let room = !stalled && self.spool.has_room(record + 512, SPOOL_GUARD, now);
             if !room && !control {
                 self.count_loss(data);
                 return None;
@@ -278,7 +289,7 @@ impl SpoolWriter {
         let line = event.to_json_line();
         let record = (spool::HEADER_LEN + line.len()) as u64;
         let keep = if control { 0 } else { SPOOL_GUARD };
-        if !self.spool.has_room(record, keep, now) {
+        if stalled || !self.spool.has_room(record, keep, now) {
             self.begin_loss(
                 event.at_ms,
                 data,
