@@ -57,7 +57,7 @@ pub async fn run(args: DevArgs) -> Result<u8, String> {
     let state = args.state_dir();
     std::fs::create_dir_all(&state)
         .map_err(|e| format!("cannot create {}: {e}", state.display()))?;
-    let gateway_args = crate::cli::GatewayArgs::for_dev(
+    let gateway_args = crate::gateway::args::GatewayArgs::for_dev(
         args.listen,
         state.join("gateway"),
         args.preferences.clone(),

@@ -195,7 +195,7 @@ pub async fn run(
 }
 
 fn read_document(path: &std::path::Path) -> Result<Destinations, String> {
-    let (_, resolved) = crate::cli::read_session_document(path)?;
+    let (_, resolved) = crate::config::read_session_document(path)?;
     Ok(Destinations::from_inputs(&resolved.inputs))
 }
 

@@ -23,14 +23,18 @@
 //!   history on disk.
 //! * [`agent`] — `session-agent run`: the daemon. `agent::control` keeps the control
 //!   channel; `agent::session` pumps one data channel between the network and a shell;
-//!   `agent::mgs` is its client side of the message gateway; `agent::config` its settings.
+//!   `agent::mgs` is its client side of the message gateway; `agent::config` its settings;
+//!   `agent::recording` records each session (`writer`: the spool, on the output path;
+//!   `derive`: transcript, asciicast and stream records read back from the spool;
+//!   `deliver`: the CloudWatch streamer and the uploads, with their retry policy).
 //! * [`session`] — the host side of a session, with no knowledge of the protocol:
 //!   `session::pty` (a shell on a PTY, the privilege-dropping `__exec-as` shim, process
 //!   group termination) and `session::user` (ssm-user provisioning, RunAs resolution).
 //! * [`recorder`] — **pure** session recording: one timed event stream (output, input
-//!   with echo-off redaction, resizes, start/end), a clean transcript rendered through a
-//!   terminal emulator, asciicast v2, and reading recordings back. `agent::recording`
-//!   runs it per session and writes the files.
+//!   with echo-off redaction, resizes, start/end, gaps), the spool format
+//!   (`recorder::spool`), a clean transcript rendered through a terminal emulator,
+//!   asciicast v2, and reading recordings back. `agent::recording` runs it per session
+//!   and writes the files.
 //! * [`delivery`] — where recordings go: pure CloudWatch event shaping and batching,
 //!   destinations and encryption verdicts; `delivery::aws` is the S3 / CloudWatch Logs
 //!   edge (aws-config, standard credential and endpoint chain).
@@ -53,25 +57,37 @@
 //!   `session::user` have a Windows file each; all other modules are the same code.
 //! * [`bounded`] — queues bounded in bytes (every queue between a socket and its
 //!   consumer), shared by gateway and agent.
-//! * [`cli`] — clap definitions and the turn from flags into validated configuration
-//!   (exit code 64 on invalid configuration).
+//! * [`cli`] — the clap definition of the commands (exit code 64 on invalid
+//!   configuration); each command's flags live with their domain (`agent::config`,
+//!   `gateway::args`, `client`, `dev`, `doctor`).
+//! * [`config`] — [`config::ConfigError`] and the parsers every command's configuration
+//!   shares: a leaf, so the command layer and the domains never import each other.
 //!
 //! ## Dependency rules
 //!
 //! 1. `protocol` (and the tiny `timefmt`) import nothing else from this crate and do no I/O; time and
 //!    randomness are parameters. It is what the fuzz targets and property tests exercise.
 //! 2. `session` knows nothing of `protocol`, sockets or delivery: the agent drives it.
-//!    `recorder` and the pure parts of `delivery` (`cwl`, the verdicts) do no I/O either;
-//!    `delivery::aws` is the only code that talks to AWS.
+//!    `recorder` and the pure parts of `delivery` (`cwl`, the verdicts) do no I/O either.
+//!    The AWS SDK is used in these places only: `delivery::aws` (the S3 and CloudWatch
+//!    Logs calls), `sign` (the credential chain behind our own SigV4 requests),
+//!    `agent::identity` (IMDS, the SDK configuration; `agent` holds it), `replay`
+//!    (recordings read from S3) and `doctor` (checks of credentials and sinks).
 //! 3. `gateway`, `agent` and `client` each depend on `protocol` (and `agent` on `session`),
 //!    never on each other; only `dev` and `main.rs` wire several together.
-//! 4. Only `main.rs` chooses the runtime, installs the log subscriber (built by
+//! 4. No import loops: a module never imports one that imports it back (a child may use
+//!    its parent's types). The daemon (`agent`) imports no subcommand (`cli`, `replay`,
+//!    `doctor`, `dev`, `client`); the command layer (`cli`) imports the domains, whose
+//!    flags and validation live with them, and they share `config`'s errors and parsers.
+//!    `tests/it/architecture.rs` checks rules 1, 2 and this one against the code.
+//! 5. Only `main.rs` chooses the runtime, installs the log subscriber (built by
 //!    [`logging`]), turns signals into the graceful stop and maps errors to exit codes.
 
 pub mod agent;
 pub mod bounded;
 pub mod cli;
 pub mod client;
+pub mod config;
 pub mod delivery;
 pub mod dev;
 pub mod doctor;

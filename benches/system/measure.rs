@@ -3,6 +3,7 @@
 
 use crate::baseline::{self, KEYS, KILL_LINE, LINE};
 use crate::client::Session;
+pub use crate::report::Scale;
 use crate::stack::{self, Agent, Stack};
 use crate::Plan;
 use anyhow::{bail, ensure, Context, Result};
@@ -205,16 +206,6 @@ pub async fn streaming_delay(stack: &Stack, agent: &Agent, count: usize) -> Resu
     }
     s.exit().await?;
     Ok(samples)
-}
-
-/// One step of the scaling curve: a fresh agent, `n` idle sessions at their prompt
-/// (memory), then all of them printing `total / n` bytes at once (throughput).
-pub struct Scale {
-    pub sessions: usize,
-    pub rss_before_kib: u64,
-    pub rss_idle_kib: u64,
-    pub threads_idle: u64,
-    pub aggregate_mb_s: f64,
 }
 
 pub async fn scale(stack: &Stack, n: usize, total: u64, plan: &Plan) -> Result<Scale> {

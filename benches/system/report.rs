@@ -1,10 +1,19 @@
 //! The table, the machine description, and the results section and plot written into
 //! `docs/`.
 
-use crate::measure::Scale;
 use anyhow::{Context, Result};
 use std::fmt::Write as _;
 use std::path::Path;
+
+/// One step of the scaling curve: a fresh agent, `n` idle sessions at their prompt
+/// (memory), then all of them printing `total / n` bytes at once (throughput).
+pub struct Scale {
+    pub sessions: usize,
+    pub rss_before_kib: u64,
+    pub rss_idle_kib: u64,
+    pub threads_idle: u64,
+    pub aggregate_mb_s: f64,
+}
 
 /// Progress and results go to stderr, which `cargo bench` shows as it runs.
 #[allow(clippy::print_stderr)]

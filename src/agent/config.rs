@@ -5,7 +5,7 @@
 //! Precedence: flag or environment variable > file > built-in default.
 
 use super::{AgentConfig, ShellChoice};
-use crate::cli::ConfigError;
+use crate::config::ConfigError;
 use crate::logging::LogFormat;
 use crate::session::user::SudoPolicy;
 use clap::Args;
@@ -338,7 +338,7 @@ impl RunArgs {
         };
         let shutdown_timeout = match self.shutdown_timeout.or(file.shutdown_timeout) {
             Some(text) => {
-                crate::cli::parse_duration(&text).map_err(|e| err("shutdown_timeout", e))?
+                crate::config::parse_duration(&text).map_err(|e| err("shutdown_timeout", e))?
             }
             None => DEFAULT_SHUTDOWN_TIMEOUT,
         };

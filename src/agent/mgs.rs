@@ -10,6 +10,8 @@
 //!
 //! Must not know: sessions, PTYs, recording.
 
+use super::budget::OUTPUT_IN_FLIGHT;
+pub use super::budget::{MAX_CONTROL_MESSAGE, MAX_DATA_MESSAGE};
 use crate::protocol::payload::{
     to_json, CreateChannelRequest, TokenResponse, MESSAGE_SCHEMA_VERSION,
 };
@@ -103,16 +105,6 @@ impl MgsError {
         }
     }
 }
-
-/// Largest message accepted on a control channel: `interactive_shell` carries the session
-/// document (AWS documents are at most 64 KB) and its parameters.
-pub const MAX_CONTROL_MESSAGE: usize = 1024 * 1024;
-/// Largest message accepted on a data channel. What comes in is client input (the official
-/// plugin sends 1 KiB chunks, `connect` 16 KiB, smux frames for port forwarding at most
-/// 64 KiB), acknowledgements and small control messages; a larger message closes the
-/// socket (the agent reopens it). It bounds what one session's socket buffers while
-/// reading.
-pub const MAX_DATA_MESSAGE: usize = 256 * 1024;
 
 /// Connection details for one gateway.
 #[derive(Debug, Clone)]
@@ -301,9 +293,7 @@ impl Mgs {
             .max_message_size(Some(max))
             .max_frame_size(Some(max))
             .write_buffer_size(128 * 1024)
-            .max_write_buffer_size(
-                128 * 1024 + super::session::OUTPUT_IN_FLIGHT + MAX_CONTROL_MESSAGE,
-            );
+            .max_write_buffer_size(128 * 1024 + OUTPUT_IN_FLIGHT + MAX_CONTROL_MESSAGE);
         let dial = tokio_tungstenite::connect_async_tls_with_config(
             request,
             Some(config),

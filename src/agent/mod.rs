@@ -19,6 +19,7 @@
 //! control channel stays up; sessions, deliveries and recoveries (all in `Ctx::tasks`)
 //! get until `shutdown_timeout`. `agent::notify` keeps systemd informed throughout.
 
+pub mod budget;
 pub mod config;
 pub mod control;
 pub mod heartbeat;

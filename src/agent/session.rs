@@ -16,6 +16,8 @@
 //! unacknowledged frame is sent again; the client's receiver discards duplicates, so no
 //! byte is lost or doubled.
 
+use super::budget::MAX_DATA_MESSAGE;
+pub use super::budget::{OUTPUT_IN_FLIGHT, SESSION_THREAD_STACK};
 use super::mgs::{Mgs, MgsError, Socket};
 use super::recording::Tap;
 use crate::bounded::{self, ByteSender};
@@ -47,16 +49,8 @@ use uuid::Uuid;
 /// seldom returns more than a few KiB); 16 KiB keeps per-frame overhead (header, SHA-256,
 /// one ack each) low without making each retransmission large.
 pub const CHUNK: usize = 16 * 1024;
-/// Unacknowledged output a session may hold (bounds memory per session: the shell blocks
-/// beyond it). 4 MiB covers loopback and LAN bandwidth-delay products many times over; at
-/// 1000 sessions the worst case is 4 GiB only if every client stops acknowledging at once.
-pub const OUTPUT_IN_FLIGHT: usize = 4 * 1024 * 1024;
 /// Out-of-order input kept while waiting for a gap to fill (keystrokes are small).
 pub const INPUT_REORDER: usize = 1024 * 1024;
-/// Stack for the per-session blocking threads (PTY reader, PTY writer, exit watcher): they
-/// only copy buffers, so 256 KiB is plenty, and 1000 sessions do not reserve 6 GiB of
-/// address space at the default 2 MiB.
-pub const SESSION_THREAD_STACK: usize = 256 * 1024;
 /// PTY chunks read ahead of the pump. Small on purpose: back-pressure must reach the
 /// shell quickly.
 const READ_AHEAD: usize = 4;
@@ -441,7 +435,7 @@ impl DataChannel {
                 Ok(Some(Ok(m))) => m,
             };
             let Message::Binary(raw) = msg else { continue };
-            let Ok(m) = AgentMessage::decode(&raw, super::mgs::MAX_DATA_MESSAGE) else {
+            let Ok(m) = AgentMessage::decode(&raw, MAX_DATA_MESSAGE) else {
                 continue;
             };
             match m.message_type {
@@ -566,7 +560,7 @@ impl DataChannel {
             let Ok(Message::Binary(raw)) = msg else {
                 continue;
             };
-            let Ok(m) = AgentMessage::decode(&raw, super::mgs::MAX_DATA_MESSAGE) else {
+            let Ok(m) = AgentMessage::decode(&raw, MAX_DATA_MESSAGE) else {
                 continue;
             };
             match m.message_type {
@@ -794,7 +788,7 @@ impl DataChannel {
                         }
                         Some(Ok(_)) => continue,
                     };
-                    let m = match AgentMessage::decode(&raw, super::mgs::MAX_DATA_MESSAGE) {
+                    let m = match AgentMessage::decode(&raw, MAX_DATA_MESSAGE) {
                         Ok(m) => m,
                         Err(e) => {
                             tracing::warn!(session = %self.session_id, error = %e, "Dropping a malformed frame");

@@ -57,7 +57,7 @@ mod interrupts;
 mod pump;
 pub mod terminal;
 
-use crate::cli::ConfigError;
+use crate::config::ConfigError;
 use crate::ssm::{SessionGrant, SsmApi};
 use channel::Channel;
 use clap::Args;

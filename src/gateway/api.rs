@@ -10,6 +10,8 @@
 use super::access::Denied;
 use super::auth::Caller;
 use super::registry::{Grant, Outbound, Session, TokenRefusal};
+pub use super::reply::ApiError;
+use super::reply::CONTENT_TYPE;
 use super::store::{OutputLocation, SessionRecord, SessionStatus};
 use super::{epoch_secs, Shared, DEFAULT_IDLE_TIMEOUT};
 use crate::protocol::document::{self, SessionDocument};
@@ -26,57 +28,6 @@ use tokio::time::Instant;
 
 /// The document name the console and CLI use for shells.
 pub const SHELL_DOCUMENT: &str = "SSM-SessionManagerRunShell";
-const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
-
-/// An AWS-shaped API error.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    kind: &'static str,
-    pub(crate) message: String,
-}
-
-impl ApiError {
-    pub(crate) fn new(kind: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status: StatusCode::BAD_REQUEST,
-            kind,
-            message: message.into(),
-        }
-    }
-
-    /// An error with its own HTTP status (the strict mode's refusals).
-    pub(crate) fn with_status(
-        status: StatusCode,
-        kind: &'static str,
-        message: impl Into<String>,
-    ) -> Self {
-        Self {
-            status,
-            kind,
-            message: message.into(),
-        }
-    }
-
-    fn validation(message: impl Into<String>) -> Self {
-        Self::new("ValidationException", message)
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        tracing::debug!(kind = self.kind, message = %self.message, "API error");
-        (
-            self.status,
-            [
-                ("content-type", CONTENT_TYPE),
-                ("x-amzn-errortype", self.kind),
-            ],
-            json!({"__type": self.kind, "message": self.message}).to_string(),
-        )
-            .into_response()
-    }
-}
 
 type ApiResult = Result<Value, ApiError>;
 
@@ -155,14 +106,14 @@ pub(crate) async fn method_not_allowed(method: Method, uri: Uri) -> Response {
         uri.path()
     );
     if uri.path() == "/" {
-        ApiError {
-            status: StatusCode::METHOD_NOT_ALLOWED,
-            kind: "UnknownOperationException",
+        ApiError::with_status(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "UnknownOperationException",
             message,
-        }
+        )
         .into_response()
     } else {
-        super::mgs::xml_response(
+        super::reply::xml_response(
             StatusCode::METHOD_NOT_ALLOWED,
             "MethodNotAllowed",
             "",
@@ -174,14 +125,14 @@ pub(crate) async fn method_not_allowed(method: Method, uri: Uri) -> Response {
 
 /// Anything that is not a known route.
 pub(crate) async fn not_found(method: Method, uri: Uri) -> Response {
-    ApiError {
-        status: StatusCode::NOT_FOUND,
-        kind: "NotFoundException",
-        message: format!(
+    ApiError::with_status(
+        StatusCode::NOT_FOUND,
+        "NotFoundException",
+        format!(
             "no endpoint {method} {}; this gateway serves POST / (SSM API), /v1/control-channel/{{target}} and /v1/data-channel/{{sessionId}}",
             uri.path()
         ),
-    }
+    )
     .into_response()
 }
 
@@ -832,7 +783,12 @@ fn update_instance_information(shared: &Shared, caller: &Caller, input: &Value) 
         .map_err(|d| denied(&d))?;
     let new_registration = registrant.is_none();
     if new_registration {
-        check_node_room(shared, &reg, caller, id)?;
+        reg.room_for_node(
+            &caller.principal,
+            id,
+            shared.config.limits.max_nodes_per_caller,
+        )
+        .map_err(|m| ApiError::new("ThrottlingException", m))?;
     }
     let agent = reg.agents.entry(id.to_owned()).or_default();
     agent.registrant = Some(caller.principal.clone());
@@ -853,33 +809,6 @@ fn update_instance_information(shared: &Shared, caller: &Caller, input: &Value) 
         shared.persist_nodes(&reg);
     }
     Ok(json!({}))
-}
-
-/// Whether `caller` may register one more node: its own quota, and the gateway's.
-pub(crate) fn check_node_room(
-    shared: &Shared,
-    reg: &super::registry::Registry,
-    caller: &Caller,
-    target: &str,
-) -> Result<(), ApiError> {
-    let quota = shared.config.limits.max_nodes_per_caller;
-    let held = reg.nodes_of(&caller.principal);
-    if held >= quota {
-        return Err(ApiError::new(
-            "ThrottlingException",
-            format!("{} holds {held} managed nodes, the most one identity may register (max_nodes_per_caller); {target} was not registered", caller.principal),
-        ));
-    }
-    if !reg.agents.contains_key(target) && reg.agents.len() >= super::registry::MAX_AGENTS {
-        return Err(ApiError::new(
-            "ThrottlingException",
-            format!(
-                "this gateway tracks at most {} managed nodes",
-                super::registry::MAX_AGENTS
-            ),
-        ));
-    }
-    Ok(())
 }
 
 /// DeregisterManagedInstance: forgets a node and its registration (its registrant or an

@@ -407,9 +407,9 @@ fn refusal(path: &str, e: &SigError) -> Response {
         }
     };
     if path == "/" {
-        return super::api::ApiError::with_status(status, kind, e.to_string()).into_response();
+        return super::reply::ApiError::with_status(status, kind, e.to_string()).into_response();
     }
-    super::mgs::xml_response(status, kind, "", "Message", &e.to_string())
+    super::reply::xml_response(status, kind, "", "Message", &e.to_string())
 }
 
 #[cfg(test)]

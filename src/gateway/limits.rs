@@ -158,9 +158,9 @@ impl BodyError {
             ),
         };
         if path == "/" {
-            super::api::ApiError::with_status(status, kind, message).into_response()
+            super::reply::ApiError::with_status(status, kind, message).into_response()
         } else {
-            super::mgs::xml_response(status, "BadRequest", " xmlns=\"\"", "message", &message)
+            super::reply::xml_response(status, "BadRequest", " xmlns=\"\"", "message", &message)
         }
     }
 }

@@ -15,6 +15,7 @@
 use super::access::Denied;
 use super::auth::Caller;
 use super::registry::{Grant, Outbound, Peer, Side, TokenRefusal, MAX_NODE_FIELD};
+use super::reply::xml_response;
 use super::store::SessionStatus;
 use super::{Shared, CONTROL_BYTES, FORWARD_TIMEOUT, OUTBOUND_BYTES};
 use crate::bounded::{self, ByteReceiver, ByteSender};
@@ -54,27 +55,6 @@ const CLOSE_TOO_BIG: u16 = 1009;
 
 fn xml_error(status: StatusCode, message: &str) -> Response {
     xml_response(status, "BadRequest", " xmlns=\"\"", "message", message)
-}
-
-/// An XML error body as the message gateway answers: `<root attrs><child>message</child></root>`,
-/// the message escaped.
-pub(crate) fn xml_response(
-    status: StatusCode,
-    root: &str,
-    attrs: &str,
-    child: &str,
-    message: &str,
-) -> Response {
-    let escaped = message
-        .replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;");
-    (
-        status,
-        [("content-type", "application/xml")],
-        format!("<{root}{attrs}><{child}>{escaped}</{child}></{root}>"),
-    )
-        .into_response()
 }
 
 fn token_created(root: &str, token: String) -> Response {
@@ -598,7 +578,11 @@ fn attach_control(
     }
     let new_registration = registrant.is_none();
     if new_registration {
-        super::api::check_node_room(shared, &reg, &caller, target).map_err(|e| e.message)?;
+        reg.room_for_node(
+            &caller.principal,
+            target,
+            shared.config.limits.max_nodes_per_caller,
+        )?;
     }
     let conn_id = reg.next_conn_id();
     let me = Peer {

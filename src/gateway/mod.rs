@@ -23,10 +23,12 @@
 
 pub(crate) mod access;
 pub mod api;
+pub mod args;
 pub mod auth;
 pub mod limits;
 pub mod mgs;
 pub(crate) mod registry;
+pub mod reply;
 pub mod store;
 
 use crate::protocol::frame::{AgentMessage, MessageType, PayloadType};

@@ -4,7 +4,7 @@
 //!
 //! Must not know: sockets, HTTP, files (persistence is [`super::store`]).
 
-use super::store::SessionRecord;
+use super::store::{SessionRecord, HISTORY_LIMIT};
 use crate::bounded::{ByteSender, TrySendError};
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
@@ -21,8 +21,6 @@ pub(crate) const TOKEN_TTL: Duration = Duration::from_secs(60);
 pub(crate) const PENDING_MAX_FRAMES: usize = 256;
 /// Byte cap for the same queue.
 pub(crate) const PENDING_MAX_BYTES: usize = 1024 * 1024;
-/// Finished sessions kept for DescribeSessions History, oldest forgotten first.
-pub(crate) const HISTORY_LIMIT: usize = 10_000;
 /// Outstanding (issued, unused, unexpired) tokens. Each costs ~200 bytes (20 MiB in
 /// all); past this, token requests are throttled instead of growing memory for whoever
 /// keeps asking.
@@ -392,6 +390,26 @@ impl Registry {
             .values()
             .filter(|a| a.registrant.as_deref() == Some(principal))
             .count()
+    }
+
+    /// Whether `principal` may register one more node (`target`): its own quota
+    /// (`quota`, max_nodes_per_caller), and the gateway's ([`MAX_AGENTS`]); why not.
+    pub(crate) fn room_for_node(
+        &self,
+        principal: &str,
+        target: &str,
+        quota: usize,
+    ) -> Result<(), String> {
+        let held = self.nodes_of(principal);
+        if held >= quota {
+            return Err(format!("{principal} holds {held} managed nodes, the most one identity may register (max_nodes_per_caller); {target} was not registered"));
+        }
+        if !self.agents.contains_key(target) && self.agents.len() >= MAX_AGENTS {
+            return Err(format!(
+                "this gateway tracks at most {MAX_AGENTS} managed nodes"
+            ));
+        }
+        Ok(())
     }
 
     /// Active sessions owned by `principal`.

@@ -24,6 +24,9 @@ use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
+/// Finished sessions kept for DescribeSessions History, oldest forgotten first.
+pub(crate) const HISTORY_LIMIT: usize = 10_000;
+
 /// DescribeSessions `Status` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SessionStatus {
@@ -294,8 +297,8 @@ fn load(path: &Path) -> io::Result<Vec<SessionRecord>> {
     }
     let mut records: Vec<_> = by_id.into_values().collect();
     records.sort_by(|a, b| a.start_date.total_cmp(&b.start_date));
-    if records.len() > super::registry::HISTORY_LIMIT * 2 {
-        records.drain(..records.len() - super::registry::HISTORY_LIMIT * 2);
+    if records.len() > HISTORY_LIMIT * 2 {
+        records.drain(..records.len() - HISTORY_LIMIT * 2);
     }
     Ok(records)
 }

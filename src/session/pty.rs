@@ -71,6 +71,7 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+pub use super::spec::Credentials;
 use super::spec::{one_line, spawn_on_terminal, terminal_size, SpawnFailure, Spawned};
 pub use super::spec::{ExitStatus, ShellSpec};
 use super::user::SessionUser;
@@ -95,18 +96,6 @@ const KILL_SWEEPS: usize = 5;
 /// does not exist (127).
 const EXIT_CANNOT_EXECUTE: u8 = 126;
 const EXIT_NOT_FOUND: u8 = 127;
-
-/// Credentials to run the shell under: the uid, primary gid and the name whose
-/// supplementary groups are applied (`initgroups`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Credentials {
-    /// User id.
-    pub uid: u32,
-    /// Primary group id.
-    pub gid: u32,
-    /// User name, for the supplementary groups and for messages.
-    pub user: String,
-}
 
 /// The exit status `waitid` observed; `None` for stops and continues.
 fn status_from_wait(status: WaitStatus) -> Option<ExitStatus> {

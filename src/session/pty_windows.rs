@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::spec::{one_line, spawn_on_terminal, terminal_size, SpawnFailure};
-pub use super::spec::{ExitStatus, ShellSpec};
+pub use super::spec::{Credentials, ExitStatus, ShellSpec};
 use super::user::SessionUser;
 
 /// The hidden subcommand of the agent binary that runs [`exec_as_main`].
@@ -42,13 +42,6 @@ const DEFAULT_SIZE: (u16, u16) = (80, 24);
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
 /// Exit code of the shim when it cannot start the shell.
 const EXIT_CANNOT_EXECUTE: u8 = 126;
-
-/// The account to run the shell as.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Credentials {
-    /// Local account name.
-    pub user: String,
-}
 
 /// Failures of the pseudoconsole edge; each message names the program.
 #[derive(Debug, thiserror::Error)]

@@ -4,12 +4,32 @@
 //! membership of the local Administrators group on Windows). The platform modules
 //! re-export these, so callers name them `session::pty::ShellSpec` and so on.
 
-use super::pty::Credentials;
 use portable_pty::{native_pty_system, Child, CommandBuilder, MasterPty, PtySize};
 use std::fmt;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::str::FromStr;
+
+/// Credentials to run the shell under: the uid, primary gid and the name whose
+/// supplementary groups are applied (`initgroups`).
+#[cfg(unix)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// User id.
+    pub uid: u32,
+    /// Primary group id.
+    pub gid: u32,
+    /// User name, for the supplementary groups and for messages.
+    pub user: String,
+}
+
+/// The account to run the shell as.
+#[cfg(windows)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// Local account name.
+    pub user: String,
+}
 
 /// Everything needed to start a shell; nothing is taken from the agent's own process.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -2,6 +2,7 @@
 #![allow(unreachable_pub)]
 
 mod agent;
+mod architecture;
 mod aws;
 mod aws_cli;
 mod cli;

@@ -414,3 +414,106 @@ async fn delivery_resumes_after_localstack_stops_and_restarts_mid_session() {
     drop(agent);
     gw.stop().await;
 }
+
+/// The agent is killed (-9) just after a flood, while the transcript, the asciicast and
+/// the CloudWatch stream still lag behind the spool: after the restart, every artefact
+/// holds the whole flood, once, and `verify` agrees with each copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_during_a_flood_while_the_derived_files_lag_loses_nothing() {
+    let ls = LocalStack::get().await;
+    let bucket = ls.bucket(true).await;
+    let group = ls.log_group(false).await;
+    let gw = gateway(json!({
+        "s3BucketName": bucket,
+        "cloudWatchLogGroupName": group,
+        "cloudWatchStreamingEnabled": true,
+    }))
+    .await;
+    let mut agent = AgentProcess::start(&gw, "rec-lag").await;
+    let (sid, mut client) = open_shell(&gw, "rec-lag").await;
+    const LINES: u64 = 2_000_000;
+    client
+        .type_text(&format!("seq 1 {LINES}; echo flood-$((4+5))-done\r"))
+        .await;
+    let bytes = client
+        .drain_until("flood-9-done", Duration::from_secs(180), || {})
+        .await;
+    assert!(bytes > 14_000_000, "{bytes}");
+    // The spool has it all once its size settles (the writer is ahead of the client).
+    let dir = agent.recording_dir(&sid);
+    let spool = dir.join("events.spool");
+    let size = || std::fs::metadata(&spool).map_or(0, |m| m.len());
+    let mut last = size();
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = size();
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    let transcript_then = std::fs::metadata(dir.join(format!("{sid}.log"))).map_or(0, |m| m.len());
+    agent.kill_hard();
+    drop(client);
+    // The derived files were behind the spool when the agent died (else this test did not
+    // test a lag): the transcript holds about as many bytes as the output.
+    assert!(
+        transcript_then < bytes as u64 / 2,
+        "the transcript had caught up before the kill ({transcript_then} of {bytes} bytes)"
+    );
+    assert!(spool_output(&spool).contains("flood-9-done"));
+    assert!(!dir.join("delivery.json").exists());
+
+    let agent = AgentProcess::start_in(&gw, "rec-lag", agent.state(), &[]).await;
+    let report = agent.delivery(&sid, Duration::from_secs(300)).await;
+    assert_eq!(report["complete"], true, "{report}\n{}", agent.log());
+
+    // The transcript in S3: every line of the flood, in order, then the interruption.
+    let log = String::from_utf8(ls.object(&bucket, &format!("{sid}.log"), WAIT).await).unwrap();
+    let numbers: Vec<&str> = log
+        .lines()
+        .filter(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit()))
+        .collect();
+    assert_eq!(
+        numbers.len() as u64,
+        LINES,
+        "lines of the flood in the transcript"
+    );
+    assert!(numbers
+        .iter()
+        .enumerate()
+        .all(|(i, n)| *n == (i + 1).to_string()));
+    assert!(log.contains("flood-9-done") && log.contains("session interrupted"));
+    // The spool in S3 verifies whole, and so does the CloudWatch stream, which holds the
+    // same lines.
+    let s3_spool = ls.object(&bucket, &format!("{sid}.spool"), WAIT).await;
+    let verdict = session_agent::replay::verify_spool(&s3_spool[..]).unwrap();
+    assert!(
+        matches!(
+            verdict,
+            session_agent::replay::Verdict::Intact {
+                torn_tail: false,
+                ..
+            }
+        ),
+        "{verdict:?}"
+    );
+    let source = format!("cloudwatch://{group}/{sid}");
+    let (code, said) = verify_with_localstack(&source);
+    assert_eq!(code, Some(0), "{said}");
+    let events = ls.events(&group, &sid).await;
+    let (_, _, kept) = check_stream(&events);
+    let text = session_data(&kept);
+    let streamed = text
+        .lines()
+        .filter(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit()))
+        .count();
+    assert_eq!(streamed as u64, LINES, "lines of the flood in CloudWatch");
+    assert!(text.contains("flood-9-done"));
+    // The local spool, against its session.json.
+    let (code, said) = verify_with_localstack(spool.to_str().unwrap());
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("matches its session.json"), "{said}");
+    drop(agent);
+    gw.stop().await;
+}

@@ -467,7 +467,7 @@ impl Recording {
         let shared = progress.clone();
         std::thread::Builder::new()
             .name("recorder".into())
-            .stack_size(super::session::SESSION_THREAD_STACK)
+            .stack_size(super::budget::SESSION_THREAD_STACK)
             .spawn(move || {
                 let _finished = writer::FinishGuard(&shared);
                 writer.start(start);
@@ -475,7 +475,7 @@ impl Recording {
             })?;
         std::thread::Builder::new()
             .name("deriver".into())
-            .stack_size(super::session::SESSION_THREAD_STACK)
+            .stack_size(super::budget::SESSION_THREAD_STACK)
             .spawn(move || {
                 let summary = derive::follow(deriver, tail, &progress);
                 let _ = done_tx.send(summary);

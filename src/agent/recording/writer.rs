@@ -8,7 +8,7 @@
 //! `fail-closed` the first loss raises the [`Alarm`] and the session is ended.
 //!
 //! After each batch the writer publishes how far the spool is written ([`Progress`]);
-//! the deriver ([`super::derive`]) reads the records from disk up to there, at its own
+//! the deriver (`derive.rs`, beside this file) reads the records from disk up to there, at its own
 //! pace. The spool is `fdatasync`ed at most every [`super::SYNC_EVERY`] (group commit)
 //! and at the end.
 
