@@ -55,6 +55,9 @@
 //! * `windows` (Windows builds only) — the thin Windows layer: the service control
 //!   manager, the ssm-user account, the logon shim, console modes. `session::pty` and
 //!   `session::user` have a Windows file each; all other modules are the same code.
+//! * [`backoff`] — the one retry schedule (pure), by name: the control channel, a data
+//!   channel's reopen and the client's reconnect, delivery calls. What delivery retries
+//!   and for how long is `agent::recording::deliver`'s `Patience`.
 //! * [`bounded`] — queues bounded in bytes (every queue between a socket and its
 //!   consumer), shared by gateway and agent.
 //! * [`cli`] — the clap definition of the commands (exit code 64 on invalid
@@ -84,6 +87,7 @@
 //!    [`logging`]), turns signals into the graceful stop and maps errors to exit codes.
 
 pub mod agent;
+pub mod backoff;
 pub mod bounded;
 pub mod cli;
 pub mod client;

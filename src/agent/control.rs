@@ -8,6 +8,7 @@
 //! and a channel silent for 90 s is considered dead and replaced.
 
 use super::{notify, run_session, Ctx, Outcome, AGENT_VERSION};
+use crate::backoff::Backoff;
 use crate::protocol::frame::{AgentMessage, MessageType, PayloadType};
 use crate::protocol::payload::{
     from_json, to_json, AgentTaskAcknowledge, AgentTaskComplete, AgentTaskPayload, ChannelClosed,
@@ -25,8 +26,6 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-const FIRST_RETRY: Duration = Duration::from_millis(250);
-const MAX_RETRY: Duration = Duration::from_secs(60);
 const PING_EVERY: Duration = Duration::from_secs(30);
 const DEAD_AFTER: Duration = Duration::from_secs(90);
 /// agent_task_complete is resent this often until acknowledged (upstream: 3 tries, 1 s apart).
@@ -48,30 +47,6 @@ fn online_status(ctx: &Ctx, sessions: usize) -> String {
         ctx.mgs.endpoint(),
         ctx.target_id
     )
-}
-
-/// Exponential backoff with jitter.
-#[derive(Debug)]
-pub(crate) struct Backoff {
-    next: Duration,
-}
-
-impl Backoff {
-    pub(crate) fn new() -> Self {
-        Self { next: FIRST_RETRY }
-    }
-
-    pub(crate) fn reset(&mut self) {
-        self.next = FIRST_RETRY;
-    }
-
-    /// The next delay, jittered by up to +50 %.
-    pub(crate) fn next_delay(&mut self) -> Duration {
-        let base = self.next;
-        self.next = (self.next * 2).min(MAX_RETRY);
-        let jitter = base.mul_f64(rand::random::<f64>() * 0.5);
-        base + jitter
-    }
 }
 
 struct PendingReply {
@@ -112,7 +87,7 @@ pub(crate) async fn run(ctx: Arc<Ctx>, shutdown: impl Future<Output = ()>) {
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Outcome>();
     let mut sessions: HashMap<String, CancellationToken> = HashMap::new();
     let mut pending: Vec<PendingReply> = Vec::new();
-    let mut backoff = Backoff::new();
+    let mut backoff = Backoff::control_channel();
     'reconnect: loop {
         if shutdown_at.is_some() {
             break 'reconnect;
@@ -444,27 +419,5 @@ fn dispatch(
             }
         }
         other => tracing::debug!(message_type = %other, "Ignoring control message"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_to_its_cap_with_bounded_jitter() {
-        let mut b = Backoff::new();
-        let first = b.next_delay();
-        assert!(first >= FIRST_RETRY && first <= FIRST_RETRY.mul_f64(1.5));
-        let mut last = Duration::ZERO;
-        for _ in 0..20 {
-            last = b.next_delay();
-        }
-        assert!(
-            last >= MAX_RETRY && last <= MAX_RETRY.mul_f64(1.5),
-            "{last:?}"
-        );
-        b.reset();
-        assert!(b.next_delay() <= FIRST_RETRY.mul_f64(1.5));
     }
 }

@@ -510,12 +510,11 @@ impl DataChannel {
 
     /// Reopens after a drop, then resends everything unacknowledged.
     async fn reopen(&mut self) -> Result<(), String> {
-        let mut delay = Duration::from_millis(100 + rand::random::<u64>() % 100);
+        let mut backoff = crate::backoff::Backoff::reconnect();
         let mut last = String::new();
         for attempt in 0..REOPEN_ATTEMPTS {
             if attempt > 0 {
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+                tokio::time::sleep(backoff.next_delay()).await;
             }
             match Self::dial(&self.mgs, &self.session_id, &self.target_id).await {
                 Ok(ws) => {

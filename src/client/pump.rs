@@ -20,7 +20,6 @@ use crate::protocol::payload::{to_json, ChannelClosed, OpenDataChannel, MESSAGE_
 use crate::ssm::{ApiError, SsmApi, HTTP_TIMEOUT};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use rand::Rng;
 use std::io::Read;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,8 +35,6 @@ pub(crate) type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Reconnect attempts after a drop (upstream: 5).
 const RECONNECT_ATTEMPTS: u32 = 5;
-/// Cap of the doubling reconnect delay (upstream: 5 s).
-const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(5);
 /// Window-size poll, the fallback for a missed SIGWINCH (upstream polls only).
 const SIZE_POLL: Duration = Duration::from_millis(500);
 /// Keepalive ping; also surfaces a dead connection as a write error.
@@ -344,11 +341,10 @@ impl Pump<'_> {
     /// ResumeSession + dial, upstream's schedule; then everything unacknowledged again.
     async fn reconnect(&mut self) -> Result<(), Ending> {
         tracing::debug!(session = %self.session_id, "Data channel dropped; reconnecting");
-        let mut delay = Duration::from_millis(rand::thread_rng().gen_range(100..200));
+        let mut backoff = crate::backoff::Backoff::reconnect();
         let mut last = String::from("the connection closed");
         for attempt in 1..=RECONNECT_ATTEMPTS {
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(RECONNECT_MAX_DELAY);
+            tokio::time::sleep(backoff.next_delay()).await;
             let grant = match self.api.resume_session(&self.session_id).await {
                 Ok(g) => g,
                 Err(ApiError::Service { kind, .. }) if kind == "DoesNotExistException" => {

@@ -6,6 +6,7 @@ use super::{
     unix_ms, write_atomic, Paths, PendingSummary, DELIVERY_PATIENCE, S3_ACK, STATUS_FILE,
     STREAM_ACK, UPLOAD_ACK,
 };
+use crate::backoff::Backoff;
 use crate::delivery::aws::{AwsError, BucketEncryption, Logs, Upload, S3};
 use crate::delivery::cwl::{self, Batcher, SessionFields, StreamRecord};
 use crate::delivery::{s3_key, CwlDestination, S3Destination};
@@ -53,25 +54,6 @@ fn read_lines_from(path: &Path, offset: u64, limit: usize) -> std::io::Result<(V
     Ok((lines, pos))
 }
 
-/// Backoff for delivery retries: 0.5 s doubling to 30 s.
-#[derive(Debug)]
-struct Retry {
-    next: Duration,
-}
-
-impl Retry {
-    fn new() -> Self {
-        Self {
-            next: Duration::from_millis(500),
-        }
-    }
-    fn delay(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (self.next * 2).min(Duration::from_secs(30));
-        d
-    }
-}
-
 /// How a stream to CloudWatch ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamReport {
@@ -89,14 +71,14 @@ pub struct StreamReport {
 /// once. Giving up leaves the recording in the state dir.
 #[derive(Debug)]
 struct Patience {
-    retry: Retry,
+    retry: Backoff,
     missing_since: Option<Instant>,
 }
 
 impl Patience {
     fn new() -> Self {
         Self {
-            retry: Retry::new(),
+            retry: Backoff::delivery(),
             missing_since: None,
         }
     }
@@ -109,10 +91,10 @@ impl Patience {
     /// After a failure: the delay before the next try, or `None` to give up.
     fn next_delay(&mut self, e: &AwsError) -> Option<Duration> {
         match e {
-            AwsError::Transient(_) => Some(self.retry.delay()),
+            AwsError::Transient(_) => Some(self.retry.next_delay()),
             AwsError::NotFound(_) => {
                 let since = *self.missing_since.get_or_insert_with(Instant::now);
-                (since.elapsed() < DELIVERY_PATIENCE).then(|| self.retry.delay())
+                (since.elapsed() < DELIVERY_PATIENCE).then(|| self.retry.next_delay())
             }
             AwsError::Denied(_) | AwsError::Other(_) => None,
         }
