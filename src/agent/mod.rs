@@ -251,27 +251,74 @@ async fn check_destinations(ctx: &Ctx, dest: &Destinations) -> Result<Checked, S
 
 /// Runs one session from its `interactive_shell` task to its outcome, and hands back what
 /// is left to deliver of its recording (run after the outcome is reported).
+///
+/// The steps, each named: [`admit`] (the session id, the document, what it runs, as whom)
+/// before anything is opened; the data channel opened; [`serve`] (the KMS handshake, the
+/// destinations and the disk checked, the shell spawned, the recording started, the pump,
+/// the close). Every way out of [`serve`] before the pump is a [`Served`] value, and the
+/// channel is finished for it here, in one place.
 pub(crate) async fn run_session(
     ctx: Arc<Ctx>,
     task: AgentTaskPayload,
     cancel: CancellationToken,
 ) -> (Outcome, Option<Delivery>) {
     let session_id = task.session_id.clone();
-    let fail = |output: String| (Outcome::failed(&session_id, output), None);
-    if !crate::protocol::payload::valid_session_id(&session_id) {
+    let (doc, who) = match admit(&ctx, &task) {
+        Ok(admitted) => admitted,
+        Err(refusal) => return (Outcome::failed(&session_id, refusal), None),
+    };
+    let channel = match DataChannel::open(&ctx.mgs, &session_id, &ctx.target_id).await {
+        Ok(c) => c,
+        Err(e) => {
+            let output = format!("could not open the data channel: {e}");
+            return (Outcome::failed(&session_id, output), None);
+        }
+    };
+    match serve(&ctx, &task, doc, who, channel, &cancel).await {
+        Served::Done(outcome, delivery) => (outcome, delivery),
+        Served::Refused(channel, output) => {
+            channel.finish(false).await;
+            (Outcome::failed(&session_id, output), None)
+        }
+        Served::EndedEarly(channel, outcome) => {
+            channel.finish(false).await;
+            (outcome, None)
+        }
+    }
+}
+
+/// How [`serve`] ended.
+enum Served {
+    /// The session ran and its channel is finished.
+    Done(Outcome, Option<Delivery>),
+    /// Refused before the pump, with what the user is shown; the channel, still open.
+    Refused(Box<DataChannel>, String),
+    /// The client went away before the shell started; the channel, still open.
+    EndedEarly(Box<DataChannel>, Outcome),
+}
+
+/// Admission, before anything is opened: a valid session id, a document that resolves,
+/// a session type this agent runs (never a shell for another type), and the user it runs
+/// as. The refusal otherwise.
+fn admit(
+    ctx: &Ctx,
+    task: &AgentTaskPayload,
+) -> Result<(document::SessionDocument, user::SessionUser), String> {
+    let session_id = &task.session_id;
+    if !crate::protocol::payload::valid_session_id(session_id) {
         tracing::warn!(session = ?session_id, "Refusing a session id that is not [A-Za-z0-9+=,.@_:-]");
-        return fail("invalid session id: only letters, digits and +=,.@_:- are accepted".into());
+        return Err("invalid session id: only letters, digits and +=,.@_:- are accepted".into());
     }
     let doc = match document::resolve(&task.document_content, &task.parameters) {
         Ok(d) => d,
-        Err(e) => return fail(format!("invalid session document: {e}")),
+        Err(e) => return Err(format!("invalid session document: {e}")),
     };
     // Exactly what the document asks for, or nothing: never a shell for another type.
     match plan::plan_for(&doc) {
         Ok(plan::Plan::Shell) => {}
         Err(refusal) => {
             tracing::warn!(session = %session_id, document = %task.document_name, session_type = %doc.session_type, "Session refused: session type not supported");
-            return fail(refusal);
+            return Err(refusal);
         }
     }
     let who = match user::resolve_session_user(
@@ -282,12 +329,21 @@ pub(crate) async fn run_session(
         &ctx.daemon_user,
     ) {
         Ok(u) => u,
-        Err(e) => return fail(e.to_string()),
+        Err(e) => return Err(e.to_string()),
     };
-    let mut channel = match DataChannel::open(&ctx.mgs, &session_id, &ctx.target_id).await {
-        Ok(c) => c,
-        Err(e) => return fail(format!("could not open the data channel: {e}")),
-    };
+    Ok((doc, who))
+}
+
+/// Everything after the data channel is open; see [`run_session`].
+async fn serve(
+    ctx: &Arc<Ctx>,
+    task: &AgentTaskPayload,
+    doc: document::SessionDocument,
+    who: user::SessionUser,
+    mut channel: DataChannel,
+    cancel: &CancellationToken,
+) -> Served {
+    let session_id = task.session_id.clone();
     if doc.encryption_enabled() {
         let kms = delivery::aws::Kms::new(ctx.aws().await);
         let key_id = doc.inputs.kms_key_id.clone();
@@ -307,8 +363,10 @@ pub(crate) async fn run_session(
             .await
         {
             tracing::warn!(session = %session_id, error = %e, "KMS handshake failed; session refused");
-            channel.finish(false).await;
-            return fail(format!("We couldn't start the encrypted session: {e}"));
+            return Served::Refused(
+                Box::new(channel),
+                format!("We couldn't start the encrypted session: {e}"),
+            );
         }
         tracing::info!(session = %session_id, kms_key_id = %doc.inputs.kms_key_id, "Session encrypted with KMS");
     }
@@ -317,15 +375,14 @@ pub(crate) async fn run_session(
         .first_size(session::FIRST_SIZE_WAIT, &mut early_input)
         .await;
     if channel.closed_early {
-        channel.finish(false).await;
-        return (
+        return Served::EndedEarly(
+            Box::new(channel),
             Outcome {
                 session_id: session_id.clone(),
                 status: task_status::SUCCESS,
                 output: "terminated before the shell started".into(),
                 locations: OutputLocations::default(),
             },
-            None,
         );
     }
     let destinations = Destinations::from_inputs(&doc.inputs);
@@ -333,8 +390,7 @@ pub(crate) async fn run_session(
         Ok(c) => c,
         Err(refusal) => {
             tracing::warn!(session = %session_id, reason = %refusal, "Session refused");
-            channel.finish(false).await;
-            return fail(refusal);
+            return Served::Refused(Box::new(channel), refusal);
         }
     };
     for why in &checked.skipped {
@@ -350,8 +406,7 @@ pub(crate) async fn run_session(
         if policy.fail_closed {
             let refusal = refuse_unrecorded(&problem);
             tracing::warn!(session = %session_id, reason = %refusal, "Session refused");
-            channel.finish(false).await;
-            return fail(refusal);
+            return Served::Refused(Box::new(channel), refusal);
         }
         tracing::warn!(session = %session_id, %problem, "This session may not be recorded durably; it goes on (recording_policy = \"fail-open\")");
     }
@@ -372,12 +427,10 @@ pub(crate) async fn run_session(
     let mut shell = match spawned {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            channel.finish(false).await;
-            return fail(format!("Unable to start command: {e}"));
+            return Served::Refused(Box::new(channel), format!("Unable to start command: {e}"));
         }
         Err(e) => {
-            channel.finish(false).await;
-            return fail(format!("Unable to start command: {e}"));
+            return Served::Refused(Box::new(channel), format!("Unable to start command: {e}"));
         }
     };
     tracing::info!(session = %session_id, user = %who.info.name, pid = ?shell.pid(), "Shell started");
@@ -394,8 +447,10 @@ pub(crate) async fn run_session(
     }
     let (Some(reader), Some(writer)) = (shell.take_reader(), shell.take_writer()) else {
         let _ = tokio::task::spawn_blocking(move || shell.terminate(KILL_GRACE)).await;
-        channel.finish(false).await;
-        return fail("Unable to start command: the PTY could not be opened".into());
+        return Served::Refused(
+            Box::new(channel),
+            "Unable to start command: the PTY could not be opened".into(),
+        );
     };
     // The shell's exit, observed without reaping it (terminate() reaps after cleaning up).
     let (exit_tx, exited) = tokio::sync::oneshot::channel();
@@ -409,10 +464,10 @@ pub(crate) async fn run_session(
         });
     if let Err(e) = watcher {
         let _ = tokio::task::spawn_blocking(move || shell.terminate(KILL_GRACE)).await;
-        channel.finish(false).await;
-        return fail(format!(
-            "Unable to start command: cannot start a thread: {e}"
-        ));
+        return Served::Refused(
+            Box::new(channel),
+            format!("Unable to start command: cannot start a thread: {e}"),
+        );
     }
     let (cols, rows) = size.unwrap_or((80, 24));
     let streaming_to = checked.cwl.as_ref().filter(|(_, d)| d.streaming);
@@ -455,8 +510,7 @@ pub(crate) async fn run_session(
             let refusal = refuse_unrecorded(&format!("cannot create the recording: {e}"));
             tracing::error!(session = %session_id, reason = %refusal, "Session refused");
             let _ = tokio::task::spawn_blocking(move || shell.terminate(KILL_GRACE)).await;
-            channel.finish(false).await;
-            return fail(refusal);
+            return Served::Refused(Box::new(channel), refusal);
         }
         Err(e) => {
             tracing::error!(session = %session_id, error = %e, dir = %ctx.config.recordings_dir().display(), "Cannot create the recording; this session is NOT recorded (recording_policy = \"fail-open\")");
@@ -583,7 +637,7 @@ pub(crate) async fn run_session(
             locations: OutputLocations::default(),
         },
     };
-    (
+    Served::Done(
         Outcome {
             locations,
             ..outcome
