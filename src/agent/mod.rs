@@ -275,7 +275,7 @@ pub(crate) async fn run_session(
         }
     };
     match serve(&ctx, &task, doc, who, channel, &cancel).await {
-        Served::Done(outcome, delivery) => (outcome, delivery),
+        Served::Done(done) => *done,
         Served::Refused(channel, output) => {
             channel.finish(false).await;
             (Outcome::failed(&session_id, output), None)
@@ -289,8 +289,9 @@ pub(crate) async fn run_session(
 
 /// How [`serve`] ended.
 enum Served {
-    /// The session ran and its channel is finished.
-    Done(Outcome, Option<Delivery>),
+    /// The session ran and its channel is finished: its outcome, and what is left to
+    /// deliver.
+    Done(Box<(Outcome, Option<Delivery>)>),
     /// Refused before the pump, with what the user is shown; the channel, still open.
     Refused(Box<DataChannel>, String),
     /// The client went away before the shell started; the channel, still open.
@@ -386,7 +387,7 @@ async fn serve(
         );
     }
     let destinations = Destinations::from_inputs(&doc.inputs);
-    let checked = match check_destinations(&ctx, &destinations).await {
+    let checked = match check_destinations(ctx, &destinations).await {
         Ok(c) => c,
         Err(refusal) => {
             tracing::warn!(session = %session_id, reason = %refusal, "Session refused");
@@ -559,7 +560,7 @@ async fn serve(
             io,
             early_input,
             limits,
-            &cancel,
+            cancel,
             tap.clone(),
             recording_failed,
         )
@@ -637,13 +638,13 @@ async fn serve(
             locations: OutputLocations::default(),
         },
     };
-    Served::Done(
+    Served::Done(Box::new((
         Outcome {
             locations,
             ..outcome
         },
         delivery,
-    )
+    )))
 }
 
 /// The refusal shown when `recording_policy = "fail-closed"` and a session cannot be
