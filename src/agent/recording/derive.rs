@@ -665,14 +665,14 @@ struct Redacted {
     last_ms: u64,
 }
 
-/// Lowers the calling thread's CPU priority (Linux: nice 10 for this thread only), so a
+/// Lowers the calling thread's CPU priority (Linux: nice 19 for this thread only), so a
 /// deriver catching up never starves the output path on a machine with few cores.
 fn lower_priority() {
     #[cfg(target_os = "linux")]
     {
         // On Linux a thread id names just that thread here.
         let tid = rustix::thread::gettid();
-        if let Err(e) = rustix::process::setpriority_process(Some(tid), 10) {
+        if let Err(e) = rustix::process::setpriority_process(Some(tid), 19) {
             tracing::debug!(error = %e, "Cannot lower the deriver's priority");
         }
     }

@@ -5,7 +5,7 @@
 //!  PTY writer (input +    ├─▶ Tap ─bounded─▶ writer thread ─▶ events.spool  (the log: CRC,
 //!    echo state sampled) ─┘   (writer.rs)                       hash chain, group commit)
 //!                                                                    │ read back from disk
-//!                              deriver thread (derive.rs, nice 10) ◀─┘
+//!                              deriver thread (derive.rs, nice 19) ◀─┘
 //!                                 ├─▶ <id>.log      clean transcript
 //!                                 ├─▶ <id>.cast     asciicast v2
 //!                                 └─▶ stream.jsonl ─▶ streamer task ─▶ CloudWatch
