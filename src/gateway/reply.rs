@@ -1,5 +1,5 @@
 //! The gateway's error replies in AWS's shapes: the SSM API's JSON errors ([`ApiError`])
-//! and the message gateway's XML ones ([`xml_response`]). A leaf, shared by the API, the
+//! and the message gateway's XML ones (`xml_response`). A leaf, shared by the API, the
 //! message gateway, the auth middleware and the limits, so none of them imports another
 //! for its error type.
 

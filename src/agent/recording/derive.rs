@@ -730,7 +730,7 @@ pub(super) fn follow(mut deriver: Deriver, mut tail: Tail, progress: &Progress) 
 /// Re-derives a recording's transcript, asciicast and stream queue from its spool after a
 /// crash; cuts off a torn last record; when the session never ended, appends an `end`
 /// event saying it was interrupted (continuing the hash chain), after closing a gap left
-/// open. Blocking. The same [`Deriver`] as a live session's, reading the same way.
+/// open. Blocking. The same `Deriver` as a live session's, reading the same way.
 ///
 /// # Errors
 /// [`RebuildError::Corrupt`]: the spool is unreadable, corrupt in its middle or altered

@@ -20,10 +20,10 @@
 //! ## Nothing but the spool on the output path
 //!
 //! What the shell prints goes from the PTY to the [`Tap`], and from there to the writer,
-//! which appends it to the spool and does nothing else ([`writer`]). The [`Tap`] channel
+//! which appends it to the spool and does nothing else (`writer.rs`). The [`Tap`] channel
 //! is bounded, so a writer that falls behind (a slow disk) slows the shell rather than
 //! dropping or buffering without bound. Rendering — the terminal emulator behind the
-//! transcript, the asciicast, the stream records — is the deriver's ([`derive`]): it reads
+//! transcript, the asciicast, the stream records — is the deriver's (`derive.rs`): it reads
 //! the spool back from disk, at a lower CPU priority, and lags during a flood by what the
 //! spool holds on disk, never by memory. Recovery after a crash ([`rebuild`]) runs the same
 //! deriver over the same file.
