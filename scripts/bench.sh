@@ -50,6 +50,11 @@ mkdir -p "$cache"
 echo "==> LocalStack"
 source scripts/localstack/up.sh
 localstack_up "$cache/localstack-venv"
+if [[ -z ${localstack_pid:-} ]]; then
+  echo "    note: this LocalStack was already running. One that has served test suites can take" >&2
+  echo "    seconds per CloudWatch call, which shows in session start and streaming delay:" >&2
+  echo "    stop it and run again for figures worth comparing." >&2
+fi
 
 echo "==> system benchmark (release build)"
 cargo bench --locked --bench system -- "${system_args[@]}"
