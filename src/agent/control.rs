@@ -170,7 +170,7 @@ pub(crate) async fn run(ctx: Arc<Ctx>, shutdown: impl Future<Output = ()>) {
                         Some(Ok(_)) => { last_seen = Instant::now(); continue }
                     };
                     last_seen = Instant::now();
-                    match AgentMessage::decode(&raw, super::mgs::MAX_CONTROL_MESSAGE) {
+                    match AgentMessage::decode(&raw, super::budget::MAX_CONTROL_MESSAGE) {
                         Ok(m) => {
                             let before = sessions.len();
                             dispatch(&ctx, m, &mut sessions, &mut pending, &done_tx);

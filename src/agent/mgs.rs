@@ -10,8 +10,7 @@
 //!
 //! Must not know: sessions, PTYs, recording.
 
-use super::budget::OUTPUT_IN_FLIGHT;
-pub use super::budget::{MAX_CONTROL_MESSAGE, MAX_DATA_MESSAGE};
+use super::budget::{MAX_CONTROL_MESSAGE, MAX_DATA_MESSAGE, OUTPUT_IN_FLIGHT};
 use crate::protocol::payload::{
     to_json, CreateChannelRequest, TokenResponse, MESSAGE_SCHEMA_VERSION,
 };

@@ -16,8 +16,7 @@
 //! unacknowledged frame is sent again; the client's receiver discards duplicates, so no
 //! byte is lost or doubled.
 
-use super::budget::MAX_DATA_MESSAGE;
-pub use super::budget::{OUTPUT_IN_FLIGHT, SESSION_THREAD_STACK};
+use super::budget::{MAX_DATA_MESSAGE, OUTPUT_IN_FLIGHT, SESSION_THREAD_STACK};
 use super::mgs::{Mgs, MgsError, Socket};
 use super::recording::Tap;
 use crate::bounded::{self, ByteSender};

@@ -223,12 +223,13 @@ impl Tail {
         self.file.seek(SeekFrom::Start(self.pos)).map(|_| ())
     }
 
-    /// The next record and its event, reading no byte at or past `limit`; `None` at
-    /// `limit` (or the end of the file) when it falls between records.
+    /// The next record and its event, reading no byte at or past `limit` (`None`: up to
+    /// the end of the file); `None` there when it falls between records.
     ///
     /// # Errors
-    /// See [`TailError`].
-    pub(super) fn next(&mut self, limit: u64) -> Result<Option<(Event, Chain)>, TailError> {
+    /// See [`TailError`]; with a `limit`, a file that ends before it is `Corrupt` (it
+    /// was cut after the bytes were written: waiting for them would never end).
+    pub(super) fn next(&mut self, limit: Option<u64>) -> Result<Option<(Event, Chain)>, TailError> {
         loop {
             match spool::decode_record(&self.buf[self.used..], self.pos) {
                 Ok(Some((record, n))) => {
@@ -256,7 +257,7 @@ impl Tail {
                 }
                 Ok(None) | Err(SpoolError::Truncated { .. }) => {
                     let read_to = self.pos + (self.buf.len() - self.used) as u64;
-                    let room = limit.saturating_sub(read_to);
+                    let room = limit.unwrap_or(u64::MAX).saturating_sub(read_to);
                     let got = if room == 0 {
                         0
                     } else {
@@ -277,6 +278,11 @@ impl Tail {
                             })?
                     };
                     if got == 0 {
+                        if let Some(limit) = limit.filter(|l| read_to < *l) {
+                            return Err(TailError::Corrupt(format!(
+                                "the spool ends at byte {read_to}, before the {limit} bytes written to it: it was cut"
+                            )));
+                        }
                         return if self.used == self.buf.len() {
                             Ok(None)
                         } else {
@@ -339,15 +345,8 @@ impl Deriver {
     /// `files`; `progress` tells the streamer how far the stream queue is written.
     pub(super) fn new(start: StartInfo, files: DerivedFiles, progress: watch::Sender<u64>) -> Self {
         let started_unix_ms = start.started_unix_ms;
-        let mut rec = Recorder::new(start).forget_taken_lines();
-        let mut files = files;
-        // The asciicast header.
-        for line in rec.take_asciicast_lines() {
-            files.cast.buf.extend_from_slice(line.as_bytes());
-            files.cast.buf.push(b'\n');
-        }
-        Self {
-            rec,
+        let mut deriver = Self {
+            rec: Recorder::new(start).forget_taken_lines(),
             files,
             started_unix_ms,
             stream_seq: 0,
@@ -366,6 +365,17 @@ impl Deriver {
                 ..Summary::default()
             },
             progress,
+        };
+        // The asciicast header.
+        deriver.gather_cast_lines();
+        deriver
+    }
+
+    /// Moves the recorder's new asciicast lines into the asciicast's buffer.
+    fn gather_cast_lines(&mut self) {
+        for line in self.rec.take_asciicast_lines() {
+            self.files.cast.buf.extend_from_slice(line.as_bytes());
+            self.files.cast.buf.push(b'\n');
         }
     }
 
@@ -395,10 +405,7 @@ impl Deriver {
         }
         self.rec.commit(event);
         // Its asciicast lines at once: what is gathered is what the room checks count.
-        for line in self.rec.take_asciicast_lines() {
-            self.files.cast.buf.extend_from_slice(line.as_bytes());
-            self.files.cast.buf.push(b'\n');
-        }
+        self.gather_cast_lines();
         if let EventKind::Output { data } = &event.kind {
             self.summary.output_bytes += data.len() as u64;
         }
@@ -682,13 +689,13 @@ fn lower_priority() {
 /// finished and every record is derived; the whole summary.
 pub(super) fn follow(mut deriver: Deriver, mut tail: Tail, progress: &Progress) -> Summary {
     lower_priority();
-    let done = || progress.wait_past(u64::MAX, Duration::ZERO).done;
+    let done = || progress.is_done();
     loop {
         let written = progress.wait_past(tail.pos(), Duration::from_secs(1));
         let mut handled = 0usize;
         let mut failed = false;
         loop {
-            match tail.next(written.offset) {
+            match tail.next(Some(written.offset)) {
                 Ok(Some((event, chain))) => {
                     deriver.wait_for_room(&event, &done);
                     deriver.derive(&event, tail.records(), chain);
@@ -749,7 +756,7 @@ pub fn rebuild(paths: &Paths, streaming: bool) -> Result<Rebuilt, RebuildError> 
     })?;
     let file_len = std::fs::metadata(&paths.events).map_or(0, |m| m.len());
     let next = |tail: &mut Tail| -> Result<Option<(Event, Chain)>, RebuildError> {
-        match tail.next(u64::MAX) {
+        match tail.next(None) {
             Ok(read) => Ok(read),
             // A torn last record: the spool ends before it.
             Err(TailError::Torn(_)) => Ok(None),
@@ -898,5 +905,111 @@ impl ReadSoFar {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info() -> StartInfo {
+        StartInfo {
+            session_id: "s-tail".into(),
+            user: "alice".into(),
+            run_as_user: "ssm-user".into(),
+            owner: "alice".into(),
+            target: "t".into(),
+            reason: None,
+            cols: 40,
+            rows: 10,
+            started_unix_ms: 0,
+            term: None,
+            shell: None,
+        }
+    }
+
+    fn output(writer: &mut SpoolWriter, text: &str) {
+        let data = text.as_bytes().to_vec();
+        let len = data.len() as u64;
+        assert!(writer.write(1, EventKind::Output { data }, len).is_some());
+    }
+
+    #[test]
+    fn a_tail_follows_a_growing_spool_and_never_reads_past_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.spool");
+        let mut writer = SpoolWriter::open(&path, 4096).unwrap();
+        writer.start(info());
+        output(&mut writer, "one");
+        let first = writer.offset();
+        output(&mut writer, "two");
+        let mut tail = Tail::open(&path, false).unwrap();
+        // Up to the first limit: the start and "one", then nothing, though "two" is there.
+        assert!(matches!(
+            tail.next(Some(first)).unwrap().unwrap().0.kind,
+            EventKind::Start(_)
+        ));
+        let (one, _) = tail.next(Some(first)).unwrap().unwrap();
+        assert_eq!(
+            one.kind,
+            EventKind::Output {
+                data: b"one".to_vec()
+            }
+        );
+        assert_eq!(tail.next(Some(first)).unwrap(), None);
+        assert_eq!(tail.pos(), first);
+        // The limit moves on: the rest, with the chain value the writer wrote.
+        let (two, chain) = tail.next(Some(writer.offset())).unwrap().unwrap();
+        assert_eq!(
+            two.kind,
+            EventKind::Output {
+                data: b"two".to_vec()
+            }
+        );
+        assert_eq!(spool::hex(&chain), writer.written().spool_head);
+        assert_eq!(tail.records(), 3);
+        assert_eq!(tail.next(Some(writer.offset())).unwrap(), None);
+    }
+
+    #[test]
+    fn a_spool_cut_below_what_was_written_is_an_error_not_a_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        // A spool of two records, and where the first ended and the second; cut at `at`.
+        let spool = |name: &str, at: &dyn Fn(u64, u64) -> u64| {
+            let path = dir.path().join(name);
+            let mut writer = SpoolWriter::open(&path, 4096).unwrap();
+            writer.start(info());
+            let boundary = writer.offset();
+            output(&mut writer, "one");
+            let written = writer.offset();
+            // (Closed first: handing back its reservation sets the file's length.)
+            drop(writer);
+            let file = OpenOptions::new().write(true).open(&path).unwrap();
+            file.set_len(at(boundary, written)).unwrap();
+            (path, written)
+        };
+        // Cut at a record boundary, after the writer published its length: "nothing more
+        // yet" would have the deriver wait forever for bytes that are gone.
+        let (path, written) = spool("boundary", &|boundary, _| boundary);
+        let mut tail = Tail::open(&path, false).unwrap();
+        assert!(tail.next(Some(written)).unwrap().is_some());
+        let err = tail.next(Some(written)).unwrap_err();
+        assert!(
+            matches!(&err, TailError::Corrupt(why) if why.contains("it was cut")),
+            "{err:?}"
+        );
+        // Cut inside a record.
+        let (path, written) = spool("inside", &|_, written| written - 2);
+        let mut tail = Tail::open(&path, false).unwrap();
+        assert!(tail.next(Some(written)).unwrap().is_some());
+        let err = tail.next(Some(written)).unwrap_err();
+        assert!(
+            matches!(&err, TailError::Corrupt(why) if why.contains("it was cut")),
+            "{err:?}"
+        );
+        // Without a limit (a rebuild), the same file ends in a torn record.
+        let mut tail = Tail::open(&path, false).unwrap();
+        assert!(tail.next(None).unwrap().is_some());
+        assert!(matches!(tail.next(None), Err(TailError::Torn(_))));
     }
 }

@@ -49,12 +49,15 @@ pub(super) struct Written {
 }
 
 impl Progress {
+    fn state(&self) -> std::sync::MutexGuard<'_, Written> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// The spool holds whole records up to `offset`.
     pub(super) fn publish(&self, offset: u64) {
-        let mut s = self
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut s = self.state();
         if offset > s.offset {
             s.offset = offset;
             self.moved.notify_all();
@@ -63,24 +66,21 @@ impl Progress {
 
     /// The writer is finished.
     pub(super) fn finish(&self, last: Written) {
-        let mut s = self
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *s = Written { done: true, ..last };
+        *self.state() = Written { done: true, ..last };
         self.moved.notify_all();
+    }
+
+    /// Whether the writer is finished.
+    pub(super) fn is_done(&self) -> bool {
+        self.state().done
     }
 
     /// Waits until the spool is written past `pos` or the writer is finished (or
     /// `timeout` passes); what is written then.
     pub(super) fn wait_past(&self, pos: u64, timeout: Duration) -> Written {
-        let s = self
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let (s, _) = self
             .moved
-            .wait_timeout_while(s, timeout, |s| s.offset <= pos && !s.done)
+            .wait_timeout_while(self.state(), timeout, |s| s.offset <= pos && !s.done)
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         s.clone()
     }
@@ -92,16 +92,14 @@ pub(super) struct FinishGuard<'a>(pub &'a Progress);
 
 impl Drop for FinishGuard<'_> {
     fn drop(&mut self) {
-        let mut s = self
-            .0
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !s.done {
-            s.done = true;
-            s.error
-                .get_or_insert_with(|| "the recording's writer stopped unexpectedly".into());
-            self.0.moved.notify_all();
+        let last = self.0.state().clone();
+        if !last.done {
+            self.0.finish(Written {
+                error: last
+                    .error
+                    .or_else(|| Some("the recording's writer stopped unexpectedly".into())),
+                ..last
+            });
         }
     }
 }
