@@ -319,6 +319,16 @@ pub async fn gateway(inputs: Value) -> Gateway {
     .await
 }
 
+/// A gateway whose sessions upload to `bucket` and stream to `group`.
+pub async fn streaming_gateway(bucket: &str, group: &str) -> Gateway {
+    gateway(json!({
+        "s3BucketName": bucket,
+        "cloudWatchLogGroupName": group,
+        "cloudWatchStreamingEnabled": true,
+    }))
+    .await
+}
+
 pub fn all_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for e in std::fs::read_dir(dir).unwrap().flatten() {
         let p = e.path();
@@ -627,12 +637,7 @@ async fn a_password_typed_with_echo_off_reaches_no_sink_and_no_file() {
     let ls = LocalStack::get().await;
     let bucket = ls.bucket(true).await;
     let group = ls.log_group(false).await;
-    let gw = gateway(json!({
-        "s3BucketName": bucket,
-        "cloudWatchLogGroupName": group,
-        "cloudWatchStreamingEnabled": true,
-    }))
-    .await;
+    let gw = streaming_gateway(&bucket, &group).await;
     let agent = AgentProcess::start(&gw, "rec-pw").await;
     let (sid, mut client) = open_shell(&gw, "rec-pw").await;
     client

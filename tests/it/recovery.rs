@@ -2,7 +2,9 @@
 //! next start; a LocalStack stopped and restarted mid-session costs only delay; corrupt
 //! recordings are quarantined without blocking the others.
 
-use crate::recording::{gateway, unique, verify_with_localstack, AgentProcess, LocalStack, REGION};
+use crate::recording::{
+    streaming_gateway, unique, verify_with_localstack, AgentProcess, LocalStack, REGION,
+};
 use crate::support::*;
 use serde_json::{json, Value};
 use session_agent::delivery::cwl::{Checked, StreamChecker};
@@ -56,6 +58,21 @@ fn session_data(messages: &[Value]) -> String {
         .join("\n")
 }
 
+/// The spool verifies whole: its chain intact, no torn tail.
+fn assert_intact(spool: &[u8]) {
+    let verdict = session_agent::replay::verify_spool(spool).unwrap();
+    assert!(
+        matches!(
+            verdict,
+            session_agent::replay::Verdict::Intact {
+                torn_tail: false,
+                ..
+            }
+        ),
+        "{verdict:?}"
+    );
+}
+
 async fn versions(ls: &LocalStack, bucket: &str, key: &str) -> usize {
     ls.s3
         .list_object_versions()
@@ -87,12 +104,7 @@ async fn a_daemon_killed_mid_session_delivers_everything_at_its_next_start() {
         .await
         .unwrap();
     let group = ls.log_group(false).await;
-    let gw = gateway(json!({
-        "s3BucketName": bucket,
-        "cloudWatchLogGroupName": group,
-        "cloudWatchStreamingEnabled": true,
-    }))
-    .await;
+    let gw = streaming_gateway(&bucket, &group).await;
     let mut agent = AgentProcess::start(&gw, "rec-kill").await;
     let (sid, mut client) = open_shell(&gw, "rec-kill").await;
     client
@@ -149,17 +161,7 @@ async fn a_daemon_killed_mid_session_delivers_everything_at_its_next_start() {
         );
     }
     let s3_spool = ls.object(&bucket, &format!("{sid}.spool"), WAIT).await;
-    let verdict = session_agent::replay::verify_spool(&s3_spool[..]).unwrap();
-    assert!(
-        matches!(
-            verdict,
-            session_agent::replay::Verdict::Intact {
-                torn_tail: false,
-                ..
-            }
-        ),
-        "{verdict:?}"
-    );
+    assert_intact(&s3_spool);
     let last = SpoolReader::new(&s3_spool[..])
         .unwrap()
         .last()
@@ -330,12 +332,7 @@ async fn delivery_resumes_after_localstack_stops_and_restarts_mid_session() {
     let group = unique("/outage/");
     ls.create_bucket(&bucket, true).await;
     ls.create_log_group(&group, false).await;
-    let gw = gateway(json!({
-        "s3BucketName": bucket,
-        "cloudWatchLogGroupName": group,
-        "cloudWatchStreamingEnabled": true,
-    }))
-    .await;
+    let gw = streaming_gateway(&bucket, &group).await;
     let agent =
         AgentProcess::start_with(&gw, "rec-outage", &[("AWS_ENDPOINT_URL", &endpoint)]).await;
     let (sid, mut client) = open_shell(&gw, "rec-outage").await;
@@ -423,12 +420,7 @@ async fn a_kill_during_a_flood_while_the_derived_files_lag_loses_nothing() {
     let ls = LocalStack::get().await;
     let bucket = ls.bucket(true).await;
     let group = ls.log_group(false).await;
-    let gw = gateway(json!({
-        "s3BucketName": bucket,
-        "cloudWatchLogGroupName": group,
-        "cloudWatchStreamingEnabled": true,
-    }))
-    .await;
+    let gw = streaming_gateway(&bucket, &group).await;
     let mut agent = AgentProcess::start(&gw, "rec-lag").await;
     let (sid, mut client) = open_shell(&gw, "rec-lag").await;
     const LINES: u64 = 2_000_000;
@@ -487,17 +479,7 @@ async fn a_kill_during_a_flood_while_the_derived_files_lag_loses_nothing() {
     // The spool in S3 verifies whole, and so does the CloudWatch stream, which holds the
     // same lines.
     let s3_spool = ls.object(&bucket, &format!("{sid}.spool"), WAIT).await;
-    let verdict = session_agent::replay::verify_spool(&s3_spool[..]).unwrap();
-    assert!(
-        matches!(
-            verdict,
-            session_agent::replay::Verdict::Intact {
-                torn_tail: false,
-                ..
-            }
-        ),
-        "{verdict:?}"
-    );
+    assert_intact(&s3_spool);
     let source = format!("cloudwatch://{group}/{sid}");
     let (code, said) = verify_with_localstack(&source);
     assert_eq!(code, Some(0), "{said}");

@@ -2,7 +2,7 @@
 //! floods do not grow its memory, it protects itself from the OOM killer while its
 //! sessions do not, and its log never shows credentials or tokens.
 
-use crate::recording::{gateway, AgentProcess};
+use crate::recording::{gateway, streaming_gateway, AgentProcess};
 use crate::support::*;
 use serde_json::json;
 use std::time::Duration;
@@ -108,12 +108,7 @@ async fn credentials_and_tokens_never_reach_the_log_even_at_debug() {
     let ls = LocalStack::get().await;
     let bucket = ls.bucket(true).await;
     let group = ls.log_group(false).await;
-    let gw = gateway(json!({
-        "s3BucketName": bucket,
-        "cloudWatchLogGroupName": group,
-        "cloudWatchStreamingEnabled": true,
-    }))
-    .await;
+    let gw = streaming_gateway(&bucket, &group).await;
     let agent = AgentProcess::start_with(
         &gw,
         "no-secrets",

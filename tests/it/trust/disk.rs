@@ -5,7 +5,8 @@
 //! is needed to mount; without it they say so and do nothing else).
 
 use crate::recording::{
-    gateway, verify_args_with_localstack, verify_with_localstack, AgentProcess, LocalStack,
+    gateway, streaming_gateway, verify_args_with_localstack, verify_with_localstack, AgentProcess,
+    LocalStack,
 };
 use crate::support::*;
 use serde_json::json;
@@ -408,12 +409,7 @@ async fn the_s3_copy_and_the_cloudwatch_stream_vouch_for_each_other() {
     let ls = LocalStack::get().await;
     let bucket = ls.bucket(false).await;
     let group = ls.log_group(false).await;
-    let gw = gateway(json!({
-        "s3BucketName": bucket,
-        "cloudWatchLogGroupName": group,
-        "cloudWatchStreamingEnabled": true,
-    }))
-    .await;
+    let gw = streaming_gateway(&bucket, &group).await;
     let agent = AgentProcess::start(&gw, "cut-sinks").await;
     let (sid, mut client) = open_shell(&gw, "cut-sinks").await;
     for i in 0..8 {

@@ -45,6 +45,26 @@ fn error_type(v: &serde_json::Value) -> &str {
     v["__type"].as_str().unwrap_or("")
 }
 
+/// A session started by `creds` on `target`, connected, at its shell prompt.
+async fn shell_as(gw: &Gateway, creds: (&str, &str), target: &str) -> (String, InteractiveClient) {
+    let (status, v) = gw
+        .api_as(creds, "StartSession", json!({"Target": target}))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let sid = v["SessionId"].as_str().unwrap().to_owned();
+    let mut client = InteractiveClient::new(
+        client_connect(
+            gw,
+            v["StreamUrl"].as_str().unwrap(),
+            v["TokenValue"].as_str().unwrap(),
+        )
+        .await,
+    );
+    client.resize(80, 24).await;
+    client.expect("$ ").await;
+    (sid, client)
+}
+
 #[tokio::test]
 async fn a_second_signed_user_cannot_see_resume_end_or_tap_anothers_session() {
     let dir = tempfile::tempdir().unwrap();
@@ -52,22 +72,8 @@ async fn a_second_signed_user_cannot_see_resume_end_or_tap_anothers_session() {
     let agent = RunningAgent::start_signed(&gw, "web-1", AGENT).await;
 
     // Alice's session, with a shell that answers.
-    let v = gw
-        .api_as(ALICE, "StartSession", json!({"Target": "web-1"}))
-        .await;
-    assert_eq!(v.0, 200, "{}", v.1);
-    let sid = v.1["SessionId"].as_str().unwrap().to_owned();
+    let (sid, mut alice) = shell_as(&gw, ALICE, "web-1").await;
     assert!(sid.starts_with("alice-"), "{sid}");
-    let mut alice = InteractiveClient::new(
-        client_connect(
-            &gw,
-            v.1["StreamUrl"].as_str().unwrap(),
-            v.1["TokenValue"].as_str().unwrap(),
-        )
-        .await,
-    );
-    alice.resize(80, 24).await;
-    alice.expect("$ ").await;
 
     // Bob lists sessions: not Alice's, not even by its id.
     for filters in [json!([]), json!([{"key": "SessionId", "value": sid}])] {
@@ -341,21 +347,7 @@ async fn a_deregistered_node_takes_its_sessions_with_it() {
     let dir = tempfile::tempdir().unwrap();
     let gw = Gateway::start(strict_gateway_config(dir.path())).await;
     let agent = RunningAgent::start_signed(&gw, "web-4", AGENT).await;
-    let v = gw
-        .api_as(ALICE, "StartSession", json!({"Target": "web-4"}))
-        .await
-        .1;
-    let sid = v["SessionId"].as_str().unwrap().to_owned();
-    let mut alice = InteractiveClient::new(
-        client_connect(
-            &gw,
-            v["StreamUrl"].as_str().unwrap(),
-            v["TokenValue"].as_str().unwrap(),
-        )
-        .await,
-    );
-    alice.resize(80, 24).await;
-    alice.expect("$ ").await;
+    let (sid, mut alice) = shell_as(&gw, ALICE, "web-4").await;
     let (s, v) = gw
         .api_as(
             OPS,

@@ -2,9 +2,8 @@
 //! says; and turning echo off to type commands blind still leaves a record of it (how
 //! much was typed, how many lines, when) in every sink, beside the commands' output.
 
-use crate::recording::{all_files, gateway, AgentProcess, LocalStack};
+use crate::recording::{all_files, streaming_gateway, AgentProcess, LocalStack};
 use crate::support::*;
-use serde_json::json;
 use std::time::Duration;
 
 /// What each sink and file holds, as text, for a finished session.
@@ -46,12 +45,7 @@ async fn a_password_read_byte_by_byte_with_echo_off_reaches_no_sink() {
     let ls = LocalStack::get().await;
     let bucket = ls.bucket(true).await;
     let group = ls.log_group(false).await;
-    let gw = gateway(json!({
-        "s3BucketName": bucket,
-        "cloudWatchLogGroupName": group,
-        "cloudWatchStreamingEnabled": true,
-    }))
-    .await;
+    let gw = streaming_gateway(&bucket, &group).await;
     let agent = AgentProcess::start(&gw, "red-icanon").await;
     let (sid, mut client) = open_shell(&gw, "red-icanon").await;
     client
@@ -85,12 +79,7 @@ async fn blind_typing_leaves_counted_timed_markers_and_the_output() {
     let ls = LocalStack::get().await;
     let bucket = ls.bucket(true).await;
     let group = ls.log_group(false).await;
-    let gw = gateway(json!({
-        "s3BucketName": bucket,
-        "cloudWatchLogGroupName": group,
-        "cloudWatchStreamingEnabled": true,
-    }))
-    .await;
+    let gw = streaming_gateway(&bucket, &group).await;
     let agent = AgentProcess::start(&gw, "red-blind").await;
     let (sid, mut client) = open_shell(&gw, "red-blind").await;
     client.type_text("exec /bin/sh\r").await;
