@@ -6,10 +6,6 @@
 /// beyond it). 4 MiB covers loopback and LAN bandwidth-delay products many times over; at
 /// 1000 sessions the worst case is 4 GiB only if every client stops acknowledging at once.
 pub const OUTPUT_IN_FLIGHT: usize = 4 * 1024 * 1024;
-/// Stack for the per-session blocking threads (PTY reader, PTY writer, exit watcher): they
-/// only copy buffers, so 256 KiB is plenty, and 1000 sessions do not reserve 6 GiB of
-/// address space at the default 2 MiB.
-pub const SESSION_THREAD_STACK: usize = 256 * 1024;
 /// Largest message accepted on a control channel: `interactive_shell` carries the session
 /// document (AWS documents are at most 64 KB) and its parameters.
 pub const MAX_CONTROL_MESSAGE: usize = 1024 * 1024;

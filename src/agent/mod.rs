@@ -41,7 +41,6 @@ use crate::protocol::payload::{task_status, AgentTaskPayload};
 use crate::recorder::StartInfo;
 use crate::session::pty::Shell;
 use crate::session::user::{self, UserInfo};
-use budget::SESSION_THREAD_STACK;
 use recording::{Delivery, Recording};
 use session::{DataChannel, Ending, ShellIo};
 use std::path::PathBuf;
@@ -447,30 +446,25 @@ async fn serve(
         early_input.extend_from_slice(profile.as_bytes());
         early_input.push(enter);
     }
-    let (Some(reader), Some(writer)) = (shell.take_reader(), shell.take_writer()) else {
-        let _ = tokio::task::spawn_blocking(move || shell.terminate(KILL_GRACE)).await;
-        return Served::Refused(
-            Box::new(channel),
-            "Unable to start command: the PTY could not be opened".into(),
-        );
+    let (reader, writer) = match shell.take_io() {
+        Ok(Some(io)) => io,
+        failed => {
+            let why = match failed {
+                Err(e) => e.to_string(),
+                Ok(_) => "the PTY could not be opened".into(),
+            };
+            let _ = tokio::task::spawn_blocking(move || shell.terminate(KILL_GRACE)).await;
+            return Served::Refused(Box::new(channel), format!("Unable to start command: {why}"));
+        }
     };
-    // The shell's exit, observed without reaping it (terminate() reaps after cleaning up).
+    // The shell's exit, observed without reaping it (terminate() reaps after cleaning up),
+    // on the runtime (a pidfd), not on a thread.
     let (exit_tx, exited) = tokio::sync::oneshot::channel();
     let process = shell.process();
-    let watcher = std::thread::Builder::new()
-        .stack_size(SESSION_THREAD_STACK)
-        .name("shell-wait".into())
-        .spawn(move || {
-            let _ = process.wait();
-            let _ = exit_tx.send(());
-        });
-    if let Err(e) = watcher {
-        let _ = tokio::task::spawn_blocking(move || shell.terminate(KILL_GRACE)).await;
-        return Served::Refused(
-            Box::new(channel),
-            format!("Unable to start command: cannot start a thread: {e}"),
-        );
-    }
+    tokio::spawn(async move {
+        let _ = process.exited().await;
+        let _ = exit_tx.send(());
+    });
     let (cols, rows) = size.unwrap_or((80, 24));
     let streaming_to = checked.cwl.as_ref().filter(|(_, d)| d.streaming);
     let start = StartInfo {
@@ -556,7 +550,7 @@ async fn serve(
         max: minutes(doc.inputs.max_session_duration),
     };
     let recording_failed = recording.as_mut().and_then(|r| r.failed.take());
-    let (ending, writer) = channel
+    let ending = channel
         .pump(
             io,
             early_input,
@@ -572,8 +566,6 @@ async fn serve(
         let _ = channel.notice(STOPPING_NOTICE).await;
     }
     let exit = tokio::task::spawn_blocking(move || {
-        // The writer lives until the shell is gone (its drop would type into the terminal).
-        let _writer = writer;
         let mut s = shell
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);

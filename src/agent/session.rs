@@ -1,22 +1,26 @@
 //! One session: its data channel and its shell (protocol.md §2.2, §4, §6).
 //!
 //! ```text
-//!  PTY reader thread ──bounded mpsc──▶ pump task ──output_stream_data──▶ data websocket
-//!  PTY writer thread ◀──mpsc────────── pump task ◀──input_stream_data──── data websocket
+//!  PTY master (reactor) ──read──────────▶ pump task ──output_stream_data──▶ data websocket
+//!  PTY master (reactor) ◀─keyboard task◀─ pump task ◀──input_stream_data──── data websocket
 //! ```
 //!
+//! No thread of its own: the PTY master is on tokio's reactor (`session::pty`), read by
+//! the pump itself and written by a small keyboard task, so a shell that does not read its
+//! input blocks only that task.
+//!
 //! The pump owns the reliability state ([`Sender`] for output, [`Receiver`] for input).
-//! It takes a PTY chunk only while the sender has room and is not paused, so a peer that
-//! does not acknowledge (or a gateway that paused us) stops the reader thread, which stops
-//! reading the PTY, which blocks the shell: back-pressure all the way, memory bounded by the
-//! sender's budget. No fixed sleeps: output leaves as soon as it is read; retransmission
-//! wakes exactly at the sender's next deadline.
+//! It reads the PTY only while the sender has room and is not paused, so a peer that does
+//! not acknowledge (or a gateway that paused us) stops the reading, which blocks the
+//! shell: back-pressure all the way, memory bounded by the sender's budget. No fixed
+//! sleeps: output leaves as soon as it is read; retransmission wakes exactly at the
+//! sender's next deadline.
 //!
 //! A dropped data channel is reopened (fresh token) with upstream's schedule, and every
 //! unacknowledged frame is sent again; the client's receiver discards duplicates, so no
 //! byte is lost or doubled.
 
-use super::budget::{MAX_DATA_MESSAGE, OUTPUT_IN_FLIGHT, SESSION_THREAD_STACK};
+use super::budget::{MAX_DATA_MESSAGE, OUTPUT_IN_FLIGHT};
 use super::mgs::{Mgs, MgsError, Socket};
 use super::recording::Tap;
 use crate::bounded::{self, ByteSender};
@@ -33,9 +37,8 @@ use crate::protocol::reliability::{
 };
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use std::io::{Read, Write};
+use crate::session::pty::{PtyReader, PtyWriter};
 use std::time::{Duration, Instant, SystemTime};
-use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -50,9 +53,6 @@ use uuid::Uuid;
 pub const CHUNK: usize = 16 * 1024;
 /// Out-of-order input kept while waiting for a gap to fill (keystrokes are small).
 pub const INPUT_REORDER: usize = 1024 * 1024;
-/// PTY chunks read ahead of the pump. Small on purpose: back-pressure must reach the
-/// shell quickly.
-const READ_AHEAD: usize = 4;
 /// How long to wait for the client's first Size before starting the shell, so the prompt
 /// is drawn at the right width when the client sends it early.
 pub const FIRST_SIZE_WAIT: Duration = Duration::from_millis(300);
@@ -216,9 +216,9 @@ impl Limits {
 /// I/O handles of a running shell, as the pump needs them.
 pub struct ShellIo {
     /// PTY output.
-    pub reader: Box<dyn Read + Send>,
+    pub reader: PtyReader,
     /// PTY input.
-    pub writer: Box<dyn Write + Send>,
+    pub writer: PtyWriter,
     /// Applies a window size (cols, rows).
     pub resize: Box<dyn FnMut(u16, u16) + Send>,
     /// Fires when the shell process exits.
@@ -600,10 +600,8 @@ impl DataChannel {
         }
     }
 
-    /// Runs the session until the shell exits, `cancel` fires, or the channel is lost.
-    /// Returns how it ended and the PTY writer, which the caller must keep until the shell
-    /// is terminated: dropping a portable-pty writer types a newline and end-of-file into
-    /// the terminal, which could run a half-typed command.
+    /// Runs the session until the shell exits, `cancel` fires, or the channel is lost;
+    /// how it ended.
     pub async fn pump(
         &mut self,
         shell: ShellIo,
@@ -612,62 +610,16 @@ impl DataChannel {
         cancel: &CancellationToken,
         tap: Option<Tap>,
         recording_failed: Option<tokio::sync::oneshot::Receiver<String>>,
-    ) -> (Ending, Option<Box<dyn Write + Send>>) {
+    ) -> Ending {
         let ShellIo {
             mut reader,
-            mut writer,
+            writer,
             mut resize,
             mut exited,
             echo_probe,
         } = shell;
-        let input_tap = tap.clone();
-        let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(READ_AHEAD);
-        let reader_thread = std::thread::Builder::new()
-            .stack_size(SESSION_THREAD_STACK)
-            .name("pty-reader".into())
-            .spawn(move || {
-                let mut buf = vec![0u8; CHUNK];
-                loop {
-                    match reader.read(&mut buf) {
-                        Ok(0) | Err(_) => break, // EOF / EIO: the shell side closed
-                        Ok(n) => {
-                            if out_tx.blocking_send(buf[..n].to_vec()).is_err() {
-                                break;
-                            }
-                        }
-                    }
-                }
-            });
-        let (in_tx, mut in_rx) = bounded::channel::<Vec<u8>>(INPUT_QUEUE_BYTES);
-        let (writer_back, writer_returned) = tokio::sync::oneshot::channel();
-        let writer_thread = std::thread::Builder::new()
-            .stack_size(SESSION_THREAD_STACK)
-            .name("pty-writer".into())
-            .spawn(move || {
-                while let Some(bytes) = in_rx.blocking_recv() {
-                    if let Some(tap) = &input_tap {
-                        // The terminal's state as these bytes reach it decides redaction;
-                        // under fail-closed, nothing the recording did not take is typed.
-                        if !tap.input_blocking(&bytes, echo_probe()) {
-                            continue;
-                        }
-                    }
-                    if writer
-                        .write_all(&bytes)
-                        .and_then(|()| writer.flush())
-                        .is_err()
-                    {
-                        break;
-                    }
-                }
-                let _ = writer_back.send(writer);
-            });
-        if let Err(e) = reader_thread.and(writer_thread) {
-            return (
-                Ending::Internal(format!("cannot start a session thread: {e}")),
-                None,
-            );
-        }
+        let (in_tx, in_rx) = bounded::channel::<Vec<u8>>(INPUT_QUEUE_BYTES);
+        let keyboard = tokio::spawn(keyboard(in_rx, writer, tap.clone(), echo_probe));
         if !early_input.is_empty() {
             let len = early_input.len();
             let _ = in_tx.try_send(early_input, len);
@@ -675,7 +627,7 @@ impl DataChannel {
         let ending = self
             .run_loop(
                 &in_tx,
-                &mut out_rx,
+                &mut reader,
                 &mut resize,
                 &mut exited,
                 limits,
@@ -684,12 +636,9 @@ impl DataChannel {
                 recording_failed,
             )
             .await;
-        drop(in_tx);
-        let writer = tokio::time::timeout(Duration::from_secs(2), writer_returned)
-            .await
-            .ok()
-            .and_then(Result::ok);
-        (ending, writer)
+        // Input still queued is not typed into a session that has ended.
+        keyboard.abort();
+        ending
     }
 
     // One select loop over every source of the session; its inputs are the pump's parts.
@@ -697,7 +646,7 @@ impl DataChannel {
     async fn run_loop(
         &mut self,
         in_tx: &ByteSender<Vec<u8>>,
-        out_rx: &mut mpsc::Receiver<Vec<u8>>,
+        reader: &mut PtyReader,
         resize: &mut Box<dyn FnMut(u16, u16) + Send>,
         exited: &mut tokio::sync::oneshot::Receiver<()>,
         limits: Limits,
@@ -716,11 +665,22 @@ impl DataChannel {
         let mut shell_done = false;
         let mut drain_deadline: Option<tokio::time::Instant> = None;
         let mut drain_limit: Option<tokio::time::Instant> = None;
+        let mut buf = vec![0u8; CHUNK];
+        // Output read while we could not send it (the shell had exited and the peer was
+        // not taking more): sent first once it can be.
+        let mut held: Option<Vec<u8>> = None;
         loop {
-            if shell_done && self.sender.is_empty() {
+            if shell_done && held.is_none() && self.sender.is_empty() {
                 return Ending::ShellExited;
             }
-            let can_read = !shell_done && !self.sender.is_paused() && self.sender.has_capacity();
+            let can_read = !self.sender.is_paused() && self.sender.has_capacity();
+            if can_read {
+                if let Some(bytes) = held.take() {
+                    self.on_output(bytes, tap).await;
+                    continue;
+                }
+            }
+            let can_read = can_read && !shell_done;
             let retransmit_at = self
                 .sender
                 .next_deadline()
@@ -755,16 +715,28 @@ impl DataChannel {
                     eof_deadline = Some(tokio::time::Instant::now() + EOF_AFTER_EXIT);
                 }
                 () = sleep_opt(eof_deadline), if !shell_done => {
-                    if out_rx.is_empty() {
-                        // The shell is gone and nothing more is coming (a background job
-                        // may still hold the terminal; it is killed on terminate).
+                    // The shell is gone; is more output waiting in the terminal?
+                    let more = if held.is_some() {
+                        true
+                    } else {
+                        match reader.try_read(&mut buf) {
+                            Ok(Some(n)) if n > 0 => {
+                                held = Some(buf[..n].to_vec());
+                                true
+                            }
+                            _ => false,
+                        }
+                    };
+                    if more {
+                        // Yes (we are paused or full, or it just came): wait for it.
+                        eof_deadline = Some(tokio::time::Instant::now() + EOF_AFTER_EXIT);
+                    } else {
+                        // Nothing more is coming (a background job may still hold the
+                        // terminal; it is killed on terminate).
                         shell_done = true;
                         let now = tokio::time::Instant::now();
                         drain_deadline = Some(now + DRAIN);
                         drain_limit = Some(now + MAX_DRAIN);
-                    } else {
-                        // Output still queued (we are paused or full): wait for it.
-                        eof_deadline = Some(tokio::time::Instant::now() + EOF_AFTER_EXIT);
                     }
                 }
                 msg = self.ws.next() => {
@@ -805,17 +777,13 @@ impl DataChannel {
                         drain_deadline = Some(drain_limit.map_or(extended, |cap| extended.min(cap)));
                     }
                 }
-                chunk = out_rx.recv(), if can_read => match chunk {
-                    Some(bytes) => {
+                read = reader.read(&mut buf), if can_read => match read {
+                    Ok(n) if n > 0 => {
                         last_activity = Instant::now();
-                        if let Some(tap) = tap {
-                            tap.output(&bytes).await;
-                        }
-                        if let Err(e) = self.send_output(bytes).await {
-                            tracing::debug!(session = %self.session_id, error = %e, "Output send failed; will retransmit after reopening");
-                        }
+                        self.on_output(buf[..n].to_vec(), tap).await;
                     }
-                    None => {
+                    // EOF (no process holds the terminal) or a failed read: the end.
+                    _ => {
                         shell_done = true;
                         let now = tokio::time::Instant::now();
                         drain_deadline = Some(now + DRAIN);
@@ -852,6 +820,16 @@ impl DataChannel {
         match tokio::time::timeout(SEND_TIMEOUT, self.ws.send(m)).await {
             Ok(r) => r.map_err(|e| e.to_string()),
             Err(_) => Err("send timed out".into()),
+        }
+    }
+
+    /// Output read from the terminal: to the recording, then to the peer.
+    async fn on_output(&mut self, bytes: Vec<u8>, tap: Option<&Tap>) {
+        if let Some(tap) = tap {
+            tap.output(&bytes).await;
+        }
+        if let Err(e) = self.send_output(bytes).await {
+            tracing::debug!(session = %self.session_id, error = %e, "Output send failed; will retransmit after reopening");
         }
     }
 
@@ -1001,6 +979,28 @@ impl DataChannel {
         }
         self.send_output(format!("\r\n{text}\r\n").into_bytes())
             .await
+    }
+}
+
+/// The keyboard: types queued input into the terminal, the recording first (the
+/// terminal's echo state as the bytes reach it decides redaction; under fail-closed,
+/// nothing the recording did not take is typed). A task, so a shell that does not read
+/// its input holds up only this.
+async fn keyboard(
+    mut queue: bounded::ByteReceiver<Vec<u8>>,
+    mut writer: PtyWriter,
+    tap: Option<Tap>,
+    echo_probe: Box<dyn Fn() -> Option<bool> + Send>,
+) {
+    while let Some(bytes) = queue.recv().await {
+        if let Some(tap) = &tap {
+            if !tap.input(&bytes, echo_probe()).await {
+                continue;
+            }
+        }
+        if writer.write_all(&bytes).await.is_err() {
+            break;
+        }
     }
 }
 

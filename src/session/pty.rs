@@ -4,9 +4,9 @@
 //!
 //! One process tree per session: a PTY pair from `portable-pty`, the shell started on its
 //! slave side as a session leader with the PTY as its controlling terminal, and the
-//! master side, which the caller reads and writes through [`Shell::take_reader`] and
-//! [`Shell::take_writer`]. All I/O here is blocking `std::io`; the agent bridges it to
-//! async on dedicated threads or `spawn_blocking`. This module knows nothing of the
+//! master side, which the agent reads and writes on the tokio runtime through
+//! [`Shell::take_io`] (blocking callers, such as tests, use [`Shell::take_reader`] and
+//! [`Shell::take_writer`] instead). This module knows nothing of the
 //! protocol, sockets, sequence numbers, users' policy or recordings: it receives a
 //! complete [`ShellSpec`] (program, argv, the whole environment, working directory,
 //! credentials, size) and reports bytes and an [`ExitStatus`].
@@ -52,10 +52,18 @@
 //! exited: nothing is left behind and no zombie remains. Nothing else in the process may
 //! reap with `waitpid(-1)` (tokio's process support waits for its own children only).
 //!
-//! From async code: give a [`ShellProcess`] (cloneable, `Send + Sync`) to a blocking
-//! task that calls [`ShellProcess::wait`], pump the reader and writer on blocking
-//! threads, and keep the [`Shell`] itself (which is `Send`) for `resize` and the final
-//! `terminate`; a waiter still blocked then returns the recorded status.
+//! # On the runtime: no thread per session
+//!
+//! A session costs no thread of its own. [`Shell::take_io`] puts the master in
+//! non-blocking mode and registers it with tokio's reactor ([`AsyncFd`]): [`PtyReader`]
+//! and [`PtyWriter`] wait for readiness there and move bytes through `portable-pty`'s own
+//! handles (duplicates of the master, sharing its non-blocking mode). The registration
+//! holds the master open, so it is always removed from the reactor before the descriptor
+//! can be closed and its number reused. The exit is observed the same way:
+//! [`ShellProcess::exited`] waits on a pidfd (Linux 5.3+; on older kernels, and other
+//! Unixes, one blocking-pool wait), opened while the shell is known to be unreaped, so it
+//! cannot name a recycled pid. Keep the [`Shell`] itself (which is `Send`) for `resize`
+//! and the final `terminate`; an `exited` still waiting then returns the recorded status.
 
 use nix::errno::Errno;
 use nix::sys::signal::{kill, killpg, Signal};
@@ -66,6 +74,9 @@ use portable_pty::{Child, CommandBuilder, MasterPty};
 use std::ffi::CString;
 use std::fmt;
 use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -338,6 +349,44 @@ impl ShellProcess {
         }
     }
 
+    /// Waits on the runtime until the shell exits and returns its status, without
+    /// reaping it and without a thread of its own: through a pidfd the reactor watches,
+    /// opened under the reaping lock (so it names the shell, never a recycled pid). Where
+    /// pidfds are missing (Linux before 5.3, other Unixes), one blocking-pool wait.
+    ///
+    /// # Errors
+    /// [`PtyError::Wait`] when the kernel no longer knows the child.
+    pub async fn exited(&self) -> Result<ExitStatus, PtyError> {
+        #[cfg(target_os = "linux")]
+        {
+            let pidfd = {
+                let reaped = self.reaped();
+                if let Some(status) = &*reaped {
+                    return Ok(status.clone());
+                }
+                rustix::process::Pid::from_raw(self.inner.pid.as_raw()).and_then(|pid| {
+                    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::NONBLOCK).ok()
+                })
+            };
+            if let Some(watch) = pidfd.and_then(|fd| watch(fd, Interest::READABLE).ok()) {
+                loop {
+                    if let Some(status) = self.try_wait()? {
+                        return Ok(status);
+                    }
+                    match watch.readable().await {
+                        Ok(mut ready) => ready.clear_ready(),
+                        Err(_) => break, // the reactor is going away: wait the old way
+                    }
+                }
+            }
+        }
+        let me = self.clone();
+        match tokio::task::spawn_blocking(move || me.wait()).await {
+            Ok(waited) => waited,
+            Err(_) => self.wait(),
+        }
+    }
+
     /// `waitid(WEXITED | WNOWAIT | extra)` on the shell: observes, never reaps.
     fn peek(&self, extra: WaitPidFlag) -> Result<Option<ExitStatus>, PtyError> {
         let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT | extra;
@@ -368,9 +417,155 @@ impl ShellProcess {
 pub struct Shell {
     process: ShellProcess,
     child: Box<dyn Child + Send + Sync>,
-    master: Box<dyn MasterPty + Send>,
+    master: Master,
     reader: Option<Box<dyn Read + Send>>,
     writer: Option<Box<dyn Write + Send>>,
+    /// The writer behind a [`PtyWriter`], kept here too: it may be dropped only after the
+    /// shell is reaped (see [`Shell::take_writer`]), which `Drop` does before fields go.
+    kept_writer: Option<SharedWriter>,
+}
+
+/// The PTY's master, shared by the [`Shell`] (resize, terminal settings) and the reactor
+/// registration of [`Shell::take_io`] (which keeps it open while registered).
+#[derive(Clone)]
+struct Master(Arc<Mutex<Box<dyn MasterPty + Send>>>);
+
+impl Master {
+    fn lock(&self) -> MutexGuard<'_, Box<dyn MasterPty + Send>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+type SharedWriter = Arc<Mutex<Box<dyn Write + Send>>>;
+
+/// What the reactor watches: the master's descriptor, held open by the master itself.
+struct MasterFd {
+    fd: RawFd,
+    _master: Master,
+}
+
+impl AsRawFd for MasterFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd
+    }
+}
+
+/// A descriptor whose owner keeps it open, and the same, for the owner's whole life:
+/// what tokio's reactor requires of a registration (see [`watch`]).
+trait KeptOpen: AsRawFd {}
+
+/// A pidfd, owned.
+impl KeptOpen for std::os::fd::OwnedFd {}
+/// The master, held open through its `Master` for as long as the registration lives.
+impl KeptOpen for MasterFd {}
+
+/// Registers `owner`'s descriptor with tokio's reactor.
+///
+/// The crate's one `unsafe` block. Tokio's registration is `unsafe` because the reactor
+/// cannot see who owns the descriptor: it must stay open, and name the same open file,
+/// until the registration is dropped (else the reactor could watch, or deregister, an
+/// unrelated file that reused the number). Only the two [`KeptOpen`] owners can be
+/// registered here, and each upholds that by construction: an `OwnedFd` closes its
+/// descriptor only when it is dropped, which is after the registration (the `AsyncFd`
+/// deregisters before dropping what it holds); a [`MasterFd`] holds the `Master` whose
+/// descriptor it names, so that descriptor cannot close while the registration exists.
+/// The deprecated safe constructors do the same without the promise written down; this
+/// keeps it in one place, with the reason.
+#[allow(unsafe_code)]
+fn watch<T: KeptOpen>(owner: T, interest: Interest) -> std::io::Result<AsyncFd<T>> {
+    // SAFETY: see above; `T: KeptOpen` keeps its descriptor open and unchanged for its
+    // lifetime, which outlasts the registration.
+    unsafe { AsyncFd::register_with_interest(owner, interest) }.map_err(std::io::Error::from)
+}
+
+/// The terminal's output on the runtime (see [`Shell::take_io`]).
+pub struct PtyReader {
+    ready: Arc<AsyncFd<MasterFd>>,
+    inner: Box<dyn Read + Send>,
+}
+
+impl fmt::Debug for PtyReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PtyReader")
+    }
+}
+
+/// EIO from the master: no process holds the terminal any more (Linux's end of file).
+fn is_hangup(e: &std::io::Error) -> bool {
+    e.raw_os_error() == Some(Errno::EIO as i32)
+}
+
+impl PtyReader {
+    /// Reads what the terminal shows into `buf`, waiting on the reactor until there is
+    /// some; `Ok(0)` once no process holds the terminal. Cancel-safe: a read abandoned
+    /// while waiting loses nothing.
+    ///
+    /// # Errors
+    /// The read failed for another reason than the hang-up.
+    pub async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let (ready, inner) = (&self.ready, &mut self.inner);
+        loop {
+            let mut guard = ready.readable().await?;
+            match guard.try_io(|_| inner.read(buf)) {
+                Ok(Err(e)) if is_hangup(&e) => return Ok(0),
+                Ok(read) => return read,
+                Err(_would_block) => {}
+            }
+        }
+    }
+
+    /// What the terminal has ready now, without waiting: `None` when nothing is ready,
+    /// `Some(0)` at the end.
+    ///
+    /// # Errors
+    /// The read failed for another reason than the hang-up.
+    pub fn try_read(&mut self, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
+        match self.inner.read(buf) {
+            Ok(n) => Ok(Some(n)),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) if is_hangup(&e) => Ok(Some(0)),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The terminal's input on the runtime (see [`Shell::take_io`]). Dropping it types
+/// nothing: the writer underneath stays with the [`Shell`] until the shell is reaped.
+pub struct PtyWriter {
+    ready: Arc<AsyncFd<MasterFd>>,
+    inner: SharedWriter,
+}
+
+impl fmt::Debug for PtyWriter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PtyWriter")
+    }
+}
+
+impl PtyWriter {
+    /// Types all of `bytes` into the terminal, waiting on the reactor while its input
+    /// queue is full (a shell that does not read blocks only this future).
+    ///
+    /// # Errors
+    /// The terminal is gone or the write failed.
+    pub async fn write_all(&mut self, mut bytes: &[u8]) -> std::io::Result<()> {
+        while !bytes.is_empty() {
+            let mut guard = self.ready.writable().await?;
+            let wrote = guard.try_io(|_| {
+                self.inner
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .write(bytes)
+            });
+            match wrote {
+                Ok(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(Ok(n)) => bytes = &bytes[n..],
+                Ok(Err(e)) => return Err(e),
+                Err(_would_block) => {}
+            }
+        }
+        Ok(())
+    }
 }
 
 impl fmt::Debug for Shell {
@@ -435,9 +630,10 @@ impl Shell {
                 }),
             },
             child,
-            master,
+            master: Master(Arc::new(Mutex::new(master))),
             reader: Some(reader),
             writer: Some(writer),
+            kept_writer: None,
         };
         tracing::debug!(%program, pid, "shell started on a pty");
         Ok(shell)
@@ -457,12 +653,62 @@ impl Shell {
         self.writer.take()
     }
 
+    /// The terminal's output and input on the tokio runtime (call it from within one):
+    /// the master is made non-blocking and registered with the reactor. `None` once the
+    /// reader or the writer was taken.
+    ///
+    /// # Errors
+    /// The master could not be made non-blocking or registered.
+    pub fn take_io(&mut self) -> Result<Option<(PtyReader, PtyWriter)>, PtyError> {
+        let (Some(reader), Some(writer)) = (self.reader.take(), self.writer.take()) else {
+            return Ok(None);
+        };
+        let program = self.process.inner.program.clone();
+        let failed = |reason: String| PtyError::Open {
+            program: program.clone(),
+            reason,
+        };
+        let fd = self
+            .master
+            .lock()
+            .as_raw_fd()
+            .ok_or_else(|| failed("the pty has no descriptor".into()))?;
+        // The reader and writer are duplicates of the master: one open file, one mode.
+        let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL)
+            .map_err(|e| failed(format!("cannot read the pty's mode: {e}")))?;
+        let nonblocking = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+        nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(nonblocking))
+            .map_err(|e| failed(format!("cannot make the pty non-blocking: {e}")))?;
+        let registered = watch(
+            MasterFd {
+                fd,
+                _master: self.master.clone(),
+            },
+            Interest::READABLE | Interest::WRITABLE,
+        )
+        .map_err(|e| failed(format!("cannot watch the pty: {e}")))?;
+        let ready = Arc::new(registered);
+        let writer: SharedWriter = Arc::new(Mutex::new(writer));
+        self.kept_writer = Some(writer.clone());
+        Ok(Some((
+            PtyReader {
+                ready: ready.clone(),
+                inner: reader,
+            },
+            PtyWriter {
+                ready,
+                inner: writer,
+            },
+        )))
+    }
+
     /// Sets the window size; the kernel sends SIGWINCH to the foreground process group.
     ///
     /// # Errors
     /// [`PtyError::Resize`] when the ioctl fails.
     pub fn resize(&self, cols: u16, rows: u16) -> Result<(), PtyError> {
         self.master
+            .lock()
             .resize(terminal_size((cols, rows)))
             .map_err(|e| PtyError::Resize {
                 program: self.process.inner.program.clone(),
@@ -538,7 +784,7 @@ impl Shell {
     /// ECHO off; what they show is recorded as output. `None` when the terminal's
     /// settings cannot be read.
     pub fn echo_off(&self) -> Option<bool> {
-        let termios = self.master.get_termios()?;
+        let termios = self.master.lock().get_termios()?;
         Some(!termios.local_flags.contains(LocalFlags::ECHO))
     }
 
@@ -882,6 +1128,88 @@ mod tests {
             }
         );
         assert_eq!(status.to_string(), "exit code 3");
+    }
+
+    /// Reads everything until the terminal's end, on the runtime.
+    async fn read_to_end(reader: &mut PtyReader) -> String {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = tokio::time::timeout(TIMEOUT, reader.read(&mut buf))
+                .await
+                .expect("output ends")
+                .expect("read");
+            if n == 0 {
+                return String::from_utf8_lossy(&out).into_owned();
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    #[tokio::test]
+    async fn on_the_runtime_input_is_typed_output_read_and_the_exit_seen() {
+        let mut shell = Shell::spawn(&spec("read x; echo got:$x; exit 7"), Path::new(NO_SHIM))
+            .expect("spawn");
+        let (mut reader, mut writer) = shell.take_io().expect("io").expect("first take");
+        assert!(shell.take_io().expect("io").is_none(), "taken once");
+        let process = shell.process();
+        let exit = tokio::spawn(async move { process.exited().await });
+        writer.write_all(b"hello\n").await.expect("typed");
+        let out = read_to_end(&mut reader).await;
+        assert!(out.contains("got:hello"), "{out:?}");
+        let status = tokio::time::timeout(TIMEOUT, exit)
+            .await
+            .expect("exit seen")
+            .expect("task")
+            .expect("status");
+        assert_eq!(status.code, Some(7));
+        assert!(shell.pid().is_some(), "seen, not reaped");
+        assert_eq!(shell.terminate(Duration::ZERO), status);
+        // After the reap, the recorded status (no pid is looked at any more).
+        assert_eq!(shell.process().exited().await.expect("status"), status);
+    }
+
+    #[tokio::test]
+    async fn a_shell_that_does_not_read_blocks_only_the_writer_and_dropping_it_types_nothing() {
+        let mut shell = Shell::spawn(
+            &spec("stty raw -echo; echo ready; sleep 2"),
+            Path::new(NO_SHIM),
+        )
+        .expect("spawn");
+        let (mut reader, mut writer) = shell.take_io().expect("io").expect("first take");
+        // Far more than a terminal's input queue holds while nobody reads it (raw mode:
+        // the line discipline keeps what it cannot pass on): the write waits on the
+        // reactor (it does not fail, and it does not block the runtime).
+        let flood = vec![b'a'; 1024 * 1024];
+        let typing = tokio::spawn(async move {
+            let r = tokio::time::timeout(Duration::from_millis(300), writer.write_all(&flood)).await;
+            (r.is_err(), writer)
+        });
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 64];
+        while !String::from_utf8_lossy(&seen).contains("ready") {
+            let n = tokio::time::timeout(TIMEOUT, reader.read(&mut buf))
+                .await
+                .expect("output while the writer waits")
+                .expect("read");
+            assert!(n > 0, "output ended early: {seen:?}");
+            seen.extend_from_slice(&buf[..n]);
+        }
+        let (still_waiting, writer) = typing.await.expect("task");
+        assert!(still_waiting, "a full input queue makes the writer wait");
+        // Dropping the async writer does not type a newline and end-of-file (which
+        // portable-pty's writer does when it is dropped): `read` goes on waiting.
+        drop(writer);
+        let mut shell2 = Shell::spawn(&spec("read x; echo \"got:[$x]\""), Path::new(NO_SHIM))
+            .expect("spawn");
+        let (mut reader2, writer2) = shell2.take_io().expect("io").expect("first take");
+        drop(writer2);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(matches!(shell2.try_wait(), Ok(None)), "nothing was typed");
+        shell2.terminate(Duration::ZERO);
+        let out = read_to_end(&mut reader2).await;
+        assert!(!out.contains("got:"), "{out:?}");
+        shell.terminate(Duration::ZERO);
     }
 
     #[test]

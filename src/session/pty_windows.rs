@@ -221,6 +221,109 @@ impl ShellProcess {
     }
 }
 
+impl ShellProcess {
+    /// Waits on the runtime until the shell exits: one blocking-pool wait (a process
+    /// handle could be waited on without a thread, but not through portable-pty).
+    ///
+    /// # Errors
+    /// [`PtyError::Wait`].
+    pub async fn exited(&self) -> Result<ExitStatus, PtyError> {
+        let me = self.clone();
+        match tokio::task::spawn_blocking(move || me.wait()).await {
+            Ok(waited) => waited,
+            Err(_) => self.wait(),
+        }
+    }
+}
+
+/// Stack of the two threads that carry a console's pipes (they only copy buffers).
+const PIPE_THREAD_STACK: usize = 256 * 1024;
+/// Chunks read ahead of the agent from the console's output pipe.
+const READ_AHEAD: usize = 4;
+
+/// The console's output on the runtime. ConPTY's pipes are anonymous pipes, which have no
+/// overlapped I/O a reactor could wait on, so a thread reads them; on Unix the master is
+/// on the reactor itself.
+pub struct PtyReader {
+    rx: tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    held: Vec<u8>,
+    at: usize,
+}
+
+impl fmt::Debug for PtyReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PtyReader")
+    }
+}
+
+impl PtyReader {
+    fn give(&mut self, buf: &mut [u8]) -> usize {
+        let n = (self.held.len() - self.at).min(buf.len());
+        buf[..n].copy_from_slice(&self.held[self.at..self.at + n]);
+        self.at += n;
+        n
+    }
+
+    fn hold(&mut self, chunk: std::io::Result<Vec<u8>>, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.held = chunk?;
+        self.at = 0;
+        Ok(self.give(buf))
+    }
+
+    /// Reads what the console shows; `Ok(0)` at the end. Cancel-safe.
+    ///
+    /// # Errors
+    /// The pipe failed.
+    pub async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.at < self.held.len() {
+            return Ok(self.give(buf));
+        }
+        match self.rx.recv().await {
+            Some(chunk) => self.hold(chunk, buf),
+            None => Ok(0),
+        }
+    }
+
+    /// What the console has ready now: `None` when nothing is, `Some(0)` at the end.
+    ///
+    /// # Errors
+    /// The pipe failed.
+    pub fn try_read(&mut self, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
+        if self.at < self.held.len() {
+            return Ok(Some(self.give(buf)));
+        }
+        match self.rx.try_recv() {
+            Ok(chunk) => self.hold(chunk, buf).map(Some),
+            Err(tokio::sync::mpsc::error::TryRecvError::Empty) => Ok(None),
+            Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => Ok(Some(0)),
+        }
+    }
+}
+
+/// The console's input on the runtime, written by a thread (see [`PtyReader`]).
+pub struct PtyWriter {
+    tx: tokio::sync::mpsc::Sender<Vec<u8>>,
+}
+
+impl fmt::Debug for PtyWriter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PtyWriter")
+    }
+}
+
+impl PtyWriter {
+    /// Types `bytes` into the console.
+    ///
+    /// # Errors
+    /// The console is gone.
+    pub async fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.tx
+            .send(bytes.to_vec())
+            .await
+            .map_err(|_| std::io::ErrorKind::BrokenPipe.into())
+    }
+}
+
 /// A shell running on a pseudoconsole; dropping it ends the shell.
 pub struct Shell {
     process: ShellProcess,
@@ -332,6 +435,61 @@ impl Shell {
     /// The console's input. `None` after the first call.
     pub fn take_writer(&mut self) -> Option<Box<dyn Write + Send>> {
         self.writer.take()
+    }
+
+    /// The console's output and input for async code (see [`PtyReader`]). `None` once
+    /// the reader or the writer was taken.
+    ///
+    /// # Errors
+    /// [`PtyError::Spawn`] when a thread for the pipes cannot start.
+    pub fn take_io(&mut self) -> Result<Option<(PtyReader, PtyWriter)>, PtyError> {
+        let (Some(mut reader), Some(mut writer)) = (self.reader.take(), self.writer.take())
+        else {
+            return Ok(None);
+        };
+        let failed = |e: std::io::Error| PtyError::Spawn {
+            program: self.process.inner.program.clone(),
+            reason: format!("cannot start a thread for the console: {e}"),
+        };
+        let (out_tx, out_rx) = tokio::sync::mpsc::channel(READ_AHEAD);
+        std::thread::Builder::new()
+            .name("console-reader".into())
+            .stack_size(PIPE_THREAD_STACK)
+            .spawn(move || {
+                let mut buf = vec![0u8; 16 * 1024];
+                loop {
+                    let chunk = match reader.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => Ok(buf[..n].to_vec()),
+                        Err(e) => Err(e),
+                    };
+                    let failed = chunk.is_err();
+                    if out_tx.blocking_send(chunk).is_err() || failed {
+                        break;
+                    }
+                }
+            })
+            .map_err(failed)?;
+        let (in_tx, mut in_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(1);
+        std::thread::Builder::new()
+            .name("console-writer".into())
+            .stack_size(PIPE_THREAD_STACK)
+            .spawn(move || {
+                while let Some(bytes) = in_rx.blocking_recv() {
+                    if writer.write_all(&bytes).and_then(|()| writer.flush()).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(failed)?;
+        Ok(Some((
+            PtyReader {
+                rx: out_rx,
+                held: Vec::new(),
+                at: 0,
+            },
+            PtyWriter { tx: in_tx },
+        )))
     }
 
     /// Sets the console size.

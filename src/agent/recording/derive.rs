@@ -3,10 +3,11 @@
 //! The transcript, the asciicast and the queue of CloudWatch stream records are
 //! functions of the spool's events alone (event times, not the wall clock; per event, not
 //! per batch). The [`Deriver`] renders them (the terminal emulator runs here) from
-//! records a [`Tail`] reads back from the spool file — for a live session on its own
-//! thread at a lower CPU priority, following the writer ([`super::writer`]) at its own
-//! pace, and for recovery after a crash ([`rebuild`]) in one pass: the same code either
-//! way. During a flood it lags and catches up; the lag is what the spool holds on disk,
+//! records a [`Tail`] reads back from the spool file — for a live session in bounded
+//! steps on the recordings' background workers (lowest CPU priority, shared by every
+//! session, `background.rs`), following the writer ([`super::writer`]) at its own pace
+//! ([`follow`]), and for recovery after a crash ([`rebuild`]) in one pass: the same code
+//! either way. During a flood it lags and catches up; the lag is what the spool holds on disk,
 //! never memory (a [`Tail`] holds at most one read of [`READ_CHUNK`] plus one record).
 //!
 //! The derived files have disk space reserved ahead like the spool. When a derived file
@@ -29,7 +30,7 @@ use std::io::Read;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::sync::watch;
 
 /// Typed input is held back (to stream whole lines, not keystrokes) at most this long
@@ -427,38 +428,37 @@ impl Deriver {
         self.render(event);
     }
 
-    /// Waits until every derived file has room for `event` (see the module doc): under
+    /// Whether every derived file has room for `event` (see the module doc); when not,
+    /// the writer is told to stop taking space and the caller tries again later. Under
     /// `fail-closed` it raises the alarm instead and goes on into the guard, as it does
     /// once the writer is finished (`done`).
-    fn wait_for_room(&mut self, event: &Event, done: &dyn Fn() -> bool) {
+    fn room_for(&mut self, event: &Event, done: &dyn Fn() -> bool) -> bool {
         let (data, control) = match &event.kind {
             EventKind::Output { data } | EventKind::Input { data } => (data.len() as u64, false),
             EventKind::InputRedacted { .. } | EventKind::Resize { .. } => (0, false),
             EventKind::Start(_) | EventKind::End { .. } | EventKind::Gap { .. } => (0, true),
         };
-        loop {
-            let Some(file) = self.files.lacking(data, control, Instant::now()) else {
-                self.stalled.store(false, Ordering::SeqCst);
-                return;
-            };
-            // The writer stops taking space too (a gap in the spool), so that what the
-            // session does while the disk is full is a gap everywhere, not a spool that
-            // ate the derived files' room.
-            self.stalled.store(true, Ordering::SeqCst);
-            let reason = format!("no space left on the recordings' file system for the {file}");
-            if let Some(alarm) = &self.alarm {
-                alarm.raise(reason);
-                return;
-            }
-            if done() {
-                return;
-            }
-            if !self.waiting_told {
-                self.waiting_told = true;
-                tracing::warn!(%reason, "The recording's derived files wait for disk space (the spool holds the session; they catch up when space returns)");
-            }
-            std::thread::sleep(RETRY_RESERVE);
+        let Some(file) = self.files.lacking(data, control, Instant::now()) else {
+            self.stalled.store(false, Ordering::SeqCst);
+            return true;
+        };
+        // The writer stops taking space too (a gap in the spool), so that what the
+        // session does while the disk is full is a gap everywhere, not a spool that ate
+        // the derived files' room.
+        self.stalled.store(true, Ordering::SeqCst);
+        let reason = format!("no space left on the recordings' file system for the {file}");
+        if let Some(alarm) = &self.alarm {
+            alarm.raise(reason);
+            return true;
         }
+        if done() {
+            return true;
+        }
+        if !self.waiting_told {
+            self.waiting_told = true;
+            tracing::warn!(%reason, "The recording's derived files wait for disk space (the spool holds the session; they catch up when space returns)");
+        }
+        false
     }
 
     /// The summary, once every event is derived: the writer's part from `written`.
@@ -672,65 +672,135 @@ struct Redacted {
     last_ms: u64,
 }
 
-/// Lowers the calling thread's CPU priority (Linux: nice 19 for this thread only), so a
-/// deriver catching up never starves the output path on a machine with few cores.
-fn lower_priority() {
-    #[cfg(target_os = "linux")]
-    {
-        // On Linux a thread id names just that thread here.
-        let tid = rustix::thread::gettid();
-        if let Err(e) = rustix::process::setpriority_process(Some(tid), 19) {
-            tracing::debug!(error = %e, "Cannot lower the deriver's priority");
+/// Most events one step of a live deriver takes before it hands the background worker
+/// to another session's step.
+const STEP_EVENTS: usize = 8 * BATCH;
+/// Most bytes of session data one step takes (the same reason).
+const STEP_BYTES: u64 = 4 * 1024 * 1024;
+
+/// A live session's deriver between steps: the deriver, its reader of the spool, and an
+/// event read but not derived yet (its files had no room).
+pub(super) struct Follower {
+    deriver: Deriver,
+    tail: Tail,
+    pending: Option<(Event, Chain)>,
+    /// The spool could not be read back: nothing more is derived.
+    failed: bool,
+}
+
+/// How a step ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// Everything published is derived.
+    Caught,
+    /// The derived files have no room: try again after [`RETRY_RESERVE`].
+    Stalled,
+    /// The step's bounds were reached with more to derive.
+    More,
+}
+
+impl Follower {
+    pub(super) fn new(deriver: Deriver, tail: Tail) -> Self {
+        Self {
+            deriver,
+            tail,
+            pending: None,
+            failed: false,
         }
+    }
+
+    /// Derives what the writer has published, up to the step's bounds. Blocking (reads
+    /// the spool, writes the derived files).
+    fn step(&mut self, written: &Written, done: &dyn Fn() -> bool) -> Step {
+        let (mut handled, mut bytes) = (0usize, 0u64);
+        let step = loop {
+            if handled >= STEP_EVENTS || bytes >= STEP_BYTES {
+                break Step::More;
+            }
+            let (event, chain) = match self.pending.take() {
+                Some(read) => read,
+                None => match self.tail.next(Some(written.offset)) {
+                    Ok(Some(read)) => read,
+                    Ok(None) => break Step::Caught,
+                    Err(e) => {
+                        // What this process wrote cannot be read back: what follows is
+                        // not derived (the spool itself is whole; a restart rebuilds
+                        // from it).
+                        self.deriver.note(
+                            Err(std::io::Error::other(format!("reading it back: {e}"))),
+                            EVENTS_FILE,
+                        );
+                        self.failed = true;
+                        break Step::Caught;
+                    }
+                },
+            };
+            if !self.deriver.room_for(&event, done) {
+                self.pending = Some((event, chain));
+                break Step::Stalled;
+            }
+            if let EventKind::Output { data } | EventKind::Input { data } = &event.kind {
+                bytes += data.len() as u64;
+            }
+            self.deriver.derive(&event, self.tail.records(), chain);
+            handled += 1;
+            if handled % BATCH == 0 {
+                self.deriver.end_batch();
+            }
+        };
+        if handled > 0 {
+            self.deriver.end_batch();
+        }
+        step
+    }
+
+    /// Everything is derived once the writer is finished and nothing is left to read.
+    fn is_complete(&self, written: &Written) -> bool {
+        self.failed || (written.done && self.pending.is_none() && self.tail.pos() >= written.offset)
     }
 }
 
 /// A live session's deriver: follows the writer's [`Progress`] until the writer is
-/// finished and every record is derived; the whole summary.
-pub(super) fn follow(mut deriver: Deriver, mut tail: Tail, progress: &Progress) -> Summary {
-    lower_priority();
-    let done = || progress.is_done();
+/// finished and every record is derived; the whole summary. A task on the runtime that
+/// owns no thread: each step runs on the recordings' background workers (lowest CPU
+/// priority, bounded steps, see `background.rs`), and between steps it waits for the
+/// spool to grow, or for disk space.
+pub(super) async fn follow(mut follower: Follower, progress: Arc<Progress>) -> Summary {
+    let mut wait = Step::Caught;
     loop {
-        let written = progress.wait_past(tail.pos(), Duration::from_secs(1));
-        let mut handled = 0usize;
-        let mut failed = false;
-        loop {
-            match tail.next(Some(written.offset)) {
-                Ok(Some((event, chain))) => {
-                    deriver.wait_for_room(&event, &done);
-                    deriver.derive(&event, tail.records(), chain);
-                    handled += 1;
-                    if handled % BATCH == 0 {
-                        deriver.end_batch();
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    // What this process wrote cannot be read back: what follows is not
-                    // derived (the spool itself is whole; a restart rebuilds from it).
-                    deriver.note(
-                        Err(std::io::Error::other(format!("reading it back: {e}"))),
-                        EVENTS_FILE,
-                    );
-                    failed = true;
-                    break;
-                }
+        let written = match wait {
+            Step::Caught => progress.wait_past(follower.tail.pos()).await,
+            Step::Stalled => {
+                tokio::time::sleep(RETRY_RESERVE).await;
+                progress.now()
             }
+            Step::More => progress.now(),
+        };
+        let shared = progress.clone();
+        let stepped = super::background::run(move || {
+            let step = follower.step(&written, &|| shared.is_done());
+            (follower, step, written)
+        })
+        .await;
+        let Some((returned, step, written)) = stepped else {
+            return Summary {
+                error: Some("the recording's deriver stopped unexpectedly".into()),
+                ..Summary::default()
+            };
+        };
+        follower = returned;
+        if follower.failed || follower.is_complete(&written) {
+            // Wait for the writer to finish (its part of the summary), then report.
+            let last = progress.wait_past(u64::MAX).await;
+            let deriver = follower.deriver;
+            return super::background::run(move || deriver.finish(&last))
+                .await
+                .unwrap_or_else(|| Summary {
+                    error: Some("the recording's deriver stopped unexpectedly".into()),
+                    ..Summary::default()
+                });
         }
-        if handled > 0 {
-            deriver.end_batch();
-        }
-        if failed {
-            // Wait for the writer to finish, then report.
-            let mut w = written;
-            while !w.done {
-                w = progress.wait_past(u64::MAX, Duration::from_secs(1));
-            }
-            return deriver.finish(&w);
-        }
-        if written.done && tail.pos() >= written.offset {
-            return deriver.finish(&written);
-        }
+        wait = step;
     }
 }
 

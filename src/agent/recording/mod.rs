@@ -1,11 +1,11 @@
 //! A session's recording: the spool is the log, everything else a reader of it.
 //!
 //! ```text
-//!  pump (output, resize) ─┐                      
-//!  PTY writer (input +    ├─▶ Tap ─bounded─▶ writer thread ─▶ events.spool  (the log: CRC,
-//!    echo state sampled) ─┘   (writer.rs)                       hash chain, group commit)
-//!                                                                    │ read back from disk
-//!                              deriver thread (derive.rs, nice 19) ◀─┘
+//!  pump (output, resize) ─┐
+//!  keyboard (input +      ├─▶ Tap ─bounded─▶ writer task ─▶ events.spool  (the log: CRC,
+//!    echo state sampled) ─┘   (writer.rs; batches on the      hash chain, group commit)
+//!                              blocking pool)                     │ read back from disk
+//!          deriver task (derive.rs; steps on background.rs, nice 19) ◀─┘
 //!                                 ├─▶ <id>.log      clean transcript
 //!                                 ├─▶ <id>.cast     asciicast v2
 //!                                 └─▶ stream.jsonl ─▶ streamer task ─▶ CloudWatch
@@ -16,6 +16,9 @@
 //! files 0600: session users cannot read them), whatever the document says; remote
 //! delivery follows the document, whose destinations are kept beside the recording
 //! (`session.json`, [`Meta`]).
+//!
+//! A recording owns no thread: the writer and the deriver are tasks that wait on the
+//! runtime between batches, so an idle session costs a few hundred bytes of task state.
 //!
 //! ## Nothing but the spool on the output path
 //!
@@ -50,6 +53,7 @@
 //! its length and CRC and ends the readable spool there; [`rebuild`] cuts it off and, when
 //! the session never ended, appends an `end` event saying it was interrupted.
 
+mod background;
 mod deliver;
 mod derive;
 mod writer;
@@ -65,7 +69,7 @@ use super::reserve;
 use crate::delivery::cwl::SessionFields;
 use crate::delivery::{CwlDestination, S3Destination};
 use crate::recorder::{EventKind, StartInfo};
-use derive::{DerivedFiles, Deriver, Tail};
+use derive::{DerivedFiles, Deriver, Follower, Tail};
 use std::fs::OpenOptions;
 use std::io::Write;
 #[cfg(unix)]
@@ -80,7 +84,7 @@ use writer::{Alarm, Progress, SpoolWriter};
 /// Under `fail-closed`, how long input waits for the writer to write it before it is
 /// dropped (the writer is stuck: the recording has failed).
 const INPUT_ACK_WAIT: Duration = Duration::from_secs(10);
-/// Messages queued between the pump and the writer thread.
+/// Messages queued between the pump and the writer task.
 const TAP_QUEUE: usize = 16;
 /// Events the writer (or the deriver) handles before it publishes (or writes out) what it
 /// has.
@@ -252,7 +256,9 @@ enum Rec {
     End(u64, Option<i32>, String),
     /// Input under `fail-closed`: the writer learns whether it was recorded before it
     /// types it.
-    Acked(Box<Rec>, std::sync::mpsc::Sender<bool>),
+    Acked(Box<Rec>, oneshot::Sender<bool>),
+    /// Every tap was dropped without an end (the writer's own marker).
+    Closed,
 }
 
 impl Rec {
@@ -301,17 +307,16 @@ impl Tap {
         let _ = self.tx.send(Rec::Resize(self.at(), cols, rows)).await;
     }
 
-    /// Records typed input, from a blocking thread (the PTY writer), before it is written
-    /// to the terminal. `echo_off` is the terminal's state as the bytes are written;
-    /// unknown counts as off (never record what might be a password). Returns false when
-    /// the bytes must not be written: the recording failed and the policy is
-    /// `fail-closed`.
-    pub fn input_blocking(&self, bytes: &[u8], echo_off: Option<bool>) -> bool {
+    /// Records typed input before it is written to the terminal. `echo_off` is the
+    /// terminal's state as the bytes are written; unknown counts as off (never record
+    /// what might be a password). Returns false when the bytes must not be written: the
+    /// recording failed and the policy is `fail-closed`.
+    pub async fn input(&self, bytes: &[u8], echo_off: Option<bool>) -> bool {
         if self.closed.load(Ordering::SeqCst) {
             return false;
         }
         let msg = if echo_off.unwrap_or(true) {
-            // The bytes go no further than this thread.
+            // The bytes go no further than this function.
             Rec::Redacted(
                 self.at(),
                 bytes.len(),
@@ -321,21 +326,20 @@ impl Tap {
             Rec::Input(self.at(), bytes.to_vec())
         };
         if !self.strict {
-            let _ = self.tx.blocking_send(msg);
+            let _ = self.tx.send(msg).await;
             return true;
         }
         // fail-closed: typed only once it is on disk (a recorder that is gone, or that
         // does not answer, counts as a failed recording).
-        let (ack, recorded) = std::sync::mpsc::channel();
-        if self
-            .tx
-            .blocking_send(Rec::Acked(Box::new(msg), ack))
-            .is_err()
-        {
+        let (ack, recorded) = oneshot::channel();
+        if self.tx.send(Rec::Acked(Box::new(msg), ack)).await.is_err() {
             self.closed.store(true, Ordering::SeqCst);
             return false;
         }
-        let ok = recorded.recv_timeout(INPUT_ACK_WAIT).unwrap_or(false);
+        let ok = matches!(
+            tokio::time::timeout(INPUT_ACK_WAIT, recorded).await,
+            Ok(Ok(true))
+        );
         if !ok {
             self.closed.store(true, Ordering::SeqCst);
         }
@@ -351,7 +355,7 @@ impl Tap {
     }
 }
 
-/// What the recorder thread reports when the recording is complete.
+/// What the recording reports when the recording is complete.
 #[derive(Debug, Clone, Default)]
 pub struct Summary {
     /// Events recorded (including start and end).
@@ -460,26 +464,15 @@ impl Recording {
             .then(|| Arc::new(Alarm::new(failed_tx, closed.clone())));
         let started_unix_ms = start.started_unix_ms;
         let deriver = Deriver::new(start.clone(), files, progress_tx).with_alarm(alarm.clone());
-        let mut writer = writer
+        let writer = writer
             .with_alarm(alarm)
             .with_stall_flag(deriver.stall_flag());
         let progress = Arc::new(Progress::default());
-        let shared = progress.clone();
-        std::thread::Builder::new()
-            .name("recorder".into())
-            .stack_size(super::budget::SESSION_THREAD_STACK)
-            .spawn(move || {
-                let _finished = writer::FinishGuard(&shared);
-                writer.start(start);
-                write_loop(writer, rx, &shared);
-            })?;
-        std::thread::Builder::new()
-            .name("deriver".into())
-            .stack_size(super::budget::SESSION_THREAD_STACK)
-            .spawn(move || {
-                let summary = derive::follow(deriver, tail, &progress);
-                let _ = done_tx.send(summary);
-            })?;
+        tokio::spawn(write_loop(writer, start, rx, progress.clone()));
+        tokio::spawn(async move {
+            let summary = derive::follow(Follower::new(deriver, tail), progress).await;
+            let _ = done_tx.send(summary);
+        });
         Ok((
             Tap {
                 tx,
@@ -576,37 +569,68 @@ pub enum RebuildError {
 pub const INTERRUPTED: &str =
     "interrupted: the agent stopped before the session ended (recovered at the next start)";
 
-/// The writer thread: appends what the tap sends, in batches, publishing after each how
-/// far the spool is written; at the end (or when every tap is dropped without one) the
-/// end record, a last sync, and what it wrote.
-fn write_loop(mut writer: SpoolWriter, mut rx: mpsc::Receiver<Rec>, progress: &Progress) {
+/// The writer: appends what the tap sends, in batches, publishing after each how far the
+/// spool is written; at the end (or when every tap is dropped without one) the end
+/// record, a last sync, and what it wrote. A task that owns no thread: each batch's
+/// writes (and the group commit's `fdatasync`) run on the runtime's blocking pool, one
+/// batch at a time.
+async fn write_loop(
+    writer: SpoolWriter,
+    start: StartInfo,
+    mut rx: mpsc::Receiver<Rec>,
+    progress: Arc<Progress>,
+) {
+    let _finished = writer::FinishGuard(progress.clone());
+    let mut writer = Some(writer);
+    let mut first = Some(start);
     let mut ended = false;
     while !ended {
-        let Some(first) = rx.blocking_recv() else {
-            // Every tap dropped without an end: the session task failed.
-            let at = unix_ms().saturating_sub(writer.started_unix_ms());
-            let _ = apply(
-                &mut writer,
-                Rec::End(at, None, "recording closed without an end".into()),
-            );
-            break;
-        };
-        let mut next = Some(first);
-        let mut handled = 0;
-        while let Some(msg) = next.take() {
-            ended |= matches!(msg, Rec::End(..));
-            let _ = apply(&mut writer, msg);
-            handled += 1;
-            if !ended && handled < BATCH {
-                next = rx.try_recv().ok();
+        let mut batch = Vec::new();
+        match rx.recv().await {
+            Some(msg) => batch.push(msg),
+            None => {
+                // Every tap dropped without an end: the session task failed.
+                batch.push(Rec::Closed);
             }
         }
-        writer.end_batch(ended);
-        progress.publish(writer.offset());
+        while batch.len() < BATCH && !matches!(batch.last(), Some(Rec::End(..) | Rec::Closed)) {
+            match rx.try_recv() {
+                Ok(msg) => batch.push(msg),
+                Err(_) => break,
+            }
+        }
+        ended = matches!(batch.last(), Some(Rec::End(..) | Rec::Closed));
+        let Some(mut w) = writer.take() else { return };
+        let start = first.take();
+        let written = tokio::task::spawn_blocking(move || {
+            if let Some(start) = start {
+                w.start(start);
+            }
+            for msg in batch {
+                let msg = match msg {
+                    Rec::Closed => {
+                        let at = unix_ms().saturating_sub(w.started_unix_ms());
+                        Rec::End(at, None, "recording closed without an end".into())
+                    }
+                    msg => msg,
+                };
+                let _ = apply(&mut w, msg);
+            }
+            w.end_batch(ended);
+            if ended {
+                w.release();
+            }
+            w
+        })
+        .await;
+        // A batch that panicked leaves the writer gone; the guard reports it.
+        let Ok(w) = written else { return };
+        progress.publish(w.offset());
+        if ended {
+            progress.finish(w.written());
+        }
+        writer = Some(w);
     }
-    writer.end_batch(true);
-    writer.release();
-    progress.finish(writer.written());
 }
 
 /// Writes one message; whether it made it to the spool.
@@ -623,6 +647,7 @@ fn apply(writer: &mut SpoolWriter, msg: Rec) -> bool {
         Rec::Redacted(at, bytes, lines) => (at, EventKind::InputRedacted { bytes, lines }),
         Rec::Resize(at, cols, rows) => (at, EventKind::Resize { cols, rows }),
         Rec::End(at, exit_code, how) => (at, EventKind::End { exit_code, how }),
+        Rec::Closed => return false, // turned into an end before it gets here
     };
     writer.write(at, kind, data).is_some()
 }
@@ -700,14 +725,9 @@ mod tests {
         )
         .unwrap();
         tap.output(b"$ ").await;
-        let t = tap.clone();
-        tokio::task::spawn_blocking(move || {
-            t.input_blocking(b"ec", Some(false));
-            t.input_blocking(b"ho hi\r", Some(false));
-            t.input_blocking(b"secret\r", Some(true));
-        })
-        .await
-        .unwrap();
+        tap.input(b"ec", Some(false)).await;
+        tap.input(b"ho hi\r", Some(false)).await;
+        tap.input(b"secret\r", Some(true)).await;
         tap.output(b"echo hi\r\nhi\r\n").await;
         tap.resize(60, 20).await;
         for i in 0..100 {
@@ -850,14 +870,9 @@ mod tests {
         .unwrap();
         let progress = recording.stream_progress.clone().unwrap();
         tap.output(b"$ ").await;
-        let t = tap.clone();
-        tokio::task::spawn_blocking(move || {
-            t.input_blocking(b"ls\r", Some(false));
-            t.input_blocking(b"hunter2\r", Some(true));
-            t.input_blocking(b"x", None);
-        })
-        .await
-        .unwrap();
+        tap.input(b"ls\r", Some(false)).await;
+        tap.input(b"hunter2\r", Some(true)).await;
+        tap.input(b"x", None).await;
         tap.output(b"ls\r\nfile\r\n$ ").await;
         tap.end(Some(0), "exited").await;
         drop(tap);

@@ -17,20 +17,27 @@ use crate::recorder::spool::{self, Chain};
 use crate::recorder::{Event, EventKind};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
-use tokio::sync::oneshot;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::sync::{oneshot, watch};
 
 /// Space kept reserved at the end of the spool for the records that say what happened
 /// (a gap, the end), whatever else the disk holds.
 pub(super) const SPOOL_GUARD: u64 = 64 * 1024;
 
 /// How far the spool is written, shared by the writer (who publishes) and the deriver
-/// (who waits on it).
-#[derive(Debug, Default)]
+/// (who waits on it, on the runtime).
+#[derive(Debug)]
 pub(super) struct Progress {
-    state: Mutex<Written>,
-    moved: Condvar,
+    state: watch::Sender<Written>,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Self {
+            state: watch::Sender::new(Written::default()),
+        }
+    }
 }
 
 /// See [`Progress`].
@@ -49,50 +56,51 @@ pub(super) struct Written {
 }
 
 impl Progress {
-    fn state(&self) -> std::sync::MutexGuard<'_, Written> {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     /// The spool holds whole records up to `offset`.
     pub(super) fn publish(&self, offset: u64) {
-        let mut s = self.state();
-        if offset > s.offset {
-            s.offset = offset;
-            self.moved.notify_all();
-        }
+        self.state.send_if_modified(|s| {
+            let moved = offset > s.offset;
+            if moved {
+                s.offset = offset;
+            }
+            moved
+        });
     }
 
     /// The writer is finished.
     pub(super) fn finish(&self, last: Written) {
-        *self.state() = Written { done: true, ..last };
-        self.moved.notify_all();
+        self.state.send_replace(Written { done: true, ..last });
     }
 
     /// Whether the writer is finished.
     pub(super) fn is_done(&self) -> bool {
-        self.state().done
+        self.state.borrow().done
     }
 
-    /// Waits until the spool is written past `pos` or the writer is finished (or
-    /// `timeout` passes); what is written then.
-    pub(super) fn wait_past(&self, pos: u64, timeout: Duration) -> Written {
-        let (s, _) = self
-            .moved
-            .wait_timeout_while(self.state(), timeout, |s| s.offset <= pos && !s.done)
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        s.clone()
+    /// What is written now.
+    pub(super) fn now(&self) -> Written {
+        self.state.borrow().clone()
+    }
+
+    /// Waits until the spool is written past `pos` or the writer is finished; what is
+    /// written then.
+    pub(super) async fn wait_past(&self, pos: u64) -> Written {
+        let mut rx = self.state.subscribe();
+        let waited = rx.wait_for(|s| s.offset > pos || s.done).await;
+        match waited {
+            Ok(s) => s.clone(),
+            Err(_) => self.now(), // cannot happen: `self` holds the sender
+        }
     }
 }
 
 /// Finishes a [`Progress`] whose writer stopped without finishing it (a panic), so the
 /// deriver does not wait for it forever.
-pub(super) struct FinishGuard<'a>(pub &'a Progress);
+pub(super) struct FinishGuard(pub Arc<Progress>);
 
-impl Drop for FinishGuard<'_> {
+impl Drop for FinishGuard {
     fn drop(&mut self) {
-        let last = self.0.state().clone();
+        let last = self.0.now();
         if !last.done {
             self.0.finish(Written {
                 error: last
