@@ -27,10 +27,10 @@
 //! Run with `cargo bench --bench recorder`; `cargo test --benches` runs each case once.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use session_agent::recorder::spool::{
+use session_agent::recorder::{Event, Recorder, StartInfo};
+use session_agent::spool::format::{
     chain_next, decode_record, encode_record, ChainChecker, Record, CHAIN_START,
 };
-use session_agent::recorder::{Event, Recorder, StartInfo};
 use std::fmt::Write as _;
 use std::hint::black_box;
 

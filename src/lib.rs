@@ -31,15 +31,17 @@
 //!   `session::pty` (a shell on a PTY, the privilege-dropping `__exec-as` shim, process
 //!   group termination) and `session::user` (ssm-user provisioning, RunAs resolution).
 //! * [`recorder`] — **pure** session recording: one timed event stream (output, input
-//!   with echo-off redaction, resizes, start/end, gaps), the spool format
-//!   (`recorder::spool`), a clean transcript rendered through a terminal emulator,
-//!   asciicast v2, and reading recordings back. `agent::recording` runs it per session
-//!   and writes the files.
+//!   with echo-off redaction, resizes, start/end, gaps), a clean transcript rendered
+//!   through a terminal emulator, asciicast v2, and reading recordings back.
+//!   `agent::recording` runs it per session and writes the files.
+//! * [`spool`] — the spool, every byte of it: `spool::format` (the documented on-disk
+//!   format, pure), `spool::reader` (the one reader: the deriver following a live file,
+//!   the rebuild, `verify`, `replay`), `spool::verify` (intact, broken, complete).
 //! * [`delivery`] — where recordings go: pure CloudWatch event shaping and batching,
 //!   destinations and encryption verdicts; `delivery::aws` is the S3 / CloudWatch Logs
 //!   edge (aws-config, standard credential and endpoint chain).
 //! * [`replay`] — `session-agent replay`, `transcript` and `verify` (file, S3 and
-//!   terminal I/O over `recorder::playback` and `recorder::spool`).
+//!   terminal I/O over `recorder::playback` and [`spool`]).
 //! * [`client`] — `session-agent connect`: an interactive terminal client that can stand in
 //!   for session-manager-plugin.
 //! * [`ssm`] — the few SSM API calls (StartSession, ResumeSession, TerminateSession for
@@ -103,6 +105,7 @@ pub mod recorder;
 pub mod replay;
 pub mod session;
 pub mod sign;
+pub mod spool;
 pub mod ssm;
 pub mod timefmt;
 pub mod tls;

@@ -6,10 +6,12 @@
 //! is the file and terminal I/O.
 
 use crate::recorder::playback::{detect, parse_line, Format, Frame, Pacer};
-use crate::recorder::spool;
 use crate::recorder::Transcript;
+use crate::spool::format as spool;
+use crate::spool::reader::Reader;
+use crate::spool::verify::{verify_spool, Verdict};
 use clap::Args;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -37,109 +39,6 @@ pub struct TranscriptArgs {
 /// A recording's lines, numbered from 1.
 type Lines = Box<dyn Iterator<Item = Result<(usize, String), String>>>;
 
-/// Reads a spool record by record, with bounded memory.
-#[derive(Debug)]
-pub struct SpoolReader<R> {
-    inner: R,
-    offset: u64,
-    done: bool,
-}
-
-impl<R: Read> SpoolReader<R> {
-    /// Checks the header.
-    ///
-    /// # Errors
-    /// Not a spool, or unreadable.
-    pub fn new(mut inner: R) -> Result<Self, String> {
-        let mut magic = [0u8; 8];
-        inner
-            .read_exact(&mut magic)
-            .map_err(|_| spool::SpoolError::BadMagic.to_string())?;
-        if &magic != spool::MAGIC {
-            return Err(spool::SpoolError::BadMagic.to_string());
-        }
-        Ok(Self {
-            inner,
-            offset: spool::MAGIC.len() as u64,
-            done: false,
-        })
-    }
-
-    /// Byte offset of the next record.
-    pub fn offset(&self) -> u64 {
-        self.offset
-    }
-}
-
-impl<R: Read> Iterator for SpoolReader<R> {
-    type Item = Result<spool::Record, spool::SpoolError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.done {
-            return None;
-        }
-        let unreadable = |offset, e: std::io::Error| {
-            Some(Err(spool::SpoolError::Unreadable {
-                offset,
-                reason: e.to_string(),
-            }))
-        };
-        let mut buf = vec![0u8; spool::HEADER_LEN];
-        let got = match read_full(&mut self.inner, &mut buf) {
-            Ok(n) => n,
-            Err(e) => {
-                self.done = true;
-                return unreadable(self.offset, e);
-            }
-        };
-        if got == 0 {
-            self.done = true;
-            return None;
-        }
-        buf.truncate(got);
-        if got == spool::HEADER_LEN {
-            let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-            if len <= spool::MAX_PAYLOAD {
-                buf.resize(spool::HEADER_LEN + len, 0);
-                match read_full(&mut self.inner, &mut buf[spool::HEADER_LEN..]) {
-                    Ok(n) => buf.truncate(spool::HEADER_LEN + n),
-                    Err(e) => {
-                        self.done = true;
-                        return unreadable(self.offset, e);
-                    }
-                }
-            }
-        }
-        match spool::decode_record(&buf, self.offset) {
-            Ok(Some((record, n))) => {
-                self.offset += n as u64;
-                Some(Ok(record))
-            }
-            Ok(None) => None,
-            Err(e) => {
-                self.done = true;
-                Some(Err(e))
-            }
-        }
-    }
-}
-
-/// Reads until `buf` is full or the input ends; the count read. A read error is an
-/// error, never taken for the end (it would look like a torn tail, and a rebuild would
-/// cut good records off).
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
-}
-
 fn open(file: &PathBuf) -> Result<(Format, Lines), String> {
     let f =
         std::fs::File::open(file).map_err(|e| format!("cannot open {}: {e}", file.display()))?;
@@ -150,7 +49,7 @@ fn open(file: &PathBuf) -> Result<(Format, Lines), String> {
         .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
     if head.starts_with(spool::MAGIC) {
         let name = file.display().to_string();
-        let records = SpoolReader::new(reader).map_err(|e| format!("{name}: {e}"))?;
+        let records = Reader::new(reader).map_err(|e| format!("{name}: {e}"))?;
         let lines = records.enumerate().map(move |(i, r)| match r {
             Ok(r) => Ok((i + 1, String::from_utf8_lossy(&r.payload).into_owned())),
             Err(e) => Err(format!("{name}: {e}")),
@@ -281,109 +180,6 @@ pub struct VerifyArgs {
 }
 
 pub use crate::delivery::cwl::SpoolEnd;
-
-/// What `verify` found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
-    /// Every record's checksum and chain value are right and no event is missing from the
-    /// chain; whether the recording is complete is in `ended` and `gaps`.
-    Intact {
-        /// Records checked.
-        records: u64,
-        /// The chain value after the last record (compare with a copy kept elsewhere).
-        head: String,
-        /// The last record was cut short (a crash mid-write); everything before it is
-        /// intact.
-        torn_tail: bool,
-        /// How the session ended, from its end record; `None`: no end record (cut short,
-        /// or still being recorded).
-        ended: Option<String>,
-        /// Parts of the session that were not recorded (gap records), described.
-        gaps: Vec<String>,
-    },
-    /// The first alteration, corruption or gap in the chain.
-    Broken(String),
-}
-
-impl Verdict {
-    /// Intact, with its end record, and without gaps.
-    pub fn complete(&self) -> bool {
-        matches!(self, Verdict::Intact { ended: Some(_), gaps, torn_tail: false, .. } if gaps.is_empty())
-    }
-}
-
-/// Checks a spool read from `input`.
-///
-/// # Errors
-/// Not a spool.
-pub fn verify_spool(input: impl Read) -> Result<Verdict, String> {
-    use crate::recorder::{Event, EventKind};
-    let mut checker = spool::ChainChecker::new();
-    let mut ended: Option<String> = None;
-    let mut gaps = Vec::new();
-    let mut open_gap: Option<String> = None;
-    let mut started_unix_ms = 0;
-    let mut torn_tail = false;
-    for record in SpoolReader::new(input)? {
-        let r = match record {
-            Ok(r) => r,
-            Err(spool::SpoolError::Truncated { .. }) => {
-                torn_tail = true;
-                break;
-            }
-            Err(e @ spool::SpoolError::Unreadable { .. }) => return Err(e.to_string()),
-            Err(e) => return Ok(Verdict::Broken(format!("record {}: {e}", checker.count()))),
-        };
-        if let Err(e) = checker.check(&r) {
-            return Ok(Verdict::Broken(e.to_string()));
-        }
-        if ended.is_some() {
-            return Ok(Verdict::Broken(format!(
-                "record {}: an event after the session's end",
-                checker.count() - 1
-            )));
-        }
-        let Ok(event) = Event::from_json_line(&String::from_utf8_lossy(&r.payload)) else {
-            return Ok(Verdict::Broken(format!(
-                "record {}: not an event",
-                checker.count() - 1
-            )));
-        };
-        match &event.kind {
-            EventKind::Start(info) => started_unix_ms = info.started_unix_ms,
-            EventKind::End { exit_code, how } => {
-                ended = Some(match exit_code {
-                    Some(code) => format!("{how} (status {code})"),
-                    None => how.clone(),
-                });
-            }
-            gap @ EventKind::Gap { to_ms, .. } => {
-                let note =
-                    crate::recorder::event::gap_note(gap, started_unix_ms).unwrap_or_default();
-                let text = note
-                    .trim()
-                    .trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .to_owned();
-                if to_ms.is_some() {
-                    open_gap = None;
-                    gaps.push(text);
-                } else {
-                    open_gap = Some(text);
-                }
-            }
-            _ => {}
-        }
-    }
-    gaps.extend(open_gap.map(|g| format!("{g} (never closed)")));
-    Ok(Verdict::Intact {
-        records: checker.count(),
-        head: spool::hex(&checker.head()),
-        torn_tail,
-        ended,
-        gaps,
-    })
-}
 
 /// What one source of a recording holds: its verdict, and where its spool ended.
 struct Checked {
@@ -661,133 +457,5 @@ async fn verify_cloudwatch(source: &str, rest: &str, out: &mut impl Write) -> Ch
             );
             fail(3)
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn spool_of(n: u64) -> Vec<u8> {
-        let mut out = spool::MAGIC.to_vec();
-        let mut chain = spool::CHAIN_START;
-        for seq in 0..n {
-            let p = format!(r#"{{"seq":{seq},"at_ms":{seq},"type":"resize","cols":80,"rows":24}}"#);
-            chain = spool::chain_next(&chain, p.as_bytes());
-            out.extend(spool::encode_record(&chain, p.as_bytes()));
-        }
-        out
-    }
-
-    #[test]
-    fn verify_finds_intact_torn_altered_and_non_spools() {
-        let good = spool_of(5);
-        match verify_spool(&good[..]).unwrap() {
-            Verdict::Intact {
-                records: 5,
-                torn_tail: false,
-                head,
-                ended: None,
-                ..
-            } => assert_eq!(head.len(), 64),
-            other => panic!("{other:?}"),
-        }
-        assert!(matches!(
-            verify_spool(&good[..good.len() - 4]).unwrap(),
-            Verdict::Intact {
-                records: 4,
-                torn_tail: true,
-                ..
-            }
-        ));
-        // A flipped byte without a fixed CRC: corrupt.
-        let mut bad = good.clone();
-        let at = good.len() - 10;
-        bad[at] ^= 1;
-        match verify_spool(&bad[..]).unwrap() {
-            Verdict::Broken(what) => assert!(
-                what.contains("record 4") && what.contains("checksum"),
-                "{what}"
-            ),
-            other => panic!("{other:?}"),
-        }
-        // An edited record with its CRC recomputed: the chain shows it.
-        let mut records: Vec<spool::Record> = SpoolReader::new(&good[..])
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
-        records[2].payload = br#"{"seq":2,"at_ms":2,"type":"resize","cols":99,"rows":24}"#.to_vec();
-        let mut edited = spool::MAGIC.to_vec();
-        for r in &records {
-            edited.extend(spool::encode_record(&r.chain, &r.payload));
-        }
-        match verify_spool(&edited[..]).unwrap() {
-            Verdict::Broken(what) => assert!(what.starts_with("record 2:"), "{what}"),
-            other => panic!("{other:?}"),
-        }
-        assert!(verify_spool(&b"{\"seq\":0}\n"[..]).is_err());
-    }
-
-    fn spool_from(payloads: &[String]) -> Vec<u8> {
-        let mut out = spool::MAGIC.to_vec();
-        let mut chain = spool::CHAIN_START;
-        for p in payloads {
-            chain = spool::chain_next(&chain, p.as_bytes());
-            out.extend(spool::encode_record(&chain, p.as_bytes()));
-        }
-        out
-    }
-
-    #[test]
-    fn only_a_recording_with_its_end_and_no_gap_is_complete() {
-        let ev = |seq: u64, body: &str| format!(r#"{{"seq":{seq},"at_ms":{seq},{body}}}"#);
-        let start = ev(
-            0,
-            r#""type":"start","session_id":"s","user":"u","run_as_user":"r","owner":"o","target":"t","cols":80,"rows":24,"started_unix_ms":1700000000000"#,
-        );
-        let out = |seq| ev(seq, r#""type":"output","data":"aGk=""#);
-        let end = |seq| ev(seq, r#""type":"end","exit_code":0,"how":"exited""#);
-        let whole = spool_from(&[start.clone(), out(1), end(2)]);
-        let v = verify_spool(&whole[..]).unwrap();
-        assert!(v.complete(), "{v:?}");
-        let no_end = spool_from(&[start.clone(), out(1)]);
-        let v = verify_spool(&no_end[..]).unwrap();
-        assert!(
-            !v.complete() && matches!(v, Verdict::Intact { ended: None, .. }),
-            "{v:?}"
-        );
-        let gap = ev(
-            2,
-            r#""type":"gap","from_ms":2,"to_ms":9,"bytes":300,"events":4,"reason":"no space left""#,
-        );
-        let gapped = spool_from(&[start.clone(), out(1), gap, end(3)]);
-        match verify_spool(&gapped[..]).unwrap() {
-            v @ Verdict::Intact { .. } if !v.complete() => {
-                let Verdict::Intact { gaps, .. } = v else {
-                    unreachable!()
-                };
-                assert_eq!(gaps.len(), 1);
-                assert!(
-                    gaps[0].contains("300 bytes in 4 events") && gaps[0].contains("no space left"),
-                    "{gaps:?}"
-                );
-                assert!(gaps[0].contains("2023-11-14T22:13:20Z"), "dated: {gaps:?}");
-            }
-            other => panic!("{other:?}"),
-        }
-        let open_gap = ev(
-            1,
-            r#""type":"gap","from_ms":2,"bytes":0,"events":0,"reason":"no space left""#,
-        );
-        let v = verify_spool(&spool_from(&[start.clone(), open_gap, end(2)])[..]).unwrap();
-        assert!(
-            matches!(&v, Verdict::Intact { gaps, .. } if gaps[0].ends_with("(never closed)")),
-            "{v:?}"
-        );
-        // An event after the end is not a recording any writer makes.
-        let after = spool_from(&[start, end(1), out(2)]);
-        assert!(
-            matches!(verify_spool(&after[..]).unwrap(), Verdict::Broken(w) if w.contains("after the session's end"))
-        );
     }
 }

@@ -8,7 +8,7 @@
 use libfuzzer_sys::fuzz_target;
 use session_agent::delivery::cwl::StreamChecker;
 use session_agent::recorder::playback::{detect, parse_line, Format};
-use session_agent::replay::{verify_spool, SpoolReader};
+use session_agent::spool::{reader::Reader as SpoolReader, verify::verify_spool};
 
 fuzz_target!(|data: &[u8]| {
     let _ = verify_spool(data);

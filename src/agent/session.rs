@@ -35,9 +35,9 @@ use crate::protocol::payload::{
 use crate::protocol::reliability::{
     PushOutcome, ReceiveOutcome, Receiver, ReceiverConfig, Sender, SenderConfig,
 };
+use crate::session::pty::{PtyReader, PtyWriter};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use crate::session::pty::{PtyReader, PtyWriter};
 use std::time::{Duration, Instant, SystemTime};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;

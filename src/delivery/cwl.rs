@@ -31,7 +31,7 @@
 //! soon as it exists (the streamer coalesces for a moment), as many per call as the limits
 //! allow, stamped with the time the output happened, and we stream input too.
 
-use crate::recorder::spool::{chain_next, hex, Chain};
+use crate::spool::format::{chain_next, hex, Chain};
 use serde::{Deserialize, Serialize};
 
 /// Bytes the service adds to each event's message size when it sums a batch.
@@ -522,14 +522,14 @@ mod tests {
             lines: vec!["$ ls".into(), "a  b".into()],
             end: None,
         };
-        let mut chain = crate::recorder::spool::CHAIN_START;
+        let mut chain = crate::spool::format::CHAIN_START;
         let events = stream_messages(&fields(), &record, &mut chain);
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].timestamp_ms, 1_729_534_091_500);
         let (body, claimed) = unseal(&events[0].message).unwrap();
         assert_eq!(
             claimed,
-            chain_next(&crate::recorder::spool::CHAIN_START, body.as_bytes())
+            chain_next(&crate::spool::format::CHAIN_START, body.as_bytes())
         );
         assert_eq!(chain, claimed);
         assert!(events[0].message.ends_with(&format!(
@@ -574,7 +574,7 @@ mod tests {
     }
 
     fn chained(records: usize) -> Vec<String> {
-        let mut chain = crate::recorder::spool::CHAIN_START;
+        let mut chain = crate::spool::format::CHAIN_START;
         (0..records)
             .flat_map(|i| {
                 let record = StreamRecord {

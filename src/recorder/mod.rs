@@ -51,7 +51,6 @@
 pub mod asciicast;
 pub mod event;
 pub mod playback;
-pub mod spool;
 pub mod transcript;
 
 pub use asciicast::{asciicast_header, asciicast_line, AsciicastEncoder};

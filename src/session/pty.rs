@@ -75,12 +75,12 @@ use std::ffi::CString;
 use std::fmt;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
-use tokio::io::unix::AsyncFd;
-use tokio::io::Interest;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 
 pub use super::spec::Credentials;
 use super::spec::{one_line, spawn_on_terminal, terminal_size, SpawnFailure, Spawned};
@@ -676,7 +676,8 @@ impl Shell {
         // The reader and writer are duplicates of the master: one open file, one mode.
         let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL)
             .map_err(|e| failed(format!("cannot read the pty's mode: {e}")))?;
-        let nonblocking = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+        let nonblocking =
+            nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
         nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(nonblocking))
             .map_err(|e| failed(format!("cannot make the pty non-blocking: {e}")))?;
         let registered = watch(
@@ -1148,8 +1149,8 @@ mod tests {
 
     #[tokio::test]
     async fn on_the_runtime_input_is_typed_output_read_and_the_exit_seen() {
-        let mut shell = Shell::spawn(&spec("read x; echo got:$x; exit 7"), Path::new(NO_SHIM))
-            .expect("spawn");
+        let mut shell =
+            Shell::spawn(&spec("read x; echo got:$x; exit 7"), Path::new(NO_SHIM)).expect("spawn");
         let (mut reader, mut writer) = shell.take_io().expect("io").expect("first take");
         assert!(shell.take_io().expect("io").is_none(), "taken once");
         let process = shell.process();
@@ -1182,7 +1183,8 @@ mod tests {
         // reactor (it does not fail, and it does not block the runtime).
         let flood = vec![b'a'; 1024 * 1024];
         let typing = tokio::spawn(async move {
-            let r = tokio::time::timeout(Duration::from_millis(300), writer.write_all(&flood)).await;
+            let r =
+                tokio::time::timeout(Duration::from_millis(300), writer.write_all(&flood)).await;
             (r.is_err(), writer)
         });
         let mut seen = Vec::new();
@@ -1200,8 +1202,8 @@ mod tests {
         // Dropping the async writer does not type a newline and end-of-file (which
         // portable-pty's writer does when it is dropped): `read` goes on waiting.
         drop(writer);
-        let mut shell2 = Shell::spawn(&spec("read x; echo \"got:[$x]\""), Path::new(NO_SHIM))
-            .expect("spawn");
+        let mut shell2 =
+            Shell::spawn(&spec("read x; echo \"got:[$x]\""), Path::new(NO_SHIM)).expect("spawn");
         let (mut reader2, writer2) = shell2.take_io().expect("io").expect("first take");
         drop(writer2);
         tokio::time::sleep(Duration::from_millis(300)).await;

@@ -443,8 +443,7 @@ impl Shell {
     /// # Errors
     /// [`PtyError::Spawn`] when a thread for the pipes cannot start.
     pub fn take_io(&mut self) -> Result<Option<(PtyReader, PtyWriter)>, PtyError> {
-        let (Some(mut reader), Some(mut writer)) = (self.reader.take(), self.writer.take())
-        else {
+        let (Some(mut reader), Some(mut writer)) = (self.reader.take(), self.writer.take()) else {
             return Ok(None);
         };
         let failed = |e: std::io::Error| PtyError::Spawn {
@@ -476,7 +475,11 @@ impl Shell {
             .stack_size(PIPE_THREAD_STACK)
             .spawn(move || {
                 while let Some(bytes) = in_rx.blocking_recv() {
-                    if writer.write_all(&bytes).and_then(|()| writer.flush()).is_err() {
+                    if writer
+                        .write_all(&bytes)
+                        .and_then(|()| writer.flush())
+                        .is_err()
+                    {
                         break;
                     }
                 }

@@ -170,7 +170,8 @@ fn the_reader_finds_the_edges_it_should() {
     // nothing.
     let e = edges();
     assert!(e["agent::recording::derive"].contains("agent::recording::writer"));
-    assert!(e["agent::recording::derive"].contains("recorder::spool"));
+    assert!(e["agent::recording::derive"].contains("spool::format"));
+    assert!(e["agent::recording::derive"].contains("spool::reader"));
     assert!(e["cli"].contains("config"));
     // And a made-up loop is found.
     let mut g = e.clone();
@@ -212,6 +213,30 @@ fn the_daemon_imports_no_subcommand() {
                 })
                 .collect();
             assert!(bad.is_empty(), "{from} imports {bad:?}");
+        }
+    }
+}
+
+#[test]
+fn the_spool_is_read_in_one_place_and_depends_on_no_user_of_it() {
+    // lib.rs: `spool` is the format, its one reader and `verify`; the agent, `replay` and
+    // the consumers use it, it uses none of them (only the event type it carries).
+    for (from, to) in edges() {
+        if from == "spool" || from.starts_with("spool::") {
+            let bad: Vec<_> = to
+                .iter()
+                .filter(|t| !t.starts_with("spool") && !t.starts_with("recorder"))
+                .collect();
+            assert!(bad.is_empty(), "{from} imports {bad:?}");
+        }
+    }
+    // No second reader of spool records: decoding is the reader's alone.
+    for (name, (_, text)) in modules() {
+        if text.contains("decode_record(") {
+            assert!(
+                name == "spool::reader" || name == "spool::format",
+                "{name} decodes spool records itself; read through spool::reader"
+            );
         }
     }
 }

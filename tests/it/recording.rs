@@ -511,16 +511,16 @@ async fn s3_and_cloudwatch_uploads_at_close_hold_the_clean_transcript() {
     let (code, s3_said) = verify(&format!("s3://{bucket}/team/a/{sid}.spool"));
     assert_eq!(code, Some(0), "{s3_said}");
     assert_eq!(s3_said.lines().next(), local_said.lines().next());
-    let mut records: Vec<session_agent::recorder::spool::Record> =
-        session_agent::replay::SpoolReader::new(std::fs::File::open(&local).unwrap())
+    let mut records: Vec<session_agent::spool::format::Record> =
+        session_agent::spool::reader::Reader::new(std::fs::File::open(&local).unwrap())
             .unwrap()
             .map(Result::unwrap)
             .collect();
     let text = String::from_utf8(records[2].payload.clone()).unwrap();
     records[2].payload = text.replacen("\"at_ms\":", "\"at_ms\":1", 1).into_bytes();
-    let mut edited = session_agent::recorder::spool::MAGIC.to_vec();
+    let mut edited = session_agent::spool::format::MAGIC.to_vec();
     for r in &records {
-        edited.extend(session_agent::recorder::spool::encode_record(
+        edited.extend(session_agent::spool::format::encode_record(
             &r.chain, &r.payload,
         ));
     }
@@ -615,7 +615,7 @@ async fn full_screen_programs_render_as_readable_screens() {
     assert_eq!(String::from_utf8(run(&["transcript"], &cast)).unwrap(), log);
     let mut recorded = Vec::new();
     let spool = std::fs::File::open(&events).unwrap();
-    for record in session_agent::replay::SpoolReader::new(spool).unwrap() {
+    for record in session_agent::spool::reader::Reader::new(spool).unwrap() {
         let line = String::from_utf8(record.unwrap().payload).unwrap();
         let e = session_agent::recorder::Event::from_json_line(&line).unwrap();
         if let session_agent::recorder::EventKind::Output { data } = e.kind {

@@ -9,7 +9,7 @@ use crate::support::*;
 use serde_json::{json, Value};
 use session_agent::delivery::cwl::{Checked, StreamChecker};
 use session_agent::recorder::{Event, EventKind};
-use session_agent::replay::SpoolReader;
+use session_agent::spool::reader::Reader as SpoolReader;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -60,11 +60,11 @@ fn session_data(messages: &[Value]) -> String {
 
 /// The spool verifies whole: its chain intact, no torn tail.
 fn assert_intact(spool: &[u8]) {
-    let verdict = session_agent::replay::verify_spool(spool).unwrap();
+    let verdict = session_agent::spool::verify::verify_spool(spool).unwrap();
     assert!(
         matches!(
             verdict,
-            session_agent::replay::Verdict::Intact {
+            session_agent::spool::verify::Verdict::Intact {
                 torn_tail: false,
                 ..
             }

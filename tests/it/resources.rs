@@ -147,8 +147,8 @@ async fn credentials_and_tokens_never_reach_the_log_even_at_debug() {
 
 /// A recording that cannot be delivered yet (its bucket does not exist) holding `bytes`.
 fn seed_undelivered_recording(state: &std::path::Path, bytes: usize) {
-    use session_agent::recorder::spool;
     use session_agent::recorder::{Event, EventKind, StartInfo};
+    use session_agent::spool::format as spool;
     let dir = state.join("recordings").join("stuck-1");
     std::fs::create_dir_all(&dir).unwrap();
     let start = Event {

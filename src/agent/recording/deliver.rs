@@ -134,7 +134,7 @@ pub async fn stream_to_cloudwatch(
     let stream = fields.session_id.clone();
     let ack_path = paths.dir.join(STREAM_ACK);
     let mut acked = read_ack_number(&ack_path);
-    let mut chain = crate::recorder::spool::CHAIN_START;
+    let mut chain = crate::spool::format::CHAIN_START;
     let mut offset = 0u64;
     let mut stored = 0u64;
     let mut created = false;

@@ -3,12 +3,13 @@
 //! The transcript, the asciicast and the queue of CloudWatch stream records are
 //! functions of the spool's events alone (event times, not the wall clock; per event, not
 //! per batch). The [`Deriver`] renders them (the terminal emulator runs here) from
-//! records a [`Tail`] reads back from the spool file — for a live session in bounded
+//! records the spool's reader ([`crate::spool::reader`]) reads back from the file — for a live session in bounded
 //! steps on the recordings' background workers (lowest CPU priority, shared by every
 //! session, `background.rs`), following the writer ([`super::writer`]) at its own pace
 //! ([`follow`]), and for recovery after a crash ([`rebuild`]) in one pass: the same code
 //! either way. During a flood it lags and catches up; the lag is what the spool holds on disk,
-//! never memory (a [`Tail`] holds at most one read of [`READ_CHUNK`] plus one record).
+//! never memory (the reader holds at most one read of
+//! [`crate::spool::reader::READ_CHUNK`] plus one record).
 //!
 //! The derived files have disk space reserved ahead like the spool. When a derived file
 //! cannot grow (the disk is full), the deriver waits for space under `fail-open` and
@@ -23,10 +24,10 @@ use super::{
     INTERRUPTED, STREAM_FILE,
 };
 use crate::delivery::cwl::{self, redacted_marker, render_input, Direction, StreamRecord};
-use crate::recorder::spool::{self, Chain, ChainChecker, SpoolError};
 use crate::recorder::{Event, EventKind, Recorder, StartInfo};
+use crate::spool::format::{self as spool, Chain};
+use crate::spool::reader::{OpenError, ReadError, Reader};
 use std::fs::{File, OpenOptions};
-use std::io::Read;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -40,8 +41,6 @@ const INPUT_HOLD_MS: u64 = 1000;
 const DERIVED_GUARD: u64 = 64 * 1024;
 /// Derived bytes gathered before they are written.
 const DERIVED_BUFFER: usize = 256 * 1024;
-/// Most bytes a [`Tail`] reads from the spool at once.
-pub(super) const READ_CHUNK: usize = 256 * 1024;
 
 /// One of the files derived from the events (transcript, asciicast, stream queue): text
 /// gathered, then written whole into its reserved space.
@@ -158,157 +157,6 @@ impl DerivedFiles {
             d.file.release();
         }
     }
-}
-
-/// Reads a spool's records from disk, in order, from its header on, never past a limit
-/// (what the writer has published). See the module doc for its memory bound.
-#[derive(Debug)]
-pub(super) struct Tail {
-    file: File,
-    /// File offset after the last record handed out.
-    pos: u64,
-    /// Bytes read past `pos`, not yet handed out.
-    buf: Vec<u8>,
-    /// Of `buf`, bytes already handed out.
-    used: usize,
-    /// Records handed out.
-    records: u64,
-    /// When set, the hash chain is checked too (a rebuild: the spool is not ours).
-    checker: Option<ChainChecker>,
-}
-
-impl Tail {
-    /// Opens a spool and checks its header.
-    ///
-    /// # Errors
-    /// The file cannot be opened or read (`Unreadable`), or is not a spool (`BadMagic`).
-    pub(super) fn open(path: &Path, verify: bool) -> Result<Self, (std::io::Error, bool)> {
-        let mut file = File::open(path).map_err(|e| (e, false))?;
-        let mut magic = [0u8; 8];
-        file.read_exact(&mut magic).map_err(|e| {
-            let bad = e.kind() == std::io::ErrorKind::UnexpectedEof;
-            (e, bad)
-        })?;
-        if &magic != spool::MAGIC {
-            return Err((
-                std::io::Error::other(SpoolError::BadMagic.to_string()),
-                true,
-            ));
-        }
-        Ok(Self {
-            file,
-            pos: spool::MAGIC.len() as u64,
-            buf: Vec::new(),
-            used: 0,
-            records: 0,
-            checker: verify.then(ChainChecker::new),
-        })
-    }
-
-    /// Offset after the last record read.
-    pub(super) fn pos(&self) -> u64 {
-        self.pos
-    }
-
-    /// Records read.
-    pub(super) fn records(&self) -> u64 {
-        self.records
-    }
-
-    /// Forgets what was read ahead: the next read starts at [`Self::pos`] (the file was
-    /// cut there and written again).
-    pub(super) fn reread(&mut self) -> std::io::Result<()> {
-        use std::io::{Seek, SeekFrom};
-        self.buf = Vec::new();
-        self.used = 0;
-        self.file.seek(SeekFrom::Start(self.pos)).map(|_| ())
-    }
-
-    /// The next record and its event, reading no byte at or past `limit` (`None`: up to
-    /// the end of the file); `None` there when it falls between records.
-    ///
-    /// # Errors
-    /// See [`TailError`]; with a `limit`, a file that ends before it is `Corrupt` (it
-    /// was cut after the bytes were written: waiting for them would never end).
-    pub(super) fn next(&mut self, limit: Option<u64>) -> Result<Option<(Event, Chain)>, TailError> {
-        loop {
-            match spool::decode_record(&self.buf[self.used..], self.pos) {
-                Ok(Some((record, n))) => {
-                    let index = self.records;
-                    if let Some(checker) = &mut self.checker {
-                        checker
-                            .check(&record)
-                            .map_err(|e| TailError::Corrupt(e.to_string()))?;
-                    }
-                    let text = String::from_utf8_lossy(&record.payload);
-                    let event = Event::from_json_line(&text).map_err(|e| {
-                        TailError::Corrupt(format!("record {index}: not an event: {e}"))
-                    })?;
-                    self.used += n;
-                    self.pos += n as u64;
-                    self.records += 1;
-                    if self.used == self.buf.len() {
-                        self.used = 0;
-                        self.buf.clear();
-                        if self.buf.capacity() > 2 * READ_CHUNK {
-                            self.buf = Vec::new();
-                        }
-                    }
-                    return Ok(Some((event, record.chain)));
-                }
-                Ok(None) | Err(SpoolError::Truncated { .. }) => {
-                    let read_to = self.pos + (self.buf.len() - self.used) as u64;
-                    let room = limit.unwrap_or(u64::MAX).saturating_sub(read_to);
-                    let got = if room == 0 {
-                        0
-                    } else {
-                        self.buf.drain(..self.used);
-                        self.used = 0;
-                        let want = room.min(READ_CHUNK as u64);
-                        (&mut self.file)
-                            .take(want)
-                            .read_to_end(&mut self.buf)
-                            .map_err(|e| {
-                                TailError::Unreadable(
-                                    SpoolError::Unreadable {
-                                        offset: read_to,
-                                        reason: e.to_string(),
-                                    }
-                                    .to_string(),
-                                )
-                            })?
-                    };
-                    if got == 0 {
-                        if let Some(limit) = limit.filter(|l| read_to < *l) {
-                            return Err(TailError::Corrupt(format!(
-                                "the spool ends at byte {read_to}, before the {limit} bytes written to it: it was cut"
-                            )));
-                        }
-                        return if self.used == self.buf.len() {
-                            Ok(None)
-                        } else {
-                            Err(TailError::Torn(self.pos))
-                        };
-                    }
-                }
-                Err(e) => return Err(TailError::Corrupt(format!("record {}: {e}", self.records))),
-            }
-        }
-    }
-}
-
-/// Why a [`Tail`] cannot read on.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(super) enum TailError {
-    /// The bytes before the limit end inside a record (at this offset): a write cut short.
-    #[error("the record at byte {0} is incomplete")]
-    Torn(u64),
-    /// Reading failed (an I/O error, not the file's content).
-    #[error("{0}")]
-    Unreadable(String),
-    /// A record is corrupt, altered, out of order, or not an event.
-    #[error("{0}")]
-    Corrupt(String),
 }
 
 /// The deriver's state. See the module doc.
@@ -682,7 +530,7 @@ const STEP_BYTES: u64 = 4 * 1024 * 1024;
 /// event read but not derived yet (its files had no room).
 pub(super) struct Follower {
     deriver: Deriver,
-    tail: Tail,
+    tail: Reader<File>,
     pending: Option<(Event, Chain)>,
     /// The spool could not be read back: nothing more is derived.
     failed: bool,
@@ -700,7 +548,7 @@ enum Step {
 }
 
 impl Follower {
-    pub(super) fn new(deriver: Deriver, tail: Tail) -> Self {
+    pub(super) fn new(deriver: Deriver, tail: Reader<File>) -> Self {
         Self {
             deriver,
             tail,
@@ -719,7 +567,7 @@ impl Follower {
             }
             let (event, chain) = match self.pending.take() {
                 Some(read) => read,
-                None => match self.tail.next(Some(written.offset)) {
+                None => match self.tail.next_event(Some(written.offset)) {
                     Ok(Some(read)) => read,
                     Ok(None) => break Step::Caught,
                     Err(e) => {
@@ -756,7 +604,8 @@ impl Follower {
 
     /// Everything is derived once the writer is finished and nothing is left to read.
     fn is_complete(&self, written: &Written) -> bool {
-        self.failed || (written.done && self.pending.is_none() && self.tail.pos() >= written.offset)
+        self.failed
+            || (written.done && self.pending.is_none() && self.tail.offset() >= written.offset)
     }
 }
 
@@ -769,7 +618,7 @@ pub(super) async fn follow(mut follower: Follower, progress: Arc<Progress>) -> S
     let mut wait = Step::Caught;
     loop {
         let written = match wait {
-            Step::Caught => progress.wait_past(follower.tail.pos()).await,
+            Step::Caught => progress.wait_past(follower.tail.offset()).await,
             Step::Stalled => {
                 tokio::time::sleep(RETRY_RESERVE).await;
                 progress.now()
@@ -816,22 +665,24 @@ pub(super) async fn follow(mut follower: Follower, progress: Arc<Progress>) -> S
 /// full disk): try again.
 pub fn rebuild(paths: &Paths, streaming: bool) -> Result<Rebuilt, RebuildError> {
     use RebuildError::{Corrupt, Transient};
-    let mut tail = Tail::open(&paths.events, true).map_err(|(e, bad)| {
-        let text = format!("cannot open the spool: {e}");
-        if bad || e.kind() == std::io::ErrorKind::NotFound {
-            Corrupt(text)
-        } else {
-            Transient(text)
+    let mut tail = match Reader::open(&paths.events) {
+        Ok(reader) => reader.verifying(),
+        Err(e) => {
+            let text = format!("cannot open the spool: {e}");
+            return Err(match e {
+                OpenError::Io(io) if io.kind() != std::io::ErrorKind::NotFound => Transient(text),
+                _ => Corrupt(text),
+            });
         }
-    })?;
+    };
     let file_len = std::fs::metadata(&paths.events).map_or(0, |m| m.len());
-    let next = |tail: &mut Tail| -> Result<Option<(Event, Chain)>, RebuildError> {
-        match tail.next(None) {
+    let next = |tail: &mut Reader<File>| -> Result<Option<(Event, Chain)>, RebuildError> {
+        match tail.next_event(None) {
             Ok(read) => Ok(read),
             // A torn last record: the spool ends before it.
-            Err(TailError::Torn(_)) => Ok(None),
-            Err(TailError::Unreadable(e)) => Err(Transient(e)),
-            Err(TailError::Corrupt(e)) => Err(Corrupt(e)),
+            Err(ReadError::Torn(_)) => Ok(None),
+            Err(ReadError::Unreadable(e)) => Err(Transient(e)),
+            Err(ReadError::Corrupt(e)) => Err(Corrupt(e)),
         }
     };
     let (start, start_chain) = match next(&mut tail)? {
@@ -865,7 +716,7 @@ pub fn rebuild(paths: &Paths, streaming: bool) -> Result<Rebuilt, RebuildError> 
     read.derive_rest(&mut tail, &mut deriver, &next)?;
     let (last_seq, last_at, head) = read.last;
     let was_ended = read.ended;
-    let good = tail.pos();
+    let good = tail.offset();
     let torn_bytes = file_len.saturating_sub(good);
     if torn_bytes > 0 {
         OpenOptions::new()
@@ -942,13 +793,14 @@ struct ReadSoFar {
     handled: usize,
 }
 
-type NextRecord<'a> = dyn Fn(&mut Tail) -> Result<Option<(Event, Chain)>, RebuildError> + 'a;
+type NextRecord<'a> =
+    dyn Fn(&mut Reader<File>) -> Result<Option<(Event, Chain)>, RebuildError> + 'a;
 
 impl ReadSoFar {
     /// Derives every record left in the spool, checking their order.
     fn derive_rest(
         &mut self,
-        tail: &mut Tail,
+        tail: &mut Reader<File>,
         deriver: &mut Deriver,
         next: &NextRecord<'_>,
     ) -> Result<(), RebuildError> {
@@ -1013,23 +865,23 @@ mod tests {
         output(&mut writer, "one");
         let first = writer.offset();
         output(&mut writer, "two");
-        let mut tail = Tail::open(&path, false).unwrap();
+        let mut tail = Reader::open(&path).unwrap();
         // Up to the first limit: the start and "one", then nothing, though "two" is there.
         assert!(matches!(
-            tail.next(Some(first)).unwrap().unwrap().0.kind,
+            tail.next_event(Some(first)).unwrap().unwrap().0.kind,
             EventKind::Start(_)
         ));
-        let (one, _) = tail.next(Some(first)).unwrap().unwrap();
+        let (one, _) = tail.next_event(Some(first)).unwrap().unwrap();
         assert_eq!(
             one.kind,
             EventKind::Output {
                 data: b"one".to_vec()
             }
         );
-        assert_eq!(tail.next(Some(first)).unwrap(), None);
-        assert_eq!(tail.pos(), first);
+        assert_eq!(tail.next_event(Some(first)).unwrap(), None);
+        assert_eq!(tail.offset(), first);
         // The limit moves on: the rest, with the chain value the writer wrote.
-        let (two, chain) = tail.next(Some(writer.offset())).unwrap().unwrap();
+        let (two, chain) = tail.next_event(Some(writer.offset())).unwrap().unwrap();
         assert_eq!(
             two.kind,
             EventKind::Output {
@@ -1038,7 +890,7 @@ mod tests {
         );
         assert_eq!(spool::hex(&chain), writer.written().spool_head);
         assert_eq!(tail.records(), 3);
-        assert_eq!(tail.next(Some(writer.offset())).unwrap(), None);
+        assert_eq!(tail.next_event(Some(writer.offset())).unwrap(), None);
     }
 
     #[test]
@@ -1061,25 +913,25 @@ mod tests {
         // Cut at a record boundary, after the writer published its length: "nothing more
         // yet" would have the deriver wait forever for bytes that are gone.
         let (path, written) = spool("boundary", &|boundary, _| boundary);
-        let mut tail = Tail::open(&path, false).unwrap();
-        assert!(tail.next(Some(written)).unwrap().is_some());
-        let err = tail.next(Some(written)).unwrap_err();
+        let mut tail = Reader::open(&path).unwrap();
+        assert!(tail.next_event(Some(written)).unwrap().is_some());
+        let err = tail.next_event(Some(written)).unwrap_err();
         assert!(
-            matches!(&err, TailError::Corrupt(why) if why.contains("it was cut")),
+            matches!(&err, ReadError::Corrupt(why) if why.contains("it was cut")),
             "{err:?}"
         );
         // Cut inside a record.
         let (path, written) = spool("inside", &|_, written| written - 2);
-        let mut tail = Tail::open(&path, false).unwrap();
-        assert!(tail.next(Some(written)).unwrap().is_some());
-        let err = tail.next(Some(written)).unwrap_err();
+        let mut tail = Reader::open(&path).unwrap();
+        assert!(tail.next_event(Some(written)).unwrap().is_some());
+        let err = tail.next_event(Some(written)).unwrap_err();
         assert!(
-            matches!(&err, TailError::Corrupt(why) if why.contains("it was cut")),
+            matches!(&err, ReadError::Corrupt(why) if why.contains("it was cut")),
             "{err:?}"
         );
         // Without a limit (a rebuild), the same file ends in a torn record.
-        let mut tail = Tail::open(&path, false).unwrap();
-        assert!(tail.next(None).unwrap().is_some());
-        assert!(matches!(tail.next(None), Err(TailError::Torn(_))));
+        let mut tail = Reader::open(&path).unwrap();
+        assert!(tail.next_event(None).unwrap().is_some());
+        assert!(matches!(tail.next_event(None), Err(ReadError::Torn(_))));
     }
 }

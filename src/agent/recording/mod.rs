@@ -45,7 +45,7 @@
 //! ## The spool and its durability window
 //!
 //! Each event becomes a length-prefixed, CRC-checked, hash-chained record
-//! ([`crate::recorder::spool`]), written to the kernel as it comes and `fdatasync`ed at
+//! ([`crate::spool::format`]), written to the kernel as it comes and `fdatasync`ed at
 //! most every [`SYNC_EVERY`] and at the end of the session. So a killed agent (`kill -9`,
 //! a panic, the OOM killer) loses only what had not reached the writer yet — the events
 //! queued in the tap (at most `TAP_QUEUE` chunks) — while a power loss can also cost the
@@ -69,7 +69,7 @@ use super::reserve;
 use crate::delivery::cwl::SessionFields;
 use crate::delivery::{CwlDestination, S3Destination};
 use crate::recorder::{EventKind, StartInfo};
-use derive::{DerivedFiles, Deriver, Follower, Tail};
+use derive::{DerivedFiles, Deriver, Follower};
 use std::fs::OpenOptions;
 use std::io::Write;
 #[cfg(unix)]
@@ -453,7 +453,8 @@ impl Recording {
             }
             tracing::warn!(session = %start.session_id, error = %e, "Cannot reserve disk space ahead of the recording; it is written without a reservation (recording_policy = \"fail-open\")");
         }
-        let tail = Tail::open(&paths.events, false).map_err(|(e, _)| e)?;
+        let tail = crate::spool::reader::Reader::open(&paths.events)
+            .map_err(|e| std::io::Error::other(format!("cannot read the spool back: {e}")))?;
         let (tx, rx) = mpsc::channel(TAP_QUEUE);
         let (done_tx, done) = oneshot::channel();
         let (progress_tx, progress_rx) = watch::channel(0u64);
@@ -770,7 +771,7 @@ mod tests {
         let original = derived(&paths);
         // Drop the end record (the crash came before it) and leave half a record behind.
         let f = std::fs::File::open(&paths.events).unwrap();
-        let mut reader = crate::replay::SpoolReader::new(BufReader::new(f)).unwrap();
+        let mut reader = crate::spool::reader::Reader::new(BufReader::new(f)).unwrap();
         let mut ends = Vec::new();
         while let Some(Ok(_)) = reader.next() {
             ends.push(reader.offset());
@@ -813,14 +814,14 @@ mod tests {
         // The spool now ends with the interruption, chain intact.
         let f = std::fs::File::open(&paths.events).unwrap();
         assert!(matches!(
-            crate::replay::verify_spool(f).unwrap(),
-            crate::replay::Verdict::Intact {
+            crate::spool::verify::verify_spool(f).unwrap(),
+            crate::spool::verify::Verdict::Intact {
                 torn_tail: false,
                 ..
             }
         ));
         let f = std::fs::File::open(&paths.events).unwrap();
-        let last = crate::replay::SpoolReader::new(f)
+        let last = crate::spool::reader::Reader::new(f)
             .unwrap()
             .last()
             .unwrap()
@@ -850,7 +851,7 @@ mod tests {
         );
         std::fs::write(&paths.events, b"not a spool").unwrap();
         assert!(rebuild(&paths, true).is_err());
-        std::fs::write(&paths.events, crate::recorder::spool::MAGIC).unwrap();
+        std::fs::write(&paths.events, crate::spool::format::MAGIC).unwrap();
         assert_eq!(
             rebuild(&paths, true).unwrap_err(),
             RebuildError::Corrupt("the spool holds no events".into())
@@ -913,7 +914,7 @@ mod tests {
             std::fs::metadata(&paths.stream).unwrap().len()
         );
         let f = std::fs::File::open(&paths.events).unwrap();
-        let records: Vec<_> = crate::replay::SpoolReader::new(f)
+        let records: Vec<_> = crate::spool::reader::Reader::new(f)
             .unwrap()
             .map(Result::unwrap)
             .collect();
@@ -922,8 +923,8 @@ mod tests {
         );
         let f = std::fs::File::open(&paths.events).unwrap();
         assert!(matches!(
-            crate::replay::verify_spool(f).unwrap(),
-            crate::replay::Verdict::Intact {
+            crate::spool::verify::verify_spool(f).unwrap(),
+            crate::spool::verify::Verdict::Intact {
                 records: 7,
                 torn_tail: false,
                 ..

@@ -1,7 +1,7 @@
 //! The output path's one job: append each event to the session's spool.
 //!
 //! The writer numbers and times an event, encodes it as a spool record (CRC and hash
-//! chain, [`crate::recorder::spool`]) and appends it whole into space reserved ahead
+//! chain, [`crate::spool::format`]) and appends it whole into space reserved ahead
 //! ([`ReservedFile`]); nothing is rendered here. What cannot be written becomes an
 //! explicit gap: a record opened at once (in the space kept for it) and closed, with the
 //! bytes and events lost and the time span, when space returns or at the end. Under
@@ -13,8 +13,8 @@
 //! and at the end.
 
 use super::reserve::ReservedFile;
-use crate::recorder::spool::{self, Chain};
 use crate::recorder::{Event, EventKind};
+use crate::spool::format::{self as spool, Chain};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

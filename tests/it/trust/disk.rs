@@ -350,7 +350,7 @@ async fn a_recording_cut_short_never_verifies_as_whole() {
     assert!(said.contains("matches its session.json"), "{said}");
     let bytes = std::fs::read(&spool).unwrap();
     let mut ends = Vec::new();
-    let mut reader = session_agent::replay::SpoolReader::new(&bytes[..]).unwrap();
+    let mut reader = session_agent::spool::reader::Reader::new(&bytes[..]).unwrap();
     while let Some(Ok(_)) = reader.next() {
         ends.push(usize::try_from(reader.offset()).unwrap());
     }
@@ -377,15 +377,15 @@ async fn a_recording_cut_short_never_verifies_as_whole() {
     // Cut, with an end forged on it (the chain is recomputed, as anyone can): intact on
     // its own, but not the recording that session.json and the other copies describe.
     let mut forged = bytes[..ends[ends.len() - 13]].to_vec();
-    let mut chain = session_agent::recorder::spool::CHAIN_START;
-    for r in session_agent::replay::SpoolReader::new(&forged[..]).unwrap() {
+    let mut chain = session_agent::spool::format::CHAIN_START;
+    for r in session_agent::spool::reader::Reader::new(&forged[..]).unwrap() {
         chain = r.unwrap().chain;
     }
     let seq = ends.len() - 12;
     let end =
         format!(r#"{{"seq":{seq},"at_ms":999999,"type":"end","exit_code":0,"how":"exited"}}"#);
-    let next = session_agent::recorder::spool::chain_next(&chain, end.as_bytes());
-    forged.extend(session_agent::recorder::spool::encode_record(
+    let next = session_agent::spool::format::chain_next(&chain, end.as_bytes());
+    forged.extend(session_agent::spool::format::encode_record(
         &next,
         end.as_bytes(),
     ));
@@ -430,7 +430,7 @@ async fn the_s3_copy_and_the_cloudwatch_stream_vouch_for_each_other() {
     // The S3 copy cut at a record boundary, put back under another key.
     let bytes = ls.object(&bucket, &format!("{sid}.spool"), WAIT).await;
     let mut ends = Vec::new();
-    let mut reader = session_agent::replay::SpoolReader::new(&bytes[..]).unwrap();
+    let mut reader = session_agent::spool::reader::Reader::new(&bytes[..]).unwrap();
     while let Some(Ok(_)) = reader.next() {
         ends.push(usize::try_from(reader.offset()).unwrap());
     }
