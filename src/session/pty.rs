@@ -497,8 +497,10 @@ fn is_hangup(e: &std::io::Error) -> bool {
 
 impl PtyReader {
     /// Reads what the terminal shows into `buf`, waiting on the reactor until there is
-    /// some; `Ok(0)` once no process holds the terminal. Cancel-safe: a read abandoned
-    /// while waiting loses nothing.
+    /// some, then taking whatever else is ready at once, up to `buf`'s size (the terminal
+    /// hands out at most 4 KiB per read; a flood fills `buf` in a few reads, so it leaves
+    /// in fewer, larger frames); `Ok(0)` once no process holds the terminal. Cancel-safe:
+    /// a read abandoned while waiting loses nothing.
     ///
     /// # Errors
     /// The read failed for another reason than the hang-up.
@@ -508,7 +510,18 @@ impl PtyReader {
             let mut guard = ready.readable().await?;
             match guard.try_io(|_| inner.read(buf)) {
                 Ok(Err(e)) if is_hangup(&e) => return Ok(0),
-                Ok(read) => return read,
+                Ok(Ok(mut n)) => {
+                    // What else is ready now (a would-block or the hang-up ends it; the
+                    // next read meets either again).
+                    while n > 0 && n < buf.len() {
+                        match inner.read(&mut buf[n..]) {
+                            Ok(more) if more > 0 => n += more,
+                            _ => break,
+                        }
+                    }
+                    return Ok(n);
+                }
+                Ok(Err(e)) => return Err(e),
                 Err(_would_block) => {}
             }
         }
