@@ -57,7 +57,7 @@
 //!   `session::user` have a Windows file each; all other modules are the same code.
 //! * [`backoff`] — the one retry schedule (pure), by name: the control channel, a data
 //!   channel's reopen and the client's reconnect, delivery calls. What delivery retries
-//!   and for how long is `agent::recording::deliver`'s `Patience`.
+//!   and for how long is [`delivery::retry`]'s `Patience`.
 //! * [`bounded`] — queues bounded in bytes (every queue between a socket and its
 //!   consumer), shared by gateway and agent.
 //! * [`cli`] — the clap definition of the commands (exit code 64 on invalid
@@ -103,6 +103,7 @@ pub mod recorder;
 pub mod replay;
 pub mod session;
 pub mod sign;
+pub mod spool;
 pub mod ssm;
 pub mod timefmt;
 pub mod tls;
