@@ -20,6 +20,11 @@
 //! * [`aws`] — the AWS implementation of the sinks: S3 and CloudWatch Logs clients from
 //!   `aws-config`, errors sorted into [`sink::SinkError`]. The only file here that uses
 //!   the SDK.
+//! * `memory` (test builds only) — the in-memory twin of both sinks, which can be told to
+//!   fail (an outage, throttling, a missing destination, a lost response, a partial
+//!   batch). It exists so that [`stream`]'s and [`upload`]'s batching, retries, acks,
+//!   restarts and outages are unit-tested, under paused time, without LocalStack; the
+//!   LocalStack integration tests (`tests/it`) still cover [`aws`].
 //! * this file — **pure** decisions: which [`Destinations`] a session document asks for,
 //!   the S3 object keys, and the encryption checks' verdicts ([`check_s3`],
 //!   [`check_log_group`]) with the messages the user sees when a session is refused.
@@ -32,6 +37,8 @@
 pub mod aws;
 pub mod cwl;
 mod files;
+#[cfg(test)]
+pub(crate) mod memory;
 pub mod retry;
 pub mod sink;
 pub mod stream;

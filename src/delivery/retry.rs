@@ -88,3 +88,102 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transient_errors_are_retried_without_end_on_the_delivery_schedule() {
+        let mut p = Patience::new();
+        let e = SinkError::Transient("ThrottlingException".into());
+        let mut delays = Vec::new();
+        for _ in 0..40 {
+            let d = p
+                .next_delay(&e)
+                .expect("transient errors are never given up");
+            delays.push(d);
+            tokio::time::advance(d).await;
+        }
+        assert_eq!(
+            &delays[..7],
+            &[
+                ms(500),
+                ms(1000),
+                ms(2000),
+                ms(4000),
+                ms(8000),
+                ms(16000),
+                ms(30000)
+            ]
+        );
+        assert!(delays[7..].iter().all(|d| *d == ms(30_000)));
+        // A success starts the schedule again.
+        p.reset();
+        assert_eq!(p.next_delay(&e), Some(ms(500)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_missing_destination_is_given_up_after_the_patience() {
+        let mut p = Patience::new();
+        let e = SinkError::NotFound("ResourceNotFoundException".into());
+        let start = Instant::now();
+        let mut tries = 1;
+        while let Some(d) = p.next_delay(&e) {
+            tokio::time::advance(d).await;
+            tries += 1;
+        }
+        let waited = start.elapsed();
+        // 0.5 + 1 + 2 + 4 + 8 + 16 + 30 + 30 + 30 s: the ninth delay crosses the 120 s,
+        // and the tenth failure is given up.
+        assert!(waited >= DELIVERY_PATIENCE);
+        assert_eq!(waited, ms(121_500));
+        assert_eq!(tries, 10);
+        // A success in between forgets how long it was missing.
+        p.reset();
+        assert!(p.next_delay(&e).is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn denied_and_bad_requests_are_given_up_at_once() {
+        let mut p = Patience::new();
+        assert_eq!(
+            p.next_delay(&SinkError::Denied("AccessDenied".into())),
+            None
+        );
+        assert_eq!(
+            p.next_delay(&SinkError::Other("InvalidParameter".into())),
+            None
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_retries_returns_the_first_success_or_the_error_it_gave_up_on() {
+        let mut calls = 0;
+        let got = with_retries("test", || {
+            calls += 1;
+            let n = calls;
+            async move {
+                if n < 4 {
+                    Err(SinkError::Transient(format!("try {n}")))
+                } else {
+                    Ok(n)
+                }
+            }
+        })
+        .await;
+        assert_eq!(got, Ok(4));
+        let mut calls = 0;
+        let got: Result<(), _> = with_retries("test", || {
+            calls += 1;
+            async { Err(SinkError::Denied("no".into())) }
+        })
+        .await;
+        assert_eq!(got, Err(SinkError::Denied("no".into())));
+        assert_eq!(calls, 1);
+    }
+}

@@ -4,8 +4,11 @@
 //! policy (`retry::Patience`) decides on it.
 //!
 //! Why traits: the streamer (`stream`) and the uploads (`upload`) are
-//! generic over them, so they can run against something other than AWS. The AWS
-//! implementations are `aws::S3` and `aws::Logs`.
+//! generic over them, so their batching, retries, acknowledgements and restarts run in
+//! unit tests against an in-memory twin (`delivery::memory`, test builds only) that can
+//! be told to fail — an outage, throttling, a missing destination, a partial batch —
+//! without LocalStack. The AWS implementations are `aws::S3` and
+//! `aws::Logs`; the LocalStack integration tests keep exercising those.
 //!
 //! The futures are `Send` so a streamer can run on its own task (`tokio::spawn`).
 
