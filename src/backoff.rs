@@ -7,7 +7,7 @@
 //! |---|---|---|---|---|
 //! | [`Backoff::control_channel`] | 250 ms | 60 s | +0–50 % each | the agent's control channel |
 //! | [`Backoff::reconnect`] | 100–200 ms (random) | 5 s | the first only | the agent reopening a data channel, the client reconnecting (upstream's schedule) |
-//! | [`Backoff::delivery`] | 500 ms | 30 s | none | S3 and CloudWatch calls (`agent::recording::deliver`, whose `Patience` decides what is retried and for how long) |
+//! | [`Backoff::delivery`] | 500 ms | 30 s | none | S3 and CloudWatch calls (`delivery::retry`, whose `Patience` decides what is retried and for how long) |
 //!
 //! How many attempts a loop makes, and what it does between them, stay with the loop.
 

@@ -8,7 +8,8 @@
 //! The report ([`Report`]) is plain data with a `Display`; the checks are the I/O.
 
 use crate::agent::{mgs::Mgs, retention, AgentConfig};
-use crate::delivery::aws::{BucketEncryption, Logs, S3};
+use crate::delivery::aws::{Logs, S3};
+use crate::delivery::sink::BucketEncryption;
 use crate::delivery::{self, Destinations, GroupVerdict};
 use clap::Args;
 use std::fmt;
@@ -483,7 +484,7 @@ async fn s3(report: &mut Report, s3: &S3, dest: &delivery::S3Destination) {
         );
         return;
     }
-    let upload = crate::delivery::aws::Upload {
+    let upload = crate::delivery::sink::Upload {
         bucket: &dest.bucket,
         key: &key,
         content_type: "text/plain; charset=utf-8",

@@ -10,7 +10,8 @@
 //!  main.rs ─▶ cli ─┬─▶ gateway ─────────────────────────┐
 //!   (bin)          ├─▶ agent ─┬─▶ session               ├─▶ protocol
 //!                  │          ├─▶ recorder (pure) ◀─────┼── replay     (L0, pure)
-//!                  │          └─▶ delivery
+//!                  │          ├─▶ delivery ─┐  (sink traits, retry, stream, upload; aws)
+//!                  │          └─▶ spool ◀───┘  (a recording directory's layout)
 //!                  ├─▶ client ──────────────────────────┘
 //!                  └─▶ dev (gateway + agent + client in one process)
 //! ```
@@ -26,7 +27,8 @@
 //!   `agent::mgs` is its client side of the message gateway; `agent::config` its settings;
 //!   `agent::recording` records each session (`writer`: the spool, on the output path;
 //!   `derive`: transcript, asciicast and stream records read back from the spool;
-//!   `deliver`: the CloudWatch streamer and the uploads, with their retry policy).
+//!   `deliver`: a finished recording's delivery job — it runs `delivery`'s streamer and
+//!   uploads through the AWS sinks and writes `delivery.json`).
 //! * [`session`] — the host side of a session, with no knowledge of the protocol:
 //!   `session::pty` (a shell on a PTY, the privilege-dropping `__exec-as` shim, process
 //!   group termination) and `session::user` (ssm-user provisioning, RunAs resolution).
@@ -34,12 +36,29 @@
 //!   with echo-off redaction, resizes, start/end, gaps), a clean transcript rendered
 //!   through a terminal emulator, asciicast v2, and reading recordings back.
 //!   `agent::recording` runs it per session and writes the files.
+//! * [`delivery`] — where recordings go, in the shape of vector's sinks (each concern in
+//!   its own file, the sink generic over its I/O service):
+//!   * [`delivery::sink`] — the I/O edge as two small traits, `ObjectSink` (S3) and
+//!     `LogSink` (CloudWatch Logs), and their error kinds;
+//!   * [`delivery::retry`] — **the retry policy** of every S3 and CloudWatch call
+//!     (`Patience`: what is retried and for how long, `DELIVERY_PATIENCE`) — change
+//!     CloudWatch's or S3's retries here;
+//!   * [`delivery::stream`] — the CloudWatch streamer (`stream.jsonl` → PutLogEvents,
+//!     acknowledged in `stream.ack`); [`delivery::upload`] — the uploads at close (S3,
+//!     CloudWatch), acknowledged in `s3.ack` / `upload.ack`;
+//!   * [`delivery::cwl`] — pure CloudWatch event shaping, the hash chain and batching;
+//!     the module itself — destinations, S3 keys, encryption verdicts;
+//!   * [`delivery::aws`] — the AWS implementation of the sinks (aws-config, standard
+//!     credential and endpoint chain); `delivery::memory` (test builds only) is its
+//!     in-memory twin, which can be told to fail, so the streamer's and the uploads'
+//!     batching, retries, acks, restarts and outages are unit-tested without LocalStack
+//!     (the LocalStack tests in `tests/it` still cover the AWS side).
 //! * [`spool`] — the spool, every byte of it: `spool::format` (the documented on-disk
 //!   format, pure), `spool::reader` (the one reader: the deriver following a live file,
-//!   the rebuild, `verify`, `replay`), `spool::verify` (intact, broken, complete).
-//! * [`delivery`] — where recordings go: pure CloudWatch event shaping and batching,
-//!   destinations and encryption verdicts; `delivery::aws` is the S3 / CloudWatch Logs
-//!   edge (aws-config, standard credential and endpoint chain).
+//!   the rebuild, `verify`, `replay`), `spool::verify` (intact, broken, complete), and a
+//!   recording directory's layout (`spool::layout`: file names, the sinks' ack files, the
+//!   atomic owner-only write), shared by `agent::recording`, which writes the recording,
+//!   and `delivery`, which acknowledges what it sent.
 //! * [`replay`] — `session-agent replay`, `transcript` and `verify` (file, S3 and
 //!   terminal I/O over `recorder::playback` and [`spool`]).
 //! * [`client`] — `session-agent connect`: an interactive terminal client that can stand in
@@ -59,7 +78,7 @@
 //!   `session::user` have a Windows file each; all other modules are the same code.
 //! * [`backoff`] — the one retry schedule (pure), by name: the control channel, a data
 //!   channel's reopen and the client's reconnect, delivery calls. What delivery retries
-//!   and for how long is `agent::recording::deliver`'s `Patience`.
+//!   and for how long is [`delivery::retry`]'s `Patience`.
 //! * [`bounded`] — queues bounded in bytes (every queue between a socket and its
 //!   consumer), shared by gateway and agent.
 //! * [`cli`] — the clap definition of the commands (exit code 64 on invalid
@@ -74,6 +93,8 @@
 //!    randomness are parameters. It is what the fuzz targets and property tests exercise.
 //! 2. `session` knows nothing of `protocol`, sockets or delivery: the agent drives it.
 //!    `recorder` and the pure parts of `delivery` (`cwl`, the verdicts) do no I/O either.
+//!    `delivery` imports neither `agent` nor `session`: it reads a recording through
+//!    `spool::layout` and talks to the services through its sink traits.
 //!    The AWS SDK is used in these places only: `delivery::aws` (the S3 and CloudWatch
 //!    Logs calls), `sign` (the credential chain behind our own SigV4 requests),
 //!    `agent::identity` (IMDS, the SDK configuration; `agent` holds it), `replay`

@@ -77,7 +77,7 @@ pub fn local_key(state_dir: &std::path::Path) -> Result<(String, String), String
     };
     super::recording::private_dir(state_dir)
         .and_then(|()| {
-            super::recording::write_atomic(
+            crate::spool::layout::write_atomic(
                 &path,
                 &serde_json::to_vec(&key).map_err(std::io::Error::other)?,
             )

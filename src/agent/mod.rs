@@ -33,8 +33,9 @@ pub mod reserve;
 pub mod retention;
 pub mod session;
 
-use crate::delivery::aws::{BucketEncryption, Logs, S3};
+use crate::delivery::aws::{Logs, S3};
 use crate::delivery::cwl::SessionFields;
+use crate::delivery::sink::BucketEncryption;
 use crate::delivery::{self, Destinations, GroupVerdict};
 use crate::protocol::document;
 use crate::protocol::payload::{task_status, AgentTaskPayload};

@@ -21,9 +21,12 @@
 //! error) is left where it is and tried again every [`RETRY_TRANSIENT`] while the agent
 //! runs: quarantine is for corruption only.
 
-use super::recording::{self, Delivery, Meta, Paths, RebuildError};
+use super::recording::{self, Delivery, Meta, RebuildError};
 use super::Ctx;
 use crate::delivery::aws::{Logs, S3};
+use crate::delivery::retry::with_retries;
+use crate::delivery::stream::stream_to_cloudwatch;
+use crate::spool::layout::{self, Paths};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -39,7 +42,7 @@ pub fn unsettled(root: &Path) -> Vec<PathBuf> {
         .flatten()
         .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
         .map(|e| e.path())
-        .filter(|p| !p.join(recording::STATUS_FILE).exists())
+        .filter(|p| !p.join(layout::STATUS_FILE).exists())
         .map(|p| {
             let t = std::fs::metadata(&p)
                 .and_then(|m| m.modified())
@@ -71,9 +74,9 @@ pub fn quarantine(state_dir: &Path, dir: &Path, reason: &str) -> std::io::Result
     std::fs::rename(dir, &to)?;
     let note = format!(
         "This recording was not delivered and will not be retried:\n{reason}\n\nCheck it with `session-agent verify {}`.\n",
-        to.join(recording::EVENTS_FILE).display()
+        to.join(layout::EVENTS_FILE).display()
     );
-    let _ = recording::write_atomic(&to.join("QUARANTINED.txt"), note.as_bytes());
+    let _ = layout::write_atomic(&to.join("QUARANTINED.txt"), note.as_bytes());
     tracing::error!(recording = %name, reason, moved_to = %to.display(), "Recording quarantined: it will not be delivered or retried");
     Ok(to)
 }
@@ -84,11 +87,11 @@ pub fn quarantine(state_dir: &Path, dir: &Path, reason: &str) -> std::io::Result
 /// # Errors
 /// Why the recording cannot be trusted.
 pub fn prepare(root: &Path, dir: &Path) -> Result<(Meta, Paths, recording::Rebuilt), RebuildError> {
-    let meta = match std::fs::metadata(dir.join(recording::META_FILE)) {
+    let meta = match std::fs::metadata(dir.join(layout::META_FILE)) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             return Err(RebuildError::Transient(format!(
                 "cannot read {}: {e}",
-                recording::META_FILE
+                layout::META_FILE
             )))
         }
         _ => Meta::read(dir).map_err(RebuildError::Corrupt)?,
@@ -97,7 +100,7 @@ pub fn prepare(root: &Path, dir: &Path) -> Result<(Meta, Paths, recording::Rebui
     if paths.dir != dir {
         return Err(RebuildError::Corrupt(format!(
             "{} names session \"{}\", which is not this directory",
-            recording::META_FILE,
+            layout::META_FILE,
             meta.session_id
         )));
     }
@@ -197,7 +200,7 @@ async fn delivery_for(
     }
     if let Some(dest) = meta.s3 {
         let s3 = S3::new(config);
-        let found = recording::with_retries("read bucket encryption", || {
+        let found = with_retries("read bucket encryption", || {
             s3.bucket_encryption(&dest.bucket)
         })
         .await;
@@ -223,7 +226,7 @@ async fn delivery_for(
             let len = std::fs::metadata(&delivery.paths.stream).map_or(0, |m| m.len());
             // The recording is complete: a progress channel already closed at its length.
             let (_, progress) = tokio::sync::watch::channel(len);
-            delivery.streamer = Some(tokio::spawn(recording::stream_to_cloudwatch(
+            delivery.streamer = Some(tokio::spawn(stream_to_cloudwatch(
                 logs,
                 dest.group,
                 fields,

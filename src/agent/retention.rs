@@ -97,7 +97,7 @@ fn dir_size(path: &Path) -> u64 {
 
 /// Whether `delivery.json` in `dir` says delivery finished completely.
 pub fn is_settled(dir: &Path) -> bool {
-    std::fs::read(dir.join(super::recording::STATUS_FILE))
+    std::fs::read(dir.join(crate::spool::layout::STATUS_FILE))
         .ok()
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
         .and_then(|v| v.get("complete").and_then(serde_json::Value::as_bool))
@@ -315,7 +315,7 @@ mod tests {
             std::fs::write(d.join("x.log"), vec![b'x'; 100]).unwrap();
             if settled {
                 std::fs::write(
-                    d.join(super::super::recording::STATUS_FILE),
+                    d.join(crate::spool::layout::STATUS_FILE),
                     r#"{"complete":true}"#,
                 )
                 .unwrap();

@@ -1,5 +1,5 @@
 //! The AWS edge: S3 and CloudWatch Logs clients from `aws-config`, wrapped in the few calls
-//! delivery needs, with errors sorted into what the caller can act on ([`AwsError`]).
+//! delivery needs, with errors sorted into what the caller can act on ([`SinkError`]).
 //!
 //! Configuration is the SDK's standard chain: region from `AWS_REGION` / profile /
 //! instance metadata, credentials from the environment / profile / `credential_process`
@@ -24,86 +24,65 @@ use std::path::Path;
 use tokio::io::AsyncReadExt;
 
 use super::cwl::LogEvent;
+use super::sink::{BucketEncryption, LogGroup, LogSink, ObjectSink, Rejected, SinkError, Upload};
 
 /// Attempts per call, including the first, before an error reaches our code.
 pub const SDK_ATTEMPTS: u32 = 4;
 /// Objects larger than this are uploaded in parts of this size.
 pub const MULTIPART_PART: usize = 8 * 1024 * 1024;
 
-/// An AWS call failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AwsError {
-    /// The named resource does not exist.
-    #[error("{0}")]
-    NotFound(String),
-    /// The credentials are missing, invalid, or not allowed to do this.
-    #[error("{0}")]
-    Denied(String),
-    /// Throttling, a 5xx, a timeout or a connection failure: worth retrying later.
-    #[error("{0}")]
-    Transient(String),
-    /// Anything else (a bad parameter, a malformed response).
-    #[error("{0}")]
-    Other(String),
-}
-
-impl AwsError {
-    /// Whether a later retry may succeed.
-    pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Transient(_))
+/// Sorts an SDK error into what the caller can act on (the sinks' [`SinkError`]; KMS
+/// errors are sorted the same way).
+fn classify<E>(
+    err: &aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> SinkError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    use aws_sdk_s3::error::SdkError;
+    let text = aws_sdk_s3::error::DisplayErrorContext(err).to_string();
+    match err {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => {
+            return SinkError::Transient(text)
+        }
+        SdkError::ResponseError(_) => return SinkError::Transient(text),
+        _ => {}
     }
-
-    fn classify<E>(
-        err: &aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
-    ) -> Self
-    where
-        E: ProvideErrorMetadata + std::error::Error + 'static,
-    {
-        use aws_sdk_s3::error::SdkError;
-        let text = aws_sdk_s3::error::DisplayErrorContext(err).to_string();
-        match err {
-            SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => {
-                return Self::Transient(text)
-            }
-            SdkError::ResponseError(_) => return Self::Transient(text),
-            _ => {}
+    let code = err.code().unwrap_or_default();
+    let described = match err.message() {
+        Some(m) if !code.is_empty() => format!("{code}: {m}"),
+        _ if !code.is_empty() => code.to_owned(),
+        _ => text.clone(),
+    };
+    match code {
+        "ResourceNotFoundException" | "NoSuchBucket" | "NotFound" | "NotFoundException" => {
+            SinkError::NotFound(described)
         }
-        let code = err.code().unwrap_or_default();
-        let described = match err.message() {
-            Some(m) if !code.is_empty() => format!("{code}: {m}"),
-            _ if !code.is_empty() => code.to_owned(),
-            _ => text.clone(),
-        };
-        match code {
-            "ResourceNotFoundException" | "NoSuchBucket" | "NotFound" | "NotFoundException" => {
-                Self::NotFound(described)
-            }
-            "AccessDenied"
-            | "AccessDeniedException"
-            | "UnrecognizedClientException"
-            | "InvalidClientTokenId"
-            | "InvalidAccessKeyId"
-            | "SignatureDoesNotMatch"
-            | "ExpiredToken"
-            | "ExpiredTokenException"
-            | "AllAccessDisabled" => Self::Denied(described),
-            "ThrottlingException"
-            | "Throttling"
-            | "SlowDown"
-            | "ServiceUnavailable"
-            | "ServiceUnavailableException"
-            | "InternalError"
-            | "InternalFailure"
-            | "RequestTimeout"
-            | "RequestTimeoutException" => Self::Transient(described),
-            "" => match err.raw_response().map(|r| r.status().as_u16()) {
-                Some(s) if s >= 500 || s == 429 => Self::Transient(text),
-                Some(403) => Self::Denied(text),
-                Some(404) => Self::NotFound(text),
-                _ => Self::Other(text),
-            },
-            _ => Self::Other(described),
-        }
+        "AccessDenied"
+        | "AccessDeniedException"
+        | "UnrecognizedClientException"
+        | "InvalidClientTokenId"
+        | "InvalidAccessKeyId"
+        | "SignatureDoesNotMatch"
+        | "ExpiredToken"
+        | "ExpiredTokenException"
+        | "AllAccessDisabled" => SinkError::Denied(described),
+        "ThrottlingException"
+        | "Throttling"
+        | "SlowDown"
+        | "ServiceUnavailable"
+        | "ServiceUnavailableException"
+        | "InternalError"
+        | "InternalFailure"
+        | "RequestTimeout"
+        | "RequestTimeoutException" => SinkError::Transient(described),
+        "" => match err.raw_response().map(|r| r.status().as_u16()) {
+            Some(s) if s >= 500 || s == 429 => SinkError::Transient(text),
+            Some(403) => SinkError::Denied(text),
+            Some(404) => SinkError::NotFound(text),
+            _ => SinkError::Other(text),
+        },
+        _ => SinkError::Other(described),
     }
 }
 
@@ -154,7 +133,7 @@ impl Kms {
         ciphertext: &[u8],
         key_id: &str,
         context: &[(&str, &str)],
-    ) -> Result<Vec<u8>, AwsError> {
+    ) -> Result<Vec<u8>, SinkError> {
         let mut call = self
             .client
             .decrypt()
@@ -163,10 +142,10 @@ impl Kms {
         for (k, v) in context {
             call = call.encryption_context(*k, *v);
         }
-        let out = call.send().await.map_err(|e| AwsError::classify(&e))?;
+        let out = call.send().await.map_err(|e| classify(&e))?;
         out.plaintext
             .map(aws_sdk_kms::primitives::Blob::into_inner)
-            .ok_or_else(|| AwsError::Other("KMS Decrypt returned no plaintext".into()))
+            .ok_or_else(|| SinkError::Other("KMS Decrypt returned no plaintext".into()))
     }
 
     /// GenerateDataKey of `bytes` bytes under `key_id` with `context`: (ciphertext,
@@ -179,7 +158,7 @@ impl Kms {
         key_id: &str,
         bytes: i32,
         context: &[(&str, &str)],
-    ) -> Result<(Vec<u8>, Vec<u8>), AwsError> {
+    ) -> Result<(Vec<u8>, Vec<u8>), SinkError> {
         let mut call = self
             .client
             .generate_data_key()
@@ -188,32 +167,14 @@ impl Kms {
         for (k, v) in context {
             call = call.encryption_context(*k, *v);
         }
-        let out = call.send().await.map_err(|e| AwsError::classify(&e))?;
+        let out = call.send().await.map_err(|e| classify(&e))?;
         match (out.ciphertext_blob, out.plaintext) {
             (Some(c), Some(p)) => Ok((c.into_inner(), p.into_inner())),
-            _ => Err(AwsError::Other(
+            _ => Err(SinkError::Other(
                 "KMS GenerateDataKey returned no key".into(),
             )),
         }
     }
-}
-
-/// A log group as `DescribeLogGroups` reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LogGroup {
-    /// Its KMS key, if it is encrypted with one.
-    pub kms_key_id: Option<String>,
-}
-
-/// What `PutLogEvents` refused (the rest was stored).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Rejected {
-    /// Index below which events were too old.
-    pub too_old_end: Option<i32>,
-    /// Index from which events were too new.
-    pub too_new_start: Option<i32>,
-    /// Index below which events were past the group's retention.
-    pub expired_end: Option<i32>,
 }
 
 /// CloudWatch Logs, as delivery uses it.
@@ -235,7 +196,7 @@ impl Logs {
     ///
     /// # Errors
     /// The call failed.
-    pub async fn log_group(&self, name: &str) -> Result<Option<LogGroup>, AwsError> {
+    pub async fn log_group(&self, name: &str) -> Result<Option<LogGroup>, SinkError> {
         let mut pages = self
             .client
             .describe_log_groups()
@@ -243,7 +204,7 @@ impl Logs {
             .into_paginator()
             .send();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| AwsError::classify(&e))?;
+            let page = page.map_err(|e| classify(&e))?;
             if let Some(g) = page
                 .log_groups()
                 .iter()
@@ -260,8 +221,8 @@ impl Logs {
     /// Creates the stream; one that exists already is fine.
     ///
     /// # Errors
-    /// The call failed (a missing group is [`AwsError::NotFound`]).
-    pub async fn ensure_stream(&self, group: &str, stream: &str) -> Result<(), AwsError> {
+    /// The call failed (a missing group is [`SinkError::NotFound`]).
+    pub async fn ensure_stream(&self, group: &str, stream: &str) -> Result<(), SinkError> {
         match self
             .client
             .create_log_stream()
@@ -272,7 +233,7 @@ impl Logs {
         {
             Ok(_) => Ok(()),
             Err(e) if e.code() == Some("ResourceAlreadyExistsException") => Ok(()),
-            Err(e) => Err(AwsError::classify(&e)),
+            Err(e) => Err(classify(&e)),
         }
     }
 
@@ -280,7 +241,7 @@ impl Logs {
     ///
     /// # Errors
     /// The call failed.
-    pub async fn delete_stream(&self, group: &str, stream: &str) -> Result<(), AwsError> {
+    pub async fn delete_stream(&self, group: &str, stream: &str) -> Result<(), SinkError> {
         self.client
             .delete_log_stream()
             .log_group_name(group)
@@ -288,20 +249,20 @@ impl Logs {
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| AwsError::classify(&e))
+            .map_err(|e| classify(&e))
     }
 
     /// One page of a stream's events from the start (`GetLogEvents`, oldest first):
     /// the messages and the token of the next page (`None` at the end).
     ///
     /// # Errors
-    /// The call failed (a missing group or stream is [`AwsError::NotFound`]).
+    /// The call failed (a missing group or stream is [`SinkError::NotFound`]).
     pub async fn events_page(
         &self,
         group: &str,
         stream: &str,
         token: Option<String>,
-    ) -> Result<(Vec<String>, Option<String>), AwsError> {
+    ) -> Result<(Vec<String>, Option<String>), SinkError> {
         let out = self
             .client
             .get_log_events()
@@ -311,7 +272,7 @@ impl Logs {
             .set_next_token(token.clone())
             .send()
             .await
-            .map_err(|e| AwsError::classify(&e))?;
+            .map_err(|e| classify(&e))?;
         let messages: Vec<String> = out
             .events()
             .iter()
@@ -328,13 +289,13 @@ impl Logs {
     /// Puts one batch (chronological, within the limits).
     ///
     /// # Errors
-    /// The call failed (a missing group or stream is [`AwsError::NotFound`]).
+    /// The call failed (a missing group or stream is [`SinkError::NotFound`]).
     pub async fn put(
         &self,
         group: &str,
         stream: &str,
         events: &[LogEvent],
-    ) -> Result<Rejected, AwsError> {
+    ) -> Result<Rejected, SinkError> {
         let events = events
             .iter()
             .map(|e| {
@@ -342,7 +303,7 @@ impl Logs {
                     .timestamp(e.timestamp_ms)
                     .message(e.message.clone())
                     .build()
-                    .map_err(|e| AwsError::Other(e.to_string()))
+                    .map_err(|e| SinkError::Other(e.to_string()))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let out = self
@@ -353,7 +314,7 @@ impl Logs {
             .set_log_events(Some(events))
             .send()
             .await
-            .map_err(|e| AwsError::classify(&e))?;
+            .map_err(|e| classify(&e))?;
         Ok(out
             .rejected_log_events_info()
             .map(|r| Rejected {
@@ -365,39 +326,10 @@ impl Logs {
     }
 }
 
-/// A bucket's default encryption, as `GetBucketEncryption` reports its first rule.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BucketEncryption {
-    /// No default encryption rule.
-    None,
-    /// SSE-S3.
-    Aes256,
-    /// SSE-KMS (or DSSE-KMS), with the key if the rule names one.
-    Kms {
-        /// The algorithm as S3 names it (`aws:kms` or `aws:kms:dsse`).
-        algorithm: String,
-        /// The key id or ARN.
-        key_id: Option<String>,
-    },
-}
-
 /// S3, as delivery uses it.
 #[derive(Debug, Clone)]
 pub struct S3 {
     client: aws_sdk_s3::Client,
-}
-
-/// One upload's settings.
-#[derive(Debug, Clone)]
-pub struct Upload<'a> {
-    /// Bucket.
-    pub bucket: &'a str,
-    /// Object key.
-    pub key: &'a str,
-    /// `Content-Type`.
-    pub content_type: &'a str,
-    /// Server-side encryption to ask for (the bucket's default rule).
-    pub encryption: &'a BucketEncryption,
 }
 
 impl S3 {
@@ -411,9 +343,9 @@ impl S3 {
     /// The bucket's default encryption rule (the first rule counts, as upstream).
     ///
     /// # Errors
-    /// The call failed (a missing bucket is [`AwsError::NotFound`], no permission
-    /// [`AwsError::Denied`]).
-    pub async fn bucket_encryption(&self, bucket: &str) -> Result<BucketEncryption, AwsError> {
+    /// The call failed (a missing bucket is [`SinkError::NotFound`], no permission
+    /// [`SinkError::Denied`]).
+    pub async fn bucket_encryption(&self, bucket: &str) -> Result<BucketEncryption, SinkError> {
         let out = match self
             .client
             .get_bucket_encryption()
@@ -425,7 +357,7 @@ impl S3 {
             Err(e) if e.code() == Some("ServerSideEncryptionConfigurationNotFoundError") => {
                 return Ok(BucketEncryption::None)
             }
-            Err(e) => return Err(AwsError::classify(&e)),
+            Err(e) => return Err(classify(&e)),
         };
         let rule = out
             .server_side_encryption_configuration()
@@ -454,7 +386,7 @@ impl S3 {
     ///
     /// # Errors
     /// The call failed.
-    pub async fn delete_object(&self, bucket: &str, key: &str) -> Result<(), AwsError> {
+    pub async fn delete_object(&self, bucket: &str, key: &str) -> Result<(), SinkError> {
         self.client
             .delete_object()
             .bucket(bucket)
@@ -462,7 +394,7 @@ impl S3 {
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| AwsError::classify(&e))
+            .map_err(|e| classify(&e))
     }
 
     /// Uploads a file: one `PutObject` up to [`MULTIPART_PART`], a multipart upload above
@@ -470,8 +402,8 @@ impl S3 {
     ///
     /// # Errors
     /// The file could not be read or a call failed.
-    pub async fn upload_file(&self, up: &Upload<'_>, path: &Path) -> Result<(), AwsError> {
-        let io = |e: std::io::Error| AwsError::Other(format!("{}: {e}", path.display()));
+    pub async fn upload_file(&self, up: &Upload<'_>, path: &Path) -> Result<(), SinkError> {
+        let io = |e: std::io::Error| SinkError::Other(format!("{}: {e}", path.display()));
         let len = tokio::fs::metadata(path).await.map_err(io)?.len();
         let (sse, kms_key) = match up.encryption {
             BucketEncryption::None => (None, None),
@@ -494,7 +426,7 @@ impl S3 {
                 .body(ByteStream::from(body))
                 .send()
                 .await
-                .map_err(|e| AwsError::classify(&e))?;
+                .map_err(|e| classify(&e))?;
             return Ok(());
         }
         let created = self
@@ -508,10 +440,10 @@ impl S3 {
             .set_ssekms_key_id(kms_key)
             .send()
             .await
-            .map_err(|e| AwsError::classify(&e))?;
+            .map_err(|e| classify(&e))?;
         let upload_id = created
             .upload_id()
-            .ok_or_else(|| AwsError::Other("CreateMultipartUpload returned no upload id".into()))?
+            .ok_or_else(|| SinkError::Other("CreateMultipartUpload returned no upload id".into()))?
             .to_owned();
         let result = self.upload_parts(up, &upload_id, path).await;
         match result {
@@ -531,7 +463,7 @@ impl S3 {
                     .await;
                 if let Err(e) = done {
                     self.abort(up, &upload_id).await;
-                    return Err(AwsError::classify(&e));
+                    return Err(classify(&e));
                 }
                 Ok(())
             }
@@ -547,8 +479,8 @@ impl S3 {
         up: &Upload<'_>,
         upload_id: &str,
         path: &Path,
-    ) -> Result<Vec<CompletedPart>, AwsError> {
-        let io = |e: std::io::Error| AwsError::Other(format!("{}: {e}", path.display()));
+    ) -> Result<Vec<CompletedPart>, SinkError> {
+        let io = |e: std::io::Error| SinkError::Other(format!("{}: {e}", path.display()));
         let mut file = tokio::fs::File::open(path).await.map_err(io)?;
         let mut parts = Vec::new();
         for number in 1..=10_000 {
@@ -571,7 +503,7 @@ impl S3 {
                 .body(ByteStream::from(buf))
                 .send()
                 .await
-                .map_err(|e| AwsError::classify(&e))?;
+                .map_err(|e| classify(&e))?;
             parts.push(
                 CompletedPart::builder()
                     .part_number(number)
@@ -592,7 +524,36 @@ impl S3 {
             .send()
             .await
         {
-            tracing::warn!(bucket = up.bucket, key = up.key, error = %AwsError::classify(&e), "Could not abort a failed multipart upload (a lifecycle rule for incomplete uploads cleans it up)");
+            tracing::warn!(bucket = up.bucket, key = up.key, error = %classify(&e), "Could not abort a failed multipart upload (a lifecycle rule for incomplete uploads cleans it up)");
         }
+    }
+}
+
+impl ObjectSink for S3 {
+    async fn bucket_encryption(&self, bucket: &str) -> Result<BucketEncryption, SinkError> {
+        S3::bucket_encryption(self, bucket).await
+    }
+
+    async fn upload_file(&self, up: &Upload<'_>, path: &Path) -> Result<(), SinkError> {
+        S3::upload_file(self, up, path).await
+    }
+}
+
+impl LogSink for Logs {
+    async fn log_group(&self, name: &str) -> Result<Option<LogGroup>, SinkError> {
+        Logs::log_group(self, name).await
+    }
+
+    async fn ensure_stream(&self, group: &str, stream: &str) -> Result<(), SinkError> {
+        Logs::ensure_stream(self, group, stream).await
+    }
+
+    async fn put(
+        &self,
+        group: &str,
+        stream: &str,
+        events: &[LogEvent],
+    ) -> Result<Rejected, SinkError> {
+        Logs::put(self, group, stream, events).await
     }
 }

@@ -1,21 +1,51 @@
 //! # delivery — where recordings go: S3 and CloudWatch Logs
 //!
-//! * [`cwl`] — **pure**: the upstream CloudWatch message schema, record splitting,
-//!   batching within the service limits, and the transcript split for the upload at close.
-//! * [`aws`] — the I/O edge: S3 and CloudWatch Logs clients from `aws-config`, reduced to
-//!   the calls delivery makes, with errors sorted into not-found / denied / transient.
+//! Laid out like vector's sinks: each concern in its own file, the sinks generic over
+//! their I/O service.
+//!
+//! * [`sink`] — the I/O edge as two small traits, [`sink::ObjectSink`] (S3) and
+//!   [`sink::LogSink`] (CloudWatch Logs), with the error kinds the retry policy decides on
+//!   ([`sink::SinkError`]: not found / denied / transient / other).
+//! * [`retry`] — the retry policy of every call ([`retry::Patience`],
+//!   [`retry::DELIVERY_PATIENCE`]): transient failures retried while the daemon runs, a
+//!   missing destination for the patience, anything else given up at once. Its delays are
+//!   [`crate::backoff::Backoff::delivery`].
+//! * [`stream`] — the CloudWatch streamer: `stream.jsonl` → chained messages → batches,
+//!   each stored batch acknowledged in `stream.ack`.
+//! * [`upload`] — the uploads at close: the recording's files to S3 (`s3.ack`), the
+//!   transcript to CloudWatch when not streaming (`upload.ack`).
+//! * [`cwl`] — **pure**: the upstream CloudWatch message schema, record splitting, the
+//!   hash chain, batching within the service limits, and the transcript split for the
+//!   upload at close.
+//! * [`aws`] — the AWS implementation of the sinks: S3 and CloudWatch Logs clients from
+//!   `aws-config`, errors sorted into [`sink::SinkError`]. The only file here that uses
+//!   the SDK.
+//! * `memory` (test builds only) — the in-memory twin of both sinks, which can be told to
+//!   fail (an outage, throttling, a missing destination, a lost response, a partial
+//!   batch). It exists so that [`stream`]'s and [`upload`]'s batching, retries, acks,
+//!   restarts and outages are unit-tested, under paused time, without LocalStack; the
+//!   LocalStack integration tests (`tests/it`) still cover [`aws`].
 //! * this file — **pure** decisions: which [`Destinations`] a session document asks for,
 //!   the S3 object keys, and the encryption checks' verdicts ([`check_s3`],
 //!   [`check_log_group`]) with the messages the user sees when a session is refused.
 //!
 //! The agent (`agent::recording`) drives these: it runs the checks before the shell
-//! starts, streams while the session runs, and uploads at close.
+//! starts, starts the streamer while the session runs, and the uploads at close.
+//! `delivery` never imports the agent: a recording's files are found through
+//! [`crate::spool::layout`].
 
 pub mod aws;
 pub mod cwl;
+mod files;
+#[cfg(test)]
+pub(crate) mod memory;
+pub mod retry;
+pub mod sink;
+pub mod stream;
+pub mod upload;
 
 use crate::protocol::document::SessionInputs;
-use aws::{AwsError, BucketEncryption, LogGroup};
+use sink::{BucketEncryption, LogGroup, SinkError};
 
 /// Upstream's refusal text for an unencrypted bucket (§8.5), which we extend with the
 /// bucket's name and the reason.
@@ -103,7 +133,7 @@ pub fn s3_key(prefix: &str, session_id: &str, ext: &str) -> String {
 /// The refusal shown to the user.
 pub fn check_s3(
     dest: &S3Destination,
-    found: Result<BucketEncryption, AwsError>,
+    found: Result<BucketEncryption, SinkError>,
 ) -> Result<BucketEncryption, String> {
     let bucket = &dest.bucket;
     match (found, dest.require_encryption) {
@@ -111,10 +141,10 @@ pub fn check_s3(
             "{S3_NOT_ENCRYPTED} The bucket \"{bucket}\" has no default encryption rule. Either encrypt the bucket or choose an option to enable logging without encryption."
         )),
         (Ok(e), _) => Ok(e),
-        (Err(AwsError::Denied(e)), true) => Err(format!(
+        (Err(SinkError::Denied(e)), true) => Err(format!(
             "We couldn't start the session because the agent is not allowed to check encryption on the Amazon S3 bucket \"{bucket}\" (access denied, which does not mean it is unencrypted): {e}. Allow s3:GetEncryptionConfiguration on the bucket for the agent's credentials."
         )),
-        (Err(AwsError::NotFound(e)), true) => Err(format!(
+        (Err(SinkError::NotFound(e)), true) => Err(format!(
             "We couldn't start the session because the Amazon S3 bucket \"{bucket}\" does not exist: {e}."
         )),
         (Err(e), true) => Err(format!(
@@ -140,7 +170,7 @@ pub enum GroupVerdict {
 /// The refusal shown to the user (encryption required and not verified).
 pub fn check_log_group(
     dest: &CwlDestination,
-    found: Result<Option<LogGroup>, AwsError>,
+    found: Result<Option<LogGroup>, SinkError>,
 ) -> Result<GroupVerdict, String> {
     let group = &dest.group;
     match (found, dest.require_encryption) {
@@ -154,7 +184,7 @@ pub fn check_log_group(
         (Ok(None), false) => Ok(GroupVerdict::Skip(format!(
             "CloudWatch Logs log group \"{group}\" does not exist (the agent never creates log groups): this session is not sent to CloudWatch Logs; it is recorded locally. Create the log group to fix this."
         ))),
-        (Err(AwsError::Denied(e)), true) => Err(format!(
+        (Err(SinkError::Denied(e)), true) => Err(format!(
             "We couldn't start the session because the agent is not allowed to check encryption on the CloudWatch Logs log group \"{group}\" (access denied, which does not mean it is unencrypted): {e}. Allow logs:DescribeLogGroups for the agent's credentials."
         )),
         (Err(e), true) => Err(format!(
@@ -218,12 +248,13 @@ mod tests {
         );
         let refused = check_s3(&s3(true), Ok(BucketEncryption::None)).unwrap_err();
         assert!(refused.starts_with(S3_NOT_ENCRYPTED) && refused.contains("\"logs\""));
-        let denied = check_s3(&s3(true), Err(AwsError::Denied("AccessDenied".into()))).unwrap_err();
+        let denied =
+            check_s3(&s3(true), Err(SinkError::Denied("AccessDenied".into()))).unwrap_err();
         assert!(
             denied.contains("not allowed") && !denied.contains(S3_NOT_ENCRYPTED),
             "{denied}"
         );
-        assert!(check_s3(&s3(true), Err(AwsError::Transient("x".into())))
+        assert!(check_s3(&s3(true), Err(SinkError::Transient("x".into())))
             .unwrap_err()
             .contains("unable to validate encryption"));
         // Not required: never refuses.
@@ -232,7 +263,7 @@ mod tests {
             Ok(BucketEncryption::None)
         );
         assert_eq!(
-            check_s3(&s3(false), Err(AwsError::Denied("x".into()))),
+            check_s3(&s3(false), Err(SinkError::Denied("x".into()))),
             Ok(BucketEncryption::None)
         );
     }
@@ -263,12 +294,12 @@ mod tests {
         }
         let denied = check_log_group(
             &cwl(true),
-            Err(AwsError::Denied("AccessDeniedException".into())),
+            Err(SinkError::Denied("AccessDeniedException".into())),
         )
         .unwrap_err();
         assert!(denied.contains("access denied, which does not mean"));
         assert_eq!(
-            check_log_group(&cwl(false), Err(AwsError::Transient("x".into()))),
+            check_log_group(&cwl(false), Err(SinkError::Transient("x".into()))),
             Ok(GroupVerdict::Deliver)
         );
     }

@@ -11,11 +11,17 @@
 //!   (an S3 body): the agent's deriver, its rebuild, `verify`, `replay` and `transcript`
 //!   all read through it.
 //! * [`verify`] — the judgement: intact or broken, complete or not (gaps, a missing end).
+//! * [`layout`] — the recording directory: its file names ([`layout::Paths`]), the
+//!   acknowledgement files the sinks keep beside the recording (`stream.ack`, `s3.ack`,
+//!   `upload.ack`), the delivery report's name, and the atomic, owner-only write they all
+//!   use; it imports nothing else of the crate, so the recorder side (`agent::recording`)
+//!   and the delivery side (`delivery`) share it without importing each other.
 //!
 //! The agent's writer (`agent::recording::writer`: space reserved ahead, gap records,
 //! group commit) appends with [`format::encode_record`]; the consumers that derive the
 //! transcript, the asciicast and the CloudWatch records read with [`reader::Reader`].
 
 pub mod format;
+pub mod layout;
 pub mod reader;
 pub mod verify;

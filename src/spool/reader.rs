@@ -346,7 +346,10 @@ mod tests {
         // record leaves it incomplete.
         let mut r = Reader::new(&bytes[..]).unwrap();
         r.next_record(Some(first_end + 3)).unwrap();
-        assert_eq!(r.next_record(Some(first_end + 3)), Err(ReadError::Torn(first_end)));
+        assert_eq!(
+            r.next_record(Some(first_end + 3)),
+            Err(ReadError::Torn(first_end))
+        );
         // The input is shorter than a limit said was written: cut.
         let mut r = Reader::new(&bytes[..]).unwrap();
         r.next_record(None).unwrap();

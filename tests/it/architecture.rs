@@ -200,6 +200,28 @@ fn protocol_and_timefmt_import_nothing_else_of_the_crate() {
 }
 
 #[test]
+fn delivery_knows_no_agent_and_the_spool_layout_nothing() {
+    // lib.rs, rule 2: delivery reads a recording through `spool::layout` and talks to the
+    // services through its sink traits; the layout is a leaf both sides share.
+    let within = |t: &str, m: &str| t == m || t.starts_with(&format!("{m}::"));
+    let edges = edges();
+    assert!(edges["delivery::stream"].contains("spool::layout"));
+    for (from, to) in &edges {
+        if within(from, "delivery") {
+            let bad: Vec<_> = to
+                .iter()
+                .filter(|t| within(t, "agent") || within(t, "session"))
+                .collect();
+            assert!(bad.is_empty(), "{from} imports {bad:?}");
+        }
+        if within(from, "spool") {
+            let foreign: Vec<_> = to.iter().filter(|t| !within(t, "spool")).collect();
+            assert!(foreign.is_empty(), "{from} imports {foreign:?}");
+        }
+    }
+}
+
+#[test]
 fn the_daemon_imports_no_subcommand() {
     let commands = ["cli", "replay", "doctor", "dev", "client", "main"];
     for (from, to) in edges() {

@@ -9,7 +9,8 @@
 //!                                 ├─▶ <id>.log      clean transcript
 //!                                 ├─▶ <id>.cast     asciicast v2
 //!                                 └─▶ stream.jsonl ─▶ streamer task ─▶ CloudWatch
-//!  at close (deliver.rs): <id>.log + <id>.cast ─▶ S3;  <id>.log ─▶ CloudWatch (not streaming)
+//!  at close (deliver.rs, with crate::delivery::upload): <id>.log + <id>.cast + spool ─▶ S3;
+//!                                    <id>.log ─▶ CloudWatch (not streaming)
 //! ```
 //!
 //! Every session is recorded locally under `<state>/recordings/<id>/` (directories 0700,
@@ -58,23 +59,22 @@ mod deliver;
 mod derive;
 mod writer;
 
-pub(crate) use deliver::with_retries;
-pub use deliver::{
-    stream_to_cloudwatch, upload_to_cloudwatch, upload_to_s3, Delivery, DeliveryStatus,
-    StreamReport,
-};
+// agent/mod.rs (being rewritten elsewhere) starts the streamer as
+// `recording::stream_to_cloudwatch`; it lives in `crate::delivery::stream`. Drop this line
+// once that call names `delivery::stream` itself.
+pub(crate) use crate::delivery::stream::stream_to_cloudwatch;
+pub use deliver::{Delivery, DeliveryStatus};
 pub use derive::rebuild;
 
 use super::reserve;
 use crate::delivery::cwl::SessionFields;
 use crate::delivery::{CwlDestination, S3Destination};
 use crate::recorder::{EventKind, StartInfo};
+use crate::spool::layout::{owner_only, write_atomic, Paths, EVENTS_FILE, META_FILE, STREAM_FILE};
 use derive::{DerivedFiles, Deriver, Follower};
-use std::fs::OpenOptions;
-use std::io::Write;
 #[cfg(unix)]
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -89,55 +89,15 @@ const TAP_QUEUE: usize = 16;
 /// Events the writer (or the deriver) handles before it publishes (or writes out) what it
 /// has.
 const BATCH: usize = 64;
-/// A destination that is not found (deleted, or not re-created yet) is retried this long
-/// before delivery gives up; transient failures are retried while the daemon runs.
-pub const DELIVERY_PATIENCE: Duration = Duration::from_secs(120);
-/// Name of the raw timed stream in a recording directory.
-pub const EVENTS_FILE: &str = "events.spool";
 /// The spool is `fdatasync`ed at most this often while a session runs (group commit: a
 /// flood of output must not wait for the disk after every 16 KiB).
 pub const SYNC_EVERY: Duration = Duration::from_millis(200);
-/// Name of the streamer's queue in a recording directory.
-pub const STREAM_FILE: &str = "stream.jsonl";
-/// Name of the delivery report written when delivery finishes.
-pub const STATUS_FILE: &str = "delivery.json";
-/// Name of the recording's delivery instructions ([`Meta`]).
-pub const META_FILE: &str = "session.json";
-/// The streamer's acknowledged position: the last stream record stored in CloudWatch.
-pub const STREAM_ACK: &str = "stream.ack";
-/// Events of the upload at close already stored in CloudWatch.
-pub const UPLOAD_ACK: &str = "upload.ack";
-/// S3 keys already uploaded.
-pub const S3_ACK: &str = "s3.ack";
 /// Default [`Options::headroom`].
 pub const DEFAULT_HEADROOM: u64 = 4 * 1024 * 1024;
 
 /// Unix milliseconds now.
 pub fn unix_ms() -> u64 {
     crate::timefmt::unix_ms(SystemTime::now())
-}
-
-/// A file or directory name for a session id: `[A-Za-z0-9._-]` kept, anything else
-/// (including `/`) replaced by `_`, a leading `.` too, at most 128 bytes; never empty.
-pub fn safe_name(session_id: &str) -> String {
-    let mut name: String = session_id
-        .chars()
-        .take(128)
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    if name.starts_with('.') {
-        name.replace_range(0..1, "_");
-    }
-    if name.is_empty() {
-        name.push('_');
-    }
-    name
 }
 
 /// Creates a directory (and parents) readable by its owner only. On Windows there are
@@ -149,13 +109,6 @@ pub fn private_dir(path: &Path) -> std::io::Result<()> {
     #[cfg(unix)]
     builder.mode(0o700);
     builder.create(path)
-}
-
-/// Owner-only (0600) files where the platform has modes; see [`private_dir`].
-fn owner_only(options: &mut OpenOptions) -> &mut OpenOptions {
-    #[cfg(unix)]
-    options.mode(0o600);
-    options
 }
 
 /// What a recording needs to be delivered, kept beside it (`session.json`) so that a
@@ -203,47 +156,6 @@ impl Meta {
         let path = dir.join(META_FILE);
         let bytes = std::fs::read(&path).map_err(|e| format!("cannot read {META_FILE}: {e}"))?;
         serde_json::from_slice(&bytes).map_err(|e| format!("{META_FILE} is not valid: {e}"))
-    }
-}
-
-/// Replaces `path` with `bytes` (owner-only), atomically: a reader sees the old or the new
-/// content, never a mix, even across a crash.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f =
-        owner_only(OpenOptions::new().create(true).write(true).truncate(true)).open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_data()?;
-    std::fs::rename(&tmp, path)
-}
-
-/// The paths of one recording.
-#[derive(Debug, Clone)]
-pub struct Paths {
-    /// The recording's directory.
-    pub dir: PathBuf,
-    /// The raw timed stream.
-    pub events: PathBuf,
-    /// The clean transcript.
-    pub transcript: PathBuf,
-    /// The asciicast.
-    pub cast: PathBuf,
-    /// The streamer's queue.
-    pub stream: PathBuf,
-}
-
-impl Paths {
-    /// The layout under `recordings_root` for a session.
-    pub fn new(recordings_root: &Path, session_id: &str) -> Self {
-        let name = safe_name(session_id);
-        let dir = recordings_root.join(&name);
-        Self {
-            events: dir.join(EVENTS_FILE),
-            transcript: dir.join(format!("{name}.log")),
-            cast: dir.join(format!("{name}.cast")),
-            stream: dir.join(STREAM_FILE),
-            dir,
-        }
     }
 }
 
@@ -677,16 +589,6 @@ mod tests {
     use super::*;
     use crate::delivery::cwl::{Direction, StreamRecord};
     use std::io::BufReader;
-
-    #[test]
-    fn session_ids_cannot_escape_the_recordings_dir() {
-        assert_eq!(safe_name("alice-0123abcd"), "alice-0123abcd");
-        assert_eq!(safe_name("../../etc/passwd"), "_._.._etc_passwd");
-        assert_eq!(safe_name(".hidden"), "_hidden");
-        assert_eq!(safe_name(""), "_");
-        assert_eq!(safe_name("a/b\0c"), "a_b_c");
-        assert_eq!(safe_name(&"x".repeat(500)).len(), 128);
-    }
 
     fn start(session_id: &str) -> StartInfo {
         StartInfo {
