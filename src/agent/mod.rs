@@ -20,6 +20,7 @@
 //! get until `shutdown_timeout`. `agent::notify` keeps systemd informed throughout.
 
 pub mod budget;
+pub mod channel;
 pub mod config;
 pub mod control;
 pub mod heartbeat;
@@ -41,8 +42,9 @@ use crate::protocol::payload::{task_status, AgentTaskPayload};
 use crate::recorder::StartInfo;
 use crate::session::pty::Shell;
 use crate::session::user::{self, UserInfo};
+use channel::Ending;
 use recording::{Delivery, Recording};
-use session::{DataChannel, Ending, ShellIo};
+use session::{DataChannel, ShellIo};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -544,7 +546,7 @@ async fn serve(
         echo_probe,
     };
     let minutes = |m: Option<u32>| m.map(|m| Duration::from_secs(u64::from(m) * 60));
-    let limits = session::Limits {
+    let limits = channel::Limits {
         // The console's default idle timeout applies when the document sets none.
         idle: minutes(doc.inputs.idle_session_timeout).or(Some(DEFAULT_IDLE)),
         max: minutes(doc.inputs.max_session_duration),
@@ -612,7 +614,7 @@ async fn serve(
         Ending::Internal(e) => Outcome::failed(&session_id, e),
         Ending::RecordingFailed(reason) => {
             tracing::error!(session = %session_id, %reason, "Session ended: its recording cannot be written (recording_policy = \"fail-closed\")");
-            Outcome::failed(&session_id, session::recording_failed_notice(&reason))
+            Outcome::failed(&session_id, channel::recording_failed_notice(&reason))
         }
         Ending::Terminated if agent_stopping => Outcome::failed(&session_id, STOPPED_HOW.into()),
         Ending::TimedOut(limit) => Outcome {
