@@ -557,7 +557,9 @@ impl Channel {
         }
         let ping_due = now >= run.next_ping;
         if ping_due {
-            run.next_ping = (run.next_ping + PING_EVERY).max(now);
+            // Every PING_EVERY; a late tick (a busy runtime) is not caught up in a burst.
+            let next = run.next_ping + PING_EVERY;
+            run.next_ping = if next > now { next } else { now + PING_EVERY };
         }
         if let Some(frame) = self.sender.poll_retransmit(now) {
             fx.push(Effect::Send(frame));

@@ -371,8 +371,15 @@ impl DataChannel {
             effects = tokio::select! {
                 biased;
                 () = io.cancel.cancelled() => self.machine.on_cancel(),
-                Ok(reason) = async { recording_failed.as_mut().expect("guarded").await }, if recording_failed.is_some() => {
-                    self.machine.on_recording_failed(&reason, Instant::now())
+                failed = async { recording_failed.as_mut().expect("guarded").await }, if recording_failed.is_some() => {
+                    match failed {
+                        Ok(reason) => self.machine.on_recording_failed(&reason, Instant::now()),
+                        // The recording ended without an alarm: nothing more to watch.
+                        Err(_) => {
+                            recording_failed = None;
+                            Vec::new()
+                        }
+                    }
                 }
                 () = sleep_opt(wake) => self.machine.on_tick(Instant::now()),
                 _ = &mut *exited, if !exit_seen => {
