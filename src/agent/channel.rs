@@ -403,7 +403,7 @@ impl Channel {
         };
         if let Err(e) = self.send_stream(
             PayloadType::HandshakeRequest,
-            to_json(&request),
+            Bytes::from(to_json(&request)),
             now,
             &mut fx,
         ) {
@@ -443,7 +443,7 @@ impl Channel {
         *deadline = Some(now + HANDSHAKE_STEP);
         if let Err(e) = self.send_stream(
             PayloadType::EncChallengeRequest,
-            to_json(&sealed),
+            Bytes::from(to_json(&sealed)),
             now,
             &mut fx,
         ) {
@@ -613,7 +613,7 @@ impl Channel {
         };
         run.last_activity = now;
         if can_send {
-            self.send_output(bytes.to_vec(), true, now, &mut fx);
+            self.send_output(Bytes::copy_from_slice(bytes), true, now, &mut fx);
         } else {
             // Read without room (the pump reads only while there is): kept, not lost.
             run.held
@@ -725,7 +725,7 @@ impl Channel {
         if !self.sender.has_capacity() {
             return Err("no room for a notice while output is backed up".into());
         }
-        self.send_output(format!("\r\n{text}\r\n").into_bytes(), false, now, fx);
+        self.send_output(Bytes::from(format!("\r\n{text}\r\n")), false, now, fx);
         Ok(())
     }
 
@@ -766,7 +766,7 @@ impl Channel {
             }
             if can_send {
                 if let Some(bytes) = run.held.take() {
-                    self.send_output(bytes, true, now, fx);
+                    self.send_output(Bytes::from(bytes), true, now, fx);
                     continue;
                 }
             }
@@ -795,16 +795,12 @@ impl Channel {
 
     /// Output for the peer: recorded first (`record`: terminal output, not a notice),
     /// sealed when encrypted, sent as one sequenced frame.
-    fn send_output(&mut self, bytes: Vec<u8>, record: bool, now: Instant, fx: &mut Vec<Effect>) {
-        let bytes = if record {
-            let bytes = Bytes::from(bytes);
+    fn send_output(&mut self, bytes: Bytes, record: bool, now: Instant, fx: &mut Vec<Effect>) {
+        if record {
             fx.push(Effect::Record(bytes.clone()));
-            bytes.to_vec()
-        } else {
-            bytes
-        };
+        }
         let bytes = match &mut self.cipher {
-            Some(c) => c.seal(&bytes),
+            Some(c) => Bytes::from(c.seal(&bytes)),
             None => bytes,
         };
         if let Err(e) = self.send_stream(PayloadType::Output, bytes, now, fx) {
@@ -817,7 +813,7 @@ impl Channel {
     fn send_stream(
         &mut self,
         payload_type: PayloadType,
-        bytes: Vec<u8>,
+        bytes: Bytes,
         now: Instant,
         fx: &mut Vec<Effect>,
     ) -> Result<(), String> {
@@ -1015,7 +1011,12 @@ impl Channel {
             .unwrap_or(i64::MAX),
             customer_message: ENCRYPTED_NOTICE.into(),
         };
-        self.send_stream(PayloadType::HandshakeComplete, to_json(&complete), now, fx)?;
+        self.send_stream(
+            PayloadType::HandshakeComplete,
+            Bytes::from(to_json(&complete)),
+            now,
+            fx,
+        )?;
         self.cipher = Some(*cipher);
         fx.push(Effect::Encrypted);
         Ok(())
