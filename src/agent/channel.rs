@@ -1455,6 +1455,10 @@ mod tests {
             c.on_frame(&ack_of(f), at, ROOM);
         }
         assert_eq!(c.run().drain_at, Some(t0 + MAX_DRAIN));
+        // A reopen while draining gives the resent frames a fresh DRAIN.
+        let reopened = t0 + secs(29);
+        c.on_reopened(reopened);
+        assert_eq!(c.run().drain_at, Some(reopened + DRAIN));
     }
 
     #[test]
@@ -1495,9 +1499,13 @@ mod tests {
                 "at {n}: not silent for more than 90 s yet"
             );
         }
-        assert_eq!(c.on_tick(t0 + PING_EVERY * 4), [Effect::Reopen]);
+        // (A tick 45 s late.)
+        let late = t0 + PING_EVERY * 4 + secs(45);
+        assert_eq!(c.on_tick(late), [Effect::Reopen]);
+        // The missed keepalives are not caught up in a burst: the next is a period later.
+        assert_eq!(c.next_deadline(), Some(late + PING_EVERY));
         let again: Vec<_> = c
-            .on_reopened(t0 + PING_EVERY * 4)
+            .on_reopened(late)
             .iter()
             .map(|f| decode(f).sequence_number)
             .collect();
