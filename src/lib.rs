@@ -23,8 +23,11 @@
 //!   message gateway (channel tokens, control and data websockets, relay), with session
 //!   history on disk.
 //! * [`agent`] — `session-agent run`: the daemon. `agent::control` keeps the control
-//!   channel; `agent::session` pumps one data channel between the network and a shell;
-//!   `agent::mgs` is its client side of the message gateway; `agent::config` its settings;
+//!   channel; `agent::channel` is the agent's end of one data channel as a pure state
+//!   machine (frames, terminal output and time in, effects out: the protocol's decisions,
+//!   unit-tested like `client::channel`); `agent::session` is the small I/O pump around
+//!   it, between the network and a shell; `agent::mgs` is its client side of the message
+//!   gateway; `agent::config` its settings;
 //!   `agent::recording` records each session (`writer`: the spool, on the output path;
 //!   `derive`: transcript, asciicast and stream records read back from the spool;
 //!   `deliver`: a finished recording's delivery job — it runs `delivery`'s streamer and

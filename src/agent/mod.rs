@@ -20,6 +20,7 @@
 //! get until `shutdown_timeout`. `agent::notify` keeps systemd informed throughout.
 
 pub mod budget;
+pub mod channel;
 pub mod config;
 pub mod control;
 pub mod heartbeat;
@@ -42,8 +43,9 @@ use crate::protocol::payload::{task_status, AgentTaskPayload};
 use crate::recorder::StartInfo;
 use crate::session::pty::Shell;
 use crate::session::user::{self, UserInfo};
+use channel::Ending;
 use recording::{Delivery, Recording};
-use session::{DataChannel, Ending, ShellIo};
+use session::{DataChannel, ShellIo};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -254,10 +256,12 @@ async fn check_destinations(ctx: &Ctx, dest: &Destinations) -> Result<Checked, S
 /// is left to deliver of its recording (run after the outcome is reported).
 ///
 /// The steps, each named: [`admit`] (the session id, the document, what it runs, as whom)
-/// before anything is opened; the data channel opened; [`serve`] (the KMS handshake, the
-/// destinations and the disk checked, the shell spawned, the recording started, the pump,
-/// the close). Every way out of [`serve`] before the pump is a [`Served`] value, and the
-/// channel is finished for it here, in one place.
+/// before anything is opened; [`DataChannel::open`]; then, with the channel open,
+/// [`serve`]: [`handshake`] (KMS), [`prepare`] (the first size, the destinations and the
+/// disk checked), [`spawn`] (the shell and its recording), [`pump`]; then the close. However
+/// [`serve`] ends (refused, ended before the shell started, or after the pump), its
+/// [`Served`] says how, and the channel is finished for it here, in one place, before the
+/// outcome is made ([`Served::conclude`]).
 pub(crate) async fn run_session(
     ctx: Arc<Ctx>,
     task: AgentTaskPayload,
@@ -268,35 +272,62 @@ pub(crate) async fn run_session(
         Ok(admitted) => admitted,
         Err(refusal) => return (Outcome::failed(&session_id, refusal), None),
     };
-    let channel = match DataChannel::open(&ctx.mgs, &session_id, &ctx.target_id).await {
+    let mut channel = match DataChannel::open(&ctx.mgs, &session_id, &ctx.target_id).await {
         Ok(c) => c,
         Err(e) => {
             let output = format!("could not open the data channel: {e}");
             return (Outcome::failed(&session_id, output), None);
         }
     };
-    match serve(&ctx, &task, doc, who, channel, &cancel).await {
-        Served::Done(done) => *done,
-        Served::Refused(channel, output) => {
-            channel.finish(false).await;
-            (Outcome::failed(&session_id, output), None)
-        }
-        Served::EndedEarly(channel, outcome) => {
-            channel.finish(false).await;
-            (outcome, None)
-        }
-    }
+    let served = serve(&ctx, &task, doc, who, &mut channel, &cancel).await;
+    // The close: the one place the channel is finished, on every way out of serve.
+    channel.finish(served.terminating()).await;
+    served.conclude(&session_id).await
 }
 
-/// How [`serve`] ended.
+/// How [`serve`] ended; the channel is still open.
 enum Served {
-    /// The session ran and its channel is finished: its outcome, and what is left to
+    /// Refused before the pump, with what the user is shown.
+    Refused(String),
+    /// The client went away before the shell started.
+    EndedEarly(Outcome),
+    /// The session ran: how, and what is left of it.
+    Ran(Box<Ran>),
+}
+
+/// A session whose shell ran, after its pump and the shell's termination; what is left
+/// to do once the channel is finished.
+struct Ran {
+    ending: Ending,
+    /// Ended by a stop of the agent (not by the user or the service).
+    agent_stopping: bool,
+    exit: Option<crate::session::pty::ExitStatus>,
+    tap: Option<recording::Tap>,
+    recording: Option<Recording>,
+    checked: Checked,
+    streamer: Option<tokio::task::JoinHandle<crate::delivery::stream::StreamReport>>,
+    locations: OutputLocations,
+}
+
+impl Served {
+    /// Whether the channel's finish says Terminating (§6.6): the shell exited, or the
+    /// agent is stopping.
+    fn terminating(&self) -> bool {
+        match self {
+            Served::Ran(ran) => ran.ending == Ending::ShellExited || ran.agent_stopping,
+            Served::Refused(_) | Served::EndedEarly(_) => false,
+        }
+    }
+
+    /// The outcome, after the close: the recording's end written and what is left to
     /// deliver.
-    Done(Box<(Outcome, Option<Delivery>)>),
-    /// Refused before the pump, with what the user is shown; the channel, still open.
-    Refused(Box<DataChannel>, String),
-    /// The client went away before the shell started; the channel, still open.
-    EndedEarly(Box<DataChannel>, Outcome),
+    async fn conclude(self, session_id: &str) -> (Outcome, Option<Delivery>) {
+        match self {
+            Served::Refused(output) => (Outcome::failed(session_id, output), None),
+            Served::EndedEarly(outcome) => (outcome, None),
+            Served::Ran(ran) => ran.conclude(session_id).await,
+        }
+    }
 }
 
 /// Admission, before anything is opened: a valid session id, a document that resolves,
@@ -336,63 +367,99 @@ fn admit(
     Ok((doc, who))
 }
 
-/// Everything after the data channel is open; see [`run_session`].
+/// Everything while the data channel is open, step by step; see [`run_session`].
 async fn serve(
     ctx: &Arc<Ctx>,
     task: &AgentTaskPayload,
     doc: document::SessionDocument,
     who: user::SessionUser,
-    mut channel: DataChannel,
+    channel: &mut DataChannel,
     cancel: &CancellationToken,
 ) -> Served {
-    let session_id = task.session_id.clone();
-    if doc.encryption_enabled() {
-        let kms = delivery::aws::Kms::new(ctx.aws().await);
-        let key_id = doc.inputs.kms_key_id.clone();
-        let (sid, target) = (session_id.clone(), ctx.target_id.clone());
-        let decrypt = |blob: Vec<u8>, challenge: Option<String>| async move {
-            let context =
-                crate::protocol::payload::kms_context(&sid, &target, challenge.as_deref());
-            let key = kms
-                .decrypt(&blob, &key_id, &context)
-                .await
-                .map_err(|e| format!("KMS Decrypt of the session key failed: {e}"))?;
-            Ok(key)
-        };
-        let session_type = doc.session_type.as_str();
-        if let Err(e) = channel
-            .handshake_kms(session_type, &doc.inputs.kms_key_id, decrypt)
-            .await
-        {
-            tracing::warn!(session = %session_id, error = %e, "KMS handshake failed; session refused");
-            return Served::Refused(
-                Box::new(channel),
-                format!("We couldn't start the encrypted session: {e}"),
-            );
-        }
-        tracing::info!(session = %session_id, kms_key_id = %doc.inputs.kms_key_id, "Session encrypted with KMS");
+    if let Err(refusal) = handshake(ctx, &task.session_id, &doc, channel).await {
+        return Served::Refused(refusal);
     }
+    let prepared = match prepare(ctx, &task.session_id, &doc, channel).await {
+        Ok(p) => p,
+        Err(early) => return early,
+    };
+    let spawned = match spawn(ctx, task, &doc, &who, prepared).await {
+        Ok(s) => s,
+        Err(refusal) => return Served::Refused(refusal),
+    };
+    Served::Ran(Box::new(pump(ctx, &doc, spawned, channel, cancel).await))
+}
+
+/// The KMS handshake when the document asks for encryption (§5); the refusal otherwise.
+async fn handshake(
+    ctx: &Ctx,
+    session_id: &str,
+    doc: &document::SessionDocument,
+    channel: &mut DataChannel,
+) -> Result<(), String> {
+    if !doc.encryption_enabled() {
+        return Ok(());
+    }
+    let kms = delivery::aws::Kms::new(ctx.aws().await);
+    let key_id = doc.inputs.kms_key_id.clone();
+    let (sid, target) = (session_id.to_owned(), ctx.target_id.clone());
+    let decrypt = |blob: Vec<u8>, challenge: Option<String>| async move {
+        let context = crate::protocol::payload::kms_context(&sid, &target, challenge.as_deref());
+        let key = kms
+            .decrypt(&blob, &key_id, &context)
+            .await
+            .map_err(|e| format!("KMS Decrypt of the session key failed: {e}"))?;
+        Ok(key)
+    };
+    let session_type = doc.session_type.as_str();
+    if let Err(e) = channel
+        .handshake_kms(session_type, &doc.inputs.kms_key_id, decrypt)
+        .await
+    {
+        tracing::warn!(session = %session_id, error = %e, "KMS handshake failed; session refused");
+        return Err(format!("We couldn't start the encrypted session: {e}"));
+    }
+    tracing::info!(session = %session_id, kms_key_id = %doc.inputs.kms_key_id, "Session encrypted with KMS");
+    Ok(())
+}
+
+/// What [`prepare`] found out before the shell is spawned.
+struct Prepared {
+    size: Option<(u16, u16)>,
+    early_input: Vec<u8>,
+    checked: Checked,
+    policy: retention::Policy,
+    locations: OutputLocations,
+}
+
+/// Before the shell: the client's first size (and early keystrokes), the destinations
+/// checked (§8.5; what is skipped is told in the session), the disk's durability under
+/// the recording policy. How the session ended otherwise ([`Served::EndedEarly`] or
+/// [`Served::Refused`]).
+async fn prepare(
+    ctx: &Ctx,
+    session_id: &str,
+    doc: &document::SessionDocument,
+    channel: &mut DataChannel,
+) -> Result<Prepared, Served> {
     let mut early_input = Vec::new();
     let size = channel
         .first_size(session::FIRST_SIZE_WAIT, &mut early_input)
         .await;
     if channel.closed_early {
-        return Served::EndedEarly(
-            Box::new(channel),
-            Outcome {
-                session_id: session_id.clone(),
-                status: task_status::SUCCESS,
-                output: "terminated before the shell started".into(),
-                locations: OutputLocations::default(),
-            },
-        );
+        return Err(Served::EndedEarly(Outcome {
+            session_id: session_id.to_owned(),
+            status: task_status::SUCCESS,
+            output: "terminated before the shell started".into(),
+            locations: OutputLocations::default(),
+        }));
     }
     let destinations = Destinations::from_inputs(&doc.inputs);
     let checked = match check_destinations(ctx, &destinations).await {
         Ok(c) => c,
         Err(refusal) => {
             tracing::warn!(session = %session_id, reason = %refusal, "Session refused");
-            return Served::Refused(Box::new(channel), refusal);
+            return Err(Served::Refused(refusal));
         }
     };
     for why in &checked.skipped {
@@ -408,32 +475,67 @@ async fn serve(
         if policy.fail_closed {
             let refusal = refuse_unrecorded(&problem);
             tracing::warn!(session = %session_id, reason = %refusal, "Session refused");
-            return Served::Refused(Box::new(channel), refusal);
+            return Err(Served::Refused(refusal));
         }
         tracing::warn!(session = %session_id, %problem, "This session may not be recorded durably; it goes on (recording_policy = \"fail-open\")");
     }
     let mut locations = OutputLocations::default();
     if let Some((_, d, _)) = &checked.s3 {
         locations.s3_bucket.clone_from(&d.bucket);
-        locations.s3_key = delivery::s3_key(&d.prefix, &session_id, "log");
+        locations.s3_key = delivery::s3_key(&d.prefix, session_id, "log");
     }
     if let Some((_, d)) = &checked.cwl {
         locations.cwl_group.clone_from(&d.group);
-        locations.cwl_stream.clone_from(&session_id);
+        locations.cwl_stream = session_id.to_owned();
     }
+    Ok(Prepared {
+        size,
+        early_input,
+        checked,
+        policy,
+        locations,
+    })
+}
+
+/// A spawned shell with its I/O and its recording, ready for the pump.
+struct Spawned {
+    shell: Arc<std::sync::Mutex<Shell>>,
+    io: ShellIo,
+    early_input: Vec<u8>,
+    tap: Option<recording::Tap>,
+    recording: Option<Recording>,
+    streamer: Option<tokio::task::JoinHandle<crate::delivery::stream::StreamReport>>,
+    checked: Checked,
+    locations: OutputLocations,
+}
+
+/// The shell (as `who`, at the client's size, the document's profile as its first input)
+/// and its recording (and CloudWatch streamer). The refusal otherwise; a shell that
+/// started is terminated first.
+async fn spawn(
+    ctx: &Ctx,
+    task: &AgentTaskPayload,
+    doc: &document::SessionDocument,
+    who: &user::SessionUser,
+    prepared: Prepared,
+) -> Result<Spawned, String> {
+    let Prepared {
+        size,
+        mut early_input,
+        checked,
+        policy,
+        locations,
+    } = prepared;
+    let session_id = task.session_id.clone();
     let login_shell = ctx.config.shell == ShellChoice::Login;
-    let spec = crate::session::pty::session_spec(&who, login_shell, size);
+    let spec = crate::session::pty::session_spec(who, login_shell, size);
     let spec_program = spec.program.display().to_string();
     let shim = ctx.config.exec_shim.clone();
     let spawned = tokio::task::spawn_blocking(move || Shell::spawn(&spec, &shim)).await;
     let mut shell = match spawned {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            return Served::Refused(Box::new(channel), format!("Unable to start command: {e}"));
-        }
-        Err(e) => {
-            return Served::Refused(Box::new(channel), format!("Unable to start command: {e}"));
-        }
+        Ok(Err(e)) => return Err(format!("Unable to start command: {e}")),
+        Err(e) => return Err(format!("Unable to start command: {e}")),
     };
     tracing::info!(session = %session_id, user = %who.info.name, pid = ?shell.pid(), "Shell started");
     // The document's shell profile for this platform, typed as the first line (Enter is
@@ -455,7 +557,7 @@ async fn serve(
                 Ok(_) => "the PTY could not be opened".into(),
             };
             let _ = tokio::task::spawn_blocking(move || shell.terminate(KILL_GRACE)).await;
-            return Served::Refused(Box::new(channel), format!("Unable to start command: {why}"));
+            return Err(format!("Unable to start command: {why}"));
         }
     };
     // The shell's exit, observed without reaping it (terminate() reaps after cleaning up),
@@ -501,13 +603,13 @@ async fn serve(
         fail_closed: policy.fail_closed,
     };
     let started = Recording::start(&ctx.config.recordings_dir(), start, &meta, options);
-    let (tap, mut recording) = match started {
+    let (tap, recording) = match started {
         Ok((tap, rec)) => (Some(tap), Some(rec)),
         Err(e) if policy.fail_closed => {
             let refusal = refuse_unrecorded(&format!("cannot create the recording: {e}"));
             tracing::error!(session = %session_id, reason = %refusal, "Session refused");
             let _ = tokio::task::spawn_blocking(move || shell.terminate(KILL_GRACE)).await;
-            return Served::Refused(Box::new(channel), refusal);
+            return Err(refusal);
         }
         Err(e) => {
             tracing::error!(session = %session_id, error = %e, dir = %ctx.config.recordings_dir().display(), "Cannot create the recording; this session is NOT recorded (recording_policy = \"fail-open\")");
@@ -516,7 +618,7 @@ async fn serve(
     };
     let streamer = match (streaming_to, &recording) {
         (Some((logs, d)), Some(rec)) => rec.stream_progress.clone().map(|progress| {
-            tokio::spawn(recording::stream_to_cloudwatch(
+            tokio::spawn(crate::delivery::stream::stream_to_cloudwatch(
                 logs.clone(),
                 d.group.clone(),
                 fields,
@@ -544,8 +646,39 @@ async fn serve(
         exited,
         echo_probe,
     };
+    Ok(Spawned {
+        shell,
+        io,
+        early_input,
+        tap,
+        recording,
+        streamer,
+        checked,
+        locations,
+    })
+}
+
+/// The pump: the session runs until its shell exits, it is ended, or its channel is
+/// lost; then the shell is terminated (and told first when the agent is stopping).
+async fn pump(
+    ctx: &Ctx,
+    doc: &document::SessionDocument,
+    spawned: Spawned,
+    channel: &mut DataChannel,
+    cancel: &CancellationToken,
+) -> Ran {
+    let Spawned {
+        shell,
+        io,
+        early_input,
+        tap,
+        mut recording,
+        streamer,
+        checked,
+        locations,
+    } = spawned;
     let minutes = |m: Option<u32>| m.map(|m| Duration::from_secs(u64::from(m) * 60));
-    let limits = session::Limits {
+    let limits = channel::Limits {
         // The console's default idle timeout applies when the document sets none.
         idle: minutes(doc.inputs.idle_session_timeout).or(Some(DEFAULT_IDLE)),
         max: minutes(doc.inputs.max_session_duration),
@@ -574,71 +707,97 @@ async fn serve(
     })
     .await
     .ok();
-    channel
-        .finish(ending == Ending::ShellExited || agent_stopping)
-        .await;
-    tracing::info!(session = %session_id, ?ending, ?exit, "Session ended");
-    let code = exit.as_ref().and_then(|e| e.code);
-    let how = match &ending {
-        Ending::ShellExited => "exited".to_owned(),
-        Ending::Terminated if agent_stopping => STOPPED_HOW.to_owned(),
-        Ending::Terminated => "terminated".to_owned(),
-        Ending::TimedOut(limit) => limit.ended(),
-        Ending::ChannelLost(e) => format!("data channel lost: {e}"),
-        Ending::Internal(e) => format!("agent error: {e}"),
-        Ending::RecordingFailed(e) => format!("recording failed: {e}"),
-    };
-    if let Some(tap) = tap {
-        tap.end(code, &how).await;
+    Ran {
+        ending,
+        agent_stopping,
+        exit,
+        tap,
+        recording,
+        checked,
+        streamer,
+        locations,
     }
-    let delivery = match recording {
-        Some(rec) => {
-            let (paths, summary) = rec.finish();
-            Some(Delivery {
-                session_id: session_id.clone(),
-                paths,
-                summary,
-                s3: checked.s3,
-                cwl_upload: checked.cwl.filter(|(_, d)| !d.streaming),
-                streamer,
-                skipped: checked.skipped,
-            })
-        }
-        None => None,
-    };
-    let outcome = match ending {
-        Ending::ChannelLost(e) => {
-            Outcome::failed(&session_id, format!("the data channel was lost: {e}"))
-        }
-        Ending::Internal(e) => Outcome::failed(&session_id, e),
-        Ending::RecordingFailed(reason) => {
-            tracing::error!(session = %session_id, %reason, "Session ended: its recording cannot be written (recording_policy = \"fail-closed\")");
-            Outcome::failed(&session_id, session::recording_failed_notice(&reason))
-        }
-        Ending::Terminated if agent_stopping => Outcome::failed(&session_id, STOPPED_HOW.into()),
-        Ending::TimedOut(limit) => Outcome {
-            session_id: session_id.clone(),
-            status: task_status::TIMED_OUT,
-            output: limit.ended(),
-            locations: OutputLocations::default(),
-        },
-        Ending::ShellExited | Ending::Terminated => Outcome {
-            session_id: session_id.clone(),
-            status: task_status::SUCCESS,
-            output: match code {
-                Some(code) => format!("shell exited with status {code}"),
-                None => String::new(),
-            },
-            locations: OutputLocations::default(),
-        },
-    };
-    Served::Done(Box::new((
-        Outcome {
+}
+
+impl Ran {
+    /// After the close: the recording's end, what is left to deliver, the outcome.
+    async fn conclude(self, session_id: &str) -> (Outcome, Option<Delivery>) {
+        let Ran {
+            ending,
+            agent_stopping,
+            exit,
+            tap,
+            recording,
+            checked,
+            streamer,
             locations,
-            ..outcome
-        },
-        delivery,
-    )))
+        } = self;
+        let session_id = session_id.to_owned();
+        tracing::info!(session = %session_id, ?ending, ?exit, "Session ended");
+        let code = exit.as_ref().and_then(|e| e.code);
+        let how = match &ending {
+            Ending::ShellExited => "exited".to_owned(),
+            Ending::Terminated if agent_stopping => STOPPED_HOW.to_owned(),
+            Ending::Terminated => "terminated".to_owned(),
+            Ending::TimedOut(limit) => limit.ended(),
+            Ending::ChannelLost(e) => format!("data channel lost: {e}"),
+            Ending::Internal(e) => format!("agent error: {e}"),
+            Ending::RecordingFailed(e) => format!("recording failed: {e}"),
+        };
+        if let Some(tap) = tap {
+            tap.end(code, &how).await;
+        }
+        let delivery = match recording {
+            Some(rec) => {
+                let (paths, summary) = rec.finish();
+                Some(Delivery {
+                    session_id: session_id.clone(),
+                    paths,
+                    summary,
+                    s3: checked.s3,
+                    cwl_upload: checked.cwl.filter(|(_, d)| !d.streaming),
+                    streamer,
+                    skipped: checked.skipped,
+                })
+            }
+            None => None,
+        };
+        let outcome = match ending {
+            Ending::ChannelLost(e) => {
+                Outcome::failed(&session_id, format!("the data channel was lost: {e}"))
+            }
+            Ending::Internal(e) => Outcome::failed(&session_id, e),
+            Ending::RecordingFailed(reason) => {
+                tracing::error!(session = %session_id, %reason, "Session ended: its recording cannot be written (recording_policy = \"fail-closed\")");
+                Outcome::failed(&session_id, channel::recording_failed_notice(&reason))
+            }
+            Ending::Terminated if agent_stopping => {
+                Outcome::failed(&session_id, STOPPED_HOW.into())
+            }
+            Ending::TimedOut(limit) => Outcome {
+                session_id: session_id.clone(),
+                status: task_status::TIMED_OUT,
+                output: limit.ended(),
+                locations: OutputLocations::default(),
+            },
+            Ending::ShellExited | Ending::Terminated => Outcome {
+                session_id: session_id.clone(),
+                status: task_status::SUCCESS,
+                output: match code {
+                    Some(code) => format!("shell exited with status {code}"),
+                    None => String::new(),
+                },
+                locations: OutputLocations::default(),
+            },
+        };
+        (
+            Outcome {
+                locations,
+                ..outcome
+            },
+            delivery,
+        )
+    }
 }
 
 /// The refusal shown when `recording_policy = "fail-closed"` and a session cannot be

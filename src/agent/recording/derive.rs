@@ -19,13 +19,11 @@
 
 use super::reserve::{ReservedFile, RETRY_RESERVE};
 use super::writer::{Alarm, Progress, SpoolWriter, Written};
-use super::{
-    owner_only, Paths, RebuildError, Rebuilt, Summary, BATCH, DEFAULT_HEADROOM, EVENTS_FILE,
-    INTERRUPTED, STREAM_FILE,
-};
+use super::{RebuildError, Rebuilt, Summary, BATCH, DEFAULT_HEADROOM, INTERRUPTED};
 use crate::delivery::cwl::{self, redacted_marker, render_input, Direction, StreamRecord};
 use crate::recorder::{Event, EventKind, Recorder, StartInfo};
 use crate::spool::format::{self as spool, Chain};
+use crate::spool::layout::{owner_only, Paths, EVENTS_FILE, STREAM_FILE};
 use crate::spool::reader::{OpenError, ReadError, Reader};
 use std::fs::{File, OpenOptions};
 use std::path::Path;

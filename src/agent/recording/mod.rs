@@ -59,10 +59,6 @@ mod deliver;
 mod derive;
 mod writer;
 
-// agent/mod.rs (being rewritten elsewhere) starts the streamer as
-// `recording::stream_to_cloudwatch`; it lives in `crate::delivery::stream`. Drop this line
-// once that call names `delivery::stream` itself.
-pub(crate) use crate::delivery::stream::stream_to_cloudwatch;
 pub use deliver::{Delivery, DeliveryStatus};
 pub use derive::rebuild;
 
@@ -70,7 +66,7 @@ use super::reserve;
 use crate::delivery::cwl::SessionFields;
 use crate::delivery::{CwlDestination, S3Destination};
 use crate::recorder::{EventKind, StartInfo};
-use crate::spool::layout::{owner_only, write_atomic, Paths, EVENTS_FILE, META_FILE, STREAM_FILE};
+use crate::spool::layout::{write_atomic, Paths, META_FILE};
 use derive::{DerivedFiles, Deriver, Follower};
 #[cfg(unix)]
 use std::os::unix::fs::DirBuilderExt;
