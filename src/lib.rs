@@ -28,7 +28,8 @@
 //!   unit-tested like `client::channel`); `agent::session` is the small I/O pump around
 //!   it, between the network and a shell; `agent::mgs` is its client side of the message
 //!   gateway; `agent::config` its settings;
-//!   `agent::recording` records each session (`writer`: the spool, on the output path;
+//!   `agent::recording` records each session (the tap and the writer task around
+//!   `spool::writer`, on the output path; `background`: the shared nice-19 workers;
 //!   `derive`: transcript, asciicast and stream records read back from the spool;
 //!   `deliver`: a finished recording's delivery job — it runs `delivery`'s streamer and
 //!   uploads through the AWS sinks and writes `delivery.json`).
@@ -58,7 +59,8 @@
 //!     (the LocalStack tests in `tests/it` still cover the AWS side).
 //! * [`spool`] — the spool, every byte of it: `spool::format` (the documented on-disk
 //!   format, pure), `spool::reader` (the one reader: the deriver following a live file,
-//!   the rebuild, `verify`, `replay`), `spool::verify` (intact, broken, complete), and a
+//!   the rebuild, `verify`, `replay`), `spool::verify` (intact, broken, complete), `spool::writer`
+//!   (appends, gaps, group commit; `spool::reserve`: space reserved ahead), and a
 //!   recording directory's layout (`spool::layout`: file names, the sinks' ack files, the
 //!   atomic owner-only write), shared by `agent::recording`, which writes the recording,
 //!   and `delivery`, which acknowledges what it sent.

@@ -30,7 +30,6 @@ mod notify;
 pub(crate) mod plan;
 pub mod recording;
 pub mod recovery;
-pub mod reserve;
 pub mod retention;
 pub mod session;
 

@@ -25,7 +25,7 @@ pub struct Policy {
     /// durably.
     pub min_free_bytes: u64,
     /// Disk space reserved ahead of each running session's recording
-    /// (`agent::reserve`), renewed as it grows and released at its end.
+    /// (`spool::reserve`), renewed as it grows and released at its end.
     pub headroom_bytes: u64,
     /// Refuse new sessions that cannot be recorded durably (fail-closed) instead of
     /// running them with a warning (fail-open, the default).

@@ -17,11 +17,18 @@
 //!   use; it imports nothing else of the crate, so the recorder side (`agent::recording`)
 //!   and the delivery side (`delivery`) share it without importing each other.
 //!
-//! The agent's writer (`agent::recording::writer`: space reserved ahead, gap records,
-//! group commit) appends with [`format::encode_record`]; the consumers that derive the
-//! transcript, the asciicast and the CloudWatch records read with [`reader::Reader`].
+//! * [`writer`] — the one writer, on a session's output path: each event appended whole
+//!   into space reserved ahead ([`reserve`]), what cannot be written an explicit gap
+//!   record, group commit, and the progress it publishes for the readers.
+//!
+//! Rebuilding after a crash is the writer continuing a cut spool
+//! ([`writer::SpoolWriter::continuing`]: the torn tail cut off, the end appended) while
+//! the consumers re-derive their files from it (`agent::recording::rebuild`, the same
+//! code as a live session's).
 
 pub mod format;
 pub mod layout;
 pub mod reader;
+pub mod reserve;
 pub mod verify;
+pub mod writer;

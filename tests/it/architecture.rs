@@ -169,7 +169,7 @@ fn the_reader_finds_the_edges_it_should() {
     // The checker itself: known edges are seen, so the rules below cannot pass by reading
     // nothing.
     let e = edges();
-    assert!(e["agent::recording::derive"].contains("agent::recording::writer"));
+    assert!(e["agent::recording::derive"].contains("spool::writer"));
     assert!(e["agent::recording::derive"].contains("spool::format"));
     assert!(e["agent::recording::derive"].contains("spool::reader"));
     assert!(e["cli"].contains("config"));

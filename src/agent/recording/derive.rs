@@ -5,7 +5,7 @@
 //! per batch). The [`Deriver`] renders them (the terminal emulator runs here) from
 //! records the spool's reader ([`crate::spool::reader`]) reads back from the file — for a live session in bounded
 //! steps on the recordings' background workers (lowest CPU priority, shared by every
-//! session, `background.rs`), following the writer ([`super::writer`]) at its own pace
+//! session, `background.rs`), following the writer ([`crate::spool::writer`]) at its own pace
 //! ([`follow`]), and for recovery after a crash ([`rebuild`]) in one pass: the same code
 //! either way. During a flood it lags and catches up; the lag is what the spool holds on disk,
 //! never memory (the reader holds at most one read of
@@ -17,14 +17,14 @@
 //! (nothing the spool holds is dropped, and the spool does not eat the derived files'
 //! room); under `fail-closed` it raises the alarm that ends the session.
 
-use super::reserve::{ReservedFile, RETRY_RESERVE};
-use super::writer::{Alarm, Progress, SpoolWriter, Written};
 use super::{RebuildError, Rebuilt, Summary, BATCH, DEFAULT_HEADROOM, INTERRUPTED};
 use crate::delivery::cwl::{self, redacted_marker, render_input, Direction, StreamRecord};
 use crate::recorder::{Event, EventKind, Recorder, StartInfo};
 use crate::spool::format::{self as spool, Chain};
 use crate::spool::layout::{owner_only, Paths, EVENTS_FILE, STREAM_FILE};
 use crate::spool::reader::{OpenError, ReadError, Reader};
+use crate::spool::reserve::{ReservedFile, RETRY_RESERVE};
+use crate::spool::writer::{Alarm, Progress, SpoolWriter, Written};
 use std::fs::{File, OpenOptions};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -3,7 +3,7 @@
 //! ```text
 //!  pump (output, resize) ─┐
 //!  keyboard (input +      ├─▶ Tap ─bounded─▶ writer task ─▶ events.spool  (the log: CRC,
-//!    echo state sampled) ─┘   (writer.rs; batches on the      hash chain, group commit)
+//!    echo state sampled) ─┘   (spool::writer; batches on      hash chain, group commit)
 //!                              blocking pool)                     │ read back from disk
 //!          deriver task (derive.rs; steps on background.rs, nice 19) ◀─┘
 //!                                 ├─▶ <id>.log      clean transcript
@@ -24,7 +24,7 @@
 //! ## Nothing but the spool on the output path
 //!
 //! What the shell prints goes from the PTY to the [`Tap`], and from there to the writer,
-//! which appends it to the spool and does nothing else (`writer.rs`). The [`Tap`] channel
+//! which appends it to the spool and does nothing else (`spool::writer`). The [`Tap`] channel
 //! is bounded, so a writer that falls behind (a slow disk) slows the shell rather than
 //! dropping or buffering without bound. Rendering — the terminal emulator behind the
 //! transcript, the asciicast, the stream records — is the deriver's (`derive.rs`): it reads
@@ -47,26 +47,25 @@
 //!
 //! Each event becomes a length-prefixed, CRC-checked, hash-chained record
 //! ([`crate::spool::format`]), written to the kernel as it comes and `fdatasync`ed at
-//! most every [`SYNC_EVERY`] and at the end of the session. So a killed agent (`kill -9`,
+//! most every [`SYNC_EVERY`](crate::spool::writer::SYNC_EVERY) and at the end of the session. So a killed agent (`kill -9`,
 //! a panic, the OOM killer) loses only what had not reached the writer yet — the events
 //! queued in the tap (at most `TAP_QUEUE` chunks) — while a power loss can also cost the
-//! events written in the last [`SYNC_EVERY`]. A record cut short by a crash is detected by
+//! events written in the last [`SYNC_EVERY`](crate::spool::writer::SYNC_EVERY). A record cut short by a crash is detected by
 //! its length and CRC and ends the readable spool there; [`rebuild`] cuts it off and, when
 //! the session never ended, appends an `end` event saying it was interrupted.
 
 mod background;
 mod deliver;
 mod derive;
-mod writer;
 
 pub use deliver::{Delivery, DeliveryStatus};
 pub use derive::rebuild;
 
-use super::reserve;
 use crate::delivery::cwl::SessionFields;
 use crate::delivery::{CwlDestination, S3Destination};
 use crate::recorder::{EventKind, StartInfo};
 use crate::spool::layout::{write_atomic, Paths, META_FILE};
+use crate::spool::writer::{self, Alarm, Progress, SpoolWriter};
 use derive::{DerivedFiles, Deriver, Follower};
 #[cfg(unix)]
 use std::os::unix::fs::DirBuilderExt;
@@ -75,7 +74,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, oneshot, watch};
-use writer::{Alarm, Progress, SpoolWriter};
 
 /// Under `fail-closed`, how long input waits for the writer to write it before it is
 /// dropped (the writer is stuck: the recording has failed).
@@ -85,9 +83,6 @@ const TAP_QUEUE: usize = 16;
 /// Events the writer (or the deriver) handles before it publishes (or writes out) what it
 /// has.
 const BATCH: usize = 64;
-/// The spool is `fdatasync`ed at most this often while a session runs (group commit: a
-/// flood of output must not wait for the disk after every 16 KiB).
-pub const SYNC_EVERY: Duration = Duration::from_millis(200);
 /// Default [`Options::headroom`].
 pub const DEFAULT_HEADROOM: u64 = 4 * 1024 * 1024;
 

@@ -9,7 +9,7 @@
 //!
 //! After each batch the writer publishes how far the spool is written ([`Progress`]);
 //! the deriver (`derive.rs`, beside this file) reads the records from disk up to there, at its own
-//! pace. The spool is `fdatasync`ed at most every [`super::SYNC_EVERY`] (group commit)
+//! pace. The spool is `fdatasync`ed at most every [`SYNC_EVERY`] (group commit)
 //! and at the end.
 
 use super::reserve::ReservedFile;
@@ -18,17 +18,21 @@ use crate::spool::format::{self as spool, Chain};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
 
 /// Space kept reserved at the end of the spool for the records that say what happened
 /// (a gap, the end), whatever else the disk holds.
-pub(super) const SPOOL_GUARD: u64 = 64 * 1024;
+pub const SPOOL_GUARD: u64 = 64 * 1024;
+
+/// The spool is `fdatasync`ed at most this often while a session runs (group commit: a
+/// flood of output must not wait for the disk after every 16 KiB).
+pub const SYNC_EVERY: Duration = Duration::from_millis(200);
 
 /// How far the spool is written, shared by the writer (who publishes) and the deriver
 /// (who waits on it, on the runtime).
 #[derive(Debug)]
-pub(super) struct Progress {
+pub struct Progress {
     state: watch::Sender<Written>,
 }
 
@@ -42,22 +46,22 @@ impl Default for Progress {
 
 /// See [`Progress`].
 #[derive(Debug, Clone, Default)]
-pub(super) struct Written {
+pub struct Written {
     /// Bytes of the spool holding whole records.
-    pub(super) offset: u64,
+    pub offset: u64,
     /// The writer is finished: nothing will follow `offset`.
-    pub(super) done: bool,
+    pub done: bool,
     /// The writer's part of the summary (set with `done`).
-    pub(super) spool_records: u64,
+    pub spool_records: u64,
     /// The chain head after the last record (hex), set with `done`.
-    pub(super) spool_head: String,
+    pub spool_head: String,
     /// A gap or the end could not itself be recorded (set with `done`).
-    pub(super) error: Option<String>,
+    pub error: Option<String>,
 }
 
 impl Progress {
     /// The spool holds whole records up to `offset`.
-    pub(super) fn publish(&self, offset: u64) {
+    pub fn publish(&self, offset: u64) {
         self.state.send_if_modified(|s| {
             let moved = offset > s.offset;
             if moved {
@@ -68,23 +72,23 @@ impl Progress {
     }
 
     /// The writer is finished.
-    pub(super) fn finish(&self, last: Written) {
+    pub fn finish(&self, last: Written) {
         self.state.send_replace(Written { done: true, ..last });
     }
 
     /// Whether the writer is finished.
-    pub(super) fn is_done(&self) -> bool {
+    pub fn is_done(&self) -> bool {
         self.state.borrow().done
     }
 
     /// What is written now.
-    pub(super) fn now(&self) -> Written {
+    pub fn now(&self) -> Written {
         self.state.borrow().clone()
     }
 
     /// Waits until the spool is written past `pos` or the writer is finished; what is
     /// written then.
-    pub(super) async fn wait_past(&self, pos: u64) -> Written {
+    pub async fn wait_past(&self, pos: u64) -> Written {
         let mut rx = self.state.subscribe();
         let waited = rx.wait_for(|s| s.offset > pos || s.done).await;
         match waited {
@@ -96,7 +100,8 @@ impl Progress {
 
 /// Finishes a [`Progress`] whose writer stopped without finishing it (a panic), so the
 /// deriver does not wait for it forever.
-pub(super) struct FinishGuard(pub Arc<Progress>);
+#[derive(Debug)]
+pub struct FinishGuard(pub Arc<Progress>);
 
 impl Drop for FinishGuard {
     fn drop(&mut self) {
@@ -115,13 +120,13 @@ impl Drop for FinishGuard {
 /// Under `fail-closed`: raised once, by the writer or the deriver, when the recording can
 /// no longer be written; the session is then ended and no more input is typed.
 #[derive(Debug)]
-pub(super) struct Alarm {
+pub struct Alarm {
     tx: Mutex<Option<oneshot::Sender<String>>>,
     closed: Arc<AtomicBool>,
 }
 
 impl Alarm {
-    pub(super) fn new(tx: oneshot::Sender<String>, closed: Arc<AtomicBool>) -> Self {
+    pub fn new(tx: oneshot::Sender<String>, closed: Arc<AtomicBool>) -> Self {
         Self {
             tx: Mutex::new(Some(tx)),
             closed,
@@ -129,7 +134,7 @@ impl Alarm {
     }
 
     /// Raises the alarm (the first reason wins).
-    pub(super) fn raise(&self, reason: String) {
+    pub fn raise(&self, reason: String) {
         self.closed.store(true, Ordering::SeqCst);
         let tx = self
             .tx
@@ -153,7 +158,7 @@ struct Loss {
 
 /// Appends events to a spool. See the module doc.
 #[derive(Debug)]
-pub(super) struct SpoolWriter {
+pub struct SpoolWriter {
     spool: ReservedFile,
     chain: Chain,
     records: u64,
@@ -167,7 +172,7 @@ pub(super) struct SpoolWriter {
     /// gap too, so the spool does not take what the derived files need.
     derived_stalled: Arc<AtomicBool>,
     /// A gap or end record could not be written: the recording is incomplete.
-    pub(super) error: Option<String>,
+    pub error: Option<String>,
 }
 
 impl SpoolWriter {
@@ -176,7 +181,7 @@ impl SpoolWriter {
     ///
     /// # Errors
     /// The file cannot be opened or its header written.
-    pub(super) fn open(path: &Path, headroom: u64) -> std::io::Result<Self> {
+    pub fn open(path: &Path, headroom: u64) -> std::io::Result<Self> {
         let mut spool = ReservedFile::open(path, headroom)?;
         if spool.is_empty() {
             // The reservation proper (and what its failure means) is the caller's; the
@@ -201,13 +206,7 @@ impl SpoolWriter {
 
     /// Continues a spool whose records were read (a rebuild): `records` records, the last
     /// with chain value `chain`, event `last_seq` at `last_at`.
-    pub(super) fn continuing(
-        mut self,
-        records: u64,
-        chain: Chain,
-        last_seq: u64,
-        last_at: u64,
-    ) -> Self {
+    pub fn continuing(mut self, records: u64, chain: Chain, last_seq: u64, last_at: u64) -> Self {
         self.records = records;
         self.chain = chain;
         self.next_seq = last_seq + 1;
@@ -216,13 +215,13 @@ impl SpoolWriter {
     }
 
     /// Under `fail-closed`: the alarm raised at the first loss.
-    pub(super) fn with_alarm(mut self, alarm: Option<Arc<Alarm>>) -> Self {
+    pub fn with_alarm(mut self, alarm: Option<Arc<Alarm>>) -> Self {
         self.alarm = alarm;
         self
     }
 
     /// The flag the deriver sets while its files have no room (see the field).
-    pub(super) fn with_stall_flag(mut self, flag: Arc<AtomicBool>) -> Self {
+    pub fn with_stall_flag(mut self, flag: Arc<AtomicBool>) -> Self {
         self.derived_stalled = flag;
         self
     }
@@ -231,22 +230,22 @@ impl SpoolWriter {
     ///
     /// # Errors
     /// The space cannot be had.
-    pub(super) fn reserve(&mut self, bytes: u64) -> std::io::Result<()> {
+    pub fn reserve(&mut self, bytes: u64) -> std::io::Result<()> {
         self.spool.reserve(bytes)
     }
 
     /// The session's wall-clock start (Unix ms), from its start event.
-    pub(super) fn started_unix_ms(&self) -> u64 {
+    pub fn started_unix_ms(&self) -> u64 {
         self.started_unix_ms
     }
 
     /// Bytes of the spool (whole records).
-    pub(super) fn offset(&self) -> u64 {
+    pub fn offset(&self) -> u64 {
         self.spool.len()
     }
 
     /// Writes the start event (seq 0).
-    pub(super) fn start(&mut self, info: crate::recorder::StartInfo) {
+    pub fn start(&mut self, info: crate::recorder::StartInfo) {
         self.started_unix_ms = info.started_unix_ms;
         let event = Event {
             seq: 0,
@@ -262,7 +261,7 @@ impl SpoolWriter {
 
     /// Records one event carrying `data` bytes of the session; the event as written, or
     /// `None` when it could not be (counted in the gap).
-    pub(super) fn write(&mut self, at: u64, kind: EventKind, data: u64) -> Option<Event> {
+    pub fn write(&mut self, at: u64, kind: EventKind, data: u64) -> Option<Event> {
         let control = matches!(kind, EventKind::End { .. });
         let event = Event {
             seq: self.next_seq,
@@ -320,7 +319,7 @@ impl SpoolWriter {
     }
 
     /// Writes a gap or end record, which may use the guard; the event, when written.
-    pub(super) fn write_control(&mut self, at: u64, kind: EventKind) -> Option<Event> {
+    pub fn write_control(&mut self, at: u64, kind: EventKind) -> Option<Event> {
         let event = Event {
             seq: self.next_seq,
             at_ms: at.max(self.last_at),
@@ -350,8 +349,8 @@ impl SpoolWriter {
     }
 
     /// End of a batch: syncs the spool when due (or `now_too`).
-    pub(super) fn end_batch(&mut self, now_too: bool) {
-        if now_too || self.last_sync.elapsed() >= super::SYNC_EVERY {
+    pub fn end_batch(&mut self, now_too: bool) {
+        if now_too || self.last_sync.elapsed() >= SYNC_EVERY {
             if let Err(e) = self.spool.sync() {
                 self.fail(format!("cannot sync the spool: {e}"));
             }
@@ -360,12 +359,12 @@ impl SpoolWriter {
     }
 
     /// Hands back the unused reservation.
-    pub(super) fn release(&mut self) {
+    pub fn release(&mut self) {
         self.spool.release();
     }
 
     /// The writer's part of the summary.
-    pub(super) fn written(&self) -> Written {
+    pub fn written(&self) -> Written {
         Written {
             offset: self.offset(),
             done: true,
@@ -437,7 +436,7 @@ impl SpoolWriter {
 
     /// Recording resumes (or the session ends): the gap's record with what was lost.
     /// False when that record could not be written (the gap goes on, its counts kept).
-    pub(super) fn close_loss(&mut self, at: u64) -> bool {
+    pub fn close_loss(&mut self, at: u64) -> bool {
         let Some(l) = self.loss.take() else {
             return true;
         };
