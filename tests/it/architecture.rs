@@ -214,7 +214,7 @@ fn delivery_knows_no_agent_and_the_spool_layout_nothing() {
                 .collect();
             assert!(bad.is_empty(), "{from} imports {bad:?}");
         }
-        if within(from, "spool") {
+        if within(from, "spool::layout") {
             let foreign: Vec<_> = to.iter().filter(|t| !within(t, "spool")).collect();
             assert!(foreign.is_empty(), "{from} imports {foreign:?}");
         }
