@@ -229,6 +229,18 @@ impl ChainChecker {
     }
 }
 
+/// A whole spool holding `payloads` in order (for tests of what reads spools).
+#[cfg(test)]
+pub(crate) fn encode_spool<P: AsRef<[u8]>>(payloads: impl IntoIterator<Item = P>) -> Vec<u8> {
+    let mut out = MAGIC.to_vec();
+    let mut chain = CHAIN_START;
+    for p in payloads {
+        chain = chain_next(&chain, p.as_ref());
+        out.extend(encode_record(&chain, p.as_ref()));
+    }
+    out
+}
+
 /// Hex of a chain value.
 pub fn hex(chain: &Chain) -> String {
     chain.iter().map(|b| format!("{b:02x}")).collect()
@@ -240,13 +252,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn spool(payloads: &[&str]) -> Vec<u8> {
-        let mut out = MAGIC.to_vec();
-        let mut chain = CHAIN_START;
-        for p in payloads {
-            chain = chain_next(&chain, p.as_bytes());
-            out.extend(encode_record(&chain, p.as_bytes()));
-        }
-        out
+        encode_spool(payloads)
     }
 
     fn read_all(bytes: &[u8]) -> (Vec<Record>, Option<SpoolError>) {

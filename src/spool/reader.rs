@@ -257,16 +257,10 @@ impl<R: Read> Iterator for Reader<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spool::format::{chain_next, encode_record, CHAIN_START};
+    use crate::spool::format::{encode_record, encode_spool};
 
     fn spool_of(payloads: &[&str]) -> Vec<u8> {
-        let mut out = MAGIC.to_vec();
-        let mut chain = CHAIN_START;
-        for p in payloads {
-            chain = chain_next(&chain, p.as_bytes());
-            out.extend(encode_record(&chain, p.as_bytes()));
-        }
-        out
+        encode_spool(payloads)
     }
 
     /// Hands out one byte per read, then fails (or ends).

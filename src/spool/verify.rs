@@ -117,14 +117,9 @@ mod tests {
     use crate::spool::format as spool;
 
     fn spool_of(n: u64) -> Vec<u8> {
-        let mut out = spool::MAGIC.to_vec();
-        let mut chain = spool::CHAIN_START;
-        for seq in 0..n {
-            let p = format!(r#"{{"seq":{seq},"at_ms":{seq},"type":"resize","cols":80,"rows":24}}"#);
-            chain = spool::chain_next(&chain, p.as_bytes());
-            out.extend(spool::encode_record(&chain, p.as_bytes()));
-        }
-        out
+        spool::encode_spool((0..n).map(|seq| {
+            format!(r#"{{"seq":{seq},"at_ms":{seq},"type":"resize","cols":80,"rows":24}}"#)
+        }))
     }
 
     #[test]
@@ -177,13 +172,7 @@ mod tests {
     }
 
     fn spool_from(payloads: &[String]) -> Vec<u8> {
-        let mut out = spool::MAGIC.to_vec();
-        let mut chain = spool::CHAIN_START;
-        for p in payloads {
-            chain = spool::chain_next(&chain, p.as_bytes());
-            out.extend(spool::encode_record(&chain, p.as_bytes()));
-        }
-        out
+        spool::encode_spool(payloads)
     }
 
     #[test]

@@ -630,10 +630,7 @@ pub(super) async fn follow(mut follower: Follower, progress: Arc<Progress>) -> S
         })
         .await;
         let Some((returned, step, written)) = stepped else {
-            return Summary {
-                error: Some("the recording's deriver stopped unexpectedly".into()),
-                ..Summary::default()
-            };
+            return Summary::deriver_stopped();
         };
         follower = returned;
         if follower.failed || follower.is_complete(&written) {
@@ -642,10 +639,7 @@ pub(super) async fn follow(mut follower: Follower, progress: Arc<Progress>) -> S
             let deriver = follower.deriver;
             return super::background::run(move || deriver.finish(&last))
                 .await
-                .unwrap_or_else(|| Summary {
-                    error: Some("the recording's deriver stopped unexpectedly".into()),
-                    ..Summary::default()
-                });
+                .unwrap_or_else(Summary::deriver_stopped);
         }
         wait = step;
     }

@@ -278,6 +278,14 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// The summary of a recording whose deriver stopped before it finished (a panic).
+    pub(crate) fn deriver_stopped() -> Self {
+        Self {
+            error: Some("the recording's deriver stopped unexpectedly".into()),
+            ..Self::default()
+        }
+    }
+
     /// Why the recording is not the whole session, if it is not.
     pub fn incomplete(&self) -> Option<String> {
         let mut why: Vec<String> = self.gaps.clone();
@@ -433,10 +441,7 @@ impl PendingSummary {
         match self.inner {
             Pending::Ready(summary) => summary,
             Pending::Deriving(done) => {
-                let summary = done.await.unwrap_or_else(|_| Summary {
-                    error: Some("the recording's deriver stopped unexpectedly".into()),
-                    ..Summary::default()
-                });
+                let summary = done.await.unwrap_or_else(|_| Summary::deriver_stopped());
                 note_spool_end(&self.paths, &summary);
                 summary
             }
