@@ -484,13 +484,12 @@ pub const INTERRUPTED: &str =
 /// writes (and the group commit's `fdatasync`) run on the runtime's blocking pool, one
 /// batch at a time.
 async fn write_loop(
-    writer: SpoolWriter,
+    mut writer: SpoolWriter,
     start: StartInfo,
     mut rx: mpsc::Receiver<Rec>,
     progress: Arc<Progress>,
 ) {
     let _finished = writer::FinishGuard(progress.clone());
-    let mut writer = Some(writer);
     let mut first = Some(start);
     let mut ended = false;
     while !ended {
@@ -509,8 +508,8 @@ async fn write_loop(
             }
         }
         ended = matches!(batch.last(), Some(Rec::End(..) | Rec::Closed));
-        let Some(mut w) = writer.take() else { return };
         let start = first.take();
+        let mut w = writer;
         let written = tokio::task::spawn_blocking(move || {
             if let Some(start) = start {
                 w.start(start);
@@ -538,7 +537,7 @@ async fn write_loop(
         if ended {
             progress.finish(w.written());
         }
-        writer = Some(w);
+        writer = w;
     }
 }
 
