@@ -37,9 +37,9 @@ use super::budget::{MAX_DATA_MESSAGE, OUTPUT_IN_FLIGHT};
 use crate::protocol::crypto::{Role, SessionCipher, CHALLENGE_LEN, ENCRYPTED_NOTICE};
 use crate::protocol::frame::{AgentMessage, MessageType, PayloadType, FLAG_SYN};
 use crate::protocol::payload::{
-    from_json, to_json, Acknowledge, EncryptionChallenge, HandshakeComplete, HandshakeRequest,
-    HandshakeResponse, KmsEncryptionParameters, KmsEncryptionResult, RequestedClientAction,
-    SessionTypeParameters, Size, ACTION_STATUS_SUCCESS,
+    flag, from_json, to_json, Acknowledge, EncryptionChallenge, HandshakeComplete,
+    HandshakeRequest, HandshakeResponse, KmsEncryptionParameters, KmsEncryptionResult,
+    RequestedClientAction, SessionTypeParameters, Size, ACTION_STATUS_SUCCESS,
 };
 use crate::protocol::reliability::{
     PushOutcome, ReceiveOutcome, Receiver, ReceiverConfig, Sender, SenderConfig,
@@ -70,6 +70,9 @@ pub const EARLY_INPUT_MAX: usize = 64 * 1024;
 pub const PING_EVERY: Duration = Duration::from_secs(30);
 /// How long each handshake step waits for the client (§5.7).
 pub const HANDSHAKE_STEP: Duration = Duration::from_secs(15);
+/// Told to the user when the client cannot do the handshake (a session type it does not
+/// know).
+pub const HANDSHAKE_CLIENT_HINT: &str = "the client did not complete the handshake for this session type; use a session-manager-plugin (1.1.70 or later) or session-agent connect";
 /// Told to the user when the client cannot do KMS encryption.
 pub const KMS_CLIENT_HINT: &str = "the client did not complete the KMS encryption handshake; use a session-manager-plugin or session-agent connect that supports KMS encryption, and allow it kms:GenerateDataKey on the key";
 
@@ -239,10 +242,14 @@ pub enum Effect {
         /// The handshake's challenge, when the client acknowledged it.
         challenge: Option<String>,
     },
-    /// The KMS handshake is complete: output is sealed and input opened from now on.
-    Encrypted,
+    /// The handshake is complete (with KMS: output is sealed and input opened from now
+    /// on).
+    HandshakeDone,
     /// The KMS handshake failed: refuse the session with this text.
     Refuse(String),
+    /// A flag from the client (PayloadType 10) other than TerminateSession, which ends
+    /// the session itself: for the port forwarder (DisconnectToPort).
+    Flag(u32),
     /// The session is over.
     End(Ending),
 }
@@ -260,8 +267,9 @@ impl AsRef<[u8]> for Inbound {
 /// Where the KMS handshake is (§5.2–§5.6).
 #[derive(Debug)]
 enum Step {
-    /// HandshakeRequest sent (with this challenge); waiting for HandshakeResponse.
-    Response { challenge: String },
+    /// HandshakeRequest sent (with this KMS challenge, when encrypting); waiting for
+    /// HandshakeResponse.
+    Response { challenge: Option<String> },
     /// Waiting for the pump's KMS Decrypt.
     Key,
     /// EncChallengeRequest sent; waiting for the answer.
@@ -327,6 +335,11 @@ pub struct Channel {
     early_input: Vec<u8>,
     /// The client's first window size.
     size: Option<(u16, u16)>,
+    /// `ClientVersion` from the HandshakeResponse.
+    client_version: String,
+    /// Output is terminal output, recorded as such (not for port sessions, whose bytes
+    /// are the tunnel's).
+    record_output: bool,
 }
 
 /// Message time; never 0 (a zero CreatedDate is refused by decoders).
@@ -359,41 +372,54 @@ impl Channel {
             phase: Phase::Starting,
             early_input: Vec::new(),
             size: None,
+            client_version: String::new(),
+            record_output: true,
         }
     }
 
-    /// Begins the KMS handshake: HandshakeRequest with SessionType and KMSEncryption
-    /// (with `challenge`, random, base64). Then [`Effect::Decrypt`] once the client's
-    /// HandshakeResponse brings the data key, the encryption challenge, and
-    /// [`Effect::Encrypted`] after HandshakeComplete, or [`Effect::Refuse`].
+    /// Output is not terminal output (a port session's tunnel): it is sent, never
+    /// [`Effect::Record`]ed, and no notice (limits, destinations, the agent's stop) is
+    /// written into it, as it would corrupt the tunnel's bytes.
+    pub fn stop_recording_output(&mut self) {
+        self.record_output = false;
+    }
+
+    /// Begins the handshake (§5): HandshakeRequest with SessionType (and `properties`:
+    /// the document's for Port, `null` otherwise) and, with `kms` (`(key id, challenge)`,
+    /// the challenge random, base64), KMSEncryption. Then, with KMS, [`Effect::Decrypt`]
+    /// once the client's HandshakeResponse brings the data key, and the encryption
+    /// challenge; [`Effect::HandshakeDone`] after HandshakeComplete, or
+    /// [`Effect::Refuse`]. The client's version is kept ([`Channel::client_version`]).
     pub fn start_handshake(
         &mut self,
         agent_version: &str,
         session_type: &str,
-        kms_key_id: &str,
-        challenge: String,
+        properties: serde_json::Value,
+        kms: Option<(String, String)>,
         now: Instant,
     ) -> Vec<Effect> {
+        let mut actions = vec![RequestedClientAction {
+            action_type: "SessionType".into(),
+            action_parameters: serde_json::to_value(SessionTypeParameters {
+                session_type: session_type.into(),
+                properties,
+            })
+            .unwrap_or_default(),
+        }];
+        let challenge = kms.map(|(kms_key_id, challenge)| {
+            actions.push(RequestedClientAction {
+                action_type: "KMSEncryption".into(),
+                action_parameters: serde_json::to_value(KmsEncryptionParameters {
+                    kms_key_id,
+                    challenge: challenge.clone(),
+                })
+                .unwrap_or_default(),
+            });
+            challenge
+        });
         let request = HandshakeRequest {
             agent_version: agent_version.into(),
-            requested_client_actions: vec![
-                RequestedClientAction {
-                    action_type: "SessionType".into(),
-                    action_parameters: serde_json::to_value(SessionTypeParameters {
-                        session_type: session_type.into(),
-                        properties: serde_json::Value::Null,
-                    })
-                    .unwrap_or_default(),
-                },
-                RequestedClientAction {
-                    action_type: "KMSEncryption".into(),
-                    action_parameters: serde_json::to_value(KmsEncryptionParameters {
-                        kms_key_id: kms_key_id.into(),
-                        challenge: challenge.clone(),
-                    })
-                    .unwrap_or_default(),
-                },
-            ],
+            requested_client_actions: actions,
         };
         let mut fx = Vec::new();
         self.phase = Phase::Handshake {
@@ -410,6 +436,12 @@ impl Channel {
             self.refuse(e, &mut fx);
         }
         fx
+    }
+
+    /// The client's `ClientVersion` from its HandshakeResponse (empty without a
+    /// handshake, as upstream).
+    pub fn client_version(&self) -> &str {
+        &self.client_version
     }
 
     /// The result of [`Effect::Decrypt`]: the 64-byte data key, or why KMS refused.
@@ -525,14 +557,14 @@ impl Channel {
                 step,
                 ..
             } if now >= *d => {
-                let want = match step {
-                    Step::Response { .. } => PayloadType::HandshakeResponse,
-                    _ => PayloadType::EncChallengeResponse,
+                let (want, hint) = match step {
+                    Step::Response { challenge: None } => {
+                        (PayloadType::HandshakeResponse, HANDSHAKE_CLIENT_HINT)
+                    }
+                    Step::Response { .. } => (PayloadType::HandshakeResponse, KMS_CLIENT_HINT),
+                    _ => (PayloadType::EncChallengeResponse, KMS_CLIENT_HINT),
                 };
-                let why = format!(
-                    "{KMS_CLIENT_HINT} (no {want:?} within {} s)",
-                    HANDSHAKE_STEP.as_secs()
-                );
+                let why = format!("{hint} (no {want:?} within {} s)", HANDSHAKE_STEP.as_secs());
                 self.refuse(why, &mut fx);
                 return fx;
             }
@@ -722,11 +754,34 @@ impl Channel {
         now: Instant,
         fx: &mut Vec<Effect>,
     ) -> Result<(), String> {
+        if !self.record_output {
+            // A tunnel: the text would be taken for the destination's bytes.
+            return Ok(());
+        }
         if !self.sender.has_capacity() {
             return Err("no room for a notice while output is backed up".into());
         }
         self.send_output(Bytes::from(format!("\r\n{text}\r\n")), false, now, fx);
         Ok(())
+    }
+
+    /// A flag for the client (PayloadType 10; multiplexed port sessions only: other
+    /// clients would write it into the tunnel).
+    ///
+    /// # Errors
+    /// No room in the sender while output is backed up.
+    pub fn send_flag(&mut self, value: u32, now: Instant) -> Result<Vec<Effect>, String> {
+        if !self.sender.has_capacity() {
+            return Err("no room for a flag while output is backed up".into());
+        }
+        let mut fx = Vec::new();
+        self.send_stream(
+            PayloadType::Flag,
+            Bytes::copy_from_slice(&flag::encode(value)),
+            now,
+            &mut fx,
+        )?;
+        Ok(fx)
     }
 
     fn can_send(&self) -> bool {
@@ -796,7 +851,7 @@ impl Channel {
     /// Output for the peer: recorded first (`record`: terminal output, not a notice),
     /// sealed when encrypted, sent as one sequenced frame.
     fn send_output(&mut self, bytes: Bytes, record: bool, now: Instant, fx: &mut Vec<Effect>) {
-        if record {
+        if record && self.record_output {
             fx.push(Effect::Record(bytes.clone()));
         }
         let bytes = match &mut self.cipher {
@@ -903,7 +958,7 @@ impl Channel {
                 if let Some(item) = delivered.into_iter().find(|i| i.payload_type == want) {
                     let step = match want {
                         PayloadType::HandshakeResponse => {
-                            self.on_handshake_response(&item.payload, fx)
+                            self.on_handshake_response(&item.payload, now, fx)
                         }
                         _ => self.on_challenge_answer(&item.payload, now, fx),
                     };
@@ -926,7 +981,12 @@ impl Channel {
     }
 
     /// The client's HandshakeResponse: every action done, the data key's ciphertext.
-    fn on_handshake_response(&mut self, raw: &[u8], fx: &mut Vec<Effect>) -> Result<(), String> {
+    fn on_handshake_response(
+        &mut self,
+        raw: &[u8],
+        now: Instant,
+        fx: &mut Vec<Effect>,
+    ) -> Result<(), String> {
         use base64::Engine;
         let Phase::Handshake { step, deadline, .. } = &mut self.phase else {
             return Ok(());
@@ -936,11 +996,16 @@ impl Channel {
         };
         let response: HandshakeResponse =
             from_json(raw, "HandshakeResponse").map_err(|e| e.to_string())?;
+        let hint = if challenge.is_some() {
+            KMS_CLIENT_HINT
+        } else {
+            HANDSHAKE_CLIENT_HINT
+        };
         let mut result = None;
         for action in &response.processed_client_actions {
             if action.action_status != ACTION_STATUS_SUCCESS {
                 return Err(format!(
-                    "{KMS_CLIENT_HINT} ({} {}: {})",
+                    "{hint} ({} {}: {})",
                     action.action_type,
                     match action.action_status {
                         2 => "failed",
@@ -959,13 +1024,36 @@ impl Channel {
                 );
             }
         }
+        let Some(kms_challenge) = challenge.take() else {
+            // No encryption: the handshake is complete.
+            let started = match &self.phase {
+                Phase::Handshake { started, .. } => *started,
+                _ => now,
+            };
+            self.client_version = response.client_version;
+            self.phase = Phase::Starting;
+            let complete = HandshakeComplete {
+                handshake_time_to_complete: i64::try_from(
+                    now.saturating_duration_since(started).as_nanos(),
+                )
+                .unwrap_or(i64::MAX),
+                customer_message: String::new(),
+            };
+            self.send_stream(
+                PayloadType::HandshakeComplete,
+                Bytes::from(to_json(&complete)),
+                now,
+                fx,
+            )?;
+            fx.push(Effect::HandshakeDone);
+            return Ok(());
+        };
         let result = result.ok_or_else(|| KMS_CLIENT_HINT.to_owned())?;
         let blob = base64::engine::general_purpose::STANDARD
             .decode(result.kms_cipher_text_key.as_bytes())
             .map_err(|e| format!("the client's KMSCipherTextKey is not base64: {e}"))?;
-        let challenge = result
-            .challenge_acknowledgement
-            .then(|| std::mem::take(challenge));
+        let challenge = result.challenge_acknowledgement.then_some(kms_challenge);
+        self.client_version = response.client_version;
         *step = Step::Key;
         *deadline = None;
         fx.push(Effect::Decrypt { blob, challenge });
@@ -1018,7 +1106,7 @@ impl Channel {
             fx,
         )?;
         self.cipher = Some(*cipher);
-        fx.push(Effect::Encrypted);
+        fx.push(Effect::HandshakeDone);
         Ok(())
     }
 
@@ -1042,6 +1130,12 @@ impl Channel {
                             if let Some(plain) = self.open_input(&item.payload) {
                                 self.early_input.extend_from_slice(&plain);
                             }
+                        }
+                        PayloadType::Flag
+                            if flag::decode(&item.payload) == Some(flag::TERMINATE_SESSION) =>
+                        {
+                            self.end(Ending::Terminated, fx);
+                            return;
                         }
                         _ => {}
                     }
@@ -1085,6 +1179,17 @@ impl Channel {
                                 fx.push(Effect::Resize { cols, rows });
                             }
                         }
+                        PayloadType::Flag => match flag::decode(&item.payload) {
+                            Some(flag::TERMINATE_SESSION) => {
+                                tracing::info!(session = %self.session_id, "The client asked to end the session (TerminateSession flag)");
+                                self.end(Ending::Terminated, fx);
+                                return;
+                            }
+                            Some(value) => fx.push(Effect::Flag(value)),
+                            None => {
+                                tracing::debug!(session = %self.session_id, "Ignoring a flag that is not four bytes");
+                            }
+                        },
                         other => {
                             tracing::debug!(session = %self.session_id, ?other, "Ignoring input payload type");
                         }
@@ -1544,7 +1649,13 @@ mod tests {
         let b64 = base64::engine::general_purpose::STANDARD;
         let t0 = Instant::now();
         let mut c = Channel::new("s-1", t0);
-        let fx = c.start_handshake("9.9", "Standard_Stream", "k", "Y2g=".into(), t0);
+        let fx = c.start_handshake(
+            "9.9",
+            "Standard_Stream",
+            serde_json::Value::Null,
+            Some(("k".into(), "Y2g=".into())),
+            t0,
+        );
         let request = sends(&fx).remove(0);
         assert_eq!(
             (request.payload_type, request.sequence_number, request.flags),
@@ -1595,7 +1706,7 @@ mod tests {
             .into_iter()
             .find(|m| m.payload_type == PayloadType::HandshakeComplete);
         assert_eq!(complete.map(|m| m.sequence_number), Some(2));
-        assert_eq!(fx.last(), Some(&Effect::Encrypted));
+        assert_eq!(fx.last(), Some(&Effect::HandshakeDone));
         // Input is opened, output sealed.
         c.on_frame(&input(2, &client.seal(b"ls")), t0, ROOM);
         assert_eq!(c.take_early_input(), b"ls");
@@ -1610,7 +1721,13 @@ mod tests {
 
         // A client without KMS: refused with the hint.
         let mut c = Channel::new("s-1", t0);
-        c.start_handshake("9.9", "Standard_Stream", "k", "Y2g=".into(), t0);
+        c.start_handshake(
+            "9.9",
+            "Standard_Stream",
+            serde_json::Value::Null,
+            Some(("k".into(), "Y2g=".into())),
+            t0,
+        );
         let failed = json!([{"ActionType":"KMSEncryption","ActionStatus":3,"ActionResult":null,"Error":"nope"}]);
         let raw = frame(
             MessageType::InputStreamData,
@@ -1625,7 +1742,13 @@ mod tests {
         assert!(c.is_ended());
         // A client that says nothing: refused when the step's time is up.
         let mut c = Channel::new("s-1", t0);
-        c.start_handshake("9.9", "Standard_Stream", "k", "Y2g=".into(), t0);
+        c.start_handshake(
+            "9.9",
+            "Standard_Stream",
+            serde_json::Value::Null,
+            Some(("k".into(), "Y2g=".into())),
+            t0,
+        );
         assert!(c.on_tick(t0 + HANDSHAKE_STEP - secs(1)).is_empty());
         match c.on_tick(t0 + HANDSHAKE_STEP).as_slice() {
             [Effect::Refuse(why)] => {
@@ -1635,7 +1758,13 @@ mod tests {
         }
         // KMS refused the key.
         let mut c = Channel::new("s-1", t0);
-        c.start_handshake("9.9", "Standard_Stream", "k", "Y2g=".into(), t0);
+        c.start_handshake(
+            "9.9",
+            "Standard_Stream",
+            serde_json::Value::Null,
+            Some(("k".into(), "Y2g=".into())),
+            t0,
+        );
         let raw = frame(
             MessageType::InputStreamData,
             0,

@@ -4,6 +4,7 @@
 //!
 //! Precedence: flag or environment variable > file > built-in default.
 
+use super::port::policy::PortPolicy;
 use super::{AgentConfig, ShellChoice};
 use crate::config::ConfigError;
 use crate::logging::LogFormat;
@@ -100,6 +101,29 @@ pub struct RunArgs {
     /// delivered by then is delivered at the next start [default: 30s].
     #[arg(long, env = "SESSION_AGENT_SHUTDOWN_TIMEOUT")]
     pub shutdown_timeout: Option<String>,
+    /// Port sessions (port forwarding, SSH through Session Manager): `on` or `off`
+    /// [default: on].
+    #[arg(long, env = "SESSION_AGENT_PORT_FORWARDING")]
+    pub port_forwarding: Option<String>,
+    /// Networks port sessions may reach, comma-separated CIDRs or addresses (e.g.
+    /// 127.0.0.1,10.0.0.0/8); in the file a list [default: any not denied].
+    #[arg(long, env = "SESSION_AGENT_PORT_FORWARDING_ALLOWED_CIDRS")]
+    pub port_forwarding_allowed_cidrs: Option<String>,
+    /// Networks port sessions may never reach, besides the built-in list (instance
+    /// metadata, the VPC resolver, time sync, KMS activation; IPv4 and IPv6);
+    /// comma-separated, in the file a list.
+    #[arg(long, env = "SESSION_AGENT_PORT_FORWARDING_DENIED_CIDRS")]
+    pub port_forwarding_denied_cidrs: Option<String>,
+    /// Ports port sessions may reach, comma-separated numbers and ranges (e.g.
+    /// 22,443,8000-8999); in the file a list [default: any].
+    #[arg(long, env = "SESSION_AGENT_PORT_FORWARDING_ALLOWED_PORTS")]
+    pub port_forwarding_allowed_ports: Option<String>,
+    /// Connections one port session may hold open at once [default: 64].
+    #[arg(long, env = "SESSION_AGENT_PORT_FORWARDING_MAX_CONNECTIONS")]
+    pub port_forwarding_max_connections: Option<usize>,
+    /// The file's lists (`port_forwarding_*` arrays), handed from the file form.
+    #[arg(skip)]
+    pub port_lists: PortLists,
     /// `--log-format` (a global flag), handed over by `main`.
     #[arg(skip)]
     pub log_format: Option<String>,
@@ -131,6 +155,19 @@ struct FileConfig {
     shutdown_timeout: Option<String>,
     log_format: Option<String>,
     log_level: Option<String>,
+    port_forwarding: Option<String>,
+    port_forwarding_allowed_cidrs: Option<Vec<String>>,
+    port_forwarding_denied_cidrs: Option<Vec<String>>,
+    port_forwarding_allowed_ports: Option<Vec<String>>,
+    port_forwarding_max_connections: Option<usize>,
+}
+
+/// The port-forwarding lists as the file gives them (arrays of strings).
+#[derive(Debug, Default, Clone)]
+pub struct PortLists {
+    allowed_cidrs: Option<Vec<String>>,
+    denied_cidrs: Option<Vec<String>>,
+    allowed_ports: Option<Vec<String>>,
 }
 
 fn err(key: &str, reason: impl Into<String>) -> ConfigError {
@@ -166,6 +203,16 @@ pub fn parse_file(text: &str, path: &Path) -> Result<RunArgs, ConfigError> {
         recording_headroom_mb: f.recording_headroom_mb,
         recording_policy: f.recording_policy,
         shutdown_timeout: f.shutdown_timeout,
+        port_forwarding: f.port_forwarding,
+        port_forwarding_allowed_cidrs: None,
+        port_forwarding_denied_cidrs: None,
+        port_forwarding_allowed_ports: None,
+        port_forwarding_max_connections: f.port_forwarding_max_connections,
+        port_lists: PortLists {
+            allowed_cidrs: f.port_forwarding_allowed_cidrs,
+            denied_cidrs: f.port_forwarding_denied_cidrs,
+            allowed_ports: f.port_forwarding_allowed_ports,
+        },
         log_format: f.log_format,
         log_level: f.log_level,
     })
@@ -213,6 +260,7 @@ impl RunArgs {
             }
             None => RunArgs::default(),
         };
+        let port = port_policy(&self, &file)?;
         use crate::protocol::endpoint;
         let aws = match self.gateway.or(file.gateway).as_deref().unwrap_or("local") {
             "local" => false,
@@ -394,8 +442,75 @@ impl RunArgs {
             log_level,
             log_format,
             local_key: None,
+            port,
         })
     }
+}
+
+/// The port-forwarding policy from flags over the file.
+fn port_policy(flags: &RunArgs, file: &RunArgs) -> Result<PortPolicy, ConfigError> {
+    use super::port::policy::{self, split_list};
+    let list = |flag: &Option<String>, file: &Option<Vec<String>>| -> Option<Vec<String>> {
+        flag.as_deref().map(split_list).or_else(|| file.clone())
+    };
+    let enabled = match flags
+        .port_forwarding
+        .as_deref()
+        .or(file.port_forwarding.as_deref())
+        .unwrap_or("on")
+    {
+        "on" => true,
+        "off" => false,
+        other => {
+            return Err(err(
+                "port_forwarding",
+                format!("{other:?} is not `on` or `off`"),
+            ))
+        }
+    };
+    let allowed = list(
+        &flags.port_forwarding_allowed_cidrs,
+        &file.port_lists.allowed_cidrs,
+    )
+    .map(|l| policy::parse_networks(&l))
+    .transpose()
+    .map_err(|e| err("port_forwarding_allowed_cidrs", e))?
+    .unwrap_or_default();
+    let mut denied = PortPolicy::default().denied;
+    denied.extend(
+        list(
+            &flags.port_forwarding_denied_cidrs,
+            &file.port_lists.denied_cidrs,
+        )
+        .map(|l| policy::parse_networks(&l))
+        .transpose()
+        .map_err(|e| err("port_forwarding_denied_cidrs", e))?
+        .unwrap_or_default(),
+    );
+    let ports = list(
+        &flags.port_forwarding_allowed_ports,
+        &file.port_lists.allowed_ports,
+    )
+    .map(|l| policy::parse_ports(&l))
+    .transpose()
+    .map_err(|e| err("port_forwarding_allowed_ports", e))?;
+    let max_connections = flags
+        .port_forwarding_max_connections
+        .or(file.port_forwarding_max_connections)
+        .unwrap_or(policy::DEFAULT_MAX_CONNECTIONS);
+    if !(1..=policy::MAX_MAX_CONNECTIONS).contains(&max_connections) {
+        return Err(err(
+            "port_forwarding_max_connections",
+            format!("must be between 1 and {}", policy::MAX_MAX_CONNECTIONS),
+        ));
+    }
+    Ok(PortPolicy {
+        enabled,
+        allowed,
+        denied,
+        ports,
+        max_connections,
+    })
 }
 
 /// A duration the way the configuration spells it (`500ms`, `30s`, `2m`, `1h`).
@@ -488,6 +603,51 @@ impl AgentConfig {
         );
         line("log_level", text(&self.log_level));
         line("log_format", text(&self.log_format.to_string()));
+        let port = &self.port;
+        line(
+            "port_forwarding",
+            text(if port.enabled { "on" } else { "off" }),
+        );
+        let array = |items: Vec<String>| {
+            toml::Value::Array(items.into_iter().map(toml::Value::String).collect()).to_string()
+        };
+        if !port.allowed.is_empty() {
+            line(
+                "port_forwarding_allowed_cidrs",
+                array(port.allowed.iter().map(ToString::to_string).collect()),
+            );
+        }
+        let built_in = super::port::policy::PortPolicy::default().denied;
+        let extra: Vec<String> = port
+            .denied
+            .iter()
+            .filter(|n| !built_in.contains(n))
+            .map(ToString::to_string)
+            .collect();
+        if !extra.is_empty() {
+            line("port_forwarding_denied_cidrs", array(extra));
+        }
+        if let Some(ports) = &port.ports {
+            line(
+                "port_forwarding_allowed_ports",
+                array(
+                    ports
+                        .iter()
+                        .map(|r| {
+                            if r.start() == r.end() {
+                                r.start().to_string()
+                            } else {
+                                format!("{}-{}", r.start(), r.end())
+                            }
+                        })
+                        .collect(),
+                ),
+            );
+        }
+        line(
+            "port_forwarding_max_connections",
+            port.max_connections.to_string(),
+        );
         out
     }
 }

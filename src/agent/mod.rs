@@ -28,6 +28,7 @@ pub mod identity;
 pub mod mgs;
 mod notify;
 pub(crate) mod plan;
+pub mod port;
 pub mod recording;
 pub mod recovery;
 pub mod retention;
@@ -44,7 +45,7 @@ use crate::session::pty::Shell;
 use crate::session::user::{self, UserInfo};
 use channel::Ending;
 use recording::{Delivery, Recording};
-use session::{DataChannel, ShellIo};
+use session::{DataChannel, SessionInput, SessionIo, SessionOutput};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -110,6 +111,8 @@ pub struct AgentConfig {
     /// (`dev` gives its agent the per-run key its strict gateway knows). Not settable in
     /// the configuration file.
     pub local_key: Option<(String, String)>,
+    /// Where port sessions may connect, and whether they run at all.
+    pub port: port::policy::PortPolicy,
 }
 
 /// Settings of the `aws` gateway mode.
@@ -267,7 +270,7 @@ pub(crate) async fn run_session(
     cancel: CancellationToken,
 ) -> (Outcome, Option<Delivery>) {
     let session_id = task.session_id.clone();
-    let (doc, who) = match admit(&ctx, &task) {
+    let (doc, plan, who) = match admit(&ctx, &task) {
         Ok(admitted) => admitted,
         Err(refusal) => return (Outcome::failed(&session_id, refusal), None),
     };
@@ -278,7 +281,7 @@ pub(crate) async fn run_session(
             return (Outcome::failed(&session_id, output), None);
         }
     };
-    let served = serve(&ctx, &task, doc, who, &mut channel, &cancel).await;
+    let served = serve(&ctx, &task, doc, plan, who, &mut channel, &cancel).await;
     // The close: the one place the channel is finished, on every way out of serve.
     channel.finish(served.terminating()).await;
     served.conclude(&session_id).await
@@ -301,6 +304,10 @@ struct Ran {
     /// Ended by a stop of the agent (not by the user or the service).
     agent_stopping: bool,
     exit: Option<crate::session::pty::ExitStatus>,
+    /// Why the port forwarder failed, if it did (the session's outcome is then a failure).
+    failure: Option<String>,
+    /// A port session (a forwarder, not a shell).
+    forwarded: bool,
     tap: Option<recording::Tap>,
     recording: Option<Recording>,
     checked: Checked,
@@ -313,6 +320,8 @@ impl Served {
     /// agent is stopping.
     fn terminating(&self) -> bool {
         match self {
+            // Upstream sends no Terminating for a port session.
+            Served::Ran(ran) if ran.forwarded => false,
             Served::Ran(ran) => ran.ending == Ending::ShellExited || ran.agent_stopping,
             Served::Refused(_) | Served::EndedEarly(_) => false,
         }
@@ -335,7 +344,7 @@ impl Served {
 fn admit(
     ctx: &Ctx,
     task: &AgentTaskPayload,
-) -> Result<(document::SessionDocument, user::SessionUser), String> {
+) -> Result<(document::SessionDocument, plan::Plan, user::SessionUser), String> {
     let session_id = &task.session_id;
     if !crate::protocol::payload::valid_session_id(session_id) {
         tracing::warn!(session = ?session_id, "Refusing a session id that is not [A-Za-z0-9+=,.@_:-]");
@@ -346,11 +355,17 @@ fn admit(
         Err(e) => return Err(format!("invalid session document: {e}")),
     };
     // Exactly what the document asks for, or nothing: never a shell for another type.
-    match plan::plan_for(&doc) {
-        Ok(plan::Plan::Shell) => {}
+    let plan = match plan::plan_for(&doc) {
+        Ok(plan) => plan,
         Err(refusal) => {
             tracing::warn!(session = %session_id, document = %task.document_name, session_type = %doc.session_type, "Session refused: session type not supported");
             return Err(refusal);
+        }
+    };
+    if matches!(plan, plan::Plan::Port(_)) {
+        if let Err(denial) = ctx.config.port.check_enabled() {
+            tracing::warn!(session = %session_id, document = %task.document_name, "Port session refused: port forwarding is off");
+            return Err(denial.to_string());
         }
     }
     let who = match user::resolve_session_user(
@@ -363,7 +378,7 @@ fn admit(
         Ok(u) => u,
         Err(e) => return Err(e.to_string()),
     };
-    Ok((doc, who))
+    Ok((doc, plan, who))
 }
 
 /// Everything while the data channel is open, step by step; see [`run_session`].
@@ -371,33 +386,66 @@ async fn serve(
     ctx: &Arc<Ctx>,
     task: &AgentTaskPayload,
     doc: document::SessionDocument,
+    plan: plan::Plan,
     who: user::SessionUser,
     channel: &mut DataChannel,
     cancel: &CancellationToken,
 ) -> Served {
-    if let Err(refusal) = handshake(ctx, &task.session_id, &doc, channel).await {
-        return Served::Refused(refusal);
-    }
-    let prepared = match prepare(ctx, &task.session_id, &doc, channel).await {
+    let client_version = match handshake(ctx, &task.session_id, &doc, channel).await {
+        Ok(v) => v,
+        Err(refusal) => return Served::Refused(refusal),
+    };
+    let wait_for_size = plan == plan::Plan::Shell;
+    let prepared = match prepare(ctx, &task.session_id, &doc, wait_for_size, channel).await {
         Ok(p) => p,
         Err(early) => return early,
     };
-    let spawned = match spawn(ctx, task, &doc, &who, prepared).await {
+    let spawned = match &plan {
+        plan::Plan::Shell => spawn(ctx, task, &doc, &who, prepared).await,
+        plan::Plan::Port(request) => {
+            let mode = port::mode(request, &client_version);
+            tracing::info!(session = %task.session_id, host = %request.host(), port = request.port, ?mode, client_version = %client_version, "Port session");
+            channel.port_session();
+            spawn_port(ctx, task, &who, request, mode, prepared).await
+        }
+    };
+    let spawned = match spawned {
         Ok(s) => s,
         Err(refusal) => return Served::Refused(refusal),
     };
     Served::Ran(Box::new(pump(ctx, &doc, spawned, channel, cancel).await))
 }
 
-/// The KMS handshake when the document asks for encryption (§5); the refusal otherwise.
+/// A decrypt step for a handshake without KMS (never called).
+type NoDecrypt = fn(Vec<u8>, Option<String>) -> std::future::Ready<Result<Vec<u8>, String>>;
+
+/// The handshake when the session type requires it (Port, NonInteractiveCommands) or the
+/// document asks for encryption (§5); the client's version (empty without a handshake),
+/// or the refusal.
 async fn handshake(
     ctx: &Ctx,
     session_id: &str,
     doc: &document::SessionDocument,
     channel: &mut DataChannel,
-) -> Result<(), String> {
+) -> Result<String, String> {
+    if !doc.requires_handshake() {
+        return Ok(String::new());
+    }
+    let session_type = doc.session_type.as_str();
+    // The plugin chooses its port mode from these (protocol-sessions.md §1.2).
+    let properties = if doc.session_type == document::SessionType::Port {
+        doc.properties.clone()
+    } else {
+        serde_json::Value::Null
+    };
     if !doc.encryption_enabled() {
-        return Ok(());
+        return channel
+            .handshake(session_type, properties, None::<(&str, NoDecrypt)>)
+            .await
+            .map_err(|e| {
+                tracing::warn!(session = %session_id, error = %e, "Handshake failed; session refused");
+                format!("We couldn't start the session: {e}")
+            });
     }
     let kms = delivery::aws::Kms::new(ctx.aws().await);
     let key_id = doc.inputs.kms_key_id.clone();
@@ -410,16 +458,23 @@ async fn handshake(
             .map_err(|e| format!("KMS Decrypt of the session key failed: {e}"))?;
         Ok(key)
     };
-    let session_type = doc.session_type.as_str();
-    if let Err(e) = channel
-        .handshake_kms(session_type, &doc.inputs.kms_key_id, decrypt)
+    match channel
+        .handshake(
+            session_type,
+            properties,
+            Some((doc.inputs.kms_key_id.as_str(), decrypt)),
+        )
         .await
     {
-        tracing::warn!(session = %session_id, error = %e, "KMS handshake failed; session refused");
-        return Err(format!("We couldn't start the encrypted session: {e}"));
+        Ok(client_version) => {
+            tracing::info!(session = %session_id, kms_key_id = %doc.inputs.kms_key_id, "Session encrypted with KMS");
+            Ok(client_version)
+        }
+        Err(e) => {
+            tracing::warn!(session = %session_id, error = %e, "KMS handshake failed; session refused");
+            Err(format!("We couldn't start the encrypted session: {e}"))
+        }
     }
-    tracing::info!(session = %session_id, kms_key_id = %doc.inputs.kms_key_id, "Session encrypted with KMS");
-    Ok(())
 }
 
 /// What [`prepare`] found out before the shell is spawned.
@@ -439,12 +494,16 @@ async fn prepare(
     ctx: &Ctx,
     session_id: &str,
     doc: &document::SessionDocument,
+    wait_for_size: bool,
     channel: &mut DataChannel,
 ) -> Result<Prepared, Served> {
     let mut early_input = Vec::new();
-    let size = channel
-        .first_size(session::FIRST_SIZE_WAIT, &mut early_input)
-        .await;
+    let wait = if wait_for_size {
+        session::FIRST_SIZE_WAIT
+    } else {
+        Duration::ZERO
+    };
+    let size = channel.first_size(wait, &mut early_input).await;
     if channel.closed_early {
         return Err(Served::EndedEarly(Outcome {
             session_id: session_id.to_owned(),
@@ -496,10 +555,21 @@ async fn prepare(
     })
 }
 
-/// A spawned shell with its I/O and its recording, ready for the pump.
+/// How long a port session's forwarder may take to close its connections (and record
+/// them) once the session has ended.
+const FORWARDER_CLOSE: Duration = Duration::from_secs(2);
+
+/// What runs a session: a shell (or command) on a PTY, or a port forwarder.
+enum Runner {
+    Shell(Arc<std::sync::Mutex<Shell>>),
+    /// Its error ends the session as failed.
+    Forwarder(tokio::task::JoinHandle<Result<(), String>>),
+}
+
+/// A spawned shell (or forwarder) with its I/O and its recording, ready for the pump.
 struct Spawned {
-    shell: Arc<std::sync::Mutex<Shell>>,
-    io: ShellIo,
+    runner: Runner,
+    io: SessionIo,
     early_input: Vec<u8>,
     tap: Option<recording::Tap>,
     recording: Option<Recording>,
@@ -568,7 +638,6 @@ async fn spawn(
         let _ = exit_tx.send(());
     });
     let (cols, rows) = size.unwrap_or((80, 24));
-    let streaming_to = checked.cwl.as_ref().filter(|(_, d)| d.streaming);
     let start = StartInfo {
         session_id: session_id.clone(),
         user: task.session_owner.clone(),
@@ -582,6 +651,65 @@ async fn spawn(
         term: Some("xterm-256color".into()),
         shell: Some(spec_program.clone()),
     };
+    let recorded = match record(ctx, task, who, &checked, policy, start) {
+        Ok(r) => r,
+        Err(refusal) => {
+            let _ = tokio::task::spawn_blocking(move || shell.terminate(KILL_GRACE)).await;
+            return Err(refusal);
+        }
+    };
+    let shell = Arc::new(std::sync::Mutex::new(shell));
+    let prober = shell.clone();
+    let echo_probe = Box::new(move || prober.lock().ok().and_then(|s| s.echo_off()));
+    let resizer = shell.clone();
+    let resize = Box::new(move |cols: u16, rows: u16| {
+        if let Ok(s) = resizer.lock() {
+            if let Err(e) = s.resize(cols, rows) {
+                tracing::debug!(error = %e, "Resize failed");
+            }
+        }
+    });
+    let io = SessionIo {
+        output: SessionOutput::Pty(reader),
+        input: SessionInput::Pty(writer),
+        resize,
+        exited,
+        echo_probe,
+        flags: None,
+    };
+    Ok(Spawned {
+        runner: Runner::Shell(shell),
+        io,
+        early_input,
+        tap: recorded.tap,
+        recording: recorded.recording,
+        streamer: recorded.streamer,
+        checked,
+        locations,
+    })
+}
+
+/// A session's recording and its CloudWatch streamer, once started.
+struct Recorded {
+    tap: Option<recording::Tap>,
+    recording: Option<Recording>,
+    streamer: Option<tokio::task::JoinHandle<crate::delivery::stream::StreamReport>>,
+}
+
+/// Starts the session's recording (and its CloudWatch streamer when the document streams).
+///
+/// # Errors
+/// The refusal when the recording cannot be created under `fail-closed`.
+fn record(
+    ctx: &Ctx,
+    task: &AgentTaskPayload,
+    who: &user::SessionUser,
+    checked: &Checked,
+    policy: retention::Policy,
+    start: StartInfo,
+) -> Result<Recorded, String> {
+    let session_id = task.session_id.clone();
+    let streaming_to = checked.cwl.as_ref().filter(|(_, d)| d.streaming);
     let fields = SessionFields {
         region: checked.region.clone(),
         target_id: ctx.target_id.clone(),
@@ -607,7 +735,6 @@ async fn spawn(
         Err(e) if policy.fail_closed => {
             let refusal = refuse_unrecorded(&format!("cannot create the recording: {e}"));
             tracing::error!(session = %session_id, reason = %refusal, "Session refused");
-            let _ = tokio::task::spawn_blocking(move || shell.terminate(KILL_GRACE)).await;
             return Err(refusal);
         }
         Err(e) => {
@@ -627,31 +754,64 @@ async fn spawn(
         }),
         _ => None,
     };
-    let shell = Arc::new(std::sync::Mutex::new(shell));
-    let prober = shell.clone();
-    let echo_probe = Box::new(move || prober.lock().ok().and_then(|s| s.echo_off()));
-    let resizer = shell.clone();
-    let resize = Box::new(move |cols: u16, rows: u16| {
-        if let Ok(s) = resizer.lock() {
-            if let Err(e) = s.resize(cols, rows) {
-                tracing::debug!(error = %e, "Resize failed");
-            }
-        }
-    });
-    let io = ShellIo {
-        reader,
-        writer,
-        resize,
-        exited,
-        echo_probe,
-    };
-    Ok(Spawned {
-        shell,
-        io,
-        early_input,
+    Ok(Recorded {
         tap,
         recording,
         streamer,
+    })
+}
+
+/// A port session's forwarder (after the policy's checks, its first connection in the
+/// one-connection modes) and its recording: each connection an audit record. A
+/// destination the policy refuses is recorded, and the session then ends with the
+/// refusal (the recording is delivered like any other).
+async fn spawn_port(
+    ctx: &Ctx,
+    task: &AgentTaskPayload,
+    who: &user::SessionUser,
+    request: &port::PortRequest,
+    mode: port::Mode,
+    prepared: Prepared,
+) -> Result<Spawned, String> {
+    let Prepared {
+        early_input,
+        checked,
+        policy,
+        locations,
+        ..
+    } = prepared;
+    let start = StartInfo {
+        session_id: task.session_id.clone(),
+        user: task.session_owner.clone(),
+        run_as_user: who.info.name.clone(),
+        owner: task.session_owner.clone(),
+        target: ctx.target_id.clone(),
+        reason: None,
+        cols: 0,
+        rows: 0,
+        started_unix_ms: recording::unix_ms(),
+        term: None,
+        shell: Some(format!("port {}:{}", request.host(), request.port)),
+    };
+    let recorded = record(ctx, task, who, &checked, policy, start)?;
+    let audit = port::Audit::new(recorded.tap.clone(), request, &task.session_id);
+    let started = match port::resolve(request, &ctx.config.port).await {
+        Ok(dest) => port::start(mode, dest, audit, ctx.config.port.max_connections).await,
+        Err(denial) => {
+            let why = denial.to_string();
+            audit.denied(1, &why).await;
+            Err(why)
+        }
+    };
+    let started = started.unwrap_or_else(port::Started::failed);
+    Ok(Spawned {
+        runner: Runner::Forwarder(started.task),
+        io: started.io,
+        // Bytes the client sent while the forwarder was being set up.
+        early_input,
+        tap: recorded.tap,
+        recording: recorded.recording,
+        streamer: recorded.streamer,
         checked,
         locations,
     })
@@ -667,7 +827,7 @@ async fn pump(
     cancel: &CancellationToken,
 ) -> Ran {
     let Spawned {
-        shell,
+        runner,
         io,
         early_input,
         tap,
@@ -683,13 +843,19 @@ async fn pump(
         max: minutes(doc.inputs.max_session_duration),
     };
     let recording_failed = recording.as_mut().and_then(|r| r.failed.take());
+    // A tunnel's bytes are never recorded (they may be TLS or SSH): its forwarder
+    // records each connection instead.
+    let keys_and_screen = match runner {
+        Runner::Shell(_) => tap.clone(),
+        Runner::Forwarder(_) => None,
+    };
     let ending = channel
         .pump(
             io,
             early_input,
             limits,
             cancel,
-            tap.clone(),
+            keys_and_screen,
             recording_failed,
         )
         .await;
@@ -698,18 +864,44 @@ async fn pump(
     if agent_stopping {
         let _ = channel.notice(STOPPING_NOTICE).await;
     }
-    let exit = tokio::task::spawn_blocking(move || {
-        let mut s = shell
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        s.terminate(KILL_GRACE)
-    })
-    .await
-    .ok();
+    let forwarded = matches!(runner, Runner::Forwarder(_));
+    let (exit, failure) = match runner {
+        Runner::Shell(shell) => {
+            let exit = tokio::task::spawn_blocking(move || {
+                let mut s = shell
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                s.terminate(KILL_GRACE)
+            })
+            .await
+            .ok();
+            (exit, None)
+        }
+        Runner::Forwarder(mut task) => {
+            // Ended by the client, a limit or a stop: the pipes are gone, so the
+            // forwarder closes its connections and records them; one that does not
+            // finish soon is stopped.
+            let finished = tokio::time::timeout(FORWARDER_CLOSE, &mut task).await;
+            if finished.is_err() {
+                task.abort();
+            }
+            let joined = match finished {
+                Ok(r) => r,
+                Err(_) => task.await,
+            };
+            let failure = match joined {
+                Ok(Err(e)) => Some(e),
+                Ok(Ok(())) | Err(_) => None,
+            };
+            (None, failure)
+        }
+    };
     Ran {
         ending,
         agent_stopping,
         exit,
+        failure,
+        forwarded,
         tap,
         recording,
         checked,
@@ -725,6 +917,8 @@ impl Ran {
             ending,
             agent_stopping,
             exit,
+            failure,
+            forwarded: _,
             tap,
             recording,
             checked,
@@ -735,6 +929,9 @@ impl Ran {
         tracing::info!(session = %session_id, ?ending, ?exit, "Session ended");
         let code = exit.as_ref().and_then(|e| e.code);
         let how = match &ending {
+            Ending::ShellExited if failure.is_some() => {
+                format!("failed: {}", failure.as_deref().unwrap_or_default())
+            }
             Ending::ShellExited => "exited".to_owned(),
             Ending::Terminated if agent_stopping => STOPPED_HOW.to_owned(),
             Ending::Terminated => "terminated".to_owned(),
@@ -762,6 +959,9 @@ impl Ran {
             None => None,
         };
         let outcome = match ending {
+            Ending::ShellExited if failure.is_some() => {
+                Outcome::failed(&session_id, failure.unwrap_or_default())
+            }
             Ending::ChannelLost(e) => {
                 Outcome::failed(&session_id, format!("the data channel was lost: {e}"))
             }

@@ -9,19 +9,22 @@
 //! reason, which the client shows. Only `Standard_Stream` (the `SSM-SessionManagerRunShell`
 //! document and its kin) ever gets a shell.
 
+use super::port::{self, PortRequest};
 use crate::protocol::document::{SessionDocument, SessionType};
 
 /// What a session runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Plan {
     /// An interactive shell on a PTY (`Standard_Stream`).
     Shell,
+    /// Port forwarding (`Port`) to what the properties ask for.
+    Port(PortRequest),
 }
 
 /// The refusal shown to the user for a session type this agent does not run.
 pub(crate) fn unsupported(session_type: SessionType) -> String {
     format!(
-        "session type {session_type} is not supported by this agent: it runs only shell sessions (Standard_Stream, e.g. SSM-SessionManagerRunShell); no command, shell or port forward was started"
+        "session type {session_type} is not supported by this agent: it runs shell (Standard_Stream) and port (Port) sessions; no command, shell or port forward was started"
     )
 }
 
@@ -32,9 +35,10 @@ pub(crate) fn unsupported(session_type: SessionType) -> String {
 pub(crate) fn plan_for(doc: &SessionDocument) -> Result<Plan, String> {
     match doc.session_type {
         SessionType::StandardStream => Ok(Plan::Shell),
-        other @ (SessionType::InteractiveCommands
-        | SessionType::NonInteractiveCommands
-        | SessionType::Port) => Err(unsupported(other)),
+        SessionType::Port => port::request(&doc.properties).map(Plan::Port),
+        other @ (SessionType::InteractiveCommands | SessionType::NonInteractiveCommands) => {
+            Err(unsupported(other))
+        }
     }
 }
 
@@ -58,11 +62,17 @@ mod tests {
             plan_for(&doc("Standard_Stream", json!(null))),
             Ok(Plan::Shell)
         );
-        for (t, props) in [
-            (
+        assert!(matches!(
+            plan_for(&doc(
                 "Port",
-                json!({"portNumber": "22", "type": "LocalPortForwarding"}),
-            ),
+                json!({"portNumber": "22", "type": "LocalPortForwarding"})
+            )),
+            Ok(Plan::Port(PortRequest { port: 22, .. }))
+        ));
+        // A Port document that does not say where is refused, never a shell.
+        let refusal = plan_for(&doc("Port", json!({"type": "LocalPortForwarding"}))).unwrap_err();
+        assert!(refusal.contains("Port number is empty"), "{refusal}");
+        for (t, props) in [
             (
                 "InteractiveCommands",
                 json!({"linux": {"commands": "echo hi"}}),

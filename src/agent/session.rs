@@ -57,24 +57,105 @@ const REOPEN_ATTEMPTS: u32 = 6;
 /// Longest a send may take before the channel is treated as stuck.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// I/O handles of a running shell, as the pump needs them.
-pub struct ShellIo {
-    /// PTY output.
-    pub reader: PtyReader,
-    /// PTY input.
-    pub writer: PtyWriter,
+/// Where a session's output comes from: a shell's PTY, or a pipe from a port session's
+/// forwarder (the tunnel's bytes, or the smux stream of a multiplexed session).
+pub enum SessionOutput {
+    /// The PTY master.
+    Pty(PtyReader),
+    /// The pump's end of a bounded in-memory pipe from the forwarder (read only; the
+    /// forwarder dropping its end is the end of file).
+    Pipe(tokio::io::DuplexStream),
+}
+
+impl SessionOutput {
+    async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Self::Pty(r) => r.read(buf).await,
+            Self::Pipe(r) => tokio::io::AsyncReadExt::read(r, buf).await,
+        }
+    }
+
+    /// What is ready now, without waiting (`None`: nothing).
+    fn try_read(&mut self, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
+        match self {
+            Self::Pty(r) => r.try_read(buf),
+            Self::Pipe(r) => {
+                use futures_util::FutureExt;
+                tokio::io::AsyncReadExt::read(r, buf)
+                    .now_or_never()
+                    .transpose()
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for SessionOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Pty(_) => "SessionOutput::Pty",
+            Self::Pipe(_) => "SessionOutput::Pipe",
+        })
+    }
+}
+
+impl std::fmt::Debug for SessionInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Pty(_) => "SessionInput::Pty",
+            Self::Pipe(_) => "SessionInput::Pipe",
+        })
+    }
+}
+
+/// Where a session's input goes: the shell's PTY, or the pipe to a port session's
+/// forwarder.
+pub enum SessionInput {
+    /// The PTY master.
+    Pty(PtyWriter),
+    /// The forwarder's end of a bounded in-memory pipe.
+    Pipe(tokio::io::DuplexStream),
+}
+
+impl SessionInput {
+    async fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Self::Pty(w) => w.write_all(bytes).await,
+            Self::Pipe(w) => tokio::io::AsyncWriteExt::write_all(w, bytes).await,
+        }
+    }
+}
+
+/// A port session's flags between the pump and its forwarder: the client's
+/// (DisconnectToPort) in, the forwarder's (ConnectToPortError) out.
+#[derive(Debug)]
+pub struct FlagLink {
+    /// Flags from the client, for the forwarder.
+    pub to_forwarder: tokio::sync::mpsc::Sender<u32>,
+    /// Flags from the forwarder, for the client.
+    pub from_forwarder: tokio::sync::mpsc::Receiver<u32>,
+}
+
+/// I/O handles of a running session (a shell, a command or a port forwarder), as the
+/// pump needs them.
+pub struct SessionIo {
+    /// Output for the client.
+    pub output: SessionOutput,
+    /// Input from the client.
+    pub input: SessionInput,
     /// Applies a window size (cols, rows).
     pub resize: Box<dyn FnMut(u16, u16) + Send>,
-    /// Fires when the shell process exits.
+    /// Fires when the process (or the forwarder) ends.
     pub exited: tokio::sync::oneshot::Receiver<()>,
     /// Reads the terminal's ECHO-off state (`None`: unreadable), sampled for every input
     /// chunk as it is written, for the recorder's redaction rule.
     pub echo_probe: Box<dyn Fn() -> Option<bool> + Send>,
+    /// A port session's flags.
+    pub flags: Option<FlagLink>,
 }
 
-impl std::fmt::Debug for ShellIo {
+impl std::fmt::Debug for SessionIo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ShellIo")
+        f.write_str("SessionIo")
     }
 }
 
@@ -111,7 +192,8 @@ fn control_frame(t: MessageType, payload: &impl serde::Serialize) -> Bytes {
 /// What the pump's parts are while the shell runs (see [`DataChannel::pump`]).
 struct Pump<'a> {
     input: &'a ByteSender<Vec<u8>>,
-    reader: &'a mut PtyReader,
+    reader: &'a mut SessionOutput,
+    flags: Option<&'a mut FlagLink>,
     buf: &'a mut [u8],
     resize: &'a mut Box<dyn FnMut(u16, u16) + Send>,
     tap: Option<&'a Tap>,
@@ -135,20 +217,22 @@ impl DataChannel {
         })
     }
 
-    /// Runs the KMS handshake (§5.2–§5.6; its steps are the machine's): HandshakeRequest
-    /// with SessionType and KMSEncryption, the client's HandshakeResponse with the data
-    /// key's ciphertext, `decrypt` (KMS Decrypt; given the ciphertext and, when the client
-    /// acknowledged it, the challenge for the encryption context), the encryption
-    /// challenge, and HandshakeComplete. From then on output is sealed and input opened.
+    /// Runs the handshake (§5; its steps are the machine's): HandshakeRequest with
+    /// SessionType (and `properties`, the document's for Port) and, with `kms`, the KMS
+    /// steps: the client's HandshakeResponse with the data key's ciphertext, `decrypt`
+    /// (KMS Decrypt; given the ciphertext and, when the client acknowledged it, the
+    /// challenge for the encryption context), the encryption challenge, and
+    /// HandshakeComplete. From then on output is sealed and input opened. The client's
+    /// version on success.
     ///
     /// # Errors
     /// What failed, for the user.
-    pub async fn handshake_kms<F, Fut>(
+    pub async fn handshake<F, Fut>(
         &mut self,
         session_type: &str,
-        kms_key_id: &str,
-        decrypt: F,
-    ) -> Result<(), String>
+        properties: serde_json::Value,
+        kms: Option<(&str, F)>,
+    ) -> Result<String, String>
     where
         F: FnOnce(Vec<u8>, Option<String>) -> Fut,
         Fut: std::future::Future<Output = Result<Vec<u8>, String>>,
@@ -156,14 +240,17 @@ impl DataChannel {
         use base64::Engine;
         let challenge =
             base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 16]>());
-        let mut decrypt = Some(decrypt);
+        let (kms, mut decrypt) = match kms {
+            Some((key_id, decrypt)) => (Some((key_id.to_owned(), challenge)), Some(decrypt)),
+            None => (None, None),
+        };
         let mut effects: VecDeque<Effect> = self
             .machine
             .start_handshake(
-                super::AGENT_VERSION,
+                crate::protocol::version::AGENT_COMPAT_VERSION,
                 session_type,
-                kms_key_id,
-                challenge,
+                properties,
+                kms,
                 Instant::now(),
             )
             .into();
@@ -176,7 +263,7 @@ impl DataChannel {
                         let key = decrypt(blob, challenge).await;
                         effects.extend(self.machine.on_data_key(key, Instant::now()));
                     }
-                    Effect::Encrypted => return Ok(()),
+                    Effect::HandshakeDone => return Ok(self.machine.client_version().to_owned()),
                     Effect::Refuse(why) => return Err(why),
                     other => {
                         tracing::debug!(session = %self.session_id, ?other, "Not during the handshake")
@@ -268,6 +355,12 @@ impl DataChannel {
         Err(last)
     }
 
+    /// A port session: its output is the tunnel's, sent but never recorded as terminal
+    /// output (the forwarder records each connection instead).
+    pub fn port_session(&mut self) {
+        self.machine.stop_recording_output();
+    }
+
     /// Waits up to `wait` for the client's first Size message, handling anything else
     /// that arrives meanwhile (keystrokes are kept for the shell, in `early_input`).
     pub async fn first_size(
@@ -311,19 +404,20 @@ impl DataChannel {
     /// how it ended.
     pub async fn pump(
         &mut self,
-        shell: ShellIo,
+        shell: SessionIo,
         early_input: Vec<u8>,
         limits: Limits,
         cancel: &CancellationToken,
         tap: Option<Tap>,
         recording_failed: Option<tokio::sync::oneshot::Receiver<String>>,
     ) -> Ending {
-        let ShellIo {
-            mut reader,
-            writer,
+        let SessionIo {
+            output: mut reader,
+            input: writer,
             mut resize,
             mut exited,
             echo_probe,
+            mut flags,
         } = shell;
         let (in_tx, in_rx) = bounded::channel::<Vec<u8>>(INPUT_QUEUE_BYTES);
         let keyboard = tokio::spawn(keyboard(in_rx, writer, tap.clone(), echo_probe));
@@ -335,6 +429,7 @@ impl DataChannel {
         let mut io = Pump {
             input: &in_tx,
             reader: &mut reader,
+            flags: flags.as_mut(),
             buf: &mut buf,
             resize: &mut resize,
             tap: tap.as_ref(),
@@ -398,6 +493,15 @@ impl DataChannel {
                         Vec::new()
                     }
                 },
+                Some(value) = async { io.flags.as_mut().expect("guarded").from_forwarder.recv().await }, if io.flags.is_some() => {
+                    match self.machine.send_flag(value, Instant::now()) {
+                        Ok(fx) => fx,
+                        Err(e) => {
+                            tracing::debug!(session = %self.session_id, error = %e, "Flag not sent");
+                            Vec::new()
+                        }
+                    }
+                }
                 read = io.reader.read(io.buf), if can_read => match read {
                     Ok(n) if n > 0 => self.machine.on_output(&io.buf[..n], Instant::now()),
                     // EOF (no process holds the terminal) or a failed read: the end.
@@ -457,8 +561,13 @@ impl DataChannel {
                     // Held output may go now, and a limit may be due.
                     effects.extend(self.machine.on_tick(Instant::now()));
                 }
+                Effect::Flag(value) => {
+                    if let Some(link) = io.flags.as_mut() {
+                        let _ = link.to_forwarder.send(value).await;
+                    }
+                }
                 Effect::End(ending) => return Some(ending),
-                other @ (Effect::Decrypt { .. } | Effect::Encrypted | Effect::Refuse(_)) => {
+                other @ (Effect::Decrypt { .. } | Effect::HandshakeDone | Effect::Refuse(_)) => {
                     tracing::debug!(session = %self.session_id, ?other, "Not while the shell runs");
                 }
             }
@@ -514,7 +623,7 @@ impl DataChannel {
 /// its input holds up only this.
 async fn keyboard(
     mut queue: bounded::ByteReceiver<Vec<u8>>,
-    mut writer: PtyWriter,
+    mut writer: SessionInput,
     tap: Option<Tap>,
     echo_probe: Box<dyn Fn() -> Option<bool> + Send>,
 ) {

@@ -61,6 +61,9 @@ pub enum Direction {
     /// The session ended: the stream's last message, with where the spool ended
     /// ([`SpoolEnd`]). A stream without it was cut short (or the session still runs).
     End,
+    /// A connection through a port session opened, was refused or closed (the tunnel
+    /// audit; the message carries its fields as `tunnel`).
+    Tunnel,
 }
 
 /// Where a session's spool ended, carried by the last streamed message so that a copy of
@@ -87,6 +90,9 @@ pub struct StreamRecord {
     /// The end record only: where the spool ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end: Option<SpoolEnd>,
+    /// Tunnel records only: the connection's audit fields.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<crate::recorder::event::Tunnel>,
 }
 
 /// The fixed fields of every streamed message of one session.
@@ -132,6 +138,8 @@ struct Message<'a> {
     spool_records: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     spool_head: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tunnel: Option<&'a crate::recorder::event::Tunnel>,
 }
 
 /// Bytes the chain field adds to a message: `,"chain":"` + 64 hex + `"` (the closing
@@ -209,6 +217,7 @@ pub fn stream_messages(
             direction: record.direction,
             spool_records: record.end.as_ref().map(|e| e.records),
             spool_head: record.end.as_ref().map(|e| e.head.as_str()),
+            tunnel: record.tunnel.as_ref(),
         })
         .unwrap_or_default();
         if message.len() + CHAIN_FIELD_BYTES <= MAX_MESSAGE_BYTES {
@@ -521,6 +530,7 @@ mod tests {
             direction: Direction::Output,
             lines: vec!["$ ls".into(), "a  b".into()],
             end: None,
+            tunnel: None,
         };
         let mut chain = crate::spool::format::CHAIN_START;
         let events = stream_messages(&fields(), &record, &mut chain);
@@ -556,6 +566,7 @@ mod tests {
                 "é".repeat(400_000),
             ],
             end: None,
+            tunnel: None,
         };
         let events = stream_messages(&fields(), &record, &mut [0; 32]);
         assert!(events.len() > 2);
@@ -583,6 +594,7 @@ mod tests {
                     direction: Direction::Output,
                     lines: vec![format!("line {i}")],
                     end: None,
+                    tunnel: None,
                 };
                 stream_messages(&fields(), &record, &mut chain)
             })

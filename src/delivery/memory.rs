@@ -420,6 +420,7 @@ pub(crate) fn stream_lines(first: u64, n: u64, step_ms: u64) -> String {
                     "line {seq}: the quick brown fox jumps over the lazy dog"
                 )],
                 end: None,
+                tunnel: None,
             };
             let mut line = serde_json::to_string(&record).unwrap();
             line.push('\n');

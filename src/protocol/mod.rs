@@ -6,3 +6,4 @@ pub mod frame;
 pub mod payload;
 pub mod reliability;
 pub mod sigv4;
+pub mod version;

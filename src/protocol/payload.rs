@@ -526,6 +526,27 @@ pub struct HandshakeResponse {
 /// `ActionStatus` 1: the client did it.
 pub const ACTION_STATUS_SUCCESS: i64 = 1;
 
+/// Flag messages (PayloadType 10): one u32, big-endian (protocol-sessions.md §2.4).
+pub mod flag {
+    /// Client → agent, one-connection `LocalPortForwarding`: its local connection ended;
+    /// the agent closes its own and dials again on the next data.
+    pub const DISCONNECT_TO_PORT: u32 = 1;
+    /// Client → agent: end the session (Ctrl-C in a port session).
+    pub const TERMINATE_SESSION: u32 = 2;
+    /// Agent → client, multiplexed mode only: a connection to the destination failed.
+    pub const CONNECT_TO_PORT_ERROR: u32 = 3;
+
+    /// The payload of a flag message.
+    pub fn encode(value: u32) -> [u8; 4] {
+        value.to_be_bytes()
+    }
+
+    /// A flag message's value; `None` unless the payload is exactly four bytes.
+    pub fn decode(payload: &[u8]) -> Option<u32> {
+        Some(u32::from_be_bytes(payload.try_into().ok()?))
+    }
+}
+
 /// Result of one requested action.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]

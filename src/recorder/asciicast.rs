@@ -78,6 +78,7 @@ pub fn asciicast_line(event: &Event) -> Option<String> {
             },
         ),
         EventKind::Resize { cols, rows } => text_line(event.at_ms, "r", &format!("{cols}x{rows}")),
+        EventKind::Tunnel(t) => text_line(event.at_ms, "m", &t.note()),
         EventKind::Start(_) | EventKind::End { .. } | EventKind::Gap { .. } => None,
     }
 }

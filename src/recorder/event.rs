@@ -122,6 +122,77 @@ pub enum EventKind {
         /// How the session ended (e.g. `exited`, `terminated`, `signal 9`).
         how: String,
     },
+    /// A connection through a port session (the tunnel audit): one event when it is
+    /// opened (or refused), one when it closes. The bytes themselves are never recorded.
+    Tunnel(Tunnel),
+}
+
+/// What happened to a connection through a port session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TunnelState {
+    /// Connected to the destination.
+    Opened,
+    /// Refused by the agent's port-forwarding policy (nothing was dialled).
+    Denied,
+    /// The destination could not be resolved or reached.
+    Failed,
+    /// The connection ended (with its byte counts).
+    Closed,
+}
+
+/// One tunnel audit record (see [`EventKind::Tunnel`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tunnel {
+    /// The connection's number in its session (the smux stream id when multiplexed).
+    pub conn: u32,
+    /// What happened.
+    pub state: TunnelState,
+    /// The destination host as requested (`localhost` when the document names none).
+    pub host: String,
+    /// The destination port.
+    pub port: u16,
+    /// The address dialled (`ip:port`), once known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// Why it was denied or failed, or how it closed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Bytes from the client to the destination (on close).
+    #[serde(default)]
+    pub bytes_to_destination: u64,
+    /// Bytes from the destination to the client (on close).
+    #[serde(default)]
+    pub bytes_from_destination: u64,
+    /// Session milliseconds when it was opened (on close).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opened_ms: Option<u64>,
+}
+
+impl Tunnel {
+    /// The record as one line of text, for the transcript, playback and the stream.
+    pub fn note(&self) -> String {
+        let to = match &self.address {
+            Some(a) => format!("{}:{} ({a})", self.host, self.port),
+            None => format!("{}:{}", self.host, self.port),
+        };
+        let why = self
+            .reason
+            .as_deref()
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default();
+        match self.state {
+            TunnelState::Opened => format!("[tunnel #{}: connected to {to}]", self.conn),
+            TunnelState::Denied => format!("[tunnel #{}: denied {to}{why}]", self.conn),
+            TunnelState::Failed => {
+                format!("[tunnel #{}: could not connect to {to}{why}]", self.conn)
+            }
+            TunnelState::Closed => format!(
+                "[tunnel #{}: closed {to}, {} bytes to it, {} bytes from it{why}]",
+                self.conn, self.bytes_to_destination, self.bytes_from_destination
+            ),
+        }
+    }
 }
 
 #[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference

@@ -145,6 +145,9 @@ impl Recorder {
                 }
                 self.transcript.finish();
             }
+            EventKind::Tunnel(t) => self
+                .transcript
+                .process(format!("{}\r\n", t.note()).as_bytes()),
             EventKind::Input { .. } | EventKind::InputRedacted { .. } | EventKind::Start(_) => {}
         }
         self.last_at_ms = event.at_ms.max(self.last_at_ms);
@@ -256,6 +259,7 @@ pub fn render_transcript(events: &[Event]) -> String {
                 }
                 transcript.finish();
             }
+            EventKind::Tunnel(t) => transcript.process(format!("{}\r\n", t.note()).as_bytes()),
             _ => {}
         }
     }

@@ -111,6 +111,11 @@ pub fn parse_line(format: Format, n: usize, line: &str) -> Result<Frame, ReadErr
                     },
                     None => Frame::Skip,
                 },
+                // A port session's connections, as lines.
+                EventKind::Tunnel(t) => Frame::Output {
+                    at_ms: e.at_ms,
+                    data: format!("{}\r\n", t.note()).into_bytes(),
+                },
                 // A session cut short says so where it ends.
                 EventKind::End { how, .. } => match super::event::end_note(&how) {
                     Some(note) => Frame::Output {

@@ -220,6 +220,12 @@ impl Tokenizer {
 }
 
 fn clamp_size(cols: u16, rows: u16) -> (NonZeroU16, NonZeroU16) {
+    // An unknown size (0: no terminal, e.g. a port session's recording) is the usual
+    // terminal's, not one column.
+    let (cols, rows) = (
+        if cols == 0 { 80 } else { cols },
+        if rows == 0 { 24 } else { rows },
+    );
     let rows = NonZeroU16::new(rows.clamp(1, MAX_ROWS)).unwrap_or(NonZeroU16::MIN);
     let cols = NonZeroU16::new(cols.clamp(1, MAX_COLS)).unwrap_or(NonZeroU16::MIN);
     (rows, cols)

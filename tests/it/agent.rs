@@ -36,8 +36,19 @@ impl RunningAgent {
         endpoint: String,
         local_key: Option<(String, String)>,
     ) -> Self {
+        Self::start_configured(gw, target, endpoint, local_key, |_| {}).await
+    }
+
+    /// Starts an agent whose configuration `tweak` changes first.
+    pub async fn start_configured(
+        gw: &Gateway,
+        target: &str,
+        endpoint: String,
+        local_key: Option<(String, String)>,
+        tweak: impl FnOnce(&mut AgentConfig),
+    ) -> Self {
         let state = tempfile::tempdir().unwrap();
-        let config = AgentConfig {
+        let mut config = AgentConfig {
             aws: None,
             endpoint: Some(endpoint),
             region: None,
@@ -53,7 +64,9 @@ impl RunningAgent {
             log_level: "info".into(),
             log_format: session_agent::logging::LogFormat::Plain,
             local_key,
+            port: Default::default(),
         };
+        tweak(&mut config);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             session_agent::agent::run(config, async {
@@ -68,6 +81,11 @@ impl RunningAgent {
             task: Some(task),
             _state: state,
         }
+    }
+
+    /// The agent's state directory (its recordings are under `recordings/`).
+    pub fn state_dir(&self) -> &std::path::Path {
+        self._state.path()
     }
 
     pub async fn stop(mut self) {

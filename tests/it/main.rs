@@ -12,6 +12,7 @@ mod gateway_bad_input;
 mod gateway_relay;
 mod kms;
 mod packaging;
+mod port;
 mod protocol;
 mod pty_shim;
 mod recording;

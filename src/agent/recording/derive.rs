@@ -282,7 +282,10 @@ impl Deriver {
         let (data, control) = match &event.kind {
             EventKind::Output { data } | EventKind::Input { data } => (data.len() as u64, false),
             EventKind::InputRedacted { .. } | EventKind::Resize { .. } => (0, false),
-            EventKind::Start(_) | EventKind::End { .. } | EventKind::Gap { .. } => (0, true),
+            EventKind::Start(_)
+            | EventKind::End { .. }
+            | EventKind::Gap { .. }
+            | EventKind::Tunnel(_) => (0, true),
         };
         let Some(file) = self.files.lacking(data, control, Instant::now()) else {
             self.stalled.store(false, Ordering::SeqCst);
@@ -405,6 +408,9 @@ impl Deriver {
                 };
                 self.stream_with(at, Direction::End, vec![line], Some(end));
             }
+            EventKind::Tunnel(t) => {
+                self.stream_tunnel(at, t.clone());
+            }
             EventKind::Resize { .. } | EventKind::Start(_) => {}
         }
         // Keep what is gathered small: write it out once it is large.
@@ -475,12 +481,29 @@ impl Deriver {
         self.stream_with(at, direction, lines, None);
     }
 
+    /// A tunnel audit record: its line, and its fields for a reader of the stream.
+    fn stream_tunnel(&mut self, at: u64, tunnel: crate::recorder::event::Tunnel) {
+        let lines = vec![tunnel.note()];
+        self.stream_record(at, Direction::Tunnel, lines, None, Some(tunnel));
+    }
+
     fn stream_with(
         &mut self,
         at: u64,
         direction: Direction,
         lines: Vec<String>,
         end: Option<cwl::SpoolEnd>,
+    ) {
+        self.stream_record(at, direction, lines, end, None);
+    }
+
+    fn stream_record(
+        &mut self,
+        at: u64,
+        direction: Direction,
+        lines: Vec<String>,
+        end: Option<cwl::SpoolEnd>,
+        tunnel: Option<crate::recorder::event::Tunnel>,
     ) {
         let Some(out) = self.files.stream.as_mut() else {
             return;
@@ -491,6 +514,7 @@ impl Deriver {
             direction,
             lines,
             end,
+            tunnel,
         };
         self.stream_seq += 1;
         let line = serde_json::to_string(&record).unwrap_or_default();

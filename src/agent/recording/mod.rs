@@ -156,6 +156,7 @@ enum Rec {
     /// Echo-off input: its byte count and line ends only.
     Redacted(u64, usize, usize),
     Resize(u64, u16, u16),
+    Tunnel(u64, crate::recorder::event::Tunnel),
     End(u64, Option<i32>, String),
     /// Input under `fail-closed`: the writer learns whether it was recorded before it
     /// types it.
@@ -208,6 +209,16 @@ impl Tap {
     /// Records a resize.
     pub async fn resize(&self, cols: u16, rows: u16) {
         let _ = self.tx.send(Rec::Resize(self.at(), cols, rows)).await;
+    }
+
+    /// Records a connection through a port session (the tunnel audit).
+    pub async fn tunnel(&self, tunnel: crate::recorder::event::Tunnel) {
+        let _ = self.tx.send(Rec::Tunnel(self.at(), tunnel)).await;
+    }
+
+    /// Session milliseconds now (the clock of the recording's events).
+    pub fn now_ms(&self) -> u64 {
+        self.at()
     }
 
     /// Records typed input before it is written to the terminal. `echo_off` is the
@@ -554,6 +565,7 @@ fn apply(writer: &mut SpoolWriter, msg: Rec) -> bool {
         Rec::Input(at, data) => (at, EventKind::Input { data }),
         Rec::Redacted(at, bytes, lines) => (at, EventKind::InputRedacted { bytes, lines }),
         Rec::Resize(at, cols, rows) => (at, EventKind::Resize { cols, rows }),
+        Rec::Tunnel(at, t) => (at, EventKind::Tunnel(t)),
         Rec::End(at, exit_code, how) => (at, EventKind::End { exit_code, how }),
         Rec::Closed => return false, // turned into an end before it gets here
     };

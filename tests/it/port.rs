@@ -1,0 +1,524 @@
+//! Port sessions end to end: gateway and agent over loopback, real TCP destinations, a
+//! client that speaks the protocol as session-manager-plugin does (handshake, acks,
+//! flags), and the tunnel audit read back from the recording.
+
+use crate::agent::RunningAgent;
+use crate::support::*;
+use bytes::Bytes;
+use serde_json::{json, Value};
+use session_agent::gateway::GatewayConfig;
+use session_agent::protocol::frame::{AgentMessage, MessageType, PayloadType};
+use session_agent::protocol::payload::flag;
+use session_agent::protocol::reliability::{ReceiveOutcome, Receiver};
+use std::path::Path;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use uuid::Uuid;
+
+/// A Port document whose every property is a parameter.
+const TEST_PORT_DOC: &str = r#"{
+  "schemaVersion": "1.0",
+  "description": "Port forwarding for tests",
+  "sessionType": "Port",
+  "parameters": {
+    "portNumber": {"type": "String"},
+    "host": {"type": "String", "default": ""},
+    "type": {"type": "String", "default": ""}
+  },
+  "properties": {"portNumber": "{{ portNumber }}", "host": "{{ host }}", "type": "{{ type }}"}
+}"#;
+
+/// A gateway that knows the test document.
+async fn gateway(docs: &Path) -> Gateway {
+    std::fs::write(docs.join("Test-Port.json"), TEST_PORT_DOC).unwrap();
+    Gateway::start(GatewayConfig {
+        documents_dir: Some(docs.to_owned()),
+        ..GatewayConfig::default()
+    })
+    .await
+}
+
+/// A TCP echo server on loopback: each connection gets back what it sends until it
+/// closes its side; `greeting` is sent first when given (a server that speaks first).
+async fn echo_server(greeting: Option<&'static [u8]>) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if let Some(g) = greeting {
+                    let _ = s.write_all(g).await;
+                }
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    port
+}
+
+/// An output payload with its type, kept in the reorder buffer.
+struct Item(PayloadType, Bytes);
+
+impl AsRef<[u8]> for Item {
+    fn as_ref(&self) -> &[u8] {
+        &self.1
+    }
+}
+
+/// The client's end of a port session, as the plugin's: acknowledges output, answers
+/// the handshake with `client_version`, collects the tunnel's bytes and flags.
+struct PortClient {
+    peer: Peer,
+    client_version: String,
+    receiver: Receiver<Item>,
+    next_seq: i64,
+    handshake: Option<Value>,
+    complete: bool,
+    data: Vec<u8>,
+    flags: Vec<u32>,
+    closed: Option<session_agent::protocol::payload::ChannelClosed>,
+}
+
+impl PortClient {
+    async fn start(
+        gw: &Gateway,
+        target: &str,
+        params: Value,
+        client_version: &str,
+    ) -> (String, Self) {
+        let v = gw
+            .api_ok(
+                "StartSession",
+                json!({"Target": target, "DocumentName": "Test-Port", "Parameters": params}),
+            )
+            .await;
+        let (sid, token, url) = (
+            v["SessionId"].as_str().unwrap().to_owned(),
+            v["TokenValue"].as_str().unwrap(),
+            v["StreamUrl"].as_str().unwrap(),
+        );
+        let peer = client_connect(gw, url, token).await;
+        let client = Self {
+            peer,
+            client_version: client_version.into(),
+            receiver: Receiver::new(Default::default()),
+            next_seq: 0,
+            handshake: None,
+            complete: false,
+            data: Vec::new(),
+            flags: Vec::new(),
+            closed: None,
+        };
+        (sid, client)
+    }
+
+    async fn send(&mut self, pt: PayloadType, bytes: &[u8]) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let f = AgentMessage::new(
+            MessageType::InputStreamData,
+            pt,
+            bytes.to_vec(),
+            now_ms(),
+            Uuid::new_v4(),
+        )
+        .with_sequence(seq, 0)
+        .encode()
+        .unwrap();
+        self.peer.send_raw(f).await;
+    }
+
+    /// Sends tunnel bytes in 1 KiB messages, as the plugin does.
+    async fn send_data(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(1024) {
+            self.send(PayloadType::Output, chunk).await;
+        }
+    }
+
+    /// One event; false once the session is closed.
+    async fn step(&mut self) -> bool {
+        match self.peer.next_event().await {
+            Event::Closed(_) => false,
+            Event::Frame(m, _) => {
+                match m.message_type {
+                    MessageType::OutputStreamData => {
+                        let ack = ack_for(&m);
+                        let item = Item(m.payload_type, m.payload.clone());
+                        match self.receiver.on_frame(m.sequence_number, item) {
+                            ReceiveOutcome::Deliver { items } => {
+                                self.peer.send_raw(ack).await;
+                                for Item(pt, payload) in items {
+                                    self.deliver(pt, &payload).await;
+                                }
+                            }
+                            ReceiveOutcome::Buffered => self.peer.send_raw(ack).await,
+                            _ => {}
+                        }
+                    }
+                    MessageType::ChannelClosed => {
+                        self.closed = session_agent::protocol::payload::from_json(
+                            &m.payload,
+                            "channel_closed",
+                        )
+                        .ok();
+                        return false;
+                    }
+                    _ => {}
+                }
+                true
+            }
+        }
+    }
+
+    async fn deliver(&mut self, pt: PayloadType, payload: &[u8]) {
+        match pt {
+            PayloadType::HandshakeRequest => {
+                let v: Value = serde_json::from_slice(payload).unwrap();
+                let response = json!({
+                    "ClientVersion": self.client_version,
+                    "ProcessedClientActions": [
+                        {"ActionType": "SessionType", "ActionStatus": 1, "ActionResult": null, "Error": ""}
+                    ],
+                    "Errors": null
+                });
+                self.handshake = Some(v);
+                self.send(
+                    PayloadType::HandshakeResponse,
+                    response.to_string().as_bytes(),
+                )
+                .await;
+            }
+            PayloadType::HandshakeComplete => self.complete = true,
+            PayloadType::Flag => self.flags.push(flag::decode(payload).unwrap()),
+            PayloadType::Output => self.data.extend_from_slice(payload),
+            other => panic!("unexpected payload type {other:?}"),
+        }
+    }
+
+    /// Steps until `done` holds; panics after `within`.
+    async fn until(&mut self, within: Duration, mut done: impl FnMut(&Self) -> bool) {
+        let deadline = tokio::time::Instant::now() + within;
+        while !done(self) {
+            let more = tokio::time::timeout_at(deadline, self.step())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "timed out; handshake {:?}, {} bytes, flags {:?}, closed {:?}",
+                        self.handshake,
+                        self.data.len(),
+                        self.flags,
+                        self.closed
+                    )
+                });
+            if !more {
+                assert!(done(self), "the session closed first: {:?}", self.closed);
+                return;
+            }
+        }
+    }
+
+    async fn until_closed(&mut self) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while tokio::time::timeout_at(deadline, self.step())
+            .await
+            .expect("the session did not close")
+        {}
+    }
+}
+
+/// The tunnel lines of a session's recording, as `session-agent transcript` prints them.
+fn tunnel_lines(agent: &RunningAgent, sid: &str) -> Vec<String> {
+    let spool = agent
+        .state_dir()
+        .join("recordings")
+        .join(sid)
+        .join("events.spool");
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_session-agent"))
+            .arg("transcript")
+            .arg(&spool)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let lines: Vec<String> = text
+            .lines()
+            .filter(|l| l.starts_with("[tunnel"))
+            .map(str::to_owned)
+            .collect();
+        // The end is written once the session is concluded.
+        if text.contains("[session ended") || std::time::Instant::now() > deadline {
+            assert!(
+                !lines.is_empty(),
+                "no tunnel lines in {}: {text:?} {}",
+                spool.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return lines;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test]
+async fn an_ssh_style_session_carries_one_connection_intact_and_ends_with_it() {
+    let docs = tempfile::tempdir().unwrap();
+    let gw = gateway(docs.path()).await;
+    let agent = RunningAgent::start(&gw, "port-a").await;
+    let port = echo_server(None).await;
+    let (sid, mut c) = PortClient::start(
+        &gw,
+        "port-a",
+        json!({"portNumber": [port.to_string()]}),
+        "1.2.650.0",
+    )
+    .await;
+    c.until(WAIT, |c| c.complete).await;
+    let hs = c.handshake.clone().unwrap();
+    // The plugin chooses its mode from these: no type, so standard streams.
+    assert_eq!(hs["AgentVersion"], "3.2.0.0", "{hs}");
+    let action = &hs["RequestedClientActions"][0];
+    assert_eq!(action["ActionType"], "SessionType");
+    assert_eq!(action["ActionParameters"]["SessionType"], "Port");
+    assert_eq!(
+        action["ActionParameters"]["Properties"]["portNumber"],
+        port.to_string()
+    );
+    assert_eq!(hs["RequestedClientActions"].as_array().unwrap().len(), 1);
+    // 1 MB through the tunnel and back, intact (shell commands are just bytes here).
+    let payload: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    c.send_data(b"echo not-a-shell\n").await;
+    c.send_data(&payload).await;
+    let want = 17 + payload.len();
+    c.until(Duration::from_secs(60), |c| c.data.len() >= want)
+        .await;
+    assert_eq!(&c.data[..17], b"echo not-a-shell\n");
+    assert!(c.data[17..] == payload[..], "the echo came back damaged");
+    assert!(c.flags.is_empty(), "no flag outside multiplexed mode");
+    // Ended by the service: the connection is closed and recorded with its counts.
+    gw.api_ok("TerminateSession", json!({"SessionId": sid}))
+        .await;
+    c.until_closed().await;
+    wait_status(&gw, &sid, "History", "Terminated").await;
+    let lines = tunnel_lines(&agent, &sid);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("[tunnel #1: connected to localhost:")),
+        "{lines:?}"
+    );
+    // The tunnel's bytes are in no file of the recording, either way.
+    let dir = agent.state_dir().join("recordings").join(&sid);
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        for secret in ["not-a-shell", "ZWNobyBub3QtYS1zaGVsbAo="] {
+            assert!(
+                !text.contains(secret),
+                "{} holds tunnel bytes",
+                path.display()
+            );
+        }
+    }
+    let closed = lines
+        .iter()
+        .find(|l| l.starts_with("[tunnel #1: closed"))
+        .unwrap_or_else(|| panic!("{lines:?}"));
+    assert!(
+        closed.contains(&format!("{want} bytes to it, {want} bytes from it")),
+        "{closed}"
+    );
+    agent.stop().await;
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn the_destination_closing_ends_a_stream_session_successfully() {
+    let docs = tempfile::tempdir().unwrap();
+    let gw = gateway(docs.path()).await;
+    let agent = RunningAgent::start(&gw, "port-b").await;
+    // A server that greets, then closes when told.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        s.write_all(b"SSH-2.0-test\r\n").await.unwrap();
+        let mut buf = [0u8; 4];
+        let _ = s.read_exact(&mut buf).await;
+        // Closing: the session ends.
+    });
+    let (sid, mut c) = PortClient::start(
+        &gw,
+        "port-b",
+        json!({"portNumber": [port.to_string()]}),
+        "1.2.650.0",
+    )
+    .await;
+    c.until(WAIT, |c| c.data.starts_with(b"SSH-2.0-test\r\n"))
+        .await;
+    c.send_data(b"bye!").await;
+    c.until_closed().await;
+    let s = wait_status(&gw, &sid, "History", "Terminated").await;
+    assert_eq!(s["Status"], "Terminated", "{s}");
+    let lines = tunnel_lines(&agent, &sid);
+    assert!(
+        lines.iter().any(|l| l.starts_with("[tunnel #1: closed")
+            && l.contains("4 bytes to it, 14 bytes from it")),
+        "{lines:?}"
+    );
+    agent.stop().await;
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn denied_destinations_are_refused_recorded_and_never_dialled() {
+    let docs = tempfile::tempdir().unwrap();
+    let gw = gateway(docs.path()).await;
+    let port = echo_server(None).await;
+    let agent = RunningAgent::start_configured(&gw, "port-c", gw.http_url(), None, |c| {
+        c.port.ports = Some(vec![1..=1023]);
+    })
+    .await;
+    // Instance metadata: denied whatever the configuration.
+    let (sid, mut c) = PortClient::start(
+        &gw,
+        "port-c",
+        json!({"portNumber": ["80"], "host": ["169.254.169.254"], "type": ["LocalPortForwarding"]}),
+        "1.2.650.0",
+    )
+    .await;
+    c.until_closed().await;
+    let why = c.closed.clone().unwrap().output;
+    assert!(
+        why.contains("forwarding to 169.254.169.254 is forbidden"),
+        "{why}"
+    );
+    let s = wait_status(&gw, &sid, "History", "Failed").await;
+    assert!(s["Details"].as_str().unwrap().contains("forbidden"), "{s}");
+    let lines = tunnel_lines(&agent, &sid);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("[tunnel #1: denied 169.254.169.254:80")
+                && l.contains("forbidden")),
+        "{lines:?}"
+    );
+    // A port outside the administrator's list.
+    let (sid, mut c) = PortClient::start(
+        &gw,
+        "port-c",
+        json!({"portNumber": [port.to_string()]}),
+        "1.2.650.0",
+    )
+    .await;
+    c.until_closed().await;
+    let why = c.closed.clone().unwrap().output;
+    assert!(
+        why.contains(&format!("port {port} is not allowed")),
+        "{why}"
+    );
+    wait_status(&gw, &sid, "History", "Failed").await;
+    // A port that refuses: a clear error, recorded as failed.
+    let closed_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let agent2 = RunningAgent::start(&gw, "port-d").await;
+    let (sid, mut c) = PortClient::start(
+        &gw,
+        "port-d",
+        json!({"portNumber": [closed_port.to_string()]}),
+        "1.2.650.0",
+    )
+    .await;
+    c.until_closed().await;
+    let why = c.closed.clone().unwrap().output;
+    assert!(
+        why.starts_with("Unable to connect to specified port: "),
+        "{why}"
+    );
+    let lines = tunnel_lines(&agent2, &sid);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("[tunnel #1: could not connect to localhost:")),
+        "{lines:?}"
+    );
+    agent.stop().await;
+    agent2.stop().await;
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn an_old_clients_local_port_forwarding_reconnects_after_disconnect_to_port() {
+    let docs = tempfile::tempdir().unwrap();
+    let gw = gateway(docs.path()).await;
+    let agent = RunningAgent::start(&gw, "port-e").await;
+    let port = echo_server(None).await;
+    // Below 1.1.70: one connection at a time, no multiplexing.
+    let (sid, mut c) = PortClient::start(
+        &gw,
+        "port-e",
+        json!({"portNumber": [port.to_string()], "type": ["LocalPortForwarding"]}),
+        "1.1.61.0",
+    )
+    .await;
+    c.until(WAIT, |c| c.complete).await;
+    c.send_data(b"first").await;
+    c.until(WAIT, |c| c.data == b"first").await;
+    // The local connection ended: the agent closes its own, and dials again on the
+    // next bytes.
+    c.send(PayloadType::Flag, &flag::encode(flag::DISCONNECT_TO_PORT))
+        .await;
+    c.send_data(b"second").await;
+    c.until(WAIT, |c| c.data == b"firstsecond").await;
+    // Ctrl-C in the plugin: the TerminateSession flag ends the session as a success.
+    c.send(PayloadType::Flag, &flag::encode(flag::TERMINATE_SESSION))
+        .await;
+    c.until_closed().await;
+    wait_status(&gw, &sid, "History", "Terminated").await;
+    let lines = tunnel_lines(&agent, &sid);
+    let closed: Vec<_> = lines.iter().filter(|l| l.contains(": closed ")).collect();
+    assert_eq!(closed.len(), 2, "{lines:?}");
+    assert!(
+        closed[0].contains("5 bytes to it, 5 bytes from it"),
+        "{lines:?}"
+    );
+    assert!(
+        closed[0].contains("the client's local connection ended"),
+        "{lines:?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("[tunnel #2: connected")),
+        "{lines:?}"
+    );
+    agent.stop().await;
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn port_forwarding_turned_off_refuses_port_sessions_before_anything_opens() {
+    let docs = tempfile::tempdir().unwrap();
+    let gw = gateway(docs.path()).await;
+    let agent = RunningAgent::start_configured(&gw, "port-f", gw.http_url(), None, |c| {
+        c.port.enabled = false;
+    })
+    .await;
+    let port = echo_server(None).await;
+    let (sid, mut c) = PortClient::start(
+        &gw,
+        "port-f",
+        json!({"portNumber": [port.to_string()]}),
+        "1.2.650.0",
+    )
+    .await;
+    c.until_closed().await;
+    assert!(c.handshake.is_none(), "nothing was opened");
+    let why = c.closed.clone().unwrap().output;
+    assert!(why.contains("port forwarding is turned off"), "{why}");
+    wait_status(&gw, &sid, "History", "Failed").await;
+    agent.stop().await;
+    gw.stop().await;
+}
