@@ -9,6 +9,7 @@
 
 use super::access::Denied;
 use super::auth::Caller;
+use super::documents;
 use super::registry::{Grant, Outbound, Session, TokenRefusal};
 pub use super::reply::ApiError;
 use super::reply::CONTENT_TYPE;
@@ -231,9 +232,30 @@ fn stream_url(shared: &Shared, host: &str, session_id: &str) -> String {
 
 // === operations ===
 
+/// The content of the document `name`: the preferences for `SSM-SessionManagerRunShell`,
+/// a built-in AWS document (see [`documents`]), or `<documents_dir>/<name>.json`. Names
+/// starting with `AWS-` are only ever the built-in ones.
 fn load_document(shared: &Shared, name: &str) -> Result<Value, ApiError> {
     if name == SHELL_DOCUMENT {
         return Ok(shared.config.preferences.clone());
+    }
+    if let Some(content) = documents::built_in(name, &shared.config.preferences) {
+        return content.map_err(|e| {
+            ApiError::new(
+                "InvalidDocument",
+                format!("document {name}: the session preferences it takes its inputs from do not resolve: {e}"),
+            )
+        });
+    }
+    if name.starts_with(documents::RESERVED_PREFIX) {
+        let known: Vec<&str> = documents::names().collect();
+        return Err(ApiError::new(
+            "InvalidDocument",
+            format!(
+                "document {name} does not exist; the AWS- documents this gateway has are {}",
+                known.join(", ")
+            ),
+        ));
     }
     let not_found = || ApiError::new("InvalidDocument", format!("document {name} does not exist"));
     let Some(dir) = &shared.config.documents_dir else {
@@ -316,6 +338,16 @@ fn start_session(shared: &Shared, caller: &Caller, host: &str, input: &Value) ->
             "InvalidParameters",
             format!("document {document_name}: {e}"),
         )
+    })?;
+    // A bad pattern is the document's fault, a value outside one the caller's. Whether
+    // AWS answers InvalidParameters here is not verified (its StartSession models only
+    // InvalidDocument and TargetNotConnected); SendCommand uses it for the same check.
+    documents::check_allowed_patterns(&doc, &params).map_err(|e| {
+        let kind = match e {
+            documents::PatternError::BadPattern { .. } => "InvalidDocument",
+            documents::PatternError::NoMatch { .. } => "InvalidParameters",
+        };
+        ApiError::new(kind, format!("document {document_name}: {e}"))
     })?;
 
     let session_id = caller.new_session_id();

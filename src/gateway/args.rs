@@ -32,7 +32,8 @@ pub struct GatewayArgs {
     #[arg(long, env = "SESSION_AGENT_GATEWAY_PREFERENCES")]
     pub preferences: Option<PathBuf>,
     /// Directory of further session documents, `<DocumentName>.json`, selectable with
-    /// StartSession's DocumentName.
+    /// StartSession's DocumentName. Names starting with AWS- are reserved for the built-in
+    /// AWS documents; such files are ignored.
     #[arg(long)]
     pub documents_dir: Option<PathBuf>,
     /// PEM certificate chain; with --tls-key the gateway serves https/wss only (the

@@ -3,7 +3,8 @@
 //!
 //! * the **SSM API** subset (`POST /`, AWS JSON 1.1, `X-Amz-Target: AmazonSSM.<Op>`):
 //!   StartSession, TerminateSession, ResumeSession, DescribeSessions,
-//!   DescribeInstanceInformation, UpdateInstanceInformation — [`api`];
+//!   DescribeInstanceInformation, UpdateInstanceInformation — [`api`], with the built-in
+//!   AWS session documents and the `allowedPattern` check in [`documents`];
 //! * the **message gateway** (`ssmmessages`, "MGS"): channel-creation POSTs answering 201
 //!   with an XML token, the agent's control-channel websocket, and the data-channel
 //!   websocket shared by agent and client, relayed frame for frame — [`mgs`].
@@ -25,6 +26,7 @@ pub(crate) mod access;
 pub mod api;
 pub mod args;
 pub mod auth;
+pub mod documents;
 pub mod limits;
 pub mod mgs;
 pub(crate) mod registry;
@@ -81,7 +83,8 @@ pub struct GatewayConfig {
     pub data_dir: Option<PathBuf>,
     /// The `SSM-SessionManagerRunShell` document sent with every shell session.
     pub preferences: serde_json::Value,
-    /// Extra documents, `<dir>/<DocumentName>.json`, for StartSession `DocumentName`.
+    /// Extra documents, `<dir>/<DocumentName>.json`, for StartSession `DocumentName`
+    /// (`AWS-*` names excepted: those are [`documents`]' built-in ones).
     pub documents_dir: Option<PathBuf>,
     /// PEM certificate chain and key; with them the gateway speaks https/wss only.
     pub tls: Option<TlsFiles>,
@@ -407,6 +410,14 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), GatewayError> {
     let tls = config.tls.as_ref().map(load_tls).transpose()?;
+    if let Some(dir) = &config.documents_dir {
+        for name in documents::ignored_files(dir) {
+            tracing::warn!(
+                file = %dir.join(&name).display(),
+                "Ignored: document names starting with AWS- are reserved for the built-in AWS documents"
+            );
+        }
+    }
     let (store, loaded) = match &config.data_dir {
         Some(dir) => Store::open(dir)?,
         None => (Store::memory(), store::Loaded::default()),

@@ -16,8 +16,10 @@
 //!   JSON booleans / numbers. A supplied `null` counts as not supplied. A defined parameter
 //!   that is neither supplied nor has a `default` is an error, as AWS treats it as required.
 //! * Supplied values (not defaults) are checked against `allowedValues`. `allowedPattern` is
-//!   kept but **not checked**: it is Go RE2 syntax and this crate has no regex engine; a
-//!   caller that needs it must check [`ParameterDefinition::allowed_pattern`] itself.
+//!   kept but **not checked here** (this module stays free of a regex engine): the gateway's
+//!   StartSession checks it, after [`resolve`], in `gateway::documents::check_allowed_patterns`
+//!   (whole-value match, bounded compilation). The agent does not re-check it, as upstream's
+//!   does not: the document comes from the service, which has.
 //! * `{{ name }}` (spaces optional, `name` made of `[A-Za-z0-9_]`) is replaced in every string
 //!   of `inputs` and `properties`, with the supplied value or else the definition's `default`.
 //!   When a string is exactly one placeholder, it is replaced by the typed value (a boolean
@@ -269,7 +271,8 @@ pub struct ParameterDefinition {
     pub description: Option<String>,
     /// `allowedValues`; empty = unrestricted. Checked for supplied values only.
     pub allowed_values: Vec<String>,
-    /// `allowedPattern` (Go RE2 syntax): kept, **not checked** (no regex engine here).
+    /// `allowedPattern` (Go RE2 syntax): kept, not checked here; the gateway checks it
+    /// (`gateway::documents::check_allowed_patterns`).
     pub allowed_pattern: Option<String>,
 }
 

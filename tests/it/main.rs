@@ -9,6 +9,7 @@ mod cli;
 mod client;
 mod doctor;
 mod gateway_bad_input;
+mod gateway_documents;
 mod gateway_relay;
 mod kms;
 mod packaging;
