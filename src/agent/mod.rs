@@ -308,6 +308,8 @@ struct Ran {
     failure: Option<String>,
     /// A port session (a forwarder, not a shell).
     forwarded: bool,
+    /// A command session (`InteractiveCommands`), not a shell.
+    command: bool,
     tap: Option<recording::Tap>,
     recording: Option<Recording>,
     checked: Checked,
@@ -395,13 +397,16 @@ async fn serve(
         Ok(v) => v,
         Err(refusal) => return Served::Refused(refusal),
     };
-    let wait_for_size = plan == plan::Plan::Shell;
+    let wait_for_size = !matches!(plan, plan::Plan::Port(_));
     let prepared = match prepare(ctx, &task.session_id, &doc, wait_for_size, channel).await {
         Ok(p) => p,
         Err(early) => return early,
     };
     let spawned = match &plan {
-        plan::Plan::Shell => spawn(ctx, task, &doc, &who, prepared).await,
+        plan::Plan::Shell => spawn(ctx, task, &doc, &who, None, prepared).await,
+        plan::Plan::Command(commands) => {
+            spawn(ctx, task, &doc, &who, Some(commands), prepared).await
+        }
         plan::Plan::Port(request) => {
             let mode = port::mode(request, &client_version);
             tracing::info!(session = %task.session_id, host = %request.host(), port = request.port, ?mode, client_version = %client_version, "Port session");
@@ -561,7 +566,11 @@ const FORWARDER_CLOSE: Duration = Duration::from_secs(2);
 
 /// What runs a session: a shell (or command) on a PTY, or a port forwarder.
 enum Runner {
-    Shell(Arc<std::sync::Mutex<Shell>>),
+    /// `command`: an `InteractiveCommands` command rather than a shell.
+    Shell {
+        shell: Arc<std::sync::Mutex<Shell>>,
+        command: bool,
+    },
     /// Its error ends the session as failed.
     Forwarder(tokio::task::JoinHandle<Result<(), String>>),
 }
@@ -586,6 +595,7 @@ async fn spawn(
     task: &AgentTaskPayload,
     doc: &document::SessionDocument,
     who: &user::SessionUser,
+    command: Option<&str>,
     prepared: Prepared,
 ) -> Result<Spawned, String> {
     let Prepared {
@@ -597,7 +607,10 @@ async fn spawn(
     } = prepared;
     let session_id = task.session_id.clone();
     let login_shell = ctx.config.shell == ShellChoice::Login;
-    let spec = crate::session::pty::session_spec(who, login_shell, size);
+    let spec = match command {
+        Some(commands) => crate::session::pty::command_spec(who, commands, size),
+        None => crate::session::pty::session_spec(who, login_shell, size),
+    };
     let spec_program = spec.program.display().to_string();
     let shim = ctx.config.exec_shim.clone();
     let spawned = tokio::task::spawn_blocking(move || Shell::spawn(&spec, &shim)).await;
@@ -614,7 +627,8 @@ async fn spawn(
     } else {
         (&doc.inputs.shell_profile.linux, b'\n')
     };
-    if !profile.trim().is_empty() {
+    // Not for a command: it gets nothing typed but what the client sends.
+    if command.is_none() && !profile.trim().is_empty() {
         early_input.extend_from_slice(profile.as_bytes());
         early_input.push(enter);
     }
@@ -678,7 +692,10 @@ async fn spawn(
         flags: None,
     };
     Ok(Spawned {
-        runner: Runner::Shell(shell),
+        runner: Runner::Shell {
+            shell,
+            command: command.is_some(),
+        },
         io,
         early_input,
         tap: recorded.tap,
@@ -846,7 +863,7 @@ async fn pump(
     // A tunnel's bytes are never recorded (they may be TLS or SSH): its forwarder
     // records each connection instead.
     let keys_and_screen = match runner {
-        Runner::Shell(_) => tap.clone(),
+        Runner::Shell { .. } => tap.clone(),
         Runner::Forwarder(_) => None,
     };
     let ending = channel
@@ -865,8 +882,9 @@ async fn pump(
         let _ = channel.notice(STOPPING_NOTICE).await;
     }
     let forwarded = matches!(runner, Runner::Forwarder(_));
+    let command = matches!(runner, Runner::Shell { command: true, .. });
     let (exit, failure) = match runner {
-        Runner::Shell(shell) => {
+        Runner::Shell { shell, .. } => {
             let exit = tokio::task::spawn_blocking(move || {
                 let mut s = shell
                     .lock()
@@ -902,6 +920,7 @@ async fn pump(
         exit,
         failure,
         forwarded,
+        command,
         tap,
         recording,
         checked,
@@ -919,6 +938,7 @@ impl Ran {
             exit,
             failure,
             forwarded: _,
+            command,
             tap,
             recording,
             checked,
@@ -983,6 +1003,7 @@ impl Ran {
                 session_id: session_id.clone(),
                 status: task_status::SUCCESS,
                 output: match code {
+                    Some(code) if command => format!("command exited with status {code}"),
                     Some(code) => format!("shell exited with status {code}"),
                     None => String::new(),
                 },

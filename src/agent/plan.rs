@@ -7,10 +7,16 @@
 //! shell would turn such a grant into a shell on the host. So the session type decides,
 //! here and nowhere else, and every type the agent does not implement is refused with the
 //! reason, which the client shows. Only `Standard_Stream` (the `SSM-SessionManagerRunShell`
-//! document and its kin) ever gets a shell.
+//! document and its kin) ever gets a shell; a command document gets its command and
+//! nothing after it; a port document a forwarder and no process at all.
+//!
+//! `runAsElevated: true` (a command document asking to run as the agent's own user,
+//! normally root, instead of the session user) is refused: upstream honours it, but
+//! anyone allowed to start sessions with a custom document could then run commands as
+//! root, which the session user and RunAs settings exist to prevent.
 
 use super::port::{self, PortRequest};
-use crate::protocol::document::{SessionDocument, SessionType};
+use crate::protocol::document::{Platform, SessionDocument, SessionType};
 
 /// What a session runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,12 +25,45 @@ pub(crate) enum Plan {
     Shell,
     /// Port forwarding (`Port`) to what the properties ask for.
     Port(PortRequest),
+    /// One command on a PTY (`InteractiveCommands`): this platform's `commands`, run by
+    /// the shell, no interactive shell before or after.
+    Command(String),
+}
+
+/// This platform's block of a command document's properties.
+pub(crate) const PLATFORM: Platform = if cfg!(windows) {
+    Platform::Windows
+} else if cfg!(target_os = "macos") {
+    Platform::MacOs
+} else {
+    Platform::Linux
+};
+
+/// This platform's `commands` of a command document (upstream's rules, §3.1): a string,
+/// not blank; `runAsElevated` refused (see the module docs).
+fn commands(doc: &SessionDocument) -> Result<String, String> {
+    let session_type = doc.session_type;
+    let block = doc.properties.get(PLATFORM.key());
+    if let Some(v) = block.and_then(|b| b.get("runAsElevated")) {
+        if v.as_bool() == Some(true) || v.as_str().is_some_and(|s| s.eq_ignore_ascii_case("true")) {
+            return Err(format!(
+                "session properties: runAsElevated is not supported by this agent (the command would run as the agent's own user, normally root); no command was started ({session_type})"
+            ));
+        }
+    }
+    match doc.commands(PLATFORM) {
+        Some(c) if !c.trim().is_empty() => Ok(c),
+        _ => Err(format!(
+            "Commands cannot be empty for session type {session_type} (properties.{}.commands)",
+            PLATFORM.key()
+        )),
+    }
 }
 
 /// The refusal shown to the user for a session type this agent does not run.
 pub(crate) fn unsupported(session_type: SessionType) -> String {
     format!(
-        "session type {session_type} is not supported by this agent: it runs shell (Standard_Stream) and port (Port) sessions; no command, shell or port forward was started"
+        "session type {session_type} is not supported by this agent: it runs shell (Standard_Stream), port (Port) and interactive command (InteractiveCommands) sessions; no command, shell or port forward was started"
     )
 }
 
@@ -36,9 +75,8 @@ pub(crate) fn plan_for(doc: &SessionDocument) -> Result<Plan, String> {
     match doc.session_type {
         SessionType::StandardStream => Ok(Plan::Shell),
         SessionType::Port => port::request(&doc.properties).map(Plan::Port),
-        other @ (SessionType::InteractiveCommands | SessionType::NonInteractiveCommands) => {
-            Err(unsupported(other))
-        }
+        SessionType::InteractiveCommands => commands(doc).map(Plan::Command),
+        other @ SessionType::NonInteractiveCommands => Err(unsupported(other)),
     }
 }
 
@@ -72,16 +110,31 @@ mod tests {
         // A Port document that does not say where is refused, never a shell.
         let refusal = plan_for(&doc("Port", json!({"type": "LocalPortForwarding"}))).unwrap_err();
         assert!(refusal.contains("Port number is empty"), "{refusal}");
-        for (t, props) in [
-            (
+        assert_eq!(
+            plan_for(&doc(
                 "InteractiveCommands",
-                json!({"linux": {"commands": "echo hi"}}),
-            ),
+                json!({"linux": {"commands": "echo hi"}, "windows": {"commands": "echo hi"}, "macos": {"commands": "echo hi"}})
+            )),
+            Ok(Plan::Command("echo hi".into()))
+        );
+        for (props, says) in [
             (
-                "NonInteractiveCommands",
-                json!({"linux": {"commands": "echo hi"}}),
+                json!({"linux": {"commands": " "}}),
+                "Commands cannot be empty",
+            ),
+            (json!({}), "Commands cannot be empty"),
+            (
+                json!({"linux": {"commands": "id", "runAsElevated": true}, "windows": {"commands": "id", "runAsElevated": true}, "macos": {"commands": "id", "runAsElevated": "true"}}),
+                "runAsElevated is not supported",
             ),
         ] {
+            let refusal = plan_for(&doc("InteractiveCommands", props)).unwrap_err();
+            assert!(refusal.contains(says), "{refusal}");
+        }
+        for (t, props) in [(
+            "NonInteractiveCommands",
+            json!({"linux": {"commands": "echo hi"}}),
+        )] {
             let refusal = plan_for(&doc(t, props)).unwrap_err();
             assert!(
                 refusal.starts_with(&format!("session type {t} is not supported by this agent")),

@@ -180,6 +180,15 @@ pub fn session_spec(who: &SessionUser, login_shell: bool, size: Option<(u16, u16
     }
 }
 
+/// A command of an `InteractiveCommands` session for `who`: `/bin/sh -c COMMANDS` on the
+/// PTY (upstream's way: the shell's own syntax, no login shell, no profile), with the
+/// environment, working directory and credentials of [`session_spec`].
+pub fn command_spec(who: &SessionUser, commands: &str, size: Option<(u16, u16)>) -> ShellSpec {
+    let mut spec = session_spec(who, false, size);
+    spec.args = vec!["-c".to_owned(), commands.to_owned()];
+    spec
+}
+
 /// Failures of the PTY edge; each message names the program (and user where relevant).
 #[derive(Debug, thiserror::Error)]
 pub enum PtyError {

@@ -96,6 +96,23 @@ pub enum PtyError {
     },
 }
 
+/// A command of an `InteractiveCommands` session for `who`: PowerShell running
+/// COMMANDS (upstream runs `powershell.exe COMMANDS`), otherwise as [`session_spec`].
+pub fn command_spec(who: &SessionUser, commands: &str, size: Option<(u16, u16)>) -> ShellSpec {
+    let mut spec = session_spec(who, false, size);
+    let system_root = std::env::var_os("SystemRoot")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(r"C:\Windows"));
+    spec.program = system_root.join(r"System32\WindowsPowerShell\v1.0\powershell.exe");
+    spec.args = vec![
+        "-NoLogo".to_owned(),
+        "-NoProfile".to_owned(),
+        "-Command".to_owned(),
+        commands.to_owned(),
+    ];
+    spec
+}
+
 /// The session's shell for `who`: PowerShell (`cmd.exe` without `login_shell`), with the
 /// agent's environment (replaced by the user's own in the logon shim when switching).
 pub fn session_spec(who: &SessionUser, login_shell: bool, size: Option<(u16, u16)>) -> ShellSpec {
