@@ -562,7 +562,7 @@ async fn prepare(
 
 /// How long a port session's forwarder may take to close its connections (and record
 /// them) once the session has ended.
-const FORWARDER_CLOSE: Duration = Duration::from_secs(2);
+const FORWARDER_CLOSE: Duration = Duration::from_secs(5);
 
 /// What runs a session: a shell (or command) on a PTY, or a port forwarder.
 enum Runner {

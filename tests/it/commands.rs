@@ -43,18 +43,18 @@ async fn an_interactive_command_runs_alone_takes_input_and_reports_its_status() 
         .join(&sid)
         .join("events.spool");
     let deadline = std::time::Instant::now() + WAIT;
-    let text = loop {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_session-agent"))
-            .arg("transcript")
+    let run = |cmd: &'static str| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_session-agent"))
+            .arg(cmd)
             .arg(&spool)
             .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if text.contains("[session ended") || std::time::Instant::now() > deadline {
-            break text;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     };
+    // Complete (its end written) and intact.
+    while !run("verify").await.unwrap().status.success() {
+        assert!(std::time::Instant::now() < deadline, "the recording never ended");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let text = String::from_utf8_lossy(&run("transcript").await.unwrap().stdout).into_owned();
     assert!(text.contains("name? abc"), "{text}");
     assert!(text.contains("got-abc-42"), "{text}");
     assert!(!text.contains("$ "), "no shell prompt: {text}");

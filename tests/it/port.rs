@@ -78,6 +78,8 @@ struct PortClient {
     data: Vec<u8>,
     flags: Vec<u32>,
     closed: Option<session_agent::protocol::payload::ChannelClosed>,
+    /// Input frames the agent acknowledged.
+    acked: i64,
 }
 
 impl PortClient {
@@ -109,6 +111,7 @@ impl PortClient {
             data: Vec::new(),
             flags: Vec::new(),
             closed: None,
+            acked: 0,
         };
         (sid, client)
     }
@@ -156,6 +159,7 @@ impl PortClient {
                             _ => {}
                         }
                     }
+                    MessageType::Acknowledge => self.acked += 1,
                     MessageType::ChannelClosed => {
                         self.closed = session_agent::protocol::payload::from_json(
                             &m.payload,
@@ -227,8 +231,9 @@ impl PortClient {
     }
 }
 
-/// The tunnel lines of a session's recording, as `session-agent transcript` prints them.
-fn tunnel_lines(agent: &RunningAgent, sid: &str) -> Vec<String> {
+/// The tunnel lines of a session's recording once it has ended, as `session-agent
+/// transcript` prints them (async: the agent runs on this test's runtime).
+async fn tunnel_lines(agent: &RunningAgent, sid: &str) -> Vec<String> {
     let spool = agent
         .state_dir()
         .join("recordings")
@@ -236,28 +241,62 @@ fn tunnel_lines(agent: &RunningAgent, sid: &str) -> Vec<String> {
         .join("events.spool");
     let deadline = std::time::Instant::now() + WAIT;
     loop {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_session-agent"))
+        // `verify` says whether the recording has its end yet.
+        let verify = tokio::process::Command::new(env!("CARGO_BIN_EXE_session-agent"))
+            .arg("verify")
+            .arg(&spool)
+            .output()
+            .await
+            .unwrap();
+        let ended = verify.status.success();
+        if ended || std::time::Instant::now() > deadline {
+            let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_session-agent"))
+                .arg("transcript")
+                .arg(&spool)
+                .output()
+                .await
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(
+                ended,
+                "the recording has no end: {} {text}",
+                String::from_utf8_lossy(&verify.stdout)
+            );
+            return text
+                .lines()
+                .filter(|l| l.starts_with("[tunnel"))
+                .map(str::to_owned)
+                .collect();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the recording has a tunnel line starting with `prefix` (the session goes
+/// on meanwhile).
+async fn wait_tunnel_line(agent: &RunningAgent, sid: &str, prefix: &str) {
+    let spool = agent
+        .state_dir()
+        .join("recordings")
+        .join(sid)
+        .join("events.spool");
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_session-agent"))
             .arg("transcript")
             .arg(&spool)
             .output()
+            .await
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let lines: Vec<String> = text
-            .lines()
-            .filter(|l| l.starts_with("[tunnel"))
-            .map(str::to_owned)
-            .collect();
-        // The end is written once the session is concluded.
-        if text.contains("[session ended") || std::time::Instant::now() > deadline {
-            assert!(
-                !lines.is_empty(),
-                "no tunnel lines in {}: {text:?} {}",
-                spool.display(),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            return lines;
+        if text.lines().any(|l| l.starts_with(prefix)) {
+            return;
         }
-        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {prefix:?} in {text:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -301,7 +340,7 @@ async fn an_ssh_style_session_carries_one_connection_intact_and_ends_with_it() {
         .await;
     c.until_closed().await;
     wait_status(&gw, &sid, "History", "Terminated").await;
-    let lines = tunnel_lines(&agent, &sid);
+    let lines = tunnel_lines(&agent, &sid).await;
     assert!(
         lines
             .iter()
@@ -362,7 +401,7 @@ async fn the_destination_closing_ends_a_stream_session_successfully() {
     c.until_closed().await;
     let s = wait_status(&gw, &sid, "History", "Terminated").await;
     assert_eq!(s["Status"], "Terminated", "{s}");
-    let lines = tunnel_lines(&agent, &sid);
+    let lines = tunnel_lines(&agent, &sid).await;
     assert!(
         lines.iter().any(|l| l.starts_with("[tunnel #1: closed")
             && l.contains("4 bytes to it, 14 bytes from it")),
@@ -397,7 +436,7 @@ async fn denied_destinations_are_refused_recorded_and_never_dialled() {
     );
     let s = wait_status(&gw, &sid, "History", "Failed").await;
     assert!(s["Details"].as_str().unwrap().contains("forbidden"), "{s}");
-    let lines = tunnel_lines(&agent, &sid);
+    let lines = tunnel_lines(&agent, &sid).await;
     assert!(
         lines
             .iter()
@@ -439,7 +478,7 @@ async fn denied_destinations_are_refused_recorded_and_never_dialled() {
         why.starts_with("Unable to connect to specified port: "),
         "{why}"
     );
-    let lines = tunnel_lines(&agent2, &sid);
+    let lines = tunnel_lines(&agent2, &sid).await;
     assert!(
         lines
             .iter()
@@ -479,7 +518,7 @@ async fn an_old_clients_local_port_forwarding_reconnects_after_disconnect_to_por
         .await;
     c.until_closed().await;
     wait_status(&gw, &sid, "History", "Terminated").await;
-    let lines = tunnel_lines(&agent, &sid);
+    let lines = tunnel_lines(&agent, &sid).await;
     let closed: Vec<_> = lines.iter().filter(|l| l.contains(": closed ")).collect();
     assert_eq!(closed.len(), 2, "{lines:?}");
     assert!(
@@ -519,6 +558,221 @@ async fn port_forwarding_turned_off_refuses_port_sessions_before_anything_opens(
     let why = c.closed.clone().unwrap().output;
     assert!(why.contains("port forwarding is turned off"), "{why}");
     wait_status(&gw, &sid, "History", "Failed").await;
+    agent.stop().await;
+    gw.stop().await;
+}
+
+/// A multiplexed client over [`PortClient`]: smux frames in the tunnel's bytes, sent
+/// with a window of unacknowledged input (as a real client's sender has), so a flood
+/// both ways makes progress.
+struct MuxClient {
+    c: PortClient,
+    mux: session_agent::protocol::smux::Mux,
+    /// Bytes of the agent's output fed to the Mux so far.
+    fed: usize,
+    received: std::collections::HashMap<u32, Vec<u8>>,
+    finished: std::collections::HashSet<u32>,
+}
+
+impl MuxClient {
+    fn new(c: PortClient) -> Self {
+        use session_agent::protocol::smux::{Mux, Role};
+        Self {
+            c,
+            mux: Mux::new(Role::Client, 1000),
+            fed: 0,
+            received: Default::default(),
+            finished: Default::default(),
+        }
+    }
+
+    /// Feeds new output to the Mux.
+    fn absorb(&mut self) {
+        use session_agent::protocol::smux::MuxEvent;
+        let new = self.c.data[self.fed..].to_vec();
+        self.fed = self.c.data.len();
+        for e in self
+            .mux
+            .receive(&new)
+            .expect("the agent's smux stream is broken")
+        {
+            match e {
+                MuxEvent::Data(sid, b) => {
+                    self.received.entry(sid).or_default().extend_from_slice(&b)
+                }
+                MuxEvent::Closed(sid) => {
+                    self.finished.insert(sid);
+                }
+                other => panic!("the agent opened or refused a stream: {other:?}"),
+            }
+        }
+        // Keep the tunnel's bytes from piling up in the test.
+        if self.fed > (1 << 20) {
+            self.c.data.drain(..self.fed);
+            self.fed = 0;
+        }
+    }
+
+    /// Sends what the Mux queued, 16 KiB per message, keeping at most 256 KiB
+    /// unacknowledged, taking output meanwhile.
+    async fn flush(&mut self) {
+        let out = self.mux.take_output();
+        for chunk in out.chunks(16 * 1024) {
+            while (self.c.next_seq - self.c.acked) * 16 * 1024 > 256 * 1024 {
+                assert!(self.c.step().await, "closed: {:?}", self.c.closed);
+                self.absorb();
+            }
+            self.c.send(PayloadType::Output, chunk).await;
+        }
+    }
+
+    /// Steps until `done`.
+    async fn until(&mut self, within: Duration, done: impl Fn(&Self) -> bool) {
+        let deadline = tokio::time::Instant::now() + within;
+        while !done(self) {
+            let more = tokio::time::timeout_at(deadline, self.c.step())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "timed out; received {:?}, finished {:?}, flags {:?}",
+                        self.received
+                            .iter()
+                            .map(|(k, v)| (k, v.len()))
+                            .collect::<Vec<_>>(),
+                        self.finished,
+                        self.c.flags
+                    )
+                });
+            assert!(more, "the session closed: {:?}", self.c.closed);
+            self.absorb();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_multiplexed_session_carries_concurrent_connections_intact() {
+    let docs = tempfile::tempdir().unwrap();
+    let gw = gateway(docs.path()).await;
+    let agent = RunningAgent::start_configured(&gw, "port-m", gw.http_url(), None, |c| {
+        c.port.max_connections = 3;
+    })
+    .await;
+    let port = echo_server(None).await;
+    let (sid, c) = PortClient::start(
+        &gw,
+        "port-m",
+        json!({"portNumber": [port.to_string()], "type": ["LocalPortForwarding"]}),
+        "1.2.650.0",
+    )
+    .await;
+    let mut m = MuxClient::new(c);
+    m.c.until(WAIT, |c| c.complete).await;
+    // Two connections at once, 4 MB each way.
+    let (a, b) = (m.mux.open().unwrap(), m.mux.open().unwrap());
+    assert_eq!((a, b), (3, 5));
+    let pa: Vec<u8> = (0..4_000_000u32).map(|i| (i % 253) as u8).collect();
+    let pb: Vec<u8> = (0..4_000_000u32).map(|i| (i % 241) as u8 ^ 0x5a).collect();
+    for (i, (ca, cb)) in pa.chunks(64 * 1024).zip(pb.chunks(64 * 1024)).enumerate() {
+        m.mux.write(a, ca);
+        m.mux.write(b, cb);
+        if i % 4 == 3 {
+            m.flush().await;
+        }
+    }
+    m.flush().await;
+    let n = pa.len();
+    m.until(Duration::from_secs(120), |m| {
+        m.received.get(&a).map_or(0, Vec::len) >= n && m.received.get(&b).map_or(0, Vec::len) >= n
+    })
+    .await;
+    assert!(m.received[&a] == pa, "connection a came back damaged");
+    assert!(m.received[&b] == pb, "connection b came back damaged");
+    // The client closes a: the agent closes its connection (recorded) and frees its
+    // place under the cap.
+    m.mux.close(a);
+    m.flush().await;
+    wait_tunnel_line(&agent, &sid, "[tunnel #3: closed").await;
+    // Beyond the cap (3 open: b, c, d; e refused): FIN and the ConnectToPortError flag.
+    let c3 = m.mux.open().unwrap();
+    let d = m.mux.open().unwrap();
+    let e = m.mux.open().unwrap();
+    m.flush().await;
+    m.until(WAIT, |m| m.finished.contains(&e) && !m.c.flags.is_empty())
+        .await;
+    assert_eq!(m.c.flags, [flag::CONNECT_TO_PORT_ERROR]);
+    m.mux.write(d, b"still-works");
+    m.flush().await;
+    m.until(WAIT, |m| {
+        m.received.get(&d).is_some_and(|r| r == b"still-works")
+    })
+    .await;
+    let _ = c3;
+    // Ctrl-C: TerminateSession.
+    m.c.send(PayloadType::Flag, &flag::encode(flag::TERMINATE_SESSION))
+        .await;
+    m.c.until_closed().await;
+    wait_status(&gw, &sid, "History", "Terminated").await;
+    let lines = tunnel_lines(&agent, &sid).await;
+    let closed_a = lines
+        .iter()
+        .find(|l| l.starts_with("[tunnel #3: closed"))
+        .unwrap_or_else(|| panic!("{lines:?}"));
+    assert!(
+        closed_a.contains(&format!("{n} bytes to it, {n} bytes from it")),
+        "{closed_a}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(&format!("[tunnel #{e}: denied"))
+                && l.contains("too many connections")),
+        "{lines:?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("[tunnel #5: closed")),
+        "{lines:?}"
+    );
+    agent.stop().await;
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_multiplexed_connection_that_fails_is_flagged_and_the_session_goes_on() {
+    let docs = tempfile::tempdir().unwrap();
+    let gw = gateway(docs.path()).await;
+    let agent = RunningAgent::start(&gw, "port-n").await;
+    let closed_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let (sid, c) = PortClient::start(
+        &gw,
+        "port-n",
+        json!({"portNumber": [closed_port.to_string()], "type": ["LocalPortForwarding"]}),
+        "1.2.650.0",
+    )
+    .await;
+    let mut m = MuxClient::new(c);
+    m.c.until(WAIT, |c| c.complete).await;
+    let a = m.mux.open().unwrap();
+    m.mux.write(a, b"hello");
+    m.flush().await;
+    m.until(WAIT, |m| m.finished.contains(&a) && !m.c.flags.is_empty())
+        .await;
+    assert_eq!(m.c.flags, [flag::CONNECT_TO_PORT_ERROR]);
+    // Garbage where smux frames belong ends the session with a clear error.
+    m.c.send_data(b"\x07garbage!").await;
+    m.c.until_closed().await;
+    let why = m.c.closed.clone().unwrap().output;
+    assert!(why.contains("multiplexed stream is broken"), "{why}");
+    wait_status(&gw, &sid, "History", "Failed").await;
+    let lines = tunnel_lines(&agent, &sid).await;
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("[tunnel #3: could not connect to localhost:")),
+        "{lines:?}"
+    );
     agent.stop().await;
     gw.stop().await;
 }

@@ -21,6 +21,7 @@
 //! ([`PIPE_BYTES`] each) and, per connection, one read buffer and a bounded queue.
 
 mod basic;
+mod mux;
 pub mod policy;
 
 use super::recording::Tap;
@@ -360,9 +361,17 @@ pub(crate) async fn start(
                 basic::run(dest, first, reconnect, in_rx, out_tx, flags_in, audit).await
             }
             (Mode::Mux { keepalive }, _) => {
-                drop(flags_out);
-                let _ = (keepalive, max_connections);
-                Err("multiplexed port forwarding is not available yet".to_owned())
+                drop(flags_in);
+                mux::run(
+                    dest,
+                    keepalive,
+                    max_connections,
+                    in_rx,
+                    out_tx,
+                    flags_out,
+                    audit,
+                )
+                .await
             }
             (Mode::Single { .. }, None) => Err("no connection".to_owned()),
         };
