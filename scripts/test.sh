@@ -101,7 +101,7 @@ fi
   cd fuzz
   export RUSTC_BOOTSTRAP=1 # cargo-fuzz's instrumentation flags on the stable toolchain
   cargo fuzz build --dev -s none
-  for target in decode_frame payloads recordings; do
+  for target in decode_frame payloads recordings smux; do
     mkdir -p "$cache/fuzz-corpus/$target"
     log="$cache/fuzz-$target.log"
     if ! cargo fuzz run --dev -s none "$target" "$cache/fuzz-corpus/$target" "corpus/$target" -- \

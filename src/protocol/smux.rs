@@ -23,12 +23,13 @@
 //! that speak smux (`async_smux`, `tokio_smux`, `smux`) all own an `AsyncRead +
 //! AsyncWrite` transport and spawn or require a driving future; using one would mean an
 //! in-memory duplex pipe plus a task per session just to turn payloads back into a byte
-//! stream, with buffering and back-pressure we could not see. `async_smux` also allocates
-//! stream ids by its own parity rule rather than smux's client-starts-at-3 counter. The
-//! protocol is small (five commands, no handshake, no flow control in v1), so a state
-//! machine with bytes in and events and bytes out is simpler to drive, test and fuzz.
+//! stream, with buffering and back-pressure we could not see. The protocol is small
+//! (five commands, no handshake, no flow control in v1), so a state machine with bytes in
+//! and events and bytes out is simpler to drive, test and fuzz.
 //!
-//! # Differences from upstream v1.5.15/v1.5.16, on malformed input only
+//! # Differences from upstream v1.5.15/v1.5.16
+//!
+//! None for what an smux peer sends; only for malformed frames and beyond a stream cap:
 //!
 //! * SYN, FIN and NOP must have length 0 and UPD length 8 ([`SmuxError::UnexpectedData`],
 //!   [`SmuxError::BadUpd`]). v1.5.16 ignores the length of SYN/FIN/NOP (and reads exactly
