@@ -638,6 +638,18 @@ impl Channel {
 
     /// A chunk read from the terminal (not empty).
     pub fn on_output(&mut self, bytes: &[u8], now: Instant) -> Vec<Effect> {
+        self.on_output_as(PayloadType::Output, bytes, now)
+    }
+
+    /// A chunk of output of this payload type (not empty): standard output (1), a
+    /// command's standard error (11, StdErr) or its exit code message (12, ExitCode).
+    /// Recorded (the user sees all three) and sealed when encrypted, as upstream.
+    pub fn on_output_as(
+        &mut self,
+        payload_type: PayloadType,
+        bytes: &[u8],
+        now: Instant,
+    ) -> Vec<Effect> {
         let mut fx = Vec::new();
         let can_send = self.can_send();
         let Phase::Running(run) = &mut self.phase else {
@@ -645,7 +657,13 @@ impl Channel {
         };
         run.last_activity = now;
         if can_send {
-            self.send_output(Bytes::copy_from_slice(bytes), true, now, &mut fx);
+            self.send_output_as(
+                payload_type,
+                Bytes::copy_from_slice(bytes),
+                true,
+                now,
+                &mut fx,
+            );
         } else {
             // Read without room (the pump reads only while there is): kept, not lost.
             run.held
@@ -851,6 +869,17 @@ impl Channel {
     /// Output for the peer: recorded first (`record`: terminal output, not a notice),
     /// sealed when encrypted, sent as one sequenced frame.
     fn send_output(&mut self, bytes: Bytes, record: bool, now: Instant, fx: &mut Vec<Effect>) {
+        self.send_output_as(PayloadType::Output, bytes, record, now, fx);
+    }
+
+    fn send_output_as(
+        &mut self,
+        payload_type: PayloadType,
+        bytes: Bytes,
+        record: bool,
+        now: Instant,
+        fx: &mut Vec<Effect>,
+    ) {
         if record && self.record_output {
             fx.push(Effect::Record(bytes.clone()));
         }
@@ -858,7 +887,7 @@ impl Channel {
             Some(c) => Bytes::from(c.seal(&bytes)),
             None => bytes,
         };
-        if let Err(e) = self.send_stream(PayloadType::Output, bytes, now, fx) {
+        if let Err(e) = self.send_stream(payload_type, bytes, now, fx) {
             tracing::debug!(session = %self.session_id, error = %e, "Cannot encode output");
         }
     }

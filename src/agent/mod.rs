@@ -21,6 +21,8 @@
 
 pub mod budget;
 pub mod channel;
+#[cfg(unix)]
+pub(crate) mod command;
 pub mod config;
 pub mod control;
 pub mod heartbeat;
@@ -407,6 +409,8 @@ async fn serve(
         plan::Plan::Command(commands) => {
             spawn(ctx, task, &doc, &who, Some(commands), prepared).await
         }
+        #[cfg(unix)]
+        plan::Plan::Exec(request) => spawn_exec(ctx, task, &who, request, prepared).await,
         plan::Plan::Port(request) => {
             let mode = port::mode(request, &client_version);
             tracing::info!(session = %task.session_id, host = %request.host(), port = request.port, ?mode, client_version = %client_version, "Port session");
@@ -571,8 +575,12 @@ enum Runner {
         shell: Arc<std::sync::Mutex<Shell>>,
         command: bool,
     },
-    /// Its error ends the session as failed.
-    Forwarder(tokio::task::JoinHandle<Result<(), String>>),
+    /// A port forwarder (`port`), or a command without a terminal: its error ends the
+    /// session as failed; its exit status, when it has one, is the session's.
+    Task {
+        task: tokio::task::JoinHandle<Result<Option<crate::session::pty::ExitStatus>, String>>,
+        port: bool,
+    },
 }
 
 /// A spawned shell (or forwarder) with its I/O and its recording, ready for the pump.
@@ -778,6 +786,73 @@ fn record(
     })
 }
 
+/// A `NonInteractiveCommands` program (no terminal) as the session user, and its
+/// recording. A program that cannot start is the refusal (`Unable to start command`).
+#[cfg(unix)]
+async fn spawn_exec(
+    ctx: &Ctx,
+    task: &AgentTaskPayload,
+    who: &user::SessionUser,
+    request: &command::CommandRequest,
+    prepared: Prepared,
+) -> Result<Spawned, String> {
+    let Prepared {
+        size,
+        checked,
+        policy,
+        locations,
+        ..
+    } = prepared;
+    let mut spec = crate::session::pty::session_spec(who, false, None);
+    let (program, args) = request.argv.split_first().ok_or("no program to run")?;
+    spec.program = program.into();
+    spec.args = args.to_vec();
+    let shown = shlex::try_join(request.argv.iter().map(String::as_str))
+        .unwrap_or_else(|_| request.argv.join(" "));
+    let (cols, rows) = size.unwrap_or((80, 24));
+    let start = StartInfo {
+        session_id: task.session_id.clone(),
+        user: task.session_owner.clone(),
+        run_as_user: who.info.name.clone(),
+        owner: task.session_owner.clone(),
+        target: ctx.target_id.clone(),
+        reason: None,
+        cols,
+        rows,
+        started_unix_ms: recording::unix_ms(),
+        term: None,
+        shell: Some(shown.clone()),
+    };
+    // Recorded first: nothing runs unrecorded under fail-closed.
+    let recorded = record(ctx, task, who, &checked, policy, start)?;
+    let (io, task_handle) = match crate::session::pty::spawn_piped(&spec, &ctx.config.exec_shim) {
+        Ok(child) => {
+            tracing::info!(session = %task.session_id, user = %who.info.name, pid = ?child.id(), command = %shown, "Command started");
+            let started = command::start(child, request.separate.clone());
+            (started.io, started.task)
+        }
+        // The session ends at once with the reason; its recording says so and is
+        // delivered like any other.
+        Err(e) => {
+            let failed = port::Started::failed(format!("Unable to start command: {e}"));
+            (failed.io, failed.task)
+        }
+    };
+    Ok(Spawned {
+        runner: Runner::Task {
+            task: task_handle,
+            port: false,
+        },
+        io,
+        early_input: Vec::new(),
+        tap: recorded.tap,
+        recording: recorded.recording,
+        streamer: recorded.streamer,
+        checked,
+        locations,
+    })
+}
+
 /// A port session's forwarder (after the policy's checks, its first connection in the
 /// one-connection modes) and its recording: each connection an audit record. A
 /// destination the policy refuses is recorded, and the session then ends with the
@@ -822,7 +897,10 @@ async fn spawn_port(
     };
     let started = started.unwrap_or_else(port::Started::failed);
     Ok(Spawned {
-        runner: Runner::Forwarder(started.task),
+        runner: Runner::Task {
+            task: started.task,
+            port: true,
+        },
         io: started.io,
         // Bytes the client sent while the forwarder was being set up.
         early_input,
@@ -863,8 +941,8 @@ async fn pump(
     // A tunnel's bytes are never recorded (they may be TLS or SSH): its forwarder
     // records each connection instead.
     let keys_and_screen = match runner {
-        Runner::Shell { .. } => tap.clone(),
-        Runner::Forwarder(_) => None,
+        Runner::Task { port: true, .. } => None,
+        Runner::Shell { .. } | Runner::Task { .. } => tap.clone(),
     };
     let ending = channel
         .pump(
@@ -881,8 +959,11 @@ async fn pump(
     if agent_stopping {
         let _ = channel.notice(STOPPING_NOTICE).await;
     }
-    let forwarded = matches!(runner, Runner::Forwarder(_));
-    let command = matches!(runner, Runner::Shell { command: true, .. });
+    let forwarded = matches!(runner, Runner::Task { port: true, .. });
+    let command = matches!(
+        runner,
+        Runner::Shell { command: true, .. } | Runner::Task { port: false, .. }
+    );
     let (exit, failure) = match runner {
         Runner::Shell { shell, .. } => {
             let exit = tokio::task::spawn_blocking(move || {
@@ -895,7 +976,7 @@ async fn pump(
             .ok();
             (exit, None)
         }
-        Runner::Forwarder(mut task) => {
+        Runner::Task { mut task, .. } => {
             // Ended by the client, a limit or a stop: the pipes are gone, so the
             // forwarder closes its connections and records them; one that does not
             // finish soon is stopped.
@@ -907,11 +988,11 @@ async fn pump(
                 Ok(r) => r,
                 Err(_) => task.await,
             };
-            let failure = match joined {
-                Ok(Err(e)) => Some(e),
-                Ok(Ok(())) | Err(_) => None,
-            };
-            (None, failure)
+            match joined {
+                Ok(Err(e)) => (None, Some(e)),
+                Ok(Ok(status)) => (status, None),
+                Err(_) => (None, None),
+            }
         }
     };
     Ran {

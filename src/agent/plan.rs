@@ -28,6 +28,9 @@ pub(crate) enum Plan {
     /// One command on a PTY (`InteractiveCommands`): this platform's `commands`, run by
     /// the shell, no interactive shell before or after.
     Command(String),
+    /// One program without a terminal (`NonInteractiveCommands`).
+    #[cfg(unix)]
+    Exec(super::command::CommandRequest),
 }
 
 /// This platform's block of a command document's properties.
@@ -61,9 +64,10 @@ fn commands(doc: &SessionDocument) -> Result<String, String> {
 }
 
 /// The refusal shown to the user for a session type this agent does not run.
+#[cfg(not(unix))]
 pub(crate) fn unsupported(session_type: SessionType) -> String {
     format!(
-        "session type {session_type} is not supported by this agent: it runs shell (Standard_Stream), port (Port) and interactive command (InteractiveCommands) sessions; no command, shell or port forward was started"
+        "session type {session_type} is not supported by this agent on this platform; no command, shell or port forward was started"
     )
 }
 
@@ -76,6 +80,17 @@ pub(crate) fn plan_for(doc: &SessionDocument) -> Result<Plan, String> {
         SessionType::StandardStream => Ok(Plan::Shell),
         SessionType::Port => port::request(&doc.properties).map(Plan::Port),
         SessionType::InteractiveCommands => commands(doc).map(Plan::Command),
+        #[cfg(unix)]
+        SessionType::NonInteractiveCommands => {
+            let commands = commands(doc)?;
+            let block = doc
+                .properties
+                .get(PLATFORM.key())
+                .cloned()
+                .unwrap_or_default();
+            super::command::request(&block, &commands).map(Plan::Exec)
+        }
+        #[cfg(not(unix))]
         other @ SessionType::NonInteractiveCommands => Err(unsupported(other)),
     }
 }
@@ -131,15 +146,12 @@ mod tests {
             let refusal = plan_for(&doc("InteractiveCommands", props)).unwrap_err();
             assert!(refusal.contains(says), "{refusal}");
         }
-        let refusal = plan_for(&doc(
-            "NonInteractiveCommands",
-            json!({"linux": {"commands": "echo hi"}}),
-        ))
-        .unwrap_err();
-        assert!(
-            refusal
-                .starts_with("session type NonInteractiveCommands is not supported by this agent"),
-            "{refusal}"
-        );
+        assert!(matches!(
+            plan_for(&doc(
+                "NonInteractiveCommands",
+                json!({"linux": {"commands": "echo 'hi there'"}, "macos": {"commands": "echo 'hi there'"}}),
+            )),
+            Ok(Plan::Exec(r)) if r.argv == ["echo", "hi there"]
+        ));
     }
 }

@@ -65,17 +65,61 @@ pub enum SessionOutput {
     /// The pump's end of a bounded in-memory pipe from the forwarder (read only; the
     /// forwarder dropping its end is the end of file).
     Pipe(tokio::io::DuplexStream),
+    /// Chunks with their payload type (a command without a terminal: standard output,
+    /// standard error, its exit code); the sender dropping is the end of file.
+    Typed(TypedOutput),
+}
+
+/// A bounded channel of typed output chunks, and what is left of the one being read.
+#[derive(Debug)]
+pub struct TypedOutput {
+    rx: tokio::sync::mpsc::Receiver<(PayloadType, Bytes)>,
+    left: Option<(PayloadType, Bytes)>,
+}
+
+impl TypedOutput {
+    /// Output from `rx`.
+    pub fn new(rx: tokio::sync::mpsc::Receiver<(PayloadType, Bytes)>) -> Self {
+        Self { rx, left: None }
+    }
+
+    fn take(
+        &mut self,
+        (t, mut bytes): (PayloadType, Bytes),
+        buf: &mut [u8],
+    ) -> (PayloadType, usize) {
+        let n = bytes.len().min(buf.len());
+        buf[..n].copy_from_slice(&bytes.split_to(n));
+        if !bytes.is_empty() {
+            self.left = Some((t, bytes));
+        }
+        (t, n)
+    }
 }
 
 impl SessionOutput {
-    async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+    /// The next bytes and their payload type; 0 bytes at the end.
+    async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<(PayloadType, usize)> {
         match self {
-            Self::Pty(r) => r.read(buf).await,
-            Self::Pipe(r) => tokio::io::AsyncReadExt::read(r, buf).await,
+            Self::Pty(r) => r.read(buf).await.map(|n| (PayloadType::Output, n)),
+            Self::Pipe(r) => tokio::io::AsyncReadExt::read(r, buf)
+                .await
+                .map(|n| (PayloadType::Output, n)),
+            Self::Typed(t) => {
+                let next = match t.left.take() {
+                    Some(chunk) => Some(chunk),
+                    None => t.rx.recv().await,
+                };
+                Ok(match next {
+                    Some(chunk) => t.take(chunk, buf),
+                    None => (PayloadType::Output, 0),
+                })
+            }
         }
     }
 
-    /// What is ready now, without waiting (`None`: nothing).
+    /// What is ready now, without waiting (`None`: nothing). Terminal output only: the
+    /// typed source ends by itself once everything was read.
     fn try_read(&mut self, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
         match self {
             Self::Pty(r) => r.try_read(buf),
@@ -85,6 +129,7 @@ impl SessionOutput {
                     .now_or_never()
                     .transpose()
             }
+            Self::Typed(_) => Ok(None),
         }
     }
 }
@@ -94,6 +139,7 @@ impl std::fmt::Debug for SessionOutput {
         f.write_str(match self {
             Self::Pty(_) => "SessionOutput::Pty",
             Self::Pipe(_) => "SessionOutput::Pipe",
+            Self::Typed(_) => "SessionOutput::Typed",
         })
     }
 }
@@ -103,6 +149,7 @@ impl std::fmt::Debug for SessionInput {
         f.write_str(match self {
             Self::Pty(_) => "SessionInput::Pty",
             Self::Pipe(_) => "SessionInput::Pipe",
+            Self::Keys(_) => "SessionInput::Keys",
         })
     }
 }
@@ -114,6 +161,9 @@ pub enum SessionInput {
     Pty(PtyWriter),
     /// The forwarder's end of a bounded in-memory pipe.
     Pipe(tokio::io::DuplexStream),
+    /// Keystrokes for a command without a terminal, which looks only for Ctrl-C and
+    /// Ctrl-\\ (signals).
+    Keys(tokio::sync::mpsc::Sender<Vec<u8>>),
 }
 
 impl SessionInput {
@@ -121,6 +171,10 @@ impl SessionInput {
         match self {
             Self::Pty(w) => w.write_all(bytes).await,
             Self::Pipe(w) => tokio::io::AsyncWriteExt::write_all(w, bytes).await,
+            Self::Keys(tx) => tx
+                .send(bytes.to_vec())
+                .await
+                .map_err(|_| std::io::ErrorKind::BrokenPipe.into()),
         }
     }
 }
@@ -503,7 +557,7 @@ impl DataChannel {
                     }
                 }
                 read = io.reader.read(io.buf), if can_read => match read {
-                    Ok(n) if n > 0 => self.machine.on_output(&io.buf[..n], Instant::now()),
+                    Ok((t, n)) if n > 0 => self.machine.on_output_as(t, &io.buf[..n], Instant::now()),
                     // EOF (no process holds the terminal) or a failed read: the end.
                     _ => self.machine.on_pty_eof(Instant::now()),
                 },

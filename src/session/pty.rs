@@ -892,60 +892,95 @@ fn live_session_members(sid: Pid) -> Vec<Pid> {
         .collect()
 }
 
-/// The command `portable-pty` runs: the program itself, or the shim in front of it.
-fn command_for(
+/// A command without a terminal (`NonInteractiveCommands`): `spec`'s program and
+/// arguments as its user (through the `__exec-as` shim, as [`Shell::spawn`]), its own
+/// process group, standard input at end of file, standard output and error piped. Killed
+/// when the handle is dropped.
+///
+/// # Errors
+/// The credentials cannot be switched to, or the program cannot start.
+pub fn spawn_piped(spec: &ShellSpec, exec_shim: &Path) -> Result<tokio::process::Child, PtyError> {
+    let program = spec.program.display().to_string();
+    let (exe, args) = argv_for(spec, exec_shim, &program)?;
+    let mut command = tokio::process::Command::new(exe);
+    command
+        .args(args)
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(&spec.cwd)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    command.spawn().map_err(|e| PtyError::Spawn {
+        program,
+        reason: e.to_string(),
+    })
+}
+
+/// What runs: the program itself with its arguments, or the shim in front of it when
+/// `spec` names other credentials than the agent's.
+fn argv_for(
     spec: &ShellSpec,
     exec_shim: &Path,
     program: &str,
-) -> Result<CommandBuilder, PtyError> {
+) -> Result<(std::ffi::OsString, Vec<String>), PtyError> {
     let euid = nix::unistd::geteuid();
     let egid = nix::unistd::getegid();
     let switch = spec
         .run_as
         .as_ref()
         .filter(|c| c.uid != euid.as_raw() || c.gid != egid.as_raw());
-    let mut command = match switch {
-        None => {
-            let mut command = CommandBuilder::new(&spec.program);
-            command.args(&spec.args);
-            command
-        }
-        Some(creds) => {
-            if !euid.is_root() {
-                return Err(PtyError::NotPrivileged {
-                    program: program.into(),
-                    user: creds.user.clone(),
-                    euid: euid.as_raw(),
-                });
-            }
-            if creds.uid == 0 {
-                return Err(PtyError::RunAsRoot {
-                    program: program.into(),
-                    user: creds.user.clone(),
-                });
-            }
-            let Some(target) = spec.program.to_str() else {
-                return Err(PtyError::Spawn {
-                    program: program.into(),
-                    reason: "a program run as another user needs a UTF-8 path".into(),
-                });
-            };
-            let mut command = CommandBuilder::new(exec_shim);
-            command.args([
-                EXEC_AS_SUBCOMMAND,
-                "--uid",
-                &creds.uid.to_string(),
-                "--gid",
-                &creds.gid.to_string(),
-                "--user",
-                &creds.user,
-                "--",
-                target,
-            ]);
-            command.args(&spec.args);
-            command
-        }
+    let Some(creds) = switch else {
+        return Ok((spec.program.clone().into_os_string(), spec.args.clone()));
     };
+    if !euid.is_root() {
+        return Err(PtyError::NotPrivileged {
+            program: program.into(),
+            user: creds.user.clone(),
+            euid: euid.as_raw(),
+        });
+    }
+    if creds.uid == 0 {
+        return Err(PtyError::RunAsRoot {
+            program: program.into(),
+            user: creds.user.clone(),
+        });
+    }
+    let Some(target) = spec.program.to_str() else {
+        return Err(PtyError::Spawn {
+            program: program.into(),
+            reason: "a program run as another user needs a UTF-8 path".into(),
+        });
+    };
+    let mut args: Vec<String> = [
+        EXEC_AS_SUBCOMMAND,
+        "--uid",
+        &creds.uid.to_string(),
+        "--gid",
+        &creds.gid.to_string(),
+        "--user",
+        &creds.user,
+        "--",
+        target,
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
+    args.extend(spec.args.iter().cloned());
+    Ok((exec_shim.as_os_str().to_owned(), args))
+}
+
+/// The command `portable-pty` runs: the program itself, or the shim in front of it.
+fn command_for(
+    spec: &ShellSpec,
+    exec_shim: &Path,
+    program: &str,
+) -> Result<CommandBuilder, PtyError> {
+    let (exe, args) = argv_for(spec, exec_shim, program)?;
+    let mut command = CommandBuilder::new(exe);
+    command.args(&args);
     command.env_clear();
     for (key, value) in &spec.env {
         command.env(key, value);

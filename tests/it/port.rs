@@ -68,16 +68,20 @@ impl AsRef<[u8]> for Item {
 
 /// The client's end of a port session, as the plugin's: acknowledges output, answers
 /// the handshake with `client_version`, collects the tunnel's bytes and flags.
-struct PortClient {
+pub struct PortClient {
     peer: Peer,
     client_version: String,
     receiver: Receiver<Item>,
     next_seq: i64,
     handshake: Option<Value>,
     complete: bool,
-    data: Vec<u8>,
+    pub data: Vec<u8>,
+    /// StdErr (11) payloads, in order.
+    pub stderr: Vec<u8>,
+    /// ExitCode (12) payloads.
+    pub exit_codes: Vec<String>,
     flags: Vec<u32>,
-    closed: Option<session_agent::protocol::payload::ChannelClosed>,
+    pub closed: Option<session_agent::protocol::payload::ChannelClosed>,
     /// Input frames the agent acknowledged.
     acked: i64,
 }
@@ -89,10 +93,21 @@ impl PortClient {
         params: Value,
         client_version: &str,
     ) -> (String, Self) {
+        Self::start_document(gw, target, "Test-Port", params, client_version).await
+    }
+
+    /// StartSession with `document` and attach.
+    pub async fn start_document(
+        gw: &Gateway,
+        target: &str,
+        document: &str,
+        params: Value,
+        client_version: &str,
+    ) -> (String, Self) {
         let v = gw
             .api_ok(
                 "StartSession",
-                json!({"Target": target, "DocumentName": "Test-Port", "Parameters": params}),
+                json!({"Target": target, "DocumentName": document, "Parameters": params}),
             )
             .await;
         let (sid, token, url) = (
@@ -109,6 +124,8 @@ impl PortClient {
             handshake: None,
             complete: false,
             data: Vec::new(),
+            stderr: Vec::new(),
+            exit_codes: Vec::new(),
             flags: Vec::new(),
             closed: None,
             acked: 0,
@@ -116,7 +133,7 @@ impl PortClient {
         (sid, client)
     }
 
-    async fn send(&mut self, pt: PayloadType, bytes: &[u8]) {
+    pub async fn send(&mut self, pt: PayloadType, bytes: &[u8]) {
         let seq = self.next_seq;
         self.next_seq += 1;
         let f = AgentMessage::new(
@@ -196,6 +213,10 @@ impl PortClient {
             PayloadType::HandshakeComplete => self.complete = true,
             PayloadType::Flag => self.flags.push(flag::decode(payload).unwrap()),
             PayloadType::Output => self.data.extend_from_slice(payload),
+            PayloadType::StdErr => self.stderr.extend_from_slice(payload),
+            PayloadType::ExitCode => self
+                .exit_codes
+                .push(String::from_utf8_lossy(payload).into_owned()),
             other => panic!("unexpected payload type {other:?}"),
         }
     }
@@ -222,7 +243,7 @@ impl PortClient {
         }
     }
 
-    async fn until_closed(&mut self) {
+    pub async fn until_closed(&mut self) {
         let deadline = tokio::time::Instant::now() + WAIT;
         while tokio::time::timeout_at(deadline, self.step())
             .await

@@ -293,7 +293,7 @@ impl Audit {
 /// as failed).
 pub(crate) struct Started {
     pub io: SessionIo,
-    pub task: tokio::task::JoinHandle<Result<(), String>>,
+    pub task: tokio::task::JoinHandle<Result<Option<crate::session::pty::ExitStatus>, String>>,
 }
 
 impl Started {
@@ -376,7 +376,7 @@ pub(crate) async fn start(
             (Mode::Single { .. }, None) => Err("no connection".to_owned()),
         };
         let _ = exit_tx.send(());
-        result
+        result.map(|()| None)
     });
     let io = SessionIo {
         output: SessionOutput::Pipe(out_rx),
