@@ -74,7 +74,7 @@ pub struct PortClient {
     receiver: Receiver<Item>,
     next_seq: i64,
     handshake: Option<Value>,
-    complete: bool,
+    pub complete: bool,
     pub data: Vec<u8>,
     /// StdErr (11) payloads, in order.
     pub stderr: Vec<u8>,
@@ -222,7 +222,7 @@ impl PortClient {
     }
 
     /// Steps until `done` holds; panics after `within`.
-    async fn until(&mut self, within: Duration, mut done: impl FnMut(&Self) -> bool) {
+    pub async fn until(&mut self, within: Duration, mut done: impl FnMut(&Self) -> bool) {
         let deadline = tokio::time::Instant::now() + within;
         while !done(self) {
             let more = tokio::time::timeout_at(deadline, self.step())
@@ -792,6 +792,67 @@ async fn a_multiplexed_connection_that_fails_is_flagged_and_the_session_goes_on(
         lines
             .iter()
             .any(|l| l.starts_with("[tunnel #3: could not connect to localhost:")),
+        "{lines:?}"
+    );
+    agent.stop().await;
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_remote_host_is_resolved_and_dialled_from_the_instance_and_a_bad_name_is_a_clear_error() {
+    let docs = tempfile::tempdir().unwrap();
+    let gw = gateway(docs.path()).await;
+    let agent = RunningAgent::start(&gw, "port-r").await;
+    let port = echo_server(None).await;
+    // AWS-StartPortForwardingSessionToRemoteHost, built into the gateway.
+    let (sid, c) = PortClient::start_document(
+        &gw,
+        "port-r",
+        "AWS-StartPortForwardingSessionToRemoteHost",
+        json!({"host": ["127.0.0.1"], "portNumber": [port.to_string()]}),
+        "1.2.650.0",
+    )
+    .await;
+    let mut m = MuxClient::new(c);
+    m.c.until(WAIT, |c| c.complete).await;
+    let props = &m.c.handshake.as_ref().unwrap()["RequestedClientActions"][0]["ActionParameters"]
+        ["Properties"];
+    assert_eq!(props["host"], "127.0.0.1", "{props}");
+    assert_eq!(props["type"], "LocalPortForwarding", "{props}");
+    let a = m.mux.open().unwrap();
+    m.mux.write(a, b"remote");
+    m.flush().await;
+    m.until(WAIT, |m| m.received.get(&a).is_some_and(|r| r == b"remote"))
+        .await;
+    m.c.send(PayloadType::Flag, &flag::encode(flag::TERMINATE_SESSION))
+        .await;
+    m.c.until_closed().await;
+    let lines = tunnel_lines(&agent, &sid).await;
+    assert!(
+        lines.iter().any(|l| l.starts_with(&format!(
+            "[tunnel #3: connected to 127.0.0.1:{port} (127.0.0.1:{port})]"
+        ))),
+        "{lines:?}"
+    );
+    // A name that does not resolve: the session fails saying so, and it is recorded.
+    let (sid, mut c) = PortClient::start(
+        &gw,
+        "port-r",
+        json!({"portNumber": ["80"], "host": ["no-such-host.invalid"]}),
+        "1.2.650.0",
+    )
+    .await;
+    c.until_closed().await;
+    let why = c.closed.clone().unwrap().output;
+    assert!(
+        why.starts_with("Unable to connect to specified port: cannot resolve no-such-host.invalid"),
+        "{why}"
+    );
+    let lines = tunnel_lines(&agent, &sid).await;
+    assert!(
+        lines.iter().any(|l| l.starts_with(
+            "[tunnel #1: could not connect to no-such-host.invalid:80: cannot resolve"
+        )),
         "{lines:?}"
     );
     agent.stop().await;

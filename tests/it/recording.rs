@@ -1006,3 +1006,64 @@ async fn throttled_puts_are_retried_until_everything_is_stored() {
     drop(agent);
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_port_sessions_tunnel_audit_is_streamed_and_uploaded_without_its_bytes() {
+    use crate::port::PortClient;
+    let ls = LocalStack::get().await;
+    let bucket = ls.bucket(false).await;
+    let group = ls.log_group(false).await;
+    let gw = streaming_gateway(&bucket, &group).await;
+    let agent = AgentProcess::start(&gw, "rec-port").await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let (mut r, mut w) = s.split();
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+    });
+    let (sid, mut c) = PortClient::start_document(
+        &gw,
+        "rec-port",
+        "AWS-StartSSHSession",
+        json!({"portNumber": [port.to_string()]}),
+        "1.2.650.0",
+    )
+    .await;
+    c.until(WAIT, |c| c.complete).await;
+    c.send(
+        session_agent::protocol::frame::PayloadType::Output,
+        b"tunnel-secret-payload",
+    )
+    .await;
+    c.until(WAIT, |c| c.data == b"tunnel-secret-payload").await;
+    gw.api_ok("TerminateSession", json!({"SessionId": sid}))
+        .await;
+    c.until_closed().await;
+    let report = agent.delivery(&sid, Duration::from_secs(30)).await;
+    assert_eq!(report["complete"], true, "{report}");
+    let events = ls.events(&group, &sid).await;
+    let tunnel: Vec<Value> = events
+        .iter()
+        .map(|e| serde_json::from_str::<Value>(e).unwrap())
+        .filter(|v| v["direction"] == "tunnel")
+        .collect();
+    assert_eq!(tunnel.len(), 2, "opened and closed: {events:?}");
+    assert_eq!(tunnel[0]["tunnel"]["state"], "opened");
+    assert_eq!(tunnel[0]["tunnel"]["host"], "localhost");
+    assert_eq!(tunnel[0]["tunnel"]["port"], port);
+    assert_eq!(tunnel[1]["tunnel"]["state"], "closed");
+    assert_eq!(tunnel[1]["tunnel"]["bytes_to_destination"], 21);
+    assert_eq!(tunnel[1]["tunnel"]["bytes_from_destination"], 21);
+    assert_eq!(tunnel[1]["sessionId"], sid.as_str());
+    let log = String::from_utf8(ls.object(&bucket, &format!("{sid}.log"), WAIT).await).unwrap();
+    assert!(log.contains("[tunnel #1: connected to localhost:"), "{log}");
+    for sink in [log.as_str(), &events.join("\n")] {
+        assert!(
+            !sink.contains("tunnel-secret-payload"),
+            "the tunnel's bytes leaked: {sink}"
+        );
+    }
+    drop(agent);
+    gw.stop().await;
+}
