@@ -858,3 +858,50 @@ async fn a_remote_host_is_resolved_and_dialled_from_the_instance_and_a_bad_name_
     agent.stop().await;
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_flood_of_connection_opens_is_refused_beyond_the_cap_and_summarised() {
+    let docs = tempfile::tempdir().unwrap();
+    let gw = gateway(docs.path()).await;
+    let agent = RunningAgent::start_configured(&gw, "port-flood", gw.http_url(), None, |c| {
+        c.port.max_connections = 2;
+    })
+    .await;
+    let port = echo_server(None).await;
+    let (sid, c) = PortClient::start(
+        &gw,
+        "port-flood",
+        json!({"portNumber": [port.to_string()], "type": ["LocalPortForwarding"]}),
+        "1.2.650.0",
+    )
+    .await;
+    let mut m = MuxClient::new(c);
+    m.c.until(WAIT, |c| c.complete).await;
+    let first = m.mux.open().unwrap();
+    let opened: Vec<u32> = (0..500).map(|_| m.mux.open().unwrap()).collect();
+    m.flush().await;
+    // All but one are refused (FIN each), and the session still works.
+    m.until(Duration::from_secs(30), |m| m.finished.len() >= 499)
+        .await;
+    m.mux.write(first, b"alive");
+    m.flush().await;
+    m.until(WAIT, |m| {
+        m.received.get(&first).is_some_and(|r| r == b"alive")
+    })
+    .await;
+    let _ = opened;
+    m.c.send(PayloadType::Flag, &flag::encode(flag::TERMINATE_SESSION))
+        .await;
+    m.c.until_closed().await;
+    let lines = tunnel_lines(&agent, &sid).await;
+    let denied = lines.iter().filter(|l| l.contains(": denied ")).count();
+    assert_eq!(denied, 17, "16 one by one, then one summary: {lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("483 more connections refused as too many")),
+        "{lines:?}"
+    );
+    agent.stop().await;
+    gw.stop().await;
+}

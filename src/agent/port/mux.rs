@@ -42,6 +42,10 @@ pub(super) const READ_CHUNK: usize = 32 * 1024;
 pub(super) const OUT_CAP: usize = 256 * 1024;
 /// Bytes per read of the client's stream.
 const IN_CHUNK: usize = 32 * 1024;
+/// Connections refused over the cap that are each recorded; beyond, they are counted and
+/// recorded as one summary at the end (a client opening streams in a loop must not fill
+/// the recording with refusals).
+pub(super) const REFUSALS_RECORDED: u64 = 16;
 /// smux keepalive interval (smux's default), for clients that expect it.
 const KEEPALIVE: Duration = Duration::from_secs(10);
 
@@ -71,6 +75,7 @@ pub(super) async fn run(
     audit: Audit,
 ) -> Result<(), String> {
     let mut conns = tokio::task::JoinSet::new();
+    let mut refused = 0u64;
     let result = multiplex(
         &dest,
         keepalive,
@@ -80,8 +85,16 @@ pub(super) async fn run(
         &flags,
         &audit,
         &mut conns,
+        &mut refused,
     )
     .await;
+    if refused > REFUSALS_RECORDED {
+        let why = format!(
+            "{} more connections refused as too many (port_forwarding_max_connections = {max_connections}), not recorded one by one",
+            refused - REFUSALS_RECORDED
+        );
+        audit.denied(0, &why).await;
+    }
     // The session is over: the connections' queues are closed (the multiplexer's state
     // is gone), so each connection ends, records its close, and is waited for.
     while conns.join_next().await.is_some() {}
@@ -98,6 +111,7 @@ async fn multiplex(
     flags: &mpsc::Sender<u32>,
     audit: &Audit,
     conns: &mut tokio::task::JoinSet<()>,
+    refused: &mut u64,
 ) -> Result<(), String> {
     let mut mux = Mux::new(Role::Server, max_connections);
     let mut streams: HashMap<u32, Stream> = HashMap::new();
@@ -118,7 +132,7 @@ async fn multiplex(
                 flags,
                 max_connections,
             };
-            match handle(event, &mut streams, &ctx, conns) {
+            match handle(event, &mut streams, &ctx, conns, refused) {
                 Handled::Done => {}
                 Handled::Full(event) => {
                     backlog.push_front(event);
@@ -194,6 +208,7 @@ fn handle(
     streams: &mut HashMap<u32, Stream>,
     ctx: &Ctx<'_>,
     conns: &mut tokio::task::JoinSet<()>,
+    refused: &mut u64,
 ) -> Handled {
     match event {
         MuxEvent::Opened(sid) => {
@@ -231,6 +246,10 @@ fn handle(
         }
         MuxEvent::Refused(sid) => {
             // The Mux has sent its FIN already.
+            *refused += 1;
+            if *refused > REFUSALS_RECORDED {
+                return Handled::Done;
+            }
             let audit = ctx.audit.clone();
             let why = format!(
                 "too many connections: this session may hold {} at once (port_forwarding_max_connections)",
