@@ -207,6 +207,46 @@ pub(crate) async fn resolve(
     })
 }
 
+/// The CIDR blocks of every VPC this instance's network interfaces are in, from
+/// instance metadata (`network/interfaces/macs/MAC/vpc-ipv4-cidr-blocks` and
+/// `vpc-ipv6-cidr-blocks`), for the port-forwarding deny list (upstream's
+/// `VpcPrimaryCIDRBlock`). Lines that are not CIDRs are skipped.
+///
+/// # Errors
+/// Instance metadata did not answer with the interfaces.
+pub(crate) async fn vpc_cidrs() -> Result<Vec<ipnet::IpNet>, String> {
+    const MACS: &str = "/latest/meta-data/network/interfaces/macs/";
+    let provider = aws_config::provider_config::ProviderConfig::without_region()
+        .with_http_client(crate::delivery::aws::https_client());
+    let client = aws_config::imds::Client::builder()
+        .configure(&provider)
+        .build();
+    let macs = client.get(MACS).await.map_err(|e| crate::error_chain(&e))?;
+    let mut cidrs = Vec::new();
+    for mac in macs
+        .as_ref()
+        .lines()
+        .map(|l| l.trim().trim_end_matches('/'))
+    {
+        if mac.is_empty() || !mac.chars().all(|c| c.is_ascii_hexdigit() || c == ':') {
+            continue;
+        }
+        for key in ["vpc-ipv4-cidr-blocks", "vpc-ipv6-cidr-blocks"] {
+            // An interface without IPv6 has no such key: not an error.
+            if let Ok(text) = client.get(&format!("{MACS}{mac}/{key}")).await {
+                cidrs.extend(
+                    text.as_ref()
+                        .lines()
+                        .filter_map(|l| l.trim().parse::<ipnet::IpNet>().ok()),
+                );
+            }
+        }
+    }
+    cidrs.sort();
+    cidrs.dedup();
+    Ok(cidrs)
+}
+
 /// The EC2 instance id from instance metadata (IMDSv2: a session token first).
 async fn instance_id() -> Result<String, IdentityError> {
     let provider = aws_config::provider_config::ProviderConfig::without_region()

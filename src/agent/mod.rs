@@ -1126,7 +1126,7 @@ pub enum AgentError {
 /// # Errors
 /// Start-up failures only; everything after start is retried, not returned.
 pub async fn run(
-    config: AgentConfig,
+    mut config: AgentConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
     let daemon_user = user::daemon_user().map_err(AgentError::NoSelf)?;
@@ -1174,6 +1174,20 @@ pub async fn run(
     let mgs = mgs::Mgs::new(&identity.endpoint, config.ca_file.as_deref(), signer)?
         .with_own_key(identity.own_key);
     let aws = tokio::sync::OnceCell::new();
+    // On EC2, the VPC's own reserved addresses (its DNS resolver at base + 2, ...) join
+    // the port-forwarding deny list, as upstream.
+    if identity.aws.is_some() && identity.target_id.starts_with("i-") {
+        match tokio::time::timeout(VPC_LOOKUP, identity::vpc_cidrs()).await {
+            Ok(Ok(cidrs)) if !cidrs.is_empty() => {
+                let reserved = port::policy::vpc_reserved(&cidrs);
+                tracing::info!(vpc = ?cidrs.iter().map(ToString::to_string).collect::<Vec<_>>(), "Port forwarding also denies each VPC's reserved addresses (its DNS resolver, router, network and broadcast addresses)");
+                config.port.denied.extend(reserved);
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "Cannot read the VPC's address ranges from instance metadata; port forwarding denies only the fixed list"),
+            Err(_) => tracing::warn!("Instance metadata did not give the VPC's address ranges in time; port forwarding denies only the fixed list"),
+        }
+    }
     if let Some(found) = &identity.aws {
         let _ = aws.set(found.sdk.clone());
         tracing::info!(region = %found.region, endpoint = %identity.endpoint, target_id = %identity.target_id, "AWS mode: requests are signed (SigV4)");
@@ -1207,6 +1221,9 @@ pub async fn run(
     control::run(ctx, shutdown).await;
     Ok(())
 }
+
+/// How long reading the VPC's address ranges from instance metadata may take at start.
+const VPC_LOOKUP: Duration = Duration::from_secs(5);
 
 /// How long the agent waits before it tries again to settle its identity.
 const IDENTITY_RETRY: Duration = Duration::from_secs(30);

@@ -121,6 +121,10 @@ async fn an_ec2_agent_finds_itself_in_imds_signs_everything_and_renews_its_crede
         role: "SessionAgentRole".into(),
         account_id: "123456789012".into(),
         lifetime: REFRESH_MARGIN + Duration::from_secs(4),
+        vpc_cidrs: (
+            vec!["10.0.0.0/16".into()],
+            vec!["2600:1f18:abcd:1200::/56".into()],
+        ),
     })
     .await;
     let started = Instant::now();
@@ -170,6 +174,28 @@ async fn an_ec2_agent_finds_itself_in_imds_signs_everything_and_renews_its_crede
         log.contains(&format!("access_key_id={}", Imds::key(2).0)),
         "the renewal is not in the log:\n{log}"
     );
+    // The VPC's DNS resolver (base + 2), read from instance metadata, is denied to port
+    // sessions, IPv4 and IPv6, as upstream.
+    assert!(
+        log.contains("also denies each VPC's reserved addresses"),
+        "{log}"
+    );
+    for host in ["10.0.0.2", "2600:1f18:abcd:1200::2"] {
+        let (_sid, mut c) = crate::port::PortClient::start_document(
+            &gw,
+            INSTANCE,
+            "AWS-StartPortForwardingSessionToRemoteHost",
+            json!({"host": [host], "portNumber": ["53"]}),
+            "1.2.650.0",
+        )
+        .await;
+        c.until_closed().await;
+        let why = c.closed.clone().unwrap().output;
+        assert!(
+            why.contains(&format!("forwarding to {host} is forbidden")),
+            "{why}"
+        );
+    }
     drop(agent);
     gw.stop().await;
 }

@@ -130,6 +130,36 @@ impl PortPolicy {
     }
 }
 
+/// The addresses of a VPC that upstream denies besides [`ALWAYS_DENIED`] (its
+/// `dnsRoutingAddress`): for each of the VPC's CIDR blocks (IPv4 and IPv6), the first
+/// four addresses — the network, the VPC router, the Amazon-provided DNS resolver
+/// (base + 2) and the address reserved for future use — and the last one. As upstream,
+/// only the last byte is incremented from the base.
+pub fn vpc_reserved(cidrs: &[IpNet]) -> Vec<IpNet> {
+    let mut out = Vec::new();
+    for net in cidrs {
+        let base = net.network();
+        for i in 0..4u8 {
+            let addr = match base {
+                IpAddr::V4(a) => {
+                    let mut o = a.octets();
+                    o[3] = o[3].wrapping_add(i);
+                    IpAddr::from(o)
+                }
+                IpAddr::V6(a) => {
+                    let mut o = a.octets();
+                    o[15] = o[15].wrapping_add(i);
+                    IpAddr::from(o)
+                }
+            };
+            out.push(IpNet::from(addr));
+        }
+        out.push(IpNet::from(net.broadcast()));
+    }
+    out.dedup();
+    out
+}
+
 /// Parses networks: CIDRs (`10.0.0.0/8`, `fd00::/8`) or single addresses.
 ///
 /// # Errors
@@ -247,6 +277,36 @@ mod tests {
         };
         assert_eq!(off.check_enabled(), Err(Denial::Disabled));
         assert!(Denial::Disabled.to_string().contains("port_forwarding"));
+    }
+
+    #[test]
+    fn a_vpcs_reserved_addresses_are_its_first_four_and_last() {
+        let nets = parse_networks(&["10.0.0.0/16", "2600:1f18:abcd:1200::/56"]).unwrap();
+        let reserved: Vec<String> = vpc_reserved(&nets)
+            .iter()
+            .map(|n| n.addr().to_string())
+            .collect();
+        assert_eq!(
+            reserved,
+            [
+                "10.0.0.0",
+                "10.0.0.1",
+                "10.0.0.2",
+                "10.0.0.3",
+                "10.0.255.255",
+                "2600:1f18:abcd:1200::",
+                "2600:1f18:abcd:1200::1",
+                "2600:1f18:abcd:1200::2",
+                "2600:1f18:abcd:1200::3",
+                "2600:1f18:abcd:12ff:ffff:ffff:ffff:ffff",
+            ]
+        );
+        let p = PortPolicy {
+            denied: [always_denied(), vpc_reserved(&nets)].concat(),
+            ..PortPolicy::default()
+        };
+        assert!(p.check_address(ip("10.0.0.2")).is_err());
+        assert_eq!(p.check_address(ip("10.0.0.4")), Ok(()));
     }
 
     #[test]

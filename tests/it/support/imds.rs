@@ -26,7 +26,12 @@ pub struct Instance {
     pub account_id: String,
     /// How long each handed-out key is valid.
     pub lifetime: Duration,
+    /// The VPC CIDR blocks of its one network interface (IPv4, IPv6).
+    pub vpc_cidrs: (Vec<String>, Vec<String>),
 }
+
+/// The MAC address of the emulated instance's one interface.
+pub const MAC: &str = "0e:12:34:56:78:9a";
 
 #[derive(Default)]
 struct Seen {
@@ -69,6 +74,11 @@ impl Imds {
             .route(
                 "/latest/meta-data/iam/security-credentials/{role}",
                 get(credentials),
+            )
+            .route("/latest/meta-data/network/interfaces/macs/", get(macs))
+            .route(
+                "/latest/meta-data/network/interfaces/macs/{mac}/{key}",
+                get(vpc_cidrs),
             )
             .fallback(|| async { (StatusCode::NOT_FOUND, "Not Found") })
             .with_state(shared.clone());
@@ -161,6 +171,29 @@ macro_rules! guarded {
             return (StatusCode::UNAUTHORIZED, "Unauthorized").into_response();
         }
     };
+}
+
+async fn macs(State(s): State<Arc<Shared>>, h: HeaderMap) -> Response {
+    guarded!(s, h);
+    format!("{MAC}/").into_response()
+}
+
+async fn vpc_cidrs(
+    State(s): State<Arc<Shared>>,
+    Path((mac, key)): Path<(String, String)>,
+    h: HeaderMap,
+) -> Response {
+    guarded!(s, h);
+    let (v4, v6) = &s.instance.vpc_cidrs;
+    let list = match key.as_str() {
+        "vpc-ipv4-cidr-blocks" => v4,
+        "vpc-ipv6-cidr-blocks" if !v6.is_empty() => v6,
+        _ => return (StatusCode::NOT_FOUND, "Not Found").into_response(),
+    };
+    if mac != MAC {
+        return (StatusCode::NOT_FOUND, "Not Found").into_response();
+    }
+    list.join("\n").into_response()
 }
 
 async fn instance_id(State(s): State<Arc<Shared>>, h: HeaderMap) -> Response {
