@@ -400,6 +400,11 @@ async fn serve(
         Err(refusal) => return Served::Refused(refusal),
     };
     let wait_for_size = !matches!(plan, plan::Plan::Port(_));
+    if !wait_for_size {
+        // From here on, nothing but the tunnel's bytes is sent as output: no notice (a
+        // skipped log destination, a limit, the agent's stop) may reach the tunnel.
+        channel.port_session();
+    }
     let prepared = match prepare(ctx, &task.session_id, &doc, wait_for_size, channel).await {
         Ok(p) => p,
         Err(early) => return early,
@@ -414,7 +419,6 @@ async fn serve(
         plan::Plan::Port(request) => {
             let mode = port::mode(request, &client_version);
             tracing::info!(session = %task.session_id, host = %request.host(), port = request.port, ?mode, client_version = %client_version, "Port session");
-            channel.port_session();
             spawn_port(ctx, task, &who, request, mode, prepared).await
         }
     };
