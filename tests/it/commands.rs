@@ -51,7 +51,10 @@ async fn an_interactive_command_runs_alone_takes_input_and_reports_its_status() 
     };
     // Complete (its end written) and intact.
     while !run("verify").await.unwrap().status.success() {
-        assert!(std::time::Instant::now() < deadline, "the recording never ended");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the recording never ended"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     let text = String::from_utf8_lossy(&run("transcript").await.unwrap().stdout).into_owned();
