@@ -58,13 +58,16 @@ pub enum Command {
     /// Try it all on this machine: a gateway and an agent on loopback, and this terminal
     /// connected to a new session (no AWS account needed). Logs go to `<state>/dev.log`.
     Dev(crate::dev::DevArgs),
-    /// Open an interactive shell on a managed node, like session-manager-plugin:
-    /// StartSession, then the terminal in raw mode until the session ends.
+    /// Open a session on a managed node, like session-manager-plugin: StartSession, then
+    /// a shell (the terminal in raw mode until the session ends) or, for Port documents,
+    /// port forwarding.
+    ///
+    /// `--help` shows examples for port forwarding and ssh.
     ///
     /// Also accepts session-manager-plugin's own arguments (the StartSession response
     /// JSON first), and runs as `connect` when invoked under the name
     /// `session-manager-plugin`, so the AWS CLI can use it as its plugin.
-    #[command(after_help = crate::client::EXIT_CODES_HELP)]
+    #[command(after_long_help = crate::client::CONNECT_AFTER_HELP, after_help = crate::client::EXIT_CODES_HELP)]
     Connect(crate::client::ConnectArgs),
     /// Play a session recording in this terminal with its original timing.
     ///

@@ -125,7 +125,10 @@ impl Session {
                                 Effect::Send(f) => frames.push(f),
                                 Effect::Stdout(b) | Effect::Stderr(b) => self.ready.push_back(b),
                                 Effect::Closed(_) => self.closed = true,
-                                Effect::Notice(_) | Effect::GenerateDataKey { .. } => {}
+                                Effect::Notice(_)
+                                | Effect::GenerateDataKey { .. }
+                                | Effect::Started(_)
+                                | Effect::Flag(_) => {}
                             }
                         }
                         frames.extend(self.channel.flush(Instant::now()));

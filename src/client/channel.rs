@@ -18,8 +18,8 @@ use crate::protocol::crypto::{Role, SessionCipher};
 use crate::protocol::frame::{AgentMessage, MessageType, PayloadType, DEFAULT_MAX_FRAME_LEN};
 use crate::protocol::payload::{
     from_json, to_json, Acknowledge, ChannelClosed, EncryptionChallenge, HandshakeComplete,
-    HandshakeRequest, HandshakeResponse, KmsEncryptionParameters, ProcessedClientAction, Size,
-    ACTION_STATUS_SUCCESS,
+    HandshakeRequest, HandshakeResponse, KmsEncryptionParameters, ProcessedClientAction,
+    SessionTypeParameters, Size, ACTION_STATUS_SUCCESS,
 };
 use crate::protocol::reliability::{
     PushOutcome, ReceiveOutcome, Receiver, ReceiverConfig, Sender, SenderConfig,
@@ -32,6 +32,9 @@ use uuid::Uuid;
 /// Largest keystroke payload: one stdin read. Upstream reads 1 KiB at a time; a paste
 /// goes out in fewer, larger frames here (the agent writes any size to the PTY).
 pub const MAX_INPUT_CHUNK: usize = 16 * 1024;
+/// Largest tunnel payload of a port session: the plugin's `StreamDataPayloadSize`
+/// (protocol-sessions.md §2.3).
+pub const PORT_INPUT_CHUNK: usize = 1024;
 /// `ActionStatus` 3: the client does not support the requested action (§5.3).
 pub const ACTION_STATUS_UNSUPPORTED: i64 = 3;
 /// `ActionStatus` 2: the client tried and failed (§5.3).
@@ -56,6 +59,51 @@ pub enum Effect {
     Notice(String),
     /// `channel_closed`: the session is over.
     Closed(ChannelClosed),
+    /// The session's type is known (once per session, before any [`Effect::Stdout`]):
+    /// from the HandshakeRequest's `SessionType` action, else, without a handshake, at
+    /// the first output (a shell).
+    Started(SessionType),
+    /// A flag message from the agent (PayloadType 10; [`crate::protocol::payload::flag`]).
+    Flag(u32),
+}
+
+/// What the agent told us about the session (protocol-sessions.md §1.4), or what the
+/// absence of a handshake implies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionType {
+    /// `Standard_Stream`, `InteractiveCommands`, `NonInteractiveCommands`, `Port`; empty
+    /// when there was no handshake (a shell).
+    pub session_type: String,
+    /// The document's properties after substitution (Port), else `null`.
+    pub properties: serde_json::Value,
+    /// The HandshakeRequest's `AgentVersion`; empty without a handshake.
+    pub agent_version: String,
+}
+
+impl SessionType {
+    /// The session a first output without handshake implies: a shell.
+    pub fn shell() -> Self {
+        Self {
+            session_type: String::new(),
+            properties: serde_json::Value::Null,
+            agent_version: String::new(),
+        }
+    }
+
+    /// A port-forwarding session (everything else goes to the terminal, as upstream maps
+    /// every other type to its shell handler).
+    pub fn is_port(&self) -> bool {
+        self.session_type == "Port"
+    }
+
+    /// A property as text (numbers too), trimmed; `None` when absent or empty.
+    pub fn property(&self, key: &str) -> Option<String> {
+        match self.properties.get(key)? {
+            serde_json::Value::String(s) => Some(s.trim().to_owned()).filter(|s| !s.is_empty()),
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        }
+    }
 }
 
 /// An output frame held in the reorder buffer.
@@ -88,6 +136,12 @@ pub struct Channel {
     hold_input: bool,
     /// Set once the data key is known: output opened, keystrokes sealed.
     cipher: Option<SessionCipher>,
+    /// The session type, once known ([`Effect::Started`]).
+    session_type: Option<SessionType>,
+    /// False while the consumer of the session's bytes cannot take more: new output is
+    /// then dropped unacknowledged and the agent sends it again later (as the plugin does
+    /// before its first local connection, protocol-sessions.md §2.3).
+    output_ready: bool,
 }
 
 /// Message time; never 0 (a zero CreatedDate is refused by decoders).
@@ -108,7 +162,39 @@ impl Channel {
             kms_pending: None,
             hold_input: false,
             cipher: None,
+            session_type: None,
+            output_ready: true,
         }
+    }
+
+    /// The session type, once known.
+    pub fn session_type(&self) -> Option<&SessionType> {
+        self.session_type.as_ref()
+    }
+
+    /// Whether new output may be delivered (see [`Channel::set_output_ready`]).
+    pub fn output_ready(&self) -> bool {
+        self.output_ready
+    }
+
+    /// Back-pressure from the consumer of the output: while `false`, output frames not yet
+    /// delivered are dropped without an acknowledgement (the agent retransmits them);
+    /// handshake frames and duplicates are handled as usual.
+    pub fn set_output_ready(&mut self, ready: bool) {
+        self.output_ready = ready;
+    }
+
+    /// Queues a flag message (PayloadType 10), e.g. TerminateSession, after any queued
+    /// input.
+    pub fn queue_flag(&mut self, value: u32) {
+        self.queue.push_back((
+            PayloadType::Flag,
+            Bytes::copy_from_slice(&crate::protocol::payload::flag::encode(value)),
+        ));
+    }
+
+    fn is_port(&self) -> bool {
+        self.session_type.as_ref().is_some_and(SessionType::is_port)
     }
 
     /// The GenerateDataKey result for [`Effect::GenerateDataKey`]: (ciphertext,
@@ -197,8 +283,14 @@ impl Channel {
     }
 
     /// Queues keystrokes (PayloadType 1), split into [`MAX_INPUT_CHUNK`] pieces.
+    /// In a port session the pieces are [`PORT_INPUT_CHUNK`] bytes, as the plugin's.
     pub fn queue_input(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(MAX_INPUT_CHUNK) {
+        let size = if self.is_port() {
+            PORT_INPUT_CHUNK
+        } else {
+            MAX_INPUT_CHUNK
+        };
+        for chunk in bytes.chunks(size) {
             self.queue
                 .push_back((PayloadType::Output, Bytes::copy_from_slice(chunk)));
         }
@@ -206,8 +298,9 @@ impl Channel {
 
     /// Queues a Size message (PayloadType 3) if `size` differs from the last one queued
     /// (a still-queued older size is replaced). Returns true if something was queued.
+    /// Port sessions have no window: nothing is queued there.
     pub fn queue_size(&mut self, size: Size) -> bool {
-        if self.size == Some(size) {
+        if self.size == Some(size) || self.is_port() {
             return false;
         }
         self.force_size(size);
@@ -330,6 +423,13 @@ impl Channel {
     }
 
     fn on_output(&mut self, msg: AgentMessage, now: Instant) -> Vec<Effect> {
+        if !self.output_ready
+            && msg.payload_type == PayloadType::Output
+            && msg.sequence_number >= self.receiver.expected()
+        {
+            tracing::trace!(seq = msg.sequence_number, "Output not taken yet");
+            return Vec::new();
+        }
         let ack = ack_frame(&msg);
         let outcome = self.receiver.on_frame(
             msg.sequence_number,
@@ -359,6 +459,13 @@ impl Channel {
     }
 
     fn deliver(&mut self, item: Inbound, effects: &mut Vec<Effect>) {
+        if self.session_type.is_none()
+            && matches!(item.payload_type, PayloadType::Output | PayloadType::StdErr)
+        {
+            // No handshake came first: a shell (upstream's ProcessFirstMessage).
+            self.session_type = Some(SessionType::shell());
+            effects.push(Effect::Started(SessionType::shell()));
+        }
         match item.payload_type {
             PayloadType::Output | PayloadType::StdErr if self.cipher.is_some() => {
                 match self.cipher.as_ref().map(|c| c.open(&item.payload)) {
@@ -373,6 +480,10 @@ impl Channel {
             PayloadType::Output => effects.push(Effect::Stdout(item.payload)),
             PayloadType::StdErr => effects.push(Effect::Stderr(item.payload)),
             PayloadType::HandshakeRequest => self.on_handshake_request(&item.payload, effects),
+            PayloadType::Flag => match crate::protocol::payload::flag::decode(&item.payload) {
+                Some(value) => effects.push(Effect::Flag(value)),
+                None => tracing::debug!("Ignoring a flag message that is not four bytes"),
+            },
             PayloadType::HandshakeComplete => {
                 match from_json::<HandshakeComplete>(&item.payload, "HandshakeComplete") {
                     Ok(done) if !done.customer_message.is_empty() => {
@@ -385,8 +496,8 @@ impl Channel {
                 }
                 self.hold_input = false;
                 // An agent discards non-handshake input until the handshake is over, so
-                // the size sent at start may be lost: send it again.
-                if let Some(size) = self.size {
+                // the size sent at start may be lost: send it again (not to a port).
+                if let Some(size) = self.size.filter(|_| !self.is_port()) {
                     self.force_size(size);
                 }
             }
@@ -409,7 +520,30 @@ impl Channel {
         let mut kms_key = None;
         for action in request.requested_client_actions {
             let (status, error) = match action.action_type.as_str() {
-                "SessionType" => (ACTION_STATUS_SUCCESS, String::new()),
+                "SessionType" => match serde_json::from_value::<SessionTypeParameters>(
+                    action.action_parameters.clone(),
+                ) {
+                    Ok(p) => {
+                        let known = SessionType {
+                            session_type: p.session_type,
+                            properties: p.properties,
+                            agent_version: request.agent_version.clone(),
+                        };
+                        if self.session_type.is_none() {
+                            if known.is_port() {
+                                // No window in a port session: drop a size not yet sent.
+                                self.queue.retain(|(pt, _)| *pt != PayloadType::Size);
+                            }
+                            self.session_type = Some(known.clone());
+                            effects.push(Effect::Started(known));
+                        }
+                        (ACTION_STATUS_SUCCESS, String::new())
+                    }
+                    Err(e) => (
+                        ACTION_STATUS_FAILED,
+                        format!("unreadable SessionType parameters: {e}"),
+                    ),
+                },
                 "KMSEncryption" => {
                     match serde_json::from_value::<KmsEncryptionParameters>(
                         action.action_parameters.clone(),
@@ -752,5 +886,119 @@ mod tests {
             (sent[0].sequence_number, &sent[0].payload[..]),
             (1, &b"b"[..])
         );
+    }
+
+    fn started(effects: &[Effect]) -> Vec<SessionType> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Started(t) => Some(t.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_port_handshake_tells_the_type_properties_and_agent_version() {
+        let mut c = Channel::new(crate::protocol::version::CLIENT_COMPAT_VERSION);
+        let t0 = Instant::now();
+        assert!(c.queue_size(Size { cols: 80, rows: 24 }));
+        c.flush(t0);
+        let props = json!({"localPortNumber":"0","portNumber":"80","type":"LocalPortForwarding"});
+        let request = json!({
+            "AgentVersion": "3.2.0.0",
+            "RequestedClientActions": [
+                {"ActionType":"SessionType","ActionParameters":{"SessionType":"Port","Properties":props}}
+            ]
+        });
+        let e = c.on_frame(
+            &output(0, PayloadType::HandshakeRequest, &to_json(&request)),
+            t0,
+        );
+        let expected = SessionType {
+            session_type: "Port".into(),
+            properties: props,
+            agent_version: "3.2.0.0".into(),
+        };
+        assert_eq!(started(&e), std::slice::from_ref(&expected));
+        assert!(expected.is_port());
+        assert_eq!(c.session_type(), Some(&expected));
+        let response = sends(&e)
+            .into_iter()
+            .find(|m| m.payload_type == PayloadType::HandshakeResponse)
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&response.payload).unwrap();
+        // The version the agent picks its port mode from (multiplexed for us).
+        assert_eq!(v["ClientVersion"], "1.2.500.0");
+        assert_eq!(v["ProcessedClientActions"][0]["ActionStatus"], 1);
+        // No window in a port session: no size now, none after HandshakeComplete.
+        assert!(!c.queue_size(Size {
+            cols: 100,
+            rows: 30
+        }));
+        let done = json!({"HandshakeTimeToComplete": 5, "CustomerMessage": ""});
+        let e = c.on_frame(
+            &output(1, PayloadType::HandshakeComplete, &to_json(&done)),
+            t0,
+        );
+        assert!(sends(&e)
+            .iter()
+            .all(|m| m.payload_type != PayloadType::Size));
+        // The agent's flags come out as such; tunnel bytes as output, with no second
+        // Started.
+        let e = c.on_frame(&output(2, PayloadType::Flag, &[0, 0, 0, 3]), t0);
+        assert!(e.contains(&Effect::Flag(3)));
+        let e = c.on_frame(&output(3, PayloadType::Output, b"SSH-2.0-x"), t0);
+        assert!(started(&e).is_empty());
+        assert_eq!(stdout(&e), b"SSH-2.0-x");
+        // Ours go out as PayloadType 10, four bytes big-endian.
+        c.queue_flag(crate::protocol::payload::flag::TERMINATE_SESSION);
+        let f = decode(&c.flush(t0)[0]);
+        assert_eq!(
+            (f.payload_type, &f.payload[..]),
+            (PayloadType::Flag, &[0u8, 0, 0, 2][..])
+        );
+    }
+
+    #[test]
+    fn output_without_a_handshake_is_a_shell() {
+        let mut c = Channel::new("t/1");
+        let e = c.on_frame(&output(0, PayloadType::Output, b"$ "), Instant::now());
+        assert_eq!(started(&e), [SessionType::shell()]);
+        assert!(!SessionType::shell().is_port());
+        // Started comes before the bytes, so the terminal is set up first.
+        assert!(matches!(
+            e.iter().find(|e| !matches!(e, Effect::Send(_))),
+            Some(Effect::Started(_))
+        ));
+        let e = c.on_frame(&output(1, PayloadType::Output, b"x"), Instant::now());
+        assert!(started(&e).is_empty());
+        // Standard_Stream by handshake (KMS) is a shell too.
+        let mut c = Channel::new("t/1");
+        let request = json!({"AgentVersion": "3.2.0.0", "RequestedClientActions": [
+            {"ActionType":"SessionType","ActionParameters":{"SessionType":"NonInteractiveCommands","Properties":null}}
+        ]});
+        let e = c.on_frame(
+            &output(0, PayloadType::HandshakeRequest, &to_json(&request)),
+            Instant::now(),
+        );
+        assert!(!started(&e)[0].is_port());
+    }
+
+    #[test]
+    fn output_not_ready_is_left_unacknowledged_for_the_agent_to_resend() {
+        let mut c = Channel::new("t/1");
+        let t0 = Instant::now();
+        c.on_frame(&output(0, PayloadType::Output, b"a"), t0);
+        c.set_output_ready(false);
+        assert!(c
+            .on_frame(&output(1, PayloadType::Output, b"b"), t0)
+            .is_empty());
+        // A duplicate of what was delivered is still acknowledged.
+        let e = c.on_frame(&output(0, PayloadType::Output, b"a"), t0);
+        assert_eq!(sends(&e).iter().map(ack_seq).collect::<Vec<_>>(), [0]);
+        c.set_output_ready(true);
+        let e = c.on_frame(&output(1, PayloadType::Output, b"b"), t0);
+        assert_eq!(stdout(&e), b"b");
     }
 }

@@ -39,11 +39,20 @@
 //!
 //! # Terminal
 //!
-//! With a terminal on standard input it is put into raw mode (restored on every way
-//! out, panics included), every key — Ctrl-C as byte 0x03 — goes to the remote shell,
+//! The terminal is left alone until the session turns out to be a shell (the first
+//! output without a handshake, or a handshake naming a type other than `Port`): a port
+//! session's standard streams may be another program's pipes. For a shell on a terminal,
+//! standard input is put into raw mode (restored on every way out, panics included),
+//! every key — Ctrl-C as byte 0x03 — goes to the remote shell,
 //! and the window size is sent at once and on every change (SIGWINCH, plus a 500 ms poll
 //! like upstream's). Without a terminal the size is 80x24 (upstream says 300x100) and
-//! input is sent as read; end of input terminates the session.
+//! input is sent as read; end of input terminates the session. Standard input is read
+//! only from the first message on (as upstream starts its handler then).
+//!
+//! # Port sessions
+//!
+//! See [`port`]: the plugin's mode choice from the agent's version, standard-stream
+//! forwarding (ssh `ProxyCommand`), one-connection and multiplexed local port forwarding.
 //!
 //! # Exit status
 //!
@@ -54,6 +63,7 @@
 
 pub mod channel;
 mod interrupts;
+pub mod port;
 mod pump;
 pub mod terminal;
 
@@ -61,33 +71,64 @@ use crate::config::ConfigError;
 use crate::ssm::{SessionGrant, SsmApi};
 use channel::Channel;
 use clap::Args;
-use pump::{ClientIdentity, Ending, Pump};
+use pump::{ClientIdentity, Ending, Local, Pump};
 use serde_json::{json, Value};
 use std::ffi::OsString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use terminal::RawMode;
 use uuid::Uuid;
 
-/// `ClientVersion` in the open frame and the HandshakeResponse.
+/// `ClientVersion` in the open frame (informational). The HandshakeResponse carries
+/// [`crate::protocol::version::CLIENT_COMPAT_VERSION`] instead: the agent chooses its port
+/// mode from it.
 pub const CLIENT_VERSION: &str = concat!("session-agent/", env!("CARGO_PKG_VERSION"));
 /// Exit status for invalid arguments (clap uses the same).
 pub const EXIT_USAGE: u8 = 2;
 /// The environment variable the AWS CLI puts the StartSession response in.
 pub const START_SESSION_RESPONSE_VAR: &str = "AWS_SSM_START_SESSION_RESPONSE";
 
-/// The exit codes, as `connect --help` shows them.
-pub const EXIT_CODES_HELP: &str = "\
+macro_rules! exit_codes {
+    () => {
+        "\
 Exit status:
   0      the session ended normally: the shell exited, the session was terminated,
-         or standard input ended (the session is then terminated)
+         or standard input ended (the session is then terminated); a port session
+         ended by Ctrl-C or SIGTERM (TerminateSession is sent first)
   1      the session failed (its reason is printed as `SessionId: <id> : <reason>`),
          could not start (the API error is printed as `<ErrorType>: <message>`), or
          could not be terminated after the end of input
   2      invalid arguments
-  128+N  ended by signal N (SIGHUP, SIGTERM); the session is terminated first
+  128+N  a shell session ended by signal N (SIGHUP, SIGTERM); the session is
+         terminated first
   255    the connection was lost for good: reconnecting failed, or the session ended
-         while disconnected";
+         while disconnected"
+    };
+}
+
+/// The exit codes, as `connect --help` shows them.
+pub const EXIT_CODES_HELP: &str = exit_codes!();
+
+/// What `connect --help` shows after the options: examples, then [`EXIT_CODES_HELP`].
+pub const CONNECT_AFTER_HELP: &str = concat!(
+    "\
+Port forwarding (a local port to port 80 of the node; localPortNumber 0 or absent: any
+free port, printed). AWS-StartPortForwardingSessionToRemoteHost also takes \"host\".
+Current agents: many connections at once (at most 64; more wait); agents 3.0.196.0 and
+older: one at a time. Ctrl-C ends the session.
+  session-agent connect --target ID --document-name AWS-StartPortForwardingSession \\
+      --parameters '{\"portNumber\":[\"80\"],\"localPortNumber\":[\"8080\"]}'
+
+ssh through a session (standard input and output are the tunnel; standard output carries
+nothing else but the first line, `Starting session with SessionId: ...`):
+  ssh -o ProxyCommand='session-agent connect --target %h \\
+      --document-name AWS-StartSSHSession --parameters portNumber=%p' user@ID
+
+--parameters takes JSON, {\"name\": [\"value\"]}, or the AWS CLI's shorthand,
+name=value[,name=value].
+
+",
+    exit_codes!()
+);
 
 /// `session-agent connect` arguments.
 #[derive(Debug, Args)]
@@ -105,8 +146,9 @@ pub struct ConnectArgs {
     /// Session document to use instead of the default shell document.
     #[arg(long, value_name = "NAME", conflicts_with = "plugin_args")]
     pub document_name: Option<String>,
-    /// Document parameters as JSON: {"name": ["value", ...]}.
-    #[arg(long, value_name = "JSON", conflicts_with = "plugin_args")]
+    /// Document parameters as JSON, {"name": ["value", ...]}, or the AWS CLI's
+    /// shorthand, name=value[,name=value] (e.g. portNumber=22).
+    #[arg(long, value_name = "PARAMS", conflicts_with = "plugin_args")]
     pub parameters: Option<String>,
     /// Region for signing and the default endpoint. Default: $AWS_REGION,
     /// $AWS_DEFAULT_REGION, else us-east-1.
@@ -216,15 +258,8 @@ impl ConnectArgs {
                 request["Reason"] = json!(reason);
             }
             if let Some(text) = &self.parameters {
-                let v: Value = serde_json::from_str(text)
-                    .map_err(|e| config_error("--parameters", format!("not JSON: {e}")))?;
-                if !v.is_object() {
-                    return Err(config_error(
-                        "--parameters",
-                        r#"must be a JSON object such as {"name": ["value"]}"#,
-                    ));
-                }
-                request["Parameters"] = v;
+                request["Parameters"] =
+                    parse_parameters(text).map_err(|e| config_error("--parameters", e))?;
             }
             return Ok(ConnectConfig {
                 endpoint,
@@ -293,6 +328,48 @@ impl ConnectArgs {
             target,
         })
     }
+}
+
+/// `--parameters`: JSON (`{"portNumber":["22"]}`) or the AWS CLI's shorthand
+/// (`portNumber=22`, `portNumber=80,localPortNumber=8080`, `commands=[a,b]`; a part
+/// without `=` adds a value to the name before it).
+fn parse_parameters(text: &str) -> Result<Value, String> {
+    let text = text.trim();
+    if text.starts_with('{') {
+        let v: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+        if !v.is_object() {
+            return Err(r#"must be a JSON object such as {"name": ["value"]}"#.into());
+        }
+        return Ok(v);
+    }
+    let mut map = serde_json::Map::new();
+    let mut last: Option<String> = None;
+    for part in text.split(',') {
+        let (name, value) =
+            match part.split_once('=') {
+                Some((name, value)) => {
+                    let name = name.trim();
+                    if name.is_empty() {
+                        return Err(format!("{part:?} has no name before `=`"));
+                    }
+                    last = Some(name.to_owned());
+                    (name.to_owned(), value)
+                }
+                None => match &last {
+                    Some(name) => (name.clone(), part),
+                    None => return Err(
+                        r#"expected JSON such as {"name": ["value"]} or name=value[,name=value]"#
+                            .into(),
+                    ),
+                },
+            };
+        let value = value.trim().trim_start_matches('[').trim_end_matches(']');
+        let values = map.entry(name).or_insert_with(|| json!([]));
+        if let Some(list) = values.as_array_mut() {
+            list.push(json!(value));
+        }
+    }
+    Ok(Value::Object(map))
 }
 
 fn check_endpoint(endpoint: &str) -> Result<(), ConfigError> {
@@ -417,13 +494,6 @@ pub async fn connect(config: ConnectConfig) -> Outcome {
         std::io::stdout(),
         &format!("\nStarting session with SessionId: {session_id}\n"),
     );
-    let mut raw = match RawMode::enter() {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::warn!(error = %e, "Cannot put the terminal into raw mode");
-            None
-        }
-    };
     let pump = Pump {
         api: &api,
         tls,
@@ -431,25 +501,32 @@ pub async fn connect(config: ConnectConfig) -> Outcome {
         session_id: session_id.clone(),
         stream_url: grant.stream_url,
         ws,
-        channel: Channel::new(CLIENT_VERSION),
-        raw: raw.as_ref().is_some_and(RawMode::is_active),
+        channel: Channel::new(crate::protocol::version::CLIENT_COMPAT_VERSION),
+        local: Local::Pending,
+        raw: None,
         target: config.target.clone(),
         region: config.region.clone(),
     };
-    let ending = pump.run().await;
-    // The terminal first, so the last words are printed in the user's own mode.
-    if let Some(r) = raw.as_mut() {
-        r.restore();
-    }
-    finish(&session_id, ending)
+    let (ending, stdout_is_data) = pump.run().await;
+    finish(&session_id, ending, stdout_is_data)
 }
 
 /// Prints how the session ended and picks the exit status.
-fn finish(session_id: &str, ending: Ending) -> Outcome {
+///
+/// `stdout_is_data`: standard output carried the session's bytes (a port session over
+/// standard streams, e.g. for ssh); the closing words then go to standard error.
+fn finish(session_id: &str, ending: Ending, stdout_is_data: bool) -> Outcome {
     let exiting = format!("\n\nExiting session with sessionId: {session_id}.\n\n");
+    let say_out = |text: &str| {
+        if stdout_is_data {
+            say(std::io::stderr(), text);
+        } else {
+            say(std::io::stdout(), text);
+        }
+    };
     match ending {
         Ending::Closed(closed) if closed.output.is_empty() => {
-            say(std::io::stdout(), &exiting);
+            say_out(&exiting);
             Outcome::Ended
         }
         Ending::Closed(closed) => {
@@ -461,9 +538,23 @@ fn finish(session_id: &str, ending: Ending) -> Outcome {
         }
         Ending::InputEnded {
             terminate_error: None,
+        }
+        | Ending::PortExit {
+            terminate_error: None,
         } => {
-            say(std::io::stdout(), &exiting);
+            say_out(&exiting);
             Outcome::Ended
+        }
+        Ending::PortExit {
+            terminate_error: Some(e),
+        } => {
+            error_line(&format!("TerminateSession {session_id} failed: {e}"));
+            say_out(&exiting);
+            Outcome::Ended
+        }
+        Ending::Failed(reason) => {
+            error_line(&format!("session {session_id}: {reason}"));
+            Outcome::Failed
         }
         Ending::InputEnded {
             terminate_error: Some(e),
@@ -553,6 +644,20 @@ mod tests {
                 .key,
             "--parameters"
         );
+        assert_eq!(
+            parse_parameters("portNumber=22").unwrap(),
+            json!({"portNumber":["22"]})
+        );
+        assert_eq!(
+            parse_parameters("portNumber=80,localPortNumber=8080").unwrap(),
+            json!({"portNumber":["80"],"localPortNumber":["8080"]})
+        );
+        assert_eq!(
+            parse_parameters("commands=[ls,pwd]").unwrap(),
+            json!({"commands":["ls","pwd"]})
+        );
+        assert!(parse_parameters("22").is_err());
+        assert!(parse_parameters("=1").is_err());
         assert_eq!(
             parse(&["--target", "n", "--endpoint", "ftp://x"])
                 .unwrap_err()

@@ -13,10 +13,13 @@
 //! token, same StreamUrl, random 100–200 ms doubling to at most 5 s, 5 attempts), and
 //! every unacknowledged keystroke is sent again.
 
-use super::channel::{Channel, Effect, MAX_INPUT_CHUNK};
+use super::channel::{Channel, Effect, SessionType, MAX_INPUT_CHUNK};
 use super::interrupts::{Interrupt, Interrupts, Stop};
-use super::terminal::{self, DEFAULT_SIZE};
-use crate::protocol::payload::{to_json, ChannelClosed, OpenDataChannel, MESSAGE_SCHEMA_VERSION};
+use super::port::{self, Forwarder, PortMode, Todo};
+use super::terminal::{self, RawMode, DEFAULT_SIZE};
+use crate::protocol::payload::{
+    flag, to_json, ChannelClosed, OpenDataChannel, MESSAGE_SCHEMA_VERSION,
+};
 use crate::ssm::{ApiError, SsmApi, HTTP_TIMEOUT};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -61,6 +64,15 @@ pub(crate) enum Ending {
     TimedOut,
     /// Reconnecting failed.
     Lost(String),
+    /// A port session ended by Ctrl-C or a signal: the TerminateSession flag was sent
+    /// (or the API called), as the plugin does; exit 0.
+    PortExit {
+        /// Why TerminateSession failed, if it did.
+        terminate_error: Option<String>,
+    },
+    /// The session could not go on (a port session's listener or smux stream broke);
+    /// it was terminated.
+    Failed(String),
     /// SIGTERM or SIGHUP (on Windows the console closing); the session was terminated.
     Signalled {
         /// Which signal or event.
@@ -117,13 +129,54 @@ pub(crate) struct Pump<'a> {
     pub(crate) stream_url: String,
     pub(crate) ws: Socket,
     pub(crate) channel: Channel,
-    /// The terminal is in raw mode: line ends need `\r\n`.
-    pub(crate) raw: bool,
+    /// Where the session's bytes go; decided by the first message.
+    pub(crate) local: Local,
+    /// The terminal in raw mode (shell sessions on a terminal only).
+    pub(crate) raw: Option<RawMode>,
     /// The session's target (KMS encryption context); `None` when not known.
     pub(crate) target: Option<String>,
     /// Region for KMS.
     pub(crate) region: String,
 }
+
+/// Where the session's bytes come from and go to.
+#[derive(Debug)]
+pub(crate) enum Local {
+    /// The session type is not known yet: standard input is not read (upstream starts
+    /// its handler at the first message), the terminal is left alone.
+    Pending,
+    /// A shell or commands: the terminal (raw mode), standard input and output.
+    Shell,
+    /// A port session over standard input and output (ssh's `ProxyCommand`): raw bytes,
+    /// the terminal left alone, nothing else on standard output.
+    Streams(SessionType),
+    /// A port session with a local listener.
+    Listener(SessionType, Box<Forwarder>),
+}
+
+impl Local {
+    fn port_session(&self) -> Option<&SessionType> {
+        match self {
+            Local::Streams(s) | Local::Listener(s, _) => Some(s),
+            Local::Pending | Local::Shell => None,
+        }
+    }
+
+    fn has_window(&self) -> bool {
+        matches!(self, Local::Pending | Local::Shell)
+    }
+
+    fn forwarder(&mut self) -> Option<&mut Forwarder> {
+        match self {
+            Local::Listener(_, f) => Some(f),
+            _ => None,
+        }
+    }
+}
+
+/// How long after sending the TerminateSession flag its acknowledgement is waited for
+/// (the plugin exits at once; a moment's wait makes sure the flag left).
+const FLAG_WAIT: Duration = Duration::from_secs(1);
 
 /// How long GenerateDataKey may take (the agent waits 15 s for the whole answer).
 const KMS_TIMEOUT: Duration = Duration::from_secs(12);
@@ -136,23 +189,42 @@ enum Flow {
 }
 
 impl Pump<'_> {
-    /// Runs the session to its end.
-    pub(crate) async fn run(mut self) -> Ending {
-        let mut stdin = spawn_stdin_reader();
+    /// Runs the session to its end; returns how, and whether standard output carried
+    /// the session's bytes (then nothing more may be printed there).
+    pub(crate) async fn run(mut self) -> (Ending, bool) {
+        let ending = self.run_inner().await;
+        // The terminal first, so the last words are printed in the user's own mode.
+        if let Some(r) = self.raw.as_mut() {
+            r.restore();
+        }
+        (ending, matches!(self.local, Local::Streams(_)))
+    }
+
+    fn raw_active(&self) -> bool {
+        self.raw.as_ref().is_some_and(RawMode::is_active)
+    }
+
+    async fn run_inner(&mut self) -> Ending {
+        let mut stdin: Option<mpsc::Receiver<Vec<u8>>> = None;
         let mut stdin_open = true;
         let mut interrupts = Interrupts::listen();
         let mut size_poll = tokio::time::interval(SIZE_POLL);
         size_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.tick().await;
+        let mut keepalive = tokio::time::interval(port::KEEPALIVE);
+        keepalive.tick().await;
         let mut settle_at: Option<tokio::time::Instant> = None;
         let mut terminated: Option<Option<String>> = None;
         let mut close_at: Option<tokio::time::Instant> = None;
 
         // The Size goes first: the agent waits briefly for it before starting the shell,
-        // so the prompt is drawn at the right width.
+        // so the prompt is drawn at the right width. (A port agent discards it.)
         self.send_size().await;
         loop {
+            if stdin.is_none() && matches!(self.local, Local::Shell | Local::Streams(_)) {
+                stdin = Some(spawn_stdin_reader());
+            }
             if terminated.is_none() && !stdin_open {
                 let due = settle_at.is_some_and(|t| tokio::time::Instant::now() >= t);
                 if due || self.channel.input_settled() {
@@ -165,9 +237,14 @@ impl Pump<'_> {
                 .channel
                 .next_deadline()
                 .map(tokio::time::Instant::from_std);
+            let wants_input = self.channel.wants_input();
+            let has_window = self.local.has_window();
+            let mux_keepalive = self.local.forwarder().is_some_and(|f| f.keepalive());
             let flow = tokio::select! {
                 msg = self.ws.next() => match msg {
                     Some(Ok(Message::Binary(raw))) => {
+                        let ready = self.local.forwarder().is_none_or(|f| f.ready());
+                        self.channel.set_output_ready(ready);
                         let effects = self.channel.on_frame(&raw, Instant::now());
                         self.apply(effects).await
                     }
@@ -182,7 +259,7 @@ impl Pump<'_> {
                     }
                     Some(Ok(_)) => Flow::Continue,
                 },
-                chunk = stdin.recv(), if stdin_open && self.channel.wants_input() => {
+                chunk = recv_opt(stdin.as_mut()), if stdin_open && wants_input => {
                     match chunk {
                         Some(bytes) => {
                             self.channel.queue_input(&bytes);
@@ -196,11 +273,29 @@ impl Pump<'_> {
                     }
                     Flow::Continue
                 }
-                _ = size_poll.tick() => { self.send_size().await; Flow::Continue }
-                interrupt = interrupts.next() => match interrupt {
-                    Interrupt::WindowChanged => { self.send_size().await; Flow::Continue }
-                    Interrupt::Key(key) => { self.keystroke(key).await; Flow::Continue }
-                    Interrupt::End(stop) => Flow::End(self.signalled(stop).await),
+                up = recv_up(&mut self.local), if wants_input => match up {
+                    Some(up) => {
+                        let todo = match self.local.forwarder() {
+                            Some(f) => f.on_up(up),
+                            None => Todo::default(),
+                        };
+                        self.carry_out(todo).await
+                    }
+                    None => Flow::End(Ending::Failed("the local listener stopped".into())),
+                },
+                _ = keepalive.tick(), if mux_keepalive => {
+                    let todo = match self.local.forwarder() {
+                        Some(f) => f.nop(),
+                        None => Todo::default(),
+                    };
+                    self.carry_out(todo).await
+                }
+                _ = size_poll.tick(), if has_window => { self.send_size().await; Flow::Continue }
+                interrupt = interrupts.next() => match (interrupt, self.local.port_session().is_some()) {
+                    (Interrupt::WindowChanged, _) => { self.send_size().await; Flow::Continue }
+                    (Interrupt::Key(_) | Interrupt::End(_), true) => Flow::End(self.port_exit().await),
+                    (Interrupt::Key(key), false) => { self.keystroke(key).await; Flow::Continue }
+                    (Interrupt::End(stop), false) => Flow::End(self.signalled(stop).await),
                 },
                 () = sleep_opt(retransmit_at) => {
                     if let Some(frame) = self.channel.poll_retransmit(Instant::now()) {
@@ -219,6 +314,10 @@ impl Pump<'_> {
             };
             match flow {
                 Flow::Continue => {}
+                Flow::End(Ending::Failed(reason)) => {
+                    let _ = self.terminate().await;
+                    return Ending::Failed(reason);
+                }
                 Flow::End(end) => return end,
                 Flow::OutputGone => {
                     // Nobody sees the session any more: end it as at end of input.
@@ -228,6 +327,103 @@ impl Pump<'_> {
                     }
                 }
             }
+        }
+    }
+
+    /// The session type is known: set up its local side.
+    async fn started(&mut self, session: SessionType) -> Flow {
+        if !session.is_port() {
+            tracing::debug!(session_type = %session.session_type, "Shell session");
+            // Only now is the terminal touched: a port session's standard streams may be
+            // another program's pipes.
+            self.raw = match RawMode::enter() {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "Cannot put the terminal into raw mode");
+                    None
+                }
+            };
+            self.local = Local::Shell;
+            return Flow::Continue;
+        }
+        let mode = port::mode(&session);
+        tracing::debug!(?mode, agent = %session.agent_version, "Port session");
+        if mode == PortMode::Streams {
+            self.local = Local::Streams(session);
+            return Flow::Continue;
+        }
+        let listening = match port::local_port(&session) {
+            Ok(p) => Forwarder::start(&self.session_id, mode, p).await,
+            Err(e) => Err(e),
+        };
+        match listening {
+            Ok((forwarder, lines)) => {
+                for line in lines {
+                    let _ =
+                        write_out(&mut tokio::io::stdout(), format!("{line}\n").as_bytes()).await;
+                }
+                self.local = Local::Listener(session, Box::new(forwarder));
+                Flow::Continue
+            }
+            Err(e) => Flow::End(Ending::Failed(e)),
+        }
+    }
+
+    /// Sends what the forwarder asks for.
+    async fn carry_out(&mut self, todo: Todo) -> Flow {
+        for line in &todo.stdout {
+            let _ = write_out(&mut tokio::io::stdout(), format!("\n{line}\n").as_bytes()).await;
+        }
+        for bytes in &todo.input {
+            self.channel.queue_input(bytes);
+        }
+        for value in todo.flags {
+            self.channel.queue_flag(value);
+        }
+        self.flush().await;
+        match todo.fatal {
+            Some(reason) => Flow::End(Ending::Failed(format!("port forwarding: {reason}"))),
+            None => Flow::Continue,
+        }
+    }
+
+    /// Ctrl-C or a signal in a port session: the TerminateSession flag to agents that
+    /// know it, else the API (protocol-sessions.md §2.4).
+    async fn port_exit(&mut self) -> Ending {
+        let by_flag = self
+            .local
+            .port_session()
+            .is_some_and(port::terminate_by_flag);
+        if !by_flag {
+            return Ending::PortExit {
+                terminate_error: self.terminate().await,
+            };
+        }
+        tracing::debug!(session = %self.session_id, "Sending the TerminateSession flag");
+        self.channel.queue_flag(flag::TERMINATE_SESSION);
+        self.flush().await;
+        let deadline = tokio::time::Instant::now() + FLAG_WAIT;
+        while !self.channel.input_settled() {
+            let msg = tokio::select! {
+                msg = self.ws.next() => msg,
+                () = tokio::time::sleep_until(deadline) => break,
+            };
+            match msg {
+                Some(Ok(Message::Binary(raw))) => {
+                    // Only the acknowledgements matter now; output is not taken.
+                    self.channel.set_output_ready(false);
+                    for effect in self.channel.on_frame(&raw, Instant::now()) {
+                        if let Effect::Send(frame) = effect {
+                            self.send(frame).await;
+                        }
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => break,
+            }
+        }
+        Ending::PortExit {
+            terminate_error: None,
         }
     }
 
@@ -246,8 +442,25 @@ impl Pump<'_> {
                     self.flush().await;
                 }
                 Effect::Stdout(bytes) => {
-                    if write_out(&mut tokio::io::stdout(), &bytes).await.is_err() {
+                    if let Some(f) = self.local.forwarder() {
+                        let todo = f.on_output(bytes);
+                        if let Flow::End(end) = self.carry_out(todo).await {
+                            return Flow::End(end);
+                        }
+                    } else if write_out(&mut tokio::io::stdout(), &bytes).await.is_err() {
                         flow = Flow::OutputGone;
+                    }
+                }
+                Effect::Started(session) => {
+                    if let Flow::End(end) = self.started(session).await {
+                        return Flow::End(end);
+                    }
+                }
+                Effect::Flag(value) => {
+                    if value == flag::CONNECT_TO_PORT_ERROR && self.local.forwarder().is_some() {
+                        self.notice(port::CONNECT_FAILED).await;
+                    } else {
+                        tracing::debug!(value, "Ignoring a flag");
                     }
                 }
                 Effect::Stderr(bytes) => {
@@ -296,8 +509,12 @@ impl Pump<'_> {
         self.flush().await;
     }
 
-    /// Sends the window size if it changed (80x24 without a terminal).
+    /// Sends the window size if it changed (80x24 without a terminal); nothing in a port
+    /// session.
     async fn send_size(&mut self) {
+        if !self.local.has_window() {
+            return;
+        }
         let size = terminal::window_size().unwrap_or(DEFAULT_SIZE);
         if self.channel.queue_size(size) {
             tracing::debug!(cols = size.cols, rows = size.rows, "Window size");
@@ -307,8 +524,9 @@ impl Pump<'_> {
 
     /// A line for the user on stderr, on a line of its own.
     async fn notice(&mut self, text: &str) {
-        let nl = if self.raw { "\r\n" } else { "\n" };
-        let text = if self.raw {
+        let raw = self.raw_active();
+        let nl = if raw { "\r\n" } else { "\n" };
+        let text = if raw {
             text.replace("\r\n", "\n").replace('\n', "\r\n")
         } else {
             text.to_owned()
@@ -413,6 +631,20 @@ fn spawn_stdin_reader() -> mpsc::Receiver<Vec<u8>> {
         tracing::warn!(error = %e, "Cannot start the input thread; input is ignored");
     }
     rx
+}
+
+async fn recv_opt(rx: Option<&mut mpsc::Receiver<Vec<u8>>>) -> Option<Vec<u8>> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn recv_up(local: &mut Local) -> Option<port::Up> {
+    match local {
+        Local::Listener(_, f) => f.up.recv().await,
+        _ => std::future::pending().await,
+    }
 }
 
 async fn sleep_opt(at: Option<tokio::time::Instant>) {

@@ -580,9 +580,10 @@ async fn over_tls_with_signed_calls_a_kms_key_that_cannot_be_made_is_reported_an
     assert_eq!(response.sequence_number, 1);
     assert_eq!(response.payload_type, PayloadType::HandshakeResponse);
     let v: serde_json::Value = serde_json::from_slice(&response.payload).unwrap();
+    // The compatibility level agents choose their port mode from, not our version.
     assert_eq!(
         v["ClientVersion"],
-        concat!("session-agent/", env!("CARGO_PKG_VERSION"))
+        session_agent::protocol::version::CLIENT_COMPAT_VERSION
     );
     assert_eq!(v["ProcessedClientActions"][0]["ActionType"], "SessionType");
     assert_eq!(v["ProcessedClientActions"][0]["ActionStatus"], 1);

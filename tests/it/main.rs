@@ -7,6 +7,7 @@ mod aws;
 mod aws_cli;
 mod cli;
 mod client;
+mod client_port;
 mod commands;
 mod doctor;
 mod gateway_bad_input;
