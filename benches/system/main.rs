@@ -14,6 +14,8 @@
 //! | memory per idle session at 1, 100, 1000 | | ≤ 512 KiB |
 //! | StartSession → first prompt byte p50/p99 | | p99 ≤ 50 ms |
 //! | CloudWatch streaming delay p99 | | ≤ 1.5 s |
+//! | port forwarding, 1 GB over 1 and over 8 connections | the same bytes read straight from the source | ≥ 0.5× direct |
+//! | memory per idle forwarded connection | | (for comparison) |
 //!
 //! `cargo bench --bench system` runs it in full (`bash scripts/bench.sh` also starts
 //! LocalStack and the criterion benches); `-- --write-docs` also rewrites the results
@@ -32,6 +34,7 @@
 mod baseline;
 mod client;
 mod measure;
+mod port;
 mod report;
 mod stack;
 
@@ -55,10 +58,14 @@ pub struct Plan {
     pub markers: usize,
     pub scale: Vec<usize>,
     pub scale_total: u64,
+    /// Port forwarding: bytes through one connection, and through eight at once.
+    pub port_bytes: u64,
+    /// Idle connections through one port session.
+    pub port_idle: usize,
     pub open_parallel: usize,
     pub settle: Duration,
     /// `--only STEP[,STEP]`: run just these steps (idle, start, echo, paste, streaming,
-    /// throughput, scaling), e.g. to profile one.
+    /// throughput, port, scaling), e.g. to profile one.
     pub only: Vec<String>,
 }
 
@@ -75,6 +82,8 @@ impl Plan {
             markers: 100,
             scale: vec![1, 10, 100, 1000],
             scale_total: 100_000_000,
+            port_bytes: 1_000_000_000,
+            port_idle: 60,
             open_parallel: 25,
             settle: Duration::from_secs(3),
             only: Vec::new(),
@@ -93,6 +102,8 @@ impl Plan {
             markers: 2,
             scale: vec![1, 4],
             scale_total: 1_000_000,
+            port_bytes: 4_000_000,
+            port_idle: 4,
             open_parallel: 4,
             settle: Duration::from_millis(500),
             only: Vec::new(),
@@ -112,7 +123,7 @@ fn main() -> ExitCode {
                  Needs LocalStack on 127.0.0.1:4566 and root (sessions run as ssm-user).\n\
                  `bash scripts/bench.sh` does all of it. --write-docs rewrites the results\n\
                  in docs/benchmarks.md and docs/benchmarks-scaling.svg. Steps: idle, start,\n\
-                 echo, paste, streaming, throughput, scaling."
+                 echo, paste, streaming, throughput, port, scaling."
             );
         }
         return ExitCode::SUCCESS;
@@ -335,6 +346,44 @@ async fn run(stack: &Stack, plan: &Plan) -> Result<report::Results> {
         .await;
         if let Err(e) = step {
             rows.push(Row::failed("throughput", &e));
+        }
+    }
+    if want("port") {
+        let step: Result<()> = async {
+            progress("port forwarding");
+            for conns in [1usize, 8] {
+                let (ours, direct) =
+                    port::throughput(stack, &agent, plan.port_bytes, conns).await?;
+                rows.push(Row::new(
+                    &format!(
+                        "port forwarding, {} MB over {conns} connection{}",
+                        plan.port_bytes / 1_000_000,
+                        if conns == 1 { "" } else { "s at once" }
+                    ),
+                    format!("{ours:.0} MB/s ({:.2}× direct)", ours / direct),
+                    &format!("direct loopback TCP: {direct:.0} MB/s"),
+                    "≥ 0.5× direct",
+                    Verdict::at_least(ours / direct, 0.5),
+                ));
+            }
+            let (before, after) =
+                port::idle_connections(stack, &agent, plan.port_idle, plan.settle).await?;
+            let per = after.saturating_sub(before) as f64 / plan.port_idle as f64;
+            rows.push(Row::new(
+                &format!(
+                    "memory per idle forwarded connection, {} open",
+                    plan.port_idle
+                ),
+                format!("{per:.0} KiB (agent RSS {before} → {after} KiB)"),
+                "",
+                "(for comparison)",
+                Verdict::Met,
+            ));
+            Ok(())
+        }
+        .await;
+        if let Err(e) = step {
+            rows.push(Row::failed("port", &e));
         }
     }
     drop(agent);

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 pub const LOCALSTACK: &str = "http://127.0.0.1:4566";
 pub const REGION: &str = "us-east-1";
-const BIN: &str = env!("CARGO_BIN_EXE_session-agent");
+pub const BIN: &str = env!("CARGO_BIN_EXE_session-agent");
 
 /// A child process killed (and reaped) on drop.
 struct Proc(Child);

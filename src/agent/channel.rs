@@ -48,8 +48,13 @@ use bytes::Bytes;
 use std::time::{Duration, Instant, SystemTime};
 use uuid::Uuid;
 
-/// Out-of-order input kept while waiting for a gap to fill (keystrokes are small).
-pub const INPUT_REORDER: usize = 1024 * 1024;
+/// Out-of-order input kept while waiting for a gap to fill. With the largest frame
+/// ([`MAX_DATA_MESSAGE`]) it stays below the keyboard queue's budget
+/// ([`INPUT_QUEUE_BYTES`]), so a delivery (the frame that fills the gap and everything
+/// buffered behind it) always fits the queue once it has drained: it is accepted only
+/// when it fits whole, so no acknowledged byte is ever dropped.
+pub const INPUT_REORDER: usize = 512 * 1024;
+const _: () = assert!(INPUT_REORDER + MAX_DATA_MESSAGE < INPUT_QUEUE_BYTES);
 /// After the shell exits, how long unacknowledged output may take to drain (§6.6).
 pub const DRAIN: Duration = Duration::from_secs(2);
 /// After the shell exits, output keeps flowing until the PTY reports end of file; a
@@ -347,10 +352,10 @@ fn now_ms() -> u64 {
     crate::timefmt::unix_ms(SystemTime::now()).max(1)
 }
 
-/// Whether the keyboard queue, with `room` bytes free, takes an item of `len` bytes
-/// (as `bounded`: at least one byte, at most the whole budget).
+/// Whether the keyboard queue, with `room` bytes free, takes a delivery of `len` bytes
+/// in all (one or more items; `bounded` counts an empty item as one byte).
 fn fits(room: usize, len: usize) -> bool {
-    room >= len.clamp(1, INPUT_QUEUE_BYTES)
+    room >= len.max(1)
 }
 
 impl Channel {
@@ -1199,7 +1204,11 @@ impl Channel {
                 for item in self.accept(m, fx) {
                     match item.payload_type {
                         PayloadType::Output => {
-                            if let Some(plain) = self.open_input(&item.payload) {
+                            // Nothing to type for an empty payload (and a delivery of
+                            // many would cost the queue a byte each).
+                            if let Some(plain) =
+                                self.open_input(&item.payload).filter(|p| !p.is_empty())
+                            {
                                 fx.push(Effect::Type(plain));
                             }
                         }
@@ -1475,6 +1484,31 @@ mod tests {
         assert!(c.on_frame(&input(1, b"y"), t0, 2).is_empty());
         let fx = c.on_frame(&input(1, b"y"), t0, 3);
         assert_eq!((acks(&fx), typed(&fx)), (vec![1], b"yzz".to_vec()));
+    }
+
+    #[test]
+    fn a_gap_filled_behind_a_large_buffer_is_taken_only_when_all_of_it_fits() {
+        // Frames 1.. arrive before 0 (the client's window is large): buffered, acked.
+        let (mut c, t0) = running(Limits::default());
+        let frame = vec![b'x'; 16 * 1024];
+        let mut buffered = 0;
+        for seq in 1..100 {
+            let fx = c.on_frame(&input(seq, &frame), t0, ROOM);
+            if acks(&fx).is_empty() {
+                break;
+            }
+            buffered += frame.len();
+        }
+        assert!(buffered <= INPUT_REORDER, "{buffered}");
+        assert!(buffered + frame.len() > ROOM / 2);
+        // The gap's frame with less room than it and everything behind it: not taken,
+        // not acknowledged (the client sends it again), nothing typed and so nothing lost.
+        let need = frame.len() + buffered;
+        assert!(c.on_frame(&input(0, &frame), t0, need - 1).is_empty());
+        // With room for all of it, all of it is typed, in order.
+        let fx = c.on_frame(&input(0, &frame), t0, need);
+        assert_eq!(acks(&fx), [0]);
+        assert_eq!(typed(&fx).len(), need);
     }
 
     #[test]

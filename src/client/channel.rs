@@ -32,9 +32,11 @@ use uuid::Uuid;
 /// Largest keystroke payload: one stdin read. Upstream reads 1 KiB at a time; a paste
 /// goes out in fewer, larger frames here (the agent writes any size to the PTY).
 pub const MAX_INPUT_CHUNK: usize = 16 * 1024;
-/// Largest tunnel payload of a port session: the plugin's `StreamDataPayloadSize`
-/// (protocol-sessions.md §2.3).
-pub const PORT_INPUT_CHUNK: usize = 1024;
+/// Largest tunnel payload of a port session. The plugin sends at most 1 KiB
+/// (`StreamDataPayloadSize`, protocol-sessions.md §2.3) with a 1 ms sleep each; agents
+/// take any size (upstream's writes each payload whole to its socket), and 16 KiB, as
+/// for keystrokes, keeps the per-frame cost (header, digest, ack) low.
+pub const PORT_INPUT_CHUNK: usize = 16 * 1024;
 /// `ActionStatus` 3: the client does not support the requested action (§5.3).
 pub const ACTION_STATUS_UNSUPPORTED: i64 = 3;
 /// `ActionStatus` 2: the client tried and failed (§5.3).
