@@ -52,6 +52,15 @@ for tool in dpkg dpkg-query systemctl systemd-analyze strip rpm; do
   fi
 done
 
+# A real sshd and ssh/scp for the test of AWS-StartSSHSession through `connect` as ssh's
+# ProxyCommand (tests/it/client_port.rs); the sshd the test runs is its own, on a loopback
+# port, for the test's key only.
+if ! [[ -x /usr/sbin/sshd ]] || ! command -v scp >/dev/null 2>&1; then
+  echo "==> installing Debian's openssh-server and openssh-client"
+  apt-get install -y -q --no-install-recommends openssh-server openssh-client >/dev/null ||
+    echo "    could not install OpenSSH: the ssh test will say it was SKIPPED"
+fi
+
 echo "==> rustfmt"
 cargo fmt --all -- --check
 

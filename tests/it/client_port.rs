@@ -292,3 +292,153 @@ async fn a_refused_destination_is_reported_as_the_plugin_does() {
     let _ = child.start_kill();
     agent.stop().await;
 }
+
+/// A real `sshd` on a loopback port, for root with one key (made here), run in the
+/// foreground; killed on drop.
+struct Sshd {
+    child: std::process::Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Sshd {
+    /// `None` (with the reason) when sshd cannot be run here.
+    fn start() -> Result<Self, String> {
+        if !nix::unistd::geteuid().is_root() {
+            return Err("needs root (sshd authenticates users)".into());
+        }
+        if !std::path::Path::new("/usr/sbin/sshd").exists() {
+            return Err(
+                "/usr/sbin/sshd is not installed (scripts/test.sh installs openssh-server)".into(),
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for (key, args) in [("host", "-q"), ("client", "-q")] {
+            let ok = std::process::Command::new("ssh-keygen")
+                .args(["-t", "ed25519", "-N", "", args, "-f"])
+                .arg(d.join(key))
+                .status()
+                .map_err(|e| format!("ssh-keygen: {e}"))?;
+            if !ok.success() {
+                return Err("ssh-keygen failed".into());
+            }
+        }
+        std::fs::copy(d.join("client.pub"), d.join("authorized_keys")).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {host}\nAuthorizedKeysFile {keys}\n\
+             PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n\
+             PermitRootLogin prohibit-password\nStrictModes no\nPidFile {pid}\nSubsystem sftp internal-sftp\n",
+            host = d.join("host").display(),
+            keys = d.join("authorized_keys").display(),
+            pid = d.join("sshd.pid").display(),
+        );
+        std::fs::write(d.join("sshd_config"), config).unwrap();
+        // sshd wants its privilege-separation directory.
+        let _ = std::fs::create_dir_all("/run/sshd");
+        let child = std::process::Command::new("/usr/sbin/sshd")
+            .args(["-D", "-e", "-f"])
+            .arg(d.join("sshd_config"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(d.join("sshd.log")).unwrap())
+            .spawn()
+            .map_err(|e| format!("sshd: {e}"))?;
+        let deadline = std::time::Instant::now() + WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if std::time::Instant::now() > deadline {
+                return Err(format!(
+                    "sshd did not listen: {}",
+                    std::fs::read_to_string(d.join("sshd.log")).unwrap_or_default()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Self { child, port, dir })
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh_and_scp_run_through_connect_as_their_proxy_command() {
+    let sshd = match Sshd::start() {
+        Ok(s) => s,
+        Err(why) => {
+            // Said loudly: this test did not run.
+            eprintln!("SKIPPED ssh_and_scp_run_through_connect_as_their_proxy_command: {why}");
+            return;
+        }
+    };
+    let gw = Gateway::start(session_agent::gateway::GatewayConfig::default()).await;
+    let agent = RunningAgent::start(&gw, "ssh-node").await;
+    let d = sshd.dir.path();
+    // ssh's own ProxyCommand convention, with the AWS CLI's parameter shorthand.
+    let proxy = format!(
+        "{BIN} connect --endpoint {} --target %h --document-name AWS-StartSSHSession --parameters portNumber=%p",
+        gw.http_url()
+    );
+    let ssh_opts = |cmd: &mut Command| {
+        cmd.arg("-o")
+            .arg(format!("ProxyCommand={proxy}"))
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+            ])
+            .args(["-o", "BatchMode=yes", "-o", "LogLevel=ERROR", "-i"])
+            .arg(d.join("client"));
+    };
+    let mut ssh = Command::new("ssh");
+    ssh_opts(&mut ssh);
+    let out = ssh
+        .args([
+            "-p",
+            &sshd.port.to_string(),
+            "root@ssh-node",
+            "echo over-ssh-$((6*7)); hostname",
+        ])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("over-ssh-42"),
+        "ssh failed: {stdout} {} / sshd: {}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(d.join("sshd.log")).unwrap_or_default()
+    );
+    // scp, 2 MB each way, intact.
+    let payload: Vec<u8> = (0..2_000_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(d.join("up.bin"), &payload).unwrap();
+    let mut scp = Command::new("scp");
+    ssh_opts(&mut scp);
+    let up = scp
+        .args(["-q", "-P", &sshd.port.to_string()])
+        .arg(d.join("up.bin"))
+        .arg(format!("root@ssh-node:{}", d.join("there.bin").display()))
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        up.status.success(),
+        "scp up: {}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    assert!(
+        std::fs::read(d.join("there.bin")).unwrap() == payload,
+        "scp damaged the file"
+    );
+    agent.stop().await;
+    gw.stop().await;
+}
