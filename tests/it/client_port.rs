@@ -375,6 +375,7 @@ async fn ssh_and_scp_run_through_connect_as_their_proxy_command() {
         Ok(s) => s,
         Err(why) => {
             // Said loudly: this test did not run.
+            #[allow(clippy::print_stderr)]
             eprintln!("SKIPPED ssh_and_scp_run_through_connect_as_their_proxy_command: {why}");
             return;
         }
