@@ -369,14 +369,18 @@ impl Drop for Sshd {
     }
 }
 
+#[allow(clippy::print_stderr)]
+fn skipped(why: &str) {
+    eprintln!("SKIPPED ssh_and_scp_run_through_connect_as_their_proxy_command: {why}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ssh_and_scp_run_through_connect_as_their_proxy_command() {
     let sshd = match Sshd::start() {
         Ok(s) => s,
         Err(why) => {
             // Said loudly: this test did not run.
-            #[allow(clippy::print_stderr)]
-            eprintln!("SKIPPED ssh_and_scp_run_through_connect_as_their_proxy_command: {why}");
+            skipped(&why);
             return;
         }
     };
