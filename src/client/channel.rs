@@ -469,17 +469,22 @@ impl Channel {
             effects.push(Effect::Started(SessionType::shell()));
         }
         match item.payload_type {
-            PayloadType::Output | PayloadType::StdErr if self.cipher.is_some() => {
+            PayloadType::Output | PayloadType::StdErr | PayloadType::ExitCode
+                if self.cipher.is_some() =>
+            {
                 match self.cipher.as_ref().map(|c| c.open(&item.payload)) {
-                    Some(Ok(plain)) if item.payload_type == PayloadType::Output => {
-                        effects.push(Effect::Stdout(Bytes::from(plain)));
+                    Some(Ok(plain)) if item.payload_type == PayloadType::StdErr => {
+                        effects.push(Effect::Stderr(Bytes::from(plain)));
                     }
-                    Some(Ok(plain)) => effects.push(Effect::Stderr(Bytes::from(plain))),
+                    Some(Ok(plain)) => effects.push(Effect::Stdout(Bytes::from(plain))),
                     _ => tracing::warn!("Dropping output that does not decrypt"),
                 }
             }
             PayloadType::EncChallengeRequest => self.on_challenge(&item.payload),
-            PayloadType::Output => effects.push(Effect::Stdout(item.payload)),
+            // A command's `EXIT_CODE: n` is printed as the plugin does, with its output.
+            PayloadType::Output | PayloadType::ExitCode => {
+                effects.push(Effect::Stdout(item.payload));
+            }
             PayloadType::StdErr => effects.push(Effect::Stderr(item.payload)),
             PayloadType::HandshakeRequest => self.on_handshake_request(&item.payload, effects),
             PayloadType::Flag => match crate::protocol::payload::flag::decode(&item.payload) {
@@ -656,6 +661,9 @@ mod tests {
         assert!(stdout(&e).is_empty());
         let e = c.on_frame(&output(2, PayloadType::StdErr, b"oops"), now);
         assert!(e.contains(&Effect::Stderr(Bytes::from_static(b"oops"))));
+        // A command's exit code message is printed with its output, as the plugin does.
+        let e = c.on_frame(&output(3, PayloadType::ExitCode, b"EXIT_CODE: 3"), now);
+        assert!(e.contains(&Effect::Stdout(Bytes::from_static(b"EXIT_CODE: 3"))));
     }
 
     #[test]

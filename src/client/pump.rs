@@ -146,7 +146,10 @@ pub(crate) enum Local {
     /// its handler at the first message), the terminal is left alone.
     Pending,
     /// A shell or commands: the terminal (raw mode), standard input and output.
-    Shell,
+    /// `ends_by_itself`: a `NonInteractiveCommands` program, which reads no input and
+    /// ends the session when it exits, so the end of standard input (a script's
+    /// `< /dev/null`) does not terminate it.
+    Shell { ends_by_itself: bool },
     /// A port session over standard input and output (ssh's `ProxyCommand`): raw bytes,
     /// the terminal left alone, nothing else on standard output.
     Streams(SessionType),
@@ -158,12 +161,12 @@ impl Local {
     fn port_session(&self) -> Option<&SessionType> {
         match self {
             Local::Streams(s) | Local::Listener(s, _) => Some(s),
-            Local::Pending | Local::Shell => None,
+            Local::Pending | Local::Shell { .. } => None,
         }
     }
 
     fn has_window(&self) -> bool {
-        matches!(self, Local::Pending | Local::Shell)
+        matches!(self, Local::Pending | Local::Shell { .. })
     }
 
     fn forwarder(&mut self) -> Option<&mut Forwarder> {
@@ -222,10 +225,16 @@ impl Pump<'_> {
         // so the prompt is drawn at the right width. (A port agent discards it.)
         self.send_size().await;
         loop {
-            if stdin.is_none() && matches!(self.local, Local::Shell | Local::Streams(_)) {
+            if stdin.is_none() && matches!(self.local, Local::Shell { .. } | Local::Streams(_)) {
                 stdin = Some(spawn_stdin_reader());
             }
-            if terminated.is_none() && !stdin_open {
+            let waits_for_its_end = matches!(
+                self.local,
+                Local::Shell {
+                    ends_by_itself: true
+                }
+            );
+            if terminated.is_none() && !stdin_open && !waits_for_its_end {
                 let due = settle_at.is_some_and(|t| tokio::time::Instant::now() >= t);
                 if due || self.channel.input_settled() {
                     let error = self.terminate().await;
@@ -343,7 +352,9 @@ impl Pump<'_> {
                     None
                 }
             };
-            self.local = Local::Shell;
+            self.local = Local::Shell {
+                ends_by_itself: session.session_type == "NonInteractiveCommands",
+            };
             return Flow::Continue;
         }
         let mode = port::mode(&session);

@@ -447,3 +447,51 @@ async fn ssh_and_scp_run_through_connect_as_their_proxy_command() {
     agent.stop().await;
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_documents_run_through_connect_and_print_what_the_plugin_prints() {
+    let gw = Gateway::start(session_agent::gateway::GatewayConfig::default()).await;
+    let agent = RunningAgent::start(&gw, "cmd-node").await;
+    // Non-interactive: output as it comes, then the session ends by itself.
+    let child = connect(
+        &gw,
+        "cmd-node",
+        "AWS-StartNonInteractiveCommand",
+        r#"{"command":["sh -c 'echo from-the-command-$((6*7)); echo to-stderr >&2; exit 3'"]}"#,
+    );
+    let out = tokio::time::timeout(WAIT, child.wait_with_output())
+        .await
+        .expect("connect did not end with the command")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("from-the-command-42"),
+        "{stdout} / {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("to-stderr"), "{stdout}");
+    assert_eq!(out.status.code(), Some(0), "as the plugin: {stdout}");
+    // Interactive: what is typed reaches the command; it ends the session. (Without a
+    // handshake the client learns it is not a port session from the first output, as
+    // the plugin does, so the command prints before it reads.)
+    let mut child = connect(
+        &gw,
+        "cmd-node",
+        "AWS-StartInteractiveCommand",
+        r#"{"command":["printf 'name? '; read x; echo got-$x"]}"#,
+    );
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    // The plugin's first line, then the command waits for input.
+    read_until(&mut stdout, &mut seen, b"name? ").await;
+    stdin.write_all(b"typed\r").await.unwrap();
+    read_until(&mut stdout, &mut seen, b"got-typed").await;
+    let status = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    agent.stop().await;
+    gw.stop().await;
+}
