@@ -76,6 +76,8 @@
 //! * [`doctor`] — `session-agent doctor`: checks of the configuration, the state
 //!   directory, the gateway, AWS credentials and each sink, with what to do.
 //! * [`logging`] — the log formats (plain, journal-aware, JSON) `main` installs.
+//! * [`audit`] — command audit from the kernel (issue 19, in progress): today the process
+//!   events connector (`audit::cn_proc`), read in safe code; nothing uses it yet.
 //! * [`platform`] — the few host facts asked everywhere (privileged?, free space, host
 //!   name, default state directory), answered for Unix and Windows.
 //! * `windows` (Windows builds only) — the thin Windows layer: the service control
@@ -115,6 +117,7 @@
 //!    [`logging`]), turns signals into the graceful stop and maps errors to exit codes.
 
 pub mod agent;
+pub mod audit;
 pub mod backoff;
 pub mod bounded;
 pub mod cli;

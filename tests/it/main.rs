@@ -3,6 +3,7 @@
 
 mod agent;
 mod architecture;
+mod audit;
 mod aws;
 mod aws_cli;
 mod cli;

@@ -1,0 +1,12 @@
+//! Command audit (issue 19): what every session runs, from the kernel, that typing tricks
+//! cannot hide. Being built in steps; today only the sensor exists:
+//!
+//! * [`cn_proc`] — the kernel's process events connector (fork, exec, uid change, exit of
+//!   every process on the host), decoded and read in safe code, with loss made visible.
+//!
+//! Still to come (see issue 19 and `../shared/docs/audit-notes.md`): membership by audit
+//! session id and a per-session cgroup, enrichment from `/proc` at exec, the spool and
+//! CloudWatch events, redaction of secrets in arguments, commands as typed.
+
+#[cfg(target_os = "linux")]
+pub mod cn_proc;
