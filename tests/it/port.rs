@@ -905,3 +905,59 @@ async fn a_flood_of_connection_opens_is_refused_beyond_the_cap_and_summarised() 
     agent.stop().await;
     gw.stop().await;
 }
+
+/// FAILS (the tunnel audit misses a connection's close). A destination that stops
+/// reading leaves the one-connection forwarder blocked in `write_all` to it; when the
+/// session then ends (TerminateSession), the forwarder never sees its pipes close, so
+/// after `FORWARDER_CLOSE` (5 s) the pump aborts it and the connection's `closed` record
+/// (with its byte counts) is never written: the recording shows a connection that was
+/// opened and never closed. The multiplexed mode's `connection` tasks are aborted the
+/// same way (its writer also awaits `write_all` with nothing else watching).
+#[tokio::test]
+async fn review_a_destination_that_stops_reading_leaves_its_connection_unclosed_in_the_audit() {
+    let docs = tempfile::tempdir().unwrap();
+    let gw = gateway(docs.path()).await;
+    let agent = RunningAgent::start(&gw, "port-review-a").await;
+    // Accepts, never reads, keeps the socket open.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (held_tx, held_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (s, _) = listener.accept().await.unwrap();
+        let _ = held_tx.send(s);
+    });
+    let (sid, mut c) = PortClient::start(
+        &gw,
+        "port-review-a",
+        json!({"portNumber": [port.to_string()]}),
+        "1.2.650.0",
+    )
+    .await;
+    c.until(WAIT, |c| c.complete).await;
+    let _held = held_rx.await.unwrap();
+    // More than the kernel's buffers, the pipe and the keyboard queue together.
+    let block = vec![b'x'; 16 * 1024];
+    // Paced (this client does not retransmit): frames are refused only once the
+    // destination's buffers are full and the forwarder is blocked writing to it.
+    for _ in 0..1024 {
+        c.send(PayloadType::Output, &block).await;
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    // Time for all of it to reach the agent (the agent sends nothing but acks here).
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    gw.api_ok("TerminateSession", json!({"SessionId": sid}))
+        .await;
+    c.until_closed().await;
+    wait_status(&gw, &sid, "History", "Terminated").await;
+    let lines = tunnel_lines(&agent, &sid).await;
+    assert!(
+        lines.iter().any(|l| l.starts_with("[tunnel #1: connected")),
+        "{lines:?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("[tunnel #1: closed")),
+        "the connection's close (and its byte counts) is not in the recording: {lines:?}"
+    );
+    agent.stop().await;
+    gw.stop().await;
+}

@@ -23,6 +23,8 @@
 mod basic;
 mod mux;
 pub mod policy;
+#[cfg(test)]
+mod review_tests;
 
 use super::recording::Tap;
 use super::session::{FlagLink, SessionInput, SessionIo, SessionOutput};
