@@ -10,7 +10,9 @@
 //! error as StdErr (11) and each with its prefix, then the `EXIT_CODE: n` message (12)
 //! once the program has exited and both pipes are read, as upstream. The client's Ctrl-C
 //! and Ctrl-\ become SIGINT and SIGQUIT for the program; other keystrokes are dropped.
-//! When the session ends first (terminated, timed out), the program's group is killed.
+//! The program leads a session of its own (the `__exec-as` shim's `--setsid`): when the
+//! session ends first (terminated, timed out) its group is killed, and when it exits,
+//! everything of its session still running (background jobs, other groups) is.
 //!
 //! Everything shown is recorded like a shell's output. Memory is bounded: each pipe is
 //! read in chunks of at most [`CHUNK`] bytes into a channel of [`QUEUE`] chunks, read by
@@ -116,12 +118,20 @@ pub(crate) fn start(
     if let Some(stderr) = child.stderr.take() {
         readers.spawn(pipe(stderr, err_type, err_prefix, out_tx.clone()));
     }
+    // Taken now: once the child is waited for, tokio no longer gives its id, and the
+    // group (named by it) must still be killed.
+    let pid = child.id();
     let task = tokio::spawn(async move {
-        let status = supervise(&mut child, keys).await;
+        let status = supervise(&mut child, pid, keys).await;
         // What the program left running is killed with its group; what still holds the
         // pipes after that is given a moment, then its readers stop.
-        if let Some(pid) = child.id() {
-            kill_group(pid, nix::sys::signal::Signal::SIGKILL);
+        // The shim made it a session leader: its session is swept, whatever groups
+        // (or daemons) it started.
+        if let Some(pid) = pid {
+            let _ = tokio::task::spawn_blocking(move || {
+                crate::session::pty::kill_session_of(pid);
+            })
+            .await;
         }
         let drained = tokio::time::timeout(PIPES_AFTER_EXIT, async {
             while readers.join_next().await.is_some() {}
@@ -163,6 +173,7 @@ pub(crate) fn start(
 /// session ends first (the keystroke channel closes).
 async fn supervise(
     child: &mut tokio::process::Child,
+    pid: Option<u32>,
     mut keys: mpsc::Receiver<Vec<u8>>,
 ) -> Result<ExitStatus, String> {
     use nix::sys::signal::Signal;
@@ -181,13 +192,13 @@ async fn supervise(
                         0x1c => Some(Signal::SIGQUIT),
                         _ => None,
                     });
-                    if let (Some(signal), Some(pid)) = (signal, child.id()) {
+                    if let (Some(signal), Some(pid)) = (signal, pid) {
                         let _ = nix::sys::signal::kill(pid_of(pid), signal);
                     }
                 }
                 None => {
                     session_open = false;
-                    if let Some(pid) = child.id() {
+                    if let Some(pid) = pid {
                         kill_group(pid, Signal::SIGKILL);
                     }
                 }

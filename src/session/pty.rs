@@ -89,6 +89,8 @@ use super::user::SessionUser;
 
 /// The hidden subcommand of the agent binary that runs [`exec_as_main`].
 pub const EXEC_AS_SUBCOMMAND: &str = "__exec-as";
+/// [`exec_as_main`]'s first option: make the program a session leader first.
+const SETSID_FLAG: &str = "--setsid";
 
 /// Terminal size when the spec gives none: the VT100 default most programs assume.
 const DEFAULT_SIZE: (u16, u16) = (80, 24);
@@ -867,6 +869,29 @@ fn kill_session(sid: Pid) {
     }
 }
 
+/// SIGKILLs what is left of the session `sid` (its group and every live process whose
+/// session is `sid`, found through `/proc`), for callers outside this module: a
+/// `NonInteractiveCommands` program, which the shim made a session leader, after it
+/// exited. Its leader is reaped by then; the kernel does not hand out the number again
+/// while a process of the session or group still holds it.
+pub fn kill_session_of(sid: u32) {
+    let Ok(raw) = i32::try_from(sid) else { return };
+    let sid = Pid::from_raw(raw);
+    let _ = killpg(sid, Signal::SIGKILL);
+    for sweep in 0..KILL_SWEEPS {
+        let members = live_session_members(sid);
+        if members.is_empty() {
+            return;
+        }
+        if sweep > 0 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        for pid in members {
+            let _ = kill(pid, Signal::SIGKILL);
+        }
+    }
+}
+
 /// Processes other than `sid` itself, not yet zombies, whose session id is `sid`.
 fn live_session_members(sid: Pid) -> Vec<Pid> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
@@ -893,16 +918,30 @@ fn live_session_members(sid: Pid) -> Vec<Pid> {
 }
 
 /// A command without a terminal (`NonInteractiveCommands`): `spec`'s program and
-/// arguments as its user (through the `__exec-as` shim, as [`Shell::spawn`]), its own
-/// process group, standard input at end of file, standard output and error piped. Killed
-/// when the handle is dropped.
+/// arguments as its user, always through the `__exec-as` shim, which first makes it the
+/// leader of a session of its own (`--setsid`, so everything it starts can be found and
+/// killed at the end, as a shell's session is, whatever process groups it makes), then
+/// drops privileges when `spec` names another user; standard input at end of file,
+/// standard output and error piped. Killed when the handle is dropped.
 ///
 /// # Errors
 /// The credentials cannot be switched to, or the program cannot start.
 pub fn spawn_piped(spec: &ShellSpec, exec_shim: &Path) -> Result<tokio::process::Child, PtyError> {
     let program = spec.program.display().to_string();
-    let (exe, args) = argv_for(spec, exec_shim, &program)?;
-    let mut command = tokio::process::Command::new(exe);
+    let (exe, mut args) = argv_for(spec, exec_shim, &program)?;
+    if exe.as_os_str() == exec_shim.as_os_str() {
+        args.insert(1, SETSID_FLAG.to_owned());
+    } else {
+        let mut shimmed = vec![
+            EXEC_AS_SUBCOMMAND.to_owned(),
+            SETSID_FLAG.to_owned(),
+            "--".to_owned(),
+            exe.to_string_lossy().into_owned(),
+        ];
+        shimmed.extend(args);
+        args = shimmed;
+    }
+    let mut command = tokio::process::Command::new(exec_shim);
     command
         .args(args)
         .env_clear()
@@ -911,7 +950,6 @@ pub fn spawn_piped(spec: &ShellSpec, exec_shim: &Path) -> Result<tokio::process:
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
-        .process_group(0)
         .kill_on_drop(true);
     command.spawn().map_err(|e| PtyError::Spawn {
         program,
@@ -990,11 +1028,12 @@ fn command_for(
 }
 
 /// What the shim was asked to do.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct ExecAs {
-    uid: Uid,
-    gid: Gid,
-    user: String,
+    /// `--setsid`: become a session leader first.
+    setsid: bool,
+    /// The user to become; `None`: stay as is (`--setsid` alone).
+    switch: Option<(Uid, Gid, String)>,
     program: String,
     args: Vec<String>,
 }
@@ -1005,6 +1044,13 @@ impl ExecAs {
     fn parse(args: &[String]) -> Result<Self, String> {
         let (mut uid, mut gid, mut user) = (None, None, None);
         let mut rest = args;
+        let mut setsid = false;
+        if let [flag, tail @ ..] = rest {
+            if flag == SETSID_FLAG {
+                setsid = true;
+                rest = tail;
+            }
+        }
         while let [flag, value, tail @ ..] = rest {
             let slot = match flag.as_str() {
                 "--uid" => &mut uid,
@@ -1028,16 +1074,23 @@ impl ExecAs {
                 .transpose()
         };
         let (uid, gid) = (id("--uid", uid)?, id("--gid", gid)?);
-        let usage = "usage: __exec-as --uid U --gid G --user NAME -- PROGRAM [ARGS...]";
-        match (uid, gid, user, rest) {
-            (Some(uid), Some(gid), Some(user), [program, args @ ..]) => Ok(Self {
-                uid: Uid::from_raw(uid),
-                gid: Gid::from_raw(gid),
-                user,
+        let usage = "usage: __exec-as [--setsid] --uid U --gid G --user NAME -- PROGRAM [ARGS...], or __exec-as --setsid -- PROGRAM [ARGS...]";
+        let switch = match (uid, gid, user) {
+            (Some(uid), Some(gid), Some(user)) => {
+                Some((Uid::from_raw(uid), Gid::from_raw(gid), user))
+            }
+            // Without a user, only a new session is asked for.
+            (None, None, None) if setsid => None,
+            _ => return Err(usage.into()),
+        };
+        match rest {
+            [program, args @ ..] => Ok(Self {
+                setsid,
+                switch,
                 program: program.clone(),
                 args: args.to_vec(),
             }),
-            _ => Err(usage.into()),
+            [] => Err(usage.into()),
         }
     }
 }
@@ -1051,13 +1104,23 @@ pub fn exec_as_main(args: &[String]) -> ExitCode {
         Ok(r) => r,
         Err(usage) => return shim_failure(&usage, EXIT_CANNOT_EXECUTE),
     };
-    let what = format!("cannot run {} as {}", request.program, request.user);
+    let what = match &request.switch {
+        Some((_, _, user)) => format!("cannot run {} as {user}", request.program),
+        None => format!("cannot run {}", request.program),
+    };
     // The daemon protects itself from the OOM killer; its sessions must not inherit that
     // (a runaway program in a shell is what the OOM killer should pick). Raising the
     // score is always allowed, so this cannot fail short of a missing /proc.
     let _ = set_oom_score_adj(0);
-    if let Err(reason) = drop_privileges(&request) {
-        return shim_failure(&format!("{what}: {reason}"), EXIT_CANNOT_EXECUTE);
+    if request.setsid {
+        if let Err(e) = nix::unistd::setsid() {
+            return shim_failure(&format!("{what}: setsid: {e}"), EXIT_CANNOT_EXECUTE);
+        }
+    }
+    if let Some(switch) = &request.switch {
+        if let Err(reason) = drop_privileges(switch) {
+            return shim_failure(&format!("{what}: {reason}"), EXIT_CANNOT_EXECUTE);
+        }
     }
     // std's exec is execvp plus a clean signal state: the Rust runtime ignores SIGPIPE,
     // and an ignored signal survives exec, which would break `yes | head` in the shell.
@@ -1087,9 +1150,8 @@ pub fn set_oom_score_adj(value: i32) -> std::io::Result<()> {
 }
 
 /// Gives up root for `request`'s user; an error is the reason, for one line.
-fn drop_privileges(request: &ExecAs) -> Result<(), String> {
+fn drop_privileges((uid, gid, user): &(Uid, Gid, String)) -> Result<(), String> {
     use nix::unistd::{getegid, geteuid, getgid, getuid, initgroups, setgid, setuid};
-    let ExecAs { uid, gid, user, .. } = request;
     if uid.is_root() {
         return Err("uid 0 is not a user to drop privileges to".into());
     }
@@ -1515,17 +1577,31 @@ mod tests {
     fn shim_arguments_parse_strictly() {
         let args = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
         let ok = ExecAs::parse(&args("--uid 7 --gid 8 --user bob -- /bin/sh -c --uid")).unwrap();
-        assert_eq!((ok.uid.as_raw(), ok.gid.as_raw()), (7, 8));
-        assert_eq!(ok.user, "bob");
+        let (uid, gid, user) = ok.switch.clone().unwrap();
+        assert_eq!((uid.as_raw(), gid.as_raw(), user.as_str()), (7, 8, "bob"));
+        assert!(!ok.setsid);
         assert_eq!(ok.program, "/bin/sh");
         assert_eq!(ok.args, ["-c", "--uid"]);
         let ok = ExecAs::parse(&args("--user bob --gid 8 --uid 7 sh")).unwrap();
         assert_eq!(ok.program, "sh");
+        // A new session, with or without a user switch.
+        let ok = ExecAs::parse(&args("--setsid --uid 7 --gid 8 --user bob -- id")).unwrap();
+        assert!(ok.setsid && ok.switch.is_some());
+        let ok = ExecAs::parse(&args("--setsid -- id -u")).unwrap();
+        assert!(ok.setsid && ok.switch.is_none());
+        assert_eq!(
+            (ok.program.as_str(), ok.args.as_slice()),
+            ("id", &["-u".to_owned()][..])
+        );
         for bad in [
             "--uid 7 --gid 8 -- sh",
             "--uid x --gid 8 --user bob -- sh",
             "--uid 7 --gid 8 --user bob --",
             "--uid 7 --uid 7 --gid 8 --user bob -- sh",
+            // No switch without --setsid: the shim would do nothing.
+            "-- sh",
+            "--setsid --",
+            "--setsid --uid 7 -- sh",
         ] {
             assert!(ExecAs::parse(&args(bad)).is_err(), "{bad}");
         }

@@ -157,17 +157,12 @@ async fn a_non_interactive_command_runs_without_a_shell_or_terminal_and_says_how
     )
     .await;
     c.until_closed().await;
-    if nix::unistd::geteuid().is_root() {
-        // Through the privilege-dropping shim, which says why on the program's stderr.
-        let s = wait_status(&gw, &sid, "History", "Terminated").await;
-        assert_eq!(s["Details"], "command exited with status 127", "{s}");
-        let shown = String::from_utf8_lossy(&c.data).into_owned();
-        assert!(shown.contains("cannot run /no/such/program"), "{shown}");
-    } else {
-        let s = wait_status(&gw, &sid, "History", "Failed").await;
-        let why = c.closed.clone().map(|c| c.output).unwrap_or_default();
-        assert!(why.starts_with("Unable to start command"), "{why} / {s}");
-    }
+    // Through the shim (which makes it a session leader, and drops privileges as root),
+    // which says why on the program's stderr.
+    let s = wait_status(&gw, &sid, "History", "Terminated").await;
+    assert_eq!(s["Details"], "command exited with status 127", "{s}");
+    let shown = String::from_utf8_lossy(&c.data).into_owned();
+    assert!(shown.contains("cannot run /no/such/program"), "{shown}");
     agent.stop().await;
     gw.stop().await;
 }
@@ -223,14 +218,14 @@ async fn left_running_after(target: &str, command: &str, marker: &str) -> Vec<St
     shown
 }
 
-/// FAILS (a process left running after the session). The docs say a
+/// Found in review, fixed (a process left running after the session). The docs say a
 /// NonInteractiveCommands program's group "is killed when it exits (what it left
 /// behind)", but `command::start` calls `kill_group` only `if let Some(pid) = child.id()`
 /// after `supervise` has awaited `child.wait()`, and tokio's `Child::id()` is `None` once
 /// the child was waited for: nothing is killed. A plain background job in the program's
 /// own group outlives the session.
 #[tokio::test]
-async fn review_a_non_interactive_commands_background_job_outlives_the_session() {
+async fn a_non_interactive_commands_background_job_is_killed_with_the_session() {
     let marker = format!("987.{}1", std::process::id());
     let left = left_running_after(
         "cmd-review-a",
@@ -241,14 +236,14 @@ async fn review_a_non_interactive_commands_background_job_outlives_the_session()
     assert!(left.is_empty(), "still running after the session: {left:?}");
 }
 
-/// FAILS (a process left running after the session; weaker containment than a shell).
+/// Found in review, fixed (a process left running after the session; weaker containment than a shell).
 /// A shell session SIGKILLs every process of its *session* (`kill_session`), so a child
 /// that only changed its process group dies with it. `spawn_piped` gives the command a
 /// process group but not a session (`process_group(0)`, no `setsid`), so the sweep cannot
 /// be done and the same child survives a NonInteractiveCommands session — even once
 /// the exit-time group kill above is fixed.
 #[tokio::test]
-async fn review_a_non_interactive_commands_child_in_another_group_outlives_the_session() {
+async fn a_non_interactive_commands_child_in_another_group_is_killed_with_the_session() {
     let marker = format!("986.{}1", std::process::id());
     let left = left_running_after(
         "cmd-review-b",
@@ -264,7 +259,7 @@ async fn review_a_non_interactive_commands_child_in_another_group_outlives_the_s
 /// PASSES (pinned; the comparison for the test above): the same child in another process
 /// group does not outlive an InteractiveCommands session, whose end sweeps the session.
 #[tokio::test]
-async fn review_an_interactive_commands_child_in_another_group_is_killed_with_the_session() {
+async fn an_interactive_commands_child_in_another_group_is_killed_with_the_session() {
     let marker = format!("985.{}1", std::process::id());
     let gw = Gateway::start(GatewayConfig::default()).await;
     let agent = RunningAgent::start(&gw, "cmd-review-c").await;

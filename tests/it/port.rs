@@ -906,7 +906,7 @@ async fn a_flood_of_connection_opens_is_refused_beyond_the_cap_and_summarised() 
     gw.stop().await;
 }
 
-/// FAILS (the tunnel audit misses a connection's close). A destination that stops
+/// Found in review, fixed (the tunnel audit misses a connection's close). A destination that stops
 /// reading leaves the one-connection forwarder blocked in `write_all` to it; when the
 /// session then ends (TerminateSession), the forwarder never sees its pipes close, so
 /// after `FORWARDER_CLOSE` (5 s) the pump aborts it and the connection's `closed` record
@@ -914,7 +914,7 @@ async fn a_flood_of_connection_opens_is_refused_beyond_the_cap_and_summarised() 
 /// opened and never closed. The multiplexed mode's `connection` tasks are aborted the
 /// same way (its writer also awaits `write_all` with nothing else watching).
 #[tokio::test]
-async fn review_a_destination_that_stops_reading_leaves_its_connection_unclosed_in_the_audit() {
+async fn a_destination_that_stops_reading_still_gets_its_close_recorded() {
     let docs = tempfile::tempdir().unwrap();
     let gw = gateway(docs.path()).await;
     let agent = RunningAgent::start(&gw, "port-review-a").await;

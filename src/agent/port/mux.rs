@@ -76,6 +76,9 @@ pub(super) async fn run(
 ) -> Result<(), String> {
     let mut conns = tokio::task::JoinSet::new();
     let mut refused = 0u64;
+    // Cancelled when the session is over: a connection blocked writing to a destination
+    // that stopped reading closes (and records its close) instead of waiting forever.
+    let over = tokio_util::sync::CancellationToken::new();
     let result = multiplex(
         &dest,
         keepalive,
@@ -86,8 +89,10 @@ pub(super) async fn run(
         &audit,
         &mut conns,
         &mut refused,
+        &over,
     )
     .await;
+    over.cancel();
     if refused > REFUSALS_RECORDED {
         let why = format!(
             "{} more connections refused as too many (port_forwarding_max_connections = {max_connections}), not recorded one by one",
@@ -112,6 +117,7 @@ async fn multiplex(
     audit: &Audit,
     conns: &mut tokio::task::JoinSet<()>,
     refused: &mut u64,
+    over: &tokio_util::sync::CancellationToken,
 ) -> Result<(), String> {
     let mut mux = Mux::new(Role::Server, max_connections);
     let mut streams: HashMap<u32, Stream> = HashMap::new();
@@ -131,6 +137,7 @@ async fn multiplex(
                 events: &events_tx,
                 flags,
                 max_connections,
+                over,
             };
             match handle(event, &mut streams, &ctx, conns, refused) {
                 Handled::Done => {}
@@ -154,7 +161,9 @@ async fn multiplex(
                 }
                 Err(_) => return Ok(()),
             },
-            read = from_client.read(&mut inbuf), if backlog.is_empty() => match read {
+            // Nothing more is read while the client is not taking what is already due to
+            // it (refusals queue a FIN each): the Mux's output stays bounded.
+            read = from_client.read(&mut inbuf), if backlog.is_empty() && mux.pending_output() + out.len() < OUT_CAP => match read {
                 Ok(n) if n > 0 => {
                     let found = mux
                         .receive(&inbuf[..n])
@@ -183,6 +192,8 @@ async fn multiplex(
                 None => {}
             },
             _ = tick.tick(), if keepalive => mux.nop(),
+            // Finished connections are let go at once, not kept until the session ends.
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
     }
 }
@@ -201,6 +212,7 @@ struct Ctx<'a> {
     events: &'a mpsc::Sender<ConnEvent>,
     flags: &'a mpsc::Sender<u32>,
     max_connections: usize,
+    over: &'a tokio_util::sync::CancellationToken,
 }
 
 fn handle(
@@ -225,6 +237,7 @@ fn handle(
                 ctx.audit.clone(),
                 rx,
                 ctx.events.clone(),
+                ctx.over.clone(),
             ));
         }
         MuxEvent::Data(sid, bytes) => {
@@ -269,8 +282,13 @@ async fn connection(
     audit: Audit,
     mut to_destination: mpsc::Receiver<Bytes>,
     events: mpsc::Sender<ConnEvent>,
+    over: tokio_util::sync::CancellationToken,
 ) {
-    let tcp = match dial(&dest).await {
+    let dialled = tokio::select! {
+        r = dial(&dest) => r,
+        () = over.cancelled() => Err("the session ended while connecting".to_owned()),
+    };
+    let tcp = match dialled {
         Ok(t) => t,
         Err(e) => {
             audit.failed(sid, &e).await;
@@ -309,10 +327,12 @@ async fn connection(
                 }
             }
         };
-        // Either direction ending closes the connection, as upstream.
+        // Either direction ending closes the connection, as upstream; so does the end
+        // of the session.
         tokio::select! {
             r = writer => r,
             r = reader => r,
+            () = over.cancelled() => None,
         }
     };
     // Delivered, or refused at once when the multiplexer is gone (its receiver dropped).

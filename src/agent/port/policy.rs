@@ -85,6 +85,10 @@ pub enum Denial {
     /// The address is denied.
     #[error("forwarding to {0} is forbidden")]
     Denied(IpAddr),
+    /// An unspecified address (`0.0.0.0`, `0`, `::`): connecting to it reaches this host
+    /// itself, whatever the loopback rules say, so it is never a destination.
+    #[error("forwarding to {0} is forbidden (an unspecified address; name the host instead)")]
+    Unspecified(IpAddr),
     /// The address is outside every allowed network.
     #[error("forwarding to {0} is not allowed by the agent's configuration (port_forwarding_allowed_cidrs)")]
     NotAllowed(IpAddr),
@@ -120,6 +124,13 @@ impl PortPolicy {
     /// [`Denial::Denied`] or [`Denial::NotAllowed`].
     pub fn check_address(&self, ip: IpAddr) -> Result<(), Denial> {
         let ip = ip.to_canonical();
+        let this_network = match ip {
+            IpAddr::V4(a) => a.octets()[0] == 0,
+            IpAddr::V6(a) => a.is_unspecified(),
+        };
+        if this_network {
+            return Err(Denial::Unspecified(ip));
+        }
         if self.denied.iter().any(|n| n.contains(&ip)) {
             return Err(Denial::Denied(ip));
         }
@@ -247,6 +258,13 @@ mod tests {
         }
         for a in ["127.0.0.1", "::1", "10.1.2.3", "169.254.169.1"] {
             assert_eq!(p.check_address(ip(a)), Ok(()), "{a}");
+        }
+        // Unspecified addresses reach this host itself: never a destination.
+        for a in ["0.0.0.0", "0.1.2.3", "::", "::ffff:0.0.0.0"] {
+            assert!(
+                matches!(p.check_address(ip(a)), Err(Denial::Unspecified(_))),
+                "{a}"
+            );
         }
     }
 
