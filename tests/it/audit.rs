@@ -50,3 +50,51 @@ fn the_kernel_reports_a_programs_exec_and_exit_status() {
     assert!(exec, "no exec event for {pid}");
     assert_eq!(exit, Some((Some(7), None)), "the exit status of {pid}");
 }
+
+#[test]
+fn a_sessions_whole_process_tree_is_tracked_from_the_kernels_events() {
+    use session_agent::audit::tree::{Audited, Tracker};
+    let mut listener = match Listener::subscribe(Duration::from_secs(2)) {
+        Ok(l) => l,
+        Err(e) if !nix::unistd::geteuid().is_root() => {
+            skipped(&format!("not root and {e}"));
+            return;
+        }
+        Err(e) => panic!("as root the connector must work here: {e}"),
+    };
+    let mut tracker = Tracker::new();
+    // A script: a child, a background job that leaves the process group, and a
+    // grandchild that exits 7.
+    let child = std::process::Command::new("/bin/sh")
+        .args(["-c", "true; setsid sleep 0.2 & sh -c 'exit 7'; wait"])
+        .spawn()
+        .unwrap();
+    let root = child.id();
+    tracker.add_root(root, "s-1", 0);
+    child.wait_with_output().unwrap();
+    let (mut execs, mut statuses) = (0, Vec::new());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        match listener.recv().unwrap() {
+            Received::Event(e) => match tracker.on_event(&e) {
+                Some(Audited::Exec { session, .. }) => {
+                    assert_eq!(session, "s-1");
+                    execs += 1;
+                }
+                Some(Audited::Exit { pid, status, .. }) => {
+                    statuses.push(Kind::exit_code_or_signal(status).0);
+                    if pid == root {
+                        break;
+                    }
+                }
+                None => {}
+            },
+            Received::Overrun => panic!("events lost on an idle test"),
+            Received::Quiet | Received::Skipped => {}
+        }
+    }
+    // true, setsid, sleep (setsid execs it), sh: every program of the tree.
+    assert!(execs >= 4, "{execs} execs");
+    assert!(statuses.contains(&Some(7)), "{statuses:?}");
+    assert_eq!(tracker.len(), 0, "every member exited and was forgotten");
+}
