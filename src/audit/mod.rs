@@ -4,6 +4,8 @@
 //! * [`cn_proc`] — the kernel's process events connector (fork, exec, uid change, exit of
 //!   every process on the host), decoded and read in safe code, with loss made visible.
 //! * [`tree`] — which live processes belong to which session, from the fork tree (pure).
+//! * [`procfs`] — what a process runs (argv, executable, working directory, uids), read
+//!   from `/proc` through one directory descriptor right after its exec.
 //!
 //! Still to come (see issue 19 and `../shared/docs/audit-notes.md`): membership by audit
 //! session id and a per-session cgroup, enrichment from `/proc` at exec, the spool and
@@ -11,5 +13,7 @@
 
 #[cfg(target_os = "linux")]
 pub mod cn_proc;
+#[cfg(target_os = "linux")]
+pub mod procfs;
 #[cfg(target_os = "linux")]
 pub mod tree;
