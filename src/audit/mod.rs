@@ -4,6 +4,7 @@
 //! * [`cn_proc`] — the kernel's process events connector (fork, exec, uid change, exit of
 //!   every process on the host), decoded and read in safe code, with loss made visible.
 //! * [`tree`] — which live processes belong to which session, from the fork tree (pure).
+//! * [`redact`] — secrets in command lines masked before anything is written (pure).
 //! * [`procfs`] — what a process runs (argv, executable, working directory, uids), read
 //!   from `/proc` through one directory descriptor right after its exec.
 //!
@@ -15,5 +16,6 @@
 pub mod cn_proc;
 #[cfg(target_os = "linux")]
 pub mod procfs;
+pub mod redact;
 #[cfg(target_os = "linux")]
 pub mod tree;
