@@ -19,6 +19,8 @@
 //! control channel stays up; sessions, deliveries and recoveries (all in `Ctx::tasks`)
 //! get until `shutdown_timeout`. `agent::notify` keeps systemd informed throughout.
 
+#[cfg(target_os = "linux")]
+pub(crate) mod audit;
 pub mod budget;
 pub mod channel;
 #[cfg(unix)]
@@ -149,6 +151,9 @@ pub(crate) struct Ctx {
     pub(crate) stopping: CancellationToken,
     /// Sessions, deliveries and recoveries: what a stop waits for (up to its deadline).
     pub(crate) tasks: tokio_util::task::TaskTracker,
+    /// The command audit (`None`: off, said at start).
+    #[cfg(target_os = "linux")]
+    pub(crate) audit: Option<audit::Audit>,
 }
 
 impl Ctx {
@@ -312,6 +317,9 @@ struct Ran {
     forwarded: bool,
     /// A command session (`InteractiveCommands`), not a shell.
     command: bool,
+    /// The command audit, to record what is left of the session's processes first.
+    #[cfg(target_os = "linux")]
+    audit: Option<audit::Audit>,
     tap: Option<recording::Tap>,
     recording: Option<Recording>,
     checked: Checked,
@@ -684,6 +692,11 @@ async fn spawn(
             return Err(refusal);
         }
     };
+    // Every program the shell (or command) runs, from the kernel.
+    #[cfg(target_os = "linux")]
+    if let (Some(audit), Some(pid), Some(tap)) = (&ctx.audit, shell.pid(), &recorded.tap) {
+        audit.register(pid, &session_id, tap.clone());
+    }
     let shell = Arc::new(std::sync::Mutex::new(shell));
     let prober = shell.clone();
     let echo_probe = Box::new(move || prober.lock().ok().and_then(|s| s.echo_off()));
@@ -832,6 +845,10 @@ async fn spawn_exec(
     let (io, task_handle) = match crate::session::pty::spawn_piped(&spec, &ctx.config.exec_shim) {
         Ok(child) => {
             tracing::info!(session = %task.session_id, user = %who.info.name, pid = ?child.id(), command = %shown, "Command started");
+            #[cfg(target_os = "linux")]
+            if let (Some(audit), Some(pid), Some(tap)) = (&ctx.audit, child.id(), &recorded.tap) {
+                audit.register(pid, &task.session_id, tap.clone());
+            }
             let started = command::start(child, request.separate.clone());
             (started.io, started.task)
         }
@@ -1006,6 +1023,8 @@ async fn pump(
         failure,
         forwarded,
         command,
+        #[cfg(target_os = "linux")]
+        audit: ctx.audit.clone(),
         tap,
         recording,
         checked,
@@ -1024,6 +1043,8 @@ impl Ran {
             failure,
             forwarded: _,
             command,
+            #[cfg(target_os = "linux")]
+            audit,
             tap,
             recording,
             checked,
@@ -1045,6 +1066,11 @@ impl Ran {
             Ending::Internal(e) => format!("agent error: {e}"),
             Ending::RecordingFailed(e) => format!("recording failed: {e}"),
         };
+        // The processes' last exits go in before the end.
+        #[cfg(target_os = "linux")]
+        if let Some(audit) = &audit {
+            audit.unregister(&session_id).await;
+        }
         if let Some(tap) = tap {
             tap.end(code, &how).await;
         }
@@ -1210,6 +1236,8 @@ pub async fn run(
         aws,
         stopping: CancellationToken::new(),
         tasks: tokio_util::task::TaskTracker::new(),
+        #[cfg(target_os = "linux")]
+        audit: audit::Audit::start(),
     });
     // Recordings an earlier run left undelivered (crash, kill, reboot, outage): rebuilt
     // and delivered in the background while sessions are served.

@@ -315,13 +315,25 @@ impl Listener {
         })
     }
 
+    /// The next datagram if one is queued now ([`Received::Quiet`] otherwise).
+    ///
+    /// # Errors
+    /// The socket failed.
+    pub fn recv_now(&mut self) -> std::io::Result<Received> {
+        self.recv_with(rustix::net::RecvFlags::DONTWAIT)
+    }
+
     /// The next datagram, waiting up to the timeout given at subscription.
     ///
     /// # Errors
     /// The socket failed (other than by overflow or timeout, which are [`Received`]s).
     pub fn recv(&mut self) -> std::io::Result<Received> {
+        self.recv_with(rustix::net::RecvFlags::empty())
+    }
+
+    fn recv_with(&mut self, flags: rustix::net::RecvFlags) -> std::io::Result<Received> {
         use rustix::io::Errno;
-        match rustix::net::recv(&self.fd, &mut self.buf[..], rustix::net::RecvFlags::empty()) {
+        match rustix::net::recv(&self.fd, &mut self.buf[..], flags) {
             Ok((_, n)) => Ok(match decode(&self.buf[..n.min(self.buf.len())]) {
                 Ok(e) => Received::Event(e),
                 Err(_) => Received::Skipped,

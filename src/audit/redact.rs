@@ -60,6 +60,8 @@ pub struct Redactor {
     flags: Vec<String>,
     patterns: Vec<Regex>,
     assignment: Regex,
+    /// A secret flag with its value inside a longer argument (a `sh -c` script).
+    embedded_flag: Regex,
     url: Regex,
     header: Regex,
 }
@@ -89,15 +91,22 @@ impl Redactor {
             .map(|f| (*f).to_owned())
             .collect();
         flags.extend(extra_flags.iter().map(|f| f.as_ref().to_owned()));
+        let alternatives: Vec<String> = flags.iter().map(|f| regex::escape(f)).collect();
+        let embedded_flag = compile(&format!(
+            r#"(?:^|[\s;&|('"])(?:{})(?:=|\s+)([^\s;&|)'"]+)"#,
+            alternatives.join("|")
+        ))?;
         Ok(Self {
             flags,
             patterns: patterns
                 .iter()
                 .map(|p| compile(p.as_ref()))
                 .collect::<Result<_, _>>()?,
+            // Anywhere in an argument (also inside a `sh -c` script): NAME=value.
             assignment: compile(
-                r"(?i)^[A-Za-z0-9_.-]*(?:pass(?:word|wd)?|secret|token|api[_-]?key|access[_-]?key|private[_-]?key)[A-Za-z0-9_.-]*=(.+)$",
+                r#"(?i)(?:^|[^A-Za-z0-9_.-])[A-Za-z0-9_.-]*(?:pass(?:word|wd)?|secret|token|api[_-]?key|access[_-]?key|private[_-]?key)[A-Za-z0-9_.-]*=('[^']*'|"[^"]*"|[^\s;&|'"]+)"#,
             )?,
+            embedded_flag,
             url: compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:([^@\s/]+)@")?,
             header: compile(
                 r"(?i)^\s*(?:authorization|proxy-authorization|x-api-key|x-auth-token)\s*:\s*(.+)$",
@@ -193,11 +202,15 @@ impl Redactor {
     fn mask_anywhere(&self, arg: &str) -> (String, usize) {
         let mut count = 0;
         let mut s = arg.to_owned();
-        for re in [&self.assignment, &self.header] {
-            if let Some(m) = re.captures(&s).and_then(|c| c.get(1)) {
-                s.replace_range(m.range(), MASK);
-                count += 1;
-            }
+        // Every NAME=value and embedded secret flag, then the header rule.
+        for re in [&self.assignment, &self.embedded_flag] {
+            let (masked, n) = mask_group_1(re, &s);
+            s = masked;
+            count += n;
+        }
+        if let Some(m) = self.header.captures(&s).and_then(|c| c.get(1)) {
+            s.replace_range(m.range(), MASK);
+            count += 1;
         }
         // Every URL password in the argument.
         let mut urls = 0;
@@ -227,6 +240,27 @@ impl Redactor {
         }
         (s, count)
     }
+}
+
+/// Every match of `re` in `s` with its first capture group masked; how many.
+fn mask_group_1(re: &Regex, s: &str) -> (String, usize) {
+    let mut n = 0;
+    let out = re.replace_all(s, |c: &regex::Captures<'_>| {
+        let whole = c.get(0).map_or("", |m| m.as_str());
+        match c.get(1) {
+            Some(v) if v.as_str() != MASK => {
+                n += 1;
+                let start = c.get(0).map_or(0, |m| m.start());
+                format!(
+                    "{}{MASK}{}",
+                    &whole[..v.start() - start],
+                    &whole[v.end() - start..]
+                )
+            }
+            _ => whole.to_owned(),
+        }
+    });
+    (out.into_owned(), n)
 }
 
 /// `user:pass` → `user:[redacted]`; no colon, nothing secret.
@@ -316,6 +350,17 @@ mod tests {
                 0,
             ),
             (&["app", "--password"], &["app", "--password"], 0),
+            (
+                &["x", "http://a:1@h,ftp://b:2@g"],
+                &["x", "http://a:[redacted]@h,ftp://b:[redacted]@g"],
+                2,
+            ),
+            // Inside a script: every assignment and secret flag.
+            (
+                &["sh", "-c", "env DB_PASSWORD=hunter2 true; app --token abc && x API_KEY='k'"],
+                &["sh", "-c", "env DB_PASSWORD=[redacted] true; app --token [redacted] && x API_KEY=[redacted]"],
+                3,
+            ),
         ];
         for (input, want, n) in cases {
             let (got, count) = redact(input);

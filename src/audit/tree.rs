@@ -39,8 +39,8 @@ pub enum Audited<S> {
         pid: u32,
         /// The wait(2) status word.
         status: u32,
-        /// Nanoseconds since it was forked (or since tracking began, for a root).
-        duration_ns: u64,
+        /// Nanoseconds since it was forked (`None` for a root added without its start).
+        duration_ns: Option<u64>,
     },
 }
 
@@ -71,8 +71,8 @@ impl<S: Clone> Tracker<S> {
         Self::default()
     }
 
-    /// `pid` (a session's shell or command, already running) belongs to `session` from
-    /// `now_ns` on.
+    /// `pid` (a session's shell or command, already running) belongs to `session`;
+    /// `now_ns`: when it started (monotonic), 0 when not known.
     pub fn add_root(&mut self, pid: u32, session: S, now_ns: u64) {
         self.members.insert(
             pid,
@@ -145,7 +145,8 @@ impl<S: Clone> Tracker<S> {
                     session: m.session,
                     pid: tgid,
                     status,
-                    duration_ns: event.timestamp_ns.saturating_sub(m.since_ns),
+                    duration_ns: (m.since_ns != 0)
+                        .then(|| event.timestamp_ns.saturating_sub(m.since_ns)),
                 })
             }
             _ => None,
@@ -217,7 +218,7 @@ mod tests {
                 session: "s-1",
                 pid: 102,
                 status: 0x700,
-                duration_ns: 18
+                duration_ns: Some(18)
             })
         );
         // Forgotten at exit: a recycled 102 forked by the host is nobody's.

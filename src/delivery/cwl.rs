@@ -64,6 +64,11 @@ pub enum Direction {
     /// A connection through a port session opened, was refused or closed (the tunnel
     /// audit; the message carries its fields as `tunnel`).
     Tunnel,
+    /// A session's process executed a program (the command audit; `eventType` `exec`,
+    /// its fields as `process`).
+    Exec,
+    /// A session's process ended (`eventType` `exit`).
+    Exit,
 }
 
 /// Where a session's spool ended, carried by the last streamed message so that a copy of
@@ -93,6 +98,9 @@ pub struct StreamRecord {
     /// Tunnel records only: the connection's audit fields.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tunnel: Option<crate::recorder::event::Tunnel>,
+    /// Exec and exit records only: the process's audit fields.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<crate::recorder::event::Process>,
 }
 
 /// The fixed fields of every streamed message of one session.
@@ -140,6 +148,10 @@ struct Message<'a> {
     spool_head: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tunnel: Option<&'a crate::recorder::event::Tunnel>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    process: Option<&'a crate::recorder::event::Process>,
 }
 
 /// Bytes the chain field adds to a message: `,"chain":"` + 64 hex + `"` (the closing
@@ -218,6 +230,12 @@ pub fn stream_messages(
             spool_records: record.end.as_ref().map(|e| e.records),
             spool_head: record.end.as_ref().map(|e| e.head.as_str()),
             tunnel: record.tunnel.as_ref(),
+            event_type: match record.direction {
+                Direction::Exec => Some("exec"),
+                Direction::Exit => Some("exit"),
+                _ => None,
+            },
+            process: record.process.as_ref(),
         })
         .unwrap_or_default();
         if message.len() + CHAIN_FIELD_BYTES <= MAX_MESSAGE_BYTES {
@@ -531,6 +549,7 @@ mod tests {
             lines: vec!["$ ls".into(), "a  b".into()],
             end: None,
             tunnel: None,
+            process: None,
         };
         let mut chain = crate::spool::format::CHAIN_START;
         let events = stream_messages(&fields(), &record, &mut chain);
@@ -567,6 +586,7 @@ mod tests {
             ],
             end: None,
             tunnel: None,
+            process: None,
         };
         let events = stream_messages(&fields(), &record, &mut [0; 32]);
         assert!(events.len() > 2);
@@ -595,6 +615,7 @@ mod tests {
                     lines: vec![format!("line {i}")],
                     end: None,
                     tunnel: None,
+                    process: None,
                 };
                 stream_messages(&fields(), &record, &mut chain)
             })

@@ -421,6 +421,7 @@ pub(crate) fn stream_lines(first: u64, n: u64, step_ms: u64) -> String {
                 )],
                 end: None,
                 tunnel: None,
+                process: None,
             };
             let mut line = serde_json::to_string(&record).unwrap();
             line.push('\n');

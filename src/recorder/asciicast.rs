@@ -79,6 +79,9 @@ pub fn asciicast_line(event: &Event) -> Option<String> {
         ),
         EventKind::Resize { cols, rows } => text_line(event.at_ms, "r", &format!("{cols}x{rows}")),
         EventKind::Tunnel(t) => text_line(event.at_ms, "m", &t.note()),
+        // Not part of what the terminal showed; the command audit is read with its own
+        // tools.
+        EventKind::Process(_) => None,
         EventKind::Start(_) | EventKind::End { .. } | EventKind::Gap { .. } => None,
     }
 }

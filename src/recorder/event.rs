@@ -125,6 +125,81 @@ pub enum EventKind {
     /// A connection through a port session (the tunnel audit): one event when it is
     /// opened (or refused), one when it closes. The bytes themselves are never recorded.
     Tunnel(Tunnel),
+    /// A program a session's process executed, or a process of the session that ended
+    /// (the command audit, from the kernel).
+    Process(Process),
+}
+
+/// Exec or exit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProcessPhase {
+    /// A program was executed.
+    Exec,
+    /// The process ended.
+    Exit,
+}
+
+/// One command-audit record (see [`EventKind::Process`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Process {
+    /// Exec or exit.
+    pub phase: ProcessPhase,
+    /// The process (initial pid namespace).
+    pub pid: u32,
+    /// Its parent when it was forked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ppid: Option<u32>,
+    /// Real and effective uid at exec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    /// See `uid`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub euid: Option<u32>,
+    /// Working directory at exec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// The executable at exec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executable: Option<String>,
+    /// The arguments at exec, secrets masked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub argv: Vec<String>,
+    /// Arguments masked by the redaction rules.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub redactions: usize,
+    /// Why the details are missing (the process ended before they could be read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details_unavailable: Option<String>,
+    /// At exit: its exit code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// At exit: the signal that ended it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    /// At exit: how long it lived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+}
+
+impl Process {
+    /// The record as one line of text.
+    pub fn note(&self) -> String {
+        match self.phase {
+            ProcessPhase::Exec => {
+                let what = if self.argv.is_empty() {
+                    self.executable.clone().unwrap_or_else(|| "?".into())
+                } else {
+                    self.argv.join(" ")
+                };
+                format!("[exec pid {}: {what}]", self.pid)
+            }
+            ProcessPhase::Exit => match (self.exit_code, self.signal) {
+                (_, Some(sig)) => format!("[exit pid {}: signal {sig}]", self.pid),
+                (code, None) => format!("[exit pid {}: status {}]", self.pid, code.unwrap_or(-1)),
+            },
+        }
+    }
 }
 
 /// What happened to a connection through a port session.

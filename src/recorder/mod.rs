@@ -148,7 +148,10 @@ impl Recorder {
             EventKind::Tunnel(t) => self
                 .transcript
                 .process(format!("{}\r\n", t.note()).as_bytes()),
-            EventKind::Input { .. } | EventKind::InputRedacted { .. } | EventKind::Start(_) => {}
+            EventKind::Input { .. }
+            | EventKind::InputRedacted { .. }
+            | EventKind::Start(_)
+            | EventKind::Process(_) => {}
         }
         self.last_at_ms = event.at_ms.max(self.last_at_ms);
         self.next_seq = event.seq + 1;

@@ -285,7 +285,8 @@ impl Deriver {
             EventKind::Start(_)
             | EventKind::End { .. }
             | EventKind::Gap { .. }
-            | EventKind::Tunnel(_) => (0, true),
+            | EventKind::Tunnel(_)
+            | EventKind::Process(_) => (0, true),
         };
         let Some(file) = self.files.lacking(data, control, Instant::now()) else {
             self.stalled.store(false, Ordering::SeqCst);
@@ -411,6 +412,14 @@ impl Deriver {
             EventKind::Tunnel(t) => {
                 self.stream_tunnel(at, t.clone());
             }
+            EventKind::Process(p) => {
+                let direction = match p.phase {
+                    crate::recorder::event::ProcessPhase::Exec => Direction::Exec,
+                    crate::recorder::event::ProcessPhase::Exit => Direction::Exit,
+                };
+                let lines = vec![p.note()];
+                self.stream_record_full(at, direction, lines, None, None, Some(p.clone()));
+            }
             EventKind::Resize { .. } | EventKind::Start(_) => {}
         }
         // Keep what is gathered small: write it out once it is large.
@@ -505,6 +514,18 @@ impl Deriver {
         end: Option<cwl::SpoolEnd>,
         tunnel: Option<crate::recorder::event::Tunnel>,
     ) {
+        self.stream_record_full(at, direction, lines, end, tunnel, None);
+    }
+
+    fn stream_record_full(
+        &mut self,
+        at: u64,
+        direction: Direction,
+        lines: Vec<String>,
+        end: Option<cwl::SpoolEnd>,
+        tunnel: Option<crate::recorder::event::Tunnel>,
+        process: Option<crate::recorder::event::Process>,
+    ) {
         let Some(out) = self.files.stream.as_mut() else {
             return;
         };
@@ -515,6 +536,7 @@ impl Deriver {
             lines,
             end,
             tunnel,
+            process,
         };
         self.stream_seq += 1;
         let line = serde_json::to_string(&record).unwrap_or_default();

@@ -157,6 +157,7 @@ enum Rec {
     Redacted(u64, usize, usize),
     Resize(u64, u16, u16),
     Tunnel(u64, crate::recorder::event::Tunnel),
+    Process(u64, crate::recorder::event::Process),
     End(u64, Option<i32>, String),
     /// Input under `fail-closed`: the writer learns whether it was recorded before it
     /// types it.
@@ -214,6 +215,12 @@ impl Tap {
     /// Records a connection through a port session (the tunnel audit).
     pub async fn tunnel(&self, tunnel: crate::recorder::event::Tunnel) {
         let _ = self.tx.send(Rec::Tunnel(self.at(), tunnel)).await;
+    }
+
+    /// Records a process of the session (the command audit), from a thread that is not
+    /// the runtime's (the audit's reader).
+    pub fn process_blocking(&self, process: crate::recorder::event::Process) {
+        let _ = self.tx.blocking_send(Rec::Process(self.at(), process));
     }
 
     /// Session milliseconds now (the clock of the recording's events).
@@ -566,6 +573,7 @@ fn apply(writer: &mut SpoolWriter, msg: Rec) -> bool {
         Rec::Redacted(at, bytes, lines) => (at, EventKind::InputRedacted { bytes, lines }),
         Rec::Resize(at, cols, rows) => (at, EventKind::Resize { cols, rows }),
         Rec::Tunnel(at, t) => (at, EventKind::Tunnel(t)),
+        Rec::Process(at, p) => (at, EventKind::Process(p)),
         Rec::End(at, exit_code, how) => (at, EventKind::End { exit_code, how }),
         Rec::Closed => return false, // turned into an end before it gets here
     };
