@@ -131,6 +131,7 @@ pub async fn run(args: DevArgs) -> Result<u8, String> {
         log_format: crate::logging::LogFormat::Plain,
         local_key: Some((key.clone(), secret.clone())),
         port: crate::agent::port::policy::PortPolicy::default(),
+        command_audit: true,
     };
     let recordings = agent_config.recordings_dir();
     let agent = {

@@ -121,6 +121,11 @@ pub struct RunArgs {
     /// Connections one port session may hold open at once [default: 64].
     #[arg(long, env = "SESSION_AGENT_PORT_FORWARDING_MAX_CONNECTIONS")]
     pub port_forwarding_max_connections: Option<usize>,
+    /// Record every program a shell or command session runs, from the kernel (exec with
+    /// its arguments, secrets masked, and exit): `on` or `off` [default: on; it needs root
+    /// before Linux 6.6, and says so once when it cannot run].
+    #[arg(long, env = "SESSION_AGENT_COMMAND_AUDIT")]
+    pub command_audit: Option<String>,
     /// The file's lists (`port_forwarding_*` arrays), handed from the file form.
     #[arg(skip)]
     pub port_lists: PortLists,
@@ -160,6 +165,7 @@ struct FileConfig {
     port_forwarding_denied_cidrs: Option<Vec<String>>,
     port_forwarding_allowed_ports: Option<Vec<String>>,
     port_forwarding_max_connections: Option<usize>,
+    command_audit: Option<String>,
 }
 
 /// The port-forwarding lists as the file gives them (arrays of strings).
@@ -208,6 +214,7 @@ pub fn parse_file(text: &str, path: &Path) -> Result<RunArgs, ConfigError> {
         port_forwarding_denied_cidrs: None,
         port_forwarding_allowed_ports: None,
         port_forwarding_max_connections: f.port_forwarding_max_connections,
+        command_audit: f.command_audit,
         port_lists: PortLists {
             allowed_cidrs: f.port_forwarding_allowed_cidrs,
             denied_cidrs: f.port_forwarding_denied_cidrs,
@@ -261,6 +268,21 @@ impl RunArgs {
             None => RunArgs::default(),
         };
         let port = port_policy(&self, &file)?;
+        let command_audit = match self
+            .command_audit
+            .as_deref()
+            .or(file.command_audit.as_deref())
+            .unwrap_or("on")
+        {
+            "on" => true,
+            "off" => false,
+            other => {
+                return Err(err(
+                    "command_audit",
+                    format!("{other:?} is not `on` or `off`"),
+                ))
+            }
+        };
         use crate::protocol::endpoint;
         let aws = match self.gateway.or(file.gateway).as_deref().unwrap_or("local") {
             "local" => false,
@@ -443,6 +465,7 @@ impl RunArgs {
             log_format,
             local_key: None,
             port,
+            command_audit,
         })
     }
 }
@@ -647,6 +670,10 @@ impl AgentConfig {
         line(
             "port_forwarding_max_connections",
             port.max_connections.to_string(),
+        );
+        line(
+            "command_audit",
+            text(if self.command_audit { "on" } else { "off" }),
         );
         out
     }

@@ -117,6 +117,8 @@ pub struct AgentConfig {
     pub local_key: Option<(String, String)>,
     /// Where port sessions may connect, and whether they run at all.
     pub port: port::policy::PortPolicy,
+    /// Record every program sessions run, from the kernel (Linux).
+    pub command_audit: bool,
 }
 
 /// Settings of the `aws` gateway mode.
@@ -1227,6 +1229,13 @@ pub async fn run(
         tracing::error!(dir = %recordings.display(), error = %e, "Cannot create the recordings directory; sessions will not be recorded");
     }
     retention::sweep(&recordings, config.retention);
+    #[cfg(target_os = "linux")]
+    let audit = if config.command_audit {
+        audit::Audit::start()
+    } else {
+        tracing::info!("The command audit is off (command_audit = \"off\")");
+        None
+    };
     let ctx = Arc::new(Ctx {
         config,
         mgs,
@@ -1237,7 +1246,7 @@ pub async fn run(
         stopping: CancellationToken::new(),
         tasks: tokio_util::task::TaskTracker::new(),
         #[cfg(target_os = "linux")]
-        audit: audit::Audit::start(),
+        audit,
     });
     // Recordings an earlier run left undelivered (crash, kill, reboot, outage): rebuilt
     // and delivered in the background while sessions are served.

@@ -65,6 +65,7 @@ impl RunningAgent {
             log_format: session_agent::logging::LogFormat::Plain,
             local_key,
             port: Default::default(),
+            command_audit: true,
         };
         tweak(&mut config);
         let (stop, stopped) = oneshot::channel::<()>();
