@@ -1022,9 +1022,15 @@ impl Channel {
         fx: &mut Vec<Effect>,
     ) -> Result<(), String> {
         use base64::Engine;
-        let Phase::Handshake { step, deadline, .. } = &mut self.phase else {
+        let Phase::Handshake {
+            step,
+            deadline,
+            started,
+        } = &mut self.phase
+        else {
             return Ok(());
         };
+        let started = *started;
         let Step::Response { challenge } = step else {
             return Ok(());
         };
@@ -1060,27 +1066,9 @@ impl Channel {
         }
         let Some(kms_challenge) = challenge.take() else {
             // No encryption: the handshake is complete.
-            let started = match &self.phase {
-                Phase::Handshake { started, .. } => *started,
-                _ => now,
-            };
             self.client_version = response.client_version;
             self.phase = Phase::Starting;
-            let complete = HandshakeComplete {
-                handshake_time_to_complete: i64::try_from(
-                    now.saturating_duration_since(started).as_nanos(),
-                )
-                .unwrap_or(i64::MAX),
-                customer_message: String::new(),
-            };
-            self.send_stream(
-                PayloadType::HandshakeComplete,
-                Bytes::from(to_json(&complete)),
-                now,
-                fx,
-            )?;
-            fx.push(Effect::HandshakeDone);
-            return Ok(());
+            return self.complete_handshake(started, "", now, fx);
         };
         let result = result.ok_or_else(|| KMS_CLIENT_HINT.to_owned())?;
         let blob = base64::engine::general_purpose::STANDARD
@@ -1126,12 +1114,26 @@ impl Channel {
         else {
             return Ok(());
         };
+        // HandshakeComplete itself is never sealed (`send_stream` does not seal).
+        self.cipher = Some(*cipher);
+        self.complete_handshake(started, ENCRYPTED_NOTICE, now, fx)
+    }
+
+    /// HandshakeComplete (how long the handshake took since `started`, and the message
+    /// the client prints), then [`Effect::HandshakeDone`].
+    fn complete_handshake(
+        &mut self,
+        started: Instant,
+        customer_message: &str,
+        now: Instant,
+        fx: &mut Vec<Effect>,
+    ) -> Result<(), String> {
         let complete = HandshakeComplete {
             handshake_time_to_complete: i64::try_from(
                 now.saturating_duration_since(started).as_nanos(),
             )
             .unwrap_or(i64::MAX),
-            customer_message: ENCRYPTED_NOTICE.into(),
+            customer_message: customer_message.into(),
         };
         self.send_stream(
             PayloadType::HandshakeComplete,
@@ -1139,7 +1141,6 @@ impl Channel {
             now,
             fx,
         )?;
-        self.cipher = Some(*cipher);
         fx.push(Effect::HandshakeDone);
         Ok(())
     }

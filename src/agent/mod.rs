@@ -673,20 +673,14 @@ async fn spawn(
         let _ = process.exited().await;
         let _ = exit_tx.send(());
     });
-    let (cols, rows) = size.unwrap_or((80, 24));
-    let start = StartInfo {
-        session_id: session_id.clone(),
-        user: task.session_owner.clone(),
-        run_as_user: who.info.name.clone(),
-        owner: task.session_owner.clone(),
-        target: ctx.target_id.clone(),
-        reason: None,
-        cols,
-        rows,
-        started_unix_ms: recording::unix_ms(),
-        term: Some("xterm-256color".into()),
-        shell: Some(spec_program.clone()),
-    };
+    let start = start_info(
+        ctx,
+        task,
+        who,
+        size.unwrap_or((80, 24)),
+        Some("xterm-256color"),
+        spec_program.clone(),
+    );
     let recorded = match record(ctx, task, who, &checked, policy, start) {
         Ok(r) => r,
         Err(refusal) => {
@@ -731,6 +725,31 @@ async fn spawn(
         checked,
         locations,
     })
+}
+
+/// The start record of a session's recording: who, where, now; its terminal's size
+/// (`(0, 0)`: none), `TERM`, and what runs (the shell, the command, the port).
+fn start_info(
+    ctx: &Ctx,
+    task: &AgentTaskPayload,
+    who: &user::SessionUser,
+    (cols, rows): (u16, u16),
+    term: Option<&str>,
+    runs: String,
+) -> StartInfo {
+    StartInfo {
+        session_id: task.session_id.clone(),
+        user: task.session_owner.clone(),
+        run_as_user: who.info.name.clone(),
+        owner: task.session_owner.clone(),
+        target: ctx.target_id.clone(),
+        reason: None,
+        cols,
+        rows,
+        started_unix_ms: recording::unix_ms(),
+        term: term.map(str::to_owned),
+        shell: Some(runs),
+    }
 }
 
 /// A session's recording and its CloudWatch streamer, once started.
@@ -828,20 +847,14 @@ async fn spawn_exec(
     spec.args = args.to_vec();
     let shown = shlex::try_join(request.argv.iter().map(String::as_str))
         .unwrap_or_else(|_| request.argv.join(" "));
-    let (cols, rows) = size.unwrap_or((80, 24));
-    let start = StartInfo {
-        session_id: task.session_id.clone(),
-        user: task.session_owner.clone(),
-        run_as_user: who.info.name.clone(),
-        owner: task.session_owner.clone(),
-        target: ctx.target_id.clone(),
-        reason: None,
-        cols,
-        rows,
-        started_unix_ms: recording::unix_ms(),
-        term: None,
-        shell: Some(shown.clone()),
-    };
+    let start = start_info(
+        ctx,
+        task,
+        who,
+        size.unwrap_or((80, 24)),
+        None,
+        shown.clone(),
+    );
     // Recorded first: nothing runs unrecorded under fail-closed.
     let recorded = record(ctx, task, who, &checked, policy, start)?;
     let (io, task_handle) = match crate::session::pty::spawn_piped(&spec, &ctx.config.exec_shim) {
@@ -895,19 +908,14 @@ async fn spawn_port(
         locations,
         ..
     } = prepared;
-    let start = StartInfo {
-        session_id: task.session_id.clone(),
-        user: task.session_owner.clone(),
-        run_as_user: who.info.name.clone(),
-        owner: task.session_owner.clone(),
-        target: ctx.target_id.clone(),
-        reason: None,
-        cols: 0,
-        rows: 0,
-        started_unix_ms: recording::unix_ms(),
-        term: None,
-        shell: Some(format!("port {}:{}", request.host(), request.port)),
-    };
+    let start = start_info(
+        ctx,
+        task,
+        who,
+        (0, 0),
+        None,
+        format!("port {}:{}", request.host(), request.port),
+    );
     let recorded = record(ctx, task, who, &checked, policy, start)?;
     let audit = port::Audit::new(recorded.tap.clone(), request, &task.session_id);
     let started = match port::resolve(request, &ctx.config.port).await {
