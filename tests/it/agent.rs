@@ -84,6 +84,14 @@ impl RunningAgent {
         }
     }
 
+    /// The spool of session `sid`'s recording.
+    pub fn spool(&self, sid: &str) -> std::path::PathBuf {
+        self.state_dir()
+            .join("recordings")
+            .join(sid)
+            .join("events.spool")
+    }
+
     /// The agent's state directory (its recordings are under `recordings/`).
     pub fn state_dir(&self) -> &std::path::Path {
         self._state.path()

@@ -146,27 +146,10 @@ async fn a_shell_sessions_programs_are_recorded_from_the_kernel_with_secrets_mas
     client.type_text("exit\r").await;
     client.until_closed().await;
     wait_status(&gw, &sid, "History", "Terminated").await;
-    let spool = agent
-        .state_dir()
-        .join("recordings")
-        .join(&sid)
-        .join("events.spool");
-    let deadline = Instant::now() + WAIT;
-    let found = loop {
-        let found = processes(&spool);
-        let ended = tokio::process::Command::new(env!("CARGO_BIN_EXE_session-agent"))
-            .arg("verify")
-            .arg(&spool)
-            .output()
-            .await
-            .unwrap()
-            .status
-            .success();
-        if ended || Instant::now() > deadline {
-            break found;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let spool = agent.spool(&sid);
+    // Complete (its end written) and intact first.
+    ended_transcript(&spool).await;
+    let found = processes(&spool);
     let execs: Vec<String> = found
         .iter()
         .filter(|p| p.phase == ProcessPhase::Exec)

@@ -37,27 +37,7 @@ async fn an_interactive_command_runs_alone_takes_input_and_reports_its_status() 
     let s = wait_status(&gw, &sid, "History", "Terminated").await;
     assert_eq!(s["Details"], "command exited with status 3", "{s}");
     // Recorded like a shell: what was shown and typed (echo was on).
-    let spool = agent
-        .state_dir()
-        .join("recordings")
-        .join(&sid)
-        .join("events.spool");
-    let deadline = std::time::Instant::now() + WAIT;
-    let run = |cmd: &'static str| {
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_session-agent"))
-            .arg(cmd)
-            .arg(&spool)
-            .output()
-    };
-    // Complete (its end written) and intact.
-    while !run("verify").await.unwrap().status.success() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the recording never ended"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    let text = String::from_utf8_lossy(&run("transcript").await.unwrap().stdout).into_owned();
+    let text = ended_transcript(&agent.spool(&sid)).await;
     assert!(text.contains("name? abc"), "{text}");
     assert!(text.contains("got-abc-42"), "{text}");
     assert!(!text.contains("$ "), "no shell prompt: {text}");
@@ -124,26 +104,7 @@ async fn a_non_interactive_command_runs_without_a_shell_or_terminal_and_says_how
     assert_eq!(c.exit_codes, ["EXIT_CODE: 3"]);
     wait_status(&gw, &sid, "History", "Terminated").await;
     // Recorded: what was shown, stdout and stderr.
-    let spool = agent
-        .state_dir()
-        .join("recordings")
-        .join(&sid)
-        .join("events.spool");
-    let deadline = std::time::Instant::now() + WAIT;
-    let run = |cmd: &'static str| {
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_session-agent"))
-            .arg(cmd)
-            .arg(&spool)
-            .output()
-    };
-    while !run("verify").await.unwrap().status.success() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the recording never ended"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    let text = String::from_utf8_lossy(&run("transcript").await.unwrap().stdout).into_owned();
+    let text = ended_transcript(&agent.spool(&sid)).await;
     for shown in ["OUT:one", "ERR:bad", "EXIT_CODE: 3"] {
         assert!(text.contains(shown), "{shown} not in {text}");
     }

@@ -253,62 +253,22 @@ impl PortClient {
 }
 
 /// The tunnel lines of a session's recording once it has ended, as `session-agent
-/// transcript` prints them (async: the agent runs on this test's runtime).
+/// transcript` prints them.
 async fn tunnel_lines(agent: &RunningAgent, sid: &str) -> Vec<String> {
-    let spool = agent
-        .state_dir()
-        .join("recordings")
-        .join(sid)
-        .join("events.spool");
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        // `verify` says whether the recording has its end yet.
-        let verify = tokio::process::Command::new(env!("CARGO_BIN_EXE_session-agent"))
-            .arg("verify")
-            .arg(&spool)
-            .output()
-            .await
-            .unwrap();
-        let ended = verify.status.success();
-        if ended || std::time::Instant::now() > deadline {
-            let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_session-agent"))
-                .arg("transcript")
-                .arg(&spool)
-                .output()
-                .await
-                .unwrap();
-            let text = String::from_utf8_lossy(&out.stdout).into_owned();
-            assert!(
-                ended,
-                "the recording has no end: {} {text}",
-                String::from_utf8_lossy(&verify.stdout)
-            );
-            return text
-                .lines()
-                .filter(|l| l.starts_with("[tunnel"))
-                .map(str::to_owned)
-                .collect();
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    ended_transcript(&agent.spool(sid))
+        .await
+        .lines()
+        .filter(|l| l.starts_with("[tunnel"))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Waits until the recording has a tunnel line starting with `prefix` (the session goes
 /// on meanwhile).
 async fn wait_tunnel_line(agent: &RunningAgent, sid: &str, prefix: &str) {
-    let spool = agent
-        .state_dir()
-        .join("recordings")
-        .join(sid)
-        .join("events.spool");
     let deadline = std::time::Instant::now() + WAIT;
     loop {
-        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_session-agent"))
-            .arg("transcript")
-            .arg(&spool)
-            .output()
-            .await
-            .unwrap();
+        let out = agent_tool("transcript", &agent.spool(sid)).await;
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         if text.lines().any(|l| l.starts_with(prefix)) {
             return;
@@ -369,7 +329,7 @@ async fn an_ssh_style_session_carries_one_connection_intact_and_ends_with_it() {
         "{lines:?}"
     );
     // The tunnel's bytes are in no file of the recording, either way.
-    let dir = agent.state_dir().join("recordings").join(&sid);
+    let dir = agent.spool(&sid).parent().unwrap().to_owned();
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         let bytes = std::fs::read(&path).unwrap();

@@ -887,3 +887,33 @@ impl Drop for GatewayProcess {
         let _ = self.child.wait();
     }
 }
+
+/// `session-agent SUBCOMMAND FILE` (`verify`, `transcript`), run without blocking the
+/// runtime: in-process agents share the test's.
+pub async fn agent_tool(subcommand: &str, file: &std::path::Path) -> std::process::Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_session-agent"))
+        .arg(subcommand)
+        .arg(file)
+        .output()
+        .await
+        .unwrap()
+}
+
+/// Waits (up to [`WAIT`]) until the recording at `spool` has its end and verifies, then
+/// returns its transcript.
+pub async fn ended_transcript(spool: &std::path::Path) -> String {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let verify = agent_tool("verify", spool).await;
+        if verify.status.success() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the recording has no end: {}",
+            String::from_utf8_lossy(&verify.stdout)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    String::from_utf8_lossy(&agent_tool("transcript", spool).await.stdout).into_owned()
+}
