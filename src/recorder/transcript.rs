@@ -26,6 +26,13 @@
 //! start at the top row, rows removed by "delete line" at the top, and rows that scroll
 //! inside the alternate screen are not captured (the alternate screen is captured as
 //! frames only). The emulator's size is clamped to [`MAX_COLS`] x [`MAX_ROWS`].
+//!
+//! The same emulator's screen also answers [`super::commands`] (the command line on
+//! screen when Enter is pressed): [`Transcript::screen`], [`Transcript::scrolled`] (rows
+//! scrolled off so far, to follow a position as the screen scrolls) and the shell's
+//! OSC 133 marks ([`Transcript::take_marks`]). Reading them costs a cursor lookup per
+//! keystroke and a row or two per Enter; a second emulator would double the deriver's
+//! dominant cost.
 
 use std::num::NonZeroU16;
 
@@ -47,12 +54,63 @@ struct ScrolledRow {
     wrapped: bool,
 }
 
-/// Collects rows scrolled off the normal screen.
+/// Most OSC 133 marks kept between two [`Transcript::take_marks`] (the oldest go first).
+pub const MAX_MARKS: usize = 64;
+/// Longest command line kept from an OSC 133 `C;cmdline_url=` mark, in bytes (decoded).
+pub const MAX_MARK_CMDLINE: usize = 16 * 1024;
+
+/// An OSC 133 ("semantic prompt") mark the shell wrote: `A` prompt start, `B` input
+/// start (the prompt's end), `C` command start (fish adds `cmdline_url=`, the command
+/// line URL-encoded), `D` command end. Where the cursor was, on the normal screen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PromptMark {
+    /// `b'A'`, `b'B'`, `b'C'` or `b'D'`.
+    pub kind: u8,
+    /// The cursor's row and column when the mark came.
+    pub row: u16,
+    /// See `row`.
+    pub col: u16,
+    /// [`Transcript::scrolled`] when the mark came (`row` is relative to it).
+    pub scrolled: u64,
+    /// `C` only: the command line fish sends (`cmdline_url=`), decoded, at most
+    /// [`MAX_MARK_CMDLINE`] bytes.
+    pub cmdline: Option<String>,
+}
+
+/// Decodes `%XX` escapes (and nothing else: `+` stays), lossy UTF-8, bounded.
+fn url_decode(bytes: &[u8]) -> String {
+    let hex = |b: u8| char::from(b).to_digit(16);
+    let mut out = Vec::with_capacity(bytes.len().min(MAX_MARK_CMDLINE));
+    let mut i = 0;
+    while i < bytes.len() && out.len() < MAX_MARK_CMDLINE {
+        let b = bytes[i];
+        let escaped = (b == b'%')
+            .then(|| Some((hex(*bytes.get(i + 1)?)?, hex(*bytes.get(i + 2)?)?)))
+            .flatten();
+        match escaped {
+            Some((hi, lo)) => {
+                out.push(u8::try_from(hi * 16 + lo).unwrap_or(b'?'));
+                i += 3;
+            }
+            None => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Collects rows scrolled off the normal screen, and OSC 133 marks.
 #[derive(Debug, Default)]
 struct ScrollCollector {
     rows: Vec<ScrolledRow>,
     /// This many rows at the top are already committed: counted, not rendered.
     skip: usize,
+    /// Rows scrolled off the normal screen since the start (never reset).
+    scrolled: u64,
+    /// OSC 133 marks not taken yet (at most [`MAX_MARKS`]).
+    marks: Vec<PromptMark>,
 }
 
 /// Learns whether a row ends with a line break from the first thing written after it,
@@ -71,11 +129,42 @@ impl std::fmt::Write for FirstChar {
 }
 
 impl vt100::Callbacks for ScrollCollector {
+    fn unhandled_osc(&mut self, screen: &mut vt100::Screen, params: &[&[u8]]) {
+        let [b"133", kind, rest @ ..] = params else {
+            return;
+        };
+        let Some(&kind @ (b'A' | b'B' | b'C' | b'D')) = kind.first() else {
+            return;
+        };
+        if screen.alternate_screen() {
+            return;
+        }
+        let cmdline = (kind == b'C')
+            .then(|| {
+                rest.iter()
+                    .find_map(|p| p.strip_prefix(b"cmdline_url=".as_slice()))
+                    .map(url_decode)
+            })
+            .flatten();
+        if self.marks.len() >= MAX_MARKS {
+            self.marks.remove(0);
+        }
+        let (row, col) = screen.cursor_position();
+        self.marks.push(PromptMark {
+            kind,
+            row,
+            col,
+            scrolled: self.scrolled,
+            cmdline,
+        });
+    }
+
     fn on_scroll(&mut self, contents: RowContents<'_>, alternate_screen: bool) {
         if alternate_screen {
             // Scrolling inside a full-screen program: captured as frames instead.
             return;
         }
+        self.scrolled = self.scrolled.saturating_add(1);
         if self.skip > 0 {
             // Committed while on screen (see `Transcript::feed`): rendering it again is
             // the most expensive thing the recorder could do with a flood of output.
@@ -322,6 +411,22 @@ impl Transcript {
             }
         }
         self.feed(bytes.get(start..).unwrap_or_default());
+    }
+
+    /// The emulator's screen as the output so far left it.
+    pub fn screen(&self) -> &vt100::Screen {
+        self.parser.screen()
+    }
+
+    /// Rows scrolled off the top of the normal screen since the start: a row's absolute
+    /// number is this plus its screen row, however the screen scrolls later.
+    pub fn scrolled(&self) -> u64 {
+        self.parser.callbacks().scrolled
+    }
+
+    /// The OSC 133 marks seen since the last call, in order.
+    pub fn take_marks(&mut self) -> Vec<PromptMark> {
+        std::mem::take(&mut self.parser.callbacks_mut().marks)
     }
 
     /// Follows a terminal resize.
