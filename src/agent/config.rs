@@ -126,6 +126,19 @@ pub struct RunArgs {
     /// before Linux 6.6, and says so once when it cannot run].
     #[arg(long, env = "SESSION_AGENT_COMMAND_AUDIT")]
     pub command_audit: Option<String>,
+    /// Stream plain typed input to CloudWatch as `"direction": "input"` events: `on` or
+    /// `off`. Off, the command events (`"eventType": "command"`) carry each line typed
+    /// at a prompt, and filters on `sessionData` do not match a command twice (once
+    /// typed, once echoed); echo-off markers are streamed either way, and the local
+    /// recording keeps all input [default: off].
+    #[arg(long, env = "SESSION_AGENT_STREAM_INPUT")]
+    pub stream_input: Option<String>,
+    /// What streamed CloudWatch events carry: `full` (upstream's schema plus sequence,
+    /// direction and hash chain, and input, command, exec/exit, tunnel, gap and end
+    /// events) or `upstream` (exactly what amazon-ssm-agent streams: output lines in its
+    /// eight fields, nothing else; no chain for `verify`) [default: full].
+    #[arg(long, env = "SESSION_AGENT_CLOUDWATCH_STREAM")]
+    pub cloudwatch_stream: Option<String>,
     /// The file's lists (`port_forwarding_*` arrays), handed from the file form.
     #[arg(skip)]
     pub port_lists: PortLists,
@@ -166,6 +179,8 @@ struct FileConfig {
     port_forwarding_allowed_ports: Option<Vec<String>>,
     port_forwarding_max_connections: Option<usize>,
     command_audit: Option<String>,
+    stream_input: Option<String>,
+    cloudwatch_stream: Option<String>,
 }
 
 /// The port-forwarding lists as the file gives them (arrays of strings).
@@ -215,6 +230,8 @@ pub fn parse_file(text: &str, path: &Path) -> Result<RunArgs, ConfigError> {
         port_forwarding_allowed_ports: None,
         port_forwarding_max_connections: f.port_forwarding_max_connections,
         command_audit: f.command_audit,
+        stream_input: f.stream_input,
+        cloudwatch_stream: f.cloudwatch_stream,
         port_lists: PortLists {
             allowed_cidrs: f.port_forwarding_allowed_cidrs,
             denied_cidrs: f.port_forwarding_denied_cidrs,
@@ -283,6 +300,28 @@ impl RunArgs {
                 ))
             }
         };
+        let stream_input = match self
+            .stream_input
+            .as_deref()
+            .or(file.stream_input.as_deref())
+            .unwrap_or("off")
+        {
+            "on" => true,
+            "off" => false,
+            other => {
+                return Err(err(
+                    "stream_input",
+                    format!("{other:?} is not `on` or `off`"),
+                ))
+            }
+        };
+        let cloudwatch_stream: crate::delivery::cwl::StreamMode = self
+            .cloudwatch_stream
+            .as_deref()
+            .or(file.cloudwatch_stream.as_deref())
+            .unwrap_or("full")
+            .parse()
+            .map_err(|e: String| err("cloudwatch_stream", e))?;
         use crate::protocol::endpoint;
         let aws = match self.gateway.or(file.gateway).as_deref().unwrap_or("local") {
             "local" => false,
@@ -466,6 +505,8 @@ impl RunArgs {
             local_key: None,
             port,
             command_audit,
+            stream_input,
+            cloudwatch_stream,
         })
     }
 }
@@ -675,6 +716,11 @@ impl AgentConfig {
             "command_audit",
             text(if self.command_audit { "on" } else { "off" }),
         );
+        line(
+            "stream_input",
+            text(if self.stream_input { "on" } else { "off" }),
+        );
+        line("cloudwatch_stream", text(self.cloudwatch_stream.as_str()));
         out
     }
 }
@@ -834,6 +880,8 @@ mod tests {
             ("shutdown_timeout", "shutdown_timeout = \"11m\""),
             ("log_format", "log_format = \"xml\""),
             ("log_level", "log_level = \"loud\""),
+            ("stream_input", "stream_input = \"yes\""),
+            ("cloudwatch_stream", "cloudwatch_stream = \"ssm\""),
         ] {
             let e = parse_file(text, Path::new("c.toml"))
                 .unwrap()

@@ -119,6 +119,11 @@ pub struct AgentConfig {
     pub port: port::policy::PortPolicy,
     /// Record every program sessions run, from the kernel (Linux).
     pub command_audit: bool,
+    /// Stream plain typed input to CloudWatch (`stream_input`; off by default: the
+    /// command events carry the lines typed at prompts).
+    pub stream_input: bool,
+    /// What the CloudWatch stream carries: ours, or exactly upstream's (`cloudwatch_stream`).
+    pub cloudwatch_stream: crate::delivery::cwl::StreamMode,
 }
 
 /// Settings of the `aws` gateway mode.
@@ -759,6 +764,13 @@ struct Recorded {
     streamer: Option<tokio::task::JoinHandle<crate::delivery::stream::StreamReport>>,
 }
 
+/// The rules that mask secrets in the command lines typed at prompts, before they are
+/// written anywhere: the command audit's argv rules (built-in today; where the
+/// configured rules come in, issue 19 item 3).
+pub(crate) fn command_redactor() -> crate::audit::redact::Redactor {
+    crate::audit::redact::Redactor::default()
+}
+
 /// Starts the session's recording (and its CloudWatch streamer when the document streams).
 ///
 /// # Errors
@@ -779,6 +791,7 @@ fn record(
         owner_arn: task.session_owner.clone(),
         run_as_user: who.info.name.clone(),
         session_id: session_id.clone(),
+        mode: ctx.config.cloudwatch_stream,
     };
     let meta = recording::Meta {
         session_id: session_id.clone(),
@@ -786,11 +799,13 @@ fn record(
         cwl: checked.cwl.as_ref().map(|(_, d)| d.clone()),
         fields: Some(fields.clone()),
         skipped: checked.skipped.clone(),
+        stream_input: ctx.config.stream_input,
         ..recording::Meta::default()
     };
     let options = recording::Options {
         headroom: policy.headroom_bytes,
         fail_closed: policy.fail_closed,
+        redactor: command_redactor(),
     };
     let started = Recording::start(&ctx.config.recordings_dir(), start, &meta, options);
     let (tap, recording) = match started {

@@ -390,6 +390,46 @@ mod tests {
     }
 
     #[test]
+    fn commands_found_live_and_from_the_recorded_stream_agree() {
+        let mut rec = Recorder::new(info(40, 5)).with_commands();
+        let mut events = vec![rec.start_event().clone()];
+        let mut live = Vec::new();
+        let mut step = |rec: &mut Recorder, e: Event| {
+            events.push(e);
+            live.extend(rec.take_commands());
+        };
+        let e = rec.output(1, b"$ ");
+        step(&mut rec, e);
+        for (i, b) in b"echo hi".iter().enumerate() {
+            let at = 10 + u64::try_from(i).unwrap();
+            let e = rec.input(at, &[*b], true);
+            step(&mut rec, e);
+            let e = rec.output(at, &[*b]);
+            step(&mut rec, e);
+        }
+        let e = rec.input(30, b"\r", true);
+        step(&mut rec, e);
+        let e = rec.output(31, b"\r\nhi\r\n$ ");
+        step(&mut rec, e);
+        let e = rec.input(40, b"S3CR3T\r", true);
+        step(&mut rec, e);
+        let e = rec.output(41, b"\r\n$ ");
+        step(&mut rec, e);
+        let e = rec.end(50, Some(0), "exited");
+        step(&mut rec, e);
+        assert_eq!(
+            live.iter()
+                .map(|c| (c.at_ms, c.prompt.as_str(), c.command_line.as_str()))
+                .collect::<Vec<_>>(),
+            [(30, "$", "echo hi")]
+        );
+        assert_eq!(typed_commands(events.clone()), live);
+        // The transcript is what it was without commands.
+        assert_eq!(rec.transcript_text(), render_transcript(&events));
+        assert_eq!(rec.transcript_text(), "$ echo hi\nhi\n$\n$\n");
+    }
+
+    #[test]
     fn password_typed_with_echo_off_is_in_no_artefact() {
         const SECRET: &str = "hunter2-S3cret";
         let mut rec = Recorder::new(info(40, 5));

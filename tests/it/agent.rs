@@ -66,6 +66,8 @@ impl RunningAgent {
             local_key,
             port: Default::default(),
             command_audit: true,
+            stream_input: false,
+            cloudwatch_stream: Default::default(),
         };
         tweak(&mut config);
         let (stop, stopped) = oneshot::channel::<()>();

@@ -61,12 +61,14 @@ mod derive;
 pub use deliver::{Delivery, DeliveryStatus};
 pub use derive::rebuild;
 
+use crate::audit::redact::Redactor;
+
 use crate::delivery::cwl::SessionFields;
 use crate::delivery::{CwlDestination, S3Destination};
 use crate::recorder::{EventKind, StartInfo};
 use crate::spool::layout::{write_atomic, Paths, META_FILE};
 use crate::spool::writer::{self, Alarm, Progress, SpoolWriter};
-use derive::{DerivedFiles, Deriver, Follower};
+use derive::{DeriveSettings, DerivedFiles, Deriver, Follower};
 #[cfg(unix)]
 use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
@@ -120,12 +122,20 @@ pub struct Meta {
     /// Destinations skipped before the session started, reported in `delivery.json`.
     #[serde(default)]
     pub skipped: Vec<String>,
+    /// Plain typed input goes to the CloudWatch stream (`stream_input`; a recording
+    /// written before the setting existed streamed it).
+    #[serde(default = "streamed_before")]
+    pub stream_input: bool,
     /// Set when the recording ended: records in the spool...
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spool_records: Option<u64>,
     /// ...and the hash chain's value after the last one (hex), to compare copies with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spool_head: Option<String>,
+}
+
+fn streamed_before() -> bool {
+    true
 }
 
 impl Meta {
@@ -285,6 +295,8 @@ pub struct Summary {
     pub output_bytes: u64,
     /// Keystroke bytes withheld because echo was off.
     pub redacted_bytes: u64,
+    /// Command lines typed at prompts, as found on screen (commands as typed).
+    pub commands: u64,
     /// Parts of the session that could not be recorded (the disk was full), described.
     pub gaps: Vec<String>,
     /// Records in the spool, and the hash chain's value after the last one.
@@ -312,8 +324,9 @@ impl Summary {
     }
 }
 
-/// How a recording is made: the reservation ahead of it and what to do when it fails.
-#[derive(Debug, Clone, Copy)]
+/// How a recording is made: the reservation ahead of it, what to do when it fails, and
+/// how command lines are masked.
+#[derive(Debug, Clone)]
 pub struct Options {
     /// Disk space reserved ahead of the spool and the asciicast (a quarter of it for the
     /// transcript and the stream queue), renewed as they grow, released at the end.
@@ -321,6 +334,8 @@ pub struct Options {
     /// `recording_policy = "fail-closed"`: a recording that cannot be written ends the
     /// session (and the space must be reserved before it starts).
     pub fail_closed: bool,
+    /// Masks secrets in the command lines typed at prompts (the agent's rules).
+    pub redactor: Redactor,
 }
 
 impl Default for Options {
@@ -328,6 +343,7 @@ impl Default for Options {
         Self {
             headroom: DEFAULT_HEADROOM,
             fail_closed: false,
+            redactor: Redactor::default(),
         }
     }
 }
@@ -393,7 +409,9 @@ impl Recording {
             .fail_closed
             .then(|| Arc::new(Alarm::new(failed_tx, closed.clone())));
         let started_unix_ms = start.started_unix_ms;
-        let deriver = Deriver::new(start.clone(), files, progress_tx).with_alarm(alarm.clone());
+        let settings = DeriveSettings::new(meta, options.redactor);
+        let deriver =
+            Deriver::new(start.clone(), files, progress_tx, settings).with_alarm(alarm.clone());
         let writer = writer
             .with_alarm(alarm)
             .with_stall_flag(deriver.stall_flag());
@@ -629,8 +647,15 @@ mod tests {
                 streaming: true,
                 require_encryption: false,
             }),
+            stream_input: true,
             ..Meta::default()
         }
+    }
+
+    /// A rebuild with the recording's own settings (its `session.json`).
+    fn rebuild_as_recorded(paths: &Paths) -> Result<Rebuilt, RebuildError> {
+        let meta = Meta::read(&paths.dir).unwrap();
+        rebuild(paths, &meta, Redactor::default())
     }
 
     /// Records a small session with every kind of event; returns its paths.
@@ -673,7 +698,7 @@ mod tests {
         for p in [&paths.transcript, &paths.cast, &paths.stream] {
             std::fs::write(p, b"garbage left by a crash").unwrap();
         }
-        let rebuilt = rebuild(&paths, true).unwrap();
+        let rebuilt = rebuild_as_recorded(&paths).unwrap();
         assert!(!rebuilt.interrupted);
         assert_eq!(rebuilt.torn_bytes, 0);
         assert_eq!(derived(&paths), original);
@@ -699,7 +724,7 @@ mod tests {
         spool.extend_from_slice(&[7, 0, 0, 0, 1, 2, 3]);
         std::fs::write(&paths.events, &spool).unwrap();
 
-        let rebuilt = rebuild(&paths, true).unwrap();
+        let rebuilt = rebuild_as_recorded(&paths).unwrap();
         assert!(rebuilt.interrupted);
         assert_eq!(rebuilt.torn_bytes, 7);
         // The interrupted end commits the same lines the real end did, and says so.
@@ -747,7 +772,7 @@ mod tests {
         assert!(text.contains(INTERRUPTED), "{text}");
         // A second rebuild (a crash during recovery) finds it ended and changes nothing.
         let spool = std::fs::read(&paths.events).unwrap();
-        let again = rebuild(&paths, true).unwrap();
+        let again = rebuild_as_recorded(&paths).unwrap();
         assert!(!again.interrupted);
         assert_eq!(std::fs::read(&paths.events).unwrap(), spool);
     }
@@ -761,18 +786,100 @@ mod tests {
         let mid = bad.len() / 2;
         bad[mid] ^= 0x20;
         std::fs::write(&paths.events, &bad).unwrap();
-        let err = rebuild(&paths, true).unwrap_err();
+        let err = rebuild_as_recorded(&paths).unwrap_err();
         assert!(
             matches!(&err, RebuildError::Corrupt(t) if t.starts_with("record ")),
             "{err}"
         );
         std::fs::write(&paths.events, b"not a spool").unwrap();
-        assert!(rebuild(&paths, true).is_err());
+        assert!(rebuild_as_recorded(&paths).is_err());
         std::fs::write(&paths.events, crate::spool::format::MAGIC).unwrap();
         assert_eq!(
-            rebuild(&paths, true).unwrap_err(),
+            rebuild_as_recorded(&paths).unwrap_err(),
             RebuildError::Corrupt("the spool holds no events".into())
         );
+    }
+
+    /// Records one short shell session under `meta`; the stream records and summary.
+    async fn stream_of(meta: &Meta) -> (Vec<StreamRecord>, Summary) {
+        let root = tempfile::tempdir().unwrap();
+        let mut info = start(&meta.session_id);
+        info.term = Some("xterm".into());
+        let (tap, recording) =
+            Recording::start(root.path(), info, meta, Options::default()).unwrap();
+        tap.output(b"$ ").await;
+        tap.input(b"mysql -pS3CR3T db\r", Some(false)).await;
+        tap.output(b"mysql -pS3CR3T db\r\nmysql> ").await;
+        tap.input(b"quit\r", Some(false)).await;
+        tap.output(b"quit\r\n$ ").await;
+        tap.input(b"hunter2\r", Some(true)).await;
+        tap.output(b"\r\n$ ").await;
+        tap.end(Some(0), "exited").await;
+        drop(tap);
+        let (paths, pending) = recording.finish();
+        let summary = pending.wait().await;
+        let records = std::fs::read_to_string(&paths.stream)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        (records, summary)
+    }
+
+    #[tokio::test]
+    async fn commands_typed_are_streamed_masked_and_plain_input_only_when_asked() {
+        let mut meta = streaming_meta("s-cmd");
+        meta.stream_input = false;
+        let (records, summary) = stream_of(&meta).await;
+        assert_eq!(summary.commands, 2);
+        let commands: Vec<(&str, &str)> = records
+            .iter()
+            .filter(|r| r.direction == Direction::Command)
+            .map(|r| {
+                let c = r.command.as_ref().unwrap();
+                (c.prompt.as_str(), c.command_line.as_str())
+            })
+            .collect();
+        assert_eq!(
+            commands,
+            [("$", "mysql -p[redacted] db"), ("mysql>", "quit")]
+        );
+        assert!(records.windows(2).all(|w| w[0].seq + 1 == w[1].seq));
+        // No plain input; the echo-off marker still.
+        let inputs: Vec<&Vec<String>> = records
+            .iter()
+            .filter(|r| r.direction == Direction::Input)
+            .map(|r| &r.lines)
+            .collect();
+        assert_eq!(inputs.len(), 1, "{inputs:?}");
+        assert!(inputs[0][0].starts_with("[input redacted: 8 bytes"));
+        // With stream_input on, the typed lines too.
+        meta.stream_input = true;
+        let (records, _) = stream_of(&meta).await;
+        assert!(records
+            .iter()
+            .any(|r| r.direction == Direction::Input && r.lines == ["quit"]));
+    }
+
+    #[tokio::test]
+    async fn upstream_mode_queues_output_records_only() {
+        let mut meta = streaming_meta("s-up");
+        meta.fields = Some(crate::delivery::cwl::SessionFields {
+            region: "us-east-1".into(),
+            target_id: "t".into(),
+            owner_arn: "alice".into(),
+            run_as_user: "ssm-user".into(),
+            session_id: "s-up".into(),
+            mode: crate::delivery::cwl::StreamMode::Upstream,
+        });
+        let (records, summary) = stream_of(&meta).await;
+        assert_eq!(summary.commands, 2, "still found, for the summary");
+        assert!(!records.is_empty());
+        assert!(
+            records.iter().all(|r| r.direction == Direction::Output),
+            "{records:?}"
+        );
+        assert!(records.windows(2).all(|w| w[0].seq + 1 == w[1].seq));
     }
 
     #[tokio::test]
