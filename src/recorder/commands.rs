@@ -59,6 +59,11 @@
 //! * A line that output from a background job interrupted, and keys typed while output
 //!   is still arriving, may be cut at the wrong place (the prompt guessed from the cursor
 //!   is then wrong).
+//! * A line typed blind and sent in one piece with its Enter (a pasted password: no keys
+//!   before the Enter to show that nothing moved) waits for the next line feed; if the
+//!   program then prints on the same line first (`read -s pw; echo done`), that output is
+//!   taken as the line. The password itself never is (it was never shown), and typed key
+//!   by key it gives nothing.
 //!
 //! ## Memory
 //!

@@ -26,3 +26,4 @@ mod resources;
 mod service;
 mod support;
 mod trust;
+mod typed_commands;
