@@ -1,7 +1,9 @@
 //! CloudWatch Logs event shaping and batching (pure).
 //!
 //! * [`StreamRecord`]: what the recorder hands to the streamer — clean transcript lines
-//!   (direction `output`) or typed input rendered as text (direction `input`), numbered.
+//!   (direction `output`), typed input rendered as text (direction `input`), a command
+//!   line typed at a prompt (direction and `eventType` `command`), the audit's exec and
+//!   exit, tunnels, gaps and the end, numbered.
 //! * [`stream_messages`]: one record as upstream-schema JSON messages (§8.3:
 //!   `eventVersion`, `eventTime`, `awsRegion`, `target.id`, `userIdentity.arn`,
 //!   `runAsUser`, `sessionId`, `sessionData`), plus our own `sequence` (per log stream,
@@ -29,7 +31,10 @@
 //! Upstream differences on purpose: upstream batches lines into 33,000-byte events, four
 //! per call, every second, and stamps events with the upload time; we send each record as
 //! soon as it exists (the streamer coalesces for a moment), as many per call as the limits
-//! allow, stamped with the time the output happened, and we stream input too.
+//! allow, stamped with the time the output happened, and we stream more than output.
+//! [`StreamMode::Upstream`] (`cloudwatch_stream = "upstream"`) streams only what upstream
+//! does — output lines, in its eight fields (`CloudWatchMessage` in amazon-ssm-agent's
+//! `cloudwatchlogspublisher`), unchained — for consumers that accept nothing else.
 
 use crate::spool::format::{chain_next, hex, Chain};
 use serde::{Deserialize, Serialize};

@@ -1100,7 +1100,7 @@ mod tests {
                     0 => { t.out(bytes); }
                     1 => { t.typed(bytes); }
                     2 => { t.hidden(bytes.len() % 3); }
-                    _ => { t.t.resize(cols.saturating_add(bytes.len() as u16 % 7), rows); }
+                    _ => { t.t.resize(cols.saturating_add(u16::try_from(bytes.len() % 7).unwrap_or(0)), rows); }
                 }
             }
             prop_assert!(t.c.pending.len() <= MAX_PENDING);

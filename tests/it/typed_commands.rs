@@ -194,3 +194,93 @@ async fn the_upstream_mode_streams_output_lines_in_upstreams_schema_and_nothing_
     drop(agent);
     gw.stop().await;
 }
+
+/// Every event of a session's spool, in order.
+fn spool_events(spool: &std::path::Path) -> Vec<session_agent::recorder::Event> {
+    let file = std::fs::File::open(spool).unwrap();
+    session_agent::spool::reader::Reader::new(file)
+        .unwrap()
+        .map(|r| {
+            let line = String::from_utf8(r.unwrap().payload).unwrap();
+            session_agent::recorder::Event::from_json_line(&line).unwrap()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn real_bash_lines_wrapped_interrupted_edited_or_typed_into_vi_give_the_right_commands() {
+    use crate::agent::RunningAgent;
+    use session_agent::gateway::GatewayConfig;
+    let gw = Gateway::start(GatewayConfig::default()).await;
+    let agent = RunningAgent::start(&gw, "typed-real").await;
+    let (sid, mut client) = open_shell(&gw, "typed-real").await;
+    // 40 columns: the long line wraps over three rows.
+    client.resize(40, 20).await;
+    client
+        .type_text("exec env PS1='[\\u@\\h \\W]\\$ ' bash --norc --noprofile -i\r")
+        .await;
+    client.expect("]$ ").await;
+    let long = format!("echo {}", "x".repeat(90));
+    client.type_text(&format!("{long}\r")).await;
+    client.expect("]$ ").await;
+    // Typed, then abandoned with Ctrl-C.
+    client.type_text("echo never").await;
+    client.expect("never").await;
+    client.type_text("\x03").await;
+    client.expect("]$ ").await;
+    // Edited with backspaces.
+    client.type_text("echo abcd\x7f\x7fX\r").await;
+    let out = client.expect("]$ ").await;
+    assert!(out.contains("abX\r\n"), "{out:?}");
+    // Lines typed inside a full-screen program are not commands.
+    client.type_text("vi -u NONE -n /tmp/typed-vi\r").await;
+    client.expect("\x1b[?1049h").await;
+    client.type_text("ihello\rworld\x1b").await;
+    client.type_text(":q!\r").await;
+    client.expect("]$ ").await;
+    // A password typed key by key with echo off.
+    client
+        .type_text("read -s -p 'Pass''word: ' pw; echo; echo got-${#pw}\r")
+        .await;
+    client.expect("Password: ").await;
+    for c in "hunter2-typed".chars() {
+        client.type_text(&c.to_string()).await;
+    }
+    client.type_text("\r").await;
+    let out = client.expect("]$ ").await;
+    assert!(out.contains("got-13"), "{out:?}");
+    client.type_text("exit\r").await;
+    client.until_closed().await;
+    wait_status(&gw, &sid, "History", "Terminated").await;
+    let spool = agent.spool(&sid);
+    ended_transcript(&spool).await;
+    let commands = session_agent::recorder::typed_commands(spool_events(&spool));
+    let lines: Vec<(&str, &str)> = commands
+        .iter()
+        .map(|c| (c.prompt.as_str(), c.command_line.as_str()))
+        .collect();
+    let prompt = lines[1].0;
+    assert!(
+        prompt.starts_with('[') && prompt.ends_with("]$"),
+        "{lines:?}"
+    );
+    assert_eq!(
+        lines,
+        [
+            (
+                "$",
+                "exec env PS1='[\\u@\\h \\W]\\$ ' bash --norc --noprofile -i"
+            ),
+            (prompt, long.as_str()),
+            (prompt, "echo abX"),
+            (prompt, "vi -u NONE -n /tmp/typed-vi"),
+            (
+                prompt,
+                "read -s -p 'Pass''word: ' pw; echo; echo got-${#pw}"
+            ),
+            (prompt, "exit"),
+        ]
+    );
+    agent.stop().await;
+    gw.stop().await;
+}

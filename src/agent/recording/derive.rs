@@ -2,7 +2,10 @@
 //!
 //! The transcript, the asciicast and the queue of CloudWatch stream records are
 //! functions of the spool's events alone (event times, not the wall clock; per event, not
-//! per batch). The [`Deriver`] renders them (the terminal emulator runs here) from
+//! per batch) and of the recording's own settings (`session.json`: the stream mode,
+//! `stream_input`) — with the agent's redaction rules for the command lines typed at
+//! prompts, which the recorder finds on the transcript's screen (`recorder::commands`) and
+//! which are masked here before they are written. The [`Deriver`] renders them (the terminal emulator runs here) from
 //! records the spool's reader ([`crate::spool::reader`]) reads back from the file — for a live session in bounded
 //! steps on the recordings' background workers (lowest CPU priority, shared by every
 //! session, `background.rs`), following the writer ([`crate::spool::writer`]) at its own pace
