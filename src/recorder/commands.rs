@@ -74,7 +74,7 @@
 //! oldest are dropped and counted). Every function is total on arbitrary bytes
 //! (property-tested).
 
-use super::transcript::{PromptMark, Transcript};
+use super::transcript::{LineFeeds, PromptMark, Transcript};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 
@@ -300,12 +300,6 @@ impl CommandTracker {
         self.dropped
     }
 
-    /// Whether line feeds in the output matter now (an Enter waits for its echo): the
-    /// caller then stops before each one ([`CommandTracker::line_feed`]).
-    pub fn wants_line_feeds(&self) -> bool {
-        !self.pending.is_empty()
-    }
-
     /// Input, as the recorder kept it, before it reaches the terminal; `screen` as the
     /// output so far left it, `scrolled` its [`Transcript::scrolled`].
     pub fn input(&mut self, screen: &vt100::Screen, scrolled: u64, at_ms: u64, typed: Typed<'_>) {
@@ -494,7 +488,7 @@ impl CommandTracker {
 
     /// A line feed in the output, before the emulator applies it: the echo of the
     /// oldest Enter waiting, if its line is on screen.
-    pub fn line_feed(&mut self, screen: &vt100::Screen, scrolled: u64) {
+    fn echo(&mut self, screen: &vt100::Screen, scrolled: u64) {
         self.lf_since_input = true;
         let Some(mut p) = self.pending.pop_front() else {
             return;
@@ -582,28 +576,23 @@ impl CommandTracker {
 /// Feeds terminal output to the transcript, stopping before each line feed while an
 /// Enter waits for its echo, so the tracker reads the line as it stood.
 pub fn process_output(transcript: &mut Transcript, tracker: &mut CommandTracker, data: &[u8]) {
-    let mut rest = data;
-    while !rest.is_empty() {
-        let lf = rest.iter().position(|&b| b == b'\n');
-        match lf.filter(|_| tracker.wants_line_feeds()) {
-            Some(i) => {
-                transcript.process(&rest[..i]);
-                let marks = transcript.take_marks();
-                tracker.marks(&marks, transcript.screen(), transcript.scrolled());
-                tracker.line_feed(transcript.screen(), transcript.scrolled());
-                transcript.process(&rest[i..=i]);
-                rest = &rest[i + 1..];
-            }
-            None => {
-                transcript.process(rest);
-                let marks = transcript.take_marks();
-                tracker.marks(&marks, transcript.screen(), transcript.scrolled());
-                if lf.is_some() {
-                    tracker.lf_since_input = true;
-                }
-                rest = &[];
-            }
-        }
+    transcript.process_with(data, Some(&mut *tracker));
+    let marks = transcript.take_marks();
+    tracker.marks(&marks, transcript.screen(), transcript.scrolled());
+    if data.contains(&b'\n') {
+        tracker.lf_since_input = true;
+    }
+}
+
+/// Line feeds matter while an Enter waits for its echo.
+impl LineFeeds for CommandTracker {
+    fn wants_line_feeds(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    fn line_feed(&mut self, screen: &vt100::Screen, scrolled: u64, marks: Vec<PromptMark>) {
+        self.marks(&marks, screen, scrolled);
+        self.echo(screen, scrolled);
     }
 }
 

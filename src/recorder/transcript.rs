@@ -77,6 +77,18 @@ pub struct PromptMark {
     pub cmdline: Option<String>,
 }
 
+/// Told of each line feed in the output just before the emulator applies it, with the
+/// screen as it stands: how [`super::commands`] reads a typed line at the echo of Enter.
+/// Stopping there changes nothing else: the transcript's commit points and the emulator's
+/// state are what they are without it.
+pub trait LineFeeds {
+    /// Whether line feeds matter now (when not, the output goes through in one piece).
+    fn wants_line_feeds(&self) -> bool;
+    /// A line feed is next. `scrolled` is [`Transcript::scrolled`]; `marks` the OSC 133
+    /// marks since the last call or [`Transcript::take_marks`].
+    fn line_feed(&mut self, screen: &vt100::Screen, scrolled: u64, marks: Vec<PromptMark>);
+}
+
 /// Decodes `%XX` escapes (and nothing else: `+` stays), lossy UTF-8, bounded.
 fn url_decode(bytes: &[u8]) -> String {
     let hex = |b: u8| char::from(b).to_digit(16);
@@ -111,6 +123,9 @@ struct ScrollCollector {
     scrolled: u64,
     /// OSC 133 marks not taken yet (at most [`MAX_MARKS`]).
     marks: Vec<PromptMark>,
+    /// The longest OSC string the emulator handed over (tests: the cut works).
+    #[cfg(test)]
+    longest_osc: usize,
 }
 
 /// Learns whether a row ends with a line break from the first thing written after it,
@@ -130,6 +145,11 @@ impl std::fmt::Write for FirstChar {
 
 impl vt100::Callbacks for ScrollCollector {
     fn unhandled_osc(&mut self, screen: &mut vt100::Screen, params: &[&[u8]]) {
+        #[cfg(test)]
+        {
+            let len = params.iter().map(|p| p.len() + 1).sum::<usize>();
+            self.longest_osc = self.longest_osc.max(len);
+        }
         let [b"133", kind, rest @ ..] = params else {
             return;
         };
@@ -196,6 +216,8 @@ enum Mark {
     AltLeave,
     EraseDisplay(u16),
     Reset,
+    /// A byte of an OSC string past [`MAX_OSC_BYTES`]: not given to the emulator.
+    Drop,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -204,7 +226,15 @@ enum TokState {
     Ground,
     Esc,
     Csi,
+    /// Inside an OSC string (`ESC ]` ... BEL or `ESC \`).
+    Osc,
 }
+
+/// Longest OSC string (window title, OSC 133 mark, ...) given to the emulator, in bytes;
+/// the rest of a longer one is dropped. The emulator's parser buffers an OSC string whole
+/// until its end, without a limit: a session printing `ESC ]` and then endless text would
+/// otherwise grow the deriver's memory without bound.
+pub const MAX_OSC_BYTES: usize = 64 * 1024;
 
 /// A small escape-sequence scanner that finds [`Mark`]s, across chunk boundaries. It only
 /// decides *when* the transcript snapshots; the emulator alone decides what is displayed,
@@ -216,6 +246,8 @@ struct Tokenizer {
     ignore: bool,
     params: Vec<u16>,
     current: Option<u16>,
+    /// Bytes of the OSC string so far.
+    osc_len: usize,
 }
 
 impl Tokenizer {
@@ -242,11 +274,31 @@ impl Tokenizer {
                         self.state = TokState::Ground;
                         return Some(Mark::Reset);
                     }
+                    b']' => {
+                        self.state = TokState::Osc;
+                        self.osc_len = 0;
+                    }
                     0x1b => {}
                     _ => self.state = TokState::Ground,
                 }
                 None
             }
+            TokState::Osc => match b {
+                // BEL ends it; ESC ends it too (ESC \ is the usual end, any other ESC
+                // starts the next sequence); CAN and SUB cancel it.
+                0x07 | 0x18 | 0x1a => {
+                    self.state = TokState::Ground;
+                    None
+                }
+                0x1b => {
+                    self.state = TokState::Esc;
+                    None
+                }
+                _ => {
+                    self.osc_len = self.osc_len.saturating_add(1);
+                    (self.osc_len > MAX_OSC_BYTES).then_some(Mark::Drop)
+                }
+            },
             TokState::Csi => match b {
                 b'0'..=b'9' => {
                     let digit = u16::from(b - b'0');
@@ -308,6 +360,31 @@ impl Tokenizer {
     }
 }
 
+/// Bytes a UTF-8 sequence starting with `lead` has (1 for anything but a lead byte).
+fn utf8_len(lead: u8) -> usize {
+    match lead {
+        0xc0..=0xdf => 2,
+        0xe0..=0xef => 3,
+        0xf0..=0xf7 => 4,
+        _ => 1,
+    }
+}
+
+fn is_continuation(b: u8) -> bool {
+    b & 0xc0 == 0x80
+}
+
+/// How many bytes at the end of `bytes` are a character not complete yet (0 to 3).
+fn incomplete_tail(bytes: &[u8]) -> usize {
+    for k in 1..=bytes.len().min(3) {
+        let b = bytes[bytes.len() - k];
+        if !is_continuation(b) {
+            return if utf8_len(b) > k { k } else { 0 };
+        }
+    }
+    0
+}
+
 fn clamp_size(cols: u16, rows: u16) -> (NonZeroU16, NonZeroU16) {
     // An unknown size (0: no terminal, e.g. a port session's recording) is the usual
     // terminal's, not one column.
@@ -350,6 +427,11 @@ pub struct Transcript {
     /// where the caller stores them and memory must not grow with the session.
     keep_taken: bool,
     finished: bool,
+    /// The start of a character the end of the last chunk cut (at most 3 bytes), held
+    /// until its rest arrives: the emulator's parser (vte 0.15) completes a character cut
+    /// across two calls wrongly when more non-ASCII follows (it skips up to two bytes
+    /// after it, a line feed included), so it is only ever given whole characters.
+    utf8_carry: Vec<u8>,
 }
 
 impl std::fmt::Debug for Transcript {
@@ -380,6 +462,7 @@ impl Transcript {
             taken: 0,
             keep_taken: true,
             finished: false,
+            utf8_carry: Vec::new(),
         }
     }
 
@@ -394,13 +477,59 @@ impl Transcript {
 
     /// Feeds terminal output.
     pub fn process(&mut self, bytes: &[u8]) {
+        self.process_with(bytes, None);
+    }
+
+    /// Feeds terminal output, telling `line_feeds` of each line feed before the emulator
+    /// applies it (while it wants them).
+    pub fn process_with<'h>(
+        &mut self,
+        bytes: &[u8],
+        mut line_feeds: Option<&mut (dyn LineFeeds + 'h)>,
+    ) {
         self.finished = false;
+        let mut bytes = bytes;
+        if !self.utf8_carry.is_empty() {
+            // The rest of the character the last chunk cut: the continuation bytes it
+            // still needs, if they come.
+            let need = utf8_len(self.utf8_carry[0]).saturating_sub(self.utf8_carry.len());
+            let take = bytes
+                .iter()
+                .take(need)
+                .take_while(|b| is_continuation(**b))
+                .count();
+            let mut whole = std::mem::take(&mut self.utf8_carry);
+            whole.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            if take < need && bytes.is_empty() {
+                self.utf8_carry = whole;
+                return;
+            }
+            self.scan(&whole, line_feeds.as_deref_mut());
+        }
+        let keep = bytes.len() - incomplete_tail(bytes);
+        self.utf8_carry.extend_from_slice(&bytes[keep..]);
+        self.scan(&bytes[..keep], line_feeds);
+    }
+
+    /// [`Transcript::process_with`] for whole characters.
+    fn scan<'h>(&mut self, bytes: &[u8], mut line_feeds: Option<&mut (dyn LineFeeds + 'h)>) {
         let mut start = 0;
         for (i, &b) in bytes.iter().enumerate() {
             if let Some(mark) = self.tok.advance(b) {
-                self.feed(bytes.get(start..i).unwrap_or_default());
+                self.feed(
+                    bytes.get(start..i).unwrap_or_default(),
+                    line_feeds.as_deref_mut(),
+                );
+                if mark == Mark::Drop {
+                    start = i + 1;
+                    continue;
+                }
                 let reset_watermark = self.before(mark);
-                self.feed(bytes.get(i..=i).unwrap_or_default());
+                self.feed(
+                    bytes.get(i..=i).unwrap_or_default(),
+                    line_feeds.as_deref_mut(),
+                );
                 if reset_watermark {
                     self.emitted_top = 0;
                 }
@@ -410,7 +539,7 @@ impl Transcript {
                 start = i + 1;
             }
         }
-        self.feed(bytes.get(start..).unwrap_or_default());
+        self.feed(bytes.get(start..).unwrap_or_default(), line_feeds);
     }
 
     /// The emulator's screen as the output so far left it.
@@ -521,7 +650,7 @@ impl Transcript {
     /// rendered with attributes by the scroll callback. This is the same rule as
     /// [`Transcript::take_lines`] (rows above the cursor are final), applied more often
     /// within a chunk; it made a flood of short lines several times cheaper.
-    fn feed(&mut self, bytes: &[u8]) {
+    fn feed<'h>(&mut self, bytes: &[u8], mut line_feeds: Option<&mut (dyn LineFeeds + 'h)>) {
         let (rows, cols) = self.parser.screen().size();
         let budget = usize::from(rows.get().saturating_sub(1)).max(1);
         let cols = usize::from(cols.get());
@@ -550,15 +679,45 @@ impl Transcript {
                     new_rows > budget
                 })
                 .unwrap_or(rest.len());
+            // Not inside a character (see `utf8_carry`): back to its lead byte, at most
+            // three bytes back (more continuation bytes are no character anyway).
+            let mut end = end;
+            let mut back = 0;
+            while back < 3 && end > 1 && end < rest.len() && is_continuation(rest[end]) {
+                end -= 1;
+                back += 1;
+            }
             let (piece, tail) = rest.split_at(end);
             self.parser.callbacks_mut().skip = self.emitted_top;
-            self.parser.process(piece);
+            self.emulate(piece, line_feeds.as_deref_mut());
             self.drain_scrolled();
             rest = tail;
             if !rest.is_empty() {
                 self.commit_above_cursor();
             }
         }
+    }
+
+    /// Runs the emulator over `piece`, stopping before each line feed for `line_feeds`
+    /// while it wants them (the emulator's state does not depend on where its input is
+    /// cut: a line feed is never inside a character).
+    fn emulate(&mut self, piece: &[u8], line_feeds: Option<&mut (dyn LineFeeds + '_)>) {
+        let Some(hook) = line_feeds else {
+            self.parser.process(piece);
+            return;
+        };
+        let mut rest = piece;
+        while hook.wants_line_feeds() {
+            let Some(i) = rest.iter().position(|&b| b == b'\n') else {
+                break;
+            };
+            self.parser.process(&rest[..i]);
+            let marks = self.take_marks();
+            hook.line_feed(self.parser.screen(), self.scrolled(), marks);
+            self.parser.process(&rest[i..=i]);
+            rest = &rest[i + 1..];
+        }
+        self.parser.process(rest);
     }
 
     /// Acts before the byte that completes `mark` reaches the emulator. Returns whether
@@ -905,6 +1064,44 @@ mod tests {
             render(20, 5, &["héllo 世界\r\n".as_bytes()]),
             "héllo 世界\n"
         );
+    }
+
+    #[test]
+    fn an_endless_osc_string_is_cut_before_the_emulator() {
+        let mut t = Transcript::new(40, 5);
+        t.process(b"$ \x1b]777;");
+        let chunk = vec![b'a'; 4096];
+        for _ in 0..(MAX_OSC_BYTES * 3 / chunk.len()) {
+            t.process(&chunk);
+        }
+        t.process(b"\x07ok\r\n\x1b]133;B\x1b\\");
+        let longest = t.parser.callbacks().longest_osc;
+        assert!(
+            (MAX_OSC_BYTES - 10..=MAX_OSC_BYTES + 10).contains(&longest),
+            "{longest}"
+        );
+        // What follows is shown and marked as usual.
+        assert_eq!(t.take_marks().len(), 1);
+        t.finish();
+        assert_eq!(t.transcript_text(), "$ ok\n");
+    }
+
+    #[test]
+    fn a_character_cut_between_chunks_keeps_the_line_break_after_it() {
+        // vte 0.15 alone, given "é" cut after its first byte and then "\nü", skips the
+        // line feed (it completes the character and consumes two bytes past it).
+        let text = "é\nü\r\nx€\n🌀y\r\n";
+        let whole = render(20, 5, &[text.as_bytes()]);
+        assert_eq!(whole, "é\n ü\nx€\n  🌀y\n");
+        let bytes = text.as_bytes();
+        for cut in 1..bytes.len() {
+            let (a, b) = bytes.split_at(cut);
+            assert_eq!(render(20, 5, &[a, b]), whole, "cut at {cut}");
+        }
+        let ones: Vec<&[u8]> = bytes.chunks(1).collect();
+        assert_eq!(render(20, 5, &ones), whole);
+        // A character never completed shows as nothing, as if the stream ended there.
+        assert_eq!(render(20, 5, &[b"ok\r\n\xe2\x82"]), "ok\n");
     }
 
     #[test]
