@@ -25,7 +25,10 @@
 //! shows the state at the commit point; rows scrolled out of a scroll region that does not
 //! start at the top row, rows removed by "delete line" at the top, and rows that scroll
 //! inside the alternate screen are not captured (the alternate screen is captured as
-//! frames only). The emulator's size is clamped to [`MAX_COLS`] x [`MAX_ROWS`].
+//! frames only). The emulator's size is clamped to [`MAX_COLS`] x [`MAX_ROWS`]; an OSC
+//! string (a window title, a shell's mark) is cut at [`MAX_OSC_BYTES`] before it reaches
+//! the emulator, whose parser would buffer it whole; the emulator is given whole
+//! characters only (a character cut between two chunks waits for its rest).
 //!
 //! The same emulator's screen also answers [`super::commands`] (the command line on
 //! screen when Enter is pressed): [`Transcript::screen`], [`Transcript::scrolled`] (rows
