@@ -30,10 +30,11 @@
 //! the emulator, whose parser would buffer it whole; the emulator is given whole
 //! characters only (a character cut between two chunks waits for its rest).
 //!
-//! The same emulator's screen also answers [`super::commands`] (the command line on
-//! screen when Enter is pressed): [`Transcript::screen`], [`Transcript::scrolled`] (rows
-//! scrolled off so far, to follow a position as the screen scrolls) and the shell's
-//! OSC 133 marks ([`Transcript::take_marks`]). Reading them costs a cursor lookup per
+//! The same emulator's screen also answers the command tracker (`recorder::commands`: the
+//! command line on screen when Enter is pressed): [`Transcript::screen`],
+//! [`Transcript::scrolled`] (rows scrolled off so far, to follow a position as the screen
+//! scrolls), the shell's OSC 133 marks ([`Transcript::take_marks`]) and a stop before
+//! each line feed ([`LineFeeds`]). Reading them costs a cursor lookup per
 //! keystroke and a row or two per Enter; a second emulator would double the deriver's
 //! dominant cost.
 
@@ -81,8 +82,8 @@ pub struct PromptMark {
 }
 
 /// Told of each line feed in the output just before the emulator applies it, with the
-/// screen as it stands: how [`super::commands`] reads a typed line at the echo of Enter.
-/// Stopping there changes nothing else: the transcript's commit points and the emulator's
+/// screen as it stands: how the command tracker (`recorder::commands`) reads a typed line
+/// at the echo of Enter. Stopping there changes nothing else: the transcript's commit points and the emulator's
 /// state are what they are without it.
 pub trait LineFeeds {
     /// Whether line feeds matter now (when not, the output goes through in one piece).
