@@ -30,6 +30,14 @@ pub struct Details {
     pub uids: Option<(u32, u32)>,
     /// The command name (kept by the kernel even for a zombie).
     pub comm: Option<String>,
+    /// The parent process.
+    pub ppid: Option<u32>,
+    /// The audit login uid (`None`: unset, 4294967295, or unreadable).
+    pub loginuid: Option<u32>,
+    /// The audit session id (`None`: unset or unreadable).
+    pub audit_session: Option<u32>,
+    /// The cgroup v2 path (`/proc/PID/cgroup`'s `0::` line).
+    pub cgroup: Option<String>,
 }
 
 impl Details {
@@ -55,6 +63,27 @@ pub fn parse_uids(status: &str) -> Option<(u32, u32)> {
     let line = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
     let mut ids = line.split_whitespace().map(str::parse::<u32>);
     Some((ids.next()?.ok()?, ids.next()?.ok()?))
+}
+
+/// The parent pid from `/proc/PID/status` (`PPid:\tN`).
+pub fn parse_ppid(status: &str) -> Option<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// An audit id file (`loginuid`, `sessionid`): a number, 4294967295 meaning unset.
+pub fn parse_audit_id(text: &str) -> Option<u32> {
+    text.trim().parse().ok().filter(|&v| v != u32::MAX)
+}
+
+/// `pid`'s cgroup v2 path alone (one small read; for deciding membership at exec).
+pub fn cgroup_of(pid: u32) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    super::cgroup::v2_path(&text).map(str::to_owned)
 }
 
 /// Reads `pid`'s details; `None` when its `/proc` directory is already gone.
@@ -90,8 +119,16 @@ pub fn read(pid: u32) -> Option<Details> {
     }
     details.exe = link("exe");
     details.cwd = link("cwd");
-    details.uids =
-        read_at("status", 16 * 1024).and_then(|s| parse_uids(&String::from_utf8_lossy(&s)));
+    if let Some(status) = read_at("status", 16 * 1024) {
+        let status = String::from_utf8_lossy(&status);
+        details.uids = parse_uids(&status);
+        details.ppid = parse_ppid(&status);
+    }
+    let small = |name: &str| read_at(name, 64).map(|t| String::from_utf8_lossy(&t).into_owned());
+    details.loginuid = small("loginuid").as_deref().and_then(parse_audit_id);
+    details.audit_session = small("sessionid").as_deref().and_then(parse_audit_id);
+    details.cgroup = read_at("cgroup", 4096)
+        .and_then(|t| super::cgroup::v2_path(&String::from_utf8_lossy(&t)).map(str::to_owned));
     details.comm = read_at("comm", 64).map(|c| String::from_utf8_lossy(&c).trim_end().to_owned());
     Some(details)
 }
@@ -114,6 +151,11 @@ mod tests {
             Some((65534, 0))
         );
         assert_eq!(parse_uids("Name:\tx\n"), None);
+        assert_eq!(parse_ppid("Name:\tx\nPPid:\t4242\nUid:\t0\n"), Some(4242));
+        assert_eq!(parse_ppid("PPid:\tx\n"), None);
+        assert_eq!(parse_audit_id("1000"), Some(1000));
+        assert_eq!(parse_audit_id("4294967295"), None, "unset");
+        assert_eq!(parse_audit_id("junk"), None);
     }
 
     #[test]
@@ -145,6 +187,11 @@ mod tests {
         let me = nix::unistd::getuid().as_raw();
         assert_eq!(d.uids, Some((me, nix::unistd::geteuid().as_raw())));
         assert_eq!(d.comm.as_deref(), Some("sh"));
+        assert_eq!(d.ppid, Some(std::process::id()));
+        assert!(
+            d.cgroup.as_deref().is_some_and(|c| c.starts_with('/')),
+            "{d:?}"
+        );
         child.kill().unwrap();
         // Killed but not yet reaped: a zombie, whose arguments are gone but whose name
         // and ids are still there (the audit records it as incomplete, never drops it).

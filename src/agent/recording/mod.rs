@@ -158,6 +158,9 @@ enum Rec {
     Resize(u64, u16, u16),
     Tunnel(u64, crate::recorder::event::Tunnel),
     Process(u64, crate::recorder::event::Process),
+    /// Programs of the session the command audit lost (the kernel's queue overflowed):
+    /// when (from, to), how many events at most, why.
+    AuditGap(u64, u64, u64, String),
     End(u64, Option<i32>, String),
     /// Input under `fail-closed`: the writer learns whether it was recorded before it
     /// types it.
@@ -221,6 +224,20 @@ impl Tap {
     /// the runtime's (the audit's reader).
     pub fn process_blocking(&self, process: crate::recorder::event::Process) {
         let _ = self.tx.blocking_send(Rec::Process(self.at(), process));
+    }
+
+    /// Records that the command audit lost up to `events` kernel events (of the whole
+    /// host; some may have been this session's) since session millisecond `from_ms`,
+    /// from the audit's reader thread. `verify` and the summary then call the recording
+    /// incomplete.
+    pub fn audit_gap_blocking(&self, from_ms: u64, events: u64, reason: &str) {
+        let at = self.at();
+        let _ = self.tx.blocking_send(Rec::AuditGap(
+            at,
+            from_ms.min(at),
+            events,
+            reason.to_owned(),
+        ));
     }
 
     /// Session milliseconds now (the clock of the recording's events).
@@ -574,6 +591,16 @@ fn apply(writer: &mut SpoolWriter, msg: Rec) -> bool {
         Rec::Resize(at, cols, rows) => (at, EventKind::Resize { cols, rows }),
         Rec::Tunnel(at, t) => (at, EventKind::Tunnel(t)),
         Rec::Process(at, p) => (at, EventKind::Process(p)),
+        Rec::AuditGap(at, from_ms, events, reason) => (
+            at,
+            EventKind::Gap {
+                from_ms,
+                to_ms: Some(at),
+                bytes: 0,
+                events,
+                reason,
+            },
+        ),
         Rec::End(at, exit_code, how) => (at, EventKind::End { exit_code, how }),
         Rec::Closed => return false, // turned into an end before it gets here
     };
