@@ -165,6 +165,10 @@ pub struct Process {
     /// The arguments at exec, secrets masked.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub argv: Vec<String>,
+    /// The argument area was longer than the agent reads (64 KiB): `argv` holds its
+    /// beginning.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub argv_truncated: bool,
     /// Arguments masked by the redaction rules.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub redactions: usize,

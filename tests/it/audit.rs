@@ -497,3 +497,93 @@ fn a_restarted_agent_ends_what_its_predecessors_sessions_left_running() {
     after.close();
     assert!(!instance.exists());
 }
+
+/// Two sessions of the same user at once: each one's programs are in its own recording
+/// only; an argument area too long to keep is cut and marked; a program whose file is
+/// deleted while it runs is recorded under the file's path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sessions_at_once_each_get_their_own_programs_only() {
+    use crate::agent::RunningAgent;
+    use crate::support::*;
+    use session_agent::recorder::event::ProcessPhase;
+    if !nix::unistd::geteuid().is_root() {
+        skipped("the command audit needs root before Linux 6.6; not root");
+        return;
+    }
+    let gw = Gateway::start(session_agent::gateway::GatewayConfig::default()).await;
+    let agent = RunningAgent::start(&gw, "audit-two-node").await;
+    let (sid_a, mut a) = open_shell(&gw, "audit-two-node").await;
+    let (sid_b, mut b) = open_shell(&gw, "audit-two-node").await;
+    for round in 0..3 {
+        a.type_text(&format!("sleep 0.0{round}1; echo a-$((100+{round}))\r"))
+            .await;
+        b.type_text(&format!("sleep 0.0{round}2; echo b-$((200+{round}))\r"))
+            .await;
+        a.expect(&format!("a-{}", 100 + round)).await;
+        b.expect(&format!("b-{}", 200 + round)).await;
+    }
+    // 100 KiB of arguments (the agent keeps 64 KiB), and a program whose file is gone.
+    a.type_text(
+        "/bin/sh -c 'sleep 0.3' $(head -c 102400 /dev/zero | tr '\\0' x); echo long-$((6*7))\r",
+    )
+    .await;
+    a.expect("long-42").await;
+    a.type_text("cp /bin/sleep /tmp/sa-gone-$$ && (/tmp/sa-gone-$$ 0.5 & sleep 0.1; rm /tmp/sa-gone-$$; wait); echo gone-$((6*7))\r")
+        .await;
+    a.expect("gone-42").await;
+    for c in [&mut a, &mut b] {
+        c.type_text("exit\r").await;
+        c.until_closed().await;
+    }
+    wait_status(&gw, &sid_a, "History", "Terminated").await;
+    wait_status(&gw, &sid_b, "History", "Terminated").await;
+    let (spool_a, spool_b) = (agent.spool(&sid_a), agent.spool(&sid_b));
+    ended_transcript(&spool_a).await;
+    ended_transcript(&spool_b).await;
+    let argvs = |spool: &std::path::Path| -> Vec<String> {
+        processes(spool)
+            .iter()
+            .filter(|p| p.phase == ProcessPhase::Exec)
+            .map(|p| p.argv.join(" "))
+            .collect()
+    };
+    let (in_a, in_b) = (argvs(&spool_a), argvs(&spool_b));
+    for round in 0..3 {
+        assert!(in_a.contains(&format!("sleep 0.0{round}1")), "{in_a:?}");
+        assert!(in_b.contains(&format!("sleep 0.0{round}2")), "{in_b:?}");
+        assert!(
+            !in_a.contains(&format!("sleep 0.0{round}2")),
+            "b's in a: {in_a:?}"
+        );
+        assert!(
+            !in_b.contains(&format!("sleep 0.0{round}1")),
+            "a's in b: {in_b:?}"
+        );
+    }
+    let found = processes(&spool_a);
+    let long = found
+        .iter()
+        .find(|p| p.argv.first().is_some_and(|a| a == "/bin/sh") && p.argv.len() > 2)
+        .expect("the long exec");
+    assert!(long.argv_truncated, "marked as cut");
+    assert!(
+        long.argv.iter().map(String::len).sum::<usize>() <= 64 * 1024,
+        "kept within the bound"
+    );
+    let gone = found
+        .iter()
+        .find(|p| {
+            p.argv
+                .first()
+                .is_some_and(|a| a.starts_with("/tmp/sa-gone-"))
+        })
+        .expect("the exec of the copied sleep");
+    assert!(
+        gone.executable
+            .as_deref()
+            .is_some_and(|e| e.contains("/tmp/sa-gone-")),
+        "{gone:?}"
+    );
+    agent.stop().await;
+    gw.stop().await;
+}
