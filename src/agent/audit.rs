@@ -419,7 +419,13 @@ impl Thread {
     /// What `pid` executes, read from `/proc` now, secrets masked; what could not be
     /// read (it was gone) filled from what the event stream says of it.
     fn exec_record(&mut self, pid: u32, ppid: u32) -> Process {
-        let details = procfs::read(pid).unwrap_or_default();
+        // The audit ids are read where they are not known from the parent (a session's
+        // first process, one found by its cgroup), and from a program that may have
+        // changed them (root, by writing its login uid).
+        let inherited = self.tracker.known(pid);
+        let read_ids =
+            inherited.audit_session.is_none() || inherited.uids.is_some_and(|(_, euid)| euid == 0);
+        let details = procfs::read(pid, read_ids).unwrap_or_default();
         self.tracker.learn(
             pid,
             tree::Known {
