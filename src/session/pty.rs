@@ -26,6 +26,11 @@
 //! the shell never starts with the agent's privileges. The shim keeps the process id,
 //! so the shell is still the session leader `portable-pty` created.
 //!
+//! Before it drops privileges the shim can also join the session's cgroup (`--cgroup
+//! DIR`: fatal when it fails, the session must not run outside) and set the session
+//! user's audit login uid (`--loginuid UID`: best effort; the kernel then gives the
+//! session a new audit session id), both for the command audit (`agent::audit`).
+//!
 //! # Processes, groups and ending a session
 //!
 //! The shell calls `setsid` before exec, so its process-group id and session id equal
@@ -40,8 +45,9 @@
 //! ignores SIGHUP or never touches the terminal survives all of that. So ending a
 //! session ([`Shell::terminate`], and `Drop`) SIGKILLs every process still in the
 //! shell's *session* (found through `/proc`), not only its group. Only a process that
-//! called `setsid` itself leaves the session and escapes; containing those needs a
-//! cgroup, which is the service manager's job. Killed children of the shell are
+//! called `setsid` itself leaves the session and escapes here; when the agent runs as
+//! root, the shim first moves the session into a cgroup of its own (`--cgroup`, see
+//! `audit::cgroup`), whose end reaches those too. Killed children of the shell are
 //! reparented to init (or a subreaper), which reaps them.
 //!
 //! The shell's pid is only a safe name while the shell is unreaped (a zombie pins its pid,
