@@ -425,7 +425,11 @@ impl Thread {
         let inherited = self.tracker.known(pid);
         let read_ids =
             inherited.audit_session.is_none() || inherited.uids.is_some_and(|(_, euid)| euid == 0);
-        let details = procfs::read(pid, read_ids).unwrap_or_default();
+        let want = procfs::Want {
+            status: inherited.uids.is_none() || ppid == 0,
+            audit_ids: read_ids,
+        };
+        let details = procfs::read(pid, want).unwrap_or_default();
         self.tracker.learn(
             pid,
             tree::Known {

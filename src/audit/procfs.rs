@@ -84,10 +84,28 @@ pub fn cgroup_of(pid: u32) -> Option<String> {
     super::cgroup::v2_path(&text).map(str::to_owned)
 }
 
-/// Reads `pid`'s details (the audit ids only with `audit_ids`: they are inherited, so a
-/// caller that knows the parent's need not read them for every exec; the command name
-/// only when the arguments are gone); `None` when its `/proc` directory is already gone.
-pub fn read(pid: u32, audit_ids: bool) -> Option<Details> {
+/// What [`read`] reads beyond the arguments, the executable and the working directory:
+/// what a caller following the fork tree already knows (inherited at fork, updated by
+/// the kernel's uid events) it need not read for every exec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Want {
+    /// Uids and parent (`status`, the costliest file to generate).
+    pub status: bool,
+    /// The audit login uid and session id.
+    pub audit_ids: bool,
+}
+
+impl Want {
+    /// Everything.
+    pub const ALL: Self = Self {
+        status: true,
+        audit_ids: true,
+    };
+}
+
+/// Reads `pid`'s details (see [`Want`]; the command name only when the arguments are
+/// gone); `None` when its `/proc` directory is already gone.
+pub fn read(pid: u32, want: Want) -> Option<Details> {
     use rustix::fs::{openat, readlinkat, Mode, OFlags, CWD};
     let dir: OwnedFd = openat(
         CWD,
@@ -119,12 +137,12 @@ pub fn read(pid: u32, audit_ids: bool) -> Option<Details> {
     }
     details.exe = link("exe");
     details.cwd = link("cwd");
-    if let Some(status) = read_at("status", 16 * 1024) {
+    if let Some(status) = want.status.then(|| read_at("status", 16 * 1024)).flatten() {
         let status = String::from_utf8_lossy(&status);
         details.uids = parse_uids(&status);
         details.ppid = parse_ppid(&status);
     }
-    if audit_ids {
+    if want.audit_ids {
         let small =
             |name: &str| read_at(name, 64).map(|t| String::from_utf8_lossy(&t).into_owned());
         details.loginuid = small("loginuid").as_deref().and_then(parse_audit_id);
@@ -172,7 +190,7 @@ mod tests {
         // Until its exec has happened, /proc shows the forked test binary.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         let d = loop {
-            let d = read(child.id(), true).unwrap();
+            let d = read(child.id(), Want::ALL).unwrap();
             if d.argv.first().is_some_and(|a| a == "/bin/sh")
                 || std::time::Instant::now() > deadline
             {
@@ -196,7 +214,7 @@ mod tests {
         // and ids are still there (the audit records it as incomplete, never drops it).
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         let zombie = loop {
-            let d = read(child.id(), true).unwrap();
+            let d = read(child.id(), Want::ALL).unwrap();
             if d.incomplete() || std::time::Instant::now() > deadline {
                 break d;
             }
@@ -205,6 +223,6 @@ mod tests {
         assert!(zombie.incomplete(), "{zombie:?}");
         assert_eq!(zombie.comm.as_deref(), Some("sh"));
         child.wait().unwrap();
-        assert_eq!(read(child.id(), true), None, "reaped: gone");
+        assert_eq!(read(child.id(), Want::ALL), None, "reaped: gone");
     }
 }
