@@ -3,7 +3,9 @@
 //! Owns the recording of a shell session: one timed [`Event`] stream (start, output,
 //! input, redaction markers, resizes, end), and the artefacts derived from it: a clean
 //! text transcript of what the user saw ([`transcript`]), an asciicast v2 file for replay
-//! ([`asciicast`]), and the raw stream itself as JSON lines ([`event`]).
+//! ([`asciicast`]), and the raw stream itself as JSON lines ([`event`]); read back, a
+//! recording's summary ([`summary`], `summary.json`) and its process audit as rows a
+//! reviewer reads ([`audit_table`], `session-agent audit`).
 //!
 //! **Pure:** no files, sockets or clocks. Times are parameters (`at_ms`, milliseconds
 //! since the session start, whose wall-clock time is [`StartInfo::started_unix_ms`]);
@@ -49,8 +51,10 @@
 //! not yet taken; events are returned, not kept.
 
 pub mod asciicast;
+pub mod audit_table;
 pub mod event;
 pub mod playback;
+pub mod summary;
 pub mod transcript;
 
 pub use asciicast::{asciicast_header, asciicast_line, AsciicastEncoder};

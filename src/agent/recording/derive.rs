@@ -19,6 +19,7 @@
 
 use super::{RebuildError, Rebuilt, Summary, BATCH, DEFAULT_HEADROOM, INTERRUPTED};
 use crate::delivery::cwl::{self, redacted_marker, render_input, Direction, StreamRecord};
+use crate::recorder::summary::{SpoolSummary, SummaryBuilder};
 use crate::recorder::{Event, EventKind, Recorder, StartInfo};
 use crate::spool::format::{self as spool, Chain};
 use crate::spool::layout::{owner_only, Paths, EVENTS_FILE, STREAM_FILE};
@@ -184,6 +185,9 @@ pub(super) struct Deriver {
     /// Set while a derived file has no room (the writer then records a gap).
     stalled: Arc<AtomicBool>,
     summary: Summary,
+    /// The session's summary (`summary.json`), fed every event derived. The commands-as-
+    /// typed finder counts into it with `session_summary.count_command()`.
+    session_summary: SummaryBuilder,
     progress: watch::Sender<u64>,
 }
 
@@ -192,7 +196,9 @@ impl Deriver {
     /// `files`; `progress` tells the streamer how far the stream queue is written.
     pub(super) fn new(start: StartInfo, files: DerivedFiles, progress: watch::Sender<u64>) -> Self {
         let started_unix_ms = start.started_unix_ms;
+        let session_summary = SummaryBuilder::new(&start);
         let mut deriver = Self {
+            session_summary,
             rec: Recorder::new(start).forget_taken_lines(),
             files,
             started_unix_ms,
@@ -246,6 +252,7 @@ impl Deriver {
     /// with chain value `chain`).
     pub(super) fn derive(&mut self, event: &Event, records: u64, chain: Chain) {
         (self.records, self.chain) = (records, chain);
+        self.session_summary.push(event);
         if matches!(event.kind, EventKind::Start(_)) {
             // Its header is written by `new`.
             return;
@@ -320,6 +327,12 @@ impl Deriver {
         if self.summary.error.is_none() {
             self.summary.error.clone_from(&written.error);
         }
+        let spool = SpoolSummary {
+            records: written.spool_records,
+            chain_head: written.spool_head.clone(),
+        };
+        let problems: Vec<String> = self.summary.error.iter().cloned().collect();
+        self.summary.session = Some(self.session_summary.finish(spool, &problems));
         self.summary
     }
 
@@ -815,7 +828,7 @@ pub fn rebuild(paths: &Paths, streaming: bool) -> Result<Rebuilt, RebuildError> 
     if let Some(e) = summary.error.take() {
         return Err(Transient(e));
     }
-    super::note_spool_end(paths, &summary);
+    super::note_end(paths, &mut summary);
     Ok(Rebuilt {
         summary,
         interrupted: !was_ended,
