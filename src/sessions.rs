@@ -501,15 +501,26 @@ pub fn table(listed: &[Listed]) -> String {
 
 /// One JSON object per recording (see `sessions --help`).
 pub fn json_line(l: &Listed) -> String {
-    let mut v = match &l.info {
-        Ok(i) => serde_json::to_value(i).unwrap_or_default(),
-        Err(e) => serde_json::json!({"status": "unreadable", "error": e}),
-    };
-    if let Some(obj) = v.as_object_mut() {
-        obj.insert("dir".into(), l.dir.display().to_string().into());
-        obj.insert("quarantined".into(), l.quarantined.into());
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Row<'a> {
+        #[serde(flatten, skip_serializing_if = "Option::is_none")]
+        info: Option<&'a Info>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        status: Option<&'static str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<&'a str>,
+        dir: String,
+        quarantined: bool,
     }
-    v.to_string()
+    let row = Row {
+        info: l.info.as_ref().ok(),
+        status: l.info.is_err().then_some("unreadable"),
+        error: l.info.as_ref().err().map(String::as_str),
+        dir: l.dir.display().to_string(),
+        quarantined: l.quarantined,
+    };
+    serde_json::to_string(&row).unwrap_or_default()
 }
 
 /// `session-agent sessions` options.

@@ -57,6 +57,8 @@ pub enum End {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ProcessRow {
+    /// When (RFC 3339 UTC, milliseconds).
+    pub time: String,
     /// Session milliseconds of the exec.
     pub at_ms: u64,
     /// Unix milliseconds of the exec.
@@ -103,6 +105,8 @@ pub struct ProcessRow {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ExitRow {
+    /// When (RFC 3339 UTC, milliseconds).
+    pub time: String,
     /// Session milliseconds of the exit.
     pub at_ms: u64,
     /// Unix milliseconds of the exit.
@@ -127,6 +131,8 @@ pub struct ExitRow {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct GapRow {
+    /// When (RFC 3339 UTC, milliseconds).
+    pub time: String,
     /// Session milliseconds of the record.
     pub at_ms: u64,
     /// Unix milliseconds of the record.
@@ -148,6 +154,8 @@ pub struct GapRow {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CommandRow {
+    /// When (RFC 3339 UTC, milliseconds).
+    pub time: String,
     /// Session milliseconds of the Enter key.
     pub at_ms: u64,
     /// Unix milliseconds.
@@ -226,6 +234,10 @@ impl AuditTable {
         self.started_unix_ms.saturating_add(at_ms)
     }
 
+    fn time(&self, at_ms: u64) -> String {
+        crate::timefmt::rfc3339(self.unix(at_ms), true)
+    }
+
     /// Takes one event; the rows ready.
     pub fn push(&mut self, event: &Event) -> Vec<Entry> {
         let at = event.at_ms;
@@ -241,6 +253,7 @@ impl AuditTable {
                 events,
                 reason,
             } => self.add(Entry::Gap(GapRow {
+                time: self.time(at),
                 at_ms: at,
                 time_unix_ms: self.unix(at),
                 from_ms: *from_ms,
@@ -257,6 +270,7 @@ impl AuditTable {
     /// Takes a command line typed at `at_ms`; the rows ready.
     pub fn push_command(&mut self, at_ms: u64, command_line: String) -> Vec<Entry> {
         self.add(Entry::Command(CommandRow {
+            time: self.time(at_ms),
             at_ms,
             time_unix_ms: self.unix(at_ms),
             command_line,
@@ -299,6 +313,7 @@ impl AuditTable {
             }
         }
         let row = ProcessRow {
+            time: self.time(at),
             at_ms: at,
             time_unix_ms: self.unix(at),
             pid: p.pid,
@@ -342,6 +357,7 @@ impl AuditTable {
         if joined.is_none() {
             let exec_recorded = self.early.remove(&p.pid);
             self.add(Entry::Exit(ExitRow {
+                time: self.time(at),
                 at_ms: at,
                 time_unix_ms: self.unix(at),
                 pid: p.pid,
@@ -436,31 +452,24 @@ pub const TABLE_HEADER: &str = "TIME                      PID     PPID  USER    
 pub type Names<'a> = &'a mut dyn FnMut(u32) -> Option<String>;
 
 impl Entry {
-    /// When it happened (Unix ms).
-    pub fn time_unix_ms(&self) -> u64 {
+    /// When it happened (RFC 3339).
+    pub fn time(&self) -> &str {
         match self {
-            Entry::Process(r) => r.time_unix_ms,
-            Entry::Exit(r) => r.time_unix_ms,
-            Entry::Gap(r) => r.time_unix_ms,
-            Entry::Command(r) => r.time_unix_ms,
+            Entry::Process(r) => &r.time,
+            Entry::Exit(r) => &r.time,
+            Entry::Gap(r) => &r.time,
+            Entry::Command(r) => &r.time,
         }
     }
 
-    /// One JSON object (no newline). Entries with an exit with a `time` field: RFC 3339.
+    /// One JSON object (no newline), `type` and `time` first.
     pub fn to_json_line(&self) -> String {
-        let mut v = serde_json::to_value(self).unwrap_or_default();
-        if let Some(obj) = v.as_object_mut() {
-            obj.insert(
-                "time".into(),
-                crate::timefmt::rfc3339(self.time_unix_ms(), true).into(),
-            );
-        }
-        v.to_string()
+        serde_json::to_string(self).unwrap_or_default()
     }
 
     /// One line of the table (see [`TABLE_HEADER`]); `names` turns uids into user names.
     pub fn table_line(&self, names: Names<'_>) -> String {
-        let time = crate::timefmt::rfc3339(self.time_unix_ms(), true);
+        let time = self.time();
         match self {
             Entry::Process(r) => {
                 let user = user_column(r.uid, r.euid, names);
@@ -600,7 +609,8 @@ pub fn escape(text: &str) -> String {
 }
 
 /// An argument as a shell would need it typed (quoted when it holds spaces or shell
-/// characters), then [`escape`]d.
+/// characters: in double quotes when that needs no backslash, else in single quotes),
+/// then [`escape`]d.
 fn quote(arg: &str) -> String {
     let plain = !arg.is_empty()
         && arg.chars().all(|c| {
@@ -612,6 +622,8 @@ fn quote(arg: &str) -> String {
         });
     if plain {
         escape(arg)
+    } else if arg.contains('\'') && !arg.contains(['"', '$', '`', '\\', '!']) {
+        escape(&format!("\"{arg}\""))
     } else {
         escape(&format!("'{}'", arg.replace('\'', r"'\''")))
     }
@@ -805,6 +817,9 @@ mod tests {
         assert_eq!(json["durationMs"], 1000);
         assert_eq!(json["redactions"], 1);
         assert_eq!(json["time"], "2023-11-14T22:13:20.010Z");
+        assert!(out[0]
+            .to_json_line()
+            .starts_with(r#"{"type":"process","time":"#));
         assert_eq!(json["timeUnixMs"], 1_700_000_000_010_u64);
     }
 
@@ -853,7 +868,8 @@ mod tests {
         assert_eq!(status(None, Some(64)), "signal 64");
         assert_eq!(status(None, None), "?");
         assert_eq!(escape("a\\b\u{9b}c\n"), r"a\b\x{9b}c\n");
-        assert_eq!(quote("it's"), r"'it'\''s'");
+        assert_eq!(quote("it's"), r#""it's""#);
+        assert_eq!(quote("it's $HOME"), r"'it'\''s $HOME'");
         assert_eq!(quote(""), "''");
         assert_eq!(quote("-p[redacted]"), "-p[redacted]");
     }

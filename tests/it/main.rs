@@ -24,5 +24,6 @@ mod recovery;
 mod reliability;
 mod resources;
 mod service;
+mod sessions;
 mod support;
 mod trust;
