@@ -60,7 +60,10 @@ fn resolve(file: &Path, state: &StateDirArg) -> Result<PathBuf, String> {
     match file.to_str() {
         Some(arg) => locate_spool(arg, &state.recordings()),
         None if file.is_dir() => Ok(file.join(crate::spool::layout::EVENTS_FILE)),
-        None => Err(format!("{}: no such file or directory", file.display())),
+        None => Err(format!(
+            "cannot open {}: no such file or directory",
+            file.display()
+        )),
     }
 }
 

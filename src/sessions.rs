@@ -39,8 +39,8 @@ const QUARANTINE_DIR: &str = "quarantine";
 pub struct StateDirArg {
     /// The agent's state directory, where session ids are looked up
     /// (STATE_DIR/recordings/ID) [default: as `run`: /var/lib/session-agent as root,
-    /// else $XDG_STATE_HOME/session-agent; `dev` keeps its agent's under
-    /// STATE_DIR/dev/agent].
+    /// else $XDG_STATE_HOME/session-agent; `dev` run by a user records under
+    /// $XDG_STATE_HOME/session-agent/dev/agent: give that].
     #[arg(long, env = "SESSION_AGENT_STATE_DIR", value_name = "STATE_DIR")]
     pub state_dir: Option<PathBuf>,
 }
@@ -96,7 +96,7 @@ pub fn locate(arg: &str, recordings: &Path) -> Result<PathBuf, String> {
         return Ok(path.to_owned());
     }
     if arg.contains(['/', '\\']) {
-        return Err(format!("{arg}: no such file or directory"));
+        return Err(format!("cannot open {arg}: no such file or directory"));
     }
     check_id(arg)?;
     let dir = recordings.join(arg);

@@ -359,7 +359,7 @@ impl SummaryBuilder {
     fn note_gap_reason(&mut self, reason: &str) {
         let reasons = &mut self.s.gaps.reasons;
         let reason = cut(reason.trim(), MAX_REASON_BYTES);
-        if reasons.iter().any(|r| *r == reason) {
+        if reasons.contains(&reason) {
             return;
         }
         if reasons.len() < MAX_GAP_REASONS {

@@ -40,10 +40,9 @@ async fn summary(dir: &Path) -> Value {
     let path = dir.join("summary.json");
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        if let Ok(v) = std::fs::read(&path).map(|b| serde_json::from_slice::<Value>(&b)) {
-            if let Ok(v) = v {
-                return v;
-            }
+        let read = std::fs::read(&path).map(|b| serde_json::from_slice::<Value>(&b));
+        if let Ok(Ok(v)) = read {
+            return v;
         }
         assert!(
             tokio::time::Instant::now() < deadline,

@@ -428,9 +428,10 @@ impl Recording {
         tokio::spawn(async move {
             let summary = derive::follow(Follower::new(deriver, tail), progress).await;
             let summary = tokio::task::spawn_blocking(move || {
+                // Shown live until the summary is written (the end of this closure).
+                let _live = live;
                 let mut summary = summary;
                 note_end(&summary_paths, &mut summary);
-                drop(live);
                 summary
             })
             .await
@@ -474,7 +475,7 @@ pub struct PendingSummary {
 
 #[derive(Debug)]
 enum Pending {
-    Ready(Summary),
+    Ready(Box<Summary>),
     Deriving(oneshot::Receiver<Summary>),
 }
 
@@ -488,7 +489,7 @@ impl PendingSummary {
     pub fn ready(paths: Paths, summary: Summary) -> Self {
         Self {
             paths,
-            inner: Pending::Ready(summary),
+            inner: Pending::Ready(Box::new(summary)),
         }
     }
 
@@ -496,7 +497,7 @@ impl PendingSummary {
     /// `session.json` and wrote `summary.json`).
     pub async fn wait(self) -> Summary {
         match self.inner {
-            Pending::Ready(summary) => summary,
+            Pending::Ready(summary) => *summary,
             Pending::Deriving(done) => done.await.unwrap_or_else(|_| Summary::deriver_stopped()),
         }
     }
