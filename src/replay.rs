@@ -683,7 +683,7 @@ pub fn audit(args: &AuditArgs, out: &mut impl Write) -> Result<(), String> {
         if let Some(None) = failure {
             w(
                 out,
-                "note: the last record was cut short (a crash mid-write); it is not shown",
+                "note: the last record is incomplete (being written now, or a crash cut it short); it is not shown",
             )?;
         }
     }

@@ -8,7 +8,8 @@
 //! recover, has no summary yet — and from the live mark ([`is_live`]) for which of the
 //! two it is. Never more: at most [`SPOOL_HEAD_BYTES`] of each spool and
 //! [`SMALL_FILE_BYTES`] of each small file are read, so listing costs the same whatever
-//! the recordings' sizes. Quarantined recordings (`<state>/quarantine/`) are listed too.
+//! the recordings' sizes (what is kept to sort them is a few hundred bytes a recording).
+//! Quarantined recordings (`<state>/quarantine/`) are listed too.
 //!
 //! A directory that is not a recording, or cannot be read, is listed as unreadable with
 //! the reason (whatever the filters: it cannot be ruled out); nothing in a recording

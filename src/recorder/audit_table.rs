@@ -17,7 +17,8 @@
 //! counted, plus [`ROW_OVERHEAD`] each), the oldest is handed out as still running at
 //! that point ([`End::Running`]) and its exit, when it comes, is an [`ExitRow`]. So a
 //! long-lived shell in a session of a million processes costs the window, not the
-//! session.
+//! session. Beyond the window, what is kept is a pid per process handed out before its
+//! exit and still alive (at most [`EARLY_MAX`]).
 //!
 //! ## Output
 //!
@@ -35,6 +36,10 @@ use std::collections::{HashMap, HashSet, VecDeque};
 pub const WINDOW_BYTES: usize = 8 * 1024 * 1024;
 /// What a waiting row counts for beyond its text.
 pub const ROW_OVERHEAD: usize = 256;
+/// Processes remembered as handed out before their exit (for [`ExitRow::exec_recorded`]);
+/// beyond it (more processes alive at once than any kernel's `pid_max` allows, so only
+/// from a crafted spool) their exits say `execRecorded: false`.
+pub const EARLY_MAX: usize = 1 << 22;
 
 /// How a process's row ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -413,7 +418,9 @@ impl AuditTable {
                 if row.end == End::Running {
                     // Handed out before its exit: the exit will be a row of its own.
                     self.open.remove(&row.pid);
-                    self.early.insert(row.pid);
+                    if self.early.len() < EARLY_MAX {
+                        self.early.insert(row.pid);
+                    }
                 }
             }
             out.push(entry);

@@ -251,6 +251,18 @@ async fn a_real_sessions_summary_listing_audit_and_id_lookup() {
     let (code, out, _) = tool(&state, &["verify", "no-such-session"]).await;
     assert_eq!(code, Some(2), "{out}");
 
+    // A spool altered in its middle: what comes before is printed, then the error.
+    let broken = state.join("broken.spool");
+    let mut bytes = std::fs::read(dir.join("events.spool")).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x20;
+    std::fs::write(&broken, bytes).unwrap();
+    let (code, out, err) = tool(&state, &["audit", broken.to_str().unwrap()]).await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.starts_with("session "), "{out}");
+    assert!(err.contains("session-agent verify"), "{err}");
+    std::fs::remove_file(&broken).unwrap();
+
     // A crash left a recording behind (no summary, no live mark): interrupted, not
     // recovered yet. A foreign directory: unreadable, with why.
     let copy = state.join("recordings").join("copy-of-it");

@@ -202,3 +202,32 @@ fn settle(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_destination_settles_delivered_failed_or_not_attempted() {
+        let pending = || Some(DestinationDelivery::default());
+        let mut d = pending();
+        settle(&mut d, Some(&Ok(())), &[]);
+        assert_eq!(d.as_ref().map(|d| d.state), Some(DeliveryState::Delivered));
+        let mut d = pending();
+        settle(&mut d, Some(&Err("denied".into())), &[]);
+        let d = d.unwrap();
+        assert_eq!(
+            (d.state, d.error.as_deref()),
+            (DeliveryState::Failed, Some("denied"))
+        );
+        let mut d = pending();
+        settle(&mut d, None, &["no AWS region".into()]);
+        let d = d.unwrap();
+        assert_eq!(d.state, DeliveryState::Failed);
+        assert_eq!(d.error.as_deref(), Some("not attempted: no AWS region"));
+        // A destination not configured stays absent.
+        let mut none = None;
+        settle(&mut none, Some(&Ok(())), &[]);
+        assert!(none.is_none());
+    }
+}
