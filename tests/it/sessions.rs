@@ -65,8 +65,10 @@ async fn a_real_sessions_summary_listing_audit_and_id_lookup() {
     let agent = RunningAgent::start(&gw, "read-node").await;
     let state = agent.state_dir().to_owned();
     let (sid, mut client) = open_shell(&gw, "read-node").await;
+    // The programs whose rows are checked live long enough for their details to be read
+    // (one that ends within microseconds may be recorded without them, by design).
     client
-        .type_text("sh -c \"true; sh -c 'exit 7'\"; echo seven-$?\r")
+        .type_text("sh -c \"sleep 0.1; sh -c 'sleep 0.2; exit 7'\"; echo seven-$?\r")
         .await;
     client.expect("seven-7").await;
     // Typed with echo off: withheld, counted.
@@ -149,7 +151,7 @@ async fn a_real_sessions_summary_listing_audit_and_id_lookup() {
         "{said} / {s}"
     );
     if root {
-        // true, sh (exit 7), printf is a builtin; stty twice.
+        // sleep twice, sh (exit 7), stty twice (printf is a builtin).
         assert!(s["processes"]["executed"].as_u64().unwrap() >= 4, "{s}");
         assert!(s["processes"]["exited"].as_u64().unwrap() >= 4, "{s}");
         assert!(
@@ -208,7 +210,7 @@ async fn a_real_sessions_summary_listing_audit_and_id_lookup() {
     if root {
         let row = out
             .lines()
-            .find(|l| l.ends_with("sh -c 'exit 7'"))
+            .find(|l| l.ends_with("sh -c 'sleep 0.2; exit 7'"))
             .unwrap_or_else(|| panic!("{out}"));
         assert!(row.contains("exit 7"), "{row}");
         assert!(row.contains("ssm-user"), "{row}");
@@ -218,7 +220,8 @@ async fn a_real_sessions_summary_listing_audit_and_id_lookup() {
         let seven = entries
             .iter()
             .find(|e| {
-                e["type"] == "process" && e["argv"] == serde_json::json!(["sh", "-c", "exit 7"])
+                e["type"] == "process"
+                    && e["argv"] == serde_json::json!(["sh", "-c", "sleep 0.2; exit 7"])
             })
             .unwrap_or_else(|| panic!("{out}"));
         assert_eq!(seven["exitCode"], 7);
@@ -227,7 +230,7 @@ async fn a_real_sessions_summary_listing_audit_and_id_lookup() {
         assert!(seven["time"].as_str().is_some_and(|t| t.ends_with('Z')));
         let outer = entries
             .iter()
-            .find(|e| e["argv"][2] == "true; sh -c 'exit 7'")
+            .find(|e| e["argv"][2] == "sleep 0.1; sh -c 'sleep 0.2; exit 7'")
             .unwrap_or_else(|| panic!("{out}"));
         assert_eq!(seven["ppid"], outer["pid"], "joined by pid: {out}");
         assert!(entries.iter().all(|e| e["type"] != "gap"));
