@@ -552,7 +552,8 @@ this host. Text the session controls (arguments, directories) is shown with cont
 characters escaped (\\x{1b}).
 
 --json: one object per line, with \"type\": \"process\" (time, timeUnixMs, atMs, pid, \
-ppid, uid, euid, cwd, executable, argv, redactions, detailsUnavailable, end: \
+ppid, uid, euid, cwd, executable, argv, argvTruncated, redactions, loginUid, \
+auditSession, detailsUnavailable, end: \
 exited|signaled|replaced|running|unknown, exitCode, signal, durationMs), \"exit\" (time, \
 timeUnixMs, atMs, pid, exitCode, signal, durationMs, execRecorded), or \"gap\" (time, \
 timeUnixMs, atMs, fromMs, toMs — absent where the gap begins —, bytes, events, reason). \

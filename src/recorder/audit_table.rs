@@ -87,9 +87,18 @@ pub struct ProcessRow {
     pub executable: Option<String>,
     /// Arguments, secrets masked.
     pub argv: Vec<String>,
+    /// The argument area was longer than the agent reads: `argv` is its beginning.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub argv_truncated: bool,
     /// Arguments masked.
     #[serde(skip_serializing_if = "is_zero")]
     pub redactions: usize,
+    /// The audit login uid (auditd's `auid`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub login_uid: Option<u32>,
+    /// The kernel's audit session id (auditd's `ses`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit_session: Option<u32>,
     /// Why the details are missing.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub details_unavailable: Option<String>,
@@ -328,7 +337,10 @@ impl AuditTable {
             cwd: p.cwd.clone(),
             executable: p.executable.clone(),
             argv: p.argv.clone(),
+            argv_truncated: p.argv_truncated,
             redactions: p.redactions,
+            login_uid: p.login_uid,
+            audit_session: p.audit_session,
             details_unavailable: p.details_unavailable.clone(),
             // Until its exit is read.
             end: End::Running,
@@ -498,6 +510,9 @@ impl Entry {
                 };
                 if let Some(why) = &r.details_unavailable {
                     command = format!("[details unavailable: {}] {command}", escape(why));
+                }
+                if r.argv_truncated {
+                    command.push_str(" [arguments cut: longer than the agent reads]");
                 }
                 format!(
                     "{time:<25} {:>7} {ppid:>7}  {user:<16}  {exit:<13}  {duration:>8}  {cwd:<20}  {command}",
@@ -671,6 +686,9 @@ mod tests {
                 argv: argv.iter().map(|a| (*a).to_owned()).collect(),
                 redactions: 0,
                 details_unavailable: None,
+                argv_truncated: false,
+                login_uid: None,
+                audit_session: None,
                 exit_code: None,
                 signal: None,
                 duration_ms: None,
@@ -693,6 +711,9 @@ mod tests {
                 argv: Vec::new(),
                 redactions: 0,
                 details_unavailable: None,
+                argv_truncated: false,
+                login_uid: None,
+                audit_session: None,
                 exit_code: code,
                 signal,
                 duration_ms: Some(1000),
@@ -802,6 +823,8 @@ mod tests {
         if let EventKind::Process(p) = &mut e.kind {
             p.euid = Some(0);
             p.redactions = 1;
+            p.argv_truncated = true;
+            p.audit_session = Some(12);
         }
         t.push(&e);
         let out = t.push(&exit(10, None, Some(9)));
@@ -812,6 +835,10 @@ mod tests {
         assert!(line.contains("'two words'"), "{line}");
         assert!(line.contains("1000/root"), "{line}");
         assert!(line.contains("signal 9 (KILL)"), "{line}");
+        assert!(
+            line.ends_with("[arguments cut: longer than the agent reads]"),
+            "{line}"
+        );
         assert!(line.starts_with("2023-11-14T22:13:20.010Z"), "{line}");
         let json: serde_json::Value = serde_json::from_str(&out[0].to_json_line()).unwrap();
         assert_eq!(json["type"], "process");
@@ -823,6 +850,8 @@ mod tests {
         assert_eq!(json["signal"], 9);
         assert_eq!(json["durationMs"], 1000);
         assert_eq!(json["redactions"], 1);
+        assert_eq!(json["argvTruncated"], true);
+        assert_eq!(json["auditSession"], 12);
         assert_eq!(json["time"], "2023-11-14T22:13:20.010Z");
         assert!(out[0]
             .to_json_line()
@@ -847,6 +876,9 @@ mod tests {
                 argv: Vec::new(),
                 redactions: 0,
                 details_unavailable: Some("exited-before-read".into()),
+                argv_truncated: false,
+                login_uid: None,
+                audit_session: None,
                 exit_code: None,
                 signal: None,
                 duration_ms: None,
