@@ -69,22 +69,41 @@ pub enum Command {
     /// `session-manager-plugin`, so the AWS CLI can use it as its plugin.
     #[command(after_long_help = crate::client::CONNECT_AFTER_HELP, after_help = crate::client::EXIT_CODES_HELP)]
     Connect(crate::client::ConnectArgs),
+    /// List the recordings on this machine, newest first: session, owner, run-as user,
+    /// start, duration, status (live, ended, interrupted, incomplete) and delivery.
+    ///
+    /// Filter with --since/--until (RFC 3339 or 2h, 7d) and --user; --json for one
+    /// object per line. The IDs it shows are what `audit`, `transcript`, `replay` and
+    /// `verify` take.
+    Sessions(crate::sessions::SessionsArgs),
+    /// Print what a recorded session ran, from the kernel's process events: every
+    /// program with its arguments (secrets masked), user, working directory, exit
+    /// status or signal and duration, and the recording's gaps; --json for one object
+    /// per line.
+    ///
+    /// ID is a session id (as `session-agent sessions` lists them), or DIR a
+    /// recording's directory or events.spool.
+    Audit(crate::replay::AuditArgs),
     /// Play a session recording in this terminal with its original timing.
     ///
-    /// FILE is a recording's raw stream (STATE_DIR/recordings/ID/events.spool) or its
-    /// asciicast (ID.cast, also what S3 holds). The recorded output is written to the
-    /// terminal as it was (escape sequences included): replay only recordings you trust.
+    /// FILE is a session id (as `session-agent sessions` lists them), a recording's
+    /// directory or raw stream (STATE_DIR/recordings/ID/events.spool), or its asciicast
+    /// (ID.cast, also what S3 holds). The recorded output is written to the terminal as
+    /// it was (escape sequences included): replay only recordings you trust.
     Replay(crate::replay::ReplayArgs),
     /// Print the clean text of a session recording (what the user saw: no escape codes,
     /// full-screen programs as `--- screen ---` blocks).
     ///
-    /// FILE is events.spool or a .cast, as for `replay`.
+    /// FILE is a session id, a recording's directory, events.spool or a .cast, as for
+    /// `replay`.
     Transcript(crate::replay::TranscriptArgs),
     /// Check a recording's spool: every record's checksum, the hash chain (each record's
     /// digest covers the one before), and the event sequence (no gaps).
     ///
-    /// Prints the chain head, to compare with a copy kept elsewhere. Exit status: 0
-    /// intact, 1 altered / corrupt / gap (the first one is named), 2 unreadable.
+    /// SOURCE is a session id, a recording's directory or spool, or a copy in S3 or
+    /// CloudWatch Logs. Prints the chain head, to compare with a copy kept elsewhere.
+    /// Exit status: 0 intact, 1 altered / corrupt / gap (the first one is named), 2
+    /// unreadable.
     Verify(crate::replay::VerifyArgs),
     /// Install, remove, start or stop the agent as a Windows service (LocalSystem,
     /// automatic start, restarted on failure; state and configuration under

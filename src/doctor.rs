@@ -161,6 +161,8 @@ pub async fn run(
     };
     report.add(Status::Ok, "configuration", format!("valid ({source})"));
     privileges(&mut report);
+    #[cfg(target_os = "linux")]
+    command_audit(&mut report, config);
     recordings(&mut report, config).await;
     let loaded = endpoint(&mut report, config).await;
     let destinations = match &args.document {
@@ -242,6 +244,73 @@ fn privileges(report: &mut Report) {
             "privileges",
             format!("not running as {privileged}: sessions would run as this user, RunAs and ssm-user are unavailable"),
             run_privileged,
+        );
+    }
+}
+
+/// The command audit's two kernel facilities: the process events connector, and a
+/// cgroup v2 the agent can make its sessions' cgroups in. Nothing is created.
+#[cfg(target_os = "linux")]
+fn command_audit(report: &mut Report, config: &AgentConfig) {
+    if !config.command_audit {
+        report.add(Status::Ok, "command audit", "off (command_audit = \"off\")");
+        return;
+    }
+    match crate::audit::cn_proc::Listener::subscribe(std::time::Duration::from_secs(1)) {
+        Ok(_) => report.add(
+            Status::Ok,
+            "command audit",
+            "the kernel's process events are readable: every program sessions run is recorded",
+        ),
+        Err(e) => report.fix(
+            Status::Warn,
+            "command audit",
+            e.to_string(),
+            "run the agent as root (before Linux 6.6 the process events need CAP_NET_ADMIN) on a kernel with CONFIG_PROC_EVENTS",
+        ),
+    }
+    let mount = std::fs::read_to_string("/proc/self/mountinfo")
+        .ok()
+        .and_then(|m| crate::audit::cgroup::cgroup2_mount(&m));
+    let Some(mount) = mount else {
+        report.fix(
+            Status::Warn,
+            "session cgroups",
+            "no cgroup v2 file system is mounted: processes that call setsid can outlive their session",
+            "mount one (mount -t cgroup2 none /sys/fs/cgroup/unified) or boot with systemd.unified_cgroup_hierarchy",
+        );
+        return;
+    };
+    if !crate::platform::is_privileged() {
+        report.fix(
+            Status::Warn,
+            "session cgroups",
+            "not root: sessions get no cgroup of their own",
+            "run the agent as root (the systemd unit does)",
+        );
+        return;
+    }
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let own = crate::audit::cgroup::v2_path(&own)
+        .unwrap_or("/")
+        .trim_start_matches('/');
+    let parent = if own.is_empty() {
+        mount.clone()
+    } else {
+        mount.join(own)
+    };
+    if rustix::fs::access(&parent, rustix::fs::Access::WRITE_OK).is_ok() {
+        report.add(
+            Status::Ok,
+            "session cgroups",
+            format!("each session gets a cgroup under {}", parent.display()),
+        );
+    } else {
+        report.fix(
+            Status::Warn,
+            "session cgroups",
+            format!("{} is not writable", parent.display()),
+            "under systemd the unit needs Delegate=yes (the shipped unit has it)",
         );
     }
 }

@@ -65,8 +65,11 @@
 //!   recording directory's layout (`spool::layout`: file names, the sinks' ack files, the
 //!   atomic owner-only write), shared by `agent::recording`, which writes the recording,
 //!   and `delivery`, which acknowledges what it sent.
-//! * [`replay`] — `session-agent replay`, `transcript` and `verify` (file, S3 and
-//!   terminal I/O over `recorder::playback` and [`spool`]).
+//! * [`replay`] — `session-agent replay`, `transcript`, `verify` and `audit` (file, S3
+//!   and terminal I/O over `recorder::playback`, `recorder::audit_table` and [`spool`]).
+//! * [`sessions`] — `session-agent sessions` (the local recordings, from their
+//!   `summary.json` or the head of their spool) and the lookup of a recording by session
+//!   id that `replay`, `transcript`, `verify` and `audit` share.
 //! * [`client`] — `session-agent connect`: an interactive terminal client that can stand in
 //!   for session-manager-plugin.
 //! * [`ssm`] — the few SSM API calls (StartSession, ResumeSession, TerminateSession for
@@ -134,6 +137,7 @@ pub mod protocol;
 pub mod recorder;
 pub mod replay;
 pub mod session;
+pub mod sessions;
 pub mod sign;
 pub mod spool;
 pub mod ssm;

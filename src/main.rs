@@ -214,6 +214,23 @@ async fn dispatch(
         Command::Verify(args) => ExitCode::from(
             session_agent::replay::verify(&args, &mut std::io::stdout().lock()).await,
         ),
+        Command::Sessions(args) => {
+            let now = session_agent::timefmt::unix_ms(std::time::SystemTime::now());
+            match tokio::task::block_in_place(|| {
+                session_agent::sessions::sessions(&args, now, &mut std::io::stdout().lock())
+            }) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => failure(&e),
+            }
+        }
+        Command::Audit(args) => {
+            match tokio::task::block_in_place(|| {
+                session_agent::replay::audit(&args, &mut std::io::stdout().lock())
+            }) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => failure(&e),
+            }
+        }
         Command::Config(_) | Command::ExecAs { .. } | Command::Service(_) => {
             unreachable!("handled before the runtime starts")
         }

@@ -1,25 +1,31 @@
-//! `session-agent replay FILE`, `transcript FILE` and `verify FILE`: read a recording (the
-//! spool `events.spool`, an `events.jsonl`, or an asciicast `.cast`) record by record and
-//! play it to the terminal with its timing, print the clean text, or check its checksums
-//! and hash chain. Memory stays bounded by the screen, whatever the
-//! recording's size. The parsing and pacing are pure (`recorder::playback`); this module
+//! `session-agent replay`, `transcript`, `verify` and `audit`: read a recording (the
+//! spool `events.spool`, an `events.jsonl`, or an asciicast `.cast`; named by its path,
+//! its directory, or its session id, looked up in the state directory by
+//! [`crate::sessions::locate`]) record by record and play it to the terminal with its
+//! timing, print the clean text, check its checksums and hash chain, or print its process
+//! audit. Memory stays bounded by the screen (and, for `audit`, by the rows waiting for
+//! their exit, `recorder::audit_table`), whatever the recording's size. The parsing,
+//! pacing and rows are pure (`recorder::playback`, `recorder::audit_table`); this module
 //! is the file and terminal I/O.
 
+use crate::recorder::audit_table::{AuditTable, Entry, TABLE_HEADER};
 use crate::recorder::playback::{detect, parse_line, Format, Frame, Pacer};
-use crate::recorder::Transcript;
+use crate::recorder::{EventKind, Transcript};
+use crate::sessions::{locate_spool, StateDirArg};
 use crate::spool::format as spool;
-use crate::spool::reader::Reader;
+use crate::spool::reader::{ReadError, Reader};
 use crate::spool::verify::{verify_spool, Verdict};
 use clap::Args;
 use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// `session-agent replay` options.
 #[derive(Debug, Args)]
 pub struct ReplayArgs {
-    /// A recording: STATE_DIR/recordings/ID/events.spool, or ID.cast (local or
-    /// downloaded from S3).
+    /// A recording: a session id (looked up as STATE_DIR/recordings/ID), a recording's
+    /// directory or its events.spool, or ID.cast (local or downloaded from S3).
+    #[arg(value_name = "ID|FILE")]
     pub file: PathBuf,
     /// Playback speed factor (2 = twice as fast).
     #[arg(long, default_value_t = 1.0)]
@@ -27,13 +33,38 @@ pub struct ReplayArgs {
     /// Pauses longer than this many seconds are shortened to it (skips idle time).
     #[arg(long, default_value_t = 2.0)]
     pub idle_limit: f64,
+    #[command(flatten)]
+    pub state: StateDirArg,
 }
 
 /// `session-agent transcript` options.
 #[derive(Debug, Args)]
 pub struct TranscriptArgs {
-    /// A recording: STATE_DIR/recordings/ID/events.spool, or ID.cast.
+    /// A recording: a session id (looked up as STATE_DIR/recordings/ID), a recording's
+    /// directory or its events.spool, or ID.cast.
+    #[arg(value_name = "ID|FILE")]
     pub file: PathBuf,
+    #[command(flatten)]
+    pub state: StateDirArg,
+}
+
+/// The file a recording argument names: an existing file as it is, a directory's
+/// `events.spool`, or a session id's under the state directory.
+///
+/// # Errors
+/// None of these, with where it looked.
+fn resolve(file: &Path, state: &StateDirArg) -> Result<PathBuf, String> {
+    if file.is_file() {
+        return Ok(file.to_owned());
+    }
+    match file.to_str() {
+        Some(arg) => locate_spool(arg, &state.recordings()),
+        None if file.is_dir() => Ok(file.join(crate::spool::layout::EVENTS_FILE)),
+        None => Err(format!(
+            "cannot open {}: no such file or directory",
+            file.display()
+        )),
+    }
 }
 
 /// A recording's lines, numbered from 1.
@@ -87,7 +118,8 @@ pub fn replay(args: &ReplayArgs, out: &mut impl Write) -> Result<(), String> {
             args.idle_limit
         ));
     }
-    let (format, lines) = open(&args.file)?;
+    let file = resolve(&args.file, &args.state)?;
+    let (format, lines) = open(&file)?;
     // Checked finite and non-negative above; whole milliseconds are enough.
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let idle_ms = (args.idle_limit * 1000.0) as u64;
@@ -95,7 +127,7 @@ pub fn replay(args: &ReplayArgs, out: &mut impl Write) -> Result<(), String> {
     for line in lines {
         let (n, text) = line?;
         if let Frame::Output { at_ms, data } =
-            parse_line(format, n, &text).map_err(|e| format!("{}: {e}", args.file.display()))?
+            parse_line(format, n, &text).map_err(|e| format!("{}: {e}", file.display()))?
         {
             let wait = pacer.delay_ms(at_ms);
             if wait > 0 {
@@ -114,7 +146,8 @@ pub fn replay(args: &ReplayArgs, out: &mut impl Write) -> Result<(), String> {
 /// # Errors
 /// The file cannot be read or is not a recording (the line is named).
 pub fn transcript(args: &TranscriptArgs, out: &mut impl Write) -> Result<(), String> {
-    let (format, lines) = open(&args.file)?;
+    let file = resolve(&args.file, &args.state)?;
+    let (format, lines) = open(&file)?;
     let mut t: Option<Transcript> = None;
     let write = |t: &mut Transcript, out: &mut dyn Write| -> Result<(), String> {
         for l in t.take_lines() {
@@ -124,8 +157,7 @@ pub fn transcript(args: &TranscriptArgs, out: &mut impl Write) -> Result<(), Str
     };
     for line in lines {
         let (n, text) = line?;
-        let frame =
-            parse_line(format, n, &text).map_err(|e| format!("{}: {e}", args.file.display()))?;
+        let frame = parse_line(format, n, &text).map_err(|e| format!("{}: {e}", file.display()))?;
         if let (None, Frame::Size { cols, rows }) = (&t, &frame) {
             let mut tr = Transcript::new(*cols, *rows);
             tr.forget_taken_lines();
@@ -166,8 +198,9 @@ reordered or corrupt, or the copies compared with --against differ; 2 unreadable
 running) or parts of the session were not recorded (a gap: the disk was full)."
 )]
 pub struct VerifyArgs {
-    /// What to check: a spool (STATE_DIR/recordings/ID/events.spool), the copy uploaded
-    /// at close (s3://BUCKET/PREFIX/ID.spool), or a streamed CloudWatch log
+    /// What to check: a session id (its spool, STATE_DIR/recordings/ID/events.spool), a
+    /// spool or a recording's directory, the copy uploaded at close
+    /// (s3://BUCKET/PREFIX/ID.spool), or a streamed CloudWatch log
     /// (cloudwatch://LOG_GROUP/SESSION_ID; the group may contain '/'). S3 and CloudWatch
     /// are read with the standard AWS credential chain. A local spool is also compared
     /// with the end noted in its session.json.
@@ -177,6 +210,17 @@ pub struct VerifyArgs {
     /// CloudWatch stream carries where the spool ended in its last message.
     #[arg(long, value_name = "SOURCE")]
     pub against: Option<String>,
+    #[command(flatten)]
+    pub state: StateDirArg,
+}
+
+/// A `verify` source as given, or, when it is local, the spool it names.
+fn resolve_source(source: &str, state: &StateDirArg) -> Result<String, String> {
+    if source.starts_with("s3://") || source.starts_with("cloudwatch://") {
+        return Ok(source.to_owned());
+    }
+    let file = resolve(Path::new(source), state)?;
+    Ok(file.to_string_lossy().into_owned())
 }
 
 pub use crate::delivery::cwl::SpoolEnd;
@@ -192,6 +236,26 @@ struct Checked {
 /// Runs `verify`: prints the verdict; exit 0 intact and complete, 1 broken (or copies
 /// that differ), 2 unreadable, 3 intact but incomplete.
 pub async fn verify(args: &VerifyArgs, out: &mut impl Write) -> u8 {
+    let resolved = resolve_source(&args.source, &args.state).and_then(|source| {
+        let against = args
+            .against
+            .as_deref()
+            .map(|a| resolve_source(a, &args.state))
+            .transpose()?;
+        Ok(VerifyArgs {
+            source,
+            against,
+            state: args.state.clone(),
+        })
+    });
+    let args = match resolved {
+        Ok(args) => args,
+        Err(e) => {
+            let _ = writeln!(out, "verify: {e}");
+            return 2;
+        }
+    };
+    let args = &args;
     let this = check_source(&args.source, out).await;
     if this.status == 2 {
         return 2;
@@ -457,5 +521,188 @@ async fn verify_cloudwatch(source: &str, rest: &str, out: &mut impl Write) -> Ch
             );
             fail(3)
         }
+    }
+}
+
+/// `session-agent audit` options.
+#[derive(Debug, Args)]
+#[command(after_help = AUDIT_AFTER_HELP)]
+pub struct AuditArgs {
+    /// The recording: a session id (looked up as STATE_DIR/recordings/ID), a recording's
+    /// directory, or its events.spool.
+    #[arg(value_name = "ID|DIR")]
+    pub recording: PathBuf,
+    /// One JSON object per line (per program, exit or gap) instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub state: StateDirArg,
+}
+
+/// What `audit --help` adds.
+pub const AUDIT_AFTER_HELP: &str = "The table: one row per program a process of the \
+session executed (from the kernel: scripts' children, background and setsid jobs \
+included), in the order they were executed, with its exit status or signal and how long \
+it ran once its exit is read; \"exec'd again\" when the process executed another program \
+(the next row with its pid); \"[details unavailable: …]\" when it ended before its \
+arguments could be read; rows of exits whose program execution was not recorded (the \
+session's first process, a fork that ran no program); the recording's gaps where they \
+happened; and \"typed:\" rows, the command lines typed at a prompt as the screen showed \
+them (sessions with a terminal; secrets masked by the built-in rules; display only: a \
+program can paint any prompt, and a line typed with echo off shows nothing — the process \
+rows are what ran). USER is the real user, /the effective one when it differs, named as \
+on this host. Text the session controls (arguments, directories) is shown with control \
+characters escaped (\\x{1b}).
+
+--json: one object per line, with \"type\": \"process\" (time, timeUnixMs, atMs, pid, \
+ppid, uid, euid, cwd, executable, argv, argvTruncated, redactions, loginUid, \
+auditSession, detailsUnavailable, end: \
+exited|signaled|replaced|running|unknown, exitCode, signal, durationMs), \"exit\" (time, \
+timeUnixMs, atMs, pid, exitCode, signal, durationMs, execRecorded), or \"gap\" (time, \
+timeUnixMs, atMs, fromMs, toMs — absent where the gap begins —, bytes, events, reason), \
+or \"command\" (time, atMs, timeUnixMs, commandLine). \
+Fields without a value are left out.
+
+Memory: rows wait for their exit within 8 MiB; past it the oldest is printed as \
+\"running\" and its exit later as a row of its own. Exit status: 0, or 1 when the spool \
+cannot be read or is broken (what was read before is printed; `session-agent verify` \
+says more).";
+
+/// User names by uid, as this host knows them (a few thousand at most kept).
+#[derive(Debug, Default)]
+struct Names(std::collections::HashMap<u32, Option<String>>);
+
+impl Names {
+    fn get(&mut self, uid: u32) -> Option<String> {
+        if let Some(name) = self.0.get(&uid) {
+            return name.clone();
+        }
+        #[cfg(unix)]
+        let name = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+            .ok()
+            .flatten()
+            .map(|u| u.name);
+        #[cfg(not(unix))]
+        let name = None;
+        if self.0.len() < 4096 {
+            self.0.insert(uid, name.clone());
+        }
+        name
+    }
+}
+
+/// Prints a recording's process audit (see [`AUDIT_AFTER_HELP`]).
+///
+/// # Errors
+/// The recording cannot be found or opened, is not a spool, or is broken (what was
+/// read before is printed first).
+pub fn audit(args: &AuditArgs, out: &mut impl Write) -> Result<(), String> {
+    let path = resolve(&args.recording, &args.state)?;
+    let name = path.display().to_string();
+    let file = std::fs::File::open(&path).map_err(|e| format!("cannot open {name}: {e}"))?;
+    let mut reader = Reader::new(BufReader::new(file))
+        .map_err(|e| format!("{name}: {e} (audit reads a recording's events.spool)"))?
+        .verifying();
+    let start = match reader.next_event(None) {
+        Ok(Some((event, _))) => match event.kind {
+            EventKind::Start(start) => start,
+            _ => {
+                return Err(format!(
+                    "{name}: its first record is not the session's start"
+                ))
+            }
+        },
+        Ok(None) => return Err(format!("{name} holds no events")),
+        Err(e) => return Err(format!("{name}: {e}")),
+    };
+    let w = |out: &mut dyn Write, text: &str| {
+        writeln!(out, "{text}").map_err(|e| format!("cannot write: {e}"))
+    };
+    let mut names = Names::default();
+    let mut lookup = |uid: u32| names.get(uid);
+    let mut print = |out: &mut dyn Write, entries: Vec<Entry>| -> Result<(), String> {
+        for e in entries {
+            let line = if args.json {
+                e.to_json_line()
+            } else {
+                e.table_line(&mut lookup)
+            };
+            w(out, &line)?;
+        }
+        Ok(())
+    };
+    if !args.json {
+        use crate::recorder::audit_table::escape;
+        w(
+            out,
+            &format!(
+                "session {} of {}, as {} on {}, started {}",
+                escape(&start.session_id),
+                escape(&start.owner),
+                escape(&start.run_as_user),
+                escape(&start.target),
+                crate::timefmt::rfc3339(start.started_unix_ms, true)
+            ),
+        )?;
+        w(out, TABLE_HEADER)?;
+    }
+    let mut table = AuditTable::new(&start);
+    // Typed commands (found on the recorded screen, as the agent does, masked by the
+    // built-in rules) take their place among the rows.
+    let mut commands = crate::recorder::CommandFinder::new(&start);
+    let redactor = crate::audit::redact::Redactor::default();
+    let mut ended = None;
+    let mut failure = None;
+    loop {
+        match reader.next_event(None) {
+            Ok(Some((event, _))) => {
+                if let EventKind::End { how, .. } = &event.kind {
+                    ended = Some(how.clone());
+                }
+                let mut ready = table.push(&event);
+                for mut command in commands.push(&event) {
+                    command.redact(|argv| redactor.redact(argv));
+                    ready.extend(table.push_command(command.at_ms, command.command_line));
+                }
+                print(out, ready)?;
+            }
+            Ok(None) => break,
+            Err(ReadError::Torn(_)) => {
+                failure = Some(None);
+                break;
+            }
+            Err(e) => {
+                failure = Some(Some(e.to_string()));
+                break;
+            }
+        }
+    }
+    let rest = table.finish();
+    print(out, rest)?;
+    if !args.json {
+        w(out, &table.totals().line())?;
+        match &ended {
+            Some(how) => w(
+                out,
+                &format!("session ended: {}", crate::recorder::audit_table::escape(how)),
+            )?,
+            None => w(
+                out,
+                "the recording has no end: the session is still running, or the agent stopped (its next start recovers it)",
+            )?,
+        }
+        if let Some(None) = failure {
+            w(
+                out,
+                "note: the last record is incomplete (being written now, or a crash cut it short); it is not shown",
+            )?;
+        }
+    }
+    out.flush().map_err(|e| format!("cannot write: {e}"))?;
+    match failure {
+        Some(Some(e)) => Err(format!(
+            "{name}: {e}; what came before is shown above (`session-agent verify` says more)"
+        )),
+        _ => Ok(()),
     }
 }

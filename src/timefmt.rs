@@ -77,9 +77,131 @@ pub fn parse_amz_date(text: &str) -> Option<u64> {
     u64::try_from(days * 86_400 + hour * 3600 + minute * 60 + second).ok()
 }
 
+/// Parses an RFC 3339 time into Unix milliseconds: `2026-12-01T08:00:00Z`, with a
+/// fraction (`…:00.250Z`, milliseconds kept), an offset (`…+02:00`), `t`/`z` or a space
+/// for `T`; also a date alone (`2026-12-01`, midnight UTC). `None` for anything else,
+/// a time without a zone (ambiguous), fields out of range, or dates before 1970.
+pub fn parse_rfc3339(text: &str) -> Option<u64> {
+    let b = text.as_bytes();
+    let digits = |range: std::ops::Range<usize>| -> Option<i64> {
+        let s = text.get(range)?;
+        s.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| s.parse().ok())?
+    };
+    if b.len() < 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    let (year, month, day) = (digits(0..4)?, digits(5..7)?, digits(8..10)?);
+    let (mut hour, mut minute, mut second, mut millis, mut offset) = (0, 0, 0, 0, 0i64);
+    if b.len() > 10 {
+        if !matches!(b[10], b'T' | b't' | b' ') || b.len() < 17 || b[13] != b':' {
+            return None;
+        }
+        (hour, minute) = (digits(11..13)?, digits(14..16)?);
+        let mut i = 16;
+        if b.get(i) == Some(&b':') {
+            second = digits(17..19)?;
+            i = 19;
+            if b.get(i) == Some(&b'.') {
+                let start = i + 1;
+                let mut end = start;
+                while b.get(end).is_some_and(u8::is_ascii_digit) {
+                    end += 1;
+                }
+                if end == start {
+                    return None;
+                }
+                let frac = text.get(start..end.min(start + 3))?;
+                millis =
+                    frac.parse::<i64>().ok()? * 10_i64.pow(3 - u32::try_from(frac.len()).ok()?);
+                i = end;
+            }
+        }
+        match b.get(i..)? {
+            [b'Z' | b'z'] => {}
+            [sign @ (b'+' | b'-'), _, _, b':', _, _] => {
+                let (h, m) = (digits(i + 1..i + 3)?, digits(i + 4..i + 6)?);
+                if h > 23 || m > 59 {
+                    return None;
+                }
+                offset = (h * 60 + m) * if *sign == b'+' { 1 } else { -1 };
+            }
+            _ => return None,
+        }
+    }
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return None;
+    }
+    // Howard Hinnant's days-from-civil.
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hour * 3600 + (minute - offset) * 60 + second;
+    u64::try_from(secs * 1000 + millis).ok()
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{amz_date, parse_amz_date, rfc3339, unix_ms};
+    use super::{amz_date, parse_amz_date, parse_rfc3339, rfc3339, unix_ms};
+
+    #[test]
+    fn rfc3339_times_parse_with_zones_fractions_and_dates_alone() {
+        assert_eq!(parse_rfc3339("1970-01-01"), Some(0));
+        assert_eq!(
+            parse_rfc3339("2023-11-14T22:13:20Z"),
+            Some(1_700_000_000_000)
+        );
+        assert_eq!(
+            parse_rfc3339("2023-11-14T22:13:20.123Z"),
+            Some(1_700_000_000_123)
+        );
+        assert_eq!(
+            parse_rfc3339("2023-11-14t22:13:20.1234567z"),
+            Some(1_700_000_000_123)
+        );
+        assert_eq!(
+            parse_rfc3339("2023-11-14 22:13:20.5Z"),
+            Some(1_700_000_000_500)
+        );
+        assert_eq!(
+            parse_rfc3339("2023-11-15T00:13:20+02:00"),
+            Some(1_700_000_000_000)
+        );
+        assert_eq!(
+            parse_rfc3339("2023-11-14T17:13:20-05:00"),
+            Some(1_700_000_000_000)
+        );
+        assert_eq!(parse_rfc3339("2023-11-14T22:13Z"), Some(1_699_999_980_000));
+        for t in [0, 951_782_400_123, 1_700_000_000_123, 4_102_444_799_000] {
+            assert_eq!(parse_rfc3339(&rfc3339(t, true)), Some(t));
+        }
+        for bad in [
+            "",
+            "yesterday",
+            "2023-11-14T22:13:20",
+            "2023-11-14T22:13:20+0200",
+            "2023-11-14T22:13:20.Z",
+            "2023-13-01",
+            "2023-11-14T24:00:00Z",
+            "2023-11-14T22:13:20+24:00",
+            "1969-12-31T23:59:59Z",
+            "+023-11-14",
+            "2023-11-14T22:13:20Zjunk",
+            "2023-1-14",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn amz_dates_round_trip() {

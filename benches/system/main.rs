@@ -62,10 +62,13 @@ pub struct Plan {
     pub port_bytes: u64,
     /// Idle connections through one port session.
     pub port_idle: usize,
+    /// Command audit: `/bin/true` runs per loop, and loops each way (interleaved).
+    pub fork_loop: u32,
+    pub fork_pairs: usize,
     pub open_parallel: usize,
     pub settle: Duration,
     /// `--only STEP[,STEP]`: run just these steps (idle, start, echo, paste, streaming,
-    /// throughput, port, scaling), e.g. to profile one.
+    /// throughput, port, audit, scaling), e.g. to profile one.
     pub only: Vec<String>,
 }
 
@@ -84,6 +87,8 @@ impl Plan {
             scale_total: 100_000_000,
             port_bytes: 1_000_000_000,
             port_idle: 60,
+            fork_loop: 10_000,
+            fork_pairs: 5,
             open_parallel: 25,
             settle: Duration::from_secs(3),
             only: Vec::new(),
@@ -104,6 +109,8 @@ impl Plan {
             scale_total: 1_000_000,
             port_bytes: 4_000_000,
             port_idle: 4,
+            fork_loop: 200,
+            fork_pairs: 1,
             open_parallel: 4,
             settle: Duration::from_millis(500),
             only: Vec::new(),
@@ -384,6 +391,72 @@ async fn run(stack: &Stack, plan: &Plan) -> Result<report::Results> {
         .await;
         if let Err(e) = step {
             rows.push(Row::failed("port", &e));
+        }
+    }
+    if want("audit") {
+        let step: Result<()> = async {
+            progress("command audit on a fork-heavy loop");
+            // The main agent audits (the default, as root); a second one does not. The
+            // same pair on a gateway that does not stream to CloudWatch: there every exec
+            // and exit goes to the spool only, here also to LocalStack, which runs on
+            // this machine's cores (a real host streams to a remote service). Runs
+            // interleaved, so all see the same machine.
+            let off = stack
+                .agent_with("bench-audit-off", &["--command-audit", "off"])
+                .await?;
+            let quiet = Stack::start(false).await?;
+            let quiet_on = quiet.agent("bench-audit-spool-on").await?;
+            let quiet_off = quiet
+                .agent_with("bench-audit-spool-off", &["--command-audit", "off"])
+                .await?;
+            let mut runs = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+            for _ in 0..plan.fork_pairs {
+                for (i, (st, a)) in [
+                    (stack, &off),
+                    (stack, &agent),
+                    (&quiet, &quiet_off),
+                    (&quiet, &quiet_on),
+                ]
+                .into_iter()
+                .enumerate()
+                {
+                    runs[i].push(
+                        measure::fork_loop(st, a, plan.fork_loop)
+                            .await?
+                            .as_secs_f64(),
+                    );
+                }
+            }
+            let spread = |v: &[f64]| {
+                let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+                let hi = v.iter().copied().fold(0.0, f64::max);
+                format!("{lo:.2}–{hi:.2} s")
+            };
+            for (what, off_i, on_i) in [
+                ("streamed to CloudWatch (LocalStack, same machine)", 0, 1),
+                ("spool only", 2, 3),
+            ] {
+                let (m_on, m_off) = (median(&runs[on_i]), median(&runs[off_i]));
+                let slower = (m_on / m_off - 1.0) * 100.0;
+                rows.push(Row::new(
+                    &format!(
+                        "shell loop of {} /bin/true, command audit on, {what} (median of {})",
+                        plan.fork_loop, plan.fork_pairs
+                    ),
+                    format!(
+                        "{m_on:.2} s ({slower:+.0}% vs off; runs {})",
+                        spread(&runs[on_i])
+                    ),
+                    &format!("audit off: {m_off:.2} s (runs {})", spread(&runs[off_i])),
+                    "≤ 10% slower",
+                    Verdict::at_most(slower, 10.0),
+                ));
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = step {
+            rows.push(Row::failed("audit", &e));
         }
     }
     drop(agent);

@@ -274,3 +274,21 @@ pub fn percentile_ms(samples: &[Duration], p: f64) -> f64 {
     let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
     v[rank.clamp(1, v.len()) - 1]
 }
+
+/// A fork-heavy workload in one session: a shell loop of `n` `/bin/true` (each a fork, an
+/// exec and an exit the command audit records); the time until its end marker.
+pub async fn fork_loop(stack: &Stack, agent: &Agent, n: u32) -> Result<Duration> {
+    let mut s = open(stack, agent).await?;
+    let started = Instant::now();
+    s.send(
+        format!(
+            "i=0; while [ $i -lt {n} ]; do /bin/true; i=$((i+1)); done; echo loop-$((40+2))-end\n"
+        )
+        .as_bytes(),
+    )
+    .await?;
+    s.read_until(b"loop-42-end", LONG).await?;
+    let took = started.elapsed();
+    s.exit().await?;
+    Ok(took)
+}

@@ -136,11 +136,17 @@ impl Stack {
 
     /// Starts an agent daemon with a fresh state directory and waits until it is Online.
     pub async fn agent(&self, target: &str) -> Result<Agent> {
+        self.agent_with(target, &[]).await
+    }
+
+    /// [`Self::agent`] with more options for `run`.
+    pub async fn agent_with(&self, target: &str, extra: &[&str]) -> Result<Agent> {
         let state = self.dir.path().join(target);
         std::fs::create_dir_all(&state)?;
         let log = std::fs::File::create(state.join("agent.log"))?;
         let child = Command::new(BIN)
             .args(["run", "--endpoint", &self.url, "--target-id", target])
+            .args(extra)
             .arg("--state-dir")
             .arg(&state)
             .env_clear()

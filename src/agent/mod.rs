@@ -161,6 +161,34 @@ pub(crate) struct Ctx {
     /// The command audit (`None`: off, said at start).
     #[cfg(target_os = "linux")]
     pub(crate) audit: Option<audit::Audit>,
+    /// Where sessions' cgroups are made (`None`: not root or no cgroup v2, said at start).
+    #[cfg(target_os = "linux")]
+    pub(crate) cgroups: Option<crate::audit::cgroup::Sessions>,
+}
+
+impl Ctx {
+    /// A cgroup for a session about to start, and what the shim is to do for it (join
+    /// it; set the session user's audit login uid). Nothing without root.
+    #[cfg(target_os = "linux")]
+    fn contain(
+        &self,
+        session_id: &str,
+        who: &user::SessionUser,
+    ) -> (
+        Option<audit::Contained>,
+        Option<crate::session::spec::Containment>,
+    ) {
+        if !self.daemon_is_root {
+            return (None, None);
+        }
+        let contained =
+            audit::Contained::create(self.cgroups.as_ref(), self.audit.as_ref(), session_id);
+        let containment = crate::session::spec::Containment {
+            cgroup: contained.as_ref().and_then(audit::Contained::dir),
+            loginuid: Some(who.info.uid),
+        };
+        (contained, Some(containment))
+    }
 }
 
 impl Ctx {
@@ -439,7 +467,14 @@ async fn serve(
     };
     let spawned = match spawned {
         Ok(s) => s,
-        Err(refusal) => return Served::Refused(refusal),
+        Err(refusal) => {
+            // A session announced to the audit that never ran is forgotten there.
+            #[cfg(target_os = "linux")]
+            if let Some(audit) = &ctx.audit {
+                audit.unregister(&task.session_id).await;
+            }
+            return Served::Refused(refusal);
+        }
     };
     Served::Ran(Box::new(pump(ctx, &doc, spawned, channel, cancel).await))
 }
@@ -605,6 +640,9 @@ enum Runner {
 /// A spawned shell (or forwarder) with its I/O and its recording, ready for the pump.
 struct Spawned {
     runner: Runner,
+    /// The session's cgroup, ended after the runner.
+    #[cfg(target_os = "linux")]
+    contained: Option<audit::Contained>,
     io: SessionIo,
     early_input: Vec<u8>,
     tap: Option<recording::Tap>,
@@ -634,10 +672,17 @@ async fn spawn(
     } = prepared;
     let session_id = task.session_id.clone();
     let login_shell = ctx.config.shell == ShellChoice::Login;
-    let spec = match command {
+    #[allow(unused_mut)]
+    let mut spec = match command {
         Some(commands) => crate::session::pty::command_spec(who, commands, size),
         None => crate::session::pty::session_spec(who, login_shell, size),
     };
+    #[cfg(target_os = "linux")]
+    let (contained, containment) = ctx.contain(&session_id, who);
+    #[cfg(target_os = "linux")]
+    {
+        spec.contain = containment;
+    }
     let spec_program = spec.program.display().to_string();
     let shim = ctx.config.exec_shim.clone();
     let spawned = tokio::task::spawn_blocking(move || Shell::spawn(&spec, &shim)).await;
@@ -722,6 +767,8 @@ async fn spawn(
             shell,
             command: command.is_some(),
         },
+        #[cfg(target_os = "linux")]
+        contained,
         io,
         early_input,
         tap: recorded.tap,
@@ -860,6 +907,12 @@ async fn spawn_exec(
     let (program, args) = request.argv.split_first().ok_or("no program to run")?;
     spec.program = program.into();
     spec.args = args.to_vec();
+    #[cfg(target_os = "linux")]
+    let (contained, containment) = ctx.contain(&task.session_id, who);
+    #[cfg(target_os = "linux")]
+    {
+        spec.contain = containment;
+    }
     let shown = shlex::try_join(request.argv.iter().map(String::as_str))
         .unwrap_or_else(|_| request.argv.join(" "));
     let start = start_info(
@@ -894,6 +947,8 @@ async fn spawn_exec(
             task: task_handle,
             port: false,
         },
+        #[cfg(target_os = "linux")]
+        contained,
         io,
         early_input: Vec::new(),
         tap: recorded.tap,
@@ -947,6 +1002,8 @@ async fn spawn_port(
             task: started.task,
             port: true,
         },
+        #[cfg(target_os = "linux")]
+        contained: None,
         io: started.io,
         // Bytes the client sent while the forwarder was being set up.
         early_input,
@@ -969,6 +1026,8 @@ async fn pump(
 ) -> Ran {
     let Spawned {
         runner,
+        #[cfg(target_os = "linux")]
+        contained,
         io,
         early_input,
         tap,
@@ -1041,6 +1100,12 @@ async fn pump(
             }
         }
     };
+    // What the session left running (a `setsid` job, a daemon it started) ends with it;
+    // the audit records their exits before the recording's end (`Ran::conclude`).
+    #[cfg(target_os = "linux")]
+    if let Some(contained) = contained {
+        contained.end().await;
+    }
     Ran {
         ending,
         agent_stopping,
@@ -1254,11 +1319,13 @@ pub async fn run(
     retention::sweep(&recordings, config.retention);
     #[cfg(target_os = "linux")]
     let audit = if config.command_audit {
-        audit::Audit::start()
+        audit::Audit::start(crate::audit::redact::Redactor::default())
     } else {
         tracing::info!("The command audit is off (command_audit = \"off\")");
         None
     };
+    #[cfg(target_os = "linux")]
+    let cgroups = session_cgroups(&config.state_dir, daemon_is_root);
     let ctx = Arc::new(Ctx {
         config,
         mgs,
@@ -1270,6 +1337,8 @@ pub async fn run(
         tasks: tokio_util::task::TaskTracker::new(),
         #[cfg(target_os = "linux")]
         audit,
+        #[cfg(target_os = "linux")]
+        cgroups,
     });
     // Recordings an earlier run left undelivered (crash, kill, reboot, outage): rebuilt
     // and delivered in the background while sessions are served.
@@ -1282,8 +1351,42 @@ pub async fn run(
         ctx.mgs.endpoint(),
         ctx.target_id
     ));
+    #[cfg(target_os = "linux")]
+    let cgroups = ctx.cgroups.clone();
     control::run(ctx, shutdown).await;
+    // Every session ended with its cgroup; the instance's directory goes too.
+    #[cfg(target_os = "linux")]
+    if let Some(cgroups) = cgroups {
+        cgroups.close();
+    }
     Ok(())
+}
+
+/// The cgroups for sessions (root only), said once either way; sessions an earlier run of
+/// this agent left running (a crash, `kill -9`: the unit's `KillMode=process` leaves
+/// them) are ended first, and said.
+#[cfg(target_os = "linux")]
+fn session_cgroups(
+    state_dir: &std::path::Path,
+    root: bool,
+) -> Option<crate::audit::cgroup::Sessions> {
+    if !root {
+        tracing::warn!("Sessions get no cgroup of their own (the agent is not root): a process that calls setsid can outlive its session");
+        return None;
+    }
+    match crate::audit::cgroup::Sessions::open(state_dir) {
+        Ok(sessions) => {
+            for (cgroup, pids) in sessions.leftovers() {
+                tracing::warn!(%cgroup, ?pids, "Ended the processes an earlier run's session left running");
+            }
+            tracing::info!(dir = %sessions.dir().display(), "Each session runs in a cgroup of its own: everything it starts is ended with it");
+            Some(sessions)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "Sessions get no cgroup of their own");
+            None
+        }
+    }
 }
 
 /// How long reading the VPC's address ranges from instance metadata may take at start.

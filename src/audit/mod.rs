@@ -13,6 +13,8 @@
 //! CloudWatch events, redaction of secrets in arguments, commands as typed.
 
 #[cfg(target_os = "linux")]
+pub mod cgroup;
+#[cfg(target_os = "linux")]
 pub mod cn_proc;
 #[cfg(target_os = "linux")]
 pub mod procfs;

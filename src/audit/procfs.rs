@@ -30,6 +30,12 @@ pub struct Details {
     pub uids: Option<(u32, u32)>,
     /// The command name (kept by the kernel even for a zombie).
     pub comm: Option<String>,
+    /// The parent process.
+    pub ppid: Option<u32>,
+    /// The audit login uid (`None`: unset, 4294967295, or unreadable).
+    pub loginuid: Option<u32>,
+    /// The audit session id (`None`: unset or unreadable).
+    pub audit_session: Option<u32>,
 }
 
 impl Details {
@@ -57,8 +63,49 @@ pub fn parse_uids(status: &str) -> Option<(u32, u32)> {
     Some((ids.next()?.ok()?, ids.next()?.ok()?))
 }
 
-/// Reads `pid`'s details; `None` when its `/proc` directory is already gone.
-pub fn read(pid: u32) -> Option<Details> {
+/// The parent pid from `/proc/PID/status` (`PPid:\tN`).
+pub fn parse_ppid(status: &str) -> Option<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// An audit id file (`loginuid`, `sessionid`): a number, 4294967295 meaning unset.
+pub fn parse_audit_id(text: &str) -> Option<u32> {
+    text.trim().parse().ok().filter(|&v| v != u32::MAX)
+}
+
+/// `pid`'s cgroup v2 path alone (one small read; for deciding membership at exec).
+pub fn cgroup_of(pid: u32) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    super::cgroup::v2_path(&text).map(str::to_owned)
+}
+
+/// What [`read`] reads beyond the arguments, the executable and the working directory:
+/// what a caller following the fork tree already knows (inherited at fork, updated by
+/// the kernel's uid events) it need not read for every exec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Want {
+    /// Uids and parent (`status`, the costliest file to generate).
+    pub status: bool,
+    /// The audit login uid and session id.
+    pub audit_ids: bool,
+}
+
+impl Want {
+    /// Everything.
+    pub const ALL: Self = Self {
+        status: true,
+        audit_ids: true,
+    };
+}
+
+/// Reads `pid`'s details (see [`Want`]; the command name only when the arguments are
+/// gone); `None` when its `/proc` directory is already gone.
+pub fn read(pid: u32, want: Want) -> Option<Details> {
     use rustix::fs::{openat, readlinkat, Mode, OFlags, CWD};
     let dir: OwnedFd = openat(
         CWD,
@@ -90,9 +137,21 @@ pub fn read(pid: u32) -> Option<Details> {
     }
     details.exe = link("exe");
     details.cwd = link("cwd");
-    details.uids =
-        read_at("status", 16 * 1024).and_then(|s| parse_uids(&String::from_utf8_lossy(&s)));
-    details.comm = read_at("comm", 64).map(|c| String::from_utf8_lossy(&c).trim_end().to_owned());
+    if let Some(status) = want.status.then(|| read_at("status", 16 * 1024)).flatten() {
+        let status = String::from_utf8_lossy(&status);
+        details.uids = parse_uids(&status);
+        details.ppid = parse_ppid(&status);
+    }
+    if want.audit_ids {
+        let small =
+            |name: &str| read_at(name, 64).map(|t| String::from_utf8_lossy(&t).into_owned());
+        details.loginuid = small("loginuid").as_deref().and_then(parse_audit_id);
+        details.audit_session = small("sessionid").as_deref().and_then(parse_audit_id);
+    }
+    if details.argv.is_empty() {
+        details.comm =
+            read_at("comm", 64).map(|c| String::from_utf8_lossy(&c).trim_end().to_owned());
+    }
     Some(details)
 }
 
@@ -114,6 +173,11 @@ mod tests {
             Some((65534, 0))
         );
         assert_eq!(parse_uids("Name:\tx\n"), None);
+        assert_eq!(parse_ppid("Name:\tx\nPPid:\t4242\nUid:\t0\n"), Some(4242));
+        assert_eq!(parse_ppid("PPid:\tx\n"), None);
+        assert_eq!(parse_audit_id("1000"), Some(1000));
+        assert_eq!(parse_audit_id("4294967295"), None, "unset");
+        assert_eq!(parse_audit_id("junk"), None);
     }
 
     #[test]
@@ -126,7 +190,7 @@ mod tests {
         // Until its exec has happened, /proc shows the forked test binary.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         let d = loop {
-            let d = read(child.id()).unwrap();
+            let d = read(child.id(), Want::ALL).unwrap();
             if d.argv.first().is_some_and(|a| a == "/bin/sh")
                 || std::time::Instant::now() > deadline
             {
@@ -144,13 +208,13 @@ mod tests {
         assert_eq!(d.cwd.as_deref(), Some("/tmp"));
         let me = nix::unistd::getuid().as_raw();
         assert_eq!(d.uids, Some((me, nix::unistd::geteuid().as_raw())));
-        assert_eq!(d.comm.as_deref(), Some("sh"));
+        assert_eq!(d.ppid, Some(std::process::id()));
         child.kill().unwrap();
         // Killed but not yet reaped: a zombie, whose arguments are gone but whose name
         // and ids are still there (the audit records it as incomplete, never drops it).
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         let zombie = loop {
-            let d = read(child.id()).unwrap();
+            let d = read(child.id(), Want::ALL).unwrap();
             if d.incomplete() || std::time::Instant::now() > deadline {
                 break d;
             }
@@ -159,6 +223,6 @@ mod tests {
         assert!(zombie.incomplete(), "{zombie:?}");
         assert_eq!(zombie.comm.as_deref(), Some("sh"));
         child.wait().unwrap();
-        assert_eq!(read(child.id()), None, "reaped: gone");
+        assert_eq!(read(child.id(), Want::ALL), None, "reaped: gone");
     }
 }

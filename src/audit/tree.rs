@@ -44,11 +44,36 @@ pub enum Audited<S> {
     },
 }
 
+/// What is known of a member without `/proc`: inherited from its parent at fork,
+/// updated by the kernel's uid events and by what was read of it. So a process gone
+/// before its details could be read is still recorded with its user and audit ids.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Known {
+    /// Real and effective uid.
+    pub uids: Option<(u32, u32)>,
+    /// Audit login uid.
+    pub login_uid: Option<u32>,
+    /// Audit session id.
+    pub audit_session: Option<u32>,
+}
+
+impl Known {
+    /// `self`, with what `newer` knows taking precedence.
+    fn merged(self, newer: Known) -> Known {
+        Known {
+            uids: newer.uids.or(self.uids),
+            login_uid: newer.login_uid.or(self.login_uid),
+            audit_session: newer.audit_session.or(self.audit_session),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Member<S> {
     session: S,
     ppid: u32,
     since_ns: u64,
+    known: Known,
 }
 
 /// Session membership of live processes. See the [module docs](self).
@@ -80,8 +105,35 @@ impl<S: Clone> Tracker<S> {
                 session,
                 ppid: 0,
                 since_ns: now_ns,
+                known: Known::default(),
             },
         );
+    }
+
+    /// `pid` belongs to `session`, found there at its exec (by its cgroup) rather than by
+    /// its fork; `ppid` its parent, `since_ns` when it was first seen (monotonic).
+    pub fn add_member(&mut self, pid: u32, session: S, ppid: u32, since_ns: u64) {
+        self.members.insert(
+            pid,
+            Member {
+                session,
+                ppid,
+                since_ns,
+                known: Known::default(),
+            },
+        );
+    }
+
+    /// What was read of member `pid` (its details at exec).
+    pub fn learn(&mut self, pid: u32, known: Known) {
+        if let Some(m) = self.members.get_mut(&pid) {
+            m.known = m.known.merged(known);
+        }
+    }
+
+    /// What is known of member `pid` (nothing for a non-member).
+    pub fn known(&self, pid: u32) -> Known {
+        self.members.get(&pid).map(|m| m.known).unwrap_or_default()
     }
 
     /// The session `pid` belongs to, if any.
@@ -116,7 +168,8 @@ impl<S: Clone> Tracker<S> {
                 child_tgid,
                 ..
             } if child_pid == child_tgid => {
-                let session = self.members.get(&parent_tgid)?.session.clone();
+                let parent = self.members.get(&parent_tgid)?;
+                let (session, known) = (parent.session.clone(), parent.known);
                 // A recycled pid of a process whose exit was lost is replaced, not kept.
                 self.members.insert(
                     child_tgid,
@@ -124,8 +177,17 @@ impl<S: Clone> Tracker<S> {
                         session,
                         ppid: parent_tgid,
                         since_ns: event.timestamp_ns,
+                        known,
                     },
                 );
+                None
+            }
+            Kind::Uid {
+                tgid, ruid, euid, ..
+            } => {
+                if let Some(m) = self.members.get_mut(&tgid) {
+                    m.known.uids = Some((ruid, euid));
+                }
                 None
             }
             Kind::Exec { tgid, .. } => {
@@ -260,6 +322,40 @@ mod tests {
         assert_eq!(t.session_of(101), None);
         assert_eq!(t.session_of(201), Some(&"s-2"));
         assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn a_child_inherits_what_is_known_of_its_parent_and_uid_changes_are_followed() {
+        let mut t = Tracker::new();
+        t.add_root(100, "s", 0);
+        let read = Known {
+            uids: Some((1000, 1000)),
+            login_uid: Some(1000),
+            audit_session: Some(7),
+        };
+        t.learn(100, read);
+        t.on_event(&fork(1, 100, 101));
+        assert_eq!(t.known(101), read, "inherited at fork");
+        // A setuid program: the kernel reports the new ids before its exec.
+        t.on_event(&ev(
+            2,
+            Kind::Uid {
+                pid: 101,
+                tgid: 101,
+                ruid: 1000,
+                euid: 0,
+            },
+        ));
+        assert_eq!(t.known(101).uids, Some((1000, 0)));
+        assert_eq!(
+            t.known(100).uids,
+            Some((1000, 1000)),
+            "the parent's unchanged"
+        );
+        // A partial read does not forget what was known.
+        t.learn(101, Known::default());
+        assert_eq!(t.known(101).audit_session, Some(7));
+        assert_eq!(t.known(999), Known::default(), "not a member");
     }
 
     #[test]

@@ -10,11 +10,12 @@ use super::files::{read_ack_number, read_lines_from, write_ack, READ_LIMIT};
 use super::retry::with_retries;
 use super::sink::{BucketEncryption, LogSink, ObjectSink, SinkError, Upload};
 use super::{s3_key, CwlDestination, S3Destination};
-use crate::spool::layout::{Paths, S3_ACK, UPLOAD_ACK};
+use crate::spool::layout::{Paths, S3_ACK, SUMMARY_FILE, UPLOAD_ACK};
 
-/// Uploads the transcript, the asciicast and the spool to S3 at close. Keys already
-/// uploaded (listed in `s3.ack`, from a run cut short by a crash) are not uploaded again:
-/// each object is written once.
+/// Uploads the transcript, the asciicast, the spool and the summary (`summary.json`, as
+/// `<prefix>/<id>.summary.json`; skipped when the recording has none) to S3 at close.
+/// Keys already uploaded (listed in `s3.ack`, from a run cut short by a crash) are not
+/// uploaded again: each object is written once.
 ///
 /// # Errors
 /// The first failed upload, described.
@@ -30,14 +31,16 @@ pub async fn upload_to_s3<O: ObjectSink>(
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
+    let summary = paths.dir.join(SUMMARY_FILE);
     for (path, ext, content_type) in [
         (&paths.transcript, "log", "text/plain; charset=utf-8"),
         (&paths.cast, "cast", "application/x-asciicast"),
         // The spool itself: `session-agent verify s3://…` checks its hash chain.
         (&paths.events, "spool", "application/octet-stream"),
+        (&summary, "summary.json", "application/json"),
     ] {
         let key = s3_key(&dest.prefix, session_id, ext);
-        if done.contains(&key) {
+        if done.contains(&key) || (path == &summary && !summary.exists()) {
             continue;
         }
         let up = Upload {
@@ -191,6 +194,23 @@ mod tests {
         );
         assert_eq!(s3_ack(&paths), keys());
         assert_eq!(s3.failures(), 8);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_summary_goes_beside_the_transcript_when_there_is_one() {
+        let root = tempfile::tempdir().unwrap();
+        let paths = recording(root.path(), "$ ls\n");
+        std::fs::write(paths.dir.join(SUMMARY_FILE), b"{\"sessionId\":\"s-1\"}").unwrap();
+        let s3 = MemoryObjects::with_bucket("b", BucketEncryption::None);
+        let done = upload_to_s3(&s3, &s3_dest("b"), &BucketEncryption::None, &paths, SESSION)
+            .await
+            .unwrap();
+        let summary_key = s3_key("logs/", SESSION, "summary.json");
+        assert_eq!(summary_key, "logs/s-1.summary.json");
+        assert_eq!(done.last(), Some(&summary_key));
+        let object = s3.object("b", &summary_key).unwrap();
+        assert_eq!(object.body, b"{\"sessionId\":\"s-1\"}");
+        assert_eq!(object.content_type, "application/json");
     }
 
     #[tokio::test(start_paused = true)]

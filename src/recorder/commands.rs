@@ -35,7 +35,11 @@
 //! after the program echoed it, which the transcript holds anyway. So input typed with
 //! echo off (a password) yields no command: nothing was shown (an Enter typed after keys
 //! that moved nothing on screen is dropped at once; one whose line is empty on screen
-//! gives nothing; a line of `*` only, `sudo`'s `pwfeedback`, gives nothing). Bash's
+//! gives nothing; a line of `*` only, `sudo`'s `pwfeedback`, gives nothing). A line typed
+//! with echo off in one piece with its Enter (pasted, or sent at once by a client) counts
+//! only if what its line then shows is as long as the bytes typed or shorter by at most
+//! half (keys that edited it): a command typed blind after `stty -echo` shows only its
+//! output, which is not taken for the command. Bash's
 //! readline also turns echo off (it echoes for itself): its lines are read from the
 //! screen like any other. Nothing is taken while a full-screen program (alternate
 //! screen: `vi`, `less`, `top`) is shown. Empty lines give nothing.
@@ -61,9 +65,10 @@
 //!   is then wrong).
 //! * A line typed blind and sent in one piece with its Enter (a pasted password: no keys
 //!   before the Enter to show that nothing moved) waits for the next line feed; if the
-//!   program then prints on the same line first (`read -s pw; echo done`), that output is
-//!   taken as the line. The password itself never is (it was never shown), and typed key
-//!   by key it gives nothing.
+//!   program then prints on the same line first (`read -s pw; echo done`) something about
+//!   as long as what was typed, that output is taken as the line. The password itself
+//!   never is (it was never shown), and typed key by key it gives nothing. The length
+//!   rule also drops a line pasted into readline whose completion (Tab) made it longer.
 //!
 //! ## Memory
 //!
@@ -146,8 +151,10 @@ impl TypedCommand {
 pub enum Typed<'a> {
     /// Typed with echo on: the bytes.
     Shown(&'a [u8]),
-    /// Typed with echo off: only how many Enters (the bytes were never kept).
+    /// Typed with echo off: only how many bytes and Enters (the bytes were never kept).
     Hidden {
+        /// Bytes typed.
+        bytes: usize,
         /// Line ends typed.
         enters: usize,
     },
@@ -186,6 +193,9 @@ struct Pending {
     anchor: Option<Anchor>,
     typed: Option<String>,
     echo_off: bool,
+    /// A line typed with echo off in one piece with its Enter: the bytes before the
+    /// Enter, which the line the program shows must match in length (see `emit`).
+    typed_len: Option<usize>,
     waited: u32,
 }
 
@@ -325,7 +335,7 @@ impl CommandTracker {
         }
         match typed {
             Typed::Shown(bytes) => self.shown(at_ms, cursor, bytes),
-            Typed::Hidden { enters } => self.hidden(at_ms, cursor, enters),
+            Typed::Hidden { bytes, enters } => self.hidden(at_ms, cursor, bytes, enters),
         }
         if let Some(l) = self.line.as_mut() {
             l.events = l.events.saturating_add(1);
@@ -402,6 +412,7 @@ impl CommandTracker {
                         anchor: line.anchor,
                         typed: line.typed,
                         echo_off: false,
+                        typed_len: None,
                         waited: 0,
                     });
                 }
@@ -419,8 +430,8 @@ impl CommandTracker {
         }
     }
 
-    /// Input typed with echo off: only Enters are known.
-    fn hidden(&mut self, at_ms: u64, cursor: Pos, enters: usize) {
+    /// Input typed with echo off: only Enters and the byte count are known.
+    fn hidden(&mut self, at_ms: u64, cursor: Pos, bytes: usize, enters: usize) {
         let Some(line) = self.line.as_mut() else {
             return;
         };
@@ -434,12 +445,16 @@ impl CommandTracker {
         if blind {
             return;
         }
+        // The whole line in this one piece: nothing on screen shows whether the program
+        // echoed it (readline) or not (typed blind); the length of what it shows tells.
+        let typed_len = (line.events == 0 && enters == 1).then(|| bytes.saturating_sub(1));
         for i in 0..enters.min(MAX_PENDING) {
             self.push(Pending {
                 at_ms,
                 anchor: if i == 0 { line.anchor } else { None },
                 typed: None,
                 echo_off: true,
+                typed_len,
                 waited: 0,
             });
         }
@@ -539,8 +554,17 @@ impl CommandTracker {
     }
 
     fn emit(&mut self, p: &Pending, prompt: &str, command: &str, from: PromptFrom) {
+        let shown = command.trim_end().len();
         let command = command.trim();
         if command.is_empty() || (p.echo_off && command.chars().all(|c| c == '*')) {
+            return;
+        }
+        // A line typed blind in one piece, then output on its line: what is shown is
+        // not what was typed. An echoed line is as long as the bytes typed, or shorter
+        // by the keys that edited it (at most half of them: each key erases one).
+        if p.typed_len
+            .is_some_and(|typed| shown > typed || shown * 2 < typed)
+        {
             return;
         }
         let (command_line, truncated) = cut(command, MAX_COMMAND_BYTES, false);
@@ -791,14 +815,17 @@ mod tests {
             self
         }
         fn hidden(&mut self, enters: usize) -> &mut Self {
+            self.hidden_bytes(enters.max(1), enters)
+        }
+        fn hidden_bytes(&mut self, bytes: usize, enters: usize) -> &mut Self {
             self.at += 10;
             let (s, n) = (self.t.screen(), self.t.scrolled());
-            self.c.input(s, n, self.at, Typed::Hidden { enters });
+            self.c.input(s, n, self.at, Typed::Hidden { bytes, enters });
             self
         }
-        /// Typed with echo off, echoed by the program itself (readline): key by key.
+        /// Typed with echo off, echoed by the program itself (readline).
         fn readline(&mut self, keys: &[u8], echo: &[u8]) -> &mut Self {
-            self.hidden(crate::recorder::event::line_ends(keys));
+            self.hidden_bytes(keys.len(), crate::recorder::event::line_ends(keys));
             self.out(echo)
         }
         fn lines(&mut self) -> Vec<(String, String)> {
@@ -896,7 +923,7 @@ mod tests {
         t.hidden(1).out(b"\r\n$ ");
         // `read -s` pasted in one go, and a prompt on the same line after it.
         t.typed(b"read -s pw\r").out(b"read -s pw\r\n");
-        t.hidden(1).out(b"$ ");
+        t.hidden_bytes(12, 1).out(b"$ ");
         t.typed(b"echo done\r").out(b"echo done\r\ndone\r\n$ ");
         // pwfeedback: asterisks.
         t.out(b"Password: ");
@@ -914,6 +941,22 @@ mod tests {
                 pair("$", "echo done"),
             ]
         );
+    }
+
+    #[test]
+    fn a_line_typed_blind_in_one_piece_is_not_its_output() {
+        let mut t = Term::new(80, 24);
+        t.out(b"$ ").typed(b"stty -echo\r").out(b"stty -echo\r\n$ ");
+        // `printf 'hidden-%s\n' 42` typed (or pasted) with echo off: the shell shows
+        // only its output, on the prompt's line.
+        t.hidden_bytes(23, 1).out(b"hidden-42\r\n$ ");
+        // Key by key, the same: nothing moved on screen before the Enter.
+        t.hidden(0).hidden(0).hidden(1).out(b"uid=0(root)\r\n$ ");
+        assert_eq!(t.lines(), [pair("$", "stty -echo")]);
+        // Readline in one piece, edited with backspaces: shown shorter than typed.
+        t.out(b"\r\nu@h$ ")
+            .readline(b"echo abcd\x7f\x7fX\r", b"echo abcd\x08 \x08\x08 \x08X\r\n");
+        assert_eq!(t.lines(), [pair("u@h$", "echo abX")]);
     }
 
     #[test]

@@ -165,12 +165,24 @@ pub struct Process {
     /// The arguments at exec, secrets masked.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub argv: Vec<String>,
+    /// The argument area was longer than the agent reads (64 KiB): `argv` holds its
+    /// beginning.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub argv_truncated: bool,
     /// Arguments masked by the redaction rules.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub redactions: usize,
     /// Why the details are missing (the process ended before they could be read).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub details_unavailable: Option<String>,
+    /// At exec: the audit login uid the kernel keeps for it (the session user's, set
+    /// before the session's first program ran; auditd records carry it as `auid`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login_uid: Option<u32>,
+    /// At exec: the kernel's audit session id (auditd's `ses`), the same for every
+    /// process of the session unless root changed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_session: Option<u32>,
     /// At exit: its exit code.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,

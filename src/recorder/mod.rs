@@ -3,7 +3,9 @@
 //! Owns the recording of a shell session: one timed [`Event`] stream (start, output,
 //! input, redaction markers, resizes, end), and the artefacts derived from it: a clean
 //! text transcript of what the user saw ([`transcript`]), an asciicast v2 file for replay
-//! ([`asciicast`]), and the raw stream itself as JSON lines ([`event`]).
+//! ([`asciicast`]), and the raw stream itself as JSON lines ([`event`]); read back, a
+//! recording's summary ([`summary`], `summary.json`) and its process audit as rows a
+//! reviewer reads ([`audit_table`], `session-agent audit`).
 //!
 //! **Pure:** no files, sockets or clocks. Times are parameters (`at_ms`, milliseconds
 //! since the session start, whose wall-clock time is [`StartInfo::started_unix_ms`]);
@@ -56,9 +58,11 @@
 //! not yet taken; events are returned, not kept.
 
 pub mod asciicast;
+pub mod audit_table;
 pub mod commands;
 pub mod event;
 pub mod playback;
+pub mod summary;
 pub mod transcript;
 
 pub use asciicast::{asciicast_header, asciicast_line, AsciicastEncoder};
@@ -260,9 +264,12 @@ fn feed(
                 );
             }
         }
-        EventKind::InputRedacted { lines, .. } => {
+        EventKind::InputRedacted { bytes, lines } => {
             if let Some(c) = commands {
-                let typed = Typed::Hidden { enters: *lines };
+                let typed = Typed::Hidden {
+                    bytes: *bytes,
+                    enters: *lines,
+                };
                 c.input(
                     transcript.screen(),
                     transcript.scrolled(),
@@ -317,27 +324,58 @@ pub fn render_transcript(events: &[Event]) -> String {
     transcript.transcript_text()
 }
 
-/// The command lines typed at prompts in a recorded event stream ([`commands`]), as the
-/// recording's deriver finds them, before redaction (apply the agent's rules with
-/// [`TypedCommand::redact`]). For `session-agent audit` and the summary; memory is the
-/// screen plus the commands returned.
-pub fn typed_commands(events: impl IntoIterator<Item = Event>) -> Vec<TypedCommand> {
-    let mut events = events.into_iter().peekable();
-    let (cols, rows, started) = match events.peek().map(|e| &e.kind) {
-        Some(EventKind::Start(info)) => (info.cols, info.rows, info.started_unix_ms),
-        _ => (80, 24, 0),
-    };
-    let mut transcript = Transcript::new(cols, rows);
-    transcript.forget_taken_lines();
-    let mut tracker = CommandTracker::new();
-    let mut out = Vec::new();
-    for event in events {
-        feed(&mut transcript, Some(&mut tracker), &event, started);
-        // Nothing of the text is wanted: let the committed lines go.
-        let _ = transcript.take_lines();
-        out.extend(tracker.take());
+/// Finds the command lines typed at prompts in a recorded event stream, event by event
+/// ([`commands`]), as the recording's deriver finds them live: sessions with a terminal
+/// only, before redaction (apply the agent's rules with [`TypedCommand::redact`]). For
+/// `session-agent audit`; memory is the screen plus what one event finds.
+#[derive(Debug)]
+pub struct CommandFinder {
+    transcript: Transcript,
+    tracker: Option<CommandTracker>,
+    started: u64,
+}
+
+impl CommandFinder {
+    /// A finder for the session `start` describes (its start event's information).
+    pub fn new(start: &StartInfo) -> Self {
+        let mut transcript = Transcript::new(start.cols, start.rows);
+        transcript.forget_taken_lines();
+        Self {
+            transcript,
+            tracker: start.term.is_some().then(CommandTracker::new),
+            started: start.started_unix_ms,
+        }
     }
-    out
+
+    /// The command lines `event` (the stream's next) completes.
+    pub fn push(&mut self, event: &Event) -> Vec<TypedCommand> {
+        let Some(tracker) = self.tracker.as_mut() else {
+            return Vec::new();
+        };
+        feed(
+            &mut self.transcript,
+            Some(&mut *tracker),
+            event,
+            self.started,
+        );
+        // Nothing of the text is wanted: let the committed lines go.
+        let _ = self.transcript.take_lines();
+        tracker.take()
+    }
+}
+
+/// Every command line typed at prompts in a recorded event stream that starts with its
+/// start event (see [`CommandFinder`]).
+pub fn typed_commands(events: impl IntoIterator<Item = Event>) -> Vec<TypedCommand> {
+    let mut events = events.into_iter();
+    let Some(first) = events.next() else {
+        return Vec::new();
+    };
+    let EventKind::Start(start) = &first.kind else {
+        return Vec::new();
+    };
+    let mut finder = CommandFinder::new(start);
+    events.flat_map(|e| finder.push(&e)).collect()
 }
 
 #[cfg(test)]

@@ -26,6 +26,11 @@
 //! the shell never starts with the agent's privileges. The shim keeps the process id,
 //! so the shell is still the session leader `portable-pty` created.
 //!
+//! Before it drops privileges the shim can also join the session's cgroup (`--cgroup
+//! DIR`: fatal when it fails, the session must not run outside) and set the session
+//! user's audit login uid (`--loginuid UID`: best effort; the kernel then gives the
+//! session a new audit session id), both for the command audit (`agent::audit`).
+//!
 //! # Processes, groups and ending a session
 //!
 //! The shell calls `setsid` before exec, so its process-group id and session id equal
@@ -40,8 +45,9 @@
 //! ignores SIGHUP or never touches the terminal survives all of that. So ending a
 //! session ([`Shell::terminate`], and `Drop`) SIGKILLs every process still in the
 //! shell's *session* (found through `/proc`), not only its group. Only a process that
-//! called `setsid` itself leaves the session and escapes; containing those needs a
-//! cgroup, which is the service manager's job. Killed children of the shell are
+//! called `setsid` itself leaves the session and escapes here; when the agent runs as
+//! root, the shim first moves the session into a cgroup of its own (`--cgroup`, see
+//! `audit::cgroup`), whose end reaches those too. Killed children of the shell are
 //! reparented to init (or a subreaper), which reaps them.
 //!
 //! The shell's pid is only a safe name while the shell is unreaped (a zombie pins its pid,
@@ -84,13 +90,17 @@ use tokio::io::Interest;
 
 pub use super::spec::Credentials;
 use super::spec::{one_line, spawn_on_terminal, terminal_size, SpawnFailure, Spawned};
-pub use super::spec::{ExitStatus, ShellSpec};
+pub use super::spec::{Containment, ExitStatus, ShellSpec};
 use super::user::SessionUser;
 
 /// The hidden subcommand of the agent binary that runs [`exec_as_main`].
 pub const EXEC_AS_SUBCOMMAND: &str = "__exec-as";
 /// [`exec_as_main`]'s first option: make the program a session leader first.
 const SETSID_FLAG: &str = "--setsid";
+/// [`exec_as_main`]'s option: move into this cgroup (its directory) first.
+const CGROUP_FLAG: &str = "--cgroup";
+/// [`exec_as_main`]'s option: set this audit login uid first.
+const LOGINUID_FLAG: &str = "--loginuid";
 
 /// Terminal size when the spec gives none: the VT100 default most programs assume.
 const DEFAULT_SIZE: (u16, u16) = (80, 24);
@@ -179,6 +189,7 @@ pub fn session_spec(who: &SessionUser, login_shell: bool, size: Option<(u16, u16
             user: u.name.clone(),
         }),
         size,
+        contain: None,
     }
 }
 
@@ -970,8 +981,32 @@ fn argv_for(
         .run_as
         .as_ref()
         .filter(|c| c.uid != euid.as_raw() || c.gid != egid.as_raw());
+    // Joining the session's cgroup and setting the audit login uid need root: only an
+    // agent running as root is given them (see `audit::cgroup`).
+    let mut contain: Vec<String> = Vec::new();
+    if let Some(c) = spec.contain.as_ref().filter(|_| euid.is_root()) {
+        if let Some(dir) = c.cgroup.as_ref().and_then(|d| d.to_str()) {
+            contain.extend([CGROUP_FLAG.to_owned(), dir.to_owned()]);
+        }
+        if let Some(uid) = c.loginuid {
+            contain.extend([LOGINUID_FLAG.to_owned(), uid.to_string()]);
+        }
+    }
     let Some(creds) = switch else {
-        return Ok((spec.program.clone().into_os_string(), spec.args.clone()));
+        if contain.is_empty() {
+            return Ok((spec.program.clone().into_os_string(), spec.args.clone()));
+        }
+        let Some(target) = spec.program.to_str() else {
+            return Err(PtyError::Spawn {
+                program: program.into(),
+                reason: "a contained program needs a UTF-8 path".into(),
+            });
+        };
+        let mut args = vec![EXEC_AS_SUBCOMMAND.to_owned()];
+        args.extend(contain);
+        args.extend(["--".to_owned(), target.to_owned()]);
+        args.extend(spec.args.iter().cloned());
+        return Ok((exec_shim.as_os_str().to_owned(), args));
     };
     if !euid.is_root() {
         return Err(PtyError::NotPrivileged {
@@ -992,20 +1027,22 @@ fn argv_for(
             reason: "a program run as another user needs a UTF-8 path".into(),
         });
     };
-    let mut args: Vec<String> = [
-        EXEC_AS_SUBCOMMAND,
-        "--uid",
-        &creds.uid.to_string(),
-        "--gid",
-        &creds.gid.to_string(),
-        "--user",
-        &creds.user,
-        "--",
-        target,
-    ]
-    .into_iter()
-    .map(str::to_owned)
-    .collect();
+    let mut args: Vec<String> = vec![EXEC_AS_SUBCOMMAND.to_owned()];
+    args.extend(contain);
+    args.extend(
+        [
+            "--uid",
+            &creds.uid.to_string(),
+            "--gid",
+            &creds.gid.to_string(),
+            "--user",
+            &creds.user,
+            "--",
+            target,
+        ]
+        .into_iter()
+        .map(str::to_owned),
+    );
     args.extend(spec.args.iter().cloned());
     Ok((exec_shim.as_os_str().to_owned(), args))
 }
@@ -1032,8 +1069,12 @@ fn command_for(
 struct ExecAs {
     /// `--setsid`: become a session leader first.
     setsid: bool,
-    /// The user to become; `None`: stay as is (`--setsid` alone).
+    /// The user to become; `None`: stay as is (`--setsid`, `--cgroup`, `--loginuid`).
     switch: Option<(Uid, Gid, String)>,
+    /// `--cgroup DIR`: the session's cgroup to join.
+    cgroup: Option<String>,
+    /// `--loginuid UID`: the audit login uid to set.
+    loginuid: Option<u32>,
     program: String,
     args: Vec<String>,
 }
@@ -1043,6 +1084,7 @@ impl ExecAs {
     /// order, each exactly once; everything from PROGRAM on is passed verbatim).
     fn parse(args: &[String]) -> Result<Self, String> {
         let (mut uid, mut gid, mut user) = (None, None, None);
+        let (mut cgroup, mut loginuid) = (None, None);
         let mut rest = args;
         let mut setsid = false;
         if let [flag, tail @ ..] = rest {
@@ -1056,6 +1098,8 @@ impl ExecAs {
                 "--uid" => &mut uid,
                 "--gid" => &mut gid,
                 "--user" => &mut user,
+                CGROUP_FLAG => &mut cgroup,
+                LOGINUID_FLAG => &mut loginuid,
                 _ => break,
             };
             if slot.replace(value.clone()).is_some() {
@@ -1074,19 +1118,22 @@ impl ExecAs {
                 .transpose()
         };
         let (uid, gid) = (id("--uid", uid)?, id("--gid", gid)?);
-        let usage = "usage: __exec-as [--setsid] --uid U --gid G --user NAME -- PROGRAM [ARGS...], or __exec-as --setsid -- PROGRAM [ARGS...]";
+        let loginuid = id(LOGINUID_FLAG, loginuid)?;
+        let usage = "usage: __exec-as [--setsid] [--cgroup DIR] [--loginuid UID] --uid U --gid G --user NAME -- PROGRAM [ARGS...], or without the user options with at least one of the others";
         let switch = match (uid, gid, user) {
             (Some(uid), Some(gid), Some(user)) => {
                 Some((Uid::from_raw(uid), Gid::from_raw(gid), user))
             }
-            // Without a user, only a new session is asked for.
-            (None, None, None) if setsid => None,
+            // Without a user: only a new session, a cgroup or a login uid is asked for.
+            (None, None, None) if setsid || cgroup.is_some() || loginuid.is_some() => None,
             _ => return Err(usage.into()),
         };
         match rest {
             [program, args @ ..] => Ok(Self {
                 setsid,
                 switch,
+                cgroup,
+                loginuid,
                 program: program.clone(),
                 args: args.to_vec(),
             }),
@@ -1112,6 +1159,26 @@ pub fn exec_as_main(args: &[String]) -> ExitCode {
     // (a runaway program in a shell is what the OOM killer should pick). Raising the
     // score is always allowed, so this cannot fail short of a missing /proc.
     let _ = set_oom_score_adj(0);
+    // Into the session's cgroup before anything else, so nothing of the session is ever
+    // outside it. The agent asks only when it made the cgroup: failing is not an option
+    // the session gets to run without.
+    if let Some(dir) = &request.cgroup {
+        let procs = Path::new(dir).join("cgroup.procs");
+        if let Err(e) = std::fs::write(&procs, std::process::id().to_string()) {
+            return shim_failure(
+                &format!("{what}: cannot join the session's cgroup {dir}: {e}"),
+                EXIT_CANNOT_EXECUTE,
+            );
+        }
+    }
+    // The audit login uid: the kernel starts a new audit session (a new
+    // /proc/self/sessionid) that every process of the session inherits and that su and
+    // sudo keep. Best effort: where the login uid is immutable and already set, the
+    // session keeps the agent's, and the cgroup and the fork tree still say which
+    // processes are the session's.
+    if let Some(uid) = request.loginuid {
+        let _ = std::fs::write("/proc/self/loginuid", uid.to_string());
+    }
     if request.setsid {
         if let Err(e) = nix::unistd::setsid() {
             return shim_failure(&format!("{what}: setsid: {e}"), EXIT_CANNOT_EXECUTE);
@@ -1203,6 +1270,7 @@ mod tests {
             cwd: "/".into(),
             run_as: None,
             size: None,
+            contain: None,
         }
     }
 

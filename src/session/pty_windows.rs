@@ -143,6 +143,7 @@ pub fn session_spec(who: &SessionUser, login_shell: bool, size: Option<(u16, u16
             user: who.info.name.clone(),
         }),
         size,
+        contain: None,
     }
 }
 

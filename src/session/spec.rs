@@ -50,6 +50,21 @@ pub struct ShellSpec {
     pub run_as: Option<Credentials>,
     /// Initial size as (columns, rows); 80x24 when `None`.
     pub size: Option<(u16, u16)>,
+    /// Where the session's processes are kept and how the kernel's audit names them
+    /// (Linux, an agent running as root); nothing when `None`.
+    pub contain: Option<Containment>,
+}
+
+/// What the `__exec-as` shim does, still root, before anything of the session runs
+/// (see `audit::cgroup` and `session::pty`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Containment {
+    /// The session's cgroup directory: the shim moves itself into it, so every process
+    /// of the session is born inside.
+    pub cgroup: Option<PathBuf>,
+    /// The session user's uid, written as the audit login uid: the kernel gives the
+    /// session a new audit session id, which every process inherits and auditd records.
+    pub loginuid: Option<u32>,
 }
 
 /// How the shell ended: its exit code, or the signal that killed it.

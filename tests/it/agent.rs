@@ -446,7 +446,7 @@ async fn a_non_root_daemon_runs_shells_as_its_own_user() {
         ])
         .arg(state.path())
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("setpriv");
@@ -455,6 +455,23 @@ async fn a_non_root_daemon_runs_shells_as_its_own_user() {
     client.type_text("echo user=$(id -un)\r").await;
     client.expect("user=nobody").await;
     let _ = child.kill().await;
+    // What it cannot do without root, it said once, clearly (issue 19): no cgroup per
+    // session, and whether the kernel lets it audit programs.
+    let mut log = String::new();
+    if let Some(mut stderr) = child.stderr.take() {
+        let _ = tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut log).await;
+    }
+    let once = |needle: &str| log.matches(needle).count();
+    assert_eq!(
+        once("Sessions get no cgroup of their own (the agent is not root)"),
+        1,
+        "{log}"
+    );
+    assert_eq!(
+        once("Command audit on") + once("The command audit is off"),
+        1,
+        "{log}"
+    );
     gw.stop().await;
 }
 

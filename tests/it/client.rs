@@ -54,6 +54,7 @@ impl Term {
             cwd: "/".into(),
             run_as: None,
             size: None,
+            contain: None,
         };
         let mut shell = Shell::spawn(&spec, Path::new(BIN)).expect("spawn on a pty");
         let mut reader = shell.take_reader().unwrap();

@@ -24,6 +24,7 @@ mod recovery;
 mod reliability;
 mod resources;
 mod service;
+mod sessions;
 mod support;
 mod trust;
 mod typed_commands;

@@ -38,6 +38,7 @@ fn spec(program: &str, args: &[&str], run_as: Credentials) -> ShellSpec {
         cwd: "/".into(),
         run_as: Some(run_as),
         size: None,
+        contain: None,
     }
 }
 

@@ -535,6 +535,35 @@ async fn s3_and_cloudwatch_uploads_at_close_hold_the_clean_transcript() {
     assert_eq!(code, Some(1), "{said}");
     assert!(said.starts_with("BROKEN: record 2:"), "{said}");
 
+    // The summary beside them: written before the S3 upload finished (S3 pending in the
+    // copy, CloudWatch settled), and rewritten locally once it did.
+    let copy: Value = serde_json::from_slice(
+        &ls.object(&bucket, &format!("team/a/{sid}.summary.json"), WAIT)
+            .await,
+    )
+    .unwrap();
+    assert_eq!(copy["sessionId"], sid.as_str(), "{copy}");
+    assert_eq!(copy["complete"], true, "{copy}");
+    assert_eq!(copy["delivery"]["s3"]["state"], "pending", "{copy}");
+    assert_eq!(
+        copy["delivery"]["s3"]["location"],
+        format!("s3://{bucket}/team/a/{sid}.*")
+    );
+    assert_eq!(
+        copy["delivery"]["cloudWatchLogs"]["state"], "delivered",
+        "{copy}"
+    );
+    let local: Value = serde_json::from_slice(
+        &std::fs::read(agent.recording_dir(&sid).join("summary.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(local["delivery"]["s3"]["state"], "delivered", "{local}");
+    assert_eq!(local["spool"], copy["spool"]);
+    assert!(report["s3_keys"]
+        .as_array()
+        .unwrap()
+        .contains(&Value::from(format!("team/a/{sid}.summary.json"))));
+
     let s = wait_status(&gw, &sid, "History", "Terminated").await;
     assert_eq!(
         s["OutputUrl"]["S3OutputUrl"],

@@ -281,6 +281,32 @@ async fn real_bash_lines_wrapped_interrupted_edited_or_typed_into_vi_give_the_ri
             (prompt, "exit"),
         ]
     );
+    // `session-agent audit` shows them among the programs, as JSON too.
+    let table = agent_tool("audit", &spool).await;
+    let text = String::from_utf8_lossy(&table.stdout).into_owned();
+    assert!(table.status.success(), "{text}");
+    assert!(text.contains("typed: echo abX"), "{text}");
+    assert!(!text.contains("typed: echo never"), "{text}");
+    let json = tokio::process::Command::new(env!("CARGO_BIN_EXE_session-agent"))
+        .arg("audit")
+        .arg("--json")
+        .arg(&spool)
+        .output()
+        .await
+        .unwrap();
+    let typed: Vec<String> = String::from_utf8_lossy(&json.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["type"] == "command")
+        .map(|v| v["commandLine"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        typed,
+        lines
+            .iter()
+            .map(|(_, c)| (*c).to_owned())
+            .collect::<Vec<_>>()
+    );
     agent.stop().await;
     gw.stop().await;
 }

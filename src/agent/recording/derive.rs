@@ -25,6 +25,7 @@ use crate::audit::redact::Redactor;
 use crate::delivery::cwl::{
     self, redacted_marker, render_input, Direction, StreamMode, StreamRecord,
 };
+use crate::recorder::summary::{SpoolSummary, SummaryBuilder};
 use crate::recorder::{Event, EventKind, Recorder, StartInfo, TypedCommand};
 use crate::spool::format::{self as spool, Chain};
 use crate::spool::layout::{owner_only, Paths, EVENTS_FILE, STREAM_FILE};
@@ -190,6 +191,9 @@ pub(super) struct Deriver {
     /// Set while a derived file has no room (the writer then records a gap).
     stalled: Arc<AtomicBool>,
     summary: Summary,
+    /// The session's summary (`summary.json`), fed every event derived. The commands-as-
+    /// typed finder counts into it with `session_summary.count_command()`.
+    session_summary: SummaryBuilder,
     progress: watch::Sender<u64>,
     /// What the stream carries: the mode, and whether plain typed input.
     mode: StreamMode,
@@ -228,10 +232,12 @@ impl Deriver {
         settings: DeriveSettings,
     ) -> Self {
         let started_unix_ms = start.started_unix_ms;
+        let session_summary = SummaryBuilder::new(&start);
         // Commands typed at prompts: sessions with a terminal only.
         let terminal = start.term.is_some();
         let rec = Recorder::new(start).forget_taken_lines();
         let mut deriver = Self {
+            session_summary,
             rec: if terminal { rec.with_commands() } else { rec },
             files,
             started_unix_ms,
@@ -288,6 +294,7 @@ impl Deriver {
     /// with chain value `chain`).
     pub(super) fn derive(&mut self, event: &Event, records: u64, chain: Chain) {
         (self.records, self.chain) = (records, chain);
+        self.session_summary.push(event);
         if matches!(event.kind, EventKind::Start(_)) {
             // Its header is written by `new`.
             return;
@@ -322,7 +329,7 @@ impl Deriver {
     /// A command line typed at a prompt: masked, counted, streamed.
     fn command(&mut self, mut command: TypedCommand) {
         command.redact(|argv| self.redactor.redact(argv));
-        self.summary.commands += 1;
+        self.session_summary.count_command();
         self.stream_command(command);
     }
 
@@ -372,6 +379,12 @@ impl Deriver {
         if self.summary.error.is_none() {
             self.summary.error.clone_from(&written.error);
         }
+        let spool = SpoolSummary {
+            records: written.spool_records,
+            chain_head: written.spool_head.clone(),
+        };
+        let problems: Vec<String> = self.summary.error.iter().cloned().collect();
+        self.summary.session = Some(self.session_summary.finish(spool, &problems));
         self.summary
     }
 
@@ -906,7 +919,7 @@ pub fn rebuild(
     if let Some(e) = summary.error.take() {
         return Err(Transient(e));
     }
-    super::note_spool_end(paths, &summary);
+    super::note_end(paths, &mut summary);
     Ok(Rebuilt {
         summary,
         interrupted: !was_ended,

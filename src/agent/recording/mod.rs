@@ -65,8 +65,9 @@ use crate::audit::redact::Redactor;
 
 use crate::delivery::cwl::SessionFields;
 use crate::delivery::{CwlDestination, S3Destination};
+use crate::recorder::summary::{DeliverySummary, DestinationDelivery, SessionSummary};
 use crate::recorder::{EventKind, StartInfo};
-use crate::spool::layout::{write_atomic, Paths, META_FILE};
+use crate::spool::layout::{write_atomic, LiveMark, Paths, META_FILE, SUMMARY_FILE};
 use crate::spool::writer::{self, Alarm, Progress, SpoolWriter};
 use derive::{DeriveSettings, DerivedFiles, Deriver, Follower};
 #[cfg(unix)]
@@ -168,6 +169,9 @@ enum Rec {
     Resize(u64, u16, u16),
     Tunnel(u64, crate::recorder::event::Tunnel),
     Process(u64, crate::recorder::event::Process),
+    /// Programs of the session the command audit lost (the kernel's queue overflowed):
+    /// when (from, to), how many events at most, why.
+    AuditGap(u64, u64, u64, String),
     End(u64, Option<i32>, String),
     /// Input under `fail-closed`: the writer learns whether it was recorded before it
     /// types it.
@@ -233,6 +237,20 @@ impl Tap {
         let _ = self.tx.blocking_send(Rec::Process(self.at(), process));
     }
 
+    /// Records that the command audit lost up to `events` kernel events (of the whole
+    /// host; some may have been this session's) since session millisecond `from_ms`,
+    /// from the audit's reader thread. `verify` and the summary then call the recording
+    /// incomplete.
+    pub fn audit_gap_blocking(&self, from_ms: u64, events: u64, reason: &str) {
+        let at = self.at();
+        let _ = self.tx.blocking_send(Rec::AuditGap(
+            at,
+            from_ms.min(at),
+            events,
+            reason.to_owned(),
+        ));
+    }
+
     /// Session milliseconds now (the clock of the recording's events).
     pub fn now_ms(&self) -> u64 {
         self.at()
@@ -295,8 +313,6 @@ pub struct Summary {
     pub output_bytes: u64,
     /// Keystroke bytes withheld because echo was off.
     pub redacted_bytes: u64,
-    /// Command lines typed at prompts, as found on screen (commands as typed).
-    pub commands: u64,
     /// Parts of the session that could not be recorded (the disk was full), described.
     pub gaps: Vec<String>,
     /// Records in the spool, and the hash chain's value after the last one.
@@ -305,6 +321,9 @@ pub struct Summary {
     pub spool_head: String,
     /// A write to the state dir failed (the text says which); the recording is incomplete.
     pub error: Option<String>,
+    /// The session's summary (`summary.json`), built from the same events; `None` when
+    /// the deriver stopped before the end.
+    pub session: Option<SessionSummary>,
 }
 
 impl Summary {
@@ -416,9 +435,23 @@ impl Recording {
             .with_alarm(alarm)
             .with_stall_flag(deriver.stall_flag());
         let progress = Arc::new(Progress::default());
+        // Shown live (`session-agent sessions`) until its summary is written.
+        let live = LiveMark::take(&paths.events)
+            .map_err(|e| tracing::warn!(session = %start.session_id, error = %e, "Cannot mark the recording live; `session-agent sessions` will not show it as live"))
+            .ok();
         tokio::spawn(write_loop(writer, start, rx, progress.clone()));
+        let summary_paths = paths.clone();
         tokio::spawn(async move {
             let summary = derive::follow(Follower::new(deriver, tail), progress).await;
+            let summary = tokio::task::spawn_blocking(move || {
+                // Shown live until the summary is written (the end of this closure).
+                let _live = live;
+                let mut summary = summary;
+                note_end(&summary_paths, &mut summary);
+                summary
+            })
+            .await
+            .unwrap_or_else(|_| Summary::deriver_stopped());
             let _ = done_tx.send(summary);
         });
         Ok((
@@ -458,29 +491,30 @@ pub struct PendingSummary {
 
 #[derive(Debug)]
 enum Pending {
-    Ready(Summary),
+    Ready(Box<Summary>),
     Deriving(oneshot::Receiver<Summary>),
 }
 
 impl PendingSummary {
+    /// The recording's files.
+    pub fn paths(&self) -> &Paths {
+        &self.paths
+    }
+
     /// A summary already known (a rebuilt recording).
     pub fn ready(paths: Paths, summary: Summary) -> Self {
         Self {
             paths,
-            inner: Pending::Ready(summary),
+            inner: Pending::Ready(Box::new(summary)),
         }
     }
 
-    /// Waits for the deriver to finish, and notes where the spool ended in
-    /// `session.json`.
+    /// Waits for the deriver to finish (it noted where the spool ended in
+    /// `session.json` and wrote `summary.json`).
     pub async fn wait(self) -> Summary {
         match self.inner {
-            Pending::Ready(summary) => summary,
-            Pending::Deriving(done) => {
-                let summary = done.await.unwrap_or_else(|_| Summary::deriver_stopped());
-                note_spool_end(&self.paths, &summary);
-                summary
-            }
+            Pending::Ready(summary) => *summary,
+            Pending::Deriving(done) => done.await.unwrap_or_else(|_| Summary::deriver_stopped()),
         }
     }
 }
@@ -592,26 +626,73 @@ fn apply(writer: &mut SpoolWriter, msg: Rec) -> bool {
         Rec::Resize(at, cols, rows) => (at, EventKind::Resize { cols, rows }),
         Rec::Tunnel(at, t) => (at, EventKind::Tunnel(t)),
         Rec::Process(at, p) => (at, EventKind::Process(p)),
+        Rec::AuditGap(at, from_ms, events, reason) => (
+            at,
+            EventKind::Gap {
+                from_ms,
+                to_ms: Some(at),
+                bytes: 0,
+                events,
+                reason,
+            },
+        ),
         Rec::End(at, exit_code, how) => (at, EventKind::End { exit_code, how }),
         Rec::Closed => return false, // turned into an end before it gets here
     };
     writer.write(at, kind, data).is_some()
 }
 
-/// Records the spool's record count and chain head in `session.json` (beside the copy
-/// in the last streamed CloudWatch message and `delivery.json`), so a copy of the spool
-/// cut short can be told from the whole. A failure is logged, not fatal.
-fn note_spool_end(paths: &Paths, summary: &Summary) {
-    if summary.spool_head.is_empty() {
-        return;
+/// Once every event is derived (a live session's end, or a rebuild): records the
+/// spool's record count and chain head in `session.json` (beside the copy in the last
+/// streamed CloudWatch message and `delivery.json`), so a copy of the spool cut short can
+/// be told from the whole; and writes `summary.json`, its delivery pending for each
+/// destination `session.json` names. Blocking. A failure is logged, not fatal.
+fn note_end(paths: &Paths, summary: &mut Summary) {
+    let meta = Meta::read(&paths.dir);
+    if !summary.spool_head.is_empty() {
+        let written = meta.clone().and_then(|mut meta| {
+            meta.spool_records = Some(summary.spool_records);
+            meta.spool_head = Some(summary.spool_head.clone());
+            meta.write(paths).map_err(|e| e.to_string())
+        });
+        if let Err(e) = written {
+            tracing::warn!(dir = %paths.dir.display(), error = %e, "Cannot note the spool's end in session.json");
+        }
     }
-    let written = Meta::read(&paths.dir).and_then(|mut meta| {
-        meta.spool_records = Some(summary.spool_records);
-        meta.spool_head = Some(summary.spool_head.clone());
-        meta.write(paths).map_err(|e| e.to_string())
-    });
+    if let Some(session) = &mut summary.session {
+        session.delivery = meta.map(|m| pending_delivery(&m)).unwrap_or_default();
+        write_summary(paths, session);
+    }
+}
+
+/// Every destination `meta` names, pending.
+fn pending_delivery(meta: &Meta) -> DeliverySummary {
+    DeliverySummary {
+        s3: meta.s3.as_ref().map(|d| DestinationDelivery {
+            location: format!(
+                "s3://{}/{}",
+                d.bucket,
+                crate::delivery::s3_key(&d.prefix, &meta.session_id, "*")
+            ),
+            ..DestinationDelivery::default()
+        }),
+        cloud_watch_logs: meta.cwl.as_ref().map(|d| DestinationDelivery {
+            location: format!("{} (log stream {})", d.group, meta.session_id),
+            ..DestinationDelivery::default()
+        }),
+        skipped: meta.skipped.clone(),
+    }
+}
+
+/// Writes a recording's `summary.json` (owner-only, atomically). A failure is logged,
+/// not fatal: the recording itself is whole without it.
+pub(crate) fn write_summary(paths: &Paths, summary: &SessionSummary) {
+    let path = paths.dir.join(SUMMARY_FILE);
+    let written = serde_json::to_vec_pretty(summary)
+        .map_err(std::io::Error::other)
+        .and_then(|json| write_atomic(&path, &json));
     if let Err(e) = written {
-        tracing::warn!(dir = %paths.dir.display(), error = %e, "Cannot note the spool's end in session.json");
+        tracing::warn!(path = %path.display(), error = %e, "Cannot write the recording's summary");
     }
 }
 
@@ -706,6 +787,121 @@ mod tests {
         assert_eq!(std::fs::read(&paths.events).unwrap(), spool);
     }
 
+    fn summary_json(paths: &Paths) -> SessionSummary {
+        serde_json::from_slice(&std::fs::read(paths.dir.join(SUMMARY_FILE)).unwrap()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_summary_is_written_at_the_end_and_a_rebuild_writes_the_same() {
+        use crate::spool::layout::is_live;
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let id = "s-sum";
+        let (tap, recording) = Recording::start(
+            root.path(),
+            start(id),
+            &streaming_meta(id),
+            Options::default(),
+        )
+        .unwrap();
+        let spool = recording.paths.events.clone();
+        // Live until its summary is written.
+        assert_eq!(is_live(&spool), Some(true));
+        tap.output(b"$ ").await;
+        tap.input(b"ls\r", Some(false)).await;
+        tap.input(b"hunter2\r", Some(true)).await;
+        let exec = crate::recorder::event::Process {
+            phase: crate::recorder::event::ProcessPhase::Exec,
+            pid: 7,
+            ppid: Some(1),
+            uid: Some(0),
+            euid: Some(0),
+            cwd: Some("/".into()),
+            executable: Some("/usr/bin/mysql".into()),
+            argv: vec!["mysql".into(), "-p[redacted]".into()],
+            redactions: 1,
+            details_unavailable: None,
+            argv_truncated: false,
+            login_uid: None,
+            audit_session: None,
+            exit_code: None,
+            signal: None,
+            duration_ms: None,
+        };
+        let tap2 = tap.clone();
+        let exit = crate::recorder::event::Process {
+            phase: crate::recorder::event::ProcessPhase::Exit,
+            argv: Vec::new(),
+            exit_code: Some(7),
+            ..exec.clone()
+        };
+        tokio::task::spawn_blocking(move || {
+            tap2.process_blocking(exec);
+            tap2.process_blocking(exit);
+        })
+        .await
+        .unwrap();
+        tap.output(b"file\r\n$ ").await;
+        tap.end(Some(0), "exited").await;
+        drop(tap);
+        let (paths, pending) = recording.finish();
+        let summary = pending.wait().await;
+        assert_eq!(is_live(&spool), Some(false));
+        let live = summary.session.clone().unwrap();
+        let written = summary_json(&paths);
+        assert_eq!(written.spool.records, summary.spool_records);
+        assert_eq!(written.spool.chain_head, summary.spool_head);
+        assert_eq!(written.session_id, id);
+        assert_eq!(written.bytes.output, 10);
+        assert_eq!(written.bytes.input, 3);
+        assert_eq!(written.bytes.input_withheld, 8);
+        assert_eq!(written.redactions.echo_off_lines, 1);
+        assert_eq!(written.redactions.arguments_masked, 1);
+        assert_eq!(
+            (
+                written.processes.executed,
+                written.processes.exited,
+                written.processes.exited_non_zero
+            ),
+            (1, 1, 1)
+        );
+        assert_eq!(
+            (written.exit_code, written.ended_how.as_deref()),
+            (Some(0), Some("exited"))
+        );
+        assert!(written.complete, "{:?}", written.incomplete_reasons);
+        // Delivery pending for the destination session.json names.
+        let cwl = written.delivery.cloud_watch_logs.clone().unwrap();
+        assert_eq!(cwl.state, crate::recorder::summary::DeliveryState::Pending);
+        assert!(written.delivery.s3.is_none());
+        assert_eq!(
+            written,
+            SessionSummary {
+                delivery: written.delivery.clone(),
+                ..live
+            }
+        );
+        assert_eq!(
+            std::fs::metadata(paths.dir.join(SUMMARY_FILE))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
+        // The rebuild derives the same summary from the same spool.
+        std::fs::remove_file(paths.dir.join(SUMMARY_FILE)).unwrap();
+        let rebuilt = rebuild_as_recorded(&paths).unwrap();
+        assert_eq!(summary_json(&paths), written);
+        assert_eq!(
+            rebuilt.summary.session.unwrap(),
+            SessionSummary {
+                delivery: written.delivery.clone(),
+                ..written.clone()
+            }
+        );
+    }
+
     #[tokio::test]
     async fn a_spool_cut_by_a_crash_is_rebuilt_and_marked_interrupted() {
         let root = tempfile::tempdir().unwrap();
@@ -727,6 +923,9 @@ mod tests {
         let rebuilt = rebuild_as_recorded(&paths).unwrap();
         assert!(rebuilt.interrupted);
         assert_eq!(rebuilt.torn_bytes, 7);
+        let summary = summary_json(&paths);
+        assert!(summary.interrupted && !summary.complete, "{summary:?}");
+        assert_eq!(summary.ended_how.as_deref(), Some(INTERRUPTED));
         // The interrupted end commits the same lines the real end did, and says so.
         let [transcript, _, stream] = derived(&paths);
         let note = format!("[session {INTERRUPTED}]\n");
@@ -831,7 +1030,7 @@ mod tests {
         let mut meta = streaming_meta("s-cmd");
         meta.stream_input = false;
         let (records, summary) = stream_of(&meta).await;
-        assert_eq!(summary.commands, 2);
+        assert_eq!(summary.session.as_ref().unwrap().commands, 2);
         let commands: Vec<(&str, &str)> = records
             .iter()
             .filter(|r| r.direction == Direction::Command)
@@ -873,7 +1072,11 @@ mod tests {
             mode: crate::delivery::cwl::StreamMode::Upstream,
         });
         let (records, summary) = stream_of(&meta).await;
-        assert_eq!(summary.commands, 2, "still found, for the summary");
+        assert_eq!(
+            summary.session.as_ref().unwrap().commands,
+            2,
+            "still found, for the summary"
+        );
         assert!(!records.is_empty());
         assert!(
             records.iter().all(|r| r.direction == Direction::Output),
