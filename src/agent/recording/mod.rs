@@ -1017,8 +1017,13 @@ mod tests {
         drop(tap);
         let (paths, pending) = recording.finish();
         let summary = pending.wait().await;
-        let records = std::fs::read_to_string(&paths.stream)
-            .unwrap()
+        let stream = std::fs::read_to_string(&paths.stream).unwrap();
+        // A rebuild (after a crash) derives the same queue, commands and settings
+        // included, from the spool and session.json.
+        let live = derived(&paths);
+        rebuild_as_recorded(&paths).unwrap();
+        assert_eq!(derived(&paths), live);
+        let records = stream
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
