@@ -119,6 +119,9 @@ pub struct AgentConfig {
     pub port: port::policy::PortPolicy,
     /// Record every program sessions run, from the kernel (Linux).
     pub command_audit: bool,
+    /// The redaction rules: the built-in ones and the administrator's `redact_flags` and
+    /// `redact_patterns`, applied to audited argv and to typed and echoed text.
+    pub redactor: Arc<crate::audit::redact::Redactor>,
 }
 
 /// Settings of the `aws` gateway mode.
@@ -838,6 +841,7 @@ fn record(
     let options = recording::Options {
         headroom: policy.headroom_bytes,
         fail_closed: policy.fail_closed,
+        redactor: ctx.config.redactor.clone(),
     };
     let started = Recording::start(&ctx.config.recordings_dir(), start, &meta, options);
     let (tap, recording) = match started {
@@ -1304,7 +1308,7 @@ pub async fn run(
     retention::sweep(&recordings, config.retention);
     #[cfg(target_os = "linux")]
     let audit = if config.command_audit {
-        audit::Audit::start(crate::audit::redact::Redactor::default())
+        audit::Audit::start(crate::audit::redact::Redactor::clone(&config.redactor))
     } else {
         tracing::info!("The command audit is off (command_audit = \"off\")");
         None

@@ -66,6 +66,7 @@ impl RunningAgent {
             local_key,
             port: Default::default(),
             command_audit: true,
+            redactor: Default::default(),
         };
         tweak(&mut config);
         let (stop, stopped) = oneshot::channel::<()>();
