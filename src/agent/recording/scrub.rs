@@ -79,6 +79,8 @@ pub(crate) const IDLE_MS: u64 = 2_000;
 pub(crate) const MAX_AGE_MS: u64 = 10_000;
 /// An output end kept for a secret split across events waits this long for the rest (ms).
 pub(crate) const TAIL_MS: u64 = 500;
+/// After Enter, the line's echo (its line feed) is waited for this long (ms).
+pub(crate) const ECHO_MS: u64 = 300;
 /// Secrets a session keeps masking (the oldest is forgotten first).
 pub(crate) const MAX_SECRETS: usize = 64;
 /// Longest secret kept (bytes); a longer one is masked in its own line only.
@@ -134,11 +136,25 @@ impl<T> Held<T> {
     }
 }
 
+impl Line {
+    /// `ends` line ends were typed at `now`.
+    fn ended(&mut self, ends: usize, now: u64) {
+        if ends > 0 {
+            self.awaiting = (self.awaiting + ends).min(64);
+            self.ended_at = now;
+        }
+    }
+}
+
 /// The open typed line.
 struct Line {
     typed: Typed,
     screen: Screen,
     last_input: u64,
+    /// Line ends typed whose echo (a line feed in the output) has not come yet.
+    awaiting: usize,
+    /// When the last line end was typed.
+    ended_at: u64,
 }
 
 /// See the [module docs](self).
@@ -261,6 +277,9 @@ impl<T> Scrubber<T> {
             return None;
         }
         Some(match &self.line {
+            Some(line) if line.awaiting > 0 => {
+                (line.ended_at + ECHO_MS).min(self.held_since + MAX_AGE_MS)
+            }
             Some(line) => (line.last_input + IDLE_MS).min(self.held_since + MAX_AGE_MS),
             None => self.held_since + TAIL_MS,
         })
@@ -269,11 +288,7 @@ impl<T> Scrubber<T> {
     /// Releases what has been held too long at `now` (session ms) into `out`.
     pub(crate) fn tick(&mut self, now: u64, out: &mut Vec<Item<T>>) {
         if self.deadline().is_some_and(|d| d <= now) {
-            let kind = if self.line.is_some() {
-                Release::Early
-            } else {
-                Release::Flush
-            };
+            let kind = self.bound_release();
             self.release(kind, out);
         }
         // A line left without a key for long is forgotten (its text is still in the
@@ -288,10 +303,22 @@ impl<T> Scrubber<T> {
         }
     }
 
+    /// How what is held goes out when a bound is reached: a line whose end was typed is
+    /// read as ended (its echo did not come in time), one still being typed as far as
+    /// typed.
+    fn bound_release(&self) -> Release {
+        match &self.line {
+            Some(line) if line.awaiting > 0 => Release::LineEnd,
+            Some(_) => Release::Early,
+            None => Release::Flush,
+        }
+    }
+
     /// Everything held, out (the session ended): the open line read as far as typed.
     pub(crate) fn finish(&mut self, out: &mut Vec<Item<T>>) {
         if self.line.is_some() {
-            self.release(Release::Early, out);
+            let kind = self.bound_release();
+            self.release(kind, out);
         }
         self.release(Release::Flush, out);
         self.line = None;
@@ -306,48 +333,49 @@ impl<T> Scrubber<T> {
                 let start = self.in_pos;
                 self.in_pos += data.len() as u64;
                 let line = self.open_line(now);
-                let ended = line.typed.feed(&data, start);
+                let ends = line.typed.feed(&data, start);
+                line.ended(ends, now);
                 self.hold(Item::Input { at, data }, start, now);
-                if ended {
-                    self.release(Release::LineEnd, out);
-                } else if self.held_bytes > HOLD_BYTES {
-                    self.release(Release::Early, out);
-                }
             }
             Item::Hidden { lines, item } => {
                 let line = self.open_line(now);
                 if lines > 0 {
                     line.typed.end_line();
                 }
+                line.ended(lines, now);
                 self.hold(Item::Hidden { lines, item }, 0, now);
-                if lines > 0 {
-                    self.release(Release::LineEnd, out);
-                } else if self.held_bytes > HOLD_BYTES {
-                    self.release(Release::Early, out);
-                }
             }
             Item::Output { at, data } => {
                 let data = self.expected(data);
                 let start = self.out_pos;
                 self.out_pos += data.len() as u64;
                 self.follow_tail(&data);
-                // Inside a line being typed (keys in the last IDLE_MS), output is the
-                // echo: held with the keys.
+                // Inside a line being typed (keys in the last IDLE_MS, or an Enter whose
+                // echo is awaited), output is the echo: held with the keys.
+                let mut echoed = false;
                 let typing = match &mut self.line {
                     Some(line) => {
                         line.screen.feed(&data, start);
-                        now < line.last_input + IDLE_MS
+                        if line.awaiting > 0 {
+                            let feeds = data.iter().filter(|&&b| b == b'\n').count();
+                            line.awaiting = line.awaiting.saturating_sub(feeds);
+                            echoed = line.awaiting == 0;
+                            true
+                        } else {
+                            now < line.last_input + IDLE_MS
+                        }
                     }
                     None => false,
                 };
                 if typing {
                     self.hold(Item::Output { at, data }, start, now);
-                    if self.held_bytes > HOLD_BYTES {
-                        self.release(Release::Early, out);
+                    if echoed {
+                        self.release(Release::LineEnd, out);
                     }
                 } else if self.held.is_empty() && self.secrets.is_empty() {
                     // The fast path: nothing to look for.
                     out.push(Item::Output { at, data });
+                    return;
                 } else {
                     self.hold(Item::Output { at, data }, start, now);
                     self.release(Release::Tail, out);
@@ -356,18 +384,14 @@ impl<T> Scrubber<T> {
             Item::Other(t) => {
                 if self.held.is_empty() {
                     out.push(Item::Other(t));
-                } else {
-                    self.hold(Item::Other(t), 0, now);
-                    if self.held_bytes > HOLD_BYTES {
-                        let kind = if self.line.is_some() {
-                            Release::Early
-                        } else {
-                            Release::Flush
-                        };
-                        self.release(kind, out);
-                    }
+                    return;
                 }
+                self.hold(Item::Other(t), 0, now);
             }
+        }
+        if self.held_bytes > HOLD_BYTES {
+            let kind = self.bound_release();
+            self.release(kind, out);
         }
     }
 
@@ -391,6 +415,8 @@ impl<T> Scrubber<T> {
                 typed: Typed::default(),
                 screen,
                 last_input: now,
+                awaiting: 0,
+                ended_at: now,
             }
         });
         line.last_input = now;
@@ -530,7 +556,8 @@ impl<T> Scrubber<T> {
         }
         let mut texts: Vec<String> = line.typed.done.iter().map(|l| text(l)).collect();
         texts.push(text(&line.typed.cells));
-        texts.push(line.screen.text());
+        texts.extend(line.screen.done.iter().map(|l| row_text(l)));
+        texts.push(row_text(&line.screen.cells));
         // The raw keys (a pasted line longer than the models keep).
         let mut raw = Vec::new();
         for h in &self.held {
@@ -558,7 +585,9 @@ impl<T> Scrubber<T> {
             for cells in line.typed.done.iter().chain([&line.typed.cells]) {
                 marks_in.extend(spans(cells.iter().map(|c| Some(*c)), &chars));
             }
-            marks_out.extend(spans(line.screen.cells.iter().copied(), &chars));
+            for cells in line.screen.done.iter().chain([&line.screen.cells]) {
+                marks_out.extend(spans(cells.iter().copied(), &chars));
+            }
         }
         // The end of the shown line may be a secret whose last characters' echo is
         // still on its way.
@@ -570,6 +599,10 @@ impl<T> Scrubber<T> {
         }
         let ended = kind == Release::LineEnd;
         line.typed.done.clear();
+        line.screen.done.clear();
+        if ended {
+            line.awaiting = 0;
+        }
         let open = !line.typed.cells.is_empty();
         if ended && !open {
             self.line = None;
@@ -687,6 +720,10 @@ fn spans(cells: impl Iterator<Item = Option<Cell>>, secret: &[char]) -> Vec<(u64
 
 fn text(cells: &[Cell]) -> String {
     cells.iter().map(|c| c.ch).collect()
+}
+
+fn row_text(cells: &[Option<Cell>]) -> String {
+    cells.iter().map(|c| c.map_or(' ', |c| c.ch)).collect()
 }
 
 /// One character on a line, and the bytes that drew it: the first byte of the first
@@ -840,9 +877,9 @@ struct Typed {
 }
 
 impl Typed {
-    /// Whether a line ended.
-    fn feed(&mut self, data: &[u8], start: u64) -> bool {
-        let mut ended = false;
+    /// How many lines ended.
+    fn feed(&mut self, data: &[u8], start: u64) -> usize {
+        let mut ended = 0;
         for (i, &b) in data.iter().enumerate() {
             match self.dec.feed(b, start + i as u64) {
                 Some(Act::Print(ch, a, z)) if self.cells.len() < LINE_CELLS => {
@@ -854,7 +891,7 @@ impl Typed {
                 }
                 Some(Act::Control(b'\r' | b'\n' | 0x03)) => {
                     self.end_line();
-                    ended = true;
+                    ended += 1;
                 }
                 Some(Act::Control(0x7f | 0x08)) => {
                     self.cells.pop();
@@ -889,6 +926,8 @@ impl Typed {
 struct Screen {
     dec: Decoder,
     cells: Vec<Option<Cell>>,
+    /// Lines ended by a line feed since the last release (the last few).
+    done: Vec<Vec<Option<Cell>>>,
     width: usize,
     row: usize,
     col: usize,
@@ -901,6 +940,7 @@ impl Screen {
         Self {
             dec: Decoder::default(),
             cells: Vec::new(),
+            done: Vec::new(),
             width: width.max(1),
             row: 0,
             col: 0,
@@ -955,7 +995,10 @@ impl Screen {
                 self.pending = false;
             }
             b'\n' => {
-                self.cells.clear();
+                if self.done.len() >= 4 {
+                    self.done.remove(0);
+                }
+                self.done.push(std::mem::take(&mut self.cells));
                 self.row = 0;
                 self.pending = false;
             }
@@ -1035,10 +1078,6 @@ impl Screen {
         for c in self.cells.iter_mut().take(to).skip(from) {
             *c = None;
         }
-    }
-
-    fn text(&self) -> String {
-        self.cells.iter().map(|c| c.map_or(' ', |c| c.ch)).collect()
     }
 
     /// Where the cursor is, the end of what the line shows so far.
@@ -1251,8 +1290,9 @@ mod tests {
         let mut out = Vec::new();
         output(&mut s, 0, "$ ", &mut out);
         input(&mut s, 1, "curl -u u:S3CR3T2 http://127.0.0.1:1/\r", &mut out);
-        // The line ended with the keys: nothing held.
-        assert!(s.deadline().is_none());
+        // The line ended with the keys; its echo is awaited.
+        assert_eq!(s.deadline(), Some(1 + ECHO_MS));
+        assert_eq!(out.len(), 1);
         // The echo comes after, in two pieces split inside the secret.
         output(&mut s, 2, "curl -u u:S3CR", &mut out);
         output(&mut s, 3, "3T2 http://127.0.0.1:1/\r\ncurl: (7) Failed\r\n$ ", &mut out);
@@ -1282,6 +1322,9 @@ mod tests {
         let mut s = scrubber();
         let mut out = Vec::new();
         input(&mut s, 1, "junk\x15ls \x17echo DB_PASSWORD=abc12345\r", &mut out);
+        // No echo comes (echo on, but nothing shown): released when the wait is over.
+        assert!(out.is_empty());
+        s.tick(1 + ECHO_MS, &mut out);
         let (i, _, _) = streams(&out);
         assert!(!i.contains("abc12345"), "{i}");
     }
@@ -1315,18 +1358,27 @@ mod tests {
 
     #[test]
     fn the_last_keys_echo_after_enter_is_masked_too() {
-        let mut s = scrubber();
-        let mut out = Vec::new();
-        output(&mut s, 0, "$ ", &mut out);
-        // Keys typed faster than the echo: the echo of "T1" and Enter comes after.
-        input(&mut s, 1, "mysql -pS3CR3", &mut out);
-        output(&mut s, 2, "mysql -pS3CR3", &mut out);
-        input(&mut s, 3, "T1\r", &mut out);
-        output(&mut s, 4, "T", &mut out);
-        output(&mut s, 5, "1\r\n", &mut out);
-        let (i, o, _) = streams(&out);
-        assert!(!i.contains("S3CR") && !i.contains("T1"), "{i}");
-        assert!(!o.contains("S3CR") && !o.contains("T1"), "{o}");
+        for late in [false, true] {
+            let mut s = scrubber();
+            let mut out = Vec::new();
+            output(&mut s, 0, "$ ", &mut out);
+            // Keys typed faster than the echo: the echo of "T1" and Enter comes after.
+            input(&mut s, 1, "mysql -pS3CR3", &mut out);
+            output(&mut s, 2, "mysql -pS3CR3", &mut out);
+            input(&mut s, 3, "T1\r", &mut out);
+            if late {
+                // Later than the wait: the line is read without it, and the rest of
+                // the secret is expected.
+                s.tick(3 + ECHO_MS, &mut out);
+                assert!(s.deadline().is_none());
+            }
+            output(&mut s, 400, "T", &mut out);
+            output(&mut s, 401, "1\r\n", &mut out);
+            let (i, o, _) = streams(&out);
+            assert!(!i.contains("S3CR") && !i.contains("T1"), "{i}");
+            assert!(!o.contains("S3CR") && !o.contains("T1"), "{o}");
+            assert!(o.starts_with("$ mysql -p[redacted]"), "{o}");
+        }
     }
 
     #[test]
@@ -1472,6 +1524,7 @@ mod tests {
         assert_eq!(o, "secret-0000 [redacted]\r\n");
         // Input outside a line (a key with no secret) is held, then its line read.
         input(&mut s, 2, "echo secret-0066\r", &mut out);
+        s.tick(2 + ECHO_MS, &mut out);
         let (i, _, _) = streams(&out);
         assert_eq!(i, "echo [redacted]\r");
     }
