@@ -529,7 +529,9 @@ fn redaction(
         if !valid {
             return Err(err(
                 "redact_flags",
-                format!("{f:?} is not a flag (like --vault-password: a dash first, no spaces, no `=`)"),
+                format!(
+                    "{f:?} is not a flag (like --vault-password: a dash first, no spaces, no `=`)"
+                ),
             ));
         }
     }
@@ -1021,7 +1023,12 @@ mod tests {
         ]);
         assert_eq!(
             argv,
-            ["x", "--vault-password=[redacted]", "--password=[redacted]", "vault:[redacted]"]
+            [
+                "x",
+                "--vault-password=[redacted]",
+                "--password=[redacted]",
+                "vault:[redacted]"
+            ]
         );
         assert_eq!(n, 3);
         // Flags (or the environment) replace the file's lists.

@@ -330,7 +330,10 @@ fn literals(found: Vec<String>) -> Vec<String> {
         }
     }
     let all = out.clone();
-    out.retain(|v| !all.iter().any(|o| o.len() > v.len() && o.contains(v.as_str())));
+    out.retain(|v| {
+        !all.iter()
+            .any(|o| o.len() > v.len() && o.contains(v.as_str()))
+    });
     out
 }
 
@@ -613,7 +616,10 @@ mod tests {
             ("export DB_PASSWORD='two words'", &["two words"]),
             ("sudo -u app mysqldump -pS3 x | gzip > y", &["S3"]),
             ("true && sshpass -p pw9 ssh h; ls", &["pw9"]),
-            ("curl -H 'Authorization: Bearer abc.def' x", &["Bearer abc.def"]),
+            (
+                "curl -H 'Authorization: Bearer abc.def' x",
+                &["Bearer abc.def"],
+            ),
             ("app --token \"t o k\" --name n", &["t o k"]),
             // Variable references are not secrets; their expansion is (in the argv).
             ("mysql -p$DB_PASS; curl -u u:${PW}", &[]),

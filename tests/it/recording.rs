@@ -773,13 +773,13 @@ async fn secrets_typed_on_command_lines_reach_no_sink_and_no_file() {
         .type_text("echo https://u:S3CR3T4@h/ key=sk_live_S3CR3T5\r")
         .await;
     // The client sees its session as it is: only the recording is scrubbed.
-    client.expect("https://u:S3CR3T4@h/ key=sk_live_S3CR3T5").await;
+    client
+        .expect("https://u:S3CR3T4@h/ key=sk_live_S3CR3T5")
+        .await;
     // A learned secret printed back later.
     client.type_text("echo token-is-$API_TOKEN-end\r").await;
     client.expect("token-is-S3CR3T3-end").await;
-    client
-        .type_text("exec bash --norc --noprofile -i\r")
-        .await;
+    client.type_text("exec bash --norc --noprofile -i\r").await;
     client.expect("$ ").await;
     for c in "export DB_PASSWORD=S3CR3T6\r".chars() {
         client.type_text(&c.to_string()).await;

@@ -637,7 +637,8 @@ impl Scrubbing {
             }
             Rec::Redacted(at, bytes, lines) => {
                 let item = Rec::Redacted(at, bytes, lines);
-                self.scrubber.push(Item::Hidden { lines, item }, now, &mut out);
+                self.scrubber
+                    .push(Item::Hidden { lines, item }, now, &mut out);
                 false
             }
             Rec::End(..) | Rec::Closed => {

@@ -16,8 +16,10 @@
 //!
 //! * **A typed line is held until it ends.** From the first key of a line (typed with
 //!   echo on or off), its keys and everything the session shows meanwhile (the echo) are
-//!   held. At Enter (or Ctrl-C) the rules ([`Redactor::secrets_in_line`]) read the line
-//!   three ways: as typed (a line editor over the keys: Backspace, Ctrl-U, Ctrl-W), as the
+//!   held. Keys typed quickly reach the recorder before their echo does (the recorder
+//!   sees a key before the terminal gets it), so after Enter (or Ctrl-C) the line waits
+//!   for its echo's line feed, at most [`ECHO_MS`]. Then the rules
+//!   ([`Redactor::secrets_in_line`]) read the line three ways: as typed (a line editor over the keys: Backspace, Ctrl-U, Ctrl-W), as the
 //!   terminal shows it (a one-line terminal model over the echo, wrapped at the session's
 //!   width, with the prompt in front: readline's redraws, history recall), and as the raw
 //!   keys (a pasted line longer than the models keep). Each secret found is replaced by
@@ -34,17 +36,31 @@
 //!   keeps that end (at most the longest secret less one byte) until the next output.
 //!   With no learned secret, output not inside a typed line passes untouched and
 //!   unscanned: sessions without secrets pay a move and a look for the last line feed.
-//! * **Echo that arrives after Enter.** A line is read at its Enter key, and the last
-//!   characters' echo can be still on its way: when what the terminal shows ends with
-//!   the beginning of a secret of the line, that part is masked and the rest expected in
-//!   the next output, where it is masked too.
+//! * **Echo later than the wait.** When a line is read without its echo's line feed,
+//!   the last characters' echo can still be on its way: when what the terminal shows
+//!   ends with the beginning of a secret of the line, that part is masked and the rest
+//!   expected in the next output, where it is masked too.
+//!
+//! Why here and not in the tap: the writer task is the one place that sees input,
+//! output and the audit's records in one order, owns its state without a lock, and is
+//! off the path to the client. Why hold whole lines rather than mask keys as they come:
+//! a rule needs its context (`-p` after `mysql`, `user:` after `-u`), which is typed
+//! before the secret but is not known to be one until the line is read.
+//!
+//! Under `fail-closed`, a held key is answered (and so typed) once it is held, not once
+//! it is written: a key that ends a line reaches the shell before its line is on disk, by
+//! at most the echo wait. A crash in that window loses the line like the events queued in
+//! the tap; a disk that fails then still ends the session, and nothing typed after the
+//! failure reaches the shell.
 //!
 //! ## Bounds, and nothing lost
 //!
 //! Held events are bounded in bytes ([`HOLD_BYTES`]) and time: a line without Enter is
 //! released after [`IDLE_MS`] without a key or [`MAX_AGE_MS`] in all (full-screen
-//! programs such as vi are never held long), an output end kept for a split secret after
-//! [`TAIL_MS`]. A release before the line's end applies the rules to the line as typed so
+//! programs such as vi are never held long; every event checks the deadlines, so a
+//! steady stream of keys or output cannot keep them), an output end kept for a split
+//! secret after [`TAIL_MS`]. The models keep one line of at most 4,096 characters, the
+//! output's last 2 KiB before a line starts, and the last four lines a line feed ended. A release before the line's end applies the rules to the line as typed so
 //! far, masks what they find, writes everything held, and is counted
 //! ([`Stats::early_releases`]); the line is still read whole at its Enter, and what is
 //! still held then is masked with what is found. Nothing is dropped: every event comes
@@ -443,11 +459,7 @@ impl<T> Scrubber<T> {
         let Some(rest) = self.expect.take() else {
             return data;
         };
-        let k = rest
-            .iter()
-            .zip(&data)
-            .take_while(|(a, b)| a == b)
-            .count();
+        let k = rest.iter().zip(&data).take_while(|(a, b)| a == b).count();
         if k == 0 || (k < rest.len() && k < data.len()) {
             return data;
         }
@@ -975,11 +987,7 @@ impl Screen {
                 self.cells.resize(i + 1, None);
             }
             let first = self.cells[i].map_or(a, |c| c.first.min(a));
-            self.cells[i] = Some(Cell {
-                ch,
-                first,
-                last: z,
-            });
+            self.cells[i] = Some(Cell { ch, first, last: z });
         }
         if self.col + 1 >= self.width {
             self.pending = true;
@@ -1289,13 +1297,23 @@ mod tests {
         let mut s = scrubber();
         let mut out = Vec::new();
         output(&mut s, 0, "$ ", &mut out);
-        input(&mut s, 1, "curl -u u:S3CR3T2 http://127.0.0.1:1/\r", &mut out);
+        input(
+            &mut s,
+            1,
+            "curl -u u:S3CR3T2 http://127.0.0.1:1/\r",
+            &mut out,
+        );
         // The line ended with the keys; its echo is awaited.
         assert_eq!(s.deadline(), Some(1 + ECHO_MS));
         assert_eq!(out.len(), 1);
         // The echo comes after, in two pieces split inside the secret.
         output(&mut s, 2, "curl -u u:S3CR", &mut out);
-        output(&mut s, 3, "3T2 http://127.0.0.1:1/\r\ncurl: (7) Failed\r\n$ ", &mut out);
+        output(
+            &mut s,
+            3,
+            "3T2 http://127.0.0.1:1/\r\ncurl: (7) Failed\r\n$ ",
+            &mut out,
+        );
         let (i, o, _) = streams(&out);
         assert_eq!(i, "curl -u u:[redacted] http://127.0.0.1:1/\r");
         assert_eq!(
@@ -1321,7 +1339,12 @@ mod tests {
         // Ctrl-U and Ctrl-W edit the line as a terminal does.
         let mut s = scrubber();
         let mut out = Vec::new();
-        input(&mut s, 1, "junk\x15ls \x17echo DB_PASSWORD=abc12345\r", &mut out);
+        input(
+            &mut s,
+            1,
+            "junk\x15ls \x17echo DB_PASSWORD=abc12345\r",
+            &mut out,
+        );
         // No echo comes (echo on, but nothing shown): released when the wait is over.
         assert!(out.is_empty());
         s.tick(1 + ECHO_MS, &mut out);
@@ -1337,16 +1360,59 @@ mod tests {
         let mut out = Vec::new();
         output(&mut s, 0, "\x1b[?2004h$ ", &mut out);
         let shown = [
-            "e", "c", "h", "o", " ", "m", "y", "s", "q", "l", " ", "-", "p", "S", "3", "C",
-            "R", "3 \r", "T", "1", "\x08", "\x08", "X", "T1\x08\x08", "\x1b[C", "\x1b[C",
+            "e",
+            "c",
+            "h",
+            "o",
+            " ",
+            "m",
+            "y",
+            "s",
+            "q",
+            "l",
+            " ",
+            "-",
+            "p",
+            "S",
+            "3",
+            "C",
+            "R",
+            "3 \r",
+            "T",
+            "1",
+            "\x08",
+            "\x08",
+            "X",
+            "T1\x08\x08",
+            "\x1b[C",
+            "\x1b[C",
         ];
         for (n, piece) in shown.iter().enumerate() {
             let at = n as u64 + 1;
-            s.push(Item::Hidden { lines: 0, item: "key" }, at, &mut out);
+            s.push(
+                Item::Hidden {
+                    lines: 0,
+                    item: "key",
+                },
+                at,
+                &mut out,
+            );
             output(&mut s, at, piece, &mut out);
         }
-        s.push(Item::Hidden { lines: 1, item: "enter" }, 50, &mut out);
-        output(&mut s, 51, "\r\n\x1b[?2004l\rmysql -pS3CR3XT1\r\n$ ", &mut out);
+        s.push(
+            Item::Hidden {
+                lines: 1,
+                item: "enter",
+            },
+            50,
+            &mut out,
+        );
+        output(
+            &mut s,
+            51,
+            "\r\n\x1b[?2004l\rmysql -pS3CR3XT1\r\n$ ",
+            &mut out,
+        );
         let (_, o, others) = streams(&out);
         assert_eq!(others.len(), shown.len() + 1);
         // The line shown was "echo mysql -pS3CR3XT1": the secret as the rules read it
@@ -1429,7 +1495,11 @@ mod tests {
                 t += 1;
                 input(&mut s, t, &c.to_string(), &mut out);
                 fed.push((true, t, c.to_string().into_bytes()));
-                let echo = if c == '\r' { "\r\n".into() } else { c.to_string() };
+                let echo = if c == '\r' {
+                    "\r\n".into()
+                } else {
+                    c.to_string()
+                };
                 output(&mut s, t, &echo, &mut out);
                 fed.push((false, t, echo.into_bytes()));
             }
