@@ -59,6 +59,12 @@ pub const DEFAULT_SECRET_FLAGS: &[&str] = &[
     "--proxy-password",
 ];
 
+/// The most of a line [`Redactor::secrets_in_line`] reads (bytes).
+pub const MAX_LINE_BYTES: usize = 16 * 1024;
+/// How often per command [`Redactor::secrets_in_line`] applies the program rules (a
+/// program with rules found after a prompt, `sudo`, `env`, ...).
+pub const MAX_PROGRAMS_PER_COMMAND: usize = 8;
+
 /// The MySQL family: `-pSECRET`.
 const MYSQL: &[&str] = &[
     "mysql",
@@ -157,17 +163,26 @@ impl Redactor {
     }
 
     /// The secret literals the rules find in a line of shell text: a command line as it
-    /// was typed, or as the prompt shows it (prompt included). Bounded by the line: call
-    /// it with lines of reasonable size (the scrubber caps them).
+    /// was typed, or as the prompt shows it (prompt included). Reads at most
+    /// [`MAX_LINE_BYTES`] of it, and tries the program rules at most
+    /// [`MAX_PROGRAMS_PER_COMMAND`] times per command, so the work is linear in the line.
     pub fn secrets_in_line(&self, line: &str) -> Vec<String> {
+        let mut cut = line.len().min(MAX_LINE_BYTES);
+        while !line.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let line = &line[..cut];
         let mut found = Vec::new();
         // The rules that need no words, on the text as typed (quotes still there).
         let _ = self.mask_anywhere(line, &mut found);
         for segment in shell_segments(line) {
-            for (i, word) in segment.iter().enumerate() {
-                if i == 0 || is_program_with_rules(word) {
-                    let _ = self.redact_into(&segment[i..], &mut found);
-                }
+            let starts = segment
+                .iter()
+                .enumerate()
+                .filter(|(i, word)| *i == 0 || is_program_with_rules(word))
+                .take(MAX_PROGRAMS_PER_COMMAND);
+            for (i, _) in starts {
+                let _ = self.redact_into(&segment[i..], &mut found);
             }
         }
         literals(found)
@@ -636,6 +651,10 @@ mod tests {
             ["vp1", "sk_live_Z9"]
         );
         assert_eq!(r.extra_flags(), ["--vault-pass"]);
+        // A hostile line: read up to its bound, the program rules tried a bounded number
+        // of times (this would take minutes if every `curl` restarted the rules).
+        let long = "curl -u a:bcd ".repeat(20_000);
+        assert_eq!(r.secrets_in_line(&long), ["bcd"]);
         assert_eq!(r.patterns(), [r"sk_live_[A-Za-z0-9]+"]);
     }
 }

@@ -59,8 +59,11 @@
 //! released after [`IDLE_MS`] without a key or [`MAX_AGE_MS`] in all (full-screen
 //! programs such as vi are never held long; every event checks the deadlines, so a
 //! steady stream of keys or output cannot keep them), an output end kept for a split
-//! secret after [`TAIL_MS`]. The models keep one line of at most 4,096 characters, the
-//! output's last 2 KiB before a line starts, and the last four lines a line feed ended. A release before the line's end applies the rules to the line as typed so
+//! secret after [`TAIL_MS`]. The models keep lines of at most 2,048 characters (the
+//! line being typed, the last eight typed and shown, under 1 MiB in all), and the
+//! output's last 2 KiB before a line starts; a line is read with at most [`MAX_SECRETS`]
+//! secrets, and every search is linear in what is held, so what a session types or
+//! prints cannot make the writer task's work grow faster than its bytes. A release before the line's end applies the rules to the line as typed so
 //! far, masks what they find, writes everything held, and is counted
 //! ([`Stats::early_releases`]); the line is still read whole at its Enter, and what is
 //! still held then is masked with what is found. Nothing is dropped: every event comes
@@ -105,7 +108,9 @@ pub(crate) const MAX_SECRET_BYTES: usize = 4096;
 /// `ab` a session prints would make the recording unreadable).
 pub(crate) const MIN_LEARNED: usize = 4;
 /// Characters the line models keep of one line.
-const LINE_CELLS: usize = 4096;
+const LINE_CELLS: usize = 2048;
+/// Lines ended and not yet read that the models keep (the raw keys cover the rest).
+const DONE_LINES: usize = 8;
 /// Output bytes kept after the last line feed (the prompt a line starts behind).
 const TAIL_BYTES: usize = 2048;
 /// What a held event without bytes (a resize, a process) counts against [`HOLD_BYTES`].
@@ -585,20 +590,29 @@ impl<T> Scrubber<T> {
                     .map(|l| l.replace(|c: char| c.is_control(), " ")),
             );
         }
-        for t in &texts {
+        'texts: for t in &texts {
             for s in self.rules.secrets_in_line(t) {
+                if found.len() >= MAX_SECRETS {
+                    break 'texts;
+                }
                 if !found.contains(&s) {
                     found.push(s);
                 }
             }
         }
+        let typed: Vec<Vec<Option<Cell>>> = line
+            .typed
+            .done
+            .iter()
+            .chain([&line.typed.cells])
+            .map(|l| l.iter().copied().map(Some).collect())
+            .collect();
         for s in found.iter() {
-            let chars: Vec<char> = s.chars().collect();
-            for cells in line.typed.done.iter().chain([&line.typed.cells]) {
-                marks_in.extend(spans(cells.iter().map(|c| Some(*c)), &chars));
+            for cells in &typed {
+                marks_in.extend(spans(cells, s));
             }
             for cells in line.screen.done.iter().chain([&line.screen.cells]) {
-                marks_out.extend(spans(cells.iter().copied(), &chars));
+                marks_out.extend(spans(cells, s));
             }
         }
         // The end of the shown line may be a secret whose last characters' echo is
@@ -706,28 +720,71 @@ fn apply(data: Vec<u8>, start: u64, runs: &[(u64, u64)], masked: &mut u64) -> Ve
     out
 }
 
-/// The spans of bytes that drew each occurrence of `secret` in a line of cells.
-fn spans(cells: impl Iterator<Item = Option<Cell>>, secret: &[char]) -> Vec<(u64, u64)> {
-    let cells: Vec<Option<Cell>> = cells.collect();
-    let n = secret.len();
+/// The spans of bytes that drew each occurrence of `secret` in a line of cells (an
+/// empty cell reads as a space). Linear in the line (`str::match_indices`).
+fn spans(cells: &[Option<Cell>], secret: &str) -> Vec<(u64, u64)> {
+    let mut text = String::with_capacity(cells.len());
+    // Where each cell's character starts in `text`.
+    let mut starts = Vec::with_capacity(cells.len());
+    for c in cells {
+        starts.push(text.len());
+        text.push(c.map_or(' ', |c| c.ch));
+    }
     let mut out = Vec::new();
-    if n == 0 || cells.len() < n {
+    if secret.is_empty() {
         return out;
     }
-    for i in 0..=cells.len() - n {
-        let hit = cells[i..i + n]
-            .iter()
-            .zip(secret)
-            .all(|(c, s)| c.is_some_and(|c| c.ch == *s));
-        if hit {
-            let first = cells[i..i + n].iter().flatten().map(|c| c.first).min();
-            let last = cells[i..i + n].iter().flatten().map(|c| c.last).max();
-            if let (Some(a), Some(b)) = (first, last) {
-                out.push((a, b + 1));
-            }
+    for (at, m) in text.match_indices(secret) {
+        let (Ok(from), Ok(to)) = (
+            starts.binary_search(&at),
+            starts.binary_search(&(at + m.len())).or_else(|i| {
+                if i == starts.len() {
+                    Ok(i)
+                } else {
+                    Err(i)
+                }
+            }),
+        ) else {
+            continue;
+        };
+        let drawn = cells[from..to].iter().flatten();
+        let first = drawn.clone().map(|c| c.first).min();
+        let last = drawn.map(|c| c.last).max();
+        if let (Some(a), Some(z)) = (first, last) {
+            out.push((a, z + 1));
         }
     }
     out
+}
+
+/// The longest `k` below `pat.len()` such that `text` ends with `pat[..k]`: how much of
+/// `pat` has begun at the end of `text`. Linear (Knuth-Morris-Pratt), whatever the input.
+fn overlap<T: PartialEq>(text: &[T], pat: &[T]) -> usize {
+    let m = pat.len();
+    if m < 2 || text.is_empty() {
+        return 0;
+    }
+    let mut fail = vec![0usize; m];
+    let mut k = 0;
+    for i in 1..m {
+        while k > 0 && pat[i] != pat[k] {
+            k = fail[k - 1];
+        }
+        if pat[i] == pat[k] {
+            k += 1;
+        }
+        fail[i] = k;
+    }
+    let mut j = 0;
+    for t in &text[text.len().saturating_sub(m - 1)..] {
+        while j > 0 && (j == m || pat[j] != *t) {
+            j = fail[j - 1];
+        }
+        if pat[j] == *t {
+            j += 1;
+        }
+    }
+    j.min(m - 1)
 }
 
 fn text(cells: &[Cell]) -> String {
@@ -925,7 +982,10 @@ impl Typed {
 
     fn end_line(&mut self) {
         let line = std::mem::take(&mut self.cells);
-        if !line.is_empty() && self.done.len() < 64 {
+        if !line.is_empty() {
+            if self.done.len() >= DONE_LINES {
+                self.done.remove(0);
+            }
             self.done.push(line);
         }
     }
@@ -1003,7 +1063,7 @@ impl Screen {
                 self.pending = false;
             }
             b'\n' => {
-                if self.done.len() >= 4 {
+                if self.done.len() >= DONE_LINES {
                     self.done.remove(0);
                 }
                 self.done.push(std::mem::take(&mut self.cells));
@@ -1101,27 +1161,20 @@ impl Screen {
     /// span of bytes that drew that beginning, and the rest of the secret.
     fn unfinished(&self, secrets: &[String]) -> Option<((u64, u64), Vec<u8>)> {
         let end = self.end().min(self.cells.len());
+        let shown: Vec<Option<char>> = self.cells[..end].iter().map(|c| c.map(|c| c.ch)).collect();
         let mut best: Option<((u64, u64), Vec<u8>, usize)> = None;
         for s in secrets {
-            let chars: Vec<char> = s.chars().collect();
-            for k in (1..chars.len()).rev() {
-                if k > end || best.as_ref().is_some_and(|b| b.2 >= k) {
-                    continue;
-                }
-                let cells = &self.cells[end - k..end];
-                if cells
-                    .iter()
-                    .zip(&chars[..k])
-                    .all(|(c, ch)| c.is_some_and(|c| c.ch == *ch))
-                {
-                    let first = cells.iter().flatten().map(|c| c.first).min();
-                    let last = cells.iter().flatten().map(|c| c.last).max();
-                    if let (Some(a), Some(z)) = (first, last) {
-                        let rest: String = chars[k..].iter().collect();
-                        best = Some(((a, z + 1), rest.into_bytes(), k));
-                    }
-                    break;
-                }
+            let chars: Vec<Option<char>> = s.chars().map(Some).collect();
+            let k = overlap(&shown, &chars);
+            if k == 0 || best.as_ref().is_some_and(|b| b.2 >= k) {
+                continue;
+            }
+            let drawn = self.cells[end - k..end].iter().flatten();
+            let first = drawn.clone().map(|c| c.first).min();
+            let last = drawn.map(|c| c.last).max();
+            if let (Some(a), Some(z)) = (first, last) {
+                let rest: String = s.chars().skip(k).collect();
+                best = Some(((a, z + 1), rest.into_bytes(), k));
             }
         }
         best.map(|(span, rest, _)| (span, rest))
@@ -1182,19 +1235,11 @@ impl Secrets {
 
     /// How many bytes at the end of `data` begin a secret (and are not a whole one).
     fn carry(&self, data: &[u8]) -> usize {
-        let Some(&last) = data.last() else {
-            return 0;
-        };
-        let mut best = 0;
-        for s in &self.list {
-            for k in (best + 1..s.len().min(data.len() + 1)).rev() {
-                if s[k - 1] == last && data[data.len() - k..] == s[..k] {
-                    best = k;
-                    break;
-                }
-            }
-        }
-        best
+        self.list
+            .iter()
+            .map(|s| overlap(data, s))
+            .max()
+            .unwrap_or(0)
     }
 }
 
@@ -1597,6 +1642,22 @@ mod tests {
         s.tick(2 + ECHO_MS, &mut out);
         let (i, _, _) = streams(&out);
         assert_eq!(i, "echo [redacted]\r");
+    }
+
+    #[test]
+    fn overlap_finds_the_begun_part_of_a_pattern() {
+        assert_eq!(overlap(b"the password is hun", b"hunter2"), 3);
+        assert_eq!(overlap(b"hunter2", b"hunter2"), 0);
+        assert_eq!(overlap(b"xhunter", b"hunter2"), 6);
+        assert_eq!(overlap(b"abab", b"ababc"), 4);
+        assert_eq!(overlap(b"aaaa", b"aab"), 2);
+        assert_eq!(overlap(b"", b"ab"), 0);
+        assert_eq!(overlap(b"a", b"a"), 0);
+        // Linear on the worst case for a naive search.
+        let text = vec![b'a'; 1 << 20];
+        let mut pat = vec![b'a'; 4095];
+        pat.push(b'b');
+        assert_eq!(overlap(&text, &pat), 4095);
     }
 
     #[test]
