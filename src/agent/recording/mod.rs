@@ -292,8 +292,8 @@ impl Tap {
     /// terminal's state as the bytes are written; unknown counts as off (never record
     /// what might be a password). Returns false when the bytes must not be written: the
     /// recording failed and the policy is `fail-closed`. Under `fail-closed` a key the
-    /// scrubber holds (a line being typed) is answered once it is held; the key that
-    /// ends the line, only once the whole line is written.
+    /// scrubber holds (a line being typed, until its echo) is answered once it is held:
+    /// the line is written at most the scrubber's bounds later (see `scrub.rs`).
     pub async fn input(&self, bytes: &[u8], echo_off: Option<bool>) -> bool {
         if self.closed.load(Ordering::SeqCst) {
             return false;
