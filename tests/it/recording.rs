@@ -793,7 +793,7 @@ async fn secrets_typed_on_command_lines_reach_no_sink_and_no_file() {
 
     let mut sinks: Vec<(String, String)> = Vec::new();
     let mut spools: Vec<(String, Vec<u8>)> = Vec::new();
-    for ext in ["log", "cast", "spool"] {
+    for ext in ["log", "cast", "spool", "summary.json"] {
         let body = ls.object(&bucket, &format!("{sid}.{ext}"), WAIT).await;
         if ext == "spool" {
             spools.push(("s3 spool".into(), body.clone()));
