@@ -133,6 +133,8 @@ pub async fn run(args: DevArgs) -> Result<u8, String> {
         port: crate::agent::port::policy::PortPolicy::default(),
         command_audit: true,
         redactor: Default::default(),
+        stream_input: false,
+        cloudwatch_stream: crate::delivery::cwl::StreamMode::Full,
     };
     let recordings = agent_config.recordings_dir();
     let agent = {

@@ -38,7 +38,8 @@
 //!   group termination) and `session::user` (ssm-user provisioning, RunAs resolution).
 //! * [`recorder`] — **pure** session recording: one timed event stream (output, input
 //!   with echo-off redaction, resizes, start/end, gaps), a clean transcript rendered
-//!   through a terminal emulator, asciicast v2, and reading recordings back.
+//!   through a terminal emulator, the command lines typed at prompts read from that
+//!   emulator's screen (`recorder::commands`), asciicast v2, and reading recordings back.
 //!   `agent::recording` runs it per session and writes the files.
 //! * [`delivery`] — where recordings go, in the shape of vector's sinks (each concern in
 //!   its own file, the sink generic over its I/O service):

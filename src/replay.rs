@@ -546,9 +546,12 @@ included), in the order they were executed, with its exit status or signal and h
 it ran once its exit is read; \"exec'd again\" when the process executed another program \
 (the next row with its pid); \"[details unavailable: …]\" when it ended before its \
 arguments could be read; rows of exits whose program execution was not recorded (the \
-session's first process, a fork that ran no program); and the recording's gaps where \
-they happened. USER is the real user, /the effective one when it differs, named as on \
-this host. Text the session controls (arguments, directories) is shown with control \
+session's first process, a fork that ran no program); the recording's gaps where they \
+happened; and \"typed:\" rows, the command lines typed at a prompt as the screen showed \
+them (sessions with a terminal; secrets masked by the built-in rules; display only: a \
+program can paint any prompt, and a line typed with echo off shows nothing — the process \
+rows are what ran). USER is the real user, /the effective one when it differs, named as \
+on this host. Text the session controls (arguments, directories) is shown with control \
 characters escaped (\\x{1b}).
 
 --json: one object per line, with \"type\": \"process\" (time, timeUnixMs, atMs, pid, \
@@ -556,7 +559,8 @@ ppid, uid, euid, cwd, executable, argv, argvTruncated, redactions, loginUid, \
 auditSession, detailsUnavailable, end: \
 exited|signaled|replaced|running|unknown, exitCode, signal, durationMs), \"exit\" (time, \
 timeUnixMs, atMs, pid, exitCode, signal, durationMs, execRecorded), or \"gap\" (time, \
-timeUnixMs, atMs, fromMs, toMs — absent where the gap begins —, bytes, events, reason). \
+timeUnixMs, atMs, fromMs, toMs — absent where the gap begins —, bytes, events, reason), \
+or \"command\" (time, atMs, timeUnixMs, commandLine). \
 Fields without a value are left out.
 
 Memory: rows wait for their exit within 8 MiB; past it the oldest is printed as \
@@ -643,8 +647,10 @@ pub fn audit(args: &AuditArgs, out: &mut impl Write) -> Result<(), String> {
         w(out, TABLE_HEADER)?;
     }
     let mut table = AuditTable::new(&start);
-    // Typed commands (the commands-as-typed finder, fed the same events) go in through
-    // `table.push_command(at_ms, line)` here, so they take their place among the rows.
+    // Typed commands (found on the recorded screen, as the agent does, masked by the
+    // built-in rules) take their place among the rows.
+    let mut commands = crate::recorder::CommandFinder::new(&start);
+    let redactor = crate::audit::redact::Redactor::default();
     let mut ended = None;
     let mut failure = None;
     loop {
@@ -653,7 +659,11 @@ pub fn audit(args: &AuditArgs, out: &mut impl Write) -> Result<(), String> {
                 if let EventKind::End { how, .. } = &event.kind {
                     ended = Some(how.clone());
                 }
-                let ready = table.push(&event);
+                let mut ready = table.push(&event);
+                for mut command in commands.push(&event) {
+                    command.redact(|argv| redactor.redact(argv));
+                    ready.extend(table.push_command(command.at_ms, command.command_line));
+                }
                 print(out, ready)?;
             }
             Ok(None) => break,

@@ -136,6 +136,19 @@ pub struct RunArgs {
     /// more; in the environment one per line; in the file a list.
     #[arg(long, env = "SESSION_AGENT_REDACT_PATTERNS", value_delimiter = '\n')]
     pub redact_patterns: Option<Vec<String>>,
+    /// Stream plain typed input to CloudWatch as `"direction": "input"` events: `on` or
+    /// `off`. Off, the command events (`"eventType": "command"`) carry each line typed
+    /// at a prompt, and filters on `sessionData` do not match a command twice (once
+    /// typed, once echoed); echo-off markers are streamed either way, and the local
+    /// recording keeps all input [default: off].
+    #[arg(long, env = "SESSION_AGENT_STREAM_INPUT")]
+    pub stream_input: Option<String>,
+    /// What streamed CloudWatch events carry: `full` (upstream's schema plus sequence,
+    /// direction and hash chain, and input, command, exec/exit, tunnel, gap and end
+    /// events) or `upstream` (exactly what amazon-ssm-agent streams: output lines in its
+    /// eight fields, nothing else; no chain for `verify`) [default: full].
+    #[arg(long, env = "SESSION_AGENT_CLOUDWATCH_STREAM")]
+    pub cloudwatch_stream: Option<String>,
     /// The file's lists (`port_forwarding_*` arrays), handed from the file form.
     #[arg(skip)]
     pub port_lists: PortLists,
@@ -178,6 +191,8 @@ struct FileConfig {
     command_audit: Option<String>,
     redact_flags: Option<Vec<String>>,
     redact_patterns: Option<Vec<String>>,
+    stream_input: Option<String>,
+    cloudwatch_stream: Option<String>,
 }
 
 /// The file's lists (arrays of strings): port forwarding's and the redaction flags.
@@ -235,6 +250,8 @@ pub fn parse_file(text: &str, path: &Path) -> Result<RunArgs, ConfigError> {
         command_audit: f.command_audit,
         redact_flags: None,
         redact_patterns: f.redact_patterns,
+        stream_input: f.stream_input,
+        cloudwatch_stream: f.cloudwatch_stream,
         port_lists: PortLists {
             allowed_cidrs: f.port_forwarding_allowed_cidrs,
             denied_cidrs: f.port_forwarding_denied_cidrs,
@@ -305,6 +322,28 @@ impl RunArgs {
                 ))
             }
         };
+        let stream_input = match self
+            .stream_input
+            .as_deref()
+            .or(file.stream_input.as_deref())
+            .unwrap_or("off")
+        {
+            "on" => true,
+            "off" => false,
+            other => {
+                return Err(err(
+                    "stream_input",
+                    format!("{other:?} is not `on` or `off`"),
+                ))
+            }
+        };
+        let cloudwatch_stream: crate::delivery::cwl::StreamMode = self
+            .cloudwatch_stream
+            .as_deref()
+            .or(file.cloudwatch_stream.as_deref())
+            .unwrap_or("full")
+            .parse()
+            .map_err(|e: String| err("cloudwatch_stream", e))?;
         use crate::protocol::endpoint;
         let aws = match self.gateway.or(file.gateway).as_deref().unwrap_or("local") {
             "local" => false,
@@ -489,6 +528,8 @@ impl RunArgs {
             port,
             command_audit,
             redactor,
+            stream_input,
+            cloudwatch_stream,
         })
     }
 }
@@ -785,6 +826,11 @@ impl AgentConfig {
                 array(patterns.into_iter().map(str::to_owned).collect()),
             );
         }
+        line(
+            "stream_input",
+            text(if self.stream_input { "on" } else { "off" }),
+        );
+        line("cloudwatch_stream", text(self.cloudwatch_stream.as_str()));
         out
     }
 }
@@ -944,6 +990,8 @@ mod tests {
             ("shutdown_timeout", "shutdown_timeout = \"11m\""),
             ("log_format", "log_format = \"xml\""),
             ("log_level", "log_level = \"loud\""),
+            ("stream_input", "stream_input = \"yes\""),
+            ("cloudwatch_stream", "cloudwatch_stream = \"ssm\""),
         ] {
             let e = parse_file(text, Path::new("c.toml"))
                 .unwrap()

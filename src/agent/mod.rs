@@ -122,6 +122,11 @@ pub struct AgentConfig {
     /// The redaction rules: the built-in ones and the administrator's `redact_flags` and
     /// `redact_patterns`, applied to audited argv and to typed and echoed text.
     pub redactor: Arc<crate::audit::redact::Redactor>,
+    /// Stream plain typed input to CloudWatch (`stream_input`; off by default: the
+    /// command events carry the lines typed at prompts).
+    pub stream_input: bool,
+    /// What the CloudWatch stream carries: ours, or exactly upstream's (`cloudwatch_stream`).
+    pub cloudwatch_stream: crate::delivery::cwl::StreamMode,
 }
 
 /// Settings of the `aws` gateway mode.
@@ -829,6 +834,7 @@ fn record(
         owner_arn: task.session_owner.clone(),
         run_as_user: who.info.name.clone(),
         session_id: session_id.clone(),
+        mode: ctx.config.cloudwatch_stream,
     };
     let meta = recording::Meta {
         session_id: session_id.clone(),
@@ -836,6 +842,7 @@ fn record(
         cwl: checked.cwl.as_ref().map(|(_, d)| d.clone()),
         fields: Some(fields.clone()),
         skipped: checked.skipped.clone(),
+        stream_input: ctx.config.stream_input,
         ..recording::Meta::default()
     };
     let options = recording::Options {

@@ -86,7 +86,11 @@ pub fn quarantine(state_dir: &Path, dir: &Path, reason: &str) -> std::io::Result
 ///
 /// # Errors
 /// Why the recording cannot be trusted.
-pub fn prepare(root: &Path, dir: &Path) -> Result<(Meta, Paths, recording::Rebuilt), RebuildError> {
+pub fn prepare(
+    root: &Path,
+    dir: &Path,
+    redactor: crate::audit::redact::Redactor,
+) -> Result<(Meta, Paths, recording::Rebuilt), RebuildError> {
     let meta = match std::fs::metadata(dir.join(layout::META_FILE)) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             return Err(RebuildError::Transient(format!(
@@ -104,7 +108,7 @@ pub fn prepare(root: &Path, dir: &Path) -> Result<(Meta, Paths, recording::Rebui
             meta.session_id
         )));
     }
-    let rebuilt = recording::rebuild(&paths, meta.streaming())?;
+    let rebuilt = recording::rebuild(&paths, &meta, redactor)?;
     Ok((meta, paths, rebuilt))
 }
 
@@ -134,7 +138,8 @@ pub(crate) async fn recover_all(ctx: Arc<Ctx>) {
         let mut again = Vec::new();
         for dir in waiting {
             let (r, d) = (root.clone(), dir.clone());
-            let prepared = tokio::task::spawn_blocking(move || prepare(&r, &d))
+            let redactor = crate::audit::redact::Redactor::clone(&ctx.config.redactor);
+            let prepared = tokio::task::spawn_blocking(move || prepare(&r, &d, redactor))
                 .await
                 .unwrap_or_else(|e| {
                     Err(RebuildError::Transient(format!("the rebuild failed: {e}")))
@@ -222,6 +227,7 @@ async fn delivery_for(
                     owner_arn: String::new(),
                     run_as_user: String::new(),
                     session_id: meta.session_id.clone(),
+                    mode: crate::delivery::cwl::StreamMode::Full,
                 });
             let len = std::fs::metadata(&delivery.paths.stream).map_or(0, |m| m.len());
             // The recording is complete: a progress channel already closed at its length.

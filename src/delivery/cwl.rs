@@ -1,7 +1,9 @@
 //! CloudWatch Logs event shaping and batching (pure).
 //!
 //! * [`StreamRecord`]: what the recorder hands to the streamer — clean transcript lines
-//!   (direction `output`) or typed input rendered as text (direction `input`), numbered.
+//!   (direction `output`), typed input rendered as text (direction `input`), a command
+//!   line typed at a prompt (direction and `eventType` `command`), the audit's exec and
+//!   exit, tunnels, gaps and the end, numbered.
 //! * [`stream_messages`]: one record as upstream-schema JSON messages (§8.3:
 //!   `eventVersion`, `eventTime`, `awsRegion`, `target.id`, `userIdentity.arn`,
 //!   `runAsUser`, `sessionId`, `sessionData`), plus our own `sequence` (per log stream,
@@ -29,7 +31,10 @@
 //! Upstream differences on purpose: upstream batches lines into 33,000-byte events, four
 //! per call, every second, and stamps events with the upload time; we send each record as
 //! soon as it exists (the streamer coalesces for a moment), as many per call as the limits
-//! allow, stamped with the time the output happened, and we stream input too.
+//! allow, stamped with the time the output happened, and we stream more than output.
+//! [`StreamMode::Upstream`] (`cloudwatch_stream = "upstream"`) streams only what upstream
+//! does — output lines, in its eight fields (`CloudWatchMessage` in amazon-ssm-agent's
+//! `cloudwatchlogspublisher`), unchained — for consumers that accept nothing else.
 
 use crate::spool::format::{chain_next, hex, Chain};
 use serde::{Deserialize, Serialize};
@@ -69,6 +74,49 @@ pub enum Direction {
     Exec,
     /// A session's process ended (`eventType` `exit`).
     Exit,
+    /// A command line typed at a prompt (`eventType` `command`, `commandLine`, `prompt`,
+    /// `time`; `sessionData` empty, so filters on it do not count the command again).
+    Command,
+}
+
+/// What the CloudWatch stream carries (`cloudwatch_stream` in the agent's configuration).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StreamMode {
+    /// Upstream's schema plus our fields (`sequence`, `direction`, `chain`, ...) and
+    /// records (input, commands, exec/exit, tunnels, gaps, the end).
+    #[default]
+    Full,
+    /// Exactly what amazon-ssm-agent streams: output lines only, in messages of its eight
+    /// fields and nothing else (no `sequence`, no `chain`: `verify cloudwatch://` cannot
+    /// check such a stream, and a batch re-sent after a crash is an unmarked duplicate).
+    Upstream,
+}
+
+impl StreamMode {
+    /// The configuration's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StreamMode::Full => "full",
+            StreamMode::Upstream => "upstream",
+        }
+    }
+
+    fn is_full(&self) -> bool {
+        *self == StreamMode::Full
+    }
+}
+
+impl std::str::FromStr for StreamMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "full" => Ok(StreamMode::Full),
+            "upstream" => Ok(StreamMode::Upstream),
+            other => Err(format!("{other:?} is not `full` or `upstream`")),
+        }
+    }
 }
 
 /// Where a session's spool ended, carried by the last streamed message so that a copy of
@@ -101,6 +149,9 @@ pub struct StreamRecord {
     /// Exec and exit records only: the process's audit fields.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub process: Option<crate::recorder::event::Process>,
+    /// Command records only: the command line typed at a prompt (redacted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<crate::recorder::commands::TypedCommand>,
 }
 
 /// The fixed fields of every streamed message of one session.
@@ -116,6 +167,9 @@ pub struct SessionFields {
     pub run_as_user: String,
     /// The session id.
     pub session_id: String,
+    /// How messages are shaped: ours ([`StreamMode::Full`]) or upstream's only.
+    #[serde(default, skip_serializing_if = "StreamMode::is_full")]
+    pub mode: StreamMode,
 }
 
 #[derive(Serialize)]
@@ -152,6 +206,27 @@ struct Message<'a> {
     event_type: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     process: Option<&'a crate::recorder::event::Process>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    command_line: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prompt: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    time: Option<String>,
+}
+
+/// amazon-ssm-agent's message, exactly (`CloudWatchMessage` in its
+/// `cloudwatchlogspublisher`): these eight fields in this order.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct UpstreamMessage<'a> {
+    event_version: &'static str,
+    event_time: String,
+    aws_region: &'a str,
+    target: Target<'a>,
+    user_identity: UserIdentity<'a>,
+    run_as_user: &'a str,
+    session_id: &'a str,
+    session_data: &'a [String],
 }
 
 /// Bytes the chain field adds to a message: `,"chain":"` + 64 hex + `"` (the closing
@@ -196,13 +271,19 @@ impl LogEvent {
 /// The JSON messages for one record: usually one; more when the record's lines do not
 /// fit one event (each part keeps the record's sequence number and time, parts in order).
 /// Each message is sealed with the stream's hash chain, which `chain` carries from one
-/// call to the next. An empty record yields nothing.
+/// call to the next. An empty record yields nothing (a command record has no lines).
+///
+/// In [`StreamMode::Upstream`] only output records give messages, in upstream's schema
+/// alone, unsealed (`chain` is left as it is).
 pub fn stream_messages(
     fields: &SessionFields,
     record: &StreamRecord,
     chain: &mut Chain,
 ) -> Vec<LogEvent> {
-    if record.lines.is_empty() {
+    if fields.mode == StreamMode::Upstream {
+        return upstream_messages(fields, record);
+    }
+    if record.lines.is_empty() && record.command.is_none() {
         return Vec::new();
     }
     let timestamp_ms = i64::try_from(record.unix_ms).unwrap_or(i64::MAX);
@@ -233,31 +314,87 @@ pub fn stream_messages(
             event_type: match record.direction {
                 Direction::Exec => Some("exec"),
                 Direction::Exit => Some("exit"),
+                Direction::Command => Some("command"),
                 _ => None,
             },
             process: record.process.as_ref(),
+            command_line: record.command.as_ref().map(|c| c.command_line.as_str()),
+            prompt: record.command.as_ref().map(|c| c.prompt.as_str()),
+            time: record
+                .command
+                .as_ref()
+                .map(|_| crate::timefmt::rfc3339(record.unix_ms, true)),
         })
         .unwrap_or_default();
-        if message.len() + CHAIN_FIELD_BYTES <= MAX_MESSAGE_BYTES {
+        let atom = part.iter().map(String::len).sum::<usize>() <= 1;
+        if message.len() + CHAIN_FIELD_BYTES <= MAX_MESSAGE_BYTES || atom {
+            // (A part of at most one character cannot shrink: the fixed fields are
+            // bounded far below the limit.)
             out.push(LogEvent {
                 timestamp_ms,
                 message: seal(&message, chain),
             });
             continue;
         }
-        let (first, second) = if part.len() > 1 {
-            let mut first = part;
-            let second = first.split_off(first.len() / 2);
-            (first, second)
-        } else {
-            let line = part.into_iter().next().unwrap_or_default();
-            let (a, b) = split_at_char(&line, line.len() / 2);
-            (vec![a.to_owned()], vec![b.to_owned()])
-        };
+        let (first, second) = halve(part);
         pending.push(second);
         pending.push(first);
     }
     out
+}
+
+/// [`stream_messages`] in [`StreamMode::Upstream`]: output records only, upstream's eight
+/// fields, split like ours when too large.
+fn upstream_messages(fields: &SessionFields, record: &StreamRecord) -> Vec<LogEvent> {
+    if record.direction != Direction::Output || record.lines.is_empty() {
+        return Vec::new();
+    }
+    let timestamp_ms = i64::try_from(record.unix_ms).unwrap_or(i64::MAX);
+    let event_time = crate::timefmt::rfc3339(record.unix_ms, false);
+    let mut out = Vec::new();
+    let mut pending: Vec<Vec<String>> = vec![record.lines.clone()];
+    while let Some(part) = pending.pop() {
+        let message = serde_json::to_string(&UpstreamMessage {
+            event_version: "1.0",
+            event_time: event_time.clone(),
+            aws_region: &fields.region,
+            target: Target {
+                id: &fields.target_id,
+            },
+            user_identity: UserIdentity {
+                arn: &fields.owner_arn,
+            },
+            run_as_user: &fields.run_as_user,
+            session_id: &fields.session_id,
+            session_data: &part,
+        })
+        .unwrap_or_default();
+        if message.len() <= MAX_MESSAGE_BYTES || part.iter().map(String::len).sum::<usize>() <= 1 {
+            out.push(LogEvent {
+                timestamp_ms,
+                message,
+            });
+            continue;
+        }
+        let (first, second) = halve(part);
+        pending.push(second);
+        pending.push(first);
+    }
+    out
+}
+
+/// Two halves of lines that do not fit one message: by lines, or a single line by
+/// characters.
+fn halve(part: Vec<String>) -> (Vec<String>, Vec<String>) {
+    if part.len() > 1 {
+        let mut first = part;
+        let second = first.split_off(first.len() / 2);
+        (first, second)
+    } else {
+        let line = part.into_iter().next().unwrap_or_default();
+        let (a, b) = split_at_char(&line, line.len() / 2);
+        (vec![a.to_owned()], vec![b.to_owned()])
+    }
 }
 
 /// Splits `s` near byte `at`, on a character boundary, never producing an empty first
@@ -537,6 +674,7 @@ mod tests {
             owner_arn: "arn:aws:iam::123456789012:user/alice".into(),
             run_as_user: "ssm-user".into(),
             session_id: "alice-0a1b2c3d".into(),
+            mode: StreamMode::Full,
         }
     }
 
@@ -550,6 +688,7 @@ mod tests {
             end: None,
             tunnel: None,
             process: None,
+            command: None,
         };
         let mut chain = crate::spool::format::CHAIN_START;
         let events = stream_messages(&fields(), &record, &mut chain);
@@ -572,6 +711,98 @@ mod tests {
     }
 
     #[test]
+    fn a_command_event_has_the_envelope_its_fields_and_no_session_data() {
+        let record = StreamRecord {
+            seq: 0,
+            unix_ms: 1_729_534_091_500,
+            direction: Direction::Command,
+            lines: Vec::new(),
+            end: None,
+            tunnel: None,
+            process: None,
+            command: Some(crate::recorder::commands::TypedCommand {
+                at_ms: 12,
+                prompt: "root@web-1:/tmp#".into(),
+                command_line: "curl -u bob:[redacted] https://x".into(),
+                prompt_from: crate::recorder::commands::PromptFrom::Cursor,
+                truncated: false,
+                redactions: 1,
+            }),
+        };
+        let mut chain = crate::spool::format::CHAIN_START;
+        let events = stream_messages(&fields(), &record, &mut chain);
+        assert_eq!(events.len(), 1);
+        let (body, _) = unseal(&events[0].message).unwrap();
+        assert_eq!(
+            body,
+            r#"{"eventVersion":"1.0","eventTime":"2024-10-21T18:08:11Z","awsRegion":"us-east-1","target":{"id":"i-0123456789abcdef0"},"userIdentity":{"arn":"arn:aws:iam::123456789012:user/alice"},"runAsUser":"ssm-user","sessionId":"alice-0a1b2c3d","sessionData":[],"sequence":0,"direction":"command","eventType":"command","commandLine":"curl -u bob:[redacted] https://x","prompt":"root@web-1:/tmp#","time":"2024-10-21T18:08:11.500Z"}"#
+        );
+        // It chains like every other message.
+        assert_eq!(check_all(&[events[0].message.clone()]), Ok((1, 0)));
+    }
+
+    #[test]
+    fn upstream_mode_streams_output_lines_in_upstreams_eight_fields_only() {
+        let upstream = SessionFields {
+            mode: StreamMode::Upstream,
+            ..fields()
+        };
+        let mut chain = crate::spool::format::CHAIN_START;
+        let output = StreamRecord {
+            seq: 3,
+            unix_ms: 1_729_534_091_500,
+            direction: Direction::Output,
+            lines: vec!["$ ls".into(), "a  b".into()],
+            end: None,
+            tunnel: None,
+            process: None,
+            command: None,
+        };
+        let events = stream_messages(&upstream, &output, &mut chain);
+        assert_eq!(events.len(), 1);
+        assert_eq!(
+            events[0].message,
+            r#"{"eventVersion":"1.0","eventTime":"2024-10-21T18:08:11Z","awsRegion":"us-east-1","target":{"id":"i-0123456789abcdef0"},"userIdentity":{"arn":"arn:aws:iam::123456789012:user/alice"},"runAsUser":"ssm-user","sessionId":"alice-0a1b2c3d","sessionData":["$ ls","a  b"]}"#
+        );
+        assert_eq!(chain, crate::spool::format::CHAIN_START, "no chain");
+        // Nothing else is streamed in this mode.
+        for direction in [
+            Direction::Input,
+            Direction::Gap,
+            Direction::End,
+            Direction::Tunnel,
+            Direction::Exec,
+            Direction::Exit,
+            Direction::Command,
+        ] {
+            let record = StreamRecord {
+                direction,
+                ..output.clone()
+            };
+            assert!(stream_messages(&upstream, &record, &mut chain).is_empty());
+        }
+        // A record too large for one event is split, each part in the same schema.
+        let big = StreamRecord {
+            lines: vec!["x".repeat(200_000), "y".repeat(200_000)],
+            ..output
+        };
+        let events = stream_messages(&upstream, &big, &mut chain);
+        assert_eq!(events.len(), 2);
+        for e in &events {
+            assert!(e.message.len() <= MAX_MESSAGE_BYTES);
+            let v: serde_json::Value = serde_json::from_str(&e.message).unwrap();
+            assert_eq!(v.as_object().unwrap().len(), 8, "{v}");
+        }
+        // The mode is kept beside a recording; full is the default and not written.
+        let json = serde_json::to_string(&upstream).unwrap();
+        assert!(json.ends_with(r#","mode":"upstream"}"#), "{json}");
+        assert!(!serde_json::to_string(&fields()).unwrap().contains("mode"));
+        let old: SessionFields =
+            serde_json::from_str(&json.replace(r#","mode":"upstream""#, "")).unwrap();
+        assert_eq!(old.mode, StreamMode::Full);
+    }
+
+    #[test]
     fn oversized_records_split_in_order_within_the_limit() {
         let line = "x".repeat(100_000);
         let record = StreamRecord {
@@ -587,6 +818,7 @@ mod tests {
             end: None,
             tunnel: None,
             process: None,
+            command: None,
         };
         let events = stream_messages(&fields(), &record, &mut [0; 32]);
         assert!(events.len() > 2);
@@ -616,6 +848,7 @@ mod tests {
                     end: None,
                     tunnel: None,
                     process: None,
+                    command: None,
                 };
                 stream_messages(&fields(), &record, &mut chain)
             })

@@ -12,7 +12,8 @@
 //! still exercised against LocalStack by the integration tests (`tests/it`).
 
 use super::cwl::{
-    LogEvent, SessionFields, StreamRecord, MAX_BATCH_BYTES, MAX_BATCH_EVENTS, MAX_BATCH_SPAN_MS,
+    LogEvent, SessionFields, StreamMode, StreamRecord, MAX_BATCH_BYTES, MAX_BATCH_EVENTS,
+    MAX_BATCH_SPAN_MS,
 };
 use super::sink::{BucketEncryption, LogGroup, LogSink, ObjectSink, Rejected, SinkError, Upload};
 use crate::spool::layout::Paths;
@@ -398,6 +399,7 @@ pub(crate) fn fields(session_id: &str) -> SessionFields {
         owner_arn: "arn:aws:iam::123456789012:user/alice".into(),
         run_as_user: "ssm-user".into(),
         session_id: session_id.into(),
+        mode: StreamMode::Full,
     }
 }
 
@@ -422,6 +424,7 @@ pub(crate) fn stream_lines(first: u64, n: u64, step_ms: u64) -> String {
                 end: None,
                 tunnel: None,
                 process: None,
+                command: None,
             };
             let mut line = serde_json::to_string(&record).unwrap();
             line.push('\n');

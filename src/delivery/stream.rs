@@ -1,9 +1,10 @@
 //! The CloudWatch streamer: follows a recording's `stream.jsonl` while the session runs,
-//! sends its records as chained messages ([`super::cwl::stream_messages`]) in batches
-//! within the service limits ([`super::cwl::Batcher`]), and acknowledges each stored
-//! batch in `stream.ack`, so a streamer started again for the same recording (after a
-//! crash) sends only the rest. Generic over its [`LogSink`]: the agent streams through
-//! [`super::aws::Logs`], the unit tests below through the in-memory twin.
+//! sends its records as chained messages ([`super::cwl::stream_messages`]; unchained in
+//! upstream mode) in batches within the service limits ([`super::cwl::Batcher`]), and
+//! acknowledges each stored batch in `stream.ack`, so a streamer started again for the
+//! same recording (after a crash) sends only the rest. Generic over its [`LogSink`]: the
+//! agent streams through [`super::aws::Logs`], the unit tests below through the
+//! in-memory twin.
 
 use super::cwl::{self, Batcher, SessionFields, StreamRecord};
 use super::files::{read_ack_number, read_lines_from, write_ack, READ_LIMIT};

@@ -44,6 +44,13 @@
 //! [`transcript`] for the details and the limits (rows rewritten after they were
 //! committed keep their committed text; the alternate screen is captured as frames only).
 //!
+//! ## Commands as typed
+//!
+//! With [`Recorder::with_commands`] the recorder also finds the command line typed at
+//! each prompt, read from the same emulator's screen at the echo of Enter
+//! ([`commands`]; [`typed_commands`] does it for a recorded stream). Display only: the
+//! process audit records what ran.
+//!
 //! ## Memory
 //!
 //! The recorder keeps the committed transcript lines (for [`Recorder::transcript_text`];
@@ -52,12 +59,15 @@
 
 pub mod asciicast;
 pub mod audit_table;
+pub mod commands;
 pub mod event;
 pub mod playback;
 pub mod summary;
 pub mod transcript;
 
 pub use asciicast::{asciicast_header, asciicast_line, AsciicastEncoder};
+use commands::Typed;
+pub use commands::{CommandTracker, TypedCommand};
 pub use event::{Event, EventKind, StartInfo};
 pub use transcript::Transcript;
 
@@ -71,6 +81,7 @@ pub struct Recorder {
     transcript: Transcript,
     cast: AsciicastEncoder,
     cast_lines: Vec<String>,
+    commands: Option<CommandTracker>,
 }
 
 impl Recorder {
@@ -89,7 +100,24 @@ impl Recorder {
             transcript,
             cast: AsciicastEncoder::new(),
             cast_lines,
+            commands: None,
         }
+    }
+
+    /// Also finds the command lines typed at prompts ([`commands`]), read from the
+    /// transcript's screen; [`Recorder::take_commands`] hands them out.
+    #[must_use]
+    pub fn with_commands(mut self) -> Self {
+        self.commands = Some(CommandTracker::new());
+        self
+    }
+
+    /// Command lines found since the last call (none without [`Recorder::with_commands`]).
+    pub fn take_commands(&mut self) -> Vec<TypedCommand> {
+        self.commands
+            .as_mut()
+            .map(CommandTracker::take)
+            .unwrap_or_default()
     }
 
     /// Streaming mode: transcript lines are dropped once [`Recorder::take_lines`] has
@@ -132,34 +160,12 @@ impl Recorder {
     }
 
     /// Records `event`, which [`Recorder::next_event`] made: advances the stream and feeds
-    /// the transcript and asciicast.
+    /// the transcript and asciicast (and the command tracker, when on).
     pub fn commit(&mut self, event: &Event) {
-        match &event.kind {
-            EventKind::Output { data } => self.transcript.process(data),
-            EventKind::Resize { cols, rows } => self.transcript.resize(*cols, *rows),
-            EventKind::Gap { .. } => {
-                let started = self.start_info().map_or(0, |s| s.started_unix_ms);
-                if let Some(note) = event::gap_note(&event.kind, started) {
-                    self.transcript.process(note.as_bytes());
-                }
-            }
-            EventKind::End { how, .. } => {
-                if let Some(note) = event::end_note(how) {
-                    self.transcript.process(note.as_bytes());
-                }
-                self.transcript.finish();
-            }
-            EventKind::Tunnel(t) => self
-                .transcript
-                .process(format!("{}\r\n", t.note()).as_bytes()),
-            EventKind::Input { .. }
-            | EventKind::InputRedacted { .. }
-            | EventKind::Start(_)
-            | EventKind::Process(_) => {}
-        }
+        let started = self.start_info().map_or(0, |s| s.started_unix_ms);
+        feed(&mut self.transcript, self.commands.as_mut(), event, started);
         self.last_at_ms = event.at_ms.max(self.last_at_ms);
         self.next_seq = event.seq + 1;
-        let started = self.start_info().map_or(0, |s| s.started_unix_ms);
         self.cast_lines.extend(self.cast.lines(event, started));
     }
 
@@ -233,45 +239,143 @@ impl Recorder {
     }
 }
 
+/// Feeds one event to the transcript (and to the command tracker, with the screen it
+/// reads): the one place that says what each event does to them, for live recording,
+/// re-rendering and [`typed_commands`] alike. `started` dates gap notes.
+fn feed(
+    transcript: &mut Transcript,
+    commands: Option<&mut CommandTracker>,
+    event: &Event,
+    started: u64,
+) {
+    match &event.kind {
+        EventKind::Output { data } => match commands {
+            Some(c) => commands::process_output(transcript, c, data),
+            None => transcript.process(data),
+        },
+        EventKind::Input { data } => {
+            if let Some(c) = commands {
+                let typed = Typed::Shown(data);
+                c.input(
+                    transcript.screen(),
+                    transcript.scrolled(),
+                    event.at_ms,
+                    typed,
+                );
+            }
+        }
+        EventKind::InputRedacted { bytes, lines } => {
+            if let Some(c) = commands {
+                let typed = Typed::Hidden {
+                    bytes: *bytes,
+                    enters: *lines,
+                };
+                c.input(
+                    transcript.screen(),
+                    transcript.scrolled(),
+                    event.at_ms,
+                    typed,
+                );
+            }
+        }
+        EventKind::Resize { cols, rows } => transcript.resize(*cols, *rows),
+        gap @ EventKind::Gap { .. } => {
+            if let Some(c) = commands {
+                c.gap();
+            }
+            if let Some(note) = event::gap_note(gap, started) {
+                transcript.process(note.as_bytes());
+            }
+        }
+        EventKind::End { how, .. } => {
+            if let Some(c) = commands {
+                c.end();
+            }
+            if let Some(note) = event::end_note(how) {
+                transcript.process(note.as_bytes());
+            }
+            transcript.finish();
+        }
+        EventKind::Tunnel(t) => transcript.process(format!("{}\r\n", t.note()).as_bytes()),
+        EventKind::Start(_) | EventKind::Process(_) => {}
+    }
+}
+
+/// The size and start time from a recorded stream's start event (80x24 and 0 without one).
+fn stream_start(events: &[Event]) -> (u16, u16, u64) {
+    events
+        .iter()
+        .find_map(|e| match &e.kind {
+            EventKind::Start(info) => Some((info.cols, info.rows, info.started_unix_ms)),
+            _ => None,
+        })
+        .unwrap_or((80, 24, 0))
+}
+
 /// Re-renders the clean transcript from a recorded event stream (e.g. the raw stream in
 /// the state dir); the size comes from its start event (80x24 without one).
 pub fn render_transcript(events: &[Event]) -> String {
-    let (cols, rows) = events
-        .iter()
-        .find_map(|e| match &e.kind {
-            EventKind::Start(info) => Some((info.cols, info.rows)),
-            _ => None,
-        })
-        .unwrap_or((80, 24));
-    let started = events
-        .iter()
-        .find_map(|e| match &e.kind {
-            EventKind::Start(info) => Some(info.started_unix_ms),
-            _ => None,
-        })
-        .unwrap_or(0);
+    let (cols, rows, started) = stream_start(events);
     let mut transcript = Transcript::new(cols, rows);
     for event in events {
-        match &event.kind {
-            EventKind::Output { data } => transcript.process(data),
-            EventKind::Resize { cols, rows } => transcript.resize(*cols, *rows),
-            gap @ EventKind::Gap { .. } => {
-                if let Some(note) = event::gap_note(gap, started) {
-                    transcript.process(note.as_bytes());
-                }
-            }
-            EventKind::End { how, .. } => {
-                if let Some(note) = event::end_note(how) {
-                    transcript.process(note.as_bytes());
-                }
-                transcript.finish();
-            }
-            EventKind::Tunnel(t) => transcript.process(format!("{}\r\n", t.note()).as_bytes()),
-            _ => {}
-        }
+        feed(&mut transcript, None, event, started);
     }
     transcript.finish();
     transcript.transcript_text()
+}
+
+/// Finds the command lines typed at prompts in a recorded event stream, event by event
+/// ([`commands`]), as the recording's deriver finds them live: sessions with a terminal
+/// only, before redaction (apply the agent's rules with [`TypedCommand::redact`]). For
+/// `session-agent audit`; memory is the screen plus what one event finds.
+#[derive(Debug)]
+pub struct CommandFinder {
+    transcript: Transcript,
+    tracker: Option<CommandTracker>,
+    started: u64,
+}
+
+impl CommandFinder {
+    /// A finder for the session `start` describes (its start event's information).
+    pub fn new(start: &StartInfo) -> Self {
+        let mut transcript = Transcript::new(start.cols, start.rows);
+        transcript.forget_taken_lines();
+        Self {
+            transcript,
+            tracker: start.term.is_some().then(CommandTracker::new),
+            started: start.started_unix_ms,
+        }
+    }
+
+    /// The command lines `event` (the stream's next) completes.
+    pub fn push(&mut self, event: &Event) -> Vec<TypedCommand> {
+        let Some(tracker) = self.tracker.as_mut() else {
+            return Vec::new();
+        };
+        feed(
+            &mut self.transcript,
+            Some(&mut *tracker),
+            event,
+            self.started,
+        );
+        // Nothing of the text is wanted: let the committed lines go.
+        let _ = self.transcript.take_lines();
+        tracker.take()
+    }
+}
+
+/// Every command line typed at prompts in a recorded event stream that starts with its
+/// start event (see [`CommandFinder`]).
+pub fn typed_commands(events: impl IntoIterator<Item = Event>) -> Vec<TypedCommand> {
+    let mut events = events.into_iter();
+    let Some(first) = events.next() else {
+        return Vec::new();
+    };
+    let EventKind::Start(start) = &first.kind else {
+        return Vec::new();
+    };
+    let mut finder = CommandFinder::new(start);
+    events.flat_map(|e| finder.push(&e)).collect()
 }
 
 #[cfg(test)]
@@ -321,6 +425,46 @@ mod tests {
             asciicast::asciicast_from_events(&events).unwrap()
         );
         assert!(rec.take_asciicast_lines().is_empty());
+    }
+
+    #[test]
+    fn commands_found_live_and_from_the_recorded_stream_agree() {
+        let mut rec = Recorder::new(info(40, 5)).with_commands();
+        let mut events = vec![rec.start_event().clone()];
+        let mut live = Vec::new();
+        let mut step = |rec: &mut Recorder, e: Event| {
+            events.push(e);
+            live.extend(rec.take_commands());
+        };
+        let e = rec.output(1, b"$ ");
+        step(&mut rec, e);
+        for (i, b) in b"echo hi".iter().enumerate() {
+            let at = 10 + u64::try_from(i).unwrap();
+            let e = rec.input(at, &[*b], true);
+            step(&mut rec, e);
+            let e = rec.output(at, &[*b]);
+            step(&mut rec, e);
+        }
+        let e = rec.input(30, b"\r", true);
+        step(&mut rec, e);
+        let e = rec.output(31, b"\r\nhi\r\n$ ");
+        step(&mut rec, e);
+        let e = rec.input(40, b"S3CR3T\r", true);
+        step(&mut rec, e);
+        let e = rec.output(41, b"\r\n$ ");
+        step(&mut rec, e);
+        let e = rec.end(50, Some(0), "exited");
+        step(&mut rec, e);
+        assert_eq!(
+            live.iter()
+                .map(|c| (c.at_ms, c.prompt.as_str(), c.command_line.as_str()))
+                .collect::<Vec<_>>(),
+            [(30, "$", "echo hi")]
+        );
+        assert_eq!(typed_commands(events.clone()), live);
+        // The transcript is what it was without commands.
+        assert_eq!(rec.transcript_text(), render_transcript(&events));
+        assert_eq!(rec.transcript_text(), "$ echo hi\nhi\n$\n$\n");
     }
 
     #[test]

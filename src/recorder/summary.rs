@@ -21,7 +21,7 @@
 //! | `interrupted` | the agent stopped before the session ended (the end was added at recovery) |
 //! | `bytes` | `output` (terminal output recorded), `input` (typed bytes recorded, echo on), `inputWithheld` (typed with echo off: counted, never kept) |
 //! | `processes` | from the command audit: `executed` (exec records), `exited`, `detailsUnavailable` (exec records whose details could not be read), `exitedNonZero`, `killedBySignal` |
-//! | `commands` | command lines typed at a shell prompt (counted by the "commands as typed" finder; 0 until it runs) |
+//! | `commands` | command lines typed at a prompt, as the screen showed them (`recorder::commands`, for sessions with a terminal) |
 //! | `redactions` | `argumentsMasked` (arguments masked by the redaction rules, from the exec records), `echoOffBytes` and `echoOffLines` (typed with echo off: bytes and Enter keys) |
 //! | `tunnels` | port sessions' connections: `opened`, `denied`, `failed`, `closed`, and the bytes of the closed ones `bytesToDestinations` / `bytesFromDestinations` |
 //! | `gaps` | parts of the session not recorded: `count`, `bytes`, `events`, `reasons` (distinct, at most 16) and `reasonsOmitted` |

@@ -25,7 +25,18 @@
 //! shows the state at the commit point; rows scrolled out of a scroll region that does not
 //! start at the top row, rows removed by "delete line" at the top, and rows that scroll
 //! inside the alternate screen are not captured (the alternate screen is captured as
-//! frames only). The emulator's size is clamped to [`MAX_COLS`] x [`MAX_ROWS`].
+//! frames only). The emulator's size is clamped to [`MAX_COLS`] x [`MAX_ROWS`]; an OSC
+//! string (a window title, a shell's mark) is cut at [`MAX_OSC_BYTES`] before it reaches
+//! the emulator, whose parser would buffer it whole; the emulator is given whole
+//! characters only (a character cut between two chunks waits for its rest).
+//!
+//! The same emulator's screen also answers the command tracker (`recorder::commands`: the
+//! command line on screen when Enter is pressed): [`Transcript::screen`],
+//! [`Transcript::scrolled`] (rows scrolled off so far, to follow a position as the screen
+//! scrolls), the shell's OSC 133 marks ([`Transcript::take_marks`]) and a stop before
+//! each line feed ([`LineFeeds`]). Reading them costs a cursor lookup per
+//! keystroke and a row or two per Enter; a second emulator would double the deriver's
+//! dominant cost.
 
 use std::num::NonZeroU16;
 
@@ -47,12 +58,78 @@ struct ScrolledRow {
     wrapped: bool,
 }
 
-/// Collects rows scrolled off the normal screen.
+/// Most OSC 133 marks kept between two [`Transcript::take_marks`] (the oldest go first).
+pub const MAX_MARKS: usize = 64;
+/// Longest command line kept from an OSC 133 `C;cmdline_url=` mark, in bytes (decoded).
+pub const MAX_MARK_CMDLINE: usize = 16 * 1024;
+
+/// An OSC 133 ("semantic prompt") mark the shell wrote: `A` prompt start, `B` input
+/// start (the prompt's end), `C` command start (fish adds `cmdline_url=`, the command
+/// line URL-encoded), `D` command end. Where the cursor was, on the normal screen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PromptMark {
+    /// `b'A'`, `b'B'`, `b'C'` or `b'D'`.
+    pub kind: u8,
+    /// The cursor's row and column when the mark came.
+    pub row: u16,
+    /// See `row`.
+    pub col: u16,
+    /// [`Transcript::scrolled`] when the mark came (`row` is relative to it).
+    pub scrolled: u64,
+    /// `C` only: the command line fish sends (`cmdline_url=`), decoded, at most
+    /// [`MAX_MARK_CMDLINE`] bytes.
+    pub cmdline: Option<String>,
+}
+
+/// Told of each line feed in the output just before the emulator applies it, with the
+/// screen as it stands: how the command tracker (`recorder::commands`) reads a typed line
+/// at the echo of Enter. Stopping there changes nothing else: the transcript's commit points and the emulator's
+/// state are what they are without it.
+pub trait LineFeeds {
+    /// Whether line feeds matter now (when not, the output goes through in one piece).
+    fn wants_line_feeds(&self) -> bool;
+    /// A line feed is next. `scrolled` is [`Transcript::scrolled`]; `marks` the OSC 133
+    /// marks since the last call or [`Transcript::take_marks`].
+    fn line_feed(&mut self, screen: &vt100::Screen, scrolled: u64, marks: Vec<PromptMark>);
+}
+
+/// Decodes `%XX` escapes (and nothing else: `+` stays), lossy UTF-8, bounded.
+fn url_decode(bytes: &[u8]) -> String {
+    let hex = |b: u8| char::from(b).to_digit(16);
+    let mut out = Vec::with_capacity(bytes.len().min(MAX_MARK_CMDLINE));
+    let mut i = 0;
+    while i < bytes.len() && out.len() < MAX_MARK_CMDLINE {
+        let b = bytes[i];
+        let escaped = (b == b'%')
+            .then(|| Some((hex(*bytes.get(i + 1)?)?, hex(*bytes.get(i + 2)?)?)))
+            .flatten();
+        match escaped {
+            Some((hi, lo)) => {
+                out.push(u8::try_from(hi * 16 + lo).unwrap_or(b'?'));
+                i += 3;
+            }
+            None => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Collects rows scrolled off the normal screen, and OSC 133 marks.
 #[derive(Debug, Default)]
 struct ScrollCollector {
     rows: Vec<ScrolledRow>,
     /// This many rows at the top are already committed: counted, not rendered.
     skip: usize,
+    /// Rows scrolled off the normal screen since the start (never reset).
+    scrolled: u64,
+    /// OSC 133 marks not taken yet (at most [`MAX_MARKS`]).
+    marks: Vec<PromptMark>,
+    /// The longest OSC string the emulator handed over (tests: the cut works).
+    #[cfg(test)]
+    longest_osc: usize,
 }
 
 /// Learns whether a row ends with a line break from the first thing written after it,
@@ -71,11 +148,47 @@ impl std::fmt::Write for FirstChar {
 }
 
 impl vt100::Callbacks for ScrollCollector {
+    fn unhandled_osc(&mut self, screen: &mut vt100::Screen, params: &[&[u8]]) {
+        #[cfg(test)]
+        {
+            let len = params.iter().map(|p| p.len() + 1).sum::<usize>();
+            self.longest_osc = self.longest_osc.max(len);
+        }
+        let [b"133", kind, rest @ ..] = params else {
+            return;
+        };
+        let Some(&kind @ (b'A' | b'B' | b'C' | b'D')) = kind.first() else {
+            return;
+        };
+        if screen.alternate_screen() {
+            return;
+        }
+        let cmdline = (kind == b'C')
+            .then(|| {
+                rest.iter()
+                    .find_map(|p| p.strip_prefix(b"cmdline_url=".as_slice()))
+                    .map(url_decode)
+            })
+            .flatten();
+        if self.marks.len() >= MAX_MARKS {
+            self.marks.remove(0);
+        }
+        let (row, col) = screen.cursor_position();
+        self.marks.push(PromptMark {
+            kind,
+            row,
+            col,
+            scrolled: self.scrolled,
+            cmdline,
+        });
+    }
+
     fn on_scroll(&mut self, contents: RowContents<'_>, alternate_screen: bool) {
         if alternate_screen {
             // Scrolling inside a full-screen program: captured as frames instead.
             return;
         }
+        self.scrolled = self.scrolled.saturating_add(1);
         if self.skip > 0 {
             // Committed while on screen (see `Transcript::feed`): rendering it again is
             // the most expensive thing the recorder could do with a flood of output.
@@ -107,6 +220,8 @@ enum Mark {
     AltLeave,
     EraseDisplay(u16),
     Reset,
+    /// A byte of an OSC string past [`MAX_OSC_BYTES`]: not given to the emulator.
+    Drop,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -115,7 +230,15 @@ enum TokState {
     Ground,
     Esc,
     Csi,
+    /// Inside an OSC string (`ESC ]` ... BEL or `ESC \`).
+    Osc,
 }
+
+/// Longest OSC string (window title, OSC 133 mark, ...) given to the emulator, in bytes;
+/// the rest of a longer one is dropped. The emulator's parser buffers an OSC string whole
+/// until its end, without a limit: a session printing `ESC ]` and then endless text would
+/// otherwise grow the deriver's memory without bound.
+pub const MAX_OSC_BYTES: usize = 64 * 1024;
 
 /// A small escape-sequence scanner that finds [`Mark`]s, across chunk boundaries. It only
 /// decides *when* the transcript snapshots; the emulator alone decides what is displayed,
@@ -127,6 +250,8 @@ struct Tokenizer {
     ignore: bool,
     params: Vec<u16>,
     current: Option<u16>,
+    /// Bytes of the OSC string so far.
+    osc_len: usize,
 }
 
 impl Tokenizer {
@@ -153,11 +278,31 @@ impl Tokenizer {
                         self.state = TokState::Ground;
                         return Some(Mark::Reset);
                     }
+                    b']' => {
+                        self.state = TokState::Osc;
+                        self.osc_len = 0;
+                    }
                     0x1b => {}
                     _ => self.state = TokState::Ground,
                 }
                 None
             }
+            TokState::Osc => match b {
+                // BEL ends it; ESC ends it too (ESC \ is the usual end, any other ESC
+                // starts the next sequence); CAN and SUB cancel it.
+                0x07 | 0x18 | 0x1a => {
+                    self.state = TokState::Ground;
+                    None
+                }
+                0x1b => {
+                    self.state = TokState::Esc;
+                    None
+                }
+                _ => {
+                    self.osc_len = self.osc_len.saturating_add(1);
+                    (self.osc_len > MAX_OSC_BYTES).then_some(Mark::Drop)
+                }
+            },
             TokState::Csi => match b {
                 b'0'..=b'9' => {
                     let digit = u16::from(b - b'0');
@@ -219,6 +364,31 @@ impl Tokenizer {
     }
 }
 
+/// Bytes a UTF-8 sequence starting with `lead` has (1 for anything but a lead byte).
+fn utf8_len(lead: u8) -> usize {
+    match lead {
+        0xc0..=0xdf => 2,
+        0xe0..=0xef => 3,
+        0xf0..=0xf7 => 4,
+        _ => 1,
+    }
+}
+
+fn is_continuation(b: u8) -> bool {
+    b & 0xc0 == 0x80
+}
+
+/// How many bytes at the end of `bytes` are a character not complete yet (0 to 3).
+fn incomplete_tail(bytes: &[u8]) -> usize {
+    for k in 1..=bytes.len().min(3) {
+        let b = bytes[bytes.len() - k];
+        if !is_continuation(b) {
+            return if utf8_len(b) > k { k } else { 0 };
+        }
+    }
+    0
+}
+
 fn clamp_size(cols: u16, rows: u16) -> (NonZeroU16, NonZeroU16) {
     // An unknown size (0: no terminal, e.g. a port session's recording) is the usual
     // terminal's, not one column.
@@ -261,6 +431,11 @@ pub struct Transcript {
     /// where the caller stores them and memory must not grow with the session.
     keep_taken: bool,
     finished: bool,
+    /// The start of a character the end of the last chunk cut (at most 3 bytes), held
+    /// until its rest arrives: the emulator's parser (vte 0.15) completes a character cut
+    /// across two calls wrongly when more non-ASCII follows (it skips up to two bytes
+    /// after it, a line feed included), so it is only ever given whole characters.
+    utf8_carry: Vec<u8>,
 }
 
 impl std::fmt::Debug for Transcript {
@@ -291,6 +466,7 @@ impl Transcript {
             taken: 0,
             keep_taken: true,
             finished: false,
+            utf8_carry: Vec::new(),
         }
     }
 
@@ -305,13 +481,59 @@ impl Transcript {
 
     /// Feeds terminal output.
     pub fn process(&mut self, bytes: &[u8]) {
+        self.process_with(bytes, None);
+    }
+
+    /// Feeds terminal output, telling `line_feeds` of each line feed before the emulator
+    /// applies it (while it wants them).
+    pub fn process_with<'h>(
+        &mut self,
+        bytes: &[u8],
+        mut line_feeds: Option<&mut (dyn LineFeeds + 'h)>,
+    ) {
         self.finished = false;
+        let mut bytes = bytes;
+        if !self.utf8_carry.is_empty() {
+            // The rest of the character the last chunk cut: the continuation bytes it
+            // still needs, if they come.
+            let need = utf8_len(self.utf8_carry[0]).saturating_sub(self.utf8_carry.len());
+            let take = bytes
+                .iter()
+                .take(need)
+                .take_while(|b| is_continuation(**b))
+                .count();
+            let mut whole = std::mem::take(&mut self.utf8_carry);
+            whole.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            if take < need && bytes.is_empty() {
+                self.utf8_carry = whole;
+                return;
+            }
+            self.scan(&whole, line_feeds.as_deref_mut());
+        }
+        let keep = bytes.len() - incomplete_tail(bytes);
+        self.utf8_carry.extend_from_slice(&bytes[keep..]);
+        self.scan(&bytes[..keep], line_feeds);
+    }
+
+    /// [`Transcript::process_with`] for whole characters.
+    fn scan<'h>(&mut self, bytes: &[u8], mut line_feeds: Option<&mut (dyn LineFeeds + 'h)>) {
         let mut start = 0;
         for (i, &b) in bytes.iter().enumerate() {
             if let Some(mark) = self.tok.advance(b) {
-                self.feed(bytes.get(start..i).unwrap_or_default());
+                self.feed(
+                    bytes.get(start..i).unwrap_or_default(),
+                    line_feeds.as_deref_mut(),
+                );
+                if mark == Mark::Drop {
+                    start = i + 1;
+                    continue;
+                }
                 let reset_watermark = self.before(mark);
-                self.feed(bytes.get(i..=i).unwrap_or_default());
+                self.feed(
+                    bytes.get(i..=i).unwrap_or_default(),
+                    line_feeds.as_deref_mut(),
+                );
                 if reset_watermark {
                     self.emitted_top = 0;
                 }
@@ -321,7 +543,23 @@ impl Transcript {
                 start = i + 1;
             }
         }
-        self.feed(bytes.get(start..).unwrap_or_default());
+        self.feed(bytes.get(start..).unwrap_or_default(), line_feeds);
+    }
+
+    /// The emulator's screen as the output so far left it.
+    pub fn screen(&self) -> &vt100::Screen {
+        self.parser.screen()
+    }
+
+    /// Rows scrolled off the top of the normal screen since the start: a row's absolute
+    /// number is this plus its screen row, however the screen scrolls later.
+    pub fn scrolled(&self) -> u64 {
+        self.parser.callbacks().scrolled
+    }
+
+    /// The OSC 133 marks seen since the last call, in order.
+    pub fn take_marks(&mut self) -> Vec<PromptMark> {
+        std::mem::take(&mut self.parser.callbacks_mut().marks)
     }
 
     /// Follows a terminal resize.
@@ -416,7 +654,7 @@ impl Transcript {
     /// rendered with attributes by the scroll callback. This is the same rule as
     /// [`Transcript::take_lines`] (rows above the cursor are final), applied more often
     /// within a chunk; it made a flood of short lines several times cheaper.
-    fn feed(&mut self, bytes: &[u8]) {
+    fn feed<'h>(&mut self, bytes: &[u8], mut line_feeds: Option<&mut (dyn LineFeeds + 'h)>) {
         let (rows, cols) = self.parser.screen().size();
         let budget = usize::from(rows.get().saturating_sub(1)).max(1);
         let cols = usize::from(cols.get());
@@ -445,15 +683,45 @@ impl Transcript {
                     new_rows > budget
                 })
                 .unwrap_or(rest.len());
+            // Not inside a character (see `utf8_carry`): back to its lead byte, at most
+            // three bytes back (more continuation bytes are no character anyway).
+            let mut end = end;
+            let mut back = 0;
+            while back < 3 && end > 1 && end < rest.len() && is_continuation(rest[end]) {
+                end -= 1;
+                back += 1;
+            }
             let (piece, tail) = rest.split_at(end);
             self.parser.callbacks_mut().skip = self.emitted_top;
-            self.parser.process(piece);
+            self.emulate(piece, line_feeds.as_deref_mut());
             self.drain_scrolled();
             rest = tail;
             if !rest.is_empty() {
                 self.commit_above_cursor();
             }
         }
+    }
+
+    /// Runs the emulator over `piece`, stopping before each line feed for `line_feeds`
+    /// while it wants them (the emulator's state does not depend on where its input is
+    /// cut: a line feed is never inside a character).
+    fn emulate(&mut self, piece: &[u8], line_feeds: Option<&mut (dyn LineFeeds + '_)>) {
+        let Some(hook) = line_feeds else {
+            self.parser.process(piece);
+            return;
+        };
+        let mut rest = piece;
+        while hook.wants_line_feeds() {
+            let Some(i) = rest.iter().position(|&b| b == b'\n') else {
+                break;
+            };
+            self.parser.process(&rest[..i]);
+            let marks = self.take_marks();
+            hook.line_feed(self.parser.screen(), self.scrolled(), marks);
+            self.parser.process(&rest[i..=i]);
+            rest = &rest[i + 1..];
+        }
+        self.parser.process(rest);
     }
 
     /// Acts before the byte that completes `mark` reaches the emulator. Returns whether
@@ -800,6 +1068,44 @@ mod tests {
             render(20, 5, &["héllo 世界\r\n".as_bytes()]),
             "héllo 世界\n"
         );
+    }
+
+    #[test]
+    fn an_endless_osc_string_is_cut_before_the_emulator() {
+        let mut t = Transcript::new(40, 5);
+        t.process(b"$ \x1b]777;");
+        let chunk = vec![b'a'; 4096];
+        for _ in 0..(MAX_OSC_BYTES * 3 / chunk.len()) {
+            t.process(&chunk);
+        }
+        t.process(b"\x07ok\r\n\x1b]133;B\x1b\\");
+        let longest = t.parser.callbacks().longest_osc;
+        assert!(
+            (MAX_OSC_BYTES - 10..=MAX_OSC_BYTES + 10).contains(&longest),
+            "{longest}"
+        );
+        // What follows is shown and marked as usual.
+        assert_eq!(t.take_marks().len(), 1);
+        t.finish();
+        assert_eq!(t.transcript_text(), "$ ok\n");
+    }
+
+    #[test]
+    fn a_character_cut_between_chunks_keeps_the_line_break_after_it() {
+        // vte 0.15 alone, given "é" cut after its first byte and then "\nü", skips the
+        // line feed (it completes the character and consumes two bytes past it).
+        let text = "é\nü\r\nx€\n🌀y\r\n";
+        let whole = render(20, 5, &[text.as_bytes()]);
+        assert_eq!(whole, "é\n ü\nx€\n  🌀y\n");
+        let bytes = text.as_bytes();
+        for cut in 1..bytes.len() {
+            let (a, b) = bytes.split_at(cut);
+            assert_eq!(render(20, 5, &[a, b]), whole, "cut at {cut}");
+        }
+        let ones: Vec<&[u8]> = bytes.chunks(1).collect();
+        assert_eq!(render(20, 5, &ones), whole);
+        // A character never completed shows as nothing, as if the stream ended there.
+        assert_eq!(render(20, 5, &[b"ok\r\n\xe2\x82"]), "ok\n");
     }
 
     #[test]

@@ -67,6 +67,8 @@ impl RunningAgent {
             port: Default::default(),
             command_audit: true,
             redactor: Default::default(),
+            stream_input: false,
+            cloudwatch_stream: Default::default(),
         };
         tweak(&mut config);
         let (stop, stopped) = oneshot::channel::<()>();

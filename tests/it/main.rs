@@ -27,3 +27,4 @@ mod service;
 mod sessions;
 mod support;
 mod trust;
+mod typed_commands;

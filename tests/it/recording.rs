@@ -394,7 +394,8 @@ async fn streamed_events_arrive_within_two_seconds_in_the_upstream_schema() {
         .collect();
     assert!(data.contains(&"marker-42"), "{data:?}");
     assert!(!event.contains("\\u001b"), "escape codes in {event}");
-    // What was typed is streamed too, as input.
+    // What was typed at the prompt is streamed as a command event (plain typed input
+    // is not, by default: stream_input = "off").
     client.type_text("exit\r").await;
     client.until_closed().await;
     let report = agent.delivery(&sid, Duration::from_secs(30)).await;
@@ -405,9 +406,13 @@ async fn streamed_events_arrive_within_two_seconds_in_the_upstream_schema() {
         .map(|e| serde_json::from_str(e).unwrap())
         .collect();
     assert!(
-        parsed
-            .iter()
-            .any(|v| v["direction"] == "input" && v["sessionData"][0] == "echo marker-$((6*7))"),
+        parsed.iter().any(|v| v["eventType"] == "command"
+            && v["commandLine"] == "echo marker-$((6*7))"
+            && v["prompt"] == "$"),
+        "{events:?}"
+    );
+    assert!(
+        !parsed.iter().any(|v| v["direction"] == "input"),
         "{events:?}"
     );
     let mut seqs: Vec<u64> = parsed

@@ -131,10 +131,9 @@ async fn a_real_sessions_summary_listing_audit_and_id_lookup() {
     assert!(s["bytes"]["input"].as_u64().unwrap() >= 40, "{s}");
     assert!(s["bytes"]["inputWithheld"].as_u64().unwrap() > 0, "{s}");
     assert_eq!(s["bytes"]["inputWithheld"], s["redactions"]["echoOffBytes"]);
-    assert_eq!(
-        s["commands"], 0,
-        "counted once the commands-as-typed finder runs"
-    );
+    // Typed at the prompt and shown: the first two lines and `exit 3`; the line typed
+    // with echo off showed only its output, which is no command.
+    assert_eq!(s["commands"], 3, "{s}");
     assert_eq!(s["gaps"]["count"], 0);
     assert_eq!(
         s["delivery"],

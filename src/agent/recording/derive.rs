@@ -2,7 +2,10 @@
 //!
 //! The transcript, the asciicast and the queue of CloudWatch stream records are
 //! functions of the spool's events alone (event times, not the wall clock; per event, not
-//! per batch). The [`Deriver`] renders them (the terminal emulator runs here) from
+//! per batch) and of the recording's own settings (`session.json`: the stream mode,
+//! `stream_input`) — with the agent's redaction rules for the command lines typed at
+//! prompts, which the recorder finds on the transcript's screen (`recorder::commands`) and
+//! which are masked here before they are written. The [`Deriver`] renders them (the terminal emulator runs here) from
 //! records the spool's reader ([`crate::spool::reader`]) reads back from the file — for a live session in bounded
 //! steps on the recordings' background workers (lowest CPU priority, shared by every
 //! session, `background.rs`), following the writer ([`crate::spool::writer`]) at its own pace
@@ -18,9 +21,12 @@
 //! room); under `fail-closed` it raises the alarm that ends the session.
 
 use super::{RebuildError, Rebuilt, Summary, BATCH, DEFAULT_HEADROOM, INTERRUPTED};
-use crate::delivery::cwl::{self, redacted_marker, render_input, Direction, StreamRecord};
+use crate::audit::redact::Redactor;
+use crate::delivery::cwl::{
+    self, redacted_marker, render_input, Direction, StreamMode, StreamRecord,
+};
 use crate::recorder::summary::{SpoolSummary, SummaryBuilder};
-use crate::recorder::{Event, EventKind, Recorder, StartInfo};
+use crate::recorder::{Event, EventKind, Recorder, StartInfo, TypedCommand};
 use crate::spool::format::{self as spool, Chain};
 use crate::spool::layout::{owner_only, Paths, EVENTS_FILE, STREAM_FILE};
 use crate::spool::reader::{OpenError, ReadError, Reader};
@@ -189,17 +195,50 @@ pub(super) struct Deriver {
     /// typed finder counts into it with `session_summary.count_command()`.
     session_summary: SummaryBuilder,
     progress: watch::Sender<u64>,
+    /// What the stream carries: the mode, and whether plain typed input.
+    mode: StreamMode,
+    stream_input: bool,
+    /// Masks secrets in command lines typed at prompts.
+    redactor: Redactor,
+}
+
+/// What a recording's stream carries, and how its command lines are masked: the
+/// recording's own settings ([`super::Meta`]), so a rebuild derives what the live session
+/// did.
+#[derive(Debug, Clone)]
+pub(super) struct DeriveSettings {
+    pub(super) mode: StreamMode,
+    pub(super) stream_input: bool,
+    pub(super) redactor: Redactor,
+}
+
+impl DeriveSettings {
+    pub(super) fn new(meta: &super::Meta, redactor: Redactor) -> Self {
+        Self {
+            mode: meta.fields.as_ref().map(|f| f.mode).unwrap_or_default(),
+            stream_input: meta.stream_input,
+            redactor,
+        }
+    }
 }
 
 impl Deriver {
     /// A deriver for the session `start` describes (the spool's record 0), writing into
     /// `files`; `progress` tells the streamer how far the stream queue is written.
-    pub(super) fn new(start: StartInfo, files: DerivedFiles, progress: watch::Sender<u64>) -> Self {
+    pub(super) fn new(
+        start: StartInfo,
+        files: DerivedFiles,
+        progress: watch::Sender<u64>,
+        settings: DeriveSettings,
+    ) -> Self {
         let started_unix_ms = start.started_unix_ms;
         let session_summary = SummaryBuilder::new(&start);
+        // Commands typed at prompts: sessions with a terminal only.
+        let terminal = start.term.is_some();
+        let rec = Recorder::new(start).forget_taken_lines();
         let mut deriver = Self {
             session_summary,
-            rec: Recorder::new(start).forget_taken_lines(),
+            rec: if terminal { rec.with_commands() } else { rec },
             files,
             started_unix_ms,
             stream_seq: 0,
@@ -218,6 +257,9 @@ impl Deriver {
                 ..Summary::default()
             },
             progress,
+            mode: settings.mode,
+            stream_input: settings.stream_input,
+            redactor: settings.redactor,
         };
         // The asciicast header.
         deriver.gather_cast_lines();
@@ -279,6 +321,16 @@ impl Deriver {
         }
         self.summary.events += 1;
         self.render(event);
+        for command in self.rec.take_commands() {
+            self.command(command);
+        }
+    }
+
+    /// A command line typed at a prompt: masked, counted, streamed.
+    fn command(&mut self, mut command: TypedCommand) {
+        command.redact(|argv| self.redactor.redact(argv));
+        self.session_summary.count_command();
+        self.stream_command(command);
     }
 
     /// Whether every derived file has room for `event` (see the module doc); when not,
@@ -388,6 +440,10 @@ impl Deriver {
                 if *lines > 0 {
                     self.close_redacted(at);
                 }
+            }
+            EventKind::Input { .. } if !self.stream_input => {
+                // Not streamed (`stream_input = "off"`); the spool has it.
+                self.close_redacted(at);
             }
             EventKind::Input { data } => {
                 self.close_redacted(at);
@@ -539,9 +595,6 @@ impl Deriver {
         tunnel: Option<crate::recorder::event::Tunnel>,
         process: Option<crate::recorder::event::Process>,
     ) {
-        let Some(out) = self.files.stream.as_mut() else {
-            return;
-        };
         let record = StreamRecord {
             seq: self.stream_seq,
             unix_ms: self.started_unix_ms.saturating_add(at),
@@ -550,6 +603,36 @@ impl Deriver {
             end,
             tunnel,
             process,
+            command: None,
+        };
+        self.queue(record);
+    }
+
+    /// A command record, dated when its Enter was typed (a little before the output that
+    /// showed the line, so before the record ahead of it: the batcher keeps a batch in
+    /// order). Its `sessionData` is empty: filters on it must not count the command again.
+    fn stream_command(&mut self, command: TypedCommand) {
+        let record = StreamRecord {
+            seq: self.stream_seq,
+            unix_ms: self.started_unix_ms.saturating_add(command.at_ms),
+            direction: Direction::Command,
+            lines: Vec::new(),
+            end: None,
+            tunnel: None,
+            process: None,
+            command: Some(command),
+        };
+        self.queue(record);
+    }
+
+    /// Appends a record to the stream queue, when streaming; in upstream mode only output
+    /// records (upstream streams nothing else).
+    fn queue(&mut self, record: StreamRecord) {
+        if self.mode == StreamMode::Upstream && record.direction != Direction::Output {
+            return;
+        }
+        let Some(out) = self.files.stream.as_mut() else {
+            return;
         };
         self.stream_seq += 1;
         let line = serde_json::to_string(&record).unwrap_or_default();
@@ -705,7 +788,9 @@ pub(super) async fn follow(mut follower: Follower, progress: Arc<Progress>) -> S
 }
 
 /// Re-derives a recording's transcript, asciicast and stream queue from its spool after a
-/// crash; cuts off a torn last record; when the session never ended, appends an `end`
+/// crash, with its own stream settings (`meta`, its `session.json`) and `redactor` for
+/// command lines (the agent's rules now: a rule changed since the session masks its
+/// command lines differently in the re-derived stream); cuts off a torn last record; when the session never ended, appends an `end`
 /// event saying it was interrupted (continuing the hash chain), after closing a gap left
 /// open. Blocking. The same `Deriver` as a live session's, reading the same way.
 ///
@@ -714,7 +799,12 @@ pub(super) async fn follow(mut follower: Follower, progress: Arc<Progress>) -> S
 /// (the text says where): the recording must be quarantined, not delivered.
 /// [`RebuildError::Transient`]: the files could not be read or written (an I/O error, a
 /// full disk): try again.
-pub fn rebuild(paths: &Paths, streaming: bool) -> Result<Rebuilt, RebuildError> {
+pub fn rebuild(
+    paths: &Paths,
+    meta: &super::Meta,
+    redactor: Redactor,
+) -> Result<Rebuilt, RebuildError> {
+    let streaming = meta.streaming();
     use RebuildError::{Corrupt, Transient};
     let mut tail = match Reader::open(&paths.events) {
         Ok(reader) => reader.verifying(),
@@ -757,7 +847,8 @@ pub fn rebuild(paths: &Paths, streaming: bool) -> Result<Rebuilt, RebuildError> 
     let files = DerivedFiles::open(paths, streaming, true, DEFAULT_HEADROOM)
         .map_err(|e| Transient(format!("cannot rewrite the derived files: {e}")))?;
     let (progress, _) = watch::channel(0);
-    let mut deriver = Deriver::new(info.clone(), files, progress);
+    let settings = DeriveSettings::new(meta, redactor);
+    let mut deriver = Deriver::new(info.clone(), files, progress, settings);
     deriver.derive(&start, 1, start_chain);
     let mut read = ReadSoFar {
         ended: false,

@@ -80,13 +80,14 @@ pub use deliver::{Delivery, DeliveryStatus};
 pub use derive::rebuild;
 
 use crate::audit::redact::Redactor;
+
 use crate::delivery::cwl::SessionFields;
 use crate::delivery::{CwlDestination, S3Destination};
 use crate::recorder::summary::{DeliverySummary, DestinationDelivery, SessionSummary};
 use crate::recorder::{EventKind, StartInfo};
 use crate::spool::layout::{write_atomic, LiveMark, Paths, META_FILE, SUMMARY_FILE};
 use crate::spool::writer::{self, Alarm, Progress, SpoolWriter};
-use derive::{DerivedFiles, Deriver, Follower};
+use derive::{DeriveSettings, DerivedFiles, Deriver, Follower};
 use scrub::{Item, Scrubber};
 #[cfg(unix)]
 use std::os::unix::fs::DirBuilderExt;
@@ -141,12 +142,20 @@ pub struct Meta {
     /// Destinations skipped before the session started, reported in `delivery.json`.
     #[serde(default)]
     pub skipped: Vec<String>,
+    /// Plain typed input goes to the CloudWatch stream (`stream_input`; a recording
+    /// written before the setting existed streamed it).
+    #[serde(default = "streamed_before")]
+    pub stream_input: bool,
     /// Set when the recording ended: records in the spool...
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spool_records: Option<u64>,
     /// ...and the hash chain's value after the last one (hex), to compare copies with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spool_head: Option<String>,
+}
+
+fn streamed_before() -> bool {
+    true
 }
 
 impl Meta {
@@ -381,7 +390,8 @@ impl Summary {
 }
 
 /// How a recording is made: the reservation ahead of it, what to do when it fails, and
-/// the rules that find secrets in what is typed.
+/// the rules that find secrets in what is typed and mask the command lines typed at
+/// prompts.
 #[derive(Debug, Clone)]
 pub struct Options {
     /// Disk space reserved ahead of the spool and the asciicast (a quarter of it for the
@@ -466,7 +476,9 @@ impl Recording {
             .fail_closed
             .then(|| Arc::new(Alarm::new(failed_tx, closed.clone())));
         let started_unix_ms = start.started_unix_ms;
-        let deriver = Deriver::new(start.clone(), files, progress_tx).with_alarm(alarm.clone());
+        let settings = DeriveSettings::new(meta, Redactor::clone(&options.redactor));
+        let deriver =
+            Deriver::new(start.clone(), files, progress_tx, settings).with_alarm(alarm.clone());
         let writer = writer
             .with_alarm(alarm)
             .with_stall_flag(deriver.stall_flag());
@@ -910,8 +922,15 @@ mod tests {
                 streaming: true,
                 require_encryption: false,
             }),
+            stream_input: true,
             ..Meta::default()
         }
+    }
+
+    /// A rebuild with the recording's own settings (its `session.json`).
+    fn rebuild_as_recorded(paths: &Paths) -> Result<Rebuilt, RebuildError> {
+        let meta = Meta::read(&paths.dir).unwrap();
+        rebuild(paths, &meta, Redactor::default())
     }
 
     /// Records a small session with every kind of event; returns its paths.
@@ -954,7 +973,7 @@ mod tests {
         for p in [&paths.transcript, &paths.cast, &paths.stream] {
             std::fs::write(p, b"garbage left by a crash").unwrap();
         }
-        let rebuilt = rebuild(&paths, true).unwrap();
+        let rebuilt = rebuild_as_recorded(&paths).unwrap();
         assert!(!rebuilt.interrupted);
         assert_eq!(rebuilt.torn_bytes, 0);
         assert_eq!(derived(&paths), original);
@@ -1066,7 +1085,7 @@ mod tests {
         );
         // The rebuild derives the same summary from the same spool.
         std::fs::remove_file(paths.dir.join(SUMMARY_FILE)).unwrap();
-        let rebuilt = rebuild(&paths, true).unwrap();
+        let rebuilt = rebuild_as_recorded(&paths).unwrap();
         assert_eq!(summary_json(&paths), written);
         assert_eq!(
             rebuilt.summary.session.unwrap(),
@@ -1095,7 +1114,7 @@ mod tests {
         spool.extend_from_slice(&[7, 0, 0, 0, 1, 2, 3]);
         std::fs::write(&paths.events, &spool).unwrap();
 
-        let rebuilt = rebuild(&paths, true).unwrap();
+        let rebuilt = rebuild_as_recorded(&paths).unwrap();
         assert!(rebuilt.interrupted);
         assert_eq!(rebuilt.torn_bytes, 7);
         let summary = summary_json(&paths);
@@ -1146,7 +1165,7 @@ mod tests {
         assert!(text.contains(INTERRUPTED), "{text}");
         // A second rebuild (a crash during recovery) finds it ended and changes nothing.
         let spool = std::fs::read(&paths.events).unwrap();
-        let again = rebuild(&paths, true).unwrap();
+        let again = rebuild_as_recorded(&paths).unwrap();
         assert!(!again.interrupted);
         assert_eq!(std::fs::read(&paths.events).unwrap(), spool);
     }
@@ -1160,18 +1179,109 @@ mod tests {
         let mid = bad.len() / 2;
         bad[mid] ^= 0x20;
         std::fs::write(&paths.events, &bad).unwrap();
-        let err = rebuild(&paths, true).unwrap_err();
+        let err = rebuild_as_recorded(&paths).unwrap_err();
         assert!(
             matches!(&err, RebuildError::Corrupt(t) if t.starts_with("record ")),
             "{err}"
         );
         std::fs::write(&paths.events, b"not a spool").unwrap();
-        assert!(rebuild(&paths, true).is_err());
+        assert!(rebuild_as_recorded(&paths).is_err());
         std::fs::write(&paths.events, crate::spool::format::MAGIC).unwrap();
         assert_eq!(
-            rebuild(&paths, true).unwrap_err(),
+            rebuild_as_recorded(&paths).unwrap_err(),
             RebuildError::Corrupt("the spool holds no events".into())
         );
+    }
+
+    /// Records one short shell session under `meta`; the stream records and summary.
+    async fn stream_of(meta: &Meta) -> (Vec<StreamRecord>, Summary) {
+        let root = tempfile::tempdir().unwrap();
+        let mut info = start(&meta.session_id);
+        info.term = Some("xterm".into());
+        let (tap, recording) =
+            Recording::start(root.path(), info, meta, Options::default()).unwrap();
+        tap.output(b"$ ").await;
+        tap.input(b"mysql -pS3CR3T db\r", Some(false)).await;
+        tap.output(b"mysql -pS3CR3T db\r\nmysql> ").await;
+        tap.input(b"quit\r", Some(false)).await;
+        tap.output(b"quit\r\n$ ").await;
+        tap.input(b"hunter2\r", Some(true)).await;
+        tap.output(b"\r\n$ ").await;
+        tap.end(Some(0), "exited").await;
+        drop(tap);
+        let (paths, pending) = recording.finish();
+        let summary = pending.wait().await;
+        let stream = std::fs::read_to_string(&paths.stream).unwrap();
+        // A rebuild (after a crash) derives the same queue, commands and settings
+        // included, from the spool and session.json.
+        let live = derived(&paths);
+        rebuild_as_recorded(&paths).unwrap();
+        assert_eq!(derived(&paths), live);
+        let records = stream
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        (records, summary)
+    }
+
+    #[tokio::test]
+    async fn commands_typed_are_streamed_masked_and_plain_input_only_when_asked() {
+        let mut meta = streaming_meta("s-cmd");
+        meta.stream_input = false;
+        let (records, summary) = stream_of(&meta).await;
+        assert_eq!(summary.session.as_ref().unwrap().commands, 2);
+        let commands: Vec<(&str, &str)> = records
+            .iter()
+            .filter(|r| r.direction == Direction::Command)
+            .map(|r| {
+                let c = r.command.as_ref().unwrap();
+                (c.prompt.as_str(), c.command_line.as_str())
+            })
+            .collect();
+        assert_eq!(
+            commands,
+            [("$", "mysql -p[redacted] db"), ("mysql>", "quit")]
+        );
+        assert!(records.windows(2).all(|w| w[0].seq + 1 == w[1].seq));
+        // No plain input; the echo-off marker still.
+        let inputs: Vec<&Vec<String>> = records
+            .iter()
+            .filter(|r| r.direction == Direction::Input)
+            .map(|r| &r.lines)
+            .collect();
+        assert_eq!(inputs.len(), 1, "{inputs:?}");
+        assert!(inputs[0][0].starts_with("[input redacted: 8 bytes"));
+        // With stream_input on, the typed lines too.
+        meta.stream_input = true;
+        let (records, _) = stream_of(&meta).await;
+        assert!(records
+            .iter()
+            .any(|r| r.direction == Direction::Input && r.lines == ["quit"]));
+    }
+
+    #[tokio::test]
+    async fn upstream_mode_queues_output_records_only() {
+        let mut meta = streaming_meta("s-up");
+        meta.fields = Some(crate::delivery::cwl::SessionFields {
+            region: "us-east-1".into(),
+            target_id: "t".into(),
+            owner_arn: "alice".into(),
+            run_as_user: "ssm-user".into(),
+            session_id: "s-up".into(),
+            mode: crate::delivery::cwl::StreamMode::Upstream,
+        });
+        let (records, summary) = stream_of(&meta).await;
+        assert_eq!(
+            summary.session.as_ref().unwrap().commands,
+            2,
+            "still found, for the summary"
+        );
+        assert!(!records.is_empty());
+        assert!(
+            records.iter().all(|r| r.direction == Direction::Output),
+            "{records:?}"
+        );
+        assert!(records.windows(2).all(|w| w[0].seq + 1 == w[1].seq));
     }
 
     #[tokio::test]
