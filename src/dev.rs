@@ -132,6 +132,7 @@ pub async fn run(args: DevArgs) -> Result<u8, String> {
         local_key: Some((key.clone(), secret.clone())),
         port: crate::agent::port::policy::PortPolicy::default(),
         command_audit: true,
+        redactor: Default::default(),
         stream_input: false,
         cloudwatch_stream: crate::delivery::cwl::StreamMode::Full,
     };

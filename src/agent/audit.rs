@@ -169,8 +169,8 @@ struct Followed {
     tap: Option<Tap>,
     /// Its cgroup as `/proc` names it, and its directory.
     cgroup: Option<(String, std::path::PathBuf)>,
-    /// Records seen before the recording existed.
-    held: Vec<Process>,
+    /// Records seen before the recording existed (with their arguments' secrets).
+    held: Vec<(Vec<String>, Process)>,
     held_bytes: usize,
     /// Records not held (over [`HELD_MAX_BYTES`]).
     held_lost: u64,
@@ -262,7 +262,8 @@ impl Thread {
                     self.tracker.add_root(root, session.clone(), 0);
                 }
                 let followed = self.sessions.entry(session).or_default();
-                for process in followed.held.drain(..) {
+                for (secrets, process) in followed.held.drain(..) {
+                    tap.secrets_blocking(secrets);
                     tap.process_blocking(process);
                 }
                 if followed.held_lost > 0 {
@@ -340,9 +341,9 @@ impl Thread {
                     continue;
                 }
                 self.tracker.add_member(pid, session.clone(), 0, now_ns);
-                let mut process = self.exec_record(pid, 0);
+                let (mut process, secrets) = self.exec_record(pid, 0);
                 process.details_unavailable = Some("found-after-event-loss".to_owned());
-                self.deliver(&session, process);
+                self.deliver(&session, secrets, process);
             }
         }
     }
@@ -381,8 +382,8 @@ impl Thread {
             tree::Audited::Exec {
                 session, pid, ppid, ..
             } => {
-                let process = self.exec_record(pid, ppid);
-                self.deliver(&session, process);
+                let (process, secrets) = self.exec_record(pid, ppid);
+                self.deliver(&session, secrets, process);
             }
             tree::Audited::Exit {
                 session,
@@ -393,6 +394,7 @@ impl Thread {
                 let (exit_code, signal) = Kind::exit_code_or_signal(status);
                 self.deliver(
                     &session,
+                    Vec::new(),
                     Process {
                         phase: ProcessPhase::Exit,
                         pid,
@@ -418,7 +420,7 @@ impl Thread {
 
     /// What `pid` executes, read from `/proc` now, secrets masked; what could not be
     /// read (it was gone) filled from what the event stream says of it.
-    fn exec_record(&mut self, pid: u32, ppid: u32) -> Process {
+    fn exec_record(&mut self, pid: u32, ppid: u32) -> (Process, Vec<String>) {
         // The audit ids are read where they are not known from the parent (a session's
         // first process, one found by its cgroup), and from a program that may have
         // changed them (root, by writing its login uid).
@@ -439,9 +441,9 @@ impl Thread {
             },
         );
         let known = self.tracker.known(pid);
-        let (argv, redactions) = self.redactor.redact(&details.argv);
+        let (argv, redactions, secrets) = self.redactor.redact_with_secrets(&details.argv);
         let incomplete = details.incomplete();
-        Process {
+        let process = Process {
             phase: ProcessPhase::Exec,
             pid,
             ppid: if ppid != 0 { Some(ppid) } else { details.ppid },
@@ -458,23 +460,31 @@ impl Thread {
             exit_code: None,
             signal: None,
             duration_ms: None,
-        }
+        };
+        (process, secrets)
     }
 
-    /// Into the session's recording, or held until it exists.
-    fn deliver(&mut self, session: &str, process: Process) {
+    /// Into the session's recording, or held until it exists. The secrets its arguments
+    /// held go first: the recording masks them from then on wherever they appear (the
+    /// program may print them; the user may type them again).
+    fn deliver(&mut self, session: &str, secrets: Vec<String>, process: Process) {
         let Some(f) = self.sessions.get_mut(session) else {
             return;
         };
         match &f.tap {
-            Some(tap) => tap.process_blocking(process),
+            Some(tap) => {
+                tap.secrets_blocking(secrets);
+                tap.process_blocking(process);
+            }
             None => {
-                let size = 256 + process.argv.iter().map(String::len).sum::<usize>();
+                let size = 256
+                    + process.argv.iter().map(String::len).sum::<usize>()
+                    + secrets.iter().map(String::len).sum::<usize>();
                 if f.held_bytes + size > HELD_MAX_BYTES {
                     f.held_lost += 1;
                 } else {
                     f.held_bytes += size;
-                    f.held.push(process);
+                    f.held.push((secrets, process));
                 }
             }
         }

@@ -126,6 +126,16 @@ pub struct RunArgs {
     /// before Linux 6.6, and says so once when it cannot run].
     #[arg(long, env = "SESSION_AGENT_COMMAND_AUDIT")]
     pub command_audit: Option<String>,
+    /// More flags whose value is a secret, masked in audited arguments and in typed and
+    /// echoed text, besides the built-in ones (--password, --token, --secret, ...; always
+    /// on): comma-separated, e.g. --vault-password,--db-pass; in the file a list.
+    #[arg(long, env = "SESSION_AGENT_REDACT_FLAGS")]
+    pub redact_flags: Option<String>,
+    /// A regular expression for secrets the built-in rules do not know (its first group,
+    /// or the whole match, is masked), e.g. 'sk_live_[A-Za-z0-9]+'; repeat the flag for
+    /// more; in the environment one per line; in the file a list.
+    #[arg(long, env = "SESSION_AGENT_REDACT_PATTERNS", value_delimiter = '\n')]
+    pub redact_patterns: Option<Vec<String>>,
     /// Stream plain typed input to CloudWatch as `"direction": "input"` events: `on` or
     /// `off`. Off, the command events (`"eventType": "command"`) carry each line typed
     /// at a prompt, and filters on `sessionData` do not match a command twice (once
@@ -179,17 +189,25 @@ struct FileConfig {
     port_forwarding_allowed_ports: Option<Vec<String>>,
     port_forwarding_max_connections: Option<usize>,
     command_audit: Option<String>,
+    redact_flags: Option<Vec<String>>,
+    redact_patterns: Option<Vec<String>>,
     stream_input: Option<String>,
     cloudwatch_stream: Option<String>,
 }
 
-/// The port-forwarding lists as the file gives them (arrays of strings).
+/// The file's lists (arrays of strings): port forwarding's and the redaction flags.
 #[derive(Debug, Default, Clone)]
 pub struct PortLists {
     allowed_cidrs: Option<Vec<String>>,
     denied_cidrs: Option<Vec<String>>,
     allowed_ports: Option<Vec<String>>,
+    redact_flags: Option<Vec<String>>,
 }
+
+/// Most extra redaction flags, and patterns.
+pub const MAX_REDACT_RULES: usize = 64;
+/// Longest redaction flag or pattern (bytes).
+pub const MAX_REDACT_RULE_BYTES: usize = 1024;
 
 fn err(key: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError {
@@ -230,12 +248,15 @@ pub fn parse_file(text: &str, path: &Path) -> Result<RunArgs, ConfigError> {
         port_forwarding_allowed_ports: None,
         port_forwarding_max_connections: f.port_forwarding_max_connections,
         command_audit: f.command_audit,
+        redact_flags: None,
+        redact_patterns: f.redact_patterns,
         stream_input: f.stream_input,
         cloudwatch_stream: f.cloudwatch_stream,
         port_lists: PortLists {
             allowed_cidrs: f.port_forwarding_allowed_cidrs,
             denied_cidrs: f.port_forwarding_denied_cidrs,
             allowed_ports: f.port_forwarding_allowed_ports,
+            redact_flags: f.redact_flags,
         },
         log_format: f.log_format,
         log_level: f.log_level,
@@ -285,6 +306,7 @@ impl RunArgs {
             None => RunArgs::default(),
         };
         let port = port_policy(&self, &file)?;
+        let redactor = std::sync::Arc::new(redaction(&self, &file)?);
         let command_audit = match self
             .command_audit
             .as_deref()
@@ -505,10 +527,87 @@ impl RunArgs {
             local_key: None,
             port,
             command_audit,
+            redactor,
             stream_input,
             cloudwatch_stream,
         })
     }
+}
+
+/// The redaction rules: the built-in ones, and the flags and patterns of the flags (or
+/// environment) over the file's.
+fn redaction(
+    flags: &RunArgs,
+    file: &RunArgs,
+) -> Result<crate::audit::redact::Redactor, ConfigError> {
+    let extra: Vec<String> = match &flags.redact_flags {
+        Some(list) => list
+            .split(',')
+            .map(str::trim)
+            .filter(|f| !f.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        // (`flags` itself is a file's when parsed with `parse_file` alone.)
+        None => flags
+            .port_lists
+            .redact_flags
+            .clone()
+            .or_else(|| file.port_lists.redact_flags.clone())
+            .unwrap_or_default(),
+    };
+    if extra.len() > MAX_REDACT_RULES {
+        return Err(err(
+            "redact_flags",
+            format!("at most {MAX_REDACT_RULES} flags"),
+        ));
+    }
+    for f in &extra {
+        let valid = f.starts_with('-')
+            && f.len() > 1
+            && f.len() <= MAX_REDACT_RULE_BYTES
+            && !f.contains('=')
+            && !f.chars().any(|c| c.is_whitespace() || c.is_control());
+        if !valid {
+            return Err(err(
+                "redact_flags",
+                format!(
+                    "{f:?} is not a flag (like --vault-password: a dash first, no spaces, no `=`)"
+                ),
+            ));
+        }
+    }
+    let patterns: Vec<String> = flags
+        .redact_patterns
+        .clone()
+        .or_else(|| file.redact_patterns.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| !p.trim().is_empty())
+        .collect();
+    if patterns.len() > MAX_REDACT_RULES {
+        return Err(err(
+            "redact_patterns",
+            format!("at most {MAX_REDACT_RULES} patterns"),
+        ));
+    }
+    for p in &patterns {
+        if p.len() > MAX_REDACT_RULE_BYTES {
+            return Err(err(
+                "redact_patterns",
+                format!("{p:?} is longer than {MAX_REDACT_RULE_BYTES} bytes"),
+            ));
+        }
+        // One at a time, so that the error names the pattern that does not compile.
+        crate::audit::redact::Redactor::new::<String>(&[], std::slice::from_ref(p))
+            .map_err(|e| err("redact_patterns", one_line(&e)))?;
+    }
+    crate::audit::redact::Redactor::new(&extra, &patterns)
+        .map_err(|e| err("redact_patterns", one_line(&e)))
+}
+
+/// A multi-line message (the regex crate's, with its caret diagram) as one line.
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// The port-forwarding policy from flags over the file.
@@ -716,6 +815,17 @@ impl AgentConfig {
             "command_audit",
             text(if self.command_audit { "on" } else { "off" }),
         );
+        let extra = self.redactor.extra_flags();
+        if !extra.is_empty() {
+            line("redact_flags", array(extra.to_vec()));
+        }
+        let patterns = self.redactor.patterns();
+        if !patterns.is_empty() {
+            line(
+                "redact_patterns",
+                array(patterns.into_iter().map(str::to_owned).collect()),
+            );
+        }
         line(
             "stream_input",
             text(if self.stream_input { "on" } else { "off" }),
@@ -932,6 +1042,80 @@ mod tests {
             .into_config()
             .unwrap();
         assert_eq!(again.to_toml(), printed);
+    }
+
+    #[test]
+    fn redaction_rules_come_from_flags_over_the_file_and_bad_ones_are_named() {
+        let file = parse_file(
+            "redact_flags = [\"--vault-password\"]\nredact_patterns = ['sk_live_[A-Za-z0-9]+', 'vault:(\\S+)']\n",
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        let cfg = file.into_config().unwrap();
+        assert_eq!(cfg.redactor.extra_flags(), ["--vault-password"]);
+        assert_eq!(
+            cfg.redactor.patterns(),
+            ["sk_live_[A-Za-z0-9]+", "vault:(\\S+)"]
+        );
+        let printed = cfg.to_toml();
+        assert!(
+            printed.contains("redact_flags = [\"--vault-password\"]"),
+            "{printed}"
+        );
+        // The built-in rules stay on beside the administrator's.
+        let (argv, n) = cfg.redactor.redact(&[
+            "x".to_owned(),
+            "--vault-password=a".to_owned(),
+            "--password=b".to_owned(),
+            "vault:c".to_owned(),
+        ]);
+        assert_eq!(
+            argv,
+            [
+                "x",
+                "--vault-password=[redacted]",
+                "--password=[redacted]",
+                "vault:[redacted]"
+            ]
+        );
+        assert_eq!(n, 3);
+        // Flags (or the environment) replace the file's lists.
+        let cfg = RunArgs {
+            redact_flags: Some("--a-pass, --b-key".into()),
+            redact_patterns: Some(vec!["k-[0-9]+".into()]),
+            ..RunArgs::default()
+        }
+        .into_config()
+        .unwrap();
+        assert_eq!(cfg.redactor.extra_flags(), ["--a-pass", "--b-key"]);
+        assert_eq!(cfg.redactor.patterns(), ["k-[0-9]+"]);
+        // A bad pattern names the key and the pattern, on one line.
+        let e = RunArgs {
+            redact_patterns: Some(vec!["fine".into(), "tok(en".into()]),
+            ..RunArgs::default()
+        }
+        .into_config()
+        .unwrap_err();
+        assert_eq!(e.key, "redact_patterns");
+        assert!(e.reason.contains("\"tok(en\""), "{e}");
+        assert!(!e.reason.contains('\n'), "{e}");
+        for bad in ["password", "--pass word", "--a=b", "-"] {
+            let e = RunArgs {
+                redact_flags: Some(bad.into()),
+                ..RunArgs::default()
+            }
+            .into_config()
+            .unwrap_err();
+            assert_eq!(e.key, "redact_flags", "{bad}");
+        }
+        let many = vec!["x".to_owned(); MAX_REDACT_RULES + 1];
+        let e = RunArgs {
+            redact_patterns: Some(many),
+            ..RunArgs::default()
+        }
+        .into_config()
+        .unwrap_err();
+        assert_eq!(e.key, "redact_patterns");
     }
 
     #[test]

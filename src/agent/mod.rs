@@ -119,6 +119,9 @@ pub struct AgentConfig {
     pub port: port::policy::PortPolicy,
     /// Record every program sessions run, from the kernel (Linux).
     pub command_audit: bool,
+    /// The redaction rules: the built-in ones and the administrator's `redact_flags` and
+    /// `redact_patterns`, applied to audited argv and to typed and echoed text.
+    pub redactor: Arc<crate::audit::redact::Redactor>,
     /// Stream plain typed input to CloudWatch (`stream_input`; off by default: the
     /// command events carry the lines typed at prompts).
     pub stream_input: bool,
@@ -811,13 +814,6 @@ struct Recorded {
     streamer: Option<tokio::task::JoinHandle<crate::delivery::stream::StreamReport>>,
 }
 
-/// The rules that mask secrets in the command lines typed at prompts, before they are
-/// written anywhere: the command audit's argv rules (built-in today; where the
-/// configured rules come in, issue 19 item 3).
-pub(crate) fn command_redactor() -> crate::audit::redact::Redactor {
-    crate::audit::redact::Redactor::default()
-}
-
 /// Starts the session's recording (and its CloudWatch streamer when the document streams).
 ///
 /// # Errors
@@ -852,7 +848,7 @@ fn record(
     let options = recording::Options {
         headroom: policy.headroom_bytes,
         fail_closed: policy.fail_closed,
-        redactor: command_redactor(),
+        redactor: ctx.config.redactor.clone(),
     };
     let started = Recording::start(&ctx.config.recordings_dir(), start, &meta, options);
     let (tap, recording) = match started {
@@ -1319,7 +1315,7 @@ pub async fn run(
     retention::sweep(&recordings, config.retention);
     #[cfg(target_os = "linux")]
     let audit = if config.command_audit {
-        audit::Audit::start(crate::audit::redact::Redactor::default())
+        audit::Audit::start(crate::audit::redact::Redactor::clone(&config.redactor))
     } else {
         tracing::info!("The command audit is off (command_audit = \"off\")");
         None

@@ -138,7 +138,7 @@ pub(crate) async fn recover_all(ctx: Arc<Ctx>) {
         let mut again = Vec::new();
         for dir in waiting {
             let (r, d) = (root.clone(), dir.clone());
-            let redactor = super::command_redactor();
+            let redactor = crate::audit::redact::Redactor::clone(&ctx.config.redactor);
             let prepared = tokio::task::spawn_blocking(move || prepare(&r, &d, redactor))
                 .await
                 .unwrap_or_else(|e| {

@@ -66,6 +66,7 @@ impl RunningAgent {
             local_key,
             port: Default::default(),
             command_audit: true,
+            redactor: Default::default(),
             stream_input: false,
             cloudwatch_stream: Default::default(),
         };

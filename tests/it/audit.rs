@@ -139,6 +139,12 @@ async fn a_shell_sessions_programs_are_recorded_from_the_kernel_with_secrets_mas
         )
         .await;
     client.expect("done-42").await;
+    // The secret, learned from the audited argv, is masked wherever the recording meets
+    // it later: here a program prints it.
+    client
+        .type_text("sleep 0.3; printf 'pw=%s\\n' hun$(echo ter2); echo shown-$((6*7))\r")
+        .await;
+    client.expect("shown-42").await;
     client
         .type_text("stty -echo; sleep 0.3; printf 'hidden-%s\\n' $((6*7)); stty echo\r")
         .await;

@@ -211,6 +211,49 @@ fn the_example_preferences_file_is_accepted() {
     );
 }
 
+/// The redaction rules from the environment and flags as `run` takes them: flags
+/// comma-separated, patterns one per line (a pattern may hold a comma) or a repeated
+/// flag; a pattern that does not compile exits 64 naming the key and the pattern.
+#[test]
+fn config_check_takes_redaction_rules_and_names_a_bad_pattern() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_session-agent"))
+        .args(["config", "check"])
+        .env("SESSION_AGENT_REDACT_FLAGS", "--vault-password,--db-pass")
+        .env(
+            "SESSION_AGENT_REDACT_PATTERNS",
+            "tok_[0-9]{4,8}\nvault:(\\S+)",
+        )
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains(r#"redact_flags = ["--vault-password", "--db-pass"]"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"redact_patterns = ["tok_[0-9]{4,8}", 'vault:(\S+)']"#),
+        "{text}"
+    );
+    let (code, out, _) = run(&[
+        "config",
+        "check",
+        "--redact-patterns",
+        "a,b",
+        "--redact-patterns",
+        "c",
+    ]);
+    assert_eq!(code, 0);
+    assert!(out.contains(r#"redact_patterns = ["a,b", "c"]"#), "{out}");
+    let (code, _, err) = run(&["config", "check", "--redact-patterns", "tok(en"]);
+    assert_eq!(code, 64);
+    assert!(
+        err.contains("redact_patterns") && err.contains("\"tok(en\""),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
 /// `config check` on the shipped example (what packages install as
 /// /etc/session-agent/session-agent.toml), with flags and environment over it as `run`
 /// would see them; `--version`; and `run` refusing bad files with exit 64.

@@ -723,6 +723,145 @@ async fn a_password_typed_with_echo_off_reaches_no_sink_and_no_file() {
     gw.stop().await;
 }
 
+/// A spool's events read back: every input byte and every output byte, each stream
+/// joined (a secret split across events shows), and the other events as JSON lines.
+fn spool_streams(spool: &[u8]) -> (String, String, String) {
+    use session_agent::recorder::EventKind;
+    let mut reader =
+        session_agent::spool::reader::Reader::new(std::io::Cursor::new(spool.to_vec())).unwrap();
+    let (mut input, mut output, mut other) = (Vec::new(), Vec::new(), String::new());
+    while let Some((event, _)) = reader.next_event(None).unwrap() {
+        match event.kind {
+            EventKind::Input { data } => input.extend_from_slice(&data),
+            EventKind::Output { data } => output.extend_from_slice(&data),
+            kind => other.push_str(&format!("{kind:?}\n")),
+        }
+    }
+    (
+        String::from_utf8_lossy(&input).into_owned(),
+        String::from_utf8_lossy(&output).into_owned(),
+        other,
+    )
+}
+
+#[tokio::test]
+async fn secrets_typed_on_command_lines_reach_no_sink_and_no_file() {
+    // Each secret is typed once on a command line; one more comes from the
+    // administrator's pattern, one is typed at bash's readline (which draws the line
+    // itself while the keys are recorded as echo-off markers).
+    const SECRETS: [&str; 6] = [
+        "S3CR3T1", "S3CR3T2", "S3CR3T3", "S3CR3T4", "S3CR3T5", "S3CR3T6",
+    ];
+    let ls = LocalStack::get().await;
+    let bucket = ls.bucket(true).await;
+    let group = ls.log_group(false).await;
+    let gw = streaming_gateway(&bucket, &group).await;
+    let agent = AgentProcess::start_with(
+        &gw,
+        "rec-secrets",
+        &[("SESSION_AGENT_REDACT_PATTERNS", "sk_live_([A-Za-z0-9]+)")],
+    )
+    .await;
+    let (sid, mut client) = open_shell(&gw, "rec-secrets").await;
+    // Typed one key at a time, with a typo inside the secret erased by Backspace.
+    for c in "mysql -uroot -pS3CRX\x7f3T1 db\r".chars() {
+        client.type_text(&c.to_string()).await;
+    }
+    client.expect("not found").await;
+    // Pasted lines.
+    client
+        .type_text("curl -s -u u:S3CR3T2 http://127.0.0.1:1/; echo curl-$?\r")
+        .await;
+    client.expect("curl-7").await;
+    client.type_text("export API_TOKEN=S3CR3T3\r").await;
+    client
+        .type_text("echo https://u:S3CR3T4@h/ key=sk_live_S3CR3T5\r")
+        .await;
+    // The client sees its session as it is: only the recording is scrubbed.
+    client
+        .expect("https://u:S3CR3T4@h/ key=sk_live_S3CR3T5")
+        .await;
+    // A learned secret printed back later.
+    client.type_text("echo token-is-$API_TOKEN-end\r").await;
+    client.expect("token-is-S3CR3T3-end").await;
+    client.type_text("exec bash --norc --noprofile -i\r").await;
+    client.expect("$ ").await;
+    for c in "export DB_PASSWORD=S3CR3T6\r".chars() {
+        client.type_text(&c.to_string()).await;
+    }
+    client.type_text("echo pw-${#DB_PASSWORD}-done\r").await;
+    client.expect("pw-7-done").await;
+    client.type_text("exit\r").await;
+    client.until_closed().await;
+    let report = agent.delivery(&sid, Duration::from_secs(30)).await;
+    assert_eq!(report["complete"], true, "{report}");
+
+    let mut sinks: Vec<(String, String)> = Vec::new();
+    let mut spools: Vec<(String, Vec<u8>)> = Vec::new();
+    for ext in ["log", "cast", "spool", "summary.json"] {
+        let body = ls.object(&bucket, &format!("{sid}.{ext}"), WAIT).await;
+        if ext == "spool" {
+            spools.push(("s3 spool".into(), body.clone()));
+        }
+        sinks.push((
+            format!("s3 {ext}"),
+            String::from_utf8_lossy(&body).into_owned(),
+        ));
+    }
+    let events = ls.events(&group, &sid).await;
+    sinks.push(("cloudwatch".into(), events.join("\n")));
+    let mut files = Vec::new();
+    all_files(agent.state.path(), &mut files);
+    assert!(files.len() > 4, "{files:?}");
+    for f in files {
+        let bytes = std::fs::read(&f).unwrap_or_default();
+        if f.extension().is_some_and(|e| e == "spool") {
+            spools.push((f.display().to_string(), bytes.clone()));
+        }
+        sinks.push((
+            f.display().to_string(),
+            String::from_utf8_lossy(&bytes).into_owned(),
+        ));
+    }
+    assert_eq!(spools.len(), 2, "{spools:?}");
+    for (name, spool) in &spools {
+        let (input, output, other) = spool_streams(spool);
+        // The keys typed with echo on, the echo and what the commands printed.
+        assert!(input.contains("-p[redacted] db"), "{name}: {input:?}");
+        assert!(output.contains("u:[redacted]"), "{name}: {output:?}");
+        assert!(
+            output.contains("token-is-[redacted]-end"),
+            "{name}: {output:?}"
+        );
+        assert!(
+            output.contains("DB_PASSWORD=[redacted]"),
+            "{name}: {output:?}"
+        );
+        sinks.push((format!("{name} (input)"), input));
+        sinks.push((format!("{name} (output)"), output));
+        sinks.push((format!("{name} (other events)"), other));
+    }
+    let transcript = &sinks[0].1;
+    assert!(
+        transcript.contains("https://u:[redacted]@h/ key=sk_live_[redacted]"),
+        "{transcript}"
+    );
+    assert!(
+        events.iter().any(|e| e.contains("[redacted]")),
+        "no mask in {events:?}"
+    );
+    for (name, text) in &sinks {
+        for secret in SECRETS {
+            assert!(!text.contains(secret), "{name} leaks {secret}");
+            let b64 = session_agent::recorder::event::base64_encode(secret.as_bytes());
+            assert!(!text.contains(&b64), "{name} leaks {secret} (base64)");
+        }
+        assert!(!text.contains("S3CR3"), "{name} leaks part of a secret");
+    }
+    drop(agent);
+    gw.stop().await;
+}
+
 pub async fn refused_with(gw: &Gateway, target: &str) -> String {
     let (sid, token, url) = start_session(gw, target).await;
     let mut client = InteractiveClient::new(client_connect(gw, &url, &token).await);

@@ -3,8 +3,9 @@
 //! ```text
 //!  pump (output, resize) ─┐
 //!  keyboard (input +      ├─▶ Tap ─bounded─▶ writer task ─▶ events.spool  (the log: CRC,
-//!    echo state sampled) ─┘   (spool::writer; batches on      hash chain, group commit)
-//!                              blocking pool)                     │ read back from disk
+//!    echo state sampled)  │               (scrub.rs, then      hash chain, group commit)
+//!  command audit (exec,  ─┘                spool::writer;         │ read back from disk
+//!    exit, secrets)                        batches on blocking pool)
 //!          deriver task (derive.rs; steps on background.rs, nice 19) ◀─┘
 //!                                 ├─▶ <id>.log      clean transcript
 //!                                 ├─▶ <id>.cast     asciicast v2
@@ -32,6 +33,19 @@
 //! spool holds on disk, never by memory. Recovery after a crash ([`rebuild`]) runs the same
 //! deriver over the same file.
 //!
+//! ## Secrets masked before the spool
+//!
+//! Between the tap and the spool the writer task runs every event through the session's
+//! scrubber (`scrub.rs`, pure; its module docs say what is masked and the limits): a
+//! typed line and its echo are held until Enter (bounded in bytes and time) and the
+//! secrets the redaction rules find in the line (`audit::redact`, with the
+//! administrator's `redact_flags` / `redact_patterns`) are replaced by the mask; secrets
+//! learned that way, or from the command audit's argv ([`Tap::secrets_blocking`]), are
+//! masked in everything recorded after. The spool, and so every file, stream and upload
+//! derived from it, never holds them; the client's own view is not touched. With no
+//! learned secret, output outside a typed line goes to the spool as it came, unscanned.
+//! Events keep their order and their times.
+//!
 //! ## Sinks acknowledge; a crash costs nothing but a re-send
 //!
 //! Everything derived from the spool — transcript, asciicast, stream records and so the
@@ -49,7 +63,8 @@
 //! ([`crate::spool::format`]), written to the kernel as it comes and `fdatasync`ed at
 //! most every [`SYNC_EVERY`](crate::spool::writer::SYNC_EVERY) and at the end of the session. So a killed agent (`kill -9`,
 //! a panic, the OOM killer) loses only what had not reached the writer yet — the events
-//! queued in the tap (at most `TAP_QUEUE` chunks) — while a power loss can also cost the
+//! queued in the tap (at most `TAP_QUEUE` chunks) and a typed line the scrubber holds
+//! (at most its byte and time bounds) — while a power loss can also cost the
 //! events written in the last [`SYNC_EVERY`](crate::spool::writer::SYNC_EVERY). A record cut short by a crash is detected by
 //! its length and CRC and ends the readable spool there; [`rebuild`] cuts it off and, when
 //! the session never ended, appends an `end` event saying it was interrupted.
@@ -57,6 +72,9 @@
 mod background;
 mod deliver;
 mod derive;
+mod scrub;
+
+pub use scrub::Stats as ScrubStats;
 
 pub use deliver::{Delivery, DeliveryStatus};
 pub use derive::rebuild;
@@ -70,11 +88,12 @@ use crate::recorder::{EventKind, StartInfo};
 use crate::spool::layout::{write_atomic, LiveMark, Paths, META_FILE, SUMMARY_FILE};
 use crate::spool::writer::{self, Alarm, Progress, SpoolWriter};
 use derive::{DeriveSettings, DerivedFiles, Deriver, Follower};
+use scrub::{Item, Scrubber};
 #[cfg(unix)]
 use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -173,9 +192,14 @@ enum Rec {
     /// when (from, to), how many events at most, why.
     AuditGap(u64, u64, u64, String),
     End(u64, Option<i32>, String),
+    /// Secrets to mask from now on (the command audit's), for the scrubber.
+    Secrets(Vec<String>),
     /// Input under `fail-closed`: the writer learns whether it was recorded before it
     /// types it.
     Acked(Box<Rec>, oneshot::Sender<bool>),
+    /// The writer's answer to an `Acked`, in its place among what the scrubber let
+    /// through: true when everything written since the previous answer was.
+    Ack(oneshot::Sender<bool>),
     /// Every tap was dropped without an end (the writer's own marker).
     Closed,
 }
@@ -251,6 +275,23 @@ impl Tap {
         ));
     }
 
+    /// Secrets found elsewhere (the command audit: the literals
+    /// [`Redactor::redact_with_secrets`] masked in an argv), masked in everything the
+    /// session records from now on (and in what the scrubber still holds), from a thread
+    /// that is not the runtime's. Secrets under 4 bytes are ignored (see `scrub.rs`).
+    pub fn secrets_blocking(&self, secrets: Vec<String>) {
+        if !secrets.is_empty() {
+            let _ = self.tx.blocking_send(Rec::Secrets(secrets));
+        }
+    }
+
+    /// [`secrets_blocking`](Self::secrets_blocking), from the runtime.
+    pub async fn secrets(&self, secrets: Vec<String>) {
+        if !secrets.is_empty() {
+            let _ = self.tx.send(Rec::Secrets(secrets)).await;
+        }
+    }
+
     /// Session milliseconds now (the clock of the recording's events).
     pub fn now_ms(&self) -> u64 {
         self.at()
@@ -259,7 +300,9 @@ impl Tap {
     /// Records typed input before it is written to the terminal. `echo_off` is the
     /// terminal's state as the bytes are written; unknown counts as off (never record
     /// what might be a password). Returns false when the bytes must not be written: the
-    /// recording failed and the policy is `fail-closed`.
+    /// recording failed and the policy is `fail-closed`. Under `fail-closed` a key the
+    /// scrubber holds (a line being typed, until its echo) is answered once it is held:
+    /// the line is written at most the scrubber's bounds later (see `scrub.rs`).
     pub async fn input(&self, bytes: &[u8], echo_off: Option<bool>) -> bool {
         if self.closed.load(Ordering::SeqCst) {
             return false;
@@ -324,6 +367,9 @@ pub struct Summary {
     /// The session's summary (`summary.json`), built from the same events; `None` when
     /// the deriver stopped before the end.
     pub session: Option<SessionSummary>,
+    /// What the scrubber masked and learned (zero for a recording rebuilt after a crash:
+    /// the spool holds the masked text, not the count).
+    pub scrub: ScrubStats,
 }
 
 impl Summary {
@@ -344,7 +390,8 @@ impl Summary {
 }
 
 /// How a recording is made: the reservation ahead of it, what to do when it fails, and
-/// how command lines are masked.
+/// the rules that find secrets in what is typed and mask the command lines typed at
+/// prompts.
 #[derive(Debug, Clone)]
 pub struct Options {
     /// Disk space reserved ahead of the spool and the asciicast (a quarter of it for the
@@ -353,8 +400,9 @@ pub struct Options {
     /// `recording_policy = "fail-closed"`: a recording that cannot be written ends the
     /// session (and the space must be reserved before it starts).
     pub fail_closed: bool,
-    /// Masks secrets in the command lines typed at prompts (the agent's rules).
-    pub redactor: Redactor,
+    /// The redaction rules (built-in and the administrator's) the scrubber applies to
+    /// typed lines.
+    pub redactor: Arc<Redactor>,
 }
 
 impl Default for Options {
@@ -362,7 +410,7 @@ impl Default for Options {
         Self {
             headroom: DEFAULT_HEADROOM,
             fail_closed: false,
-            redactor: Redactor::default(),
+            redactor: Arc::default(),
         }
     }
 }
@@ -428,7 +476,7 @@ impl Recording {
             .fail_closed
             .then(|| Arc::new(Alarm::new(failed_tx, closed.clone())));
         let started_unix_ms = start.started_unix_ms;
-        let settings = DeriveSettings::new(meta, options.redactor);
+        let settings = DeriveSettings::new(meta, Redactor::clone(&options.redactor));
         let deriver =
             Deriver::new(start.clone(), files, progress_tx, settings).with_alarm(alarm.clone());
         let writer = writer
@@ -439,10 +487,25 @@ impl Recording {
         let live = LiveMark::take(&paths.events)
             .map_err(|e| tracing::warn!(session = %start.session_id, error = %e, "Cannot mark the recording live; `session-agent sessions` will not show it as live"))
             .ok();
-        tokio::spawn(write_loop(writer, start, rx, progress.clone()));
+        let started = Instant::now();
+        let scrubber = Scrubber::new(options.redactor.clone(), start.cols);
+        let scrub_stats = Arc::new(Mutex::new(ScrubStats::default()));
+        tokio::spawn(write_loop(
+            writer,
+            start,
+            rx,
+            progress.clone(),
+            Scrubbing {
+                scrubber,
+                started,
+                stats: scrub_stats.clone(),
+            },
+        ));
         let summary_paths = paths.clone();
         tokio::spawn(async move {
-            let summary = derive::follow(Follower::new(deriver, tail), progress).await;
+            let mut summary = derive::follow(Follower::new(deriver, tail), progress).await;
+            // The writer set its scrubber's counts before it finished (the deriver's end).
+            summary.scrub = scrub_stats.lock().map(|s| *s).unwrap_or_default();
             let summary = tokio::task::spawn_blocking(move || {
                 // Shown live until the summary is written (the end of this closure).
                 let _live = live;
@@ -457,7 +520,7 @@ impl Recording {
         Ok((
             Tap {
                 tx,
-                started: Instant::now(),
+                started,
                 closed,
                 strict: options.fail_closed,
             },
@@ -548,51 +611,181 @@ pub enum RebuildError {
 pub const INTERRUPTED: &str =
     "interrupted: the agent stopped before the session ended (recovered at the next start)";
 
-/// The writer: appends what the tap sends, in batches, publishing after each how far the
-/// spool is written; at the end (or when every tap is dropped without one) the end
-/// record, a last sync, and what it wrote. A task that owns no thread: each batch's
-/// writes (and the group commit's `fdatasync`) run on the runtime's blocking pool, one
-/// batch at a time.
+/// The writer's scrubber and what it needs: the session's clock, where its counts go.
+struct Scrubbing {
+    scrubber: Scrubber<Rec>,
+    /// The tap's clock (session ms are measured from it).
+    started: Instant,
+    stats: Arc<Mutex<ScrubStats>>,
+}
+
+impl Scrubbing {
+    fn now(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Hands one message to the scrubber; what it lets through goes to `batch`, in order.
+    /// Whether the recording ended.
+    fn feed(&mut self, msg: Rec, batch: &mut Vec<Rec>) -> bool {
+        let now = self.now();
+        let mut out = Vec::new();
+        let ended = match msg {
+            Rec::Acked(inner, ack) => {
+                let ended = self.feed(*inner, batch);
+                batch.push(Rec::Ack(ack));
+                return ended;
+            }
+            Rec::Secrets(secrets) => {
+                self.scrubber.learn(&secrets);
+                false
+            }
+            Rec::Output(at, data) => {
+                self.scrubber.push(Item::Output { at, data }, now, &mut out);
+                false
+            }
+            Rec::Input(at, data) => {
+                self.scrubber.push(Item::Input { at, data }, now, &mut out);
+                false
+            }
+            Rec::Redacted(at, bytes, lines) => {
+                let item = Rec::Redacted(at, bytes, lines);
+                self.scrubber
+                    .push(Item::Hidden { lines, item }, now, &mut out);
+                false
+            }
+            Rec::End(..) | Rec::Closed => {
+                self.scrubber.finish(&mut out);
+                out.push(Item::Other(msg));
+                true
+            }
+            msg => {
+                if let Rec::Resize(_, cols, _) = &msg {
+                    self.scrubber.resize(*cols);
+                }
+                self.scrubber.push(Item::Other(msg), now, &mut out);
+                false
+            }
+        };
+        self.take(out, batch);
+        ended
+    }
+
+    /// What is overdue, out.
+    fn tick(&mut self, batch: &mut Vec<Rec>) {
+        let mut out = Vec::new();
+        self.scrubber.tick(self.now(), &mut out);
+        self.take(out, batch);
+    }
+
+    fn take(&mut self, out: Vec<Item<Rec>>, batch: &mut Vec<Rec>) {
+        for item in out {
+            batch.push(match item {
+                Item::Input { at, data } => Rec::Input(at, data),
+                Item::Output { at, data } => Rec::Output(at, data),
+                Item::Hidden { item, .. } => item,
+                Item::Other(Rec::Process(at, p)) => Rec::Process(at, self.mask_process(p)),
+                Item::Other(rec) => rec,
+            });
+        }
+    }
+
+    /// A process record with the learned secrets masked in its arguments, working
+    /// directory and executable (counted in its `redactions`).
+    fn mask_process(
+        &mut self,
+        mut p: crate::recorder::event::Process,
+    ) -> crate::recorder::event::Process {
+        for arg in &mut p.argv {
+            if let Some((masked, n)) = self.scrubber.mask_text(arg) {
+                *arg = masked;
+                p.redactions += n;
+            }
+        }
+        for field in [&mut p.cwd, &mut p.executable].into_iter().flatten() {
+            if let Some((masked, _)) = self.scrubber.mask_text(field) {
+                *field = masked;
+            }
+        }
+        p
+    }
+}
+
+/// The writer: takes what the tap sends through the scrubber and appends what it lets
+/// through, in batches, publishing after each how far the spool is written; at the end
+/// (or when every tap is dropped without one) the end record, a last sync, and what it
+/// wrote. A task that owns no thread: each batch's writes (and the group commit's
+/// `fdatasync`) run on the runtime's blocking pool, one batch at a time. When the
+/// scrubber holds something, the task also wakes at its deadline.
 async fn write_loop(
     mut writer: SpoolWriter,
     start: StartInfo,
     mut rx: mpsc::Receiver<Rec>,
     progress: Arc<Progress>,
+    mut scrub: Scrubbing,
 ) {
     let _finished = writer::FinishGuard(progress.clone());
     let mut first = Some(start);
     let mut ended = false;
     while !ended {
         let mut batch = Vec::new();
-        match rx.recv().await {
-            Some(msg) => batch.push(msg),
-            None => {
-                // Every tap dropped without an end: the session task failed.
-                batch.push(Rec::Closed);
+        let next = match scrub.scrubber.deadline() {
+            Some(due) => {
+                let wake = scrub.started + Duration::from_millis(due);
+                tokio::select! {
+                    msg = rx.recv() => Some(msg),
+                    () = tokio::time::sleep_until(wake.into()) => None,
+                }
             }
+            None => Some(rx.recv().await),
+        };
+        let mut taken = 0;
+        match next {
+            // Every tap dropped without an end: the session task failed.
+            Some(msg) => {
+                taken += 1;
+                ended = scrub.feed(msg.unwrap_or(Rec::Closed), &mut batch);
+            }
+            None => scrub.tick(&mut batch),
         }
-        while batch.len() < BATCH && !matches!(batch.last(), Some(Rec::End(..) | Rec::Closed)) {
+        while taken < BATCH && !ended {
             match rx.try_recv() {
-                Ok(msg) => batch.push(msg),
+                Ok(msg) => {
+                    taken += 1;
+                    ended = scrub.feed(msg, &mut batch);
+                }
                 Err(_) => break,
             }
         }
-        ended = matches!(batch.last(), Some(Rec::End(..) | Rec::Closed));
+        if ended {
+            if let Ok(mut stats) = scrub.stats.lock() {
+                *stats = scrub.scrubber.stats();
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
         let start = first.take();
         let mut w = writer;
         let written = tokio::task::spawn_blocking(move || {
             if let Some(start) = start {
                 w.start(start);
             }
+            // Whether everything since the last answer to an `Acked` was written.
+            let mut ok = true;
             for msg in batch {
                 let msg = match msg {
+                    Rec::Ack(ack) => {
+                        let _ = ack.send(ok);
+                        ok = true;
+                        continue;
+                    }
                     Rec::Closed => {
                         let at = unix_ms().saturating_sub(w.started_unix_ms());
                         Rec::End(at, None, "recording closed without an end".into())
                     }
                     msg => msg,
                 };
-                let _ = apply(&mut w, msg);
+                ok &= apply(&mut w, msg);
             }
             w.end_batch(ended);
             if ended {
@@ -637,7 +830,8 @@ fn apply(writer: &mut SpoolWriter, msg: Rec) -> bool {
             },
         ),
         Rec::End(at, exit_code, how) => (at, EventKind::End { exit_code, how }),
-        Rec::Closed => return false, // turned into an end before it gets here
+        // Turned into an end, learned, answered before they get here.
+        Rec::Closed | Rec::Secrets(_) | Rec::Ack(_) => return false,
     };
     writer.write(at, kind, data).is_some()
 }
