@@ -49,6 +49,9 @@ const POLL: Duration = Duration::from_millis(50);
 /// session that execs a storm in its first milliseconds costs no more than this).
 pub(crate) const HELD_MAX_BYTES: usize = 1024 * 1024;
 
+/// User names kept by the audit thread (one per uid seen).
+const USER_NAMES: usize = 4096;
+
 /// The reader thread's nice value (the sessions' programs run at 0).
 const READER_NICE: i32 = -10;
 
@@ -196,6 +199,8 @@ struct Thread {
     loss: LossCounter,
     pending_loss: Option<Loss>,
     last_event: Instant,
+    /// uid -> name.
+    users: HashMap<u32, Option<String>>,
 }
 
 impl Thread {
@@ -208,6 +213,7 @@ impl Thread {
             loss: LossCounter::new(),
             pending_loss: None,
             last_event: Instant::now(),
+            users: HashMap::new(),
         }
     }
 
@@ -399,6 +405,7 @@ impl Thread {
                         phase: ProcessPhase::Exit,
                         pid,
                         ppid: None,
+                        user: None,
                         uid: None,
                         euid: None,
                         cwd: None,
@@ -447,6 +454,7 @@ impl Thread {
             phase: ProcessPhase::Exec,
             pid,
             ppid: if ppid != 0 { Some(ppid) } else { details.ppid },
+            user: known.uids.and_then(|(uid, _)| self.user_name(uid)),
             uid: known.uids.map(|u| u.0),
             euid: known.uids.map(|u| u.1),
             cwd: details.cwd,
@@ -462,6 +470,23 @@ impl Thread {
             duration_ms: None,
         };
         (process, secrets)
+    }
+
+    /// The name of `uid`, looked up once (the host's user database may be remote) and
+    /// kept; at most [`USER_NAMES`] names are kept.
+    fn user_name(&mut self, uid: u32) -> Option<String> {
+        if let Some(name) = self.users.get(&uid) {
+            return name.clone();
+        }
+        if self.users.len() >= USER_NAMES {
+            self.users.clear();
+        }
+        let name = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+            .ok()
+            .flatten()
+            .map(|u| u.name);
+        self.users.insert(uid, name.clone());
+        name
     }
 
     /// Into the session's recording, or held until it exists. The secrets its arguments

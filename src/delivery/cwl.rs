@@ -204,14 +204,82 @@ struct Message<'a> {
     tunnel: Option<&'a crate::recorder::event::Tunnel>,
     #[serde(skip_serializing_if = "Option::is_none")]
     event_type: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    process: Option<&'a crate::recorder::event::Process>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    process: Option<ProcessFields<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     command_line: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     prompt: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     time: Option<String>,
+}
+
+/// An exec or exit of the command audit as fields of the event itself (camelCase, beside
+/// the envelope, so queries and metric filters select `$.executable`, `$.exitCode`):
+/// exec `pid`, `ppid`, `user`, `uid`, `euid`, `cwd`, `executable`, `argv`, `time`;
+/// exit `pid`, `exitCode` or `signal`, `durationMs`, `time`; plus the markers.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ProcessFields<'a> {
+    pid: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ppid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    uid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    euid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cwd: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    executable: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    argv: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    argv_truncated: bool,
+    #[serde(skip_serializing_if = "is_zero_usize")]
+    redactions: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    details_unavailable: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    login_uid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    audit_session: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exit_code: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    signal: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    duration_ms: Option<u64>,
+}
+
+fn is_zero_usize(n: &usize) -> bool {
+    *n == 0
+}
+
+impl<'a> ProcessFields<'a> {
+    fn of(p: &'a crate::recorder::event::Process) -> Self {
+        let exec = p.phase == crate::recorder::event::ProcessPhase::Exec;
+        Self {
+            pid: p.pid,
+            ppid: p.ppid,
+            user: p.user.as_deref(),
+            uid: p.uid,
+            euid: p.euid,
+            cwd: p.cwd.as_deref(),
+            executable: p.executable.as_deref(),
+            argv: exec.then_some(p.argv.as_slice()),
+            argv_truncated: p.argv_truncated,
+            redactions: p.redactions,
+            details_unavailable: p.details_unavailable.as_deref(),
+            login_uid: p.login_uid,
+            audit_session: p.audit_session,
+            exit_code: p.exit_code,
+            signal: p.signal,
+            duration_ms: p.duration_ms,
+        }
+    }
 }
 
 /// amazon-ssm-agent's message, exactly (`CloudWatchMessage` in its
@@ -317,13 +385,11 @@ pub fn stream_messages(
                 Direction::Command => Some("command"),
                 _ => None,
             },
-            process: record.process.as_ref(),
+            process: record.process.as_ref().map(ProcessFields::of),
             command_line: record.command.as_ref().map(|c| c.command_line.as_str()),
             prompt: record.command.as_ref().map(|c| c.prompt.as_str()),
-            time: record
-                .command
-                .as_ref()
-                .map(|_| crate::timefmt::rfc3339(record.unix_ms, true)),
+            time: (record.command.is_some() || record.process.is_some())
+                .then(|| crate::timefmt::rfc3339(record.unix_ms, true)),
         })
         .unwrap_or_default();
         let atom = part.iter().map(String::len).sum::<usize>() <= 1;
@@ -707,6 +773,94 @@ mod tests {
         assert_eq!(
             body,
             r#"{"eventVersion":"1.0","eventTime":"2024-10-21T18:08:11Z","awsRegion":"us-east-1","target":{"id":"i-0123456789abcdef0"},"userIdentity":{"arn":"arn:aws:iam::123456789012:user/alice"},"runAsUser":"ssm-user","sessionId":"alice-0a1b2c3d","sessionData":["$ ls","a  b"],"sequence":7,"direction":"output"}"#
+        );
+    }
+
+    #[test]
+    fn exec_and_exit_events_carry_the_audit_fields_as_their_own() {
+        use crate::recorder::event::{Process, ProcessPhase};
+        let exec = Process {
+            phase: ProcessPhase::Exec,
+            pid: 4242,
+            ppid: Some(4200),
+            user: Some("ssm-user".into()),
+            uid: Some(1001),
+            euid: Some(0),
+            cwd: Some("/home/ssm-user".into()),
+            executable: Some("/usr/bin/curl".into()),
+            argv: vec!["curl".into(), "-u".into(), "bob:[redacted]".into()],
+            argv_truncated: false,
+            redactions: 1,
+            details_unavailable: None,
+            login_uid: Some(1001),
+            audit_session: Some(7),
+            exit_code: None,
+            signal: None,
+            duration_ms: None,
+        };
+        let exit = Process {
+            phase: ProcessPhase::Exit,
+            ppid: None,
+            user: None,
+            uid: None,
+            euid: None,
+            cwd: None,
+            executable: None,
+            argv: Vec::new(),
+            redactions: 0,
+            login_uid: None,
+            audit_session: None,
+            exit_code: None,
+            signal: Some(9),
+            duration_ms: Some(1500),
+            ..exec.clone()
+        };
+        let message = |direction, p: &Process| {
+            let record = StreamRecord {
+                seq: 3,
+                unix_ms: 1_729_534_091_500,
+                direction,
+                lines: vec![p.note()],
+                end: None,
+                tunnel: None,
+                process: Some(p.clone()),
+                command: None,
+            };
+            let mut chain = crate::spool::format::CHAIN_START;
+            let events = stream_messages(&fields(), &record, &mut chain);
+            assert_eq!(events.len(), 1);
+            serde_json::from_str::<serde_json::Value>(&events[0].message).unwrap()
+        };
+        let v = message(Direction::Exec, &exec);
+        assert_eq!(v["eventType"], "exec");
+        assert_eq!(v["sessionId"], "alice-0a1b2c3d");
+        assert_eq!(v["runAsUser"], "ssm-user");
+        assert_eq!(v["pid"], 4242);
+        assert_eq!(v["ppid"], 4200);
+        assert_eq!(v["user"], "ssm-user");
+        assert_eq!(v["euid"], 0);
+        assert_eq!(v["cwd"], "/home/ssm-user");
+        assert_eq!(v["executable"], "/usr/bin/curl");
+        assert_eq!(
+            v["argv"],
+            serde_json::json!(["curl", "-u", "bob:[redacted]"])
+        );
+        assert_eq!(v["auditSession"], 7);
+        assert_eq!(v["time"], "2024-10-21T18:08:11.500Z");
+        assert!(
+            v.get("process").is_none() && v.get("exitCode").is_none(),
+            "{v}"
+        );
+        let v = message(Direction::Exit, &exit);
+        assert_eq!(v["eventType"], "exit");
+        assert_eq!(
+            (v["pid"].clone(), v["signal"].clone()),
+            (4242.into(), 9.into())
+        );
+        assert_eq!(v["durationMs"], 1500);
+        assert!(
+            v.get("argv").is_none() && v.get("exitCode").is_none(),
+            "{v}"
         );
     }
 

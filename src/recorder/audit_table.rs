@@ -676,6 +676,7 @@ mod tests {
             seq: 0,
             at_ms: u64::from(pid),
             kind: EventKind::Process(Process {
+                user: None,
                 phase: ProcessPhase::Exec,
                 pid,
                 ppid: Some(1),
@@ -701,6 +702,7 @@ mod tests {
             seq: 0,
             at_ms: u64::from(pid) + 1000,
             kind: EventKind::Process(Process {
+                user: None,
                 phase: ProcessPhase::Exit,
                 pid,
                 ppid: None,
@@ -866,6 +868,7 @@ mod tests {
             seq: 0,
             at_ms: 3,
             kind: EventKind::Process(Process {
+                user: None,
                 phase: ProcessPhase::Exec,
                 pid: 42,
                 ppid: Some(7),

@@ -150,6 +150,9 @@ pub struct Process {
     /// Its parent when it was forked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ppid: Option<u32>,
+    /// The name of the real uid at exec (as the host's user database said then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
     /// Real and effective uid at exec.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uid: Option<u32>,

@@ -454,6 +454,7 @@ mod tests {
 
     fn process(phase: ProcessPhase, pid: u32) -> Process {
         Process {
+            user: None,
             phase,
             pid,
             ppid: None,

@@ -1005,6 +1005,7 @@ mod tests {
         tap.input(b"ls\r", Some(false)).await;
         tap.input(b"hunter2\r", Some(true)).await;
         let exec = crate::recorder::event::Process {
+            user: None,
             phase: crate::recorder::event::ProcessPhase::Exec,
             pid: 7,
             ppid: Some(1),
