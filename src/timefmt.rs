@@ -58,23 +58,7 @@ pub fn parse_amz_date(text: &str) -> Option<u64> {
     };
     let (year, month, day) = (num(0..4)?, num(4..6)?, num(6..8)?);
     let (hour, minute, second) = (num(9..11)?, num(11..13)?, num(13..15)?);
-    if !(1..=12).contains(&month)
-        || !(1..=31).contains(&day)
-        || hour > 23
-        || minute > 59
-        || second > 60
-    {
-        return None;
-    }
-    // Howard Hinnant's days-from-civil.
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    u64::try_from(days * 86_400 + hour * 3600 + minute * 60 + second).ok()
+    u64::try_from(civil_seconds(year, month, day, hour, minute, second)?).ok()
 }
 
 /// Parses an RFC 3339 time into Unix milliseconds: `2026-12-01T08:00:00Z`, with a
@@ -130,6 +114,20 @@ pub fn parse_rfc3339(text: &str) -> Option<u64> {
             _ => return None,
         }
     }
+    let secs = civil_seconds(year, month, day, hour, minute, second)? - offset * 60;
+    u64::try_from(secs * 1000 + millis).ok()
+}
+
+/// Seconds since the Unix epoch of a UTC calendar time; `None` when a field is out of
+/// range (a leap second, 60, is accepted). Howard Hinnant's days-from-civil.
+fn civil_seconds(
+    year: i64,
+    month: i64,
+    day: i64,
+    hour: i64,
+    minute: i64,
+    second: i64,
+) -> Option<i64> {
     if !(1..=12).contains(&month)
         || !(1..=31).contains(&day)
         || hour > 23
@@ -138,7 +136,6 @@ pub fn parse_rfc3339(text: &str) -> Option<u64> {
     {
         return None;
     }
-    // Howard Hinnant's days-from-civil.
     let y = if month <= 2 { year - 1 } else { year };
     let era = y.div_euclid(400);
     let yoe = y - era * 400;
@@ -146,8 +143,7 @@ pub fn parse_rfc3339(text: &str) -> Option<u64> {
     let doy = (153 * mp + 2) / 5 + day - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + hour * 3600 + (minute - offset) * 60 + second;
-    u64::try_from(secs * 1000 + millis).ok()
+    Some(days * 86_400 + hour * 3600 + minute * 60 + second)
 }
 
 #[cfg(test)]

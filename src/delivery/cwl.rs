@@ -356,50 +356,63 @@ pub fn stream_messages(
     }
     let timestamp_ms = i64::try_from(record.unix_ms).unwrap_or(i64::MAX);
     let event_time = crate::timefmt::rfc3339(record.unix_ms, false);
-    let mut out = Vec::new();
-    let mut pending: Vec<Vec<String>> = vec![record.lines.clone()];
-    // Depth-first: a part that is too large is halved (by lines, or a single line by
-    // characters) until every part fits.
-    while let Some(part) = pending.pop() {
-        let message = serde_json::to_string(&Message {
-            event_version: "1.0",
-            event_time: event_time.clone(),
-            aws_region: &fields.region,
-            target: Target {
-                id: &fields.target_id,
-            },
-            user_identity: UserIdentity {
-                arn: &fields.owner_arn,
-            },
-            run_as_user: &fields.run_as_user,
-            session_id: &fields.session_id,
-            session_data: &part,
-            sequence: record.seq,
-            direction: record.direction,
-            spool_records: record.end.as_ref().map(|e| e.records),
-            spool_head: record.end.as_ref().map(|e| e.head.as_str()),
-            tunnel: record.tunnel.as_ref(),
-            event_type: match record.direction {
-                Direction::Exec => Some("exec"),
-                Direction::Exit => Some("exit"),
-                Direction::Command => Some("command"),
-                _ => None,
-            },
-            process: record.process.as_ref().map(ProcessFields::of),
-            command_line: record.command.as_ref().map(|c| c.command_line.as_str()),
-            prompt: record.command.as_ref().map(|c| c.prompt.as_str()),
-            time: (record.command.is_some() || record.process.is_some())
-                .then(|| crate::timefmt::rfc3339(record.unix_ms, true)),
+    let fitted = fit(
+        &record.lines,
+        MAX_MESSAGE_BYTES - CHAIN_FIELD_BYTES,
+        |part| {
+            serde_json::to_string(&Message {
+                event_version: "1.0",
+                event_time: event_time.clone(),
+                aws_region: &fields.region,
+                target: Target {
+                    id: &fields.target_id,
+                },
+                user_identity: UserIdentity {
+                    arn: &fields.owner_arn,
+                },
+                run_as_user: &fields.run_as_user,
+                session_id: &fields.session_id,
+                session_data: part,
+                sequence: record.seq,
+                direction: record.direction,
+                spool_records: record.end.as_ref().map(|e| e.records),
+                spool_head: record.end.as_ref().map(|e| e.head.as_str()),
+                tunnel: record.tunnel.as_ref(),
+                event_type: match record.direction {
+                    Direction::Exec => Some("exec"),
+                    Direction::Exit => Some("exit"),
+                    Direction::Command => Some("command"),
+                    _ => None,
+                },
+                process: record.process.as_ref().map(ProcessFields::of),
+                command_line: record.command.as_ref().map(|c| c.command_line.as_str()),
+                prompt: record.command.as_ref().map(|c| c.prompt.as_str()),
+                time: (record.command.is_some() || record.process.is_some())
+                    .then(|| crate::timefmt::rfc3339(record.unix_ms, true)),
+            })
+            .unwrap_or_default()
+        },
+    );
+    fitted
+        .into_iter()
+        .map(|message| LogEvent {
+            timestamp_ms,
+            message: seal(&message, chain),
         })
-        .unwrap_or_default();
-        let atom = part.iter().map(String::len).sum::<usize>() <= 1;
-        if message.len() + CHAIN_FIELD_BYTES <= MAX_MESSAGE_BYTES || atom {
-            // (A part of at most one character cannot shrink: the fixed fields are
-            // bounded far below the limit.)
-            out.push(LogEvent {
-                timestamp_ms,
-                message: seal(&message, chain),
-            });
+        .collect()
+}
+
+/// The messages `render` makes of `lines`, each at most `limit` bytes: depth-first, a
+/// part that is too large is halved (by lines, or a single line by characters) until
+/// every part fits. A part of at most one character cannot shrink and is kept (the
+/// fixed fields are bounded far below the limit). In order.
+fn fit(lines: &[String], limit: usize, render: impl Fn(&[String]) -> String) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut pending: Vec<Vec<String>> = vec![lines.to_vec()];
+    while let Some(part) = pending.pop() {
+        let message = render(&part);
+        if message.len() <= limit || part.iter().map(String::len).sum::<usize>() <= 1 {
+            out.push(message);
             continue;
         }
         let (first, second) = halve(part);
@@ -417,10 +430,8 @@ fn upstream_messages(fields: &SessionFields, record: &StreamRecord) -> Vec<LogEv
     }
     let timestamp_ms = i64::try_from(record.unix_ms).unwrap_or(i64::MAX);
     let event_time = crate::timefmt::rfc3339(record.unix_ms, false);
-    let mut out = Vec::new();
-    let mut pending: Vec<Vec<String>> = vec![record.lines.clone()];
-    while let Some(part) = pending.pop() {
-        let message = serde_json::to_string(&UpstreamMessage {
+    fit(&record.lines, MAX_MESSAGE_BYTES, |part| {
+        serde_json::to_string(&UpstreamMessage {
             event_version: "1.0",
             event_time: event_time.clone(),
             aws_region: &fields.region,
@@ -432,21 +443,16 @@ fn upstream_messages(fields: &SessionFields, record: &StreamRecord) -> Vec<LogEv
             },
             run_as_user: &fields.run_as_user,
             session_id: &fields.session_id,
-            session_data: &part,
+            session_data: part,
         })
-        .unwrap_or_default();
-        if message.len() <= MAX_MESSAGE_BYTES || part.iter().map(String::len).sum::<usize>() <= 1 {
-            out.push(LogEvent {
-                timestamp_ms,
-                message,
-            });
-            continue;
-        }
-        let (first, second) = halve(part);
-        pending.push(second);
-        pending.push(first);
-    }
-    out
+        .unwrap_or_default()
+    })
+    .into_iter()
+    .map(|message| LogEvent {
+        timestamp_ms,
+        message,
+    })
+    .collect()
 }
 
 /// Two halves of lines that do not fit one message: by lines, or a single line by
