@@ -10,7 +10,24 @@ cd "$(dirname "$0")/.."
 
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/session-agent"
 mkdir -p "$cache"
+# One target directory for every build below, the fuzz crate's included (it reuses the
+# test build's dependencies from it).
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 
+# Each step is timed; the times are printed at the end (README: where a run's time goes).
+step_names=()
+step_secs=()
+step_start=$SECONDS
+step() {
+  if ((${#step_names[@]})); then
+    step_secs+=($((SECONDS - step_start)))
+  fi
+  step_names+=("$1")
+  step_start=$SECONDS
+  echo "==> $1"
+}
+
+step "AWS CLI"
 # The real AWS CLI, from PyPI, in a private virtualenv (no system packages touched).
 if ! command -v aws >/dev/null 2>&1; then
   venv="$cache/awscli-venv"
@@ -21,11 +38,11 @@ if ! command -v aws >/dev/null 2>&1; then
   fi
   export PATH="$venv/bin:$PATH"
 fi
-echo "==> $(aws --version 2>&1)"
+echo "    $(aws --version 2>&1)"
 
 # LocalStack on 127.0.0.1:4566 (host mode, pinned in scripts/localstack/), reused when one
 # is already running; stopped at exit when this script started it.
-echo "==> LocalStack"
+step "LocalStack"
 source scripts/localstack/up.sh
 localstack_up "$cache/localstack-venv"
 # The outage test starts, stops and restarts a LocalStack of its own (port 4576) from
@@ -35,7 +52,7 @@ export SESSION_AGENT_LOCALSTACK_VENV="$cache/localstack-venv"
 # The packaging tests (tests/it/packaging.rs) build the .deb and the .rpm from the binary
 # under test with the real tools, install the .deb with dpkg into a scratch root and
 # query the .rpm with rpm: install the tools when missing (pinned).
-echo "==> packaging tools"
+step "packaging tools"
 if ! cargo deb --version >/dev/null 2>&1; then
   echo "    installing cargo-deb"
   cargo install --locked --quiet cargo-deb@3.8.0
@@ -61,17 +78,17 @@ if ! [[ -x /usr/sbin/sshd ]] || ! command -v scp >/dev/null 2>&1; then
     echo "    could not install OpenSSH: the ssh test will say it was SKIPPED"
 fi
 
-echo "==> rustfmt"
+step "rustfmt"
 cargo fmt --all -- --check
 
-echo "==> clippy"
+step "clippy"
 cargo clippy --locked --all-targets -- -D warnings
 
 # The Windows layer (src/windows/, src/session/*_windows.rs) cannot run here, but it is
 # type-checked and linted for Windows on every run, so it cannot rot unseen. ring (under
 # rustls) builds C for the target, hence MinGW's gcc. If the target cannot be installed
 # (no network to the Rust distribution server), say so loudly and go on.
-echo "==> clippy for Windows (x86_64-pc-windows-gnu: type-check and lints, no run)"
+step "clippy for Windows (x86_64-pc-windows-gnu: type-check and lints, no run)"
 if ! rustup target list --installed 2>/dev/null | grep -qx x86_64-pc-windows-gnu; then
   rustup target add x86_64-pc-windows-gnu >/dev/null 2>&1 || true
 fi
@@ -86,39 +103,60 @@ else
   echo "    SKIPPED: the x86_64-pc-windows-gnu target or MinGW gcc could not be installed"
 fi
 
-echo "==> rustdoc"
+step "rustdoc"
 RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps --quiet
 
-echo "==> tests"
+step "build tests"
+cargo test --locked --all-targets --no-run
+
+step "tests"
 # Doc tests are not part of --all-targets; run them first so the suite's summary is last.
 cargo test --locked --doc
 cargo test --locked --all-targets
 
 # Hostile input: every fuzz target (frame decoder, JSON payloads and the session
-# document, recording readers) runs for a fixed time from its seed corpus; a crash fails
-# the run and leaves the input in fuzz/artifacts/<target>/. A debug build without a
-# sanitizer (the crate forbids unsafe code): overflow checks and assertions on, and a
-# quarter of the build time of the optimised ASan build `cargo fuzz run` makes by default.
-# New inputs found are kept in $cache/fuzz-corpus (read-only seeds stay in git).
+# document, recording readers, smux) runs for a fixed time from its seed corpus; a crash
+# fails the run and leaves the input in fuzz/artifacts/<target>/. New inputs found are
+# kept in $cache/fuzz-corpus (read-only seeds stay in git). The targets are libFuzzer
+# binaries built by plain cargo with fuzz/sancov-rustc as the compiler wrapper, which
+# instruments only our code: the dependencies are the ones the test build above already
+# compiled (cargo-fuzz instruments every crate and so built the whole dependency graph a
+# second time, plus cargo-fuzz itself: about 6 minutes of a cold run on 2 cores). A debug
+# build without a sanitizer (the crate forbids unsafe code): overflow checks and
+# assertions on.
 fuzz_seconds=${FUZZ_SECONDS:-30}
-echo "==> fuzz (${fuzz_seconds} s per target)"
-if ! cargo fuzz --version >/dev/null 2>&1; then
-  echo "    installing cargo-fuzz"
-  cargo install --locked --quiet cargo-fuzz@0.13.2
-fi
-(
-  cd fuzz
-  export RUSTC_BOOTSTRAP=1 # cargo-fuzz's instrumentation flags on the stable toolchain
-  cargo fuzz build --dev -s none
-  for target in decode_frame payloads recordings smux; do
-    mkdir -p "$cache/fuzz-corpus/$target"
-    log="$cache/fuzz-$target.log"
-    if ! cargo fuzz run --dev -s none "$target" "$cache/fuzz-corpus/$target" "corpus/$target" -- \
-      -max_total_time="$fuzz_seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1; then
-      tail -40 "$log"
-      echo "fuzz target $target failed: the input is in fuzz/artifacts/$target/" >&2
-      exit 1
-    fi
-    grep -E '^stat::(number_of_executed_units|peak_rss_mb)' "$log" | sed "s/^/    $target /"
-  done
-)
+step "fuzz (${fuzz_seconds} s per target)"
+python3 - <<'PY'
+# The fuzz build reuses the test build's dependencies only where fuzz/Cargo.lock pins the
+# same versions as Cargo.lock: a drift costs build time, not correctness, so say so.
+import re
+def pins(path):
+    text = open(path).read()
+    return dict(re.findall(r'name = "([^"]+)"\nversion = "([^"]+)"', text))
+main, fuzz = pins("Cargo.lock"), pins("fuzz/Cargo.lock")
+drift = sorted(n for n in main.keys() & fuzz.keys() if main[n] != fuzz[n])
+if drift:
+    print("    NOTE: fuzz/Cargo.lock pins other versions than Cargo.lock for " + ", ".join(drift)
+          + ": the fuzz build compiles those again. Resync: cp Cargo.lock fuzz/ && "
+          + "cargo build --manifest-path fuzz/Cargo.toml")
+PY
+fuzz_targets=(decode_frame payloads recordings smux)
+RUSTC_WRAPPER="$PWD/fuzz/sancov-rustc" cargo build --locked --quiet --manifest-path fuzz/Cargo.toml --bins
+for target in "${fuzz_targets[@]}"; do
+  mkdir -p "$cache/fuzz-corpus/$target" "fuzz/artifacts/$target"
+  log="$cache/fuzz-$target.log"
+  if ! "$CARGO_TARGET_DIR/debug/$target" -artifact_prefix="fuzz/artifacts/$target/" \
+    -max_total_time="$fuzz_seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+    "$cache/fuzz-corpus/$target" "fuzz/corpus/$target" >"$log" 2>&1; then
+    tail -40 "$log"
+    echo "fuzz target $target failed: the input is in fuzz/artifacts/$target/" >&2
+    exit 1
+  fi
+  grep -E '^stat::(number_of_executed_units|peak_rss_mb)' "$log" | sed "s/^/    $target /"
+done
+
+step_secs+=($((SECONDS - step_start)))
+echo "==> time per step (total ${SECONDS} s)"
+for i in "${!step_names[@]}"; do
+  printf '    %5d s  %s\n' "${step_secs[$i]}" "${step_names[$i]}"
+done
