@@ -53,13 +53,26 @@ export SESSION_AGENT_LOCALSTACK_VENV="$cache/localstack-venv"
 # under test with the real tools, install the .deb with dpkg into a scratch root and
 # query the .rpm with rpm: install the tools when missing (pinned).
 step "packaging tools"
-if ! cargo deb --version >/dev/null 2>&1; then
-  echo "    installing cargo-deb"
-  cargo install --locked --quiet cargo-deb@3.8.0
-fi
-if ! cargo generate-rpm --version >/dev/null 2>&1; then
-  echo "    installing cargo-generate-rpm"
-  cargo install --locked --quiet cargo-generate-rpm@0.21.1
+# cargo-deb and cargo-generate-rpm are compiled from source when missing (no prebuilt
+# binaries are published where this machine can fetch them): several minutes of a cold
+# run. They are built in the background, in a target directory of their own that they
+# share, while the steps up to the test build run (those leave a core idle for long
+# stretches: one big crate at a time, linking), and waited for before the tests.
+tools_log="$cache/packaging-tools.log"
+install_packaging_tools() {
+  export CARGO_TARGET_DIR="$cache/tools-target"
+  if ! cargo deb --version >/dev/null 2>&1; then
+    cargo install --locked --quiet cargo-deb@3.8.0
+  fi
+  if ! cargo generate-rpm --version >/dev/null 2>&1; then
+    cargo install --locked --quiet cargo-generate-rpm@0.21.1
+  fi
+}
+tools_pid=
+if ! cargo deb --version >/dev/null 2>&1 || ! cargo generate-rpm --version >/dev/null 2>&1; then
+  echo "    installing cargo-deb and cargo-generate-rpm in the background (log: $tools_log)"
+  install_packaging_tools >"$tools_log" 2>&1 &
+  tools_pid=$!
 fi
 for tool in dpkg dpkg-query systemctl systemd-analyze strip rpm; do
   if ! command -v "$tool" >/dev/null 2>&1; then
@@ -105,6 +118,15 @@ fi
 
 step "rustdoc"
 RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps --quiet
+
+if [[ -n $tools_pid ]]; then
+  step "packaging tools (waiting for the background install)"
+  if ! wait "$tools_pid"; then
+    cat "$tools_log"
+    echo "installing cargo-deb or cargo-generate-rpm failed (above)" >&2
+    exit 1
+  fi
+fi
 
 step "build tests"
 cargo test --locked --all-targets --no-run
