@@ -264,10 +264,16 @@ impl Thread {
                 self.sessions.entry(session).or_default().cgroup = Some((cgroup, dir));
             }
             Cmd::Register { root, session, tap } => {
-                if self.tracker.session_of(root).is_none() {
-                    self.tracker.add_root(root, session.clone(), 0);
+                let followed = self.sessions.entry(session.clone()).or_default();
+                // With a cgroup, the session's first program is found by it at its exec
+                // (the shim joins the cgroup, then becomes the session user, then
+                // executes it). Adding the root pid here as well would race the shim's
+                // own exec: if that event is still queued when this command arrives, the
+                // agent's shim (root, before it changed user) would be recorded as the
+                // session's first program.
+                if followed.cgroup.is_none() && self.tracker.session_of(root).is_none() {
+                    self.tracker.add_root(root, session, 0);
                 }
-                let followed = self.sessions.entry(session).or_default();
                 for (secrets, process) in followed.held.drain(..) {
                     tap.secrets_blocking(secrets);
                     tap.process_blocking(process);
@@ -592,5 +598,58 @@ fn end_cgroup(cgroup: &crate::audit::cgroup::SessionCgroup, session: &str) {
     }
     if !killed.removed {
         tracing::warn!(session, left = ?killed.left, dir = %cgroup.dir().display(), "The session's cgroup could not be removed: processes are still in it");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The root pid handed over at registration is the agent's shim until it has joined
+    /// the session's cgroup, become the session user and executed the session's program:
+    /// with a cgroup, membership comes from the cgroup at that exec, never from the
+    /// registration (a shim exec still queued would be recorded as a root program of the
+    /// session, as seen under load).
+    #[test]
+    fn with_a_cgroup_the_registered_root_is_not_a_member_until_its_exec_there() {
+        let mut thread = Thread::new(Redactor::default());
+        thread.on_cmd(Cmd::Expect {
+            session: "s-1".into(),
+            cgroup: "/session-agent/test/session-s-1".into(),
+            dir: std::path::PathBuf::from("/nonexistent/session-s-1"),
+        });
+        let (tap, mut recorded) = Tap::counting();
+        // This test's own process stands for the shim: it is not in that cgroup.
+        let shim = std::process::id();
+        thread.on_cmd(Cmd::Register {
+            root: shim,
+            session: "s-1".into(),
+            tap,
+        });
+        assert!(thread.tracker.session_of(shim).is_none());
+        thread.on_event(&Event {
+            cpu: 0,
+            seq: 0,
+            timestamp_ns: 1,
+            kind: Kind::Exec {
+                pid: shim,
+                tgid: shim,
+            },
+        });
+        assert_eq!(
+            recorded(),
+            0,
+            "the shim's exec outside the cgroup was recorded"
+        );
+
+        // Without a cgroup (none could be made), the root is all there is to follow.
+        let mut thread = Thread::new(Redactor::default());
+        let (tap, _recorded) = Tap::counting();
+        thread.on_cmd(Cmd::Register {
+            root: shim,
+            session: "s-2".into(),
+            tap,
+        });
+        assert_eq!(thread.tracker.session_of(shim), Some(&"s-2".to_owned()));
     }
 }

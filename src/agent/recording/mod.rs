@@ -236,6 +236,27 @@ impl std::fmt::Debug for Rec {
 }
 
 impl Tap {
+    /// A tap that records nowhere, and a count of what reached it so far (unit tests
+    /// of what feeds a recording).
+    #[cfg(test)]
+    pub(crate) fn counting() -> (Self, impl FnMut() -> usize) {
+        let (tx, mut rx) = mpsc::channel(1024);
+        let tap = Self {
+            tx,
+            started: Instant::now(),
+            closed: Arc::new(AtomicBool::new(false)),
+            strict: false,
+        };
+        let mut seen = 0;
+        let count = move || {
+            while rx.try_recv().is_ok() {
+                seen += 1;
+            }
+            seen
+        };
+        (tap, count)
+    }
+
     fn at(&self) -> u64 {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
