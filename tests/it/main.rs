@@ -22,6 +22,7 @@ mod pty_shim;
 mod recording;
 mod recovery;
 mod reliability;
+mod replay;
 mod resources;
 mod service;
 mod sessions;
