@@ -10,6 +10,7 @@ mod cli;
 mod client;
 mod client_port;
 mod commands;
+mod dev;
 mod doctor;
 mod gateway_bad_input;
 mod gateway_documents;
