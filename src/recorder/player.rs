@@ -274,10 +274,12 @@ impl QueryFilter {
 
     fn track_modes(&mut self) {
         let (private, params, inter, fin) = self.csi_parts();
-        if private == Some(b'?') && inter.is_empty() && (fin == b'h' || fin == b'l') {
-            if params.iter().any(|&p| p == 47 || p == 1047 || p == 1049) {
-                self.alternate = fin == b'h';
-            }
+        if private == Some(b'?')
+            && inter.is_empty()
+            && (fin == b'h' || fin == b'l')
+            && params.iter().any(|&p| p == 47 || p == 1047 || p == 1049)
+        {
+            self.alternate = fin == b'h';
         }
     }
 }

@@ -761,9 +761,7 @@ impl Transcript {
                 self.parser.callbacks_mut().alt_rows.clear();
                 false
             }
-            Mark::EraseDisplay(mode)
-                if alt && (mode == 2 || (mode == 0 && at_home)) =>
-            {
+            Mark::EraseDisplay(mode) if alt && (mode == 2 || (mode == 0 && at_home)) => {
                 // A full-screen program redraws: what scrolled off before is not part of
                 // the screen it now draws.
                 self.parser.callbacks_mut().alt_rows.clear();
@@ -773,9 +771,7 @@ impl Transcript {
                 self.frame();
                 false
             }
-            Mark::EraseDisplay(mode)
-                if !alt && (mode == 2 || (mode == 0 && at_home)) =>
-            {
+            Mark::EraseDisplay(mode) if !alt && (mode == 2 || (mode == 0 && at_home)) => {
                 self.commit_visible();
                 true
             }
@@ -1206,11 +1202,7 @@ mod tests {
         );
         assert_eq!(text, "--- screen ---\nnew\n--- end of screen ---\n");
         // At most a screen's height of them, the latest.
-        let text = render(
-            40,
-            2,
-            &[b"\x1b[?1049ha\r\nb\r\nc\r\nd\r\ne\x1b[?1049l"],
-        );
+        let text = render(40, 2, &[b"\x1b[?1049ha\r\nb\r\nc\r\nd\r\ne\x1b[?1049l"]);
         assert_eq!(text, "--- screen ---\nb\nc\nd\ne\n--- end of screen ---\n");
     }
 
