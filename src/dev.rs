@@ -5,6 +5,14 @@
 //! end (websockets, frames, acks, PTY), on one machine. Logs go to `<state>/dev.log` so they
 //! do not garble the terminal; session history stays in `<state>/gateway/`.
 //!
+//! The gateway takes only this run's random key. So that a second terminal of the same
+//! user can join (`connect`, or the AWS CLI with session-manager-plugin), dev writes the
+//! endpoint and key as shell `export`s to `<state>/dev.env`, mode 0600 (the key is
+//! never printed: scrollback and screen sharing are not the place for it), prints the
+//! one command that sources it, and removes it at the end. With `--state-dir`, the
+//! agent's state and recordings go under it (`<state>/agent`) as root too; the goodbye
+//! line names the session's recording directory and the `transcript` command for it.
+//!
 //! This is a composition root like `main`: it wires the gateway, agent and client modules
 //! and owns their shutdown.
 
@@ -25,8 +33,9 @@ pub struct DevArgs {
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
     /// Gateway address (loopback by default). The gateway answers only this run's own
-    /// random key, which nothing outside this process knows: other terminals and other
-    /// local users cannot use it.
+    /// random key: other local users cannot use it. Another terminal of yours can open
+    /// more sessions with the command dev prints at start (it sources STATE_DIR/dev.env,
+    /// readable by you alone and removed when dev ends).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub listen: SocketAddr,
     /// Session preferences document (see config/session-preferences.example.json).
@@ -111,13 +120,7 @@ pub async fn run(args: DevArgs) -> Result<u8, String> {
         endpoint: Some(endpoint.clone()),
         region: None,
         target_id: Some(args.target_id.clone()),
-        // As root, the same state directory as `run`: its record of having created ssm-user
-        // keeps dev from re-creating an ssm-user an administrator deleted.
-        state_dir: if crate::platform::is_privileged() {
-            crate::platform::default_state_dir("")
-        } else {
-            state.join("agent")
-        },
+        state_dir: agent_state_dir(args.state_dir.as_deref(), &state),
         max_sessions: 100,
         // dev never grants sudo to an ssm-user it creates.
         sudo_policy: crate::session::user::SudoPolicy::None,
@@ -150,34 +153,122 @@ pub async fn run(args: DevArgs) -> Result<u8, String> {
     .map_err(|e| e.to_string())?;
     wait_for_agent(&api, &args.target_id).await?;
     tracing::info!(%endpoint, "dev: gateway and agent up; connecting this terminal");
-    let outcome = crate::client::connect(ConnectConfig {
-        endpoint,
-        region: "us-east-1".into(),
-        ca_file: None,
-        start: Start::Call(
-            serde_json::json!({"Target": args.target_id, "Reason": "session-agent dev"}),
-        ),
-        credentials: Some((key, secret)),
-        target: Some(args.target_id.clone()),
-    })
-    .await;
+    let env_file = state.join(ENV_FILE);
+    let second = write_env_file(&env_file, &endpoint, &key, &secret)
+        .map(|()| second_terminal_hint(&env_file, &args.target_id))
+        .unwrap_or_else(|e| {
+            tracing::warn!(file = %env_file.display(), error = %e, "cannot write the second terminal's credentials");
+            format!("no second terminal this run: cannot write {}: {e}", env_file.display())
+        });
+    say(&second);
+    let request = serde_json::json!({"Target": args.target_id, "Reason": "session-agent dev"});
+    let started = api.start_session(&request).await;
+    let outcome = match started {
+        Ok(grant) => {
+            let id = grant.session_id.clone();
+            let outcome = crate::client::connect(ConnectConfig {
+                endpoint,
+                region: crate::gateway::DEV_REGION.into(),
+                ca_file: None,
+                start: Start::Given(grant),
+                credentials: Some((key, secret)),
+                target: Some(args.target_id.clone()),
+            })
+            .await;
+            Ok((id, outcome))
+        }
+        Err(e) => Err(format!("StartSession failed: {e}")),
+    };
     stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(15), agent).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), gateway).await;
-    tell_where_recordings_are(&recordings);
+    let _ = std::fs::remove_file(&env_file);
+    let (id, outcome) = outcome?;
+    say(&goodbye(&recordings, &id, state_arg_for(&recordings)));
     Ok(match outcome {
         Outcome::Ended => 0,
         other => other.exit_code(),
     })
 }
 
-#[allow(clippy::print_stderr)] // the one line dev prints after the session, on purpose
-fn tell_where_recordings_are(dir: &std::path::Path) {
-    eprintln!(
-        "session-agent dev: sessions are recorded in {}; print one with `session-agent transcript {}/SESSION_ID/events.spool`",
-        dir.display(),
-        dir.display()
+/// The agent's state directory: `STATE/agent` under the dev state directory; as root
+/// without `--state-dir`, the same as `run`'s (its record of having created ssm-user keeps
+/// dev from re-creating an ssm-user an administrator deleted). An explicit `--state-dir`
+/// is honoured as root too: everything of the run, recordings included, goes under it.
+fn agent_state_dir(explicit: Option<&std::path::Path>, state: &std::path::Path) -> PathBuf {
+    if explicit.is_none() && crate::platform::is_privileged() {
+        crate::platform::default_state_dir("")
+    } else {
+        state.join("agent")
+    }
+}
+
+/// The file, in the dev state directory, that holds this run's key for a second terminal
+/// (mode 0600, removed when `dev` ends).
+pub const ENV_FILE: &str = "dev.env";
+
+/// Writes the shell lines a second terminal sources to reach this run's gateway: the
+/// endpoint, the region and this run's key (AWS_* variables `connect` and the AWS CLI
+/// read). Created afresh, readable by this user alone: the key is the only thing that
+/// keeps other local users out of the gateway, so it is never printed.
+fn write_env_file(
+    path: &std::path::Path,
+    endpoint: &str,
+    key: &str,
+    secret: &str,
+) -> std::io::Result<()> {
+    let text = format!(
+        "# session-agent dev: this run's gateway and key (removed when dev ends)\n\
+         export AWS_ENDPOINT_URL_SSM={endpoint}\n\
+         export AWS_REGION={region}\n\
+         export AWS_DEFAULT_REGION={region}\n\
+         export AWS_ACCESS_KEY_ID={key}\n\
+         export AWS_SECRET_ACCESS_KEY={secret}\n\
+         unset AWS_SESSION_TOKEN AWS_PROFILE\n",
+        region = crate::gateway::DEV_REGION,
     );
+    let _ = std::fs::remove_file(path);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    std::io::Write::write_all(&mut file, text.as_bytes())
+}
+
+/// The line that tells how to open a second session from another terminal.
+fn second_terminal_hint(env_file: &std::path::Path, target: &str) -> String {
+    format!(
+        "session-agent dev: another terminal of yours can join this run while it lasts: \
+         `. {env} && session-agent connect --target {target}` \
+         (or `aws ssm start-session --target {target}` with session-manager-plugin)",
+        env = env_file.display(),
+    )
+}
+
+/// `--state-dir DIR` for the lookup commands when `recordings` is not where they look by
+/// default.
+fn state_arg_for(recordings: &std::path::Path) -> Option<PathBuf> {
+    let state = recordings.parent()?.to_owned();
+    let default = crate::sessions::StateDirArg::default().state_dir();
+    (state != default).then_some(state)
+}
+
+/// The goodbye line: where this session's recording is, and how to print it.
+fn goodbye(recordings: &std::path::Path, id: &str, state_arg: Option<PathBuf>) -> String {
+    let dir = recordings.join(id);
+    let state = state_arg
+        .map(|s| format!(" --state-dir {}", s.display()))
+        .unwrap_or_default();
+    format!(
+        "session-agent dev: this session is recorded in {}; print it with `session-agent transcript{state} {id}` (replay, verify, audit the same way)",
+        dir.display()
+    )
+}
+
+#[allow(clippy::print_stderr)] // the lines dev prints around the session, on purpose
+fn say(line: &str) {
+    eprintln!("{line}");
 }
 
 async fn wait_for_agent(api: &crate::ssm::SsmApi, target: &str) -> Result<(), String> {

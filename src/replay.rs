@@ -22,6 +22,13 @@ use std::time::Duration;
 
 /// `session-agent replay` options.
 #[derive(Debug, Args)]
+#[command(
+    after_help = "In a terminal: space pauses and resumes, + and - (or up and down) \
+double and halve the speed, . plays the next event while paused, right arrow skips 5 \
+seconds, q or Ctrl-C quits. The terminal is put back as it was on every way out (the \
+recording's screen modes and mouse reporting switched off, its queries never sent). \
+Written to a pipe or file, the recorded output is copied as it is."
+)]
 pub struct ReplayArgs {
     /// A recording: a session id (looked up as STATE_DIR/recordings/ID), a recording's
     /// directory or its events.spool, or ID.cast (local or downloaded from S3).
@@ -106,8 +113,12 @@ fn open(file: &PathBuf) -> Result<(Format, Lines), String> {
 
 /// Plays a recording to `out` with its timing.
 ///
+/// When standard output is a terminal, this is a player (module `player` below): the recorded
+/// queries are taken out of the stream, the keys control it, and the terminal is put
+/// back on every way out. Otherwise the recorded output is written as it is.
+///
 /// # Errors
-/// The file cannot be read or is not a recording (the line is named).
+/// The file cannot be read or is not a recording (the line is named); a signal ended it.
 pub fn replay(args: &ReplayArgs, out: &mut impl Write) -> Result<(), String> {
     if !(args.speed.is_finite() && args.speed > 0.0) {
         return Err(format!("--speed {} must be a positive number", args.speed));
@@ -123,6 +134,10 @@ pub fn replay(args: &ReplayArgs, out: &mut impl Write) -> Result<(), String> {
     // Checked finite and non-negative above; whole milliseconds are enough.
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let idle_ms = (args.idle_limit * 1000.0) as u64;
+    #[cfg(unix)]
+    if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        return player::play(args.speed, idle_ms, format, lines, &file, out);
+    }
     let mut pacer = Pacer::new(args.speed, idle_ms);
     for line in lines {
         let (n, text) = line?;
@@ -139,6 +154,280 @@ pub fn replay(args: &ReplayArgs, out: &mut impl Write) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The player in a terminal (Unix): raw mode, keys, the query filter, and the terminal
+/// put back on every way out.
+///
+/// Keys: space pauses and resumes, `+`/`-` (or up/down) double or halve the speed, `.`
+/// plays the next event while paused, right arrow skips 5 s of the recording, `q` or
+/// Ctrl-C quits. Standard input is put in raw mode (no echo, no line editing, Ctrl-C a
+/// key) when it is a terminal, and read by a thread; what is not a key (the terminal's
+/// answers, mouse reports) is swallowed. The recorded queries are taken out of the
+/// stream (`recorder::player::QueryFilter`), so a terminal has little to answer; at the
+/// end the restore sequence is written, then one device-attributes query as a fence:
+/// its answer, read within `FENCE_WAIT`, shows that every earlier answer has arrived
+/// and been swallowed; what is left in the input queue is then discarded (`tcflush`)
+/// before the settings are restored. SIGINT, SIGTERM and SIGHUP end the replay the same
+/// way (watched through the runtime, checked at least every `TICK`); a panic restores
+/// the terminal while unwinding (the guard's `Drop`).
+#[cfg(unix)]
+mod player {
+    use super::{parse_line, Format, Frame, Lines, Pacer};
+    use crate::recorder::player::{restore_sequence, Controls, KeyReader, QueryFilter};
+    use std::io::{Read, Write};
+    use std::path::Path;
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+
+    /// Longest the player sleeps between looks at the keys and signals.
+    const TICK: Duration = Duration::from_millis(50);
+    /// Longest wait for the answer to the closing fence query.
+    const FENCE_WAIT: Duration = Duration::from_millis(300);
+
+    /// The terminal as the player found it, put back when dropped.
+    struct Guard {
+        raw: Option<crate::client::terminal::RawMode>,
+        keys: Option<mpsc::Receiver<Vec<u8>>>,
+        alternate: bool,
+        done: bool,
+    }
+
+    impl Guard {
+        fn new() -> Self {
+            let raw = crate::client::terminal::RawMode::enter().ok().flatten();
+            let keys = raw.as_ref().map(|_| {
+                let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(64);
+                // Blocked in read() until input comes; the process ends after the replay.
+                let _ = std::thread::Builder::new()
+                    .name("replay-keys".into())
+                    .spawn(move || {
+                        let mut buf = [0u8; 1024];
+                        loop {
+                            match std::io::stdin().read(&mut buf) {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => {
+                                    if tx.send(buf[..n].to_vec()).is_err() {
+                                        return;
+                                    }
+                                }
+                            }
+                        }
+                    });
+                rx
+            });
+            Self {
+                raw,
+                keys,
+                alternate: false,
+                done: false,
+            }
+        }
+
+        /// Input within `wait` (none when there is no terminal to read).
+        fn input(&self, wait: Duration) -> Option<Vec<u8>> {
+            match &self.keys {
+                Some(rx) => rx.recv_timeout(wait).ok(),
+                None => {
+                    std::thread::sleep(wait);
+                    None
+                }
+            }
+        }
+
+        /// Writes the restore sequence, swallows the terminal's pending answers and puts
+        /// its settings back. Once.
+        fn restore(&mut self, out: &mut dyn Write) {
+            if self.done {
+                return;
+            }
+            self.done = true;
+            let mut seq = restore_sequence(self.alternate);
+            if self.raw.is_some() {
+                // The fence: answered after every earlier query.
+                seq.extend_from_slice(b"\x1b[c");
+            }
+            let _ = out.write_all(&seq).and_then(|()| out.flush());
+            if let Some(rx) = &self.keys {
+                let deadline = Instant::now() + FENCE_WAIT;
+                let mut tail: Vec<u8> = Vec::new();
+                while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+                    let Ok(bytes) = rx.recv_timeout(left) else {
+                        break;
+                    };
+                    tail.extend_from_slice(&bytes);
+                    if tail.len() > 256 {
+                        tail.drain(..tail.len() - 256);
+                    }
+                    if is_device_attributes_answer(&tail) {
+                        break;
+                    }
+                }
+                let _ = nix::sys::termios::tcflush(
+                    std::io::stdin(),
+                    nix::sys::termios::FlushArg::TCIFLUSH,
+                );
+            }
+            if let Some(raw) = self.raw.as_mut() {
+                raw.restore();
+            }
+        }
+    }
+
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            // Only reached unfinished by a panic unwinding: standard output is this
+            // thread's (its lock is reentrant).
+            self.restore(&mut std::io::stdout());
+        }
+    }
+
+    /// Whether `tail` ends with a primary device attributes answer (`ESC [ ? ... c`).
+    fn is_device_attributes_answer(tail: &[u8]) -> bool {
+        let Some(start) = tail.windows(3).rposition(|w| w == b"\x1b[?") else {
+            return false;
+        };
+        let rest = &tail[start + 3..];
+        rest.last() == Some(&b'c')
+            && rest[..rest.len() - 1]
+                .iter()
+                .all(|b| b.is_ascii_digit() || *b == b';')
+    }
+
+    /// The signals that end a replay, when there is a runtime to watch them.
+    fn signals() -> Vec<(tokio::signal::unix::Signal, &'static str)> {
+        use tokio::signal::unix::{signal, SignalKind};
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Vec::new();
+        }
+        [
+            (SignalKind::interrupt(), "SIGINT"),
+            (SignalKind::terminate(), "SIGTERM"),
+            (SignalKind::hangup(), "SIGHUP"),
+        ]
+        .into_iter()
+        .filter_map(|(kind, name)| signal(kind).ok().map(|s| (s, name)))
+        .collect()
+    }
+
+    fn caught(signals: &mut [(tokio::signal::unix::Signal, &'static str)]) -> Option<&'static str> {
+        signals.iter_mut().find_map(|(s, name)| {
+            futures_util::FutureExt::now_or_never(s.recv())
+                .flatten()
+                .map(|()| *name)
+        })
+    }
+
+    enum Next {
+        Play,
+        Quit,
+    }
+
+    struct Player {
+        guard: Guard,
+        keys: KeyReader,
+        controls: Controls,
+        signals: Vec<(tokio::signal::unix::Signal, &'static str)>,
+        /// Where the recording is: the last event played (ms).
+        at_ms: u64,
+    }
+
+    impl Player {
+        /// Waits `gap_ms` of the recording (at the current speed) before the event
+        /// recorded at `next_ms`, following the keys.
+        fn wait(&mut self, gap_ms: u64, next_ms: u64) -> Result<Next, String> {
+            #[allow(clippy::cast_precision_loss)]
+            let mut remaining = gap_ms as f64;
+            loop {
+                if let Some(name) = caught(&mut self.signals) {
+                    return Err(format!("replay interrupted by {name}"));
+                }
+                if self.controls.quit {
+                    return Ok(Next::Quit);
+                }
+                let play = if self.controls.paused {
+                    std::mem::take(&mut self.controls.step)
+                } else {
+                    remaining <= 0.0 || self.controls.play_at_once(next_ms)
+                };
+                if play {
+                    return Ok(Next::Play);
+                }
+                let wait = if self.controls.paused {
+                    TICK
+                } else {
+                    Duration::from_secs_f64(remaining / self.controls.speed / 1000.0).min(TICK)
+                };
+                let started = Instant::now();
+                if let Some(bytes) = self.guard.input(wait) {
+                    for key in self.keys.feed(&bytes) {
+                        self.controls.apply(key, self.at_ms);
+                    }
+                }
+                if !self.controls.paused {
+                    remaining -= started.elapsed().as_secs_f64() * 1000.0 * self.controls.speed;
+                }
+            }
+        }
+    }
+
+    fn play_lines(
+        player: &mut Player,
+        filter: &mut QueryFilter,
+        idle_ms: u64,
+        format: Format,
+        lines: Lines,
+        file: &Path,
+        out: &mut impl Write,
+    ) -> Result<(), String> {
+        let mut pacer = Pacer::new(1.0, idle_ms);
+        let mut buf = Vec::new();
+        for line in lines {
+            let (n, text) = line?;
+            let Frame::Output { at_ms, data } =
+                parse_line(format, n, &text).map_err(|e| format!("{}: {e}", file.display()))?
+            else {
+                continue;
+            };
+            let gap = pacer.delay_ms(at_ms);
+            if let Next::Quit = player.wait(gap, at_ms)? {
+                break;
+            }
+            buf.clear();
+            filter.filter(&data, &mut buf);
+            player.guard.alternate = filter.in_alternate_screen();
+            out.write_all(&buf)
+                .and_then(|()| out.flush())
+                .map_err(|e| format!("cannot write: {e}"))?;
+            player.at_ms = at_ms;
+        }
+        Ok(())
+    }
+
+    pub(super) fn play(
+        speed: f64,
+        idle_ms: u64,
+        format: Format,
+        lines: Lines,
+        file: &Path,
+        out: &mut impl Write,
+    ) -> Result<(), String> {
+        let mut player = Player {
+            guard: Guard::new(),
+            keys: KeyReader::new(),
+            controls: Controls::new(speed),
+            signals: signals(),
+            at_ms: 0,
+        };
+        let mut filter = QueryFilter::new();
+        let mut buf = Vec::new();
+        let result = play_lines(&mut player, &mut filter, idle_ms, format, lines, file, out);
+        buf.clear();
+        filter.finish(&mut buf);
+        let _ = out.write_all(&buf);
+        player.guard.restore(out);
+        result
+    }
 }
 
 /// Prints the clean transcript of a recording to `out`.

@@ -62,6 +62,7 @@ pub mod audit_table;
 pub mod commands;
 pub mod event;
 pub mod playback;
+pub mod player;
 pub mod summary;
 pub mod transcript;
 

@@ -14,7 +14,11 @@
 //!   normal screen: everything visible is committed first, so `clear` loses nothing.
 //! * **Full-screen programs** (alternate screen: `top`, `vim`, `less`): the screen is
 //!   emitted as a block between [`SCREEN_BEGIN`] and [`SCREEN_END`] when the program
-//!   leaves the alternate screen, before a resize, on `ESC c`, and at the end.
+//!   leaves the alternate screen, before a resize, on `ESC c`, and at the end. The block
+//!   starts with the rows that scrolled off the top of the alternate screen since it was
+//!   last erased or emitted (at most a screen's height of them, the latest): vim ends with
+//!   `\r\r\n` on its last row, which scrolls its first row away just before it leaves,
+//!   and that row is part of what the user saw.
 //! * **The end** ([`Transcript::finish`]): the rest of the visible screen.
 //!
 //! Lines are trimmed of trailing blanks; escape sequences never reach the text (the
@@ -24,8 +28,8 @@
 //! program that later moves the cursor up and rewrites them (multi-line progress bars)
 //! shows the state at the commit point; rows scrolled out of a scroll region that does not
 //! start at the top row, rows removed by "delete line" at the top, and rows that scroll
-//! inside the alternate screen are not captured (the alternate screen is captured as
-//! frames only). The emulator's size is clamped to [`MAX_COLS`] x [`MAX_ROWS`]; an OSC
+//! inside the alternate screen beyond the screen's height before a frame are not
+//! captured (the alternate screen is captured as frames only). The emulator's size is clamped to [`MAX_COLS`] x [`MAX_ROWS`]; an OSC
 //! string (a window title, a shell's mark) is cut at [`MAX_OSC_BYTES`] before it reaches
 //! the emulator, whose parser would buffer it whole; the emulator is given whole
 //! characters only (a character cut between two chunks waits for its rest).
@@ -127,6 +131,11 @@ struct ScrollCollector {
     scrolled: u64,
     /// OSC 133 marks not taken yet (at most [`MAX_MARKS`]).
     marks: Vec<PromptMark>,
+    /// Rows scrolled off the top of the alternate screen since it was last erased or
+    /// framed, plain text, the latest `alt_cap` of them (the next frame starts with them).
+    alt_rows: std::collections::VecDeque<String>,
+    /// Most rows kept in `alt_rows`: the screen's height.
+    alt_cap: usize,
     /// The longest OSC string the emulator handed over (tests: the cut works).
     #[cfg(test)]
     longest_osc: usize,
@@ -185,7 +194,18 @@ impl vt100::Callbacks for ScrollCollector {
 
     fn on_scroll(&mut self, contents: RowContents<'_>, alternate_screen: bool) {
         if alternate_screen {
-            // Scrolling inside a full-screen program: captured as frames instead.
+            // Scrolling inside a full-screen program: kept for the next frame, bounded.
+            if self.alt_cap == 0 {
+                return;
+            }
+            let mut state = BasicFormattedCaptureState::new();
+            let mut formatted = String::new();
+            let _ = contents.write_formatted_basic(&mut formatted, &mut state);
+            if self.alt_rows.len() >= self.alt_cap {
+                self.alt_rows.pop_front();
+            }
+            self.alt_rows
+                .push_back(basic_formatted_to_plain(&formatted).collect());
             return;
         }
         self.scrolled = self.scrolled.saturating_add(1);
@@ -456,8 +476,12 @@ impl Transcript {
     /// A renderer for a terminal of this size (clamped to 1..=[`MAX_COLS`] x 1..=[`MAX_ROWS`]).
     pub fn new(cols: u16, rows: u16) -> Self {
         let (rows, cols) = clamp_size(cols, rows);
+        let collector = ScrollCollector {
+            alt_cap: usize::from(rows.get()),
+            ..ScrollCollector::default()
+        };
         Self {
-            parser: vt100::Parser::new_with_callbacks(rows, cols, 0, ScrollCollector::default()),
+            parser: vt100::Parser::new_with_callbacks(rows, cols, 0, collector),
             tok: Tokenizer::default(),
             emitted_top: 0,
             scrolled_unbounded: 0,
@@ -576,6 +600,7 @@ impl Transcript {
             self.scrolled_unbounded = 0;
         }
         let old_rows = self.parser.screen().size().0;
+        self.parser.callbacks_mut().alt_cap = usize::from(new_rows.get());
         self.parser.set_size(new_rows, new_cols);
         self.drain_scrolled();
         if new_rows > old_rows {
@@ -729,18 +754,24 @@ impl Transcript {
     fn before(&mut self, mark: Mark) -> bool {
         let screen = self.parser.screen();
         let alt = screen.alternate_screen();
+        let at_home = screen.cursor_position() == (0, 0);
         match mark {
             Mark::AltEnter if !alt => {
                 self.commit_above_cursor();
+                self.parser.callbacks_mut().alt_rows.clear();
+                false
+            }
+            Mark::EraseDisplay(mode) if alt && (mode == 2 || (mode == 0 && at_home)) => {
+                // A full-screen program redraws: what scrolled off before is not part of
+                // the screen it now draws.
+                self.parser.callbacks_mut().alt_rows.clear();
                 false
             }
             Mark::AltLeave if alt => {
                 self.frame();
                 false
             }
-            Mark::EraseDisplay(mode)
-                if !alt && (mode == 2 || (mode == 0 && screen.cursor_position() == (0, 0))) =>
-            {
+            Mark::EraseDisplay(mode) if !alt && (mode == 2 || (mode == 0 && at_home)) => {
                 self.commit_visible();
                 true
             }
@@ -834,17 +865,21 @@ impl Transcript {
         self.emitted_top = last + 1;
     }
 
-    /// The alternate screen as a frame block (empty when the screen is blank).
+    /// The alternate screen as a frame block, the rows that scrolled off its top first
+    /// (empty when all of it is blank).
     fn frame_lines(&self) -> Vec<String> {
         let rows = self.screen_rows();
-        let Some(last) = Self::last_nonblank(&rows) else {
+        let scrolled = &self.parser.callbacks().alt_rows;
+        let end = Self::last_nonblank(&rows).map_or(0, |last| last + 1);
+        if end == 0 && scrolled.iter().all(|r| r.trim_end().is_empty()) {
             return Vec::new();
-        };
-        let mut out = Vec::with_capacity(last + 3);
+        }
+        let mut out = Vec::with_capacity(scrolled.len() + end + 2);
         out.push(SCREEN_BEGIN.to_owned());
+        out.extend(scrolled.iter().map(|text| text.trim_end().to_owned()));
         out.extend(
             rows.iter()
-                .take(last + 1)
+                .take(end)
                 .map(|(text, _)| text.trim_end().to_owned()),
         );
         out.push(SCREEN_END.to_owned());
@@ -854,6 +889,7 @@ impl Transcript {
     fn frame(&mut self) {
         let frame = self.frame_lines();
         self.lines.extend(frame);
+        self.parser.callbacks_mut().alt_rows.clear();
     }
 }
 
@@ -1106,6 +1142,145 @@ mod tests {
         assert_eq!(render(20, 5, &ones), whole);
         // A character never completed shows as nothing, as if the stream ended there.
         assert_eq!(render(20, 5, &[b"ok\r\n\xe2\x82"]), "ok\n");
+    }
+
+    /// The frame block of a transcript: the lines between its markers.
+    fn frame_of(text: &str) -> Vec<&str> {
+        text.lines()
+            .skip_while(|l| *l != SCREEN_BEGIN)
+            .skip(1)
+            .take_while(|l| *l != SCREEN_END)
+            .collect()
+    }
+
+    #[test]
+    fn vim_quitting_with_a_scroll_keeps_the_first_line_of_the_frame() {
+        // Recorded from vim 9 on an 80x24 PTY (TERM=xterm-256color): `vim f.txt`, `i`,
+        // "first line", Enter, "second line", Esc, `:wq`, Enter. vim writes its "written"
+        // message on the last row and then `\r\r\n`, which scrolls the alternate screen
+        // by one row just before it leaves it: the first row scrolled away.
+        let bytes = include_bytes!("../../tests/fixtures/vim-insert-two-lines-wq.bin");
+        let whole = render(80, 24, &[bytes]);
+        let frame = frame_of(&whole);
+        assert_eq!(frame.first(), Some(&"first line"), "{whole}");
+        assert_eq!(frame.get(1), Some(&"second line"), "{whole}");
+        assert_eq!(whole.matches("first line").count(), 1, "{whole}");
+        assert!(
+            frame.last().is_some_and(|l| l.contains("written")),
+            "{whole}"
+        );
+        // The same, however the stream is cut.
+        for size in [1, 7, 100] {
+            let chunks: Vec<&[u8]> = bytes.chunks(size).collect();
+            assert_eq!(render(80, 24, &chunks), whole, "chunks of {size}");
+        }
+    }
+
+    #[test]
+    fn vim_quitting_with_a_scroll_synthetic() {
+        // The essence of the recording above, at 40x4.
+        let text = render(
+            40,
+            4,
+            &[
+                b"$ vi f\r\n",
+                b"\x1b[?1049h\x1b[1;4r\x1b[H\x1b[2Jfirst\x1b[2;1Hsecond\x1b[3;1H~",
+                b"\x1b[4;1H:wq\r\"f\" 2L written\r\r\n\x1b[?1049l",
+                b"$ ",
+            ],
+        );
+        assert_eq!(
+            text,
+            "$ vi f\n--- screen ---\nfirst\nsecond\n~\n\"f\" 2L written\n--- end of screen ---\n$\n"
+        );
+        // Rows that scrolled off before the program erased its screen are not part of
+        // the screen it then drew.
+        let text = render(
+            40,
+            3,
+            &[b"\x1b[?1049hold 1\r\nold 2\r\nold 3\r\nold 4\x1b[H\x1b[2Jnew\x1b[?1049l"],
+        );
+        assert_eq!(text, "--- screen ---\nnew\n--- end of screen ---\n");
+        // At most a screen's height of them, the latest.
+        let text = render(40, 2, &[b"\x1b[?1049ha\r\nb\r\nc\r\nd\r\ne\x1b[?1049l"]);
+        assert_eq!(text, "--- screen ---\nb\nc\nd\ne\n--- end of screen ---\n");
+    }
+
+    /// Writes `lines`, each ended by `\r\n` or (where `double_cr`) by `\r\r\n`.
+    fn write_lines(out: &mut Vec<u8>, lines: &[String], double_cr: &[bool]) {
+        for (i, line) in lines.iter().enumerate() {
+            out.extend_from_slice(line.as_bytes());
+            let ending: &[u8] = if double_cr.get(i).copied().unwrap_or(false) {
+                b"\r\r\n"
+            } else {
+                b"\r\n"
+            };
+            out.extend_from_slice(ending);
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+
+        /// Whatever lines are written and scrolled, on the normal screen and in a
+        /// full-screen program (scrolling at most a screen's height before it leaves),
+        /// however the output is cut and whenever lines are taken, the transcript holds
+        /// each line exactly once, in order.
+        #[test]
+        fn every_line_once_in_order_whatever_scrolls(
+            rows in 2u16..8,
+            cols in 12u16..40,
+            words in proptest::collection::vec("[a-z][a-z ]{0,8}", 0..40),
+            alt_extra in 0usize..16,
+            after in 0usize..12,
+            double_cr in proptest::collection::vec(proptest::bool::ANY, 80),
+            cuts in proptest::collection::vec(1usize..64, 1..20),
+            take in proptest::collection::vec(proptest::bool::ANY, 20),
+        ) {
+            let line = |i: usize, w: &str| {
+                let mut l = format!("{i}.{w}");
+                l.truncate(usize::from(cols) - 1);
+                l.trim_end().to_owned()
+            };
+            let normal: Vec<String> =
+                words.iter().enumerate().map(|(i, w)| line(i, w)).collect();
+            // At most 2*rows-1 lines in the alternate screen: it scrolls at most `rows`.
+            let alt_n = (alt_extra % (2 * usize::from(rows))).max(1);
+            let alt: Vec<String> = (0..alt_n).map(|i| line(1000 + i, "alt")).collect();
+            let tail: Vec<String> = (0..after).map(|i| line(2000 + i, "after")).collect();
+
+            let mut out = Vec::new();
+            write_lines(&mut out, &normal, &double_cr);
+            out.extend_from_slice(b"\x1b[?1049h\x1b[H\x1b[2J");
+            write_lines(&mut out, &alt, &double_cr[7..]);
+            out.extend_from_slice(b"\x1b[?1049l");
+            write_lines(&mut out, &tail, &double_cr[31..]);
+
+            let mut t = Transcript::new(cols, rows);
+            let mut rest = out.as_slice();
+            let mut i = 0;
+            while !rest.is_empty() {
+                let (piece, more) = rest.split_at(cuts[i % cuts.len()].min(rest.len()));
+                t.process(piece);
+                if take[i % take.len()] {
+                    let _ = t.take_lines();
+                }
+                rest = more;
+                i += 1;
+            }
+            t.finish();
+            let text = t.transcript_text();
+            let expected: String = normal
+                .iter()
+                .map(String::as_str)
+                .chain([SCREEN_BEGIN])
+                .chain(alt.iter().map(String::as_str))
+                .chain([SCREEN_END])
+                .chain(tail.iter().map(String::as_str))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            proptest::prop_assert_eq!(text, expected);
+        }
     }
 
     #[test]

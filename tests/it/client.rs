@@ -98,6 +98,12 @@ impl Term {
         Self::client(&["--endpoint", &gw.http_url(), "--target", target], &[])
     }
 
+    /// Sends `signal` to the terminal's foreground process group (as a terminal's
+    /// driver does for Ctrl-C when its line discipline is on).
+    pub fn signal_group(&self, signal: nix::sys::signal::Signal) {
+        self.shell.signal_group(signal).unwrap();
+    }
+
     pub fn type_text(&mut self, text: &str) {
         self.keyboard.write_all(text.as_bytes()).unwrap();
         self.keyboard.flush().unwrap();
