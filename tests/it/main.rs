@@ -11,6 +11,7 @@ mod client;
 mod client_port;
 mod commands;
 mod doctor;
+mod export;
 mod gateway_bad_input;
 mod gateway_documents;
 mod gateway_relay;
