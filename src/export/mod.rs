@@ -31,7 +31,8 @@ pub const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
 
 /// What `export --help` adds.
 pub const EXPORT_AFTER_HELP: &str = "The page plays the session with asciinema-player \
-(vendored, inlined: no network when viewed; a Content-Security-Policy allows nothing \
+(vendored, inlined: no network when viewed; its licence is in the packages' doc \
+directory; a Content-Security-Policy allows nothing \
 else), with the player's controls (space: play/pause, arrows: seek, [ ]: markers, \
 , . : step a frame, f: full screen), markers for typed commands, withheld input, gaps \
 and the end; beside it the timeline (typed commands, programs run, notes; click to \
