@@ -15,6 +15,15 @@ use std::time::Duration;
 /// What the payload would do if it ran: change the page's title.
 const PAYLOAD: &str = "</script><script>document.title='PWNED'</script><!-- <img src=x onerror=\"document.title='PWNED2'\">";
 
+/// The binary under test (SESSION_AGENT_TEST_BIN names a copy: the shared target
+/// directory's may be rebuilt by another checkout while a test runs).
+fn binary() -> PathBuf {
+    std::env::var_os("SESSION_AGENT_TEST_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_session-agent")),
+        PathBuf::from,
+    )
+}
+
 #[allow(clippy::print_stderr)]
 fn skipped(name: &str, why: &str) {
     eprintln!("SKIPPED {name}: {why}");
@@ -152,7 +161,7 @@ async fn a_recorded_session_plays_in_a_real_browser_and_what_it_printed_stays_te
 
     let dir = tempfile::tempdir().unwrap();
     let page = dir.path().join("session.html");
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_session-agent"))
+    let out = tokio::process::Command::new(binary())
         .args(["export", "--html"])
         .arg(&page)
         .arg(&sid)
@@ -181,7 +190,7 @@ async fn a_recorded_session_plays_in_a_real_browser_and_what_it_printed_stays_te
     // Self-contained: nothing is loaded from anywhere.
     assert!(!html.contains("src=\"http") && !html.contains("href=\"http"));
     // Not over an existing file without --force.
-    let again = tokio::process::Command::new(env!("CARGO_BIN_EXE_session-agent"))
+    let again = tokio::process::Command::new(binary())
         .args(["export", "--html"])
         .arg(&page)
         .arg(&spool)
@@ -255,7 +264,7 @@ async fn an_asciicast_with_markup_in_its_output_markers_and_title_plays_as_text(
     )
     .unwrap();
     let page = dir.path().join("cast.html");
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_session-agent"))
+    let out = tokio::process::Command::new(binary())
         .args(["export", "--html", "-"])
         .arg(&cast)
         .output()
