@@ -91,6 +91,16 @@ if ! [[ -x /usr/sbin/sshd ]] || ! command -v scp >/dev/null 2>&1; then
     echo "    could not install OpenSSH: the ssh test will say it was SKIPPED"
 fi
 
+# A real browser for the test of `export --html` (tests/it/export.rs): Debian's Chromium,
+# run headless on the page's file with no network. Not pinned to a version: Debian's
+# security archive keeps only the current one (the player it runs is the pinned part,
+# vendored in assets/asciinema-player/).
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "==> installing Debian's chromium"
+  apt-get install -y -q --no-install-recommends chromium >/dev/null ||
+    echo "    could not install Chromium: the browser tests will say they were SKIPPED"
+fi
+
 step "rustfmt"
 cargo fmt --all -- --check
 

@@ -91,6 +91,14 @@ pub enum Command {
     /// (ID.cast, also what S3 holds). The recorded output is written to the terminal as
     /// it was (escape sequences included): replay only recordings you trust.
     Replay(crate::replay::ReplayArgs),
+    /// Write a session recording as one self-contained HTML page that plays it in a
+    /// browser (asciinema-player, inlined: no network when viewed), with the timeline
+    /// (typed commands, programs run, gaps) and the transcript beside it.
+    ///
+    /// ID|FILE is a session id, a recording's directory or events.spool, an
+    /// events.jsonl or a .cast, as for `replay`. What the session printed is shown as
+    /// text, never run.
+    Export(crate::export::ExportArgs),
     /// Print the clean text of a session recording (what the user saw: no escape codes,
     /// full-screen programs as `--- screen ---` blocks).
     ///

@@ -67,6 +67,10 @@
 //!   and `delivery`, which acknowledges what it sent.
 //! * [`replay`] — `session-agent replay`, `transcript`, `verify` and `audit` (file, S3
 //!   and terminal I/O over `recorder::playback`, `recorder::audit_table` and [`spool`]).
+//! * [`export`] — `session-agent export --html`: a recording as one self-contained HTML
+//!   page that plays it in a browser (the vendored asciinema-player, `assets/`), with the
+//!   timeline and the transcript; the page's content and escaping are pure
+//!   (`export::page`).
 //! * [`sessions`] — `session-agent sessions` (the local recordings, from their
 //!   `summary.json` or the head of their spool) and the lookup of a recording by session
 //!   id that `replay`, `transcript`, `verify` and `audit` share.
@@ -130,6 +134,7 @@ pub mod config;
 pub mod delivery;
 pub mod dev;
 pub mod doctor;
+pub mod export;
 pub mod gateway;
 pub mod logging;
 pub mod platform;

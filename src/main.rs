@@ -203,6 +203,14 @@ async fn dispatch(
                 Err(e) => failure(&e),
             }
         }
+        Command::Export(args) => {
+            match tokio::task::block_in_place(|| {
+                session_agent::export::export(&args, &mut std::io::stdout().lock())
+            }) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => failure(&e),
+            }
+        }
         Command::Transcript(args) => {
             match tokio::task::block_in_place(|| {
                 session_agent::replay::transcript(&args, &mut std::io::stdout().lock())

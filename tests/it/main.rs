@@ -12,6 +12,7 @@ mod client_port;
 mod commands;
 mod dev;
 mod doctor;
+mod export;
 mod gateway_bad_input;
 mod gateway_documents;
 mod gateway_relay;

@@ -125,6 +125,7 @@ fn the_deb_installs_enables_upgrades_keeping_config_and_purges_state() {
         "README.md",
         "examples/session-agent.example.toml",
         "examples/session-preferences.example.json",
+        "asciinema-player/LICENSE",
         "copyright",
     ] {
         assert!(
@@ -260,6 +261,7 @@ fn the_rpm_holds_the_same_files_with_config_noreplace_and_scriptlets() {
         "-rw-r--r-- root  /usr/lib/systemd/system/session-agent.service",
         "-rw-r--r-- root cn /etc/session-agent/session-agent.toml",
         "-rw-r--r-- root d /usr/share/doc/session-agent/README.md",
+        "-rw-r--r-- root d /usr/share/doc/session-agent/asciinema-player/LICENSE",
     ] {
         assert!(
             files.lines().any(|l| l == expected),
