@@ -28,6 +28,7 @@ pub(crate) mod command;
 pub mod config;
 pub mod control;
 pub mod heartbeat;
+pub mod held;
 pub mod identity;
 pub mod mgs;
 mod notify;
