@@ -271,11 +271,10 @@ fn held(cli: &Cli, error: &str, config_file: Option<&std::path::Path>) -> ExitCo
         Ok(r) => r,
         Err(e) => return failure(&format!("cannot start the async runtime: {e}")),
     };
-    let next = runtime.block_on(session_agent::agent::held::hold(
-        error,
-        config_file,
-        stop_signals(),
-    ));
+    // stop_signals() spawns its task: inside the runtime.
+    let next = runtime.block_on(async {
+        session_agent::agent::held::hold(error, config_file, stop_signals()).await
+    });
     runtime.shutdown_timeout(RUNTIME_LINGER);
     match next {
         session_agent::agent::held::Next::Stop => ExitCode::SUCCESS,
