@@ -59,6 +59,10 @@ fn main() -> ExitCode {
         _ => None,
     };
     let config_file = run_args.as_ref().and_then(|a| a.config.clone());
+    // What the configuration looked like before it was read: a change made while it is
+    // being read and found invalid is still seen by a held agent.
+    let read_before = matches!(cli.command, Command::Run(_))
+        .then(|| session_agent::agent::held::fingerprint(config_file.as_deref()));
     let checked = run_args.map(|mut args| {
         args.log_level.clone_from(&cli.log_level);
         args.log_format.clone_from(&cli.log_format);
@@ -71,7 +75,12 @@ fn main() -> ExitCode {
         // Under systemd a bad configuration holds the agent up, loudly, instead of exiting
         // (`agent::held`): a unit that gives up is a lock-out.
         (Command::Run(_), Some(Err(e))) if session_agent::agent::held::under_service_manager() => {
-            return held(&cli, &e.to_string(), config_file.as_deref());
+            return held(
+                &cli,
+                &e.to_string(),
+                config_file.as_deref(),
+                read_before.unwrap_or_default(),
+            );
         }
         (_, Some(Err(e))) => return usage_error(&e),
         (_, checked) => checked.map(|r| r.map_err(|e| e.to_string())),
@@ -255,7 +264,12 @@ async fn dispatch(
 
 /// `run` with an invalid configuration under a service manager: logs and reports it,
 /// waits for a fix (`agent::held`), then executes itself again to read everything anew.
-fn held(cli: &Cli, error: &str, config_file: Option<&std::path::Path>) -> ExitCode {
+fn held(
+    cli: &Cli,
+    error: &str,
+    config_file: Option<&std::path::Path>,
+    read_before: u64,
+) -> ExitCode {
     let format = cli
         .log_format
         .as_deref()
@@ -273,7 +287,7 @@ fn held(cli: &Cli, error: &str, config_file: Option<&std::path::Path>) -> ExitCo
     };
     // stop_signals() spawns its task: inside the runtime.
     let next = runtime.block_on(async {
-        session_agent::agent::held::hold(error, config_file, stop_signals()).await
+        session_agent::agent::held::hold(error, config_file, read_before, stop_signals()).await
     });
     runtime.shutdown_timeout(RUNTIME_LINGER);
     match next {

@@ -69,15 +69,22 @@ pub fn status_line(error: &str) -> String {
 }
 
 /// Holds the process while the configuration is invalid (see the module docs). Returns
-/// when it should be read again, or when `stop` resolves.
-pub async fn hold(error: &str, config: Option<&Path>, stop: impl Future<Output = ()>) -> Next {
+/// when it should be read again, or when `stop` resolves. `read_before` is the
+/// [`fingerprint`] taken before the configuration was read, so that a fix made meanwhile
+/// is not missed.
+pub async fn hold(
+    error: &str,
+    config: Option<&Path>,
+    read_before: u64,
+    stop: impl Future<Output = ()>,
+) -> Next {
     tracing::error!(
         "Configuration invalid; serving no sessions until it is fixed (re-read when it changes, on SIGHUP, and every {} min): {error}",
         RECHECK.as_secs() / 60
     );
     super::notify::ready(&status_line(error));
     super::notify::spawn_watchdog();
-    let first = fingerprint(config);
+    let first = read_before;
     let started = Instant::now();
     tokio::pin!(stop);
     #[cfg(unix)]

@@ -292,15 +292,24 @@ async fn an_invalid_configuration_holds_the_service_until_it_is_fixed() {
     assert!(error.contains("ERROR"), "{error}");
     assert!(error.contains("\"lots\""), "the error itself: {error}");
 
-    // Fixed: the same process starts the agent, which goes online.
+    // Fixed: the same process starts the agent, which goes online (the gateway runs on
+    // this test's runtime: wait without blocking it).
     std::fs::write(&config, "max_sessions = 5\n").unwrap();
-    notify.wait_for(
-        &format!(
-            "STATUS=Online: control channel open to {} as svc-held; 0 session(s)",
-            gw.http_url()
-        ),
-        WAIT,
+    let online = format!(
+        "STATUS=Online: control channel open to {} as svc-held; 0 session(s)",
+        gw.http_url()
     );
+    let deadline = Instant::now() + WAIT;
+    while notify.count(&online) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "not online; got {:?}\n{}",
+            notify.seen,
+            std::fs::read_to_string(&log_path).unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        notify.collect_for(Duration::from_millis(1));
+    }
     assert!(child.try_wait().unwrap().is_none(), "same process");
     nix::sys::signal::kill(pid, Signal::SIGTERM).unwrap();
     let deadline = Instant::now() + WAIT;
