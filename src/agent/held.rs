@@ -36,7 +36,7 @@ pub const RECHECK: Duration = Duration::from_secs(300);
 pub const STATUS_MAX: usize = 200;
 /// Bytes of the configuration file read to notice a change; a longer file is
 /// fingerprinted by its first bytes, its length and its modification time.
-const FINGERPRINT_MAX: u64 = 1 << 20;
+pub const FINGERPRINT_MAX: u64 = 1 << 20;
 
 /// Whether a service manager that understands `READY=1`/`STATUS=` started us.
 #[must_use]

@@ -1280,7 +1280,7 @@ pub async fn run(
     if daemon_is_root {
         let provisioner = user::Provisioner::new(config.state_dir.clone(), config.sudo_policy);
         match provisioner.ensure_ssm_user() {
-            Ok(outcome) => tracing::info!(%outcome, "ssm-user checked"),
+            Ok(outcome) => tracing::info!(?outcome, "ssm-user checked"),
             Err(e) => {
                 tracing::error!(error = %e, "Could not provision ssm-user; sessions without RunAs will fail")
             }
