@@ -119,6 +119,15 @@ pub enum Command {
     /// systemd unit (`systemctl enable --now session-agent`).
     #[command(subcommand)]
     Service(ServiceCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell), or write
+    /// the bash, zsh and fish ones into a directory.
+    ///
+    /// The .deb and .rpm install them; by hand, e.g. for bash:
+    /// `session-agent completions bash > ~/.local/share/bash-completion/completions/session-agent`.
+    Completions(CompletionsArgs),
+    /// Print the man page (roff), generated from this program's own help: e.g.
+    /// `session-agent man | man -l -`. The .deb and .rpm install it as session-agent(1).
+    Man,
     /// Internal: the privilege-dropping shim a shell for another user starts through
     /// (`__exec-as --uid U --gid G --user NAME -- PROGRAM ARGS...`); see
     /// `session::pty::exec_as_main`.
@@ -177,6 +186,85 @@ pub struct ServiceInstallArgs {
 /// What `service` says on a platform without Windows services.
 pub const SERVICE_NOT_HERE: &str = "`session-agent service` manages the Windows service; on Linux the .deb and .rpm packages install the systemd unit session-agent.service: run `systemctl enable --now session-agent` (see packaging/systemd/)";
 
+/// `session-agent completions` options.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to print the script for.
+    #[arg(required_unless_present = "out_dir", conflicts_with = "out_dir")]
+    pub shell: Option<clap_complete::Shell>,
+    /// Write the bash, zsh and fish scripts into DIR under the names the packages install
+    /// them as (session-agent.bash, _session-agent, session-agent.fish).
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
+}
+
+/// The shells whose completions the packages install, each with its file name.
+pub const PACKAGED_COMPLETIONS: [(clap_complete::Shell, &str); 3] = [
+    (clap_complete::Shell::Bash, "session-agent.bash"),
+    (clap_complete::Shell::Zsh, "_session-agent"),
+    (clap_complete::Shell::Fish, "session-agent.fish"),
+];
+
+/// The completion script for `shell`, generated from [`Cli`]'s definitions.
+#[must_use]
+pub fn completions(shell: clap_complete::Shell) -> Vec<u8> {
+    use clap::CommandFactory;
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "session-agent", &mut out);
+    out
+}
+
+/// The man page (roff), generated from [`Cli`]'s definitions: the top-level help, then
+/// each visible subcommand's.
+#[must_use]
+pub fn man_page() -> Vec<u8> {
+    use clap::CommandFactory;
+    let command = Cli::command();
+    let man = clap_mangen::Man::new(command.clone());
+    let mut out = Vec::new();
+    // Writing into a Vec cannot fail.
+    let _ = man.render_title(&mut out);
+    let _ = man.render_name_section(&mut out);
+    let _ = man.render_synopsis_section(&mut out);
+    let _ = man.render_description_section(&mut out);
+    let _ = man.render_options_section(&mut out);
+    // One page holds every subcommand: "session-agent-run(1)" references become
+    // "session-agent run", whose options follow below.
+    let mut subcommands = Vec::new();
+    let _ = man.render_subcommands_section(&mut subcommands);
+    let mut subcommands = String::from_utf8_lossy(&subcommands).into_owned();
+    let mut names: Vec<String> = command
+        .get_subcommands()
+        .map(|c| c.get_name().to_owned())
+        .collect();
+    // clap's generated `help` subcommand is listed too.
+    names.push("help".into());
+    for name in names {
+        let name = name.replace('-', "\\-");
+        subcommands = subcommands.replace(
+            &format!("session\\-agent\\-{name}(1)"),
+            &format!("\\fBsession\\-agent {name}\\fR"),
+        );
+    }
+    out.extend_from_slice(subcommands.as_bytes());
+    for sub in command.get_subcommands().filter(|c| !c.is_hide_set()) {
+        let mut text = Vec::new();
+        let _ = clap_mangen::Man::new(sub.clone()).render_options_section(&mut text);
+        if sub.get_arguments().any(|a| !a.is_hide_set()) {
+            let heading = format!(".SH \"OPTIONS OF {}\"\n", sub.get_name().to_uppercase());
+            out.extend_from_slice(heading.as_bytes());
+            // The section's own heading line is replaced by the one naming the command.
+            let text = String::from_utf8_lossy(&text);
+            for line in text.lines().filter(|l| !l.starts_with(".SH")) {
+                out.extend_from_slice(line.as_bytes());
+                out.push(b'\n');
+            }
+        }
+    }
+    let _ = man.render_version_section(&mut out);
+    out
+}
+
 /// `session-agent config …`.
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
@@ -219,6 +307,39 @@ mod tests {
         ] {
             assert!(!valid_user_name(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn completions_name_the_subcommands_in_every_packaged_shell() {
+        for (shell, _) in PACKAGED_COMPLETIONS {
+            let text = String::from_utf8(completions(shell)).unwrap();
+            for word in ["session-agent", "run", "connect", "transcript", "log-level"] {
+                assert!(text.contains(word), "{shell}: {word} missing");
+            }
+        }
+    }
+
+    #[test]
+    fn the_man_page_has_a_title_and_each_subcommand() {
+        let page = String::from_utf8(man_page()).unwrap();
+        assert!(
+            page.starts_with(".ie") || page.contains(".TH session-agent 1"),
+            "{page}"
+        );
+        for section in [
+            ".SH NAME",
+            ".SH SYNOPSIS",
+            ".SH SUBCOMMANDS",
+            "OPTIONS OF RUN",
+        ] {
+            assert!(page.contains(section), "{section} missing");
+        }
+        assert!(page.contains("\\-\\-endpoint"), "run's options are listed");
+        assert!(!page.contains("__exec"), "internal commands stay out");
+        assert!(
+            !page.contains("agent\\-help(1)") && !page.contains("agent\\-run(1)"),
+            "no references to pages that do not exist"
+        );
     }
 
     #[test]

@@ -24,6 +24,12 @@ fn main() -> ExitCode {
     if let Command::ExecAs { args } = &cli.command {
         return session_agent::session::pty::exec_as_main(args);
     }
+    // Generated from the clap definitions; nothing else to set up.
+    match &cli.command {
+        Command::Completions(args) => return completions(args),
+        Command::Man => return print_bytes(&session_agent::cli::man_page()),
+        _ => {}
+    }
     // Installing, removing, starting and stopping the Windows service talk to the service
     // control manager and need neither configuration nor runtime.
     match &cli.command {
@@ -53,6 +59,10 @@ fn main() -> ExitCode {
         _ => None,
     };
     let config_file = run_args.as_ref().and_then(|a| a.config.clone());
+    // What the configuration looked like before it was read: a change made while it is
+    // being read and found invalid is still seen by a held agent.
+    let read_before = matches!(cli.command, Command::Run(_))
+        .then(|| session_agent::agent::held::fingerprint(config_file.as_deref()));
     let checked = run_args.map(|mut args| {
         args.log_level.clone_from(&cli.log_level);
         args.log_format.clone_from(&cli.log_format);
@@ -62,6 +72,16 @@ fn main() -> ExitCode {
         (Command::Config(_), Some(Ok(config))) => return print_stdout(&config.to_toml()),
         // `doctor` reports a bad configuration as one of its checks.
         (Command::Doctor(_), checked) => checked.map(|r| r.map_err(|e| e.to_string())),
+        // Under systemd a bad configuration holds the agent up, loudly, instead of exiting
+        // (`agent::held`): a unit that gives up is a lock-out.
+        (Command::Run(_), Some(Err(e))) if session_agent::agent::held::under_service_manager() => {
+            return held(
+                &cli,
+                &e.to_string(),
+                config_file.as_deref(),
+                read_before.unwrap_or_default(),
+            );
+        }
         (_, Some(Err(e))) => return usage_error(&e),
         (_, checked) => checked.map(|r| r.map_err(|e| e.to_string())),
     };
@@ -164,6 +184,7 @@ async fn dispatch(
             let Some(Ok(config)) = agent_config else {
                 return ExitCode::from(EX_USAGE);
             };
+            ignore_hangups();
             match session_agent::agent::run(config, stop_signals()).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => failure(&e.to_string()),
@@ -239,9 +260,104 @@ async fn dispatch(
                 Err(e) => failure(&e),
             }
         }
-        Command::Config(_) | Command::ExecAs { .. } | Command::Service(_) => {
+        Command::Config(_)
+        | Command::ExecAs { .. }
+        | Command::Service(_)
+        | Command::Completions(_)
+        | Command::Man => {
             unreachable!("handled before the runtime starts")
         }
+    }
+}
+
+/// `run` with an invalid configuration under a service manager: logs and reports it,
+/// waits for a fix (`agent::held`), then executes itself again to read everything anew.
+fn held(
+    cli: &Cli,
+    error: &str,
+    config_file: Option<&std::path::Path>,
+    read_before: u64,
+) -> ExitCode {
+    let format = cli
+        .log_format
+        .as_deref()
+        .and_then(|f| f.parse::<LogFormat>().ok())
+        .unwrap_or_default();
+    let filter = logging::parse_filter(cli.log_level.as_deref().unwrap_or("info"))
+        .or_else(|_| logging::parse_filter("info"));
+    match filter {
+        Ok(filter) => logging::init(filter, format, Target::Stderr),
+        Err(_) => return usage_error(&error),
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => return failure(&format!("cannot start the async runtime: {e}")),
+    };
+    // stop_signals() spawns its task: inside the runtime.
+    let next = runtime.block_on(async {
+        session_agent::agent::held::hold(error, config_file, read_before, stop_signals()).await
+    });
+    runtime.shutdown_timeout(RUNTIME_LINGER);
+    match next {
+        session_agent::agent::held::Next::Stop => ExitCode::SUCCESS,
+        session_agent::agent::held::Next::Retry => reexec(),
+    }
+}
+
+/// Replaces this process with a fresh run of the same binary and arguments (same PID).
+#[cfg(unix)]
+fn reexec() -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    let mut args = std::env::args_os();
+    let arg0 = args.next();
+    // The running binary itself, even if a package upgrade replaced the file meanwhile.
+    let exe = if cfg!(target_os = "linux") {
+        std::path::PathBuf::from("/proc/self/exe")
+    } else {
+        match std::env::current_exe() {
+            Ok(p) => p,
+            Err(e) => return failure(&format!("cannot find this program to restart it: {e}")),
+        }
+    };
+    let mut command = std::process::Command::new(&exe);
+    if let Some(arg0) = arg0 {
+        command.arg0(arg0);
+    }
+    let e = command.args(args).exec();
+    failure(&format!("cannot restart {}: {e}", exe.display()))
+}
+
+#[cfg(not(unix))]
+fn reexec() -> ExitCode {
+    ExitCode::from(EX_USAGE)
+}
+
+/// `session-agent completions`: one script to stdout, or the packaged set into a directory.
+fn completions(args: &session_agent::cli::CompletionsArgs) -> ExitCode {
+    if let Some(shell) = args.shell {
+        return print_bytes(&session_agent::cli::completions(shell));
+    }
+    let Some(dir) = &args.out_dir else {
+        return usage("completions: name a shell or --out-dir");
+    };
+    if let Err(e) = std::fs::create_dir_all(dir) {
+        return failure(&format!("cannot create {}: {e}", dir.display()));
+    }
+    for (shell, name) in session_agent::cli::PACKAGED_COMPLETIONS {
+        let path = dir.join(name);
+        if let Err(e) = std::fs::write(&path, session_agent::cli::completions(shell)) {
+            return failure(&format!("cannot write {}: {e}", path.display()));
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn print_bytes(bytes: &[u8]) -> ExitCode {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(_) => ExitCode::FAILURE,
     }
 }
 
@@ -262,7 +378,7 @@ fn usage_error(e: &dyn std::fmt::Display) -> ExitCode {
 }
 
 /// A command that cannot run here: the message and exit status 2 (as clap's own).
-#[allow(clippy::print_stderr, dead_code)]
+#[allow(clippy::print_stderr)]
 fn usage(e: &str) -> ExitCode {
     eprintln!("session-agent: {e}");
     ExitCode::from(2)
@@ -303,6 +419,21 @@ fn stop_signals() -> impl std::future::Future<Output = ()> {
     async move {
         let _ = first_rx.await;
     }
+}
+
+/// A running agent takes SIGHUP (`systemctl reload`) as a no-op with a log line instead of
+/// dying by it: only a held agent (invalid configuration) reads its configuration again.
+fn ignore_hangups() {
+    #[cfg(unix)]
+    tokio::spawn(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP ignored: the configuration is read at start; restart the agent (ending its sessions) to apply a change");
+        }
+    });
 }
 
 /// SIGTERM and SIGINT, registered once so that no signal between two waits is missed.

@@ -28,6 +28,7 @@ pub(crate) mod command;
 pub mod config;
 pub mod control;
 pub mod heartbeat;
+pub mod held;
 pub mod identity;
 pub mod mgs;
 mod notify;
@@ -694,7 +695,7 @@ async fn spawn(
         Ok(Err(e)) => return Err(format!("Unable to start command: {e}")),
         Err(e) => return Err(format!("Unable to start command: {e}")),
     };
-    tracing::info!(session = %session_id, user = %who.info.name, pid = ?shell.pid(), "Shell started");
+    tracing::info!(session = %session_id, user = %who.info.name, pid = shell.pid(), "Shell started");
     // The document's shell profile for this platform, typed as the first line (Enter is
     // CR on a Windows console).
     let (profile, enter) = if cfg!(windows) {
@@ -923,7 +924,7 @@ async fn spawn_exec(
     let recorded = record(ctx, task, who, &checked, policy, start)?;
     let (io, task_handle) = match crate::session::pty::spawn_piped(&spec, &ctx.config.exec_shim) {
         Ok(child) => {
-            tracing::info!(session = %task.session_id, user = %who.info.name, pid = ?child.id(), command = %shown, "Command started");
+            tracing::info!(session = %task.session_id, user = %who.info.name, pid = child.id(), command = %shown, "Command started");
             #[cfg(target_os = "linux")]
             if let (Some(audit), Some(pid), Some(tap)) = (&ctx.audit, child.id(), &recorded.tap) {
                 audit.register(pid, &task.session_id, tap.clone());
@@ -1138,7 +1139,7 @@ impl Ran {
             locations,
         } = self;
         let session_id = session_id.to_owned();
-        tracing::info!(session = %session_id, ?ending, ?exit, "Session ended");
+        tracing::info!(session = %session_id, ?ending, exit = exit.as_ref().map(tracing::field::display), "Session ended");
         let code = exit.as_ref().and_then(|e| e.code);
         let how = match &ending {
             Ending::ShellExited if failure.is_some() => {
@@ -1241,6 +1242,23 @@ pub enum AgentError {
 ///
 /// # Errors
 /// Start-up failures only; everything after start is retried, not returned.
+/// Why writing /proc/self/oom_score_adj failed, for the log: lowering the score needs
+/// CAP_SYS_RESOURCE, which root in a container or a restricted unit may lack, so "needs
+/// root" is only said to a process that is not root.
+fn oom_failure(e: &std::io::Error, is_root: bool) -> String {
+    const EROFS: i32 = 30;
+    match (e.kind(), e.raw_os_error()) {
+        (_, Some(EROFS)) => format!("/proc is read-only here, as in some containers: {e}"),
+        (std::io::ErrorKind::PermissionDenied, _) if is_root => format!(
+            "running as root but without CAP_SYS_RESOURCE, as in a container or a unit that drops it: {e}"
+        ),
+        (std::io::ErrorKind::PermissionDenied, _) => {
+            format!("needs root or CAP_SYS_RESOURCE: {e}")
+        }
+        _ => e.to_string(),
+    }
+}
+
 pub async fn run(
     mut config: AgentConfig,
     shutdown: impl std::future::Future<Output = ()>,
@@ -1253,7 +1271,10 @@ pub async fn run(
             "OOM score lowered (sessions get the default)"
         ),
         Err(e) => {
-            tracing::info!(error = %e, "Cannot lower the daemon's OOM score (needs root or CAP_SYS_RESOURCE); it stays at the default")
+            tracing::info!(
+                "Cannot lower the daemon's OOM score ({}); it stays at the default",
+                oom_failure(&e, daemon_is_root)
+            )
         }
     }
     if daemon_is_root {
@@ -1414,5 +1435,21 @@ async fn settle_identity(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod oom_tests {
+    use super::oom_failure;
+
+    #[test]
+    fn the_oom_message_does_not_claim_root_is_missing_as_root() {
+        let denied = std::io::Error::from_raw_os_error(13);
+        let as_root = oom_failure(&denied, true);
+        assert!(!as_root.contains("needs root"), "{as_root}");
+        assert!(as_root.contains("CAP_SYS_RESOURCE"), "{as_root}");
+        assert!(oom_failure(&denied, false).contains("needs root"));
+        let read_only = oom_failure(&std::io::Error::from_raw_os_error(30), true);
+        assert!(read_only.contains("read-only"), "{read_only}");
     }
 }

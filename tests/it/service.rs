@@ -239,3 +239,103 @@ async fn logs_carry_journal_priorities_when_stderr_is_the_journal_and_json_on_re
     }
     assert!(found, "{text}");
 }
+
+/// Under systemd (NOTIFY_SOCKET) an invalid configuration does not end `run`: it says so
+/// (journal error, READY with STATUS=configuration invalid: …), waits, and once the file
+/// is fixed starts the agent in the same process (re-executed: same PID).
+#[tokio::test]
+async fn an_invalid_configuration_holds_the_service_until_it_is_fixed() {
+    let gw = gateway(json!({})).await;
+    let mut notify = NotifySocket::new();
+    let state = tempfile::tempdir().unwrap();
+    let config = state.path().join("session-agent.toml");
+    std::fs::write(&config, "max_sessions = \"lots\"\n").unwrap();
+    let log_path = state.path().join("agent.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_session-agent"))
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .args(["--endpoint", &gw.http_url(), "--target-id", "svc-held"])
+        .arg("--state-dir")
+        .arg(state.path())
+        .args(["--shell", "sh"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", state.path())
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("SESSION_AGENT_LOG", "info")
+        .env("NOTIFY_SOCKET", &notify.path)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+
+    let ready = notify.wait_for("READY=1", WAIT);
+    let status = ready
+        .lines()
+        .find_map(|l| l.strip_prefix("STATUS="))
+        .unwrap_or_else(|| panic!("{ready}"));
+    assert!(
+        status.starts_with("configuration invalid: ")
+            && status.contains(&*config.to_string_lossy()),
+        "{status}"
+    );
+    assert!(child.try_wait().unwrap().is_none(), "it keeps running");
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    let error = text
+        .lines()
+        .find(|l| l.contains("Configuration invalid"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(error.contains("ERROR"), "{error}");
+    assert!(error.contains("\"lots\""), "the error itself: {error}");
+
+    // Fixed: the same process starts the agent, which goes online (the gateway runs on
+    // this test's runtime: wait without blocking it).
+    std::fs::write(&config, "max_sessions = 5\n").unwrap();
+    let online = format!(
+        "STATUS=Online: control channel open to {} as svc-held; 0 session(s)",
+        gw.http_url()
+    );
+    let deadline = Instant::now() + WAIT;
+    while notify.count(&online) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "not online; got {:?}\n{}",
+            notify.seen,
+            std::fs::read_to_string(&log_path).unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        notify.collect_for(Duration::from_millis(1));
+    }
+    assert!(child.try_wait().unwrap().is_none(), "same process");
+    nix::sys::signal::kill(pid, Signal::SIGTERM).unwrap();
+    let deadline = Instant::now() + WAIT;
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "no exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(code.success(), "{code}");
+}
+
+/// Without a service manager a bad configuration still exits at once with status 64.
+#[test]
+fn an_invalid_configuration_exits_64_outside_systemd() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.toml");
+    std::fs::write(&config, "max_sessions = \"lots\"\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_session-agent"))
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .env_remove("NOTIFY_SOCKET")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid configuration"));
+}
