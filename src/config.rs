@@ -7,20 +7,61 @@
 use crate::protocol::document;
 use std::time::Duration;
 
-/// Invalid configuration: names the key (flag) and why.
+/// Invalid configuration: names the key (flag) and why, and where in which file when it
+/// came from one (`FILE:LINE:COLUMN: key: reason`, as compilers print it, so that editors
+/// and terminals can jump there).
 #[derive(Debug, thiserror::Error)]
-#[error("{key}: {reason}")]
+#[error("{}{key}: {reason}", location.as_ref().map(|l| format!("{l}: ")).unwrap_or_default())]
 pub struct ConfigError {
     /// The offending flag or key.
     pub key: String,
     /// What is wrong and what to do.
     pub reason: String,
+    /// The file, line and column of the offending value, when it came from a file.
+    pub location: Option<Location>,
+}
+
+/// A place in a configuration file: line and column count from 1, the column in
+/// characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    /// The file.
+    pub path: std::path::PathBuf,
+    /// Line, from 1.
+    pub line: usize,
+    /// Column, from 1, in characters.
+    pub column: usize,
+}
+
+impl Location {
+    /// The line and column of byte `offset` in `text` (clamped to its end, and to a
+    /// character boundary).
+    pub fn at(path: &std::path::Path, text: &str, offset: usize) -> Self {
+        let mut offset = offset.min(text.len());
+        while !text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        let before = &text[..offset];
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        Self {
+            path: path.to_owned(),
+            line: before.matches('\n').count() + 1,
+            column: before[line_start..].chars().count() + 1,
+        }
+    }
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}:{}", self.path.display(), self.line, self.column)
+    }
 }
 
 pub(crate) fn config_error(key: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError {
         key: key.into(),
         reason: reason.into(),
+        location: None,
     }
 }
 

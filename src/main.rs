@@ -52,6 +52,13 @@ fn main() -> ExitCode {
         }
         _ => None,
     };
+    // No --config: the default file (/etc/session-agent/session-agent.toml) if it exists.
+    let mut run_args = run_args;
+    if let Some(args) = &mut run_args {
+        if args.config.is_none() {
+            args.config = session_agent::agent::config::default_config_file();
+        }
+    }
     let config_file = run_args.as_ref().and_then(|a| a.config.clone());
     let checked = run_args.map(|mut args| {
         args.log_level.clone_from(&cli.log_level);
@@ -59,7 +66,10 @@ fn main() -> ExitCode {
         args.into_config()
     });
     let agent_config = match (&cli.command, checked) {
-        (Command::Config(_), Some(Ok(config))) => return print_stdout(&config.to_toml()),
+        (Command::Config(_), Some(Ok(config))) => {
+            let read = session_agent::agent::config::files_read_comment(config_file.as_deref());
+            return print_stdout(&format!("{read}{}", config.to_toml()));
+        }
         // `doctor` reports a bad configuration as one of its checks.
         (Command::Doctor(_), checked) => checked.map(|r| r.map_err(|e| e.to_string())),
         (_, Some(Err(e))) => return usage_error(&e),

@@ -193,10 +193,7 @@ pub struct ConnectConfig {
 }
 
 fn config_error(key: &str, reason: impl Into<String>) -> ConfigError {
-    ConfigError {
-        key: key.into(),
-        reason: reason.into(),
-    }
+    crate::config::config_error(key, reason)
 }
 
 fn env_nonempty(key: &str) -> Option<String> {
