@@ -432,7 +432,14 @@ fn parse_one(
 /// Rust's type names).
 fn toml_error(text: &str, path: &Path, key_path: &str, inner: &toml::de::Error) -> ConfigError {
     let location = inner.span().map(|s| Location::at(path, text, s.start));
-    let message = inner.message().trim().to_owned();
+    // One line (toml's messages may take several).
+    let message = inner
+        .message()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(", ");
     let (key, reason) = if let Some(rest) = message.strip_prefix("unknown field `") {
         let name = rest.split('`').next().unwrap_or_default().to_owned();
         let hint = match closest_key(&name) {
@@ -1286,7 +1293,7 @@ mod tests {
             assert_eq!(e.key, key);
         }
         let e = parse_file("endpont = \"x\"", Path::new("c.toml")).unwrap_err();
-        assert!(e.reason.contains("endpont"), "{e}");
+        assert_eq!(e.key, "endpont", "{e}");
         for (key, text) in [
             ("shutdown_timeout", "shutdown_timeout = \"forever\""),
             ("shutdown_timeout", "shutdown_timeout = \"11m\""),
@@ -1418,6 +1425,193 @@ mod tests {
         .into_config()
         .unwrap_err();
         assert_eq!(e.key, "redact_patterns");
+    }
+
+    #[test]
+    fn file_errors_name_the_file_line_column_and_key() {
+        let path = Path::new("/etc/session-agent/session-agent.toml");
+        let text = "# comment\nendpoint = \"http://gw:1\"\n\nmax_sessions = \"lots\"\n";
+        let e = parse_file(text, path).unwrap_err();
+        assert_eq!(e.key, "max_sessions");
+        assert_eq!(
+            e.to_string(),
+            "/etc/session-agent/session-agent.toml:4:16: max_sessions: invalid type: string \"lots\", expected a whole number"
+        );
+        // A syntax error: its position, and no key to name.
+        let e = parse_file("max_sessions = 5\nfoo bar\n", path).unwrap_err();
+        let at = e.location.clone().unwrap();
+        assert_eq!((at.line, at.column), (2, 5), "{e}");
+        assert_eq!(e.key, "TOML syntax");
+        // An unknown key: named, where it is, with the nearest known key.
+        let e = parse_file("region = \"eu-west-1\"\n  endpont = \"x\"\n", path).unwrap_err();
+        assert_eq!(e.key, "endpont");
+        assert_eq!(
+            e.location.as_ref().map(|l| (l.line, l.column)),
+            Some((2, 3))
+        );
+        assert!(e.reason.contains("did you mean `endpoint`?"), "{e}");
+        let e = parse_file("zzz = 1\n", path).unwrap_err();
+        assert!(!e.reason.contains("did you mean"), "{e}");
+        // An element of a list: its index.
+        let e = parse_file("redact_flags = [\"--a\", 5]\n", path).unwrap_err();
+        assert_eq!(e.key, "redact_flags[1]");
+        assert_eq!(e.location.as_ref().map(|l| l.column), Some(24));
+        // Columns count characters, not bytes.
+        let e = parse_file("target_id = \"é\" max_sessions = 1\n", path).unwrap_err();
+        assert_eq!(e.location.as_ref().map(|l| l.column), Some(17), "{e}");
+        // A value of the right type but wrong: found at validation, blamed on its line...
+        let e = parse_file("\n\nshell = \"zsh\"\n", path)
+            .unwrap()
+            .into_config()
+            .unwrap_err();
+        assert_eq!(e.key, "shell");
+        assert_eq!(
+            e.location.as_ref().map(|l| (l.line, l.column)),
+            Some((3, 9))
+        );
+        // ...but not when a flag gave it.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "shell = \"zsh\"\n").unwrap();
+        let e = RunArgs {
+            config: Some(file.clone()),
+            ..RunArgs::default()
+        }
+        .into_config()
+        .unwrap_err();
+        assert_eq!(e.location.map(|l| l.path), Some(file.clone()));
+        std::fs::write(&file, "shell = \"sh\"\n").unwrap();
+        let e = RunArgs {
+            config: Some(file.clone()),
+            shell: Some("zsh".into()),
+            ..RunArgs::default()
+        }
+        .into_config()
+        .unwrap_err();
+        assert_eq!(e.to_string(), "shell: \"zsh\" is not `login` or `sh`");
+    }
+
+    #[test]
+    fn file_errors_never_panic_on_odd_input() {
+        let path = Path::new("x.toml");
+        for text in [
+            "",
+            "=",
+            "\"",
+            "a = [",
+            "max_sessions = 99999999999999999999999",
+            "max_sessions = -1",
+            "[[a]]\n[a]",
+            "é = 1",
+            "state_dir = 5",
+            "max_sessions = 1\r\nfoo",
+        ] {
+            if let Err(e) = parse_file(text, path) {
+                assert!(!e.to_string().contains('\n'), "{text:?}: {e}");
+            }
+        }
+        assert_eq!(
+            Location::at(path, "ab\ncd", 99),
+            Location {
+                path: path.into(),
+                line: 2,
+                column: 3
+            }
+        );
+    }
+
+    #[test]
+    fn drop_ins_are_laid_over_the_file_in_name_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = dir.path().join("session-agent.toml");
+        std::fs::write(
+            &main,
+            "max_sessions = 3\nshell = \"sh\"\nport_forwarding_allowed_ports = [\"22\", \"443\"]\n",
+        )
+        .unwrap();
+        let d = drop_in_dir(&main);
+        assert_eq!(d, dir.path().join("session-agent.toml.d"));
+        std::fs::create_dir(&d).unwrap();
+        std::fs::write(d.join("20-b.toml"), "max_sessions = 4\n").unwrap();
+        std::fs::write(
+            d.join("10-a.toml"),
+            "max_sessions = 9\nport_forwarding_allowed_ports = [\"80\"]\n",
+        )
+        .unwrap();
+        // Not read: other names, hidden files (editors' backups and the like).
+        std::fs::write(d.join("README"), "not toml").unwrap();
+        std::fs::write(d.join(".20-b.toml"), "not toml").unwrap();
+        std::fs::write(d.join("30.toml.dpkg-old"), "not toml").unwrap();
+        let files = config_files(&main).unwrap();
+        assert_eq!(
+            files,
+            [main.clone(), d.join("10-a.toml"), d.join("20-b.toml")]
+        );
+        let args = read_config(&main).unwrap();
+        assert_eq!(args.sources.files, files);
+        // Later wins per key; a list replaces a list; keys no drop-in sets stay.
+        assert_eq!(args.max_sessions, Some(4));
+        assert_eq!(args.shell.as_deref(), Some("sh"));
+        assert_eq!(args.port_lists.allowed_ports, Some(vec!["80".to_owned()]));
+        assert_eq!(
+            args.sources
+                .location("max_sessions")
+                .map(|l| l.path.clone()),
+            Some(d.join("20-b.toml"))
+        );
+        let comment = files_read_comment(Some(&main));
+        assert_eq!(comment.lines().count(), 3, "{comment}");
+        assert!(comment.lines().all(|l| l.starts_with("# Read ")));
+        // An error in a drop-in names the drop-in.
+        std::fs::write(d.join("40-c.toml"), "\nmax_sessions = 0\n").unwrap();
+        let e = RunArgs {
+            config: Some(main.clone()),
+            ..RunArgs::default()
+        }
+        .into_config()
+        .unwrap_err();
+        let at = e.location.unwrap();
+        assert_eq!((at.path, at.line), (d.join("40-c.toml"), 2));
+        // The drop-ins alone, without the main file, are a configuration too.
+        std::fs::remove_file(&main).unwrap();
+        std::fs::remove_file(d.join("40-c.toml")).unwrap();
+        assert_eq!(read_config(&main).unwrap().max_sessions, Some(4));
+        // Neither: the read names the file.
+        let none = dir.path().join("none.toml");
+        let e = read_config(&none).unwrap_err();
+        assert!(
+            e.reason.contains("cannot read") && e.reason.contains("none.toml"),
+            "{e}"
+        );
+        // Too large: refused before parsing.
+        std::fs::write(&none, vec![b'#'; MAX_CONFIG_FILE_BYTES as usize + 1]).unwrap();
+        let e = read_config(&none).unwrap_err();
+        assert!(e.reason.contains("larger than"), "{e}");
+        std::fs::write(&none, b"shell = \"\xff\"\n").unwrap();
+        let e = read_config(&none).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("none.toml:1:10: --config: not UTF-8"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn every_key_is_one_the_file_takes() {
+        // KEYS is generated from the file form; the example documents each.
+        let example = include_str!("../../config/session-agent.example.toml");
+        for key in KEYS {
+            assert!(
+                example.contains(&format!("# {key} = ")),
+                "{key} is not in the example"
+            );
+            let e = parse_file(&format!("{key} = {{}}\n"), Path::new("x")).unwrap_err();
+            assert_eq!(e.key, *key, "{e}");
+        }
+        assert_eq!(closest_key("max_session"), Some("max_sessions"));
+        assert_eq!(closest_key("log-level"), Some("log_level"));
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
     }
 
     #[test]
