@@ -7,6 +7,10 @@
 use crate::protocol::document;
 use std::time::Duration;
 
+/// The local gateway's default address as a URL (`session-agent gateway`'s default
+/// `--listen`): `run`'s default endpoint, and what `connect` suggests for a local gateway.
+pub const LOCAL_GATEWAY_URL: &str = "http://127.0.0.1:8080";
+
 /// Invalid configuration: names the key (flag) and why, and where in which file when it
 /// came from one (`FILE:LINE:COLUMN: key: reason`, as compilers print it, so that editors
 /// and terminals can jump there).

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Default gateway: the local one on its default port.
-pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:8080";
+pub const DEFAULT_ENDPOINT: &str = crate::config::LOCAL_GATEWAY_URL;
 /// Default `shutdown_timeout`.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Largest `shutdown_timeout`.
