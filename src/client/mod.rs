@@ -468,10 +468,7 @@ pub async fn connect(config: ConnectConfig) -> Outcome {
         Start::Call(request) => match api.start_session(&request).await {
             Ok(grant) => grant,
             Err(e) => {
-                let hint = start_failure_hint(&config.endpoint, &e)
-                    .map(|h| format!(" ({h})"))
-                    .unwrap_or_default();
-                error_line(&format!("StartSession failed: {e}{hint}"));
+                error_line(&start_failure_message(&config.endpoint, &e));
                 return Outcome::Failed;
             }
         },
@@ -513,31 +510,48 @@ pub async fn connect(config: ConnectConfig) -> Outcome {
     finish(&session_id, ending, stdout_is_data)
 }
 
-/// What to do when StartSession failed at `endpoint`, for the two failures a new user
-/// meets first: nothing listening (no gateway started), and the default endpoint being
-/// AWS itself when a local gateway was meant.
-fn start_failure_hint(endpoint: &str, e: &crate::ssm::ApiError) -> Option<String> {
+/// The line for a failed StartSession at `endpoint`, with what to do for the two
+/// failures a new user meets first: nothing listening (no gateway started: the OS's
+/// words are replaced), and the default endpoint being AWS itself when a local gateway
+/// was meant (a hint is added).
+fn start_failure_message(endpoint: &str, e: &crate::ssm::ApiError) -> String {
+    match start_failure_hint(endpoint, e) {
+        Some((true, hint)) => format!("StartSession failed: {hint}"),
+        Some((false, hint)) => format!("StartSession failed: {e} ({hint})"),
+        None => format!("StartSession failed: {e}"),
+    }
+}
+
+/// The hint, and whether it says all the error said.
+fn start_failure_hint(endpoint: &str, e: &crate::ssm::ApiError) -> Option<(bool, String)> {
     let url = reqwest::Url::parse(endpoint).ok()?;
     let host = url.host_str()?.to_owned();
     let aws = host.ends_with(".amazonaws.com") || host.ends_with(".amazonaws.com.cn");
     let refused = matches!(e, crate::ssm::ApiError::Transport(t) if t.to_ascii_lowercase().contains("refused"));
     if aws {
-        return Some(format!(
-            "{host} is AWS Systems Manager, where connect goes when neither --endpoint nor \
+        return Some((
+            false,
+            format!(
+                "{host} is AWS Systems Manager, where connect goes when neither --endpoint nor \
              AWS_ENDPOINT_URL_SSM / AWS_ENDPOINT_URL is set; for a local gateway or \
              `session-agent dev` pass --endpoint {}",
-            crate::config::LOCAL_GATEWAY_URL
+                crate::config::LOCAL_GATEWAY_URL
+            ),
         ));
     }
     if !refused {
         return None;
     }
     let port = url.port_or_known_default().unwrap_or(80);
-    Some(format!(
-        "nothing is listening at {host}:{port}: start a gateway there (`session-agent gateway \
-         --listen {host}:{port}`) and an agent for it (`session-agent run --endpoint \
-         {scheme}://{host}:{port}`), or try it all in one terminal with `session-agent dev`",
-        scheme = url.scheme()
+    Some((
+        true,
+        format!(
+            "nothing is listening at {host}:{port} (connection refused): start a gateway there \
+             (`session-agent gateway --listen {host}:{port}`) and an agent for it \
+             (`session-agent run --endpoint {scheme}://{host}:{port}`), or try it all in one \
+             terminal with `session-agent dev`",
+            scheme = url.scheme()
+        ),
     ))
 }
 
@@ -753,18 +767,21 @@ mod tests {
         let refused = ApiError::Transport(
             "error sending request: tcp connect error: Connection refused (os error 111)".into(),
         );
-        let hint = start_failure_hint("http://127.0.0.1:9", &refused).unwrap();
+        let line = start_failure_message("http://127.0.0.1:9", &refused);
         assert!(
-            hint.contains("nothing is listening at 127.0.0.1:9"),
-            "{hint}"
+            line.starts_with(
+                "StartSession failed: nothing is listening at 127.0.0.1:9 (connection refused): "
+            ),
+            "{line}"
         );
         assert!(
-            hint.contains("session-agent gateway --listen 127.0.0.1:9"),
-            "{hint}"
+            line.contains("session-agent gateway --listen 127.0.0.1:9"),
+            "{line}"
         );
-        assert!(hint.contains("session-agent dev"), "{hint}");
-        let hint = start_failure_hint("https://[::1]", &refused).unwrap();
-        assert!(hint.contains("[::1]:443"), "{hint}");
+        assert!(line.contains("session-agent dev"), "{line}");
+        assert!(!line.contains("os error"), "{line}");
+        let line = start_failure_message("https://[::1]", &refused);
+        assert!(line.contains("[::1]:443"), "{line}");
         // Another failure at a gateway of ours: its own words are enough.
         let denied = ApiError::Service {
             status: 400,
@@ -773,9 +790,12 @@ mod tests {
         };
         assert_eq!(start_failure_hint("http://127.0.0.1:9", &denied), None);
         // Any failure at AWS: say it was AWS, and how to reach a local gateway instead.
-        let hint = start_failure_hint("https://ssm.eu-west-1.amazonaws.com", &denied).unwrap();
-        assert!(hint.contains("AWS Systems Manager"), "{hint}");
-        assert!(hint.contains("--endpoint http://127.0.0.1:8080"), "{hint}");
+        let line = start_failure_message("https://ssm.eu-west-1.amazonaws.com", &denied);
+        assert!(
+            line.starts_with("StartSession failed: AccessDeniedException: no (ssm.eu-west-1.amazonaws.com is AWS Systems Manager"),
+            "{line}"
+        );
+        assert!(line.contains("--endpoint http://127.0.0.1:8080"), "{line}");
         assert_eq!(start_failure_hint("not a url", &refused), None);
     }
 
