@@ -20,6 +20,13 @@ const RUNTIME_LINGER: Duration = Duration::from_secs(2);
 fn main() -> ExitCode {
     // Invoked as `session-manager-plugin` (by the AWS CLI), run `connect`.
     let mut cli = Cli::parse_from(session_agent::client::plugin_argv(std::env::args_os()));
+    // RUST_LOG, the Rust convention, when neither --log-level nor SESSION_AGENT_LOG is set
+    // (over the file's log_level, as every variable is).
+    if cli.log_level.is_none() {
+        cli.log_level = std::env::var("RUST_LOG")
+            .ok()
+            .filter(|v| !v.trim().is_empty());
+    }
     // The privilege-dropping shim runs on the user's terminal, before any logging setup.
     if let Command::ExecAs { args } = &cli.command {
         return session_agent::session::pty::exec_as_main(args);

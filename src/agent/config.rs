@@ -2,7 +2,14 @@
 //! environment variables, validated into [`AgentConfig`]. Invalid configuration is a
 //! [`ConfigError`] naming the key; `main` prints it as one line and exits 64.
 //!
-//! Precedence: flag or environment variable > file > built-in default.
+//! Precedence: flag or environment variable > file > built-in default. The file is
+//! `--config` (or `SESSION_AGENT_CONFIG`), else [`DEFAULT_CONFIG_FILE`] when it exists;
+//! the `*.toml` files of its drop-in directory (`FILE.d/`) are laid over it in name
+//! order, key by key (a list replaces the list before it rather than adding to it, so
+//! that a drop-in can narrow `port_forwarding_allowed_ports` as well as widen it).
+//! Errors in a file name the file, line and column (`FILE:LINE:COLUMN: key: what`):
+//! type errors carry their key path through serde_path_to_error, and a bad value found
+//! at validation is located through the position of the key that set it.
 
 use super::port::policy::PortPolicy;
 use super::{AgentConfig, ShellChoice};
@@ -26,7 +33,10 @@ pub const MAX_SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_
 /// `_` instead of `-`) or the environment variable shown.
 #[derive(Debug, Args, Default)]
 pub struct RunArgs {
-    /// TOML configuration file; see config/session-agent.example.toml.
+    /// TOML configuration file; see config/session-agent.example.toml. The `*.toml`
+    /// files of FILE.d/ are laid over it in name order (later wins, key by key; a list
+    /// replaces a list) [default: /etc/session-agent/session-agent.toml when it exists;
+    /// SESSION_AGENT_DEFAULT_CONFIG moves it].
     #[arg(long, env = "SESSION_AGENT_CONFIG")]
     pub config: Option<PathBuf>,
     /// Which service the agent talks to: `local` (a `session-agent gateway` in open mode;
@@ -1584,7 +1594,11 @@ mod tests {
             "{e}"
         );
         // Too large: refused before parsing.
-        std::fs::write(&none, vec![b'#'; MAX_CONFIG_FILE_BYTES as usize + 1]).unwrap();
+        std::fs::write(
+            &none,
+            vec![b'#'; usize::try_from(MAX_CONFIG_FILE_BYTES).unwrap() + 1],
+        )
+        .unwrap();
         let e = read_config(&none).unwrap_err();
         assert!(e.reason.contains("larger than"), "{e}");
         std::fs::write(&none, b"shell = \"\xff\"\n").unwrap();
