@@ -13,7 +13,8 @@ use std::path::PathBuf;
 #[command(version, about, long_about = None, propagate_version = true)]
 pub struct Cli {
     /// Log filter: error, warn, info, debug, trace, or a tracing directive such as
-    /// `session_agent=debug` [default: info, or `log_level` in `run --config FILE`].
+    /// `session_agent=debug` [default: RUST_LOG, else `log_level` in the configuration
+    /// file of `run`, else info].
     #[arg(long, global = true, env = "SESSION_AGENT_LOG")]
     pub log_level: Option<String>,
     /// Log format: `plain` (lines; under systemd without timestamps and with journal
@@ -278,7 +279,10 @@ pub enum ConfigCommand {
 /// `session-agent config check` options.
 #[derive(Debug, Args)]
 pub struct ConfigCheckArgs {
-    /// The configuration file [default: --config / SESSION_AGENT_CONFIG].
+    /// The configuration file, with the `*.toml` files of FILE.d/ laid over it in name
+    /// order [default: --config / SESSION_AGENT_CONFIG, else
+    /// /etc/session-agent/session-agent.toml when it exists (SESSION_AGENT_DEFAULT_CONFIG
+    /// moves it)].
     pub file: Option<PathBuf>,
     /// Every `run` option, so the check sees what `run` would.
     #[command(flatten)]

@@ -20,6 +20,13 @@ const RUNTIME_LINGER: Duration = Duration::from_secs(2);
 fn main() -> ExitCode {
     // Invoked as `session-manager-plugin` (by the AWS CLI), run `connect`.
     let mut cli = Cli::parse_from(session_agent::client::plugin_argv(std::env::args_os()));
+    // RUST_LOG, the Rust convention, when neither --log-level nor SESSION_AGENT_LOG is set
+    // (over the file's log_level, as every variable is).
+    if cli.log_level.is_none() {
+        cli.log_level = std::env::var("RUST_LOG")
+            .ok()
+            .filter(|v| !v.trim().is_empty());
+    }
     // The privilege-dropping shim runs on the user's terminal, before any logging setup.
     if let Command::ExecAs { args } = &cli.command {
         return session_agent::session::pty::exec_as_main(args);
@@ -58,6 +65,13 @@ fn main() -> ExitCode {
         }
         _ => None,
     };
+    // No --config: the default file (/etc/session-agent/session-agent.toml) if it exists.
+    let mut run_args = run_args;
+    if let Some(args) = &mut run_args {
+        if args.config.is_none() {
+            args.config = session_agent::agent::config::default_config_file();
+        }
+    }
     let config_file = run_args.as_ref().and_then(|a| a.config.clone());
     // What the configuration looked like before it was read: a change made while it is
     // being read and found invalid is still seen by a held agent.
@@ -69,7 +83,10 @@ fn main() -> ExitCode {
         args.into_config()
     });
     let agent_config = match (&cli.command, checked) {
-        (Command::Config(_), Some(Ok(config))) => return print_stdout(&config.to_toml()),
+        (Command::Config(_), Some(Ok(config))) => {
+            let read = session_agent::agent::config::files_read_comment(config_file.as_deref());
+            return print_stdout(&format!("{read}{}", config.to_toml()));
+        }
         // `doctor` reports a bad configuration as one of its checks.
         (Command::Doctor(_), checked) => checked.map(|r| r.map_err(|e| e.to_string())),
         // Under systemd a bad configuration holds the agent up, loudly, instead of exiting

@@ -2,19 +2,28 @@
 //! environment variables, validated into [`AgentConfig`]. Invalid configuration is a
 //! [`ConfigError`] naming the key; `main` prints it as one line and exits 64.
 //!
-//! Precedence: flag or environment variable > file > built-in default.
+//! Precedence: flag or environment variable > file > built-in default. The file is
+//! `--config` (or `SESSION_AGENT_CONFIG`), else [`DEFAULT_CONFIG_FILE`] when it exists;
+//! the `*.toml` files of its drop-in directory (`FILE.d/`) are laid over it in name
+//! order, key by key (a list replaces the list before it rather than adding to it, so
+//! that a drop-in can narrow `port_forwarding_allowed_ports` as well as widen it).
+//! Errors in a file name the file, line and column (`FILE:LINE:COLUMN: key: what`):
+//! type errors carry their key path through serde_path_to_error, and a bad value found
+//! at validation is located through the position of the key that set it.
 
 use super::port::policy::PortPolicy;
 use super::{AgentConfig, ShellChoice};
 use crate::config::ConfigError;
+use crate::config::Location;
 use crate::logging::LogFormat;
 use crate::session::user::SudoPolicy;
 use clap::Args;
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Default gateway: the local one on its default port.
-pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:8080";
+pub const DEFAULT_ENDPOINT: &str = crate::config::LOCAL_GATEWAY_URL;
 /// Default `shutdown_timeout`.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Largest `shutdown_timeout`.
@@ -24,7 +33,10 @@ pub const MAX_SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_
 /// `_` instead of `-`) or the environment variable shown.
 #[derive(Debug, Args, Default)]
 pub struct RunArgs {
-    /// TOML configuration file; see config/session-agent.example.toml.
+    /// TOML configuration file; see config/session-agent.example.toml. The `*.toml`
+    /// files of FILE.d/ are laid over it in name order (later wins, key by key; a list
+    /// replaces a list) [default: /etc/session-agent/session-agent.toml when it exists;
+    /// SESSION_AGENT_DEFAULT_CONFIG moves it].
     #[arg(long, env = "SESSION_AGENT_CONFIG")]
     pub config: Option<PathBuf>,
     /// Which service the agent talks to: `local` (a `session-agent gateway` in open mode;
@@ -158,41 +170,92 @@ pub struct RunArgs {
     /// `--log-level` (a global flag), handed over by `main`.
     #[arg(skip)]
     pub log_level: Option<String>,
+    /// For a configuration read from files: which, and where each key was set.
+    #[arg(skip)]
+    pub sources: FileSources,
 }
 
-/// The file form: every key optional, unknown keys rejected (typos must not pass silently).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    gateway: Option<String>,
-    endpoint: Option<String>,
-    region: Option<String>,
-    service_domain: Option<String>,
-    ssm_endpoint: Option<String>,
-    target_id: Option<String>,
-    state_dir: Option<PathBuf>,
-    max_sessions: Option<usize>,
-    sudo_policy: Option<String>,
-    shell: Option<String>,
-    ca_file: Option<PathBuf>,
-    recording_retention_days: Option<u64>,
-    recording_quota_mb: Option<u64>,
-    recording_min_free_mb: Option<u64>,
-    recording_headroom_mb: Option<u64>,
-    recording_policy: Option<String>,
-    shutdown_timeout: Option<String>,
-    log_format: Option<String>,
-    log_level: Option<String>,
-    port_forwarding: Option<String>,
-    port_forwarding_allowed_cidrs: Option<Vec<String>>,
-    port_forwarding_denied_cidrs: Option<Vec<String>>,
-    port_forwarding_allowed_ports: Option<Vec<String>>,
-    port_forwarding_max_connections: Option<usize>,
-    command_audit: Option<String>,
-    redact_flags: Option<Vec<String>>,
-    redact_patterns: Option<Vec<String>>,
-    stream_input: Option<String>,
-    cloudwatch_stream: Option<String>,
+/// The file form, its key list, and the two things done with every key: laid over an
+/// earlier file (drop-ins), and asked whether a flag or variable set it.
+macro_rules! file_config {
+    ($($key:ident: $ty:ty,)*) => {
+        /// The file form: every key optional, unknown keys rejected (typos must not pass
+        /// silently).
+        #[derive(Debug, Default, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct FileConfig {
+            $($key: Option<$ty>,)*
+        }
+
+        /// Every key the file takes.
+        pub const KEYS: &[&str] = &[$(stringify!($key)),*];
+
+        impl FileConfig {
+            /// `over`'s keys over these, key by key (a list replaces a list whole).
+            fn overlay(self, over: FileConfig) -> FileConfig {
+                FileConfig { $($key: over.$key.or(self.$key),)* }
+            }
+        }
+
+        impl RunArgs {
+            /// Whether a flag or environment variable set `key` (so that a bad value is
+            /// not blamed on the file).
+            fn sets(&self, key: &str) -> bool {
+                match key {
+                    $(stringify!($key) => self.$key.is_some(),)*
+                    _ => false,
+                }
+            }
+        }
+    };
+}
+
+file_config! {
+    gateway: String,
+    endpoint: String,
+    region: String,
+    service_domain: String,
+    ssm_endpoint: String,
+    target_id: String,
+    state_dir: PathBuf,
+    max_sessions: usize,
+    sudo_policy: String,
+    shell: String,
+    ca_file: PathBuf,
+    recording_retention_days: u64,
+    recording_quota_mb: u64,
+    recording_min_free_mb: u64,
+    recording_headroom_mb: u64,
+    recording_policy: String,
+    shutdown_timeout: String,
+    log_format: String,
+    log_level: String,
+    port_forwarding: String,
+    port_forwarding_allowed_cidrs: Vec<String>,
+    port_forwarding_denied_cidrs: Vec<String>,
+    port_forwarding_allowed_ports: Vec<String>,
+    port_forwarding_max_connections: usize,
+    command_audit: String,
+    redact_flags: Vec<String>,
+    redact_patterns: Vec<String>,
+    stream_input: String,
+    cloudwatch_stream: String,
+}
+
+/// The files a configuration was read from, and where each key's value was written
+/// (the last file that set it).
+#[derive(Debug, Default, Clone)]
+pub struct FileSources {
+    /// The files read, in the order they were laid over each other.
+    pub files: Vec<PathBuf>,
+    keys: BTreeMap<String, Location>,
+}
+
+impl FileSources {
+    /// Where `key`'s value was written.
+    pub fn location(&self, key: &str) -> Option<&Location> {
+        self.keys.get(key)
+    }
 }
 
 /// The file's lists (arrays of strings): port forwarding's and the redaction flags.
@@ -210,57 +273,299 @@ pub const MAX_REDACT_RULES: usize = 64;
 pub const MAX_REDACT_RULE_BYTES: usize = 1024;
 
 fn err(key: &str, reason: impl Into<String>) -> ConfigError {
-    ConfigError {
-        key: key.into(),
-        reason: reason.into(),
+    crate::config::config_error(key, reason)
+}
+
+/// Largest configuration file (the main one or a drop-in) read, in bytes.
+pub const MAX_CONFIG_FILE_BYTES: u64 = 1024 * 1024;
+/// Most drop-in files read from one `.d` directory.
+pub const MAX_DROP_INS: usize = 256;
+/// Where `run`, `doctor` and `config check` look for their configuration when neither
+/// `--config` nor `SESSION_AGENT_CONFIG` names one (Linux and other Unixes; on Windows
+/// `%ProgramData%\session-agent\session-agent.toml`).
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/session-agent/session-agent.toml";
+/// Environment variable that moves [`DEFAULT_CONFIG_FILE`] (for tests, and installations
+/// under another prefix). Unlike `SESSION_AGENT_CONFIG`, the file it names may be absent.
+pub const DEFAULT_CONFIG_VAR: &str = "SESSION_AGENT_DEFAULT_CONFIG";
+
+/// The default configuration file when it (or its drop-in directory) exists.
+pub fn default_config_file() -> Option<PathBuf> {
+    let path = match std::env::var_os(DEFAULT_CONFIG_VAR).filter(|v| !v.is_empty()) {
+        Some(p) => PathBuf::from(p),
+        #[cfg(windows)]
+        None => crate::platform::system_state_dir().join("session-agent.toml"),
+        #[cfg(not(windows))]
+        None => PathBuf::from(DEFAULT_CONFIG_FILE),
+    };
+    (path.exists() || drop_in_dir(&path).is_dir()).then_some(path)
+}
+
+/// A configuration file's drop-in directory: its path with `.d` added
+/// (`session-agent.toml.d/`).
+pub fn drop_in_dir(config: &Path) -> PathBuf {
+    let mut dir = config.as_os_str().to_owned();
+    dir.push(".d");
+    PathBuf::from(dir)
+}
+
+/// The files a configuration is read from, in order: `config` itself when it exists,
+/// then the `*.toml` files of its drop-in directory (not those whose name starts with a
+/// dot), sorted by name, each laid over the ones before.
+///
+/// # Errors
+/// Neither the file nor the directory exists, the directory cannot be read, or it holds
+/// more than [`MAX_DROP_INS`] files.
+pub fn config_files(config: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+    let dir = drop_in_dir(config);
+    let mut files = Vec::new();
+    if config.exists() || !dir.exists() {
+        // (An absent file is reported by the read, with the OS's own words.)
+        files.push(config.to_owned());
     }
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(files),
+        Err(e) => {
+            return Err(err(
+                "--config",
+                format!("cannot read the drop-in directory {}: {e}", dir.display()),
+            ))
+        }
+    };
+    let mut drop_ins = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| {
+            err(
+                "--config",
+                format!("cannot read the drop-in directory {}: {e}", dir.display()),
+            )
+        })?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') || !name.ends_with(".toml") {
+            continue;
+        }
+        if drop_ins.len() == MAX_DROP_INS {
+            return Err(err(
+                "--config",
+                format!(
+                    "{} holds more than {MAX_DROP_INS} .toml files",
+                    dir.display()
+                ),
+            ));
+        }
+        drop_ins.push(entry.path());
+    }
+    drop_ins.sort();
+    files.extend(drop_ins);
+    Ok(files)
+}
+
+/// What `config check` prints above the settings: the files read, as TOML comments
+/// (so that its output stays a configuration file).
+pub fn files_read_comment(config: Option<&Path>) -> String {
+    match config.map(config_files) {
+        None => "# No configuration file: flags, environment and defaults.\n".into(),
+        Some(Ok(files)) => files
+            .iter()
+            .map(|f| format!("# Read {}\n", f.display()))
+            .collect(),
+        Some(Err(e)) => format!("# {e}\n"),
+    }
+}
+
+/// Reads a configuration: `config` and its drop-ins ([`config_files`]), each parsed
+/// with [`parse_file`], later files' keys over earlier ones'.
+///
+/// # Errors
+/// A file that cannot be read, is larger than [`MAX_CONFIG_FILE_BYTES`], or is not a
+/// valid configuration; the message names the file, and the line, column and key.
+pub fn read_config(config: &Path) -> Result<RunArgs, ConfigError> {
+    let mut merged = FileConfig::default();
+    let mut sources = FileSources::default();
+    for path in config_files(config)? {
+        let text = read_bounded(&path)?;
+        let (file, keys) = parse_one(&text, &path)?;
+        merged = merged.overlay(file);
+        sources.keys.extend(keys);
+        sources.files.push(path);
+    }
+    Ok(merged.into_run_args(sources))
+}
+
+fn read_bounded(path: &Path) -> Result<String, ConfigError> {
+    use std::io::Read;
+    let cannot =
+        |e: &dyn std::fmt::Display| err("--config", format!("cannot read {}: {e}", path.display()));
+    let file = std::fs::File::open(path).map_err(|e| cannot(&e))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| cannot(&e))?;
+    if bytes.len() as u64 > MAX_CONFIG_FILE_BYTES {
+        return Err(cannot(&format_args!(
+            "larger than {MAX_CONFIG_FILE_BYTES} bytes"
+        )));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        let text = String::from_utf8_lossy(e.as_bytes());
+        let at = Location::at(path, &text, e.utf8_error().valid_up_to());
+        ConfigError {
+            location: Some(at),
+            ..err("--config", "not UTF-8 text")
+        }
+    })
+}
+
+/// Parses one file's text (no I/O): its keys, and where each value starts.
+fn parse_one(
+    text: &str,
+    path: &Path,
+) -> Result<(FileConfig, BTreeMap<String, Location>), ConfigError> {
+    let file: FileConfig = serde_path_to_error::deserialize(toml::Deserializer::new(text))
+        .map_err(|e| {
+            let key_path = e.path().to_string();
+            toml_error(text, path, &key_path, &e.into_inner())
+        })?;
+    // Parsed twice, the second time for the positions: a few microseconds for a file
+    // that is read once at start.
+    let spans: BTreeMap<String, toml::Spanned<toml::Value>> =
+        toml::from_str(text).map_err(|e| toml_error(text, path, "", &e))?;
+    let keys = spans
+        .into_iter()
+        .map(|(k, v)| (k, Location::at(path, text, v.span().start)))
+        .collect();
+    Ok((file, keys))
+}
+
+/// A TOML or type error as `FILE:LINE:COLUMN: key: what`, in words a person reads (not
+/// Rust's type names).
+fn toml_error(text: &str, path: &Path, key_path: &str, inner: &toml::de::Error) -> ConfigError {
+    let location = inner.span().map(|s| Location::at(path, text, s.start));
+    // One line (toml's messages may take several).
+    let message = inner
+        .message()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let (key, reason) = if let Some(rest) = message.strip_prefix("unknown field `") {
+        let name = rest.split('`').next().unwrap_or_default().to_owned();
+        let hint = match closest_key(&name) {
+            Some(k) => format!("did you mean `{k}`? "),
+            None => String::new(),
+        };
+        (
+            name,
+            format!("unknown key ({hint}every key is in config/session-agent.example.toml)"),
+        )
+    } else if key_path.is_empty() || key_path == "." {
+        ("TOML syntax".to_owned(), message)
+    } else {
+        (key_path.to_owned(), readable_types(&message))
+    };
+    ConfigError {
+        key,
+        reason,
+        location,
+    }
+}
+
+/// serde's `expected usize` as `expected a whole number`, and the like.
+fn readable_types(message: &str) -> String {
+    let mut out = message.to_owned();
+    for (rust, words) in [
+        ("expected usize", "expected a whole number"),
+        ("expected u64", "expected a whole number"),
+        ("expected a sequence", "expected a list like [\"a\", \"b\"]"),
+        ("expected path string", "expected a path in quotes"),
+    ] {
+        out = out.replace(rust, words);
+    }
+    out
+}
+
+/// The known key nearest to a misspelt one (at most two edits away).
+fn closest_key(name: &str) -> Option<&'static str> {
+    KEYS.iter()
+        .map(|k| (edit_distance(name, k), *k))
+        .filter(|(d, _)| *d <= 2)
+        .min()
+        .map(|(_, k)| k)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
 }
 
 /// Parses a config file's text (no I/O), for `run` and for tests of the example.
 ///
 /// # Errors
-/// Invalid TOML or an unknown key, named.
+/// Invalid TOML, a value of the wrong type, or an unknown key: `FILE:LINE:COLUMN: key:
+/// what`.
 pub fn parse_file(text: &str, path: &Path) -> Result<RunArgs, ConfigError> {
-    let f: FileConfig = toml::from_str(text)
-        .map_err(|e| err("--config", format!("{}: {}", path.display(), e.message())))?;
-    Ok(RunArgs {
-        config: None,
-        gateway: f.gateway,
-        endpoint: f.endpoint,
-        region: f.region,
-        service_domain: f.service_domain,
-        ssm_endpoint: f.ssm_endpoint,
-        target_id: f.target_id,
-        state_dir: f.state_dir,
-        max_sessions: f.max_sessions,
-        sudo_policy: f.sudo_policy,
-        shell: f.shell,
-        ca_file: f.ca_file,
-        recording_retention_days: f.recording_retention_days,
-        recording_quota_mb: f.recording_quota_mb,
-        recording_min_free_mb: f.recording_min_free_mb,
-        recording_headroom_mb: f.recording_headroom_mb,
-        recording_policy: f.recording_policy,
-        shutdown_timeout: f.shutdown_timeout,
-        port_forwarding: f.port_forwarding,
-        port_forwarding_allowed_cidrs: None,
-        port_forwarding_denied_cidrs: None,
-        port_forwarding_allowed_ports: None,
-        port_forwarding_max_connections: f.port_forwarding_max_connections,
-        command_audit: f.command_audit,
-        redact_flags: None,
-        redact_patterns: f.redact_patterns,
-        stream_input: f.stream_input,
-        cloudwatch_stream: f.cloudwatch_stream,
-        port_lists: PortLists {
-            allowed_cidrs: f.port_forwarding_allowed_cidrs,
-            denied_cidrs: f.port_forwarding_denied_cidrs,
-            allowed_ports: f.port_forwarding_allowed_ports,
-            redact_flags: f.redact_flags,
-        },
-        log_format: f.log_format,
-        log_level: f.log_level,
-    })
+    let (file, keys) = parse_one(text, path)?;
+    Ok(file.into_run_args(FileSources {
+        files: vec![path.to_owned()],
+        keys,
+    }))
+}
+
+impl FileConfig {
+    fn into_run_args(self, sources: FileSources) -> RunArgs {
+        let f = self;
+        RunArgs {
+            config: None,
+            gateway: f.gateway,
+            endpoint: f.endpoint,
+            region: f.region,
+            service_domain: f.service_domain,
+            ssm_endpoint: f.ssm_endpoint,
+            target_id: f.target_id,
+            state_dir: f.state_dir,
+            max_sessions: f.max_sessions,
+            sudo_policy: f.sudo_policy,
+            shell: f.shell,
+            ca_file: f.ca_file,
+            recording_retention_days: f.recording_retention_days,
+            recording_quota_mb: f.recording_quota_mb,
+            recording_min_free_mb: f.recording_min_free_mb,
+            recording_headroom_mb: f.recording_headroom_mb,
+            recording_policy: f.recording_policy,
+            shutdown_timeout: f.shutdown_timeout,
+            port_forwarding: f.port_forwarding,
+            port_forwarding_allowed_cidrs: None,
+            port_forwarding_denied_cidrs: None,
+            port_forwarding_allowed_ports: None,
+            port_forwarding_max_connections: f.port_forwarding_max_connections,
+            command_audit: f.command_audit,
+            redact_flags: None,
+            redact_patterns: f.redact_patterns,
+            stream_input: f.stream_input,
+            cloudwatch_stream: f.cloudwatch_stream,
+            port_lists: PortLists {
+                allowed_cidrs: f.port_forwarding_allowed_cidrs,
+                denied_cidrs: f.port_forwarding_denied_cidrs,
+                allowed_ports: f.port_forwarding_allowed_ports,
+                redact_flags: f.redact_flags,
+            },
+            log_format: f.log_format,
+            log_level: f.log_level,
+            sources,
+        }
+    }
 }
 
 fn default_target_id() -> String {
@@ -298,13 +603,27 @@ impl RunArgs {
     /// A [`ConfigError`] naming the key.
     pub fn into_config(self) -> Result<AgentConfig, ConfigError> {
         let file = match &self.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| err("--config", format!("cannot read {}: {e}", path.display())))?;
-                parse_file(&text, path)?
-            }
+            Some(path) => read_config(path)?,
             None => RunArgs::default(),
         };
+        // (Arguments from `parse_file` carry their file's sources themselves.)
+        let (sources, flags): (FileSources, Vec<&str>) = match &self.config {
+            Some(_) => (
+                file.sources.clone(),
+                KEYS.iter().copied().filter(|k| self.sets(k)).collect(),
+            ),
+            None => (self.sources.clone(), Vec::new()),
+        };
+        self.merge(file).map_err(|mut e| {
+            // A bad value that came from a file: say where it is.
+            if e.location.is_none() && !flags.contains(&e.key.as_str()) {
+                e.location = sources.location(&e.key).cloned();
+            }
+            e
+        })
+    }
+
+    fn merge(self, file: RunArgs) -> Result<AgentConfig, ConfigError> {
         let port = port_policy(&self, &file)?;
         let redactor = std::sync::Arc::new(redaction(&self, &file)?);
         let command_audit = match self
@@ -984,7 +1303,7 @@ mod tests {
             assert_eq!(e.key, key);
         }
         let e = parse_file("endpont = \"x\"", Path::new("c.toml")).unwrap_err();
-        assert!(e.reason.contains("endpont"), "{e}");
+        assert_eq!(e.key, "endpont", "{e}");
         for (key, text) in [
             ("shutdown_timeout", "shutdown_timeout = \"forever\""),
             ("shutdown_timeout", "shutdown_timeout = \"11m\""),
@@ -1116,6 +1435,197 @@ mod tests {
         .into_config()
         .unwrap_err();
         assert_eq!(e.key, "redact_patterns");
+    }
+
+    #[test]
+    fn file_errors_name_the_file_line_column_and_key() {
+        let path = Path::new("/etc/session-agent/session-agent.toml");
+        let text = "# comment\nendpoint = \"http://gw:1\"\n\nmax_sessions = \"lots\"\n";
+        let e = parse_file(text, path).unwrap_err();
+        assert_eq!(e.key, "max_sessions");
+        assert_eq!(
+            e.to_string(),
+            "/etc/session-agent/session-agent.toml:4:16: max_sessions: invalid type: string \"lots\", expected a whole number"
+        );
+        // A syntax error: its position, and no key to name.
+        let e = parse_file("max_sessions = 5\nfoo bar\n", path).unwrap_err();
+        let at = e.location.clone().unwrap();
+        assert_eq!((at.line, at.column), (2, 5), "{e}");
+        assert_eq!(e.key, "TOML syntax");
+        // An unknown key: named, where it is, with the nearest known key.
+        let e = parse_file("region = \"eu-west-1\"\n  endpont = \"x\"\n", path).unwrap_err();
+        assert_eq!(e.key, "endpont");
+        assert_eq!(
+            e.location.as_ref().map(|l| (l.line, l.column)),
+            Some((2, 3))
+        );
+        assert!(e.reason.contains("did you mean `endpoint`?"), "{e}");
+        let e = parse_file("zzz = 1\n", path).unwrap_err();
+        assert!(!e.reason.contains("did you mean"), "{e}");
+        // An element of a list: its index.
+        let e = parse_file("redact_flags = [\"--a\", 5]\n", path).unwrap_err();
+        assert_eq!(e.key, "redact_flags[1]");
+        assert_eq!(e.location.as_ref().map(|l| l.column), Some(24));
+        // Columns count characters, not bytes.
+        let e = parse_file("target_id = \"é\" max_sessions = 1\n", path).unwrap_err();
+        assert_eq!(e.location.as_ref().map(|l| l.column), Some(17), "{e}");
+        // A value of the right type but wrong: found at validation, blamed on its line...
+        let e = parse_file("\n\nshell = \"zsh\"\n", path)
+            .unwrap()
+            .into_config()
+            .unwrap_err();
+        assert_eq!(e.key, "shell");
+        assert_eq!(
+            e.location.as_ref().map(|l| (l.line, l.column)),
+            Some((3, 9))
+        );
+        // ...but not when a flag gave it.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "shell = \"zsh\"\n").unwrap();
+        let e = RunArgs {
+            config: Some(file.clone()),
+            ..RunArgs::default()
+        }
+        .into_config()
+        .unwrap_err();
+        assert_eq!(e.location.map(|l| l.path), Some(file.clone()));
+        std::fs::write(&file, "shell = \"sh\"\n").unwrap();
+        let e = RunArgs {
+            config: Some(file.clone()),
+            shell: Some("zsh".into()),
+            ..RunArgs::default()
+        }
+        .into_config()
+        .unwrap_err();
+        assert_eq!(e.to_string(), "shell: \"zsh\" is not `login` or `sh`");
+    }
+
+    #[test]
+    fn file_errors_never_panic_on_odd_input() {
+        let path = Path::new("x.toml");
+        for text in [
+            "",
+            "=",
+            "\"",
+            "a = [",
+            "max_sessions = 99999999999999999999999",
+            "max_sessions = -1",
+            "[[a]]\n[a]",
+            "é = 1",
+            "state_dir = 5",
+            "max_sessions = 1\r\nfoo",
+        ] {
+            if let Err(e) = parse_file(text, path) {
+                assert!(!e.to_string().contains('\n'), "{text:?}: {e}");
+            }
+        }
+        assert_eq!(
+            Location::at(path, "ab\ncd", 99),
+            Location {
+                path: path.into(),
+                line: 2,
+                column: 3
+            }
+        );
+    }
+
+    #[test]
+    fn drop_ins_are_laid_over_the_file_in_name_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = dir.path().join("session-agent.toml");
+        std::fs::write(
+            &main,
+            "max_sessions = 3\nshell = \"sh\"\nport_forwarding_allowed_ports = [\"22\", \"443\"]\n",
+        )
+        .unwrap();
+        let d = drop_in_dir(&main);
+        assert_eq!(d, dir.path().join("session-agent.toml.d"));
+        std::fs::create_dir(&d).unwrap();
+        std::fs::write(d.join("20-b.toml"), "max_sessions = 4\n").unwrap();
+        std::fs::write(
+            d.join("10-a.toml"),
+            "max_sessions = 9\nport_forwarding_allowed_ports = [\"80\"]\n",
+        )
+        .unwrap();
+        // Not read: other names, hidden files (editors' backups and the like).
+        std::fs::write(d.join("README"), "not toml").unwrap();
+        std::fs::write(d.join(".20-b.toml"), "not toml").unwrap();
+        std::fs::write(d.join("30.toml.dpkg-old"), "not toml").unwrap();
+        let files = config_files(&main).unwrap();
+        assert_eq!(
+            files,
+            [main.clone(), d.join("10-a.toml"), d.join("20-b.toml")]
+        );
+        let args = read_config(&main).unwrap();
+        assert_eq!(args.sources.files, files);
+        // Later wins per key; a list replaces a list; keys no drop-in sets stay.
+        assert_eq!(args.max_sessions, Some(4));
+        assert_eq!(args.shell.as_deref(), Some("sh"));
+        assert_eq!(args.port_lists.allowed_ports, Some(vec!["80".to_owned()]));
+        assert_eq!(
+            args.sources
+                .location("max_sessions")
+                .map(|l| l.path.clone()),
+            Some(d.join("20-b.toml"))
+        );
+        let comment = files_read_comment(Some(&main));
+        assert_eq!(comment.lines().count(), 3, "{comment}");
+        assert!(comment.lines().all(|l| l.starts_with("# Read ")));
+        // An error in a drop-in names the drop-in.
+        std::fs::write(d.join("40-c.toml"), "\nmax_sessions = 0\n").unwrap();
+        let e = RunArgs {
+            config: Some(main.clone()),
+            ..RunArgs::default()
+        }
+        .into_config()
+        .unwrap_err();
+        let at = e.location.unwrap();
+        assert_eq!((at.path, at.line), (d.join("40-c.toml"), 2));
+        // The drop-ins alone, without the main file, are a configuration too.
+        std::fs::remove_file(&main).unwrap();
+        std::fs::remove_file(d.join("40-c.toml")).unwrap();
+        assert_eq!(read_config(&main).unwrap().max_sessions, Some(4));
+        // Neither: the read names the file.
+        let none = dir.path().join("none.toml");
+        let e = read_config(&none).unwrap_err();
+        assert!(
+            e.reason.contains("cannot read") && e.reason.contains("none.toml"),
+            "{e}"
+        );
+        // Too large: refused before parsing.
+        std::fs::write(
+            &none,
+            vec![b'#'; usize::try_from(MAX_CONFIG_FILE_BYTES).unwrap() + 1],
+        )
+        .unwrap();
+        let e = read_config(&none).unwrap_err();
+        assert!(e.reason.contains("larger than"), "{e}");
+        std::fs::write(&none, b"shell = \"\xff\"\n").unwrap();
+        let e = read_config(&none).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("none.toml:1:10: --config: not UTF-8"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn every_key_is_one_the_file_takes() {
+        // KEYS is generated from the file form; the example documents each.
+        let example = include_str!("../../config/session-agent.example.toml");
+        for key in KEYS {
+            assert!(
+                example.contains(&format!("# {key} = ")),
+                "{key} is not in the example"
+            );
+            let e = parse_file(&format!("{key} = {{}}\n"), Path::new("x")).unwrap_err();
+            assert_eq!(e.key, *key, "{e}");
+        }
+        assert_eq!(closest_key("max_session"), Some("max_sessions"));
+        assert_eq!(closest_key("log-level"), Some("log_level"));
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
     }
 
     #[test]

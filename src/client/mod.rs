@@ -133,8 +133,10 @@ name=value[,name=value].
 /// `session-agent connect` arguments.
 #[derive(Debug, Args)]
 pub struct ConnectArgs {
-    /// SSM API endpoint, e.g. http://127.0.0.1:8080 for a local gateway. Default:
-    /// $AWS_ENDPOINT_URL_SSM, $AWS_ENDPOINT_URL, else `https://ssm.REGION.amazonaws.com`.
+    /// SSM API endpoint, e.g. http://127.0.0.1:8080 for a local gateway (`session-agent
+    /// gateway`, whose default address `run` also uses). Default: $AWS_ENDPOINT_URL_SSM,
+    /// $AWS_ENDPOINT_URL, else AWS Systems Manager itself,
+    /// `https://ssm.REGION.amazonaws.com`, as the AWS tools do.
     #[arg(long, value_name = "URL")]
     pub endpoint: Option<String>,
     /// The managed node to open a shell on (StartSession Target).
@@ -193,10 +195,7 @@ pub struct ConnectConfig {
 }
 
 fn config_error(key: &str, reason: impl Into<String>) -> ConfigError {
-    ConfigError {
-        key: key.into(),
-        reason: reason.into(),
-    }
+    crate::config::config_error(key, reason)
 }
 
 fn env_nonempty(key: &str) -> Option<String> {
@@ -469,7 +468,7 @@ pub async fn connect(config: ConnectConfig) -> Outcome {
         Start::Call(request) => match api.start_session(&request).await {
             Ok(grant) => grant,
             Err(e) => {
-                error_line(&format!("StartSession failed: {e}"));
+                error_line(&start_failure_message(&config.endpoint, &e));
                 return Outcome::Failed;
             }
         },
@@ -509,6 +508,51 @@ pub async fn connect(config: ConnectConfig) -> Outcome {
     };
     let (ending, stdout_is_data) = pump.run().await;
     finish(&session_id, ending, stdout_is_data)
+}
+
+/// The line for a failed StartSession at `endpoint`, with what to do for the two
+/// failures a new user meets first: nothing listening (no gateway started: the OS's
+/// words are replaced), and the default endpoint being AWS itself when a local gateway
+/// was meant (a hint is added).
+fn start_failure_message(endpoint: &str, e: &crate::ssm::ApiError) -> String {
+    match start_failure_hint(endpoint, e) {
+        Some((true, hint)) => format!("StartSession failed: {hint}"),
+        Some((false, hint)) => format!("StartSession failed: {e} ({hint})"),
+        None => format!("StartSession failed: {e}"),
+    }
+}
+
+/// The hint, and whether it says all the error said.
+fn start_failure_hint(endpoint: &str, e: &crate::ssm::ApiError) -> Option<(bool, String)> {
+    let url = reqwest::Url::parse(endpoint).ok()?;
+    let host = url.host_str()?.to_owned();
+    let aws = host.ends_with(".amazonaws.com") || host.ends_with(".amazonaws.com.cn");
+    let refused = matches!(e, crate::ssm::ApiError::Transport(t) if t.to_ascii_lowercase().contains("refused"));
+    if aws {
+        return Some((
+            false,
+            format!(
+                "{host} is AWS Systems Manager, where connect goes when neither --endpoint nor \
+             AWS_ENDPOINT_URL_SSM / AWS_ENDPOINT_URL is set; for a local gateway or \
+             `session-agent dev` pass --endpoint {}",
+                crate::config::LOCAL_GATEWAY_URL
+            ),
+        ));
+    }
+    if !refused {
+        return None;
+    }
+    let port = url.port_or_known_default().unwrap_or(80);
+    Some((
+        true,
+        format!(
+            "nothing is listening at {host}:{port} (connection refused): start a gateway there \
+             (`session-agent gateway --listen {host}:{port}`) and an agent for it \
+             (`session-agent run --endpoint {scheme}://{host}:{port}`), or try it all in one \
+             terminal with `session-agent dev`",
+            scheme = url.scheme()
+        ),
+    ))
 }
 
 /// Prints how the session ended and picks the exit status.
@@ -715,6 +759,44 @@ mod tests {
             plugin_argv(argv(&["session-agent", "run"])),
             argv(&["session-agent", "run"])
         );
+    }
+
+    #[test]
+    fn a_failed_start_says_what_to_do() {
+        use crate::ssm::ApiError;
+        let refused = ApiError::Transport(
+            "error sending request: tcp connect error: Connection refused (os error 111)".into(),
+        );
+        let line = start_failure_message("http://127.0.0.1:9", &refused);
+        assert!(
+            line.starts_with(
+                "StartSession failed: nothing is listening at 127.0.0.1:9 (connection refused): "
+            ),
+            "{line}"
+        );
+        assert!(
+            line.contains("session-agent gateway --listen 127.0.0.1:9"),
+            "{line}"
+        );
+        assert!(line.contains("session-agent dev"), "{line}");
+        assert!(!line.contains("os error"), "{line}");
+        let line = start_failure_message("https://[::1]", &refused);
+        assert!(line.contains("[::1]:443"), "{line}");
+        // Another failure at a gateway of ours: its own words are enough.
+        let denied = ApiError::Service {
+            status: 400,
+            kind: "AccessDeniedException".into(),
+            message: "no".into(),
+        };
+        assert_eq!(start_failure_hint("http://127.0.0.1:9", &denied), None);
+        // Any failure at AWS: say it was AWS, and how to reach a local gateway instead.
+        let line = start_failure_message("https://ssm.eu-west-1.amazonaws.com", &denied);
+        assert!(
+            line.starts_with("StartSession failed: AccessDeniedException: no (ssm.eu-west-1.amazonaws.com is AWS Systems Manager"),
+            "{line}"
+        );
+        assert!(line.contains("--endpoint http://127.0.0.1:8080"), "{line}");
+        assert_eq!(start_failure_hint("not a url", &refused), None);
     }
 
     #[test]

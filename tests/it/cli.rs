@@ -357,3 +357,64 @@ fn transcript_and_replay_refuse_files_that_are_not_recordings() {
         "{out:?}"
     );
 }
+
+/// A bad value in a drop-in: `config check`, `run` and `doctor` all name the file,
+/// line, column and key, on one line; the default file is read when no `--config` is
+/// given (moved here by SESSION_AGENT_DEFAULT_CONFIG), with its drop-ins over it, and
+/// `config check` says which files it read.
+#[test]
+fn config_errors_point_at_the_file_line_and_key_and_the_default_file_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let main = dir.path().join("session-agent.toml");
+    std::fs::write(&main, "max_sessions = 3\nshell = \"sh\"\n").unwrap();
+    let drop_ins = dir.path().join("session-agent.toml.d");
+    std::fs::create_dir(&drop_ins).unwrap();
+    std::fs::write(drop_ins.join("50-size.toml"), "max_sessions = 5\n").unwrap();
+    let bin = || {
+        let mut c = Command::new(BIN);
+        c.env("SESSION_AGENT_DEFAULT_CONFIG", &main)
+            .env_remove("SESSION_AGENT_CONFIG");
+        c
+    };
+    let out = bin().args(["config", "check"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let read: Vec<&str> = text.lines().filter(|l| l.starts_with("# Read ")).collect();
+    assert_eq!(
+        read,
+        [
+            format!("# Read {}", main.display()),
+            format!("# Read {}", drop_ins.join("50-size.toml").display())
+        ],
+        "{text}"
+    );
+    assert!(text.contains("\nmax_sessions = 5\n") && text.contains("\nshell = \"sh\"\n"));
+    // A bad value: the same line from each command that reads the configuration.
+    let bad = drop_ins.join("60-bad.toml");
+    std::fs::write(&bad, "# more sessions\n  max_sessions = \"lots\"\n").unwrap();
+    let expected = format!(
+        "{}:2:18: max_sessions: invalid type: string \"lots\", expected a whole number",
+        bad.display()
+    );
+    for args in [&["config", "check"][..], &["run"]] {
+        let out = bin().args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {err}");
+        assert_eq!(
+            err.trim(),
+            format!("session-agent: invalid configuration: {expected}"),
+            "{args:?}"
+        );
+    }
+    let out = bin().args(["doctor"]).output().unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(report.contains(&expected), "{report}");
+    // An explicit file that does not exist is an error, not the defaults.
+    let (code, _, err) = run(&["config", "check", "/nonexistent/session-agent.toml"]);
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("cannot read /nonexistent/session-agent.toml"),
+        "{err}"
+    );
+}

@@ -333,6 +333,28 @@ async fn a_start_session_error_is_one_line_and_exit_status_1() {
     gw.stop().await;
 }
 
+/// Nothing listening at the endpoint: one line naming the address and what to start.
+#[tokio::test]
+async fn connecting_to_nothing_says_to_start_a_gateway_or_dev() {
+    // A loopback port that was free a moment ago and is closed now.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let (code, out, err) = run_piped(&["--endpoint", &endpoint, "--target", "node-1"]).await;
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(out, "");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err:?}");
+    for words in [
+        format!("nothing is listening at 127.0.0.1:{port}"),
+        format!("`session-agent gateway --listen 127.0.0.1:{port}`"),
+        "`session-agent dev`".to_owned(),
+    ] {
+        assert!(err.contains(&words), "{words}: {err}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn end_of_input_terminates_the_session_and_exits_0() {
     let gw = Gateway::start(observed_config()).await;
