@@ -28,3 +28,4 @@ mod sessions;
 mod support;
 mod trust;
 mod typed_commands;
+mod wine;

@@ -1,0 +1,477 @@
+//! The Windows build, run: `session-agent.exe` (cross-compiled for
+//! `x86_64-pc-windows-gnu`) under Wine, against the Linux gateway, client and LocalStack
+//! of the rest of the suite, on loopback.
+//!
+//! `scripts/test.sh` builds the exe and names it in `SESSION_AGENT_WINDOWS_EXE`, and
+//! gives each run a fresh private Wine prefix in `SESSION_AGENT_WINEPREFIX` (without it,
+//! `<CARGO_TARGET_TMPDIR>/wine-prefix` is made once and reused). Without the exe or Wine
+//! every test here prints `SKIPPED <name>: <why>`, so a plain `cargo test` still works.
+//!
+//! Into the prefix's `system32` go two test-only programs built with MinGW from
+//! `packaging/windows/test-shim/` (never shipped): `bcryptprimitives.dll`, which Debian's
+//! Wine 8 lacks and every Rust exe imports, and `consize.exe`, which prints its
+//! console's size (Wine's cmd.exe has no `mode con`).
+//!
+//! What Wine cannot show (a logon as another user, LocalSystem) is listed in the
+//! README's Windows section.
+
+use crate::client::Term;
+use crate::recording::{gateway, LocalStack, LOCALSTACK, REGION};
+use crate::support::*;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+use tokio::process::Command;
+
+/// How long Wine may take to start a program and the agent to come online: Wine's first
+/// start in a prefix runs its own services, on a loaded two-core machine.
+const WINE_WAIT: Duration = Duration::from_secs(90);
+
+#[allow(clippy::print_stderr)]
+fn skipped(name: &str, why: &str) {
+    eprintln!("SKIPPED {name}: {why}");
+}
+
+/// Wine and the Windows exe, ready to run.
+pub struct Wine {
+    /// The `wine64` loader.
+    wine: PathBuf,
+    /// `session-agent.exe` (a Linux path; Wine takes those for the program).
+    exe: PathBuf,
+    /// The private prefix (`WINEPREFIX`).
+    prefix: PathBuf,
+}
+
+static WINE: OnceLock<Result<Wine, String>> = OnceLock::new();
+
+/// Wine with the exe, or `None` after printing why the test `name` is skipped. The
+/// first call makes the prefix (`wineboot`, seconds): off the test's runtime.
+pub async fn wine(name: &str) -> Option<&'static Wine> {
+    let ready = tokio::task::spawn_blocking(|| WINE.get_or_init(setup))
+        .await
+        .unwrap();
+    match ready {
+        Ok(w) => Some(w),
+        Err(why) => {
+            skipped(name, why);
+            None
+        }
+    }
+}
+
+fn find_wine() -> Option<PathBuf> {
+    let on_path = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|d| d.join("wine64"))
+            .find(|p| p.is_file())
+    });
+    // Debian's wine64 package installs the loader here without a link on PATH (that is
+    // the `wine` package's wrapper).
+    on_path.or_else(|| Some(PathBuf::from("/usr/lib/wine/wine64")).filter(|p| p.is_file()))
+}
+
+fn setup() -> Result<Wine, String> {
+    let exe = PathBuf::from(std::env::var_os("SESSION_AGENT_WINDOWS_EXE").ok_or(
+        "SESSION_AGENT_WINDOWS_EXE is not set (scripts/test.sh builds the Windows binary and sets it)",
+    )?);
+    assert!(
+        exe.is_file(),
+        "SESSION_AGENT_WINDOWS_EXE={} is not a file",
+        exe.display()
+    );
+    let wine = find_wine().ok_or("wine64 is not installed (Debian's wine64 package)")?;
+    let prefix = std::env::var_os("SESSION_AGENT_WINEPREFIX").map_or_else(
+        || Path::new(env!("CARGO_TARGET_TMPDIR")).join("wine-prefix"),
+        PathBuf::from,
+    );
+    let w = Wine { wine, exe, prefix };
+    if !w.prefix.join("system.reg").is_file() {
+        std::fs::create_dir_all(&w.prefix).unwrap();
+        let out = w.std_command("wineboot").arg("-i").output().unwrap();
+        assert!(
+            out.status.success() && w.prefix.join("system.reg").is_file(),
+            "wineboot -i failed in {}: {}",
+            w.prefix.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let system32 = w.prefix.join("drive_c/windows/system32");
+    let shim = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/windows/test-shim");
+    for (sources, output, flags) in [
+        (
+            &["bcryptprimitives.c", "bcryptprimitives.def"][..],
+            "bcryptprimitives.dll",
+            &["-shared", "-ladvapi32"][..],
+        ),
+        (&["consize.c"][..], "consize.exe", &[][..]),
+    ] {
+        let out = std::process::Command::new("x86_64-w64-mingw32-gcc")
+            .args(["-O2", "-s", "-o"])
+            .arg(system32.join(output))
+            .args(sources.iter().map(|s| shim.join(s)))
+            .args(flags)
+            .output()
+            .map_err(|e| format!("x86_64-w64-mingw32-gcc cannot run ({e}): install Debian's gcc-mingw-w64-x86-64"))?;
+        assert!(
+            out.status.success(),
+            "building {output}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(w)
+}
+
+/// `Z:\...` for a Linux path: Wine maps drive Z: to `/`.
+pub fn win_path(p: &Path) -> String {
+    let abs = std::path::absolute(p).unwrap();
+    format!("Z:{}", abs.display()).replace('/', "\\")
+}
+
+impl Wine {
+    fn std_command(&self, program: &str) -> std::process::Command {
+        let mut c = std::process::Command::new(&self.wine);
+        c.arg(program);
+        for (k, v) in self.env() {
+            c.env(k, v);
+        }
+        c.env_remove("DISPLAY").stdin(Stdio::null());
+        c
+    }
+
+    /// The environment of every Wine process: the private prefix, no Wine debug
+    /// output, no Mono/Gecko installers (they would ask on a display), no display.
+    fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("WINEPREFIX", self.prefix.display().to_string()),
+            ("WINEDEBUG", "-all".into()),
+            ("WINEDLLOVERRIDES", "mscoree,mshtml=".into()),
+            ("AWS_ENDPOINT_URL", LOCALSTACK.into()),
+            ("AWS_ACCESS_KEY_ID", "AKIAWINETEST00001234".into()),
+            ("AWS_SECRET_ACCESS_KEY", "test".into()),
+            ("AWS_REGION", REGION.into()),
+            ("AWS_EC2_METADATA_DISABLED", "true".into()),
+        ]
+    }
+
+    /// `wine64 PROGRAM` (a Windows program of the prefix, e.g. `sc.exe`, or a Linux
+    /// path to an exe).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new(&self.wine);
+        c.arg(program.as_ref());
+        c.envs(self.env())
+            .env_remove("DISPLAY")
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        c
+    }
+
+    /// `session-agent.exe ARGS`: exit code, stdout, stderr.
+    pub async fn agent(&self, args: &[&str]) -> (i32, String, String) {
+        let out = tokio::time::timeout(WINE_WAIT, self.command(&self.exe).args(args).output())
+            .await
+            .unwrap_or_else(|_| panic!("session-agent.exe {args:?} did not finish"))
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// The agent daemon under Wine, online at `gw` as `target`, its state in `state`.
+    pub async fn start_agent(&self, gw: &Gateway, target: &str, state: &Path) -> WineAgent {
+        let log = std::fs::File::create(state.join("agent.log")).unwrap();
+        let mut child = self
+            .command(&self.exe)
+            .args(["run", "--endpoint", &gw.http_url(), "--target-id", target])
+            .args(["--state-dir", &win_path(state), "--shell", "sh"])
+            .env("SESSION_AGENT_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + WINE_WAIT;
+        loop {
+            let (_, v) = gw
+                .api(
+                    "DescribeInstanceInformation",
+                    json!({"Filters": [{"Key": "InstanceIds", "Values": [target]}]}),
+                )
+                .await;
+            if v["InstanceInformationList"][0]["PingStatus"] == "Online" {
+                break;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "the agent under Wine exited ({status}); log:\n{}",
+                    std::fs::read_to_string(state.join("agent.log")).unwrap_or_default()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the agent under Wine never came online; log:\n{}",
+                std::fs::read_to_string(state.join("agent.log")).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        WineAgent {
+            child,
+            state: state.to_owned(),
+        }
+    }
+}
+
+/// The agent daemon running under Wine; killed on drop.
+pub struct WineAgent {
+    child: tokio::process::Child,
+    state: PathBuf,
+}
+
+impl WineAgent {
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.state.join("agent.log")).unwrap_or_default()
+    }
+}
+
+/// Waits for `path` to hold JSON; panics with `log()` after `within`.
+pub async fn wait_json(path: &Path, within: Duration, log: impl Fn() -> String) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = std::fs::read(path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {}; log:\n{}",
+            path.display(),
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The only recording in `state`: its session id and directory.
+fn only_recording(state: &Path) -> (String, PathBuf) {
+    let dirs: Vec<_> = std::fs::read_dir(state.join("recordings"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .collect();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    (
+        dirs[0].file_name().to_string_lossy().into_owned(),
+        dirs[0].path(),
+    )
+}
+
+/// The Linux binary on `args` (blocking: off the test's runtime).
+async fn linux(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_session-agent"))
+        .args(args)
+        .env("AWS_ENDPOINT_URL", LOCALSTACK)
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", REGION)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn wine_the_windows_exe_prints_its_version_checks_the_example_config_and_runs_doctor() {
+    let name = "wine_the_windows_exe_prints_its_version_checks_the_example_config_and_runs_doctor";
+    let Some(w) = wine(name).await else { return };
+
+    // The same version line as the Linux binary.
+    let (code, out, err) = w.agent(&["--version"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let (_, linux_version) = linux(&["--version"]).await;
+    assert_eq!(out, linux_version);
+
+    // The documented example configuration is valid on Windows too.
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/session-agent.example.toml");
+    let (code, out, err) = w
+        .agent(&["config", "check", "--config", &win_path(&example)])
+        .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("shell = "), "{out}");
+
+    // doctor against the Linux gateway and LocalStack: a token is issued, the AWS
+    // credentials and both sinks pass.
+    let ls = LocalStack::get().await;
+    let gw = gateway(json!({})).await;
+    let state = tempfile::tempdir().unwrap();
+    let bucket = ls.bucket(true).await;
+    let group = ls.log_group(false).await;
+    let document = state.path().join("document.json");
+    std::fs::write(
+        &document,
+        crate::recording::preferences(json!({
+            "s3BucketName": bucket, "s3EncryptionEnabled": true,
+            "cloudWatchLogGroupName": group,
+        }))
+        .to_string(),
+    )
+    .unwrap();
+    let config = state.path().join("agent.toml");
+    std::fs::write(&config, "target_id = \"wine-doctor\"\n").unwrap();
+    let (code, report, err) = w
+        .agent(&[
+            "doctor",
+            "--endpoint",
+            &gw.http_url(),
+            "--config",
+            &win_path(&config),
+            "--state-dir",
+            &win_path(state.path()),
+            "--document",
+            &win_path(&document),
+        ])
+        .await;
+    assert_eq!(code, 0, "{report}{err}");
+    let line = |start: &str| {
+        report
+            .lines()
+            .find(|l| l.starts_with(start))
+            .unwrap_or_else(|| panic!("no line starting {start:?} in:\n{report}"))
+            .to_owned()
+    };
+    assert!(line("ok    gateway").contains("token for wine-doctor was issued"));
+    assert!(line("ok    AWS credentials").contains("AKIA…1234"));
+    assert!(line("ok    recordings").contains("writable"));
+    line(&format!("ok    S3 bucket {bucket}"));
+    line(&format!("ok    CloudWatch log group {group}"));
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wine_the_agent_serves_a_cmd_session_through_conpty_recorded_and_delivered() {
+    let name = "wine_the_agent_serves_a_cmd_session_through_conpty_recorded_and_delivered";
+    let Some(w) = wine(name).await else { return };
+    let ls = LocalStack::get().await;
+    let bucket = ls.bucket(false).await;
+    let group = ls.log_group(false).await;
+    let gw = gateway(json!({
+        "s3BucketName": bucket,
+        "cloudWatchLogGroupName": group,
+        "cloudWatchStreamingEnabled": true,
+    }))
+    .await;
+    let state = tempfile::tempdir().unwrap();
+    let agent = w.start_agent(&gw, "wine-node", state.path()).await;
+
+    // A Linux `connect` on a real terminal; cmd.exe on the far side through ConPTY. The
+    // typed line holds `%ERRORLEVEL%`, so only cmd's expansion can print `win-0`.
+    let mut term = Term::connect(&gw, "wine-node");
+    term.expect_within(">", WINE_WAIT)
+        .await
+        .unwrap_or_else(|| panic!("no cmd prompt: {:?}\n{}", term.text_since(0), agent.log()));
+    term.type_text("echo win-%ERRORLEVEL%\r");
+    term.expect("win-0").await;
+    term.type_text("cmd /c exit 3\r");
+    term.type_text("echo win-%ERRORLEVEL%\r");
+    term.expect("win-3").await;
+
+    // The console has the terminal's size, and a resize reaches the pseudoconsole.
+    term.type_text("consize\r");
+    term.expect("console-size=80x24").await;
+    term.resize(100, 30);
+    let mut resized = false;
+    for _ in 0..20 {
+        term.type_text("consize\r");
+        if term
+            .expect_within("console-size=100x30", Duration::from_millis(500))
+            .await
+            .is_some()
+        {
+            resized = true;
+            break;
+        }
+    }
+    assert!(resized, "the resize never reached the console: {:?}", term.text_since(0));
+
+    // `exit` ends cmd, and with it the session, cleanly.
+    term.type_text("exit\r");
+    term.expect("Exiting session with sessionId: ").await;
+    let (code, _) = term.client_exit().await;
+    assert_eq!(code, 0, "{:?}", term.text_since(0));
+
+    // Recorded: the spool's chain intact (checked by the Linux binary), the transcript
+    // holds what cmd printed, and the delivery reached S3 and CloudWatch Logs.
+    let (sid, dir) = only_recording(state.path());
+    let report = wait_json(&dir.join("delivery.json"), WINE_WAIT, || agent.log()).await;
+    assert_eq!(report["complete"], true, "{report}");
+    let spool = dir.join("events.spool");
+    let (code, said) = linux(&["verify", spool.to_str().unwrap()]).await;
+    assert_eq!(code, 0, "{said}");
+    assert!(said.starts_with("intact and complete: "), "{said}");
+    let (code, transcript) = linux(&["transcript", spool.to_str().unwrap()]).await;
+    assert_eq!(code, 0, "{transcript}");
+    assert!(
+        transcript.contains("win-0") && transcript.contains("win-3"),
+        "{transcript}"
+    );
+    let log = String::from_utf8(ls.object(&bucket, &format!("{sid}.log"), WAIT).await).unwrap();
+    assert!(log.contains("win-3"), "{log}");
+    let events = ls.events(&group, &sid).await.join("\n");
+    assert!(events.contains("win-3"), "{events}");
+    let (code, said) = linux(&["verify", &format!("s3://{bucket}/{sid}.spool")]).await;
+    assert_eq!(code, 0, "{said}");
+    drop(agent);
+    gw.stop().await;
+}
+
+/// The prefix has one service control manager: the tests that register the
+/// `session-agent` service (by hand and from the MSI) take turns.
+static SCM: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+impl Wine {
+    /// `wine64 PROGRAM ARGS` (a Windows program of the prefix): exit code and the
+    /// output (stdout, then stderr).
+    pub async fn run(&self, program: &str, args: &[&str]) -> (i32, String) {
+        let out = tokio::time::timeout(WINE_WAIT, self.command(program).args(args).output())
+            .await
+            .unwrap_or_else(|_| panic!("{program} {args:?} did not finish under Wine"))
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+
+    /// A path inside the prefix's drive C:, e.g. `ProgramData/session-agent`.
+    pub fn drive_c(&self, path: &str) -> PathBuf {
+        self.prefix.join("drive_c").join(path)
+    }
+
+    /// Polls `sc query session-agent` until its STATE line names `state`.
+    pub async fn wait_service_state(&self, state: &str, log: impl Fn() -> String) {
+        let deadline = Instant::now() + WINE_WAIT;
+        loop {
+            let (_, out) = self.run("sc.exe", &["query", "session-agent"]).await;
+            if out.lines().any(|l| l.contains("STATE") && l.contains(state)) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the service never reached {state}: {out}\nlog:\n{}",
+                log()
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
