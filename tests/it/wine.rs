@@ -7,10 +7,13 @@
 //! `<CARGO_TARGET_TMPDIR>/wine-prefix` is made once and reused). Without the exe or Wine
 //! every test here prints `SKIPPED <name>: <why>`, so a plain `cargo test` still works.
 //!
-//! Into the prefix's `system32` go two test-only programs built with MinGW from
-//! `packaging/windows/test-shim/` (never shipped): `bcryptprimitives.dll`, which Debian's
-//! Wine 8 lacks and every Rust exe imports, and `consize.exe`, which prints its
-//! console's size (Wine's cmd.exe has no `mode con`).
+//! Into the prefix's `system32` go test-only programs built with MinGW from
+//! `packaging/windows/test-shim/` (never shipped; each file says why):
+//! `bcryptprimitives.dll`, which Debian's Wine 8 lacks and every Rust exe imports;
+//! `conpty.dll` and `conshell.exe`, which work around two gaps of Wine 8's pseudoconsoles
+//! (conhost rejects portable-pty's inherit-cursor flag; a process started on a
+//! pseudoconsole with STARTF_USESTDHANDLES gets no console handles); and `consize.exe`,
+//! which prints its console's size (Wine's cmd.exe has no `mode con`).
 //!
 //! What Wine cannot show (a logon as another user, LocalSystem) is listed in the
 //! README's Windows section.
@@ -105,6 +108,8 @@ fn setup() -> Result<Wine, String> {
             "bcryptprimitives.dll",
             &["-shared", "-ladvapi32"][..],
         ),
+        (&["conpty.c", "conpty.def"][..], "conpty.dll", &["-shared"][..]),
+        (&["conshell.c"][..], "conshell.exe", &[][..]),
         (&["consize.c"][..], "consize.exe", &[][..]),
     ] {
         let out = std::process::Command::new("x86_64-w64-mingw32-gcc")
@@ -350,7 +355,8 @@ async fn wine_the_windows_exe_prints_its_version_checks_the_example_config_and_r
     assert!(line("ok    AWS credentials").contains("AKIA…1234"));
     assert!(line("ok    recordings").contains("writable"));
     line(&format!("ok    S3 bucket {bucket}"));
-    line(&format!("ok    CloudWatch log group {group}"));
+    line(&format!("ok    CloudWatch Logs log group {group}"));
+    assert!(line("WARN  privileges").contains("not running as LocalSystem"));
     gw.stop().await;
 }
 

@@ -10,12 +10,17 @@
 
 int main(void)
 {
+    HANDLE out = GetStdHandle(STD_OUTPUT_HANDLE);
     CONSOLE_SCREEN_BUFFER_INFO info;
-    if (!GetConsoleScreenBufferInfo(GetStdHandle(STD_OUTPUT_HANDLE), &info)) {
-        printf("consize: GetConsoleScreenBufferInfo failed: %lu\n", GetLastError());
-        return 1;
-    }
-    printf("console-size=%dx%d\n", info.srWindow.Right - info.srWindow.Left + 1,
-           info.srWindow.Bottom - info.srWindow.Top + 1);
-    return 0;
+    char line[64];
+    DWORD written;
+    int n;
+    if (!GetConsoleScreenBufferInfo(out, &info))
+        n = snprintf(line, sizeof(line), "consize: no console (%lu)\r\n", GetLastError());
+    else
+        n = snprintf(line, sizeof(line), "console-size=%dx%d\r\n",
+                     info.srWindow.Right - info.srWindow.Left + 1,
+                     info.srWindow.Bottom - info.srWindow.Top + 1);
+    /* One write, so that the console renders the line in one piece. */
+    return WriteFile(out, line, (DWORD)n, &written, NULL) ? 0 : 1;
 }
