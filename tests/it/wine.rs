@@ -108,7 +108,11 @@ fn setup() -> Result<Wine, String> {
             "bcryptprimitives.dll",
             &["-shared", "-ladvapi32"][..],
         ),
-        (&["conpty.c", "conpty.def"][..], "conpty.dll", &["-shared"][..]),
+        (
+            &["conpty.c", "conpty.def"][..],
+            "conpty.dll",
+            &["-shared"][..],
+        ),
         (&["conshell.c"][..], "conshell.exe", &[][..]),
         (&["consize.c"][..], "consize.exe", &[][..]),
     ] {
@@ -483,7 +487,10 @@ impl Wine {
         let deadline = Instant::now() + WINE_WAIT;
         loop {
             let (_, out) = self.run("sc.exe", &["query", "session-agent"]).await;
-            if out.lines().any(|l| l.contains("STATE") && l.contains(state)) {
+            if out
+                .lines()
+                .any(|l| l.contains("STATE") && l.contains(state))
+            {
                 return;
             }
             assert!(
@@ -494,4 +501,204 @@ impl Wine {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
+}
+
+/// Keeps one ordinary Wine process running: Wine stops its services (and its service
+/// control manager) when the last ordinary process of the prefix exits, which a Windows
+/// machine never does. `cmd.exe` reading a pipe nobody writes to; killed on drop.
+struct KeepAlive(tokio::process::Child);
+
+impl KeepAlive {
+    fn start(w: &Wine) -> Self {
+        Self(
+            w.command("cmd.exe")
+                .arg("/k")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    }
+}
+
+/// Deletes the `session-agent` service on drop, whatever the test did: later tests in
+/// the prefix must not find it (it would start with the prefix, as an automatic one).
+struct ServiceGuard<'a>(&'a Wine);
+
+impl Drop for ServiceGuard<'_> {
+    fn drop(&mut self) {
+        let _ = self
+            .0
+            .std_command("sc.exe")
+            .args(["stop", "session-agent"])
+            .output();
+        let _ = self
+            .0
+            .std_command("sc.exe")
+            .args(["delete", "session-agent"])
+            .output();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wine_the_service_runs_under_the_scm_and_its_stop_delivers_the_recording() {
+    let name = "wine_the_service_runs_under_the_scm_and_its_stop_delivers_the_recording";
+    let Some(w) = wine(name).await else { return };
+    let _scm = SCM.lock().await;
+    let _alive = KeepAlive::start(w);
+    let ls = LocalStack::get().await;
+    let bucket = ls.bucket(false).await;
+    let gw = gateway(json!({"s3BucketName": bucket})).await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "endpoint = \"{}\"\ntarget_id = \"wine-service\"\nstate_dir = '{}'\nshell = \"sh\"\nshutdown_timeout = \"10s\"\n",
+            gw.http_url(),
+            win_path(&state)
+        ),
+    )
+    .unwrap();
+    let log = || std::fs::read_to_string(state.join("session-agent.log")).unwrap_or_default();
+
+    // Registered with the SCM as `service install` documents it.
+    let _guard = ServiceGuard(w);
+    let (code, out, err) = w
+        .agent(&["service", "install", "--config", &win_path(&config)])
+        .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.starts_with("Installed the service session-agent"),
+        "{out}"
+    );
+    // Wine has no failure actions: install says so and how to set them, and goes on.
+    assert!(
+        err.is_empty() || err.contains("restart-on-failure policy was not set"),
+        "{err}"
+    );
+    let (code, entry) = w
+        .run(
+            "reg.exe",
+            &[
+                "query",
+                r"HKLM\System\CurrentControlSet\Services\session-agent",
+            ],
+        )
+        .await;
+    assert_eq!(code, 0, "{entry}");
+    let value = |name: &str| {
+        entry
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("no {name} in {entry}"))
+            .to_owned()
+    };
+    assert!(
+        value("ImagePath").ends_with(&format!(
+            "{} service run --config {}",
+            win_path(&w.exe),
+            win_path(&config)
+        )),
+        "{entry}"
+    );
+    assert!(value("Start").ends_with("0x2"), "automatic start: {entry}");
+    assert!(value("ObjectName").ends_with("LocalSystem"), "{entry}");
+    assert!(
+        value("PreshutdownTimeout").ends_with("0x9c40"),
+        "40 s: {entry}"
+    );
+
+    // The service's environment is the SCM's, not this test's (and Wine's SCM ignores a
+    // service's Environment value): the AWS settings (here LocalStack's) go into the
+    // service user's AWS files, as an administrator gives an on-premises service its
+    // credentials (on Windows, LocalSystem's profile: ...\systemprofile\.aws).
+    let (code, profile) = w.run("cmd.exe", &["/c", "echo %USERPROFILE%"]).await;
+    assert_eq!(code, 0, "{profile}");
+    let profile = profile
+        .trim()
+        .strip_prefix(r"C:\")
+        .unwrap_or_else(|| panic!("{profile}"));
+    let aws = w.drive_c(&profile.replace('\\', "/")).join(".aws");
+    std::fs::create_dir_all(&aws).unwrap();
+    std::fs::write(
+        aws.join("config"),
+        format!("[default]\nregion = {REGION}\nendpoint_url = {LOCALSTACK}\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        aws.join("credentials"),
+        "[default]\naws_access_key_id = test\naws_secret_access_key = test\n",
+    )
+    .unwrap();
+
+    // Started by Wine's SCM (net start); the dispatcher runs the agent, which comes
+    // online and serves a session.
+    let (code, said) = w.run("net.exe", &["start", "session-agent"]).await;
+    assert_eq!(code, 0, "{said}\n{}", log());
+    w.wait_service_state("RUNNING", log).await;
+    let deadline = Instant::now() + WINE_WAIT;
+    loop {
+        let (_, v) = gw
+            .api(
+                "DescribeInstanceInformation",
+                json!({"Filters": [{"Key": "InstanceIds", "Values": ["wine-service"]}]}),
+            )
+            .await;
+        if v["InstanceInformationList"][0]["PingStatus"] == "Online" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the service never came online:\n{}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut term = Term::connect(&gw, "wine-service");
+    term.expect_within(">", WINE_WAIT)
+        .await
+        .unwrap_or_else(|| panic!("no cmd prompt: {:?}\n{}", term.text_since(0), log()));
+    term.type_text("echo win-%ERRORLEVEL%\r");
+    term.expect("win-0").await;
+
+    // Stopped through the SCM (sc stop): the graceful stop tells the client, ends the
+    // session and delivers its recording before the service reports STOPPED.
+    let (code, said) = w.run("sc.exe", &["stop", "session-agent"]).await;
+    assert_eq!(code, 0, "{said}");
+    term.expect("The agent on this instance is stopping").await;
+    let (code, _) = term.client_exit().await;
+    assert_eq!(code, 1, "an interrupted session: {:?}", term.text_since(0));
+    w.wait_service_state("STOPPED", log).await;
+    let service_log = log();
+    assert!(
+        service_log.contains("Stop requested by the service control manager")
+            && service_log.contains(
+                "Stopped: every session ended and every recording was handed to its destinations"
+            ),
+        "{service_log}"
+    );
+    let (sid, rec) = only_recording(&state);
+    let report = wait_json(&rec.join("delivery.json"), WAIT, log).await;
+    assert_eq!(report["complete"], true, "{report}");
+    let text = String::from_utf8(ls.object(&bucket, &format!("{sid}.log"), WAIT).await).unwrap();
+    assert!(text.contains("win-0"), "{text}");
+    let spool = rec.join("events.spool");
+    let (code, said) = linux(&["verify", spool.to_str().unwrap()]).await;
+    assert_eq!(code, 0, "{said}");
+
+    // Removed: the SCM no longer knows it; the configuration stays.
+    let (code, out, err) = w.agent(&["service", "uninstall"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.starts_with("Removed the service session-agent"),
+        "{out}"
+    );
+    let (code, said) = w.run("sc.exe", &["query", "session-agent"]).await;
+    assert_ne!(code, 0, "{said}");
+    assert!(config.is_file());
+    gw.stop().await;
 }
