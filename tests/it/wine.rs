@@ -702,3 +702,198 @@ async fn wine_the_service_runs_under_the_scm_and_its_stop_delivers_the_recording
     assert!(config.is_file());
     gw.stop().await;
 }
+
+/// `msiinfo export MSI TABLE`: the table's rows (after the three header lines), as tab
+/// separated fields.
+async fn msi_table(msi: &Path, table: &str) -> Vec<Vec<String>> {
+    let out = Command::new("msiinfo")
+        .args(["export"])
+        .arg(msi)
+        .arg(table)
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "msiinfo export {table}: {out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip(3)
+        .map(|l| l.split('\t').map(str::to_owned).collect())
+        .collect()
+}
+
+/// `packaging/windows/build-msi EXE DIR [VERSION]`: the .msi's path.
+async fn build_msi(exe: &Path, dir: &Path, version: Option<&str>) -> PathBuf {
+    let out =
+        Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/windows/build-msi"))
+            .arg(exe)
+            .arg(dir)
+            .args(version)
+            .output()
+            .await
+            .unwrap();
+    assert!(
+        out.status.success(),
+        "build-msi: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+#[tokio::test]
+async fn wine_the_msi_installs_the_service_keeps_the_configuration_on_upgrade_and_uninstalls() {
+    let name =
+        "wine_the_msi_installs_the_service_keeps_the_configuration_on_upgrade_and_uninstalls";
+    let Some(w) = wine(name).await else { return };
+    if Command::new("wixl")
+        .arg("--version")
+        .output()
+        .await
+        .is_err()
+    {
+        skipped(name, "wixl is not installed (Debian's wixl package)");
+        return;
+    }
+    let _scm = SCM.lock().await;
+    let _alive = KeepAlive::start(w);
+    let _guard = ServiceGuard(w);
+    // A configuration left by an earlier run would be kept (that is the point).
+    let _ = std::fs::remove_dir_all(w.drive_c("ProgramData/session-agent"));
+    let out = tempfile::tempdir().unwrap();
+    let version = env!("CARGO_PKG_VERSION");
+    let msi = build_msi(&w.exe, out.path(), None).await;
+    assert_eq!(
+        msi.file_name().unwrap().to_str().unwrap(),
+        format!("session-agent-{version}-x86_64.msi")
+    );
+
+    // What the package holds: the exe, the docs, the example configuration; never a
+    // test shim.
+    let files: Vec<String> = msi_table(&msi, "File")
+        .await
+        .into_iter()
+        .map(|row| row[2].clone())
+        .collect();
+    assert_eq!(
+        files,
+        [
+            "session-agent.exe",
+            "README.md",
+            "LICENSE",
+            "session-agent.toml"
+        ],
+        "{files:?}"
+    );
+    // The service entry: LocalSystem, own process (16), automatic (2), the command line
+    // `service install` registers; stopped on install and uninstall, removed on
+    // uninstall (162 = 2 + 32 + 128).
+    let services = msi_table(&msi, "ServiceInstall").await;
+    assert_eq!(services.len(), 1, "{services:?}");
+    let s = &services[0];
+    assert_eq!(
+        (&s[1][..], &s[3][..], &s[4][..], &s[8][..], &s[11][..]),
+        ("session-agent", "16", "2", "LocalSystem", "Agent"),
+        "{s:?}"
+    );
+    assert_eq!(
+        s[10],
+        r#"service run --config "[CommonAppDataFolder]session-agent\session-agent.toml""#
+    );
+    let controls = msi_table(&msi, "ServiceControl").await;
+    assert_eq!(controls[0][1..3], ["session-agent", "162"], "{controls:?}");
+    // The configuration under %ProgramData%\session-agent, permanent and never
+    // overwritten (256 64-bit + 16 + 128): an administrator's edits survive upgrades.
+    let components = msi_table(&msi, "Component").await;
+    let config = components.iter().find(|c| c[0] == "Config").unwrap();
+    assert_eq!(
+        (&config[2][..], &config[3][..]),
+        ("STATEDIR", "400"),
+        "{config:?}"
+    );
+    let dirs = msi_table(&msi, "Directory").await;
+    assert!(dirs
+        .iter()
+        .any(|d| d[..3] == ["STATEDIR", "CommonAppDataFolder", "session-agent"]));
+
+    // Installed by Wine's msiexec: files in place, the service registered, the
+    // installed exe runs.
+    let (code, said) = w.run("msiexec.exe", &["/i", &win_path(&msi), "/qn"]).await;
+    assert_eq!(code, 0, "msiexec /i: {said}");
+    let installed = w.drive_c("Program Files/session-agent");
+    assert_eq!(
+        std::fs::metadata(installed.join("session-agent.exe"))
+            .unwrap()
+            .len(),
+        std::fs::metadata(&w.exe).unwrap().len()
+    );
+    assert!(installed.join("README.md").is_file() && installed.join("LICENSE").is_file());
+    let config_file = w.drive_c("ProgramData/session-agent/session-agent.toml");
+    let example = include_str!("../../config/session-agent.example.toml");
+    assert!(
+        std::fs::read_to_string(&config_file).unwrap() == example,
+        "{} is not the example",
+        config_file.display()
+    );
+    let (code, entry) = w
+        .run(
+            "reg.exe",
+            &[
+                "query",
+                r"HKLM\System\CurrentControlSet\Services\session-agent",
+            ],
+        )
+        .await;
+    assert_eq!(code, 0, "{entry}");
+    // Wine's msiexec writes the exe's path unquoted (Windows Installer quotes a path
+    // with spaces; not verified here): either form names the installed exe.
+    let image = entry
+        .lines()
+        .find(|l| l.trim_start().starts_with("ImagePath"))
+        .unwrap_or_else(|| panic!("{entry}"));
+    assert!(
+        image.contains(r"C:\Program Files\session-agent\session-agent.exe")
+            && image.ends_with(r#"session-agent.exe service run --config "C:\ProgramData\session-agent\session-agent.toml""#)
+            || image.ends_with(r#"session-agent.exe" service run --config "C:\ProgramData\session-agent\session-agent.toml""#),
+        "{entry}"
+    );
+    let (code, said) = w
+        .run(
+            r"C:\Program Files\session-agent\session-agent.exe",
+            &["--version"],
+        )
+        .await;
+    assert_eq!(
+        (code, said.trim()),
+        (0, &*format!("session-agent {version}"))
+    );
+
+    // An upgrade (a higher version) keeps the administrator's configuration.
+    let edited = format!("{example}\n# edited by the administrator\n");
+    std::fs::write(&config_file, &edited).unwrap();
+    let upgrade_dir = out.path().join("upgrade");
+    let (base, patch) = version.rsplit_once('.').unwrap();
+    let higher = format!("{base}.{}", patch.parse::<u32>().unwrap() + 1);
+    let upgrade = build_msi(&w.exe, &upgrade_dir, Some(&higher)).await;
+    let (code, said) = w
+        .run("msiexec.exe", &["/i", &win_path(&upgrade), "/qn"])
+        .await;
+    assert_eq!(code, 0, "msiexec /i (upgrade): {said}");
+    let kept = |when: &str| {
+        assert!(
+            std::fs::read_to_string(&config_file).unwrap() == edited,
+            "the administrator's configuration was replaced {when}"
+        );
+    };
+    kept("on upgrade");
+    assert!(installed.join("session-agent.exe").is_file());
+
+    // Uninstalled: the program and the service go, the configuration stays.
+    let (code, said) = w
+        .run("msiexec.exe", &["/x", &win_path(&upgrade), "/qn"])
+        .await;
+    assert_eq!(code, 0, "msiexec /x: {said}");
+    assert!(!installed.join("session-agent.exe").exists());
+    let (code, said) = w.run("sc.exe", &["query", "session-agent"]).await;
+    assert_ne!(code, 0, "the service is still registered: {said}");
+    kept("on uninstall");
+    std::fs::remove_dir_all(w.drive_c("ProgramData/session-agent")).unwrap();
+}
