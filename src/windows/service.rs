@@ -10,6 +10,9 @@
 //!   log `session-agent.log`), made readable by SYSTEM and Administrators only with
 //!   `icacls` (inheritance removed, so recordings created later inherit that ACL); the
 //!   example configuration is written there as `session-agent.toml` unless one exists.
+//! * At every start the service sets again what `install` sets beyond the registration
+//!   (the directory's ACL, restart on failure, the preshutdown timeout): the MSI
+//!   registers the service through its ServiceInstall table, which cannot express them.
 //! * Stop: the agent refuses new sessions, tells running ones, ends their shells and
 //!   delivers recordings for up to `shutdown_timeout`; the SCM is told to wait that long
 //!   (plus a margin) through StopPending wait hints.
@@ -355,6 +358,38 @@ fn status(state: ServiceState, exit: u32, wait_hint: Duration, checkpoint: u32) 
     }
 }
 
+/// What `service install` sets beyond the registration, set again at every start: a
+/// service registered by the MSI (whose tables cannot express them) gets the same, and
+/// a setting an administrator loosened is restored. Each is idempotent; a failure is a
+/// warning in the log and the service runs (on Wine, whose icacls is a stub and whose
+/// service manager has no failure actions, that is what happens; real Windows accepts
+/// all three).
+fn apply_install_settings() {
+    let dir = state_dir();
+    if dir.is_dir() {
+        if let Err(e) = restrict_to_administrators(&dir) {
+            tracing::warn!(error = %e, dir = %dir.display(), "Cannot restrict the state directory to SYSTEM and Administrators");
+        }
+    }
+    let service = manager(ServiceManagerAccess::empty()).and_then(|scm| {
+        scm.open_service(SERVICE_NAME, ServiceAccess::CHANGE_CONFIG)
+            .map_err(|e| format!("cannot open the service: {}", why(&e)))
+    });
+    let service = match service {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "Cannot check the service's restart policy and preshutdown timeout");
+            return;
+        }
+    };
+    if let Err(e) = set_restart_policy(&service) {
+        tracing::warn!(error = %why(&e), "Cannot set the restart-on-failure policy");
+    }
+    if let Err(e) = service.set_preshutdown_timeout(Duration::from_secs(30) + STOP_MARGIN) {
+        tracing::warn!(error = %why(&e), "Cannot set the preshutdown timeout");
+    }
+}
+
 fn service_main(_arguments: Vec<OsString>) {
     let Some(config) = CONFIG.get().cloned() else {
         tracing::error!("The service started without a configuration");
@@ -387,6 +422,11 @@ fn service_main(_arguments: Vec<OsString>) {
         }
     };
     let _ = handle.set_service_status(status(ServiceState::Running, 0, Duration::ZERO, 0));
+    // Off the start path: icacls propagates to every recording already there, which may
+    // take longer than the SCM waits for a start.
+    let _ = std::thread::Builder::new()
+        .name("install-settings".into())
+        .spawn(apply_install_settings);
     let stop_requested = stop.clone();
     let reporter = handle;
     let shutdown = async move {
