@@ -227,7 +227,7 @@ impl Wine {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         WineAgent {
-            child,
+            _child: child,
             state: state.to_owned(),
         }
     }
@@ -235,7 +235,8 @@ impl Wine {
 
 /// The agent daemon running under Wine; killed on drop.
 pub struct WineAgent {
-    child: tokio::process::Child,
+    /// Held only to be killed on drop.
+    _child: tokio::process::Child,
     state: PathBuf,
 }
 
@@ -506,19 +507,23 @@ impl Wine {
 /// Keeps one ordinary Wine process running: Wine stops its services (and its service
 /// control manager) when the last ordinary process of the prefix exits, which a Windows
 /// machine never does. `cmd.exe` reading a pipe nobody writes to; killed on drop.
-struct KeepAlive(tokio::process::Child);
+struct KeepAlive {
+    /// Held only to be killed on drop.
+    _child: tokio::process::Child,
+}
 
 impl KeepAlive {
     fn start(w: &Wine) -> Self {
-        Self(
-            w.command("cmd.exe")
+        Self {
+            _child: w
+                .command("cmd.exe")
                 .arg("/k")
                 .stdin(Stdio::piped())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap(),
-        )
+        }
     }
 }
 
