@@ -18,6 +18,14 @@ const EXIT_FORCED: i32 = 130;
 const RUNTIME_LINGER: Duration = Duration::from_secs(2);
 
 fn main() -> ExitCode {
+    // Before any DLL is loaded by name (portable-pty's conpty.dll): see the function.
+    #[cfg(windows)]
+    if let Err(e) = session_agent::windows::restrict_dll_search() {
+        #[allow(clippy::print_stderr)]
+        {
+            eprintln!("session-agent: cannot restrict the DLL search path: {e}");
+        }
+    }
     // Invoked as `session-manager-plugin` (by the AWS CLI), run `connect`.
     let mut cli = Cli::parse_from(session_agent::client::plugin_argv(std::env::args_os()));
     // RUST_LOG, the Rust convention, when neither --log-level nor SESSION_AGENT_LOG is set

@@ -134,6 +134,29 @@ pub fn child_exit_code(child: &dyn portable_pty::Child) -> io::Result<Option<u32
     Ok(Some(code))
 }
 
+/// Makes this process load DLLs named without a path only from System32 and the exe's own
+/// directory, before anything loads one.
+///
+/// portable-pty loads a "sideloaded" `conpty.dll` in preference to the system's
+/// pseudoconsole when `LoadLibrary` finds one by name, and the default search order also
+/// tries the current directory and every directory on PATH, any of which a local user
+/// may be able to write to: the LocalSystem service would then run their code. Windows
+/// has no `conpty.dll` in System32, so the system's ConPTY is used, as intended. (The
+/// suite's Wine tests put a test-only one into their Wine prefix's System32.)
+///
+/// # Errors
+/// The call failed (the search order is then the default one).
+pub fn restrict_dll_search() -> io::Result<()> {
+    use windows_sys::Win32::System::LibraryLoader::{
+        SetDefaultDllDirectories, LOAD_LIBRARY_SEARCH_APPLICATION_DIR, LOAD_LIBRARY_SEARCH_SYSTEM32,
+    };
+    // SAFETY: takes flags only.
+    let ok = unsafe {
+        SetDefaultDllDirectories(LOAD_LIBRARY_SEARCH_APPLICATION_DIR | LOAD_LIBRARY_SEARCH_SYSTEM32)
+    };
+    check(ok, "SetDefaultDllDirectories")
+}
+
 /// Bytes available to this process on the volume holding `path`.
 ///
 /// # Errors

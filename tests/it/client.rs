@@ -104,6 +104,11 @@ impl Term {
         self.shell.signal_group(signal).unwrap();
     }
 
+    /// Resizes the terminal (the client sends the new size on).
+    pub fn resize(&self, cols: u16, rows: u16) {
+        self.shell.resize(cols, rows).unwrap();
+    }
+
     pub fn type_text(&mut self, text: &str) {
         self.keyboard.write_all(text.as_bytes()).unwrap();
         self.keyboard.flush().unwrap();

@@ -31,3 +31,4 @@ mod sessions;
 mod support;
 mod trust;
 mod typed_commands;
+mod wine;
