@@ -139,6 +139,8 @@ fn the_deb_installs_enables_upgrades_keeping_config_and_purges_state() {
         "examples/session-agent.example.toml",
         "examples/session-preferences.example.json",
         "asciinema-player/LICENSE",
+        "docs/security.md",
+        "docs/recording.md",
         "copyright",
     ] {
         assert!(
@@ -382,6 +384,7 @@ fn the_rpm_holds_the_same_files_with_config_noreplace_and_scriptlets() {
         "-rw-r--r-- root cn /etc/session-agent/session-agent.toml",
         "-rw-r--r-- root d /usr/share/doc/session-agent/README.md",
         "-rw-r--r-- root d /usr/share/doc/session-agent/asciinema-player/LICENSE",
+        "-rw-r--r-- root d /usr/share/doc/session-agent/docs/security.md",
         "-rw-r--r-- root  /usr/share/bash-completion/completions/session-agent",
         "-rw-r--r-- root  /usr/share/zsh/site-functions/_session-agent",
         "-rw-r--r-- root  /usr/share/fish/vendor_completions.d/session-agent.fish",
