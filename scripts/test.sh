@@ -19,12 +19,14 @@ step_names=()
 step_secs=()
 step_start=$SECONDS
 step() {
+  local took=""
   if ((${#step_names[@]})); then
     step_secs+=($((SECONDS - step_start)))
+    took=" (the step before took ${step_secs[-1]} s; ${SECONDS} s so far)"
   fi
   step_names+=("$1")
   step_start=$SECONDS
-  echo "==> $1"
+  echo "==> $1$took"
 }
 
 step "AWS CLI"

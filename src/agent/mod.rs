@@ -247,7 +247,27 @@ struct Checked {
     s3: Option<(S3, delivery::S3Destination, BucketEncryption)>,
     cwl: Option<(Logs, delivery::CwlDestination)>,
     region: String,
+    /// Destinations skipped or unreachable at the start: each logged and shown to the
+    /// session's user as one line.
     skipped: Vec<String>,
+}
+
+/// How long a destination check before the shell starts may take (the SDK's attempts
+/// included) before it counts as unreachable.
+const START_CHECK_WAIT: Duration = Duration::from_secs(3);
+
+/// `call`, or a transient error once [`START_CHECK_WAIT`] has passed without an answer.
+async fn within_start_wait<T>(
+    call: impl std::future::Future<Output = Result<T, delivery::sink::SinkError>>,
+) -> Result<T, delivery::sink::SinkError> {
+    tokio::time::timeout(START_CHECK_WAIT, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(delivery::sink::SinkError::Transient(format!(
+                "no answer within {} s",
+                START_CHECK_WAIT.as_secs()
+            )))
+        })
 }
 
 /// Checks the document's destinations before the shell starts (§8.5).
@@ -280,18 +300,48 @@ async fn check_destinations(ctx: &Ctx, dest: &Destinations) -> Result<Checked, S
         ));
         return Ok(checked);
     }
-    if let Some(s3_dest) = &dest.s3 {
-        let s3 = S3::new(config);
-        let found = s3.bucket_encryption(&s3_dest.bucket).await;
+    // Both destinations are asked at once, each within START_CHECK_WAIT: during an
+    // outage the SDK's own retries would keep the user before a silent screen for many
+    // seconds; an unanswered check is an outage (a notice, delivery retried behind the
+    // session), or a refusal where encryption is required.
+    let s3 = dest.s3.as_ref().map(|_| S3::new(config));
+    let logs = dest.cwl.as_ref().map(|_| Logs::new(config));
+    let (found_s3, found_cwl) = tokio::join!(
+        async {
+            match (&s3, &dest.s3) {
+                (Some(s3), Some(d)) => {
+                    Some(within_start_wait(s3.bucket_encryption(&d.bucket)).await)
+                }
+                _ => None,
+            }
+        },
+        async {
+            match (&logs, &dest.cwl) {
+                (Some(logs), Some(d)) => Some(within_start_wait(logs.log_group(&d.group)).await),
+                _ => None,
+            }
+        }
+    );
+    if let (Some(s3_dest), Some(s3), Some(found)) = (&dest.s3, s3, found_s3) {
         if let Err(e) = &found {
             tracing::warn!(bucket = %s3_dest.bucket, error = %e, "Cannot read the bucket's default encryption");
+            if !s3_dest.require_encryption {
+                let what = format!("Amazon S3 bucket \"{}\"", s3_dest.bucket);
+                checked
+                    .skipped
+                    .extend(delivery::unreachable_notice(&what, e));
+            }
         }
         let encryption = delivery::check_s3(s3_dest, found)?;
         checked.s3 = Some((s3, s3_dest.clone(), encryption));
     }
-    if let Some(cwl_dest) = &dest.cwl {
-        let logs = Logs::new(config);
-        let found = logs.log_group(&cwl_dest.group).await;
+    if let (Some(cwl_dest), Some(logs), Some(found)) = (&dest.cwl, logs, found_cwl) {
+        if let (Err(e), false) = (&found, cwl_dest.require_encryption) {
+            let what = format!("CloudWatch Logs log group \"{}\"", cwl_dest.group);
+            checked
+                .skipped
+                .extend(delivery::unreachable_notice(&what, e));
+        }
         match delivery::check_log_group(cwl_dest, found)? {
             GroupVerdict::Deliver => checked.cwl = Some((logs, cwl_dest.clone())),
             GroupVerdict::Skip(why) => checked.skipped.push(why),

@@ -31,6 +31,37 @@ pub const SDK_ATTEMPTS: u32 = 4;
 /// Objects larger than this are uploaded in parts of this size.
 pub const MULTIPART_PART: usize = 8 * 1024 * 1024;
 
+/// At most this many characters of an SDK error in a log line or a notice.
+pub const ONE_LINE_MAX: usize = 200;
+
+/// `err` and its sources as one line of at most `max` characters: each cause's own
+/// message joined with ": ", a cause whose text an outer one already holds left out,
+/// whitespace collapsed, cut with "…". The SDK's `DisplayErrorContext` repeats causes and
+/// ends with a multi-line `Debug` rendering of the whole error: fine at debug level, not
+/// in a journal line or a notice to a user.
+pub fn one_line(err: &(dyn std::error::Error + 'static), max: usize) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = next {
+        let text = e
+            .to_string()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = e.source();
+    }
+    let line = parts.join(": ");
+    if line.chars().count() <= max {
+        return line;
+    }
+    let mut cut: String = line.chars().take(max.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
 /// Sorts an SDK error into what the caller can act on (the sinks' [`SinkError`]; KMS
 /// errors are sorted the same way).
 fn classify<E>(
@@ -40,7 +71,10 @@ where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
     use aws_sdk_s3::error::SdkError;
-    let text = aws_sdk_s3::error::DisplayErrorContext(err).to_string();
+    // The full chain (with the SDK's Debug renderings) at debug level; the error itself
+    // carries one readable line.
+    tracing::debug!(error = %aws_sdk_s3::error::DisplayErrorContext(err), "AWS SDK error");
+    let text = one_line(err, ONE_LINE_MAX);
     match err {
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => {
             return SinkError::Transient(text)
@@ -555,5 +589,42 @@ impl LogSink for Logs {
         events: &[LogEvent],
     ) -> Result<Rejected, SinkError> {
         Logs::put(self, group, stream, events).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[derive(Debug)]
+    struct Layer(&'static str, Option<Box<Layer>>);
+    impl std::fmt::Display for Layer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+    impl std::error::Error for Layer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|l| l as _)
+        }
+    }
+
+    #[test]
+    fn sdk_errors_are_one_short_line() {
+        let err = Layer(
+            "dispatch failure",
+            Some(Box::new(Layer(
+                "io error",
+                Some(Box::new(Layer(
+                    "tcp connect error:\n  Connection refused (os error 111)",
+                    Some(Box::new(Layer("Connection refused (os error 111)", None))),
+                ))),
+            ))),
+        );
+        assert_eq!(
+            super::one_line(&err, 200),
+            "dispatch failure: io error: tcp connect error: Connection refused (os error 111)"
+        );
+        let cut = super::one_line(&err, 20);
+        assert_eq!(cut.chars().count(), 20);
+        assert!(cut.ends_with('…') && !cut.contains('\n'), "{cut}");
     }
 }

@@ -154,6 +154,20 @@ pub fn check_s3(
     }
 }
 
+/// The one-line notice shown to the session's user (and logged) when a destination
+/// could not be reached at the session's start and the policy lets the session go on:
+/// delivery then retries behind the session, and without this the user would see only a
+/// few seconds of unexplained delay. `None` for errors that are not an outage (those have
+/// their own verdicts above).
+pub fn unreachable_notice(destination: &str, err: &SinkError) -> Option<String> {
+    match err {
+        SinkError::Transient(e) => Some(format!(
+            "{destination} cannot be reached now ({e}): this session is recorded on this instance and delivered when it can be (retried in the background)."
+        )),
+        _ => None,
+    }
+}
+
 /// What the log-group check found, when the session may go on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GroupVerdict {
@@ -198,6 +212,25 @@ pub fn check_log_group(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_outage_at_the_start_is_a_notice_and_other_errors_are_not() {
+        let n = unreachable_notice(
+            "Amazon S3 bucket \"b\"",
+            &SinkError::Transient("dispatch failure: connection refused".into()),
+        )
+        .unwrap();
+        assert!(n.starts_with("Amazon S3 bucket \"b\" cannot be reached now (dispatch failure: connection refused)"), "{n}");
+        assert!(!n.contains('\n'));
+        assert_eq!(
+            unreachable_notice("x", &SinkError::Denied("AccessDenied".into())),
+            None
+        );
+        assert_eq!(
+            unreachable_notice("x", &SinkError::NotFound("NoSuchBucket".into())),
+            None
+        );
+    }
 
     fn s3(require: bool) -> S3Destination {
         S3Destination {

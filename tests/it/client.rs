@@ -727,25 +727,21 @@ async fn dev_runs_a_recorded_session_in_this_terminal() {
     term.type_text("echo dev-$((2+3))\r");
     term.expect("dev-5").await;
     term.type_text("exit\r");
-    let said = term.expect("events.spool`").await;
+    let said = term.expect("(replay, verify, audit the same way)").await;
     let (code, stty) = term.client_exit().await;
     assert_eq!(code, 0, "{said}");
     assert_cooked(&stty);
+    // The goodbye line names the session's recording directory, under --state-dir.
     let dir = said
-        .split("sessions are recorded in ")
+        .split("this session is recorded in ")
         .nth(1)
         .and_then(|rest| rest.split(';').next())
-        .unwrap_or_else(|| panic!("no recordings dir in {said:?}"));
-    // The newest recording holds the session, and `transcript` prints it.
-    let newest = std::fs::read_dir(dir.trim())
-        .unwrap()
-        .flatten()
-        .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
-        .unwrap()
-        .path();
+        .unwrap_or_else(|| panic!("no recording dir in {said:?}"));
+    let dir = std::path::Path::new(dir.trim());
+    assert!(dir.starts_with(state.path()), "{dir:?}");
     let out = std::process::Command::new(BIN)
         .arg("transcript")
-        .arg(newest.join("events.spool"))
+        .arg(dir.join("events.spool"))
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);

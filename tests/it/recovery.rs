@@ -359,6 +359,18 @@ async fn delivery_resumes_after_localstack_stops_and_restarts_mid_session() {
     }
     client.type_text("exit\r").await;
     client.until_closed().await;
+    // A session started during the outage says so at its start, in one line, and works.
+    let (_, mut second) = open_shell(&gw, "rec-outage").await;
+    // (open_shell returns at the first prompt: the notices come before it.)
+    let screen = String::from_utf8_lossy(&second.screen).into_owned();
+    assert!(
+        screen.contains("cannot be reached now (") && screen.contains("delivered when it can be"),
+        "no notice of the outage at the start:\n{screen}"
+    );
+    second.type_text("echo still-$((6*7))\r").await;
+    second.expect("still-42\r\n$ ").await;
+    second.type_text("exit\r").await;
+    second.until_closed().await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(
         !agent.recording_dir(&sid).join("delivery.json").exists(),
